@@ -1,0 +1,28 @@
+# Every third-party dependency, found once. All come from Debian packages
+# (scripts/setup.sh installs them) or the CUDA toolkit.
+find_package(Threads REQUIRED)
+find_package(absl CONFIG REQUIRED)
+find_package(yaml-cpp CONFIG REQUIRED)
+if(TARGET yaml-cpp AND NOT TARGET yaml-cpp::yaml-cpp)
+  add_library(yaml-cpp::yaml-cpp ALIAS yaml-cpp)  # same code builds with yaml-cpp >= 0.8
+endif()
+find_package(nlohmann_json CONFIG REQUIRED)
+find_package(GTest CONFIG REQUIRED)
+
+if(HERD_WITH_CUDA)
+  find_package(CUDAToolkit REQUIRED)
+endif()
+if(HERD_WITH_NCCL)
+  if(NOT HERD_WITH_CUDA)
+    message(FATAL_ERROR "HERD_WITH_NCCL needs HERD_WITH_CUDA")
+  endif()
+  # NCCL ships no CMake config and no .pc file.
+  find_path(NCCL_INCLUDE_DIR nccl.h HINTS ${CUDAToolkit_INCLUDE_DIRS})
+  find_library(NCCL_LIBRARY nccl HINTS ${CUDAToolkit_LIBRARY_DIR})
+  if(NOT NCCL_INCLUDE_DIR OR NOT NCCL_LIBRARY)
+    message(FATAL_ERROR "HERD_WITH_NCCL=ON but nccl.h / libnccl were not found")
+  endif()
+  add_library(nccl::nccl UNKNOWN IMPORTED)
+  set_target_properties(nccl::nccl PROPERTIES IMPORTED_LOCATION "${NCCL_LIBRARY}"
+                        INTERFACE_INCLUDE_DIRECTORIES "${NCCL_INCLUDE_DIR}")
+endif()

@@ -1,0 +1,13 @@
+#include "core/tensor_view.h"
+
+#include "absl/strings/str_cat.h"
+
+namespace herd {
+
+std::string TensorView::DebugString() const {
+  std::string out = absl::StrCat(DTypeName(dtype_), " [");
+  for (int i = 0; i < rank_; ++i) absl::StrAppend(&out, i ? ", " : "", shape_[i]);
+  return out + "]";
+}
+
+}  // namespace herd

@@ -1,0 +1,44 @@
+#include "kernels/sampling.h"
+
+#include <algorithm>
+#include <cmath>
+
+namespace herd::cpu {
+
+int32_t ArgMax(const float* logits, int64_t n) {
+  int64_t best = 0;
+  for (int64_t i = 1; i < n; ++i) {
+    if (logits[i] > logits[best]) best = i;
+  }
+  return static_cast<int32_t>(best);
+}
+
+int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_p,
+                   std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch) {
+  if (temperature <= 0.0f) return ArgMax(logits, n);
+  scratch.resize(n);
+  const float max_logit = *std::max_element(logits, logits + n);
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) {
+    const float p = std::exp((logits[i] - max_logit) / temperature);
+    scratch[i] = {p, static_cast<int32_t>(i)};
+    sum += p;
+  }
+  // Most likely first; ties by lower id so the order is fully determined.
+  std::sort(scratch.begin(), scratch.end(), [](const auto& a, const auto& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  });
+  const double keep_mass = std::clamp(static_cast<double>(top_p), 0.0, 1.0) * sum;
+  int64_t keep = 0;
+  double kept = 0.0;
+  while (keep < n && (keep == 0 || kept < keep_mass)) kept += scratch[keep++].first;
+  const double u = std::uniform_real_distribution<double>(0.0, kept)(rng);
+  double acc = 0.0;
+  for (int64_t i = 0; i < keep; ++i) {
+    acc += scratch[i].first;
+    if (u < acc) return scratch[i].second;
+  }
+  return scratch[keep - 1].second;
+}
+
+}  // namespace herd::cpu

@@ -1,0 +1,36 @@
+// The CUDA backend of kernels/ (built when HERD_WITH_CUDA is on).
+//
+// Same contracts as the CPU ops of the same names (kernels/elementwise.h);
+// pointers are device memory, `stream` is a cudaStream_t passed as void* so
+// that host code needs no CUDA headers. Ops are asynchronous on the stream and
+// never allocate. Errors (launch failures) come back as a Status carrying
+// CUDA's message.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+
+namespace herd::cuda {
+
+// Number of usable CUDA devices. A machine without a GPU or a driver gives an
+// error status (cudaGetDeviceCount's message), which GPU tests use to skip.
+absl::Status DeviceCount(int* count);
+
+// out[r] = x[r] / sqrt(mean(x[r]^2) + eps) * weight; F32 [num_rows, dim].
+absl::Status RmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim, float eps,
+                     float* out, void* stream);
+
+// out[i] = silu(gate[i]) * up[i]; F32 [n].
+absl::Status SwiGlu(const float* gate, const float* up, int64_t n, float* out, void* stream);
+
+// Copies between host and device, and device allocation, for tests and the
+// worker's weight upload. Synchronous.
+absl::Status Malloc(void** ptr, size_t bytes);
+absl::Status Free(void* ptr);
+absl::Status CopyToDevice(void* dst, const void* src, size_t bytes);
+absl::Status CopyToHost(void* dst, const void* src, size_t bytes);
+absl::Status Synchronize(void* stream);
+
+}  // namespace herd::cuda

@@ -1,0 +1,365 @@
+// CPU kernels against straightforward float64 references, over shape sweeps
+// and edge cases (an expert with no tokens, all tokens on one expert,
+// top_k = num_experts, odd sizes, 1 and 2 threads). Parameters are printed on
+// failure through SCOPED_TRACE.
+#include <algorithm>
+#include <cmath>
+#include <numeric>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "kernels/attention.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+#include "kernels/moe.h"
+#include "kernels/rope.h"
+#include "kernels/router.h"
+#include "kernels/sampling.h"
+
+namespace herd::cpu {
+namespace {
+
+std::vector<float> Random(size_t n, uint32_t seed, float stddev = 1.0f) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist(0.0f, stddev);
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+// Weights stored as `type`, plus their exact dequantized values.
+struct StoredMatrix {
+  std::vector<uint8_t> bytes;
+  std::vector<float> dequantized;
+  TensorView view;
+};
+
+StoredMatrix Store(DType type, int64_t rows, int64_t cols, uint32_t seed) {
+  StoredMatrix m;
+  const std::vector<float> w = Random(rows * cols, seed, 0.5f);
+  m.bytes.resize(rows * RowBytes(type, cols));
+  m.dequantized.resize(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    uint8_t* row = m.bytes.data() + r * RowBytes(type, cols);
+    QuantizeRow(type, w.data() + r * cols, row, cols);
+    DequantizeRow(type, row, m.dequantized.data() + r * cols, cols);
+  }
+  m.view = TensorView(type, {rows, cols}, m.bytes.data());
+  return m;
+}
+
+// What the activations become before an integer dot product with `type`.
+std::vector<float> ActivationsAsSeen(DType type, const std::vector<float>& x, int64_t cols) {
+  if (!IsQuantized(type)) return x;
+  std::vector<float> out(x.size());
+  std::vector<BlockQ8_0> blocks(cols / 32);
+  for (size_t r = 0; r < x.size() / cols; ++r) {
+    QuantizeRow(DType::kQ8_0, x.data() + r * cols, blocks.data(), cols);
+    DequantizeRow(DType::kQ8_0, blocks.data(), out.data() + r * cols, cols);
+  }
+  return out;
+}
+
+std::vector<float> ReferenceMatmul(const std::vector<float>& w, const std::vector<float>& x,
+                                   int64_t tokens, int64_t out, int64_t in) {
+  std::vector<float> y(tokens * out);
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t o = 0; o < out; ++o) {
+      double s = 0.0;
+      for (int64_t i = 0; i < in; ++i) s += static_cast<double>(w[o * in + i]) * x[t * in + i];
+      y[t * out + o] = static_cast<float>(s);
+    }
+  }
+  return y;
+}
+
+TEST(MatmulTest, EveryDtypeMatchesReferenceOverShapes) {
+  for (DType type :
+       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
+    for (int threads : {1, 2}) {
+      ThreadPool pool(threads);
+      for (int64_t in : {32, 64, 96, 256}) {
+        for (int64_t out : {1, 7, 64, 129}) {
+          for (int64_t tokens : {1, 3, 16}) {
+            SCOPED_TRACE(testing::Message() << DTypeName(type) << " threads=" << threads << " in="
+                                            << in << " out=" << out << " tokens=" << tokens);
+            StoredMatrix w = Store(type, out, in, static_cast<uint32_t>(in * 31 + out));
+            const std::vector<float> x = Random(tokens * in, 7);
+            const std::vector<float> bias = Random(out, 9);
+            std::vector<uint8_t> ws(MatmulWorkspaceBytes(type, tokens, in));
+            std::vector<float> y(tokens * out);
+            ASSERT_TRUE(
+                Matmul(w.view, bias.data(), x.data(), tokens, y.data(), ws.data(), ws.size(), pool)
+                    .ok());
+            // Q4_1 takes Q8_1 activations: same rounding as Q8_0 except the
+            // f16 sum term, so compare with a slightly looser bound.
+            const std::vector<float> seen = ActivationsAsSeen(type, x, in);
+            std::vector<float> ref = ReferenceMatmul(w.dequantized, seen, tokens, out, in);
+            const float tol = type == DType::kQ4_1 ? 2e-2f : 1e-3f;
+            for (int64_t t = 0; t < tokens; ++t) {
+              for (int64_t o = 0; o < out; ++o) {
+                const float expected = ref[t * out + o] + bias[o];
+                ASSERT_NEAR(y[t * out + o], expected, tol * (1.0f + std::fabs(expected)))
+                    << "t=" << t << " o=" << o;
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MatmulTest, RejectsBadShapesAndSmallWorkspace) {
+  ThreadPool pool(1);
+  std::vector<uint8_t> bytes(RowBytes(DType::kQ8_0, 64) * 4);
+  const TensorView w(DType::kQ8_0, {4, 64}, bytes.data());
+  std::vector<float> x(64), y(4);
+  EXPECT_FALSE(Matmul(w, nullptr, x.data(), 1, y.data(), nullptr, 0, pool).ok());
+  const TensorView odd(DType::kQ8_0, {4, 48}, bytes.data());
+  std::vector<uint8_t> ws(1024);
+  EXPECT_FALSE(Matmul(odd, nullptr, x.data(), 1, y.data(), ws.data(), ws.size(), pool).ok());
+  const TensorView three_d(DType::kF32, {1, 4, 16}, bytes.data());
+  EXPECT_FALSE(Matmul(three_d, nullptr, x.data(), 1, y.data(), ws.data(), ws.size(), pool).ok());
+}
+
+TEST(RmsNormTest, MatchesDefinition) {
+  for (int64_t dim : {1, 5, 64, 333}) {
+    SCOPED_TRACE(dim);
+    const auto x = Random(3 * dim, 1);
+    const auto w = Random(dim, 2);
+    std::vector<float> y(3 * dim);
+    RmsNorm(x.data(), w.data(), 3, dim, 1e-5f, y.data());
+    for (int r = 0; r < 3; ++r) {
+      double ss = 0;
+      for (int64_t i = 0; i < dim; ++i) ss += x[r * dim + i] * x[r * dim + i];
+      const double scale = 1.0 / std::sqrt(ss / dim + 1e-5);
+      for (int64_t i = 0; i < dim; ++i) {
+        ASSERT_NEAR(y[r * dim + i], x[r * dim + i] * scale * w[i], 1e-5);
+      }
+    }
+  }
+}
+
+TEST(RopeTest, BothStylesRotateTheRightPairs) {
+  const int64_t heads = 2, dim = 8, rope_dim = 8;
+  const std::vector<int32_t> positions = {0, 3};
+  for (RopeStyle style : {RopeStyle::kGptJ, RopeStyle::kNeox}) {
+    SCOPED_TRACE(RopeStyleName(style));
+    auto x = Random(2 * heads * dim, 4);
+    const auto original = x;
+    ApplyRope(x.data(), 2, heads, dim, rope_dim, positions.data(), 10000.0f, style);
+    for (int t = 0; t < 2; ++t) {
+      for (int h = 0; h < heads; ++h) {
+        const float* in = original.data() + (t * heads + h) * dim;
+        const float* out = x.data() + (t * heads + h) * dim;
+        for (int i = 0; i < rope_dim / 2; ++i) {
+          const double angle = positions[t] * std::pow(10000.0, -2.0 * i / rope_dim);
+          const int a = style == RopeStyle::kGptJ ? 2 * i : i;
+          const int b = style == RopeStyle::kGptJ ? 2 * i + 1 : i + rope_dim / 2;
+          EXPECT_NEAR(out[a], in[a] * std::cos(angle) - in[b] * std::sin(angle), 1e-5);
+          EXPECT_NEAR(out[b], in[a] * std::sin(angle) + in[b] * std::cos(angle), 1e-5);
+        }
+      }
+    }
+  }
+}
+
+TEST(RopeTest, PartialRotationLeavesTailUntouched) {
+  auto x = Random(16, 5);
+  const auto original = x;
+  const int32_t pos = 7;
+  ApplyRope(x.data(), 1, 1, 16, 8, &pos, 10000.0f, RopeStyle::kNeox);
+  for (int i = 8; i < 16; ++i) EXPECT_EQ(x[i], original[i]);
+}
+
+TEST(AttentionTest, MatchesNaiveCausalGqa) {
+  for (int threads : {1, 2}) {
+    for (int64_t start : {0, 5}) {
+      for (int64_t tokens : {1, 4}) {
+        SCOPED_TRACE(testing::Message()
+                     << "threads=" << threads << " start=" << start << " tokens=" << tokens);
+        const AttentionShape shape{4, 2, 8};
+        const int64_t context = start + tokens;
+        const auto q = Random(tokens * 4 * 8, 1);
+        const auto k = Random(context * 2 * 8, 2);
+        const auto v = Random(context * 2 * 8, 3);
+        ThreadPool pool(threads);
+        std::vector<uint8_t> ws(AttentionWorkspaceBytes(shape, context, threads));
+        std::vector<float> out(tokens * 32);
+        Attention(shape, q.data(), tokens, start, k.data(), v.data(), out.data(), ws.data(),
+                  ws.size(), pool);
+        for (int64_t t = 0; t < tokens; ++t) {
+          for (int64_t h = 0; h < 4; ++h) {
+            const int64_t kvh = h / 2;
+            std::vector<double> s(start + t + 1);
+            for (int64_t p = 0; p <= start + t; ++p) {
+              double dot = 0;
+              for (int i = 0; i < 8; ++i) dot += q[(t * 4 + h) * 8 + i] * k[(p * 2 + kvh) * 8 + i];
+              s[p] = dot / std::sqrt(8.0);
+            }
+            const double mx = *std::max_element(s.begin(), s.end());
+            double z = 0;
+            for (double& e : s) z += (e = std::exp(e - mx));
+            for (int i = 0; i < 8; ++i) {
+              double o = 0;
+              for (int64_t p = 0; p <= start + t; ++p) o += s[p] / z * v[(p * 2 + kvh) * 8 + i];
+              ASSERT_NEAR(out[t * 32 + h * 8 + i], o, 1e-5);
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(RouterTest, SoftmaxTopKWithAndWithoutRenormalisation) {
+  const std::vector<float> logits = {0.1f, 2.0f, -1.0f, 1.5f};
+  std::vector<int32_t> idx(2);
+  std::vector<float> w(2);
+  RouterTopK(logits.data(), 1, 4, 2, RouterScoring::kSoftmax, false, idx.data(), w.data());
+  EXPECT_EQ(idx, (std::vector<int32_t>{1, 3}));
+  double z = 0;
+  for (float l : logits) z += std::exp(l);
+  EXPECT_NEAR(w[0], std::exp(2.0) / z, 1e-6);
+  EXPECT_NEAR(w[1], std::exp(1.5) / z, 1e-6);
+  RouterTopK(logits.data(), 1, 4, 2, RouterScoring::kSoftmax, true, idx.data(), w.data());
+  EXPECT_NEAR(w[0] + w[1], 1.0, 1e-6);
+  EXPECT_NEAR(w[0] / w[1], std::exp(0.5), 1e-5);
+}
+
+TEST(RouterTest, SigmoidTiesAndTopKEqualsNumExperts) {
+  const std::vector<float> logits = {1.0f, 1.0f, 0.0f};
+  std::vector<int32_t> idx(3);
+  std::vector<float> w(3);
+  RouterTopK(logits.data(), 1, 3, 3, RouterScoring::kSigmoid, false, idx.data(), w.data());
+  EXPECT_EQ(idx, (std::vector<int32_t>{0, 1, 2}));  // ties keep the lower index first
+  EXPECT_NEAR(w[0], 1.0 / (1.0 + std::exp(-1.0)), 1e-6);
+  EXPECT_NEAR(w[2], 0.5, 1e-6);
+}
+
+TEST(PermuteTest, StableCountingSortWithEmptyExperts) {
+  const std::vector<int32_t> experts = {3, 0, 3, 3, 0, 1};  // expert 2 gets nothing
+  std::vector<int32_t> rows(6), offsets(5);
+  PermuteByExpert(experts.data(), 6, 4, rows.data(), offsets.data());
+  EXPECT_EQ(offsets, (std::vector<int32_t>{0, 2, 3, 3, 6}));
+  EXPECT_EQ(rows, (std::vector<int32_t>{1, 4, 5, 0, 2, 3}));
+  std::vector<int32_t> none_rows(1), none_offsets(3);
+  PermuteByExpert(nullptr, 0, 2, none_rows.data(), none_offsets.data());
+  EXPECT_EQ(none_offsets, (std::vector<int32_t>{0, 0, 0}));
+}
+
+// The whole expert layer (permute, grouped FFN, combine) against a per-token
+// reference, for routing patterns that stress the grouping.
+TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
+  const int64_t hidden = 64, ffn = 96, num_experts = 4;
+  for (DType type : {DType::kF32, DType::kQ8_0, DType::kQ4_0}) {
+    std::vector<StoredMatrix> gate, up, down;
+    std::vector<ExpertFfnView> views;
+    for (int e = 0; e < num_experts; ++e) {
+      gate.push_back(Store(type, ffn, hidden, 100 + e));
+      up.push_back(Store(type, ffn, hidden, 200 + e));
+      down.push_back(Store(type, hidden, ffn, 300 + e));
+    }
+    for (int e = 0; e < num_experts; ++e) views.push_back({gate[e].view, up[e].view, down[e].view});
+    struct Pattern {
+      const char* name;
+      int64_t tokens, top_k;
+      std::vector<int32_t> experts;
+    };
+    const std::vector<Pattern> patterns = {
+        {"one token", 1, 2, {2, 0}},
+        {"all on one expert", 5, 1, {1, 1, 1, 1, 1}},
+        {"expert 3 idle", 3, 2, {0, 1, 1, 2, 2, 0}},
+        {"top_k = num_experts", 2, 4, {3, 2, 1, 0, 0, 1, 2, 3}},
+    };
+    for (int threads : {1, 2}) {
+      ThreadPool pool(threads);
+      for (const Pattern& p : patterns) {
+        SCOPED_TRACE(testing::Message()
+                     << DTypeName(type) << " threads=" << threads << " " << p.name);
+        const int64_t slots = p.tokens * p.top_k;
+        const auto x = Random(p.tokens * hidden, 11);
+        const auto weights = Random(slots, 12);
+        std::vector<int32_t> row_to_slot(slots), slot_to_row(slots), offsets(num_experts + 1);
+        PermuteByExpert(p.experts.data(), slots, num_experts, row_to_slot.data(), offsets.data());
+        std::vector<float> xs(slots * hidden), ys(slots * hidden);
+        for (int64_t r = 0; r < slots; ++r) {
+          slot_to_row[row_to_slot[r]] = static_cast<int32_t>(r);
+          std::copy_n(x.data() + (row_to_slot[r] / p.top_k) * hidden, hidden,
+                      xs.data() + r * hidden);
+        }
+        std::vector<uint8_t> ws(GroupedExpertFfnWorkspaceBytes(views[0], p.tokens));
+        ASSERT_TRUE(GroupedExpertFfn(views, offsets.data(), xs.data(), ys.data(), ws.data(),
+                                     ws.size(), pool)
+                        .ok());
+        std::vector<float> out(p.tokens * hidden, 0.0f);
+        CombineWeighted(ys.data(), slot_to_row.data(), weights.data(), p.tokens, p.top_k, hidden,
+                        out.data());
+        for (int64_t t = 0; t < p.tokens; ++t) {
+          std::vector<double> expected(hidden, 0.0);
+          const std::vector<float> xt(x.begin() + t * hidden, x.begin() + (t + 1) * hidden);
+          for (int64_t j = 0; j < p.top_k; ++j) {
+            const int e = p.experts[t * p.top_k + j];
+            const auto g = ReferenceMatmul(gate[e].dequantized, ActivationsAsSeen(type, xt, hidden),
+                                           1, ffn, hidden);
+            const auto u = ReferenceMatmul(up[e].dequantized, ActivationsAsSeen(type, xt, hidden),
+                                           1, ffn, hidden);
+            std::vector<float> act(ffn);
+            for (int64_t i = 0; i < ffn; ++i) act[i] = g[i] / (1.0f + std::exp(-g[i])) * u[i];
+            const auto d = ReferenceMatmul(down[e].dequantized, ActivationsAsSeen(type, act, ffn),
+                                           1, hidden, ffn);
+            for (int64_t i = 0; i < hidden; ++i) expected[i] += weights[t * p.top_k + j] * d[i];
+          }
+          for (int64_t i = 0; i < hidden; ++i) {
+            ASSERT_NEAR(out[t * hidden + i], expected[i], 2e-3 * (1 + std::fabs(expected[i])))
+                << "token " << t << " dim " << i;
+          }
+        }
+      }
+    }
+  }
+}
+
+TEST(MoeTest, ExpertWithRowsButNoWeightsIsAnError) {
+  ThreadPool pool(1);
+  std::vector<ExpertFfnView> views(2);
+  const std::vector<int32_t> offsets = {0, 0, 1};
+  std::vector<float> x(8), y(8);
+  const absl::Status status =
+      GroupedExpertFfn(views, offsets.data(), x.data(), y.data(), nullptr, 0, pool);
+  EXPECT_FALSE(status.ok());
+  EXPECT_NE(status.message().find("expert 1"), std::string::npos) << status;
+}
+
+TEST(SamplingTest, GreedyAndSeededTopP) {
+  const std::vector<float> logits = {0.0f, 3.0f, 2.9f, -5.0f};
+  EXPECT_EQ(ArgMax(logits.data(), 4), 1);
+  std::vector<std::pair<float, int32_t>> scratch;
+  std::mt19937_64 a(42), b(42);
+  std::vector<int32_t> first, second;
+  for (int i = 0; i < 50; ++i) {
+    first.push_back(SampleTopP(logits.data(), 4, 1.0f, 0.9f, a, scratch));
+    second.push_back(SampleTopP(logits.data(), 4, 1.0f, 0.9f, b, scratch));
+  }
+  EXPECT_EQ(first, second);
+  // top_p 0.9 keeps ids 1 and 2 only (their mass is ~0.93).
+  for (int32_t id : first) EXPECT_TRUE(id == 1 || id == 2) << id;
+  EXPECT_NE(std::count(first.begin(), first.end(), 1), 50);
+  std::mt19937_64 c(1);
+  EXPECT_EQ(SampleTopP(logits.data(), 4, 0.0f, 1.0f, c, scratch), 1);  // temperature 0 = greedy
+}
+
+TEST(EmbeddingTest, LooksUpAndRejectsOutOfRangeIds) {
+  StoredMatrix table = Store(DType::kQ8_0, 10, 32, 5);
+  const std::vector<int32_t> ids = {9, 0};
+  std::vector<float> out(64);
+  ASSERT_TRUE(EmbeddingLookup(table.view, ids.data(), 2, out.data()).ok());
+  for (int i = 0; i < 32; ++i) EXPECT_EQ(out[i], table.dequantized[9 * 32 + i]);
+  const std::vector<int32_t> bad = {10};
+  EXPECT_FALSE(EmbeddingLookup(table.view, bad.data(), 1, out.data()).ok());
+}
+
+}  // namespace
+}  // namespace herd::cpu

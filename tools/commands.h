@@ -1,0 +1,24 @@
+// The herd subcommands. Each takes its arguments (after the subcommand name),
+// writes its result to `out`, and returns a Status; RunCli turns errors into a
+// message on stderr and a non-zero exit code.
+#pragma once
+
+#include <ostream>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+
+namespace herd {
+
+// herd inspect --model PATH [--json] [--tensors]
+absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd generate --model PATH --prompt-ids 1,2,3 --max-new-tokens N [--temperature T]
+//   [--top-p P] [--seed S] [--threads T] [--dump-logits FILE] [--config FILE]
+absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// Dispatches argv to a subcommand; returns the process exit code.
+int RunCli(int argc, char** argv);
+
+}  // namespace herd

@@ -1,0 +1,101 @@
+#include <cstdio>
+#include <fstream>
+
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "absl/time/clock.h"
+#include "core/config.h"
+#include "core/logging.h"
+#include "core/status.h"
+#include "model/model_loader.h"
+#include "tools/commands.h"
+#include "tools/flags.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+
+namespace herd {
+namespace {
+
+const std::vector<FlagSpec> kGenerateFlags = {
+    {"model", true, "GGUF file or Hugging Face directory (or 'model' in --config)"},
+    {"prompt-ids", true, "prompt token ids, comma-separated (required)"},
+    {"max-new-tokens", true, "tokens to generate (default 16; 0 evaluates the prompt only)"},
+    {"temperature", true, "sampling temperature; 0 = greedy (default 0)"},
+    {"top-p", true, "nucleus sampling mass in (0, 1] (default 1)"},
+    {"seed", true, "sampler seed (default 0)"},
+    {"threads", true, "kernel threads; 0 = all cores (default: config or 0)"},
+    {"dump-logits", true, "write F32 logits [prompt + new tokens, vocab] to this file"},
+    {"config", true, "YAML config file (flags override it)"},
+    {"help", false, "show this help"},
+};
+
+absl::Status WriteLogits(const std::string& path, const std::vector<float>& logits) {
+  const std::string tmp = path + ".tmp";
+  {
+    std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
+    if (!file) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
+    // The file format is little-endian F32; x86-64 and aarch64 hosts are little-endian.
+    file.write(reinterpret_cast<const char*>(logits.data()),
+               static_cast<std::streamsize>(logits.size() * sizeof(float)));
+    if (!file) return absl::DataLossError(absl::StrCat("short write to ", tmp));
+  }
+  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
+    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostream& out) {
+  HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kGenerateFlags));
+  if (flags.Has("help")) {
+    out << "usage: herd generate --model PATH --prompt-ids 1,2,3 [flags]\n"
+        << FlagsHelp(kGenerateFlags);
+    return absl::OkStatus();
+  }
+  HerdConfig config;
+  if (flags.Has("config")) {
+    HERD_ASSIGN_OR_RETURN(config, LoadConfigFile(flags.GetString("config")));
+  }
+  const std::string model_path = flags.GetString("model", config.model);
+  if (model_path.empty()) return absl::InvalidArgumentError("--model is required");
+  HERD_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, flags.GetIntList("prompt-ids"));
+  if (prompt.empty()) return absl::InvalidArgumentError("--prompt-ids is required");
+
+  GenerateOptions options;
+  HERD_ASSIGN_OR_RETURN(options.max_new_tokens, flags.GetInt("max-new-tokens", 16));
+  HERD_ASSIGN_OR_RETURN(double temperature, flags.GetDouble("temperature", 0.0));
+  HERD_ASSIGN_OR_RETURN(double top_p, flags.GetDouble("top-p", 1.0));
+  HERD_ASSIGN_OR_RETURN(options.sampling.seed, flags.GetUint("seed", 0));
+  HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", config.engine.threads));
+  options.sampling.temperature = static_cast<float>(temperature);
+  options.sampling.top_p = static_cast<float>(top_p);
+  options.keep_logits = flags.Has("dump-logits");
+  options.max_context_tokens = config.engine.max_context_tokens;
+  if (threads < 0 || threads > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--threads must be in [0, 1024], got ", threads));
+  }
+
+  const absl::Time load_start = absl::Now();
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path));
+  EngineOptions engine_options;
+  engine_options.num_threads = static_cast<int>(threads);
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
+  HERD_LOG(INFO) << "loaded " << model_path << " in "
+                 << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
+                 << engine->num_threads() << " threads";
+
+  const absl::Time run_start = absl::Now();
+  HERD_ASSIGN_OR_RETURN(GenerateResult result, Generate(*engine, prompt, options));
+  HERD_LOG(INFO) << "generated " << result.tokens.size() << " tokens in "
+                 << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+  if (options.keep_logits) {
+    HERD_RETURN_IF_ERROR(WriteLogits(flags.GetString("dump-logits"), result.logits));
+  }
+  out << absl::StrJoin(result.tokens, ",") << "\n";
+  return absl::OkStatus();
+}
+
+}  // namespace herd

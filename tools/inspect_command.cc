@@ -1,0 +1,156 @@
+#include <map>
+
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "model/model_loader.h"
+#include "nlohmann/json.hpp"
+#include "tools/commands.h"
+#include "tools/flags.h"
+
+namespace herd {
+namespace {
+
+const std::vector<FlagSpec> kInspectFlags = {
+    {"model", true, "GGUF file or Hugging Face directory (required)"},
+    {"json", false, "print one JSON object instead of text"},
+    {"tensors", false, "also list every tensor"},
+    {"help", false, "show this help"},
+};
+
+struct Totals {
+  int64_t parameters = 0;
+  int64_t bytes = 0;
+};
+
+std::string HumanBytes(double bytes) {
+  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
+  int u = 0;
+  while (bytes >= 1024.0 && u < 4) {
+    bytes /= 1024.0;
+    ++u;
+  }
+  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+}
+
+std::string ShapeString(const TensorView& v) {
+  std::string s = "[";
+  for (int i = 0; i < v.rank(); ++i) s += absl::StrFormat("%s%d", i ? ", " : "", v.dim(i));
+  return s + "]";
+}
+
+}  // namespace
+
+absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostream& out) {
+  HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kInspectFlags));
+  if (flags.Has("help")) {
+    out << "usage: herd inspect --model PATH [--json] [--tensors]\n" << FlagsHelp(kInspectFlags);
+    return absl::OkStatus();
+  }
+  if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(flags.GetString("model")));
+  const ModelSpec& s = model->spec;
+
+  std::map<std::string, Totals> by_module;
+  std::map<std::string, int> by_dtype;
+  Totals total;
+  for (const TensorRecord& t : model->tensors) {
+    Totals& m = by_module[ModuleKindName(t.module)];
+    m.parameters += t.view.num_elements();
+    m.bytes += t.view.num_bytes();
+    total.parameters += t.view.num_elements();
+    total.bytes += t.view.num_bytes();
+    ++by_dtype[DTypeName(t.view.dtype())];
+  }
+  // Active parameters per token: everything but the experts, plus top-k of them.
+  const int64_t expert_params = by_module["experts"].parameters;
+  const int64_t active =
+      total.parameters - expert_params + expert_params / s.num_experts * s.num_experts_per_token;
+
+  if (flags.Has("json")) {
+    nlohmann::json j;
+    j["path"] = model->source_path;
+    j["format"] = model->format;
+    j["architecture"] = ArchitectureName(s.architecture);
+    j["name"] = s.name;
+    j["vocab_size"] = s.vocab_size;
+    j["hidden_size"] = s.hidden_size;
+    j["num_layers"] = s.num_layers;
+    j["num_heads"] = s.num_heads;
+    j["num_kv_heads"] = s.num_kv_heads;
+    j["head_dim"] = s.head_dim;
+    j["num_experts"] = s.num_experts;
+    j["num_experts_per_token"] = s.num_experts_per_token;
+    j["expert_ffn_size"] = s.expert_ffn_size;
+    j["shared_expert_ffn_size"] = s.shared_expert_ffn_size;
+    j["router_scoring"] = RouterScoringName(s.router_scoring);
+    j["norm_topk_prob"] = s.norm_topk_prob;
+    j["rope_style"] = RopeStyleName(s.rope_style);
+    j["rope_theta"] = s.rope_theta;
+    j["context_length"] = s.context_length;
+    j["parameters"] = total.parameters;
+    j["active_parameters_per_token"] = active;
+    j["bytes"] = total.bytes;
+    for (const auto& [name, m] : by_module) {
+      j["modules"][name] = {{"parameters", m.parameters}, {"bytes", m.bytes}};
+    }
+    for (const auto& [name, count] : by_dtype) j["tensor_types"][name] = count;
+    if (flags.Has("tensors")) {
+      for (const TensorRecord& t : model->tensors) {
+        nlohmann::json shape = nlohmann::json::array();
+        for (int i = 0; i < t.view.rank(); ++i) shape.push_back(t.view.dim(i));
+        j["tensors"].push_back({{"name", t.name},
+                                {"dtype", DTypeName(t.view.dtype())},
+                                {"shape", shape},
+                                {"module", ModuleKindName(t.module)},
+                                {"bytes", t.view.num_bytes()}});
+      }
+    }
+    out << j.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+
+  out << absl::StrFormat("model         %s (%s)\n", model->source_path, model->format);
+  out << absl::StrFormat("architecture  %s%s\n", ArchitectureName(s.architecture),
+                         s.name.empty() ? "" : "  \"" + s.name + "\"");
+  out << absl::StrFormat("shape         vocab %d, hidden %d, layers %d, heads %d (kv %d, dim %d)\n",
+                         s.vocab_size, s.hidden_size, s.num_layers, s.num_heads, s.num_kv_heads,
+                         s.head_dim);
+  out << absl::StrFormat("experts       %d, top-%d, ffn %d, router %s%s\n", s.num_experts,
+                         s.num_experts_per_token, s.expert_ffn_size,
+                         RouterScoringName(s.router_scoring),
+                         s.norm_topk_prob ? " (top-k renormalised)" : "");
+  if (s.shared_expert_ffn_size > 0) {
+    out << absl::StrFormat("shared expert ffn %d%s\n", s.shared_expert_ffn_size,
+                           s.shared_expert_gated ? ", sigmoid-gated" : "");
+  }
+  out << absl::StrFormat("attention     rope %s theta %g dim %d, rms eps %g, context %d%s%s\n",
+                         RopeStyleName(s.rope_style), s.rope_theta, s.rope_dim, s.rms_norm_eps,
+                         s.context_length, s.attention_bias ? ", qkv bias" : "",
+                         s.qk_norm == QkNorm::kNone ? "" : ", q/k norm");
+  out << absl::StrFormat("parameters    %d (%d active per token)\n", total.parameters, active);
+  out << absl::StrFormat("weights       %s\n", HumanBytes(static_cast<double>(total.bytes)));
+  out << "bytes by module\n";
+  for (const auto& [name, m] : by_module) {
+    out << absl::StrFormat("  %-14s %12d params  %12s  %5.1f%%\n", name, m.parameters,
+                           HumanBytes(static_cast<double>(m.bytes)),
+                           total.bytes ? 100.0 * m.bytes / total.bytes : 0.0);
+  }
+  out << "tensor types  ";
+  bool first = true;
+  for (const auto& [name, count] : by_dtype) {
+    out << (first ? "" : ", ") << name << " x" << count;
+    first = false;
+  }
+  out << "\n";
+  if (flags.Has("tensors")) {
+    out << "tensors\n";
+    for (const TensorRecord& t : model->tensors) {
+      out << absl::StrFormat("  %-40s %-5s %-18s %-13s %s\n", t.name, DTypeName(t.view.dtype()),
+                             ShapeString(t.view), ModuleKindName(t.module),
+                             HumanBytes(static_cast<double>(t.view.num_bytes())));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace herd

@@ -1,0 +1,106 @@
+// The engine of one rank: runs the model's forward pass over a batch of
+// tokens from one or more sequences.
+//
+// One step, per layer: RMSNorm -> q/k/v projections (+bias, q/k norm) ->
+// RoPE -> write K/V to each sequence's cache -> causal GQA attention ->
+// output projection + residual -> RMSNorm -> router top-k -> permute tokens by
+// expert -> grouped expert SwiGLU FFNs (+ the shared expert) -> weighted
+// combine + residual. After the last layer, the final norm and the lm head run
+// only for the rows whose logits were asked for.
+//
+// Thread-safety: an Engine is driven by one thread at a time (it owns scratch
+// buffers); kernels inside use its thread pool. The Model must outlive it.
+#pragma once
+
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "core/thread_pool.h"
+#include "kernels/moe.h"
+#include "model/model.h"
+#include "worker/kv_cache.h"
+
+namespace herd {
+
+struct EngineOptions {
+  // Kernel threads including the caller; 0 = every core this process may use.
+  int num_threads = 0;
+};
+
+// A run of consecutive tokens of one sequence inside a batch.
+struct SequenceChunk {
+  KvCache* cache = nullptr;  // the sequence's cache; holds positions [0, start_pos) already
+  int64_t start_pos = 0;     // position of the chunk's first token
+  int64_t num_tokens = 0;
+};
+
+struct Batch {
+  // I32 [num_tokens]: the chunks' tokens, concatenated in chunk order.
+  std::vector<int32_t> token_ids;
+  std::vector<SequenceChunk> chunks;
+  // Batch rows whose logits are wanted, in the order they are written.
+  std::vector<int64_t> logit_rows;
+};
+
+// Called once per layer with the router's choice for every token of the batch:
+// expert_idx I32 [num_tokens, top_k] and weights F32 [num_tokens, top_k].
+using RoutingObserver = std::function<void(int layer_idx, int64_t num_tokens, int64_t top_k,
+                                           const int32_t* expert_idx, const float* weights)>;
+
+class Engine {
+ public:
+  // The model must hold every expert (expert parallelism builds on this per
+  // rank). InvalidArgument if it does not.
+  static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model,
+                                                        const EngineOptions& options);
+
+  // Runs `batch`; writes F32 [batch.logit_rows.size(), vocab] into `logits`.
+  // InvalidArgument for ids outside the vocabulary, chunks that do not add up
+  // to the tokens, or a chunk past its cache's capacity; nothing is written to
+  // any cache then.
+  absl::Status Forward(const Batch& batch, float* logits);
+
+  void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
+  const ModelSpec& spec() const { return model_.spec; }
+  int num_threads() const { return pool_.num_threads(); }
+
+ private:
+  Engine(const Model& model, int num_threads);
+  absl::Status ValidateBatch(const Batch& batch) const;
+  void Reserve(int64_t num_tokens, int64_t max_context);
+  absl::Status AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens);
+  absl::Status MoeBlock(int layer_idx, int64_t num_tokens);
+  absl::Status SharedExpert(int layer_idx, int64_t num_tokens);
+
+  const Model& model_;
+  ThreadPool pool_;
+  RoutingObserver routing_observer_;
+  std::vector<cpu::ExpertFfnView> expert_views_;  // reused per layer
+
+  // Scratch, grown on demand and reused across steps.
+  int64_t reserved_tokens_ = 0;
+  int64_t reserved_context_ = 0;
+  std::vector<float> x_;                 // F32 [T, hidden] residual stream
+  std::vector<float> h_;                 // F32 [T, hidden] normed input
+  std::vector<float> q_;                 // F32 [T, heads * head_dim]
+  std::vector<float> k_;                 // F32 [T, kv_heads * head_dim]
+  std::vector<float> v_;                 // F32 [T, kv_heads * head_dim]
+  std::vector<float> attn_;              // F32 [T, heads * head_dim]
+  std::vector<float> proj_;              // F32 [T, hidden]
+  std::vector<float> router_logits_;     // F32 [T, experts]
+  std::vector<int32_t> expert_idx_;      // I32 [T, top_k]
+  std::vector<float> expert_weights_;    // F32 [T, top_k]
+  std::vector<int32_t> row_to_slot_;     // I32 [T * top_k]
+  std::vector<int32_t> slot_to_row_;     // I32 [T * top_k]
+  std::vector<int32_t> expert_offsets_;  // I32 [experts + 1]
+  std::vector<float> expert_in_;         // F32 [T * top_k, hidden], rows grouped by expert
+  std::vector<float> expert_out_;        // F32 [T * top_k, hidden]
+  std::vector<int32_t> positions_;       // I32 [T]
+  std::vector<uint8_t> workspace_;
+};
+
+}  // namespace herd
