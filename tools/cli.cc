@@ -8,40 +8,54 @@
 namespace herd {
 namespace {
 
-constexpr char kUsage[] =
-    "usage: herd <command> [flags]\n"
-    "\n"
-    "commands:\n"
-    "  inspect    describe a model: architecture, shapes, dtypes, bytes by module\n"
-    "  generate   run a prompt of token ids and print the generated ids\n"
-    "\n"
-    "Run 'herd <command> --help' for a command's flags. HERD_LOG_LEVEL=error|warn|info|debug\n"
-    "sets how much is logged to stderr.\n";
+using CommandFn = absl::Status (*)(const std::vector<std::string>&, std::ostream&);
+
+struct Command {
+  const char* name;
+  CommandFn run;
+  const char* summary;
+};
+
+// Every subcommand, in the order `herd --help` lists them. One line each.
+constexpr Command kCommands[] = {
+    {"inspect", RunInspectCommand, "describe a model: architecture, shapes, dtypes, bytes"},
+    {"generate", RunGenerateCommand, "run a prompt of token ids and print the generated ids"},
+};
+
+void PrintUsage(std::ostream& out) {
+  out << "usage: herd <command> [flags]\n\ncommands:\n";
+  for (const Command& c : kCommands) {
+    std::string name = c.name;
+    name.resize(12, ' ');
+    out << "  " << name << c.summary << "\n";
+  }
+  out << "\nRun 'herd <command> --help' for a command's flags. "
+         "HERD_LOG_LEVEL=error|warn|info|debug\n"
+         "sets how much is logged to stderr.\n";
+}
 
 }  // namespace
 
 int RunCli(int argc, char** argv) {
   if (argc < 2 || std::strcmp(argv[1], "--help") == 0 || std::strcmp(argv[1], "help") == 0) {
-    std::cout << kUsage;
+    PrintUsage(std::cout);
     return argc < 2 ? 2 : 0;
   }
-  const std::string command = argv[1];
+  const std::string name = argv[1];
   const std::vector<std::string> args(argv + 2, argv + argc);
-  absl::Status status;
-  if (command == "inspect") {
-    status = RunInspectCommand(args, std::cout);
-  } else if (command == "generate") {
-    status = RunGenerateCommand(args, std::cout);
-  } else {
-    std::cerr << "herd: unknown command '" << command << "'\n\n" << kUsage;
-    return 2;
+  for (const Command& c : kCommands) {
+    if (name != c.name) continue;
+    const absl::Status status = c.run(args, std::cout);
+    std::cout.flush();
+    if (!status.ok()) {
+      std::cerr << "herd " << name << ": " << status.message() << "\n";
+      return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
+    }
+    return 0;
   }
-  std::cout.flush();
-  if (!status.ok()) {
-    std::cerr << "herd " << command << ": " << status.message() << "\n";
-    return status.code() == absl::StatusCode::kInvalidArgument ? 2 : 1;
-  }
-  return 0;
+  std::cerr << "herd: unknown command '" << name << "'\n\n";
+  PrintUsage(std::cerr);
+  return 2;
 }
 
 }  // namespace herd

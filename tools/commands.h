@@ -18,6 +18,12 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
 //   [--top-p P] [--seed S] [--threads T] [--dump-logits FILE] [--config FILE]
 absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostream& out);
 
+// herd bench comm ...: see RunBenchCommCommand.
+absl::Status RunBenchCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd bench comm --backend local|mpi|nccl --tokens T --hidden H --top-k K --experts E
+absl::Status RunBenchCommCommand(const std::vector<std::string>& args, std::ostream& out);
+
 // Dispatches argv to a subcommand; returns the process exit code.
 int RunCli(int argc, char** argv);
 
