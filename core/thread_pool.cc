@@ -5,15 +5,31 @@
 #include <algorithm>
 
 namespace herd {
+namespace {
 
-ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
+// About 20-50 us of polling before a worker sleeps: longer than the gap
+// between kernels of one decode step, shorter than a scheduler tick.
+constexpr int kSpinIterations = 4000;
+
+inline void CpuRelax() {
+#if defined(__x86_64__) || defined(__i386__)
+  __builtin_ia32_pause();
+#else
+  std::this_thread::yield();
+#endif
+}
+
+}  // namespace
+
+ThreadPool::ThreadPool(int num_threads)
+    : num_threads_(std::max(1, num_threads)), chunks_(std::max(1, num_threads)) {
   for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
 }
 
 ThreadPool::~ThreadPool() {
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    stop_ = true;
+    stop_.store(true);
   }
   work_ready_.notify_all();
   for (auto& w : workers_) w.join();
@@ -35,44 +51,53 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     body(0, n, 0);
     return;
   }
-  std::vector<std::pair<int64_t, int64_t>> chunks(num_threads_, {0, 0});
-  for (int c = 0; c < num_chunks; ++c) {
-    const int64_t begin = std::min(n, num_grains * c / num_chunks * grain);
-    const int64_t end = std::min(n, num_grains * (c + 1) / num_chunks * grain);
-    chunks[c] = {begin, end};
+  for (int c = 0; c < num_threads_; ++c) {
+    const int64_t begin = c < num_chunks ? std::min(n, num_grains * c / num_chunks * grain) : n;
+    const int64_t end = c < num_chunks ? std::min(n, num_grains * (c + 1) / num_chunks * grain) : n;
+    chunks_[c] = {begin, end};
   }
+  body_ = &body;
+  pending_.store(num_threads_ - 1, std::memory_order_relaxed);
+  generation_.fetch_add(1, std::memory_order_release);
   {
     std::lock_guard<std::mutex> lock(mutex_);
-    chunks_ = std::move(chunks);
-    body_ = &body;
-    pending_ = num_threads_ - 1;
-    ++generation_;
+    if (num_sleeping_ > 0) work_ready_.notify_all();
   }
-  work_ready_.notify_all();
   if (chunks_[0].second > chunks_[0].first) body(chunks_[0].first, chunks_[0].second, 0);
-  std::unique_lock<std::mutex> lock(mutex_);
-  work_done_.wait(lock, [this] { return pending_ == 0; });
+  int spins = 0;
+  while (pending_.load(std::memory_order_acquire) != 0) {
+    if (++spins < kSpinIterations) {
+      CpuRelax();
+    } else {
+      std::this_thread::yield();
+    }
+  }
   body_ = nullptr;
 }
 
 void ThreadPool::WorkerLoop(int thread_idx) {
   uint64_t seen = 0;
   while (true) {
-    std::pair<int64_t, int64_t> chunk;
-    const std::function<void(int64_t, int64_t, int)>* body;
-    {
+    uint64_t current = generation_.load(std::memory_order_acquire);
+    for (int spins = 0; current == seen && spins < kSpinIterations; ++spins) {
+      CpuRelax();
+      current = generation_.load(std::memory_order_acquire);
+    }
+    if (current == seen) {
       std::unique_lock<std::mutex> lock(mutex_);
-      work_ready_.wait(lock, [&] { return stop_ || generation_ != seen; });
-      if (stop_) return;
-      seen = generation_;
-      chunk = chunks_[thread_idx];
-      body = body_;
+      ++num_sleeping_;
+      work_ready_.wait(lock, [&] {
+        return stop_.load() || generation_.load(std::memory_order_acquire) != seen;
+      });
+      --num_sleeping_;
+      if (stop_.load()) return;
+      current = generation_.load(std::memory_order_acquire);
     }
-    if (chunk.second > chunk.first) (*body)(chunk.first, chunk.second, thread_idx);
-    {
-      std::lock_guard<std::mutex> lock(mutex_);
-      if (--pending_ == 0) work_done_.notify_one();
-    }
+    if (stop_.load()) return;
+    seen = current;
+    const auto [begin, end] = chunks_[thread_idx];
+    if (end > begin) (*body_)(begin, end, thread_idx);
+    pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }
 

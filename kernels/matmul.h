@@ -1,31 +1,100 @@
 // Matrix multiplication against stored weights: y = x W^T (+ b).
 //
-// W [out, in] is in any weight dtype (F32, F16, BF16, Q8_0, Q4_0, Q4_1) and is
-// read in place. For quantized weights the activations are first quantized
-// per 32-value block to int8, as llama.cpp does (Q8_0 blocks for Q8_0/Q4_0
-// weights; Q8_1 blocks, which also carry d * sum(q), for Q4_1), and each block
-// product is an integer dot product scaled by both block scales. This keeps
-// Herd bit-for-bit close to llama.cpp and is what the fast kernels accelerate.
+// W [out, in] comes from a checkpoint in any weight dtype (F32, F16, BF16,
+// Q8_0, Q4_0, Q4_1). PackMatrix prepares it once, at load, for the fast
+// kernels: Q8_0 and Q4_0 are repacked, with their values and scales unchanged,
+// into groups of 16 rows interleaved 4 bytes at a time, so that one 64-byte
+// load feeds one AVX-512 VNNI instruction for 16 rows; other dtypes are used
+// in place (no copy).
+//
+// For quantized weights the activations are first quantized per 32-value
+// block to int8 with a float scale, as llama.cpp does (Q8_0 rounding), and
+// each block product is an integer dot product scaled by both block scales.
+// This keeps Herd within float reassociation of llama.cpp's results.
+//
+// Layout of a repacked group of 16 rows (rows past `out` are zero padding):
+//   for each 32-value block b:  payload, then F16 scales [16] (one per row)
+//   Q8_0x16 payload: 8 steps x 64 B; step s holds, for row r = 0..15, the
+//                    int8 values 4s..4s+3 of that row's block b (bytes r*4..r*4+3)
+//   Q4_0x16 payload: 4 steps x 64 B; step s holds, for row r, the ggml bytes
+//                    qs[4s..4s+3]: low nibbles are values 4s..4s+3, high
+//                    nibbles values 16+4s..16+4s+3
+// A group is 16 x 34 B (Q8_0) or 16 x 18 B (Q4_0) per block: exactly the
+// bytes of the source rows.
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 #include "core/tensor_view.h"
 #include "core/thread_pool.h"
 
 namespace herd::cpu {
 
-// Bytes of workspace Matmul needs for `num_tokens` rows of `in` activations
-// against weights of `weight_type`. 0 for float weights.
-size_t MatmulWorkspaceBytes(DType weight_type, int64_t num_tokens, int64_t in);
+enum class PackedLayout {
+  kRowMajor,  // the source tensor as stored (F32, F16, BF16, Q4_1)
+  kQ8_0x16,
+  kQ4_0x16,
+};
 
-// x F32 [num_tokens, in]; y F32 [num_tokens, out] (overwritten); bias F32 [out]
-// or nullptr. `workspace` holds at least MatmulWorkspaceBytes bytes. Splits the
-// output rows over `pool`. Never allocates. InvalidArgument on shape or dtype
-// mismatch.
-absl::Status Matmul(const TensorView& weight, const float* bias, const float* x, int64_t num_tokens,
-                    float* y, void* workspace, size_t workspace_bytes, ThreadPool& pool);
+constexpr int64_t kPackRows = 16;
+
+// A weight matrix ready for Matmul. Cheap to move; owns its repacked bytes
+// (if any); the source tensor must outlive it. Immutable, thread-safe to share.
+struct PackedMatrix {
+  TensorView source;  // [rows, cols] as loaded
+  PackedLayout layout = PackedLayout::kRowMajor;
+  int64_t rows = 0;
+  int64_t cols = 0;
+  const uint8_t* data = nullptr;  // source bytes, or the repacked groups
+  std::shared_ptr<const uint8_t[]> storage;
+
+  int64_t num_groups() const { return (rows + kPackRows - 1) / kPackRows; }
+  // Bytes of the packed representation (for resident-memory accounting).
+  int64_t num_bytes() const;
+};
+
+// Prepares `weight` [rows, cols]. InvalidArgument when it is not 2-D, its dtype
+// is not a weight dtype, or cols is not a multiple of the block size.
+absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight);
+
+// Bytes of workspace Matmul needs for `num_tokens` rows of activations.
+size_t MatmulWorkspaceBytes(const PackedMatrix& weight, int64_t num_tokens);
+
+// x F32 [num_tokens, cols]; y F32 [num_tokens, rows] (overwritten); bias F32
+// [rows] or nullptr. Splits row groups over `pool` and runs the fastest kernel
+// of ActiveIsa(). Never allocates. InvalidArgument when the workspace is too
+// small.
+absl::Status Matmul(const PackedMatrix& weight, const float* bias, const float* x,
+                    int64_t num_tokens, float* y, void* workspace, size_t workspace_bytes,
+                    ThreadPool& pool);
+
+// One product of a batch: y F32 [num_tokens, w.rows] = x F32 [num_tokens, w.cols] W^T (+ bias).
+struct MatmulTask {
+  const PackedMatrix* weight = nullptr;
+  const float* bias = nullptr;
+  const float* x = nullptr;
+  int64_t num_tokens = 0;
+  float* y = nullptr;
+};
+
+// Runs several independent products as one parallel loop over all their row
+// groups: the MoE layer's projections of every active expert at once, so both
+// cores stay busy even when each expert has a single token. Tasks with the
+// same x, num_tokens and cols share one quantization of x (gate and up).
+size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks);
+absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* workspace,
+                         size_t workspace_bytes, ThreadPool& pool);
+
+// The scalar reference: the same product computed directly from the stored
+// tensor, one row and token at a time. Conformance tests compare every
+// kernel against it.
+size_t MatmulReferenceWorkspaceBytes(DType weight_type, int64_t num_tokens, int64_t in);
+absl::Status MatmulReference(const TensorView& weight, const float* bias, const float* x,
+                             int64_t num_tokens, float* y, void* workspace, size_t workspace_bytes,
+                             ThreadPool& pool);
 
 }  // namespace herd::cpu

@@ -15,6 +15,7 @@
 #include "absl/status/status.h"
 #include "core/tensor_view.h"
 #include "core/thread_pool.h"
+#include "kernels/matmul.h"
 
 namespace herd::cpu {
 
@@ -25,20 +26,23 @@ namespace herd::cpu {
 void PermuteByExpert(const int32_t* expert_idx, int64_t num_slots, int64_t num_experts,
                      int32_t* row_to_slot, int32_t* expert_offsets);
 
-// One expert's weights as the FFN kernel sees them.
+// One expert's weights as the FFN kernel sees them (nullptr: not held here).
 struct ExpertFfnView {
-  TensorView gate;  // [ffn, hidden]
-  TensorView up;    // [ffn, hidden]
-  TensorView down;  // [hidden, ffn]
+  const PackedMatrix* gate = nullptr;  // [ffn, hidden]
+  const PackedMatrix* up = nullptr;    // [ffn, hidden]
+  const PackedMatrix* down = nullptr;  // [hidden, ffn]
 };
 
-// Workspace for GroupedExpertFfn over up to `max_rows` rows of any one expert.
+// Workspace for GroupedExpertFfn over up to `max_rows` rows in all, for
+// experts shaped like `like`.
 size_t GroupedExpertFfnWorkspaceBytes(const ExpertFfnView& like, int64_t max_rows);
 
 // x F32 [num_rows, hidden] already grouped by expert; out F32 [num_rows, hidden]
 // (overwritten) = down(silu(gate x) * up x) with expert e's weights for rows
-// [offsets[e], offsets[e+1]). Experts with no rows are skipped (their views may
-// be empty); an expert with rows and empty views is InvalidArgument.
+// [offsets[e], offsets[e+1]). The gate and up projections of every active
+// expert run as one parallel loop, then all down projections (work split over
+// experts x output rows). Experts with no rows are skipped (their views may
+// be null); an expert with rows and no weights is InvalidArgument.
 absl::Status GroupedExpertFfn(const std::vector<ExpertFfnView>& experts, const int32_t* offsets,
                               const float* x, float* out, void* workspace, size_t workspace_bytes,
                               ThreadPool& pool);

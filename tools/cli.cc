@@ -20,6 +20,7 @@ struct Command {
 constexpr Command kCommands[] = {
     {"inspect", RunInspectCommand, "describe a model: architecture, shapes, dtypes, bytes"},
     {"generate", RunGenerateCommand, "run a prompt of token ids and print the generated ids"},
+    {"synth", RunSynthCommand, "write a random-weight MoE model (GGUF, llama.cpp layout)"},
 };
 
 void PrintUsage(std::ostream& out) {

@@ -18,6 +18,9 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
 //   [--top-p P] [--seed S] [--threads T] [--dump-logits FILE] [--config FILE]
 absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostream& out);
 
+// herd synth [shape flags] --dtype D --seed S --out FILE: a random-weight GGUF model.
+absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream& out);
+
 // herd bench comm ...: see RunBenchCommCommand.
 absl::Status RunBenchCommand(const std::vector<std::string>& args, std::ostream& out);
 

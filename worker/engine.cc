@@ -14,8 +14,53 @@
 
 namespace herd {
 
-Engine::Engine(const Model& model, int num_threads)
-    : model_(model), pool_(num_threads), expert_views_(model.spec.num_experts) {}
+Engine::Engine(const Model& model, int num_threads) : model_(model), pool_(num_threads) {}
+
+absl::Status Engine::PackWeights() {
+  HERD_ASSIGN_OR_RETURN(packed_lm_head_, cpu::PackMatrix(model_.lm_head));
+  packed_layers_.resize(model_.layers.size());
+  for (size_t l = 0; l < model_.layers.size(); ++l) {
+    const LayerWeights& w = model_.layers[l];
+    PackedLayer& p = packed_layers_[l];
+    HERD_ASSIGN_OR_RETURN(p.q, cpu::PackMatrix(w.q.weight));
+    HERD_ASSIGN_OR_RETURN(p.k, cpu::PackMatrix(w.k.weight));
+    HERD_ASSIGN_OR_RETURN(p.v, cpu::PackMatrix(w.v.weight));
+    HERD_ASSIGN_OR_RETURN(p.o, cpu::PackMatrix(w.o.weight));
+    HERD_ASSIGN_OR_RETURN(p.router, cpu::PackMatrix(w.router));
+    const size_t num_experts = w.experts.size();
+    p.gate.resize(num_experts);
+    p.up.resize(num_experts);
+    p.down.resize(num_experts);
+    p.experts.resize(num_experts);
+    for (size_t e = 0; e < num_experts; ++e) {
+      HERD_ASSIGN_OR_RETURN(p.gate[e], cpu::PackMatrix(w.experts[e].gate));
+      HERD_ASSIGN_OR_RETURN(p.up[e], cpu::PackMatrix(w.experts[e].up));
+      HERD_ASSIGN_OR_RETURN(p.down[e], cpu::PackMatrix(w.experts[e].down));
+      p.experts[e] = {&p.gate[e], &p.up[e], &p.down[e]};
+    }
+    if (w.shared_expert.resident()) {
+      HERD_ASSIGN_OR_RETURN(p.shared_gate, cpu::PackMatrix(w.shared_expert.gate));
+      HERD_ASSIGN_OR_RETURN(p.shared_up, cpu::PackMatrix(w.shared_expert.up));
+      HERD_ASSIGN_OR_RETURN(p.shared_down, cpu::PackMatrix(w.shared_expert.down));
+      p.shared = {{&p.shared_gate, &p.shared_up, &p.shared_down}};
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t Engine::packed_weight_bytes() const {
+  int64_t bytes = packed_lm_head_.num_bytes() + model_.token_embedding.num_bytes();
+  for (const PackedLayer& p : packed_layers_) {
+    for (const cpu::PackedMatrix* m :
+         {&p.q, &p.k, &p.v, &p.o, &p.router, &p.shared_gate, &p.shared_up, &p.shared_down}) {
+      bytes += m->num_bytes();
+    }
+    for (size_t e = 0; e < p.gate.size(); ++e) {
+      bytes += p.gate[e].num_bytes() + p.up[e].num_bytes() + p.down[e].num_bytes();
+    }
+  }
+  return bytes;
+}
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
                                                        const EngineOptions& options) {
@@ -30,7 +75,9 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   }
   const int threads =
       options.num_threads > 0 ? options.num_threads : ThreadPool::DefaultNumThreads();
-  return std::unique_ptr<Engine>(new Engine(model, threads));
+  std::unique_ptr<Engine> engine(new Engine(model, threads));
+  HERD_RETURN_IF_ERROR(engine->PackWeights());
+  return engine;
 }
 
 absl::Status Engine::ValidateBatch(const Batch& batch) const {
@@ -92,28 +139,18 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
 
   size_t bytes = cpu::AttentionWorkspaceBytes({s.num_heads, s.num_kv_heads, s.head_dim},
                                               max_context, pool_.num_threads());
-  auto grow = [&](const TensorView& w) {
-    if (!w.empty()) {
-      bytes = std::max(bytes, cpu::MatmulWorkspaceBytes(w.dtype(), num_tokens, w.dim(1)));
-    }
+  auto grow = [&](const cpu::PackedMatrix& w) {
+    if (w.rows > 0) bytes = std::max(bytes, cpu::MatmulWorkspaceBytes(w, num_tokens));
   };
-  grow(model_.lm_head);
-  for (const LayerWeights& layer : model_.layers) {
-    for (const TensorView* w :
-         {&layer.q.weight, &layer.k.weight, &layer.v.weight, &layer.o.weight, &layer.router}) {
-      grow(*w);
+  grow(packed_lm_head_);
+  for (const PackedLayer& p : packed_layers_) {
+    for (const cpu::PackedMatrix* w : {&p.q, &p.k, &p.v, &p.o, &p.router}) grow(*w);
+    if (!p.shared.empty()) {
+      bytes = std::max(bytes, cpu::GroupedExpertFfnWorkspaceBytes(p.shared[0], num_tokens));
     }
-    for (const ExpertFfnWeights* e : {&layer.shared_expert}) {
-      if (e->resident()) {
-        bytes = std::max(
-            bytes, cpu::GroupedExpertFfnWorkspaceBytes({e->gate, e->up, e->down}, num_tokens));
-      }
-    }
-    for (const ExpertFfnWeights& e : layer.experts) {
-      if (e.resident()) {
-        bytes = std::max(bytes,
-                         cpu::GroupedExpertFfnWorkspaceBytes({e.gate, e.up, e.down}, num_tokens));
-      }
+    if (!p.experts.empty()) {
+      bytes = std::max(bytes, cpu::GroupedExpertFfnWorkspaceBytes(
+                                  p.experts[0], num_tokens * s.num_experts_per_token));
     }
   }
   workspace_.resize(bytes);
@@ -154,13 +191,14 @@ absl::Status Engine::Forward(const Batch& batch, float* logits) {
     cpu::RmsNorm(x_.data() + batch.logit_rows[r] * s.hidden_size, model_.output_norm.as<float>(), 1,
                  s.hidden_size, s.rms_norm_eps, h_.data() + r * s.hidden_size);
   }
-  return cpu::Matmul(model_.lm_head, nullptr, h_.data(), num_rows, logits, workspace_.data(),
+  return cpu::Matmul(packed_lm_head_, nullptr, h_.data(), num_rows, logits, workspace_.data(),
                      workspace_.size(), pool_);
 }
 
 absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens) {
   const ModelSpec& s = model_.spec;
   const LayerWeights& w = model_.layers[layer_idx];
+  const PackedLayer& p = packed_layers_[layer_idx];
   const int64_t q_dim = s.num_heads * s.head_dim;
   const int64_t kv_dim = s.num_kv_heads * s.head_dim;
   void* ws = workspace_.data();
@@ -168,12 +206,12 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
 
   cpu::RmsNorm(x_.data(), w.attn_norm.as<float>(), num_tokens, s.hidden_size, s.rms_norm_eps,
                h_.data());
-  HERD_RETURN_IF_ERROR(cpu::Matmul(w.q.weight, w.q.bias.as<float>(), h_.data(), num_tokens,
-                                   q_.data(), ws, ws_bytes, pool_));
-  HERD_RETURN_IF_ERROR(cpu::Matmul(w.k.weight, w.k.bias.as<float>(), h_.data(), num_tokens,
-                                   k_.data(), ws, ws_bytes, pool_));
-  HERD_RETURN_IF_ERROR(cpu::Matmul(w.v.weight, w.v.bias.as<float>(), h_.data(), num_tokens,
-                                   v_.data(), ws, ws_bytes, pool_));
+  HERD_RETURN_IF_ERROR(cpu::Matmul(p.q, w.q.bias.as<float>(), h_.data(), num_tokens, q_.data(), ws,
+                                   ws_bytes, pool_));
+  HERD_RETURN_IF_ERROR(cpu::Matmul(p.k, w.k.bias.as<float>(), h_.data(), num_tokens, k_.data(), ws,
+                                   ws_bytes, pool_));
+  HERD_RETURN_IF_ERROR(cpu::Matmul(p.v, w.v.bias.as<float>(), h_.data(), num_tokens, v_.data(), ws,
+                                   ws_bytes, pool_));
   if (s.qk_norm == QkNorm::kPerHead) {
     cpu::RmsNorm(q_.data(), w.q_norm.as<float>(), num_tokens * s.num_heads, s.head_dim,
                  s.rms_norm_eps, q_.data());
@@ -200,7 +238,7 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
                    c.start_pos, keys, values, attn_.data() + row * q_dim, ws, ws_bytes, pool_);
     row += c.num_tokens;
   }
-  HERD_RETURN_IF_ERROR(cpu::Matmul(w.o.weight, w.o.bias.as<float>(), attn_.data(), num_tokens,
+  HERD_RETURN_IF_ERROR(cpu::Matmul(p.o, w.o.bias.as<float>(), attn_.data(), num_tokens,
                                    proj_.data(), ws, ws_bytes, pool_));
   cpu::AddInPlace(x_.data(), proj_.data(), num_tokens * s.hidden_size);
   return absl::OkStatus();
@@ -209,6 +247,7 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
 absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   const ModelSpec& s = model_.spec;
   const LayerWeights& w = model_.layers[layer_idx];
+  const PackedLayer& p = packed_layers_[layer_idx];
   const int64_t top_k = s.num_experts_per_token;
   const int64_t num_slots = num_tokens * top_k;
   const int64_t hidden = s.hidden_size;
@@ -216,7 +255,7 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   const size_t ws_bytes = workspace_.size();
 
   cpu::RmsNorm(x_.data(), w.ffn_norm.as<float>(), num_tokens, hidden, s.rms_norm_eps, h_.data());
-  HERD_RETURN_IF_ERROR(cpu::Matmul(w.router, nullptr, h_.data(), num_tokens, router_logits_.data(),
+  HERD_RETURN_IF_ERROR(cpu::Matmul(p.router, nullptr, h_.data(), num_tokens, router_logits_.data(),
                                    ws, ws_bytes, pool_));
   cpu::RouterTopK(router_logits_.data(), num_tokens, s.num_experts, top_k, s.router_scoring,
                   s.norm_topk_prob, expert_idx_.data(), expert_weights_.data());
@@ -232,13 +271,8 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
     std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
                 hidden * sizeof(float));
   }
-  for (int64_t e = 0; e < s.num_experts; ++e) {
-    const ExpertFfnWeights& ew = w.experts[e];
-    expert_views_[e] = {ew.gate, ew.up, ew.down};
-  }
-  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(expert_views_, expert_offsets_.data(),
-                                             expert_in_.data(), expert_out_.data(), ws, ws_bytes,
-                                             pool_));
+  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(p.experts, expert_offsets_.data(), expert_in_.data(),
+                                             expert_out_.data(), ws, ws_bytes, pool_));
   std::fill(proj_.begin(), proj_.begin() + num_tokens * hidden, 0.0f);
   cpu::CombineWeighted(expert_out_.data(), slot_to_row_.data(), expert_weights_.data(), num_tokens,
                        top_k, hidden, proj_.data());
@@ -252,12 +286,11 @@ absl::Status Engine::SharedExpert(int layer_idx, int64_t num_tokens) {
   const ModelSpec& s = model_.spec;
   const LayerWeights& w = model_.layers[layer_idx];
   const int64_t hidden = s.hidden_size;
-  const std::vector<cpu::ExpertFfnView> shared = {
-      {w.shared_expert.gate, w.shared_expert.up, w.shared_expert.down}};
   const int32_t offsets[2] = {0, static_cast<int32_t>(num_tokens)};
   // expert_in_/expert_out_ hold num_tokens * top_k >= num_tokens rows.
-  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(shared, offsets, h_.data(), expert_out_.data(),
-                                             workspace_.data(), workspace_.size(), pool_));
+  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(packed_layers_[layer_idx].shared, offsets, h_.data(),
+                                             expert_out_.data(), workspace_.data(),
+                                             workspace_.size(), pool_));
   for (int64_t t = 0; t < num_tokens; ++t) {
     float gate = 1.0f;
     if (s.shared_expert_gated) {

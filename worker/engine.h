@@ -67,6 +67,8 @@ class Engine {
   void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
   const ModelSpec& spec() const { return model_.spec; }
   int num_threads() const { return pool_.num_threads(); }
+  // Bytes of weights as the kernels read them (repacked copies included).
+  int64_t packed_weight_bytes() const;
 
  private:
   Engine(const Model& model, int num_threads);
@@ -76,10 +78,21 @@ class Engine {
   absl::Status MoeBlock(int layer_idx, int64_t num_tokens);
   absl::Status SharedExpert(int layer_idx, int64_t num_tokens);
 
+  // Every matrix of one layer, prepared for the CPU kernels.
+  struct PackedLayer {
+    cpu::PackedMatrix q, k, v, o, router;
+    std::vector<cpu::PackedMatrix> gate, up, down;  // per expert
+    cpu::PackedMatrix shared_gate, shared_up, shared_down;
+    std::vector<cpu::ExpertFfnView> experts;  // views of gate/up/down
+    std::vector<cpu::ExpertFfnView> shared;   // one view, or none
+  };
+  absl::Status PackWeights();
+
   const Model& model_;
   ThreadPool pool_;
   RoutingObserver routing_observer_;
-  std::vector<cpu::ExpertFfnView> expert_views_;  // reused per layer
+  std::vector<PackedLayer> packed_layers_;
+  cpu::PackedMatrix packed_lm_head_;
 
   // Scratch, grown on demand and reused across steps.
   int64_t reserved_tokens_ = 0;

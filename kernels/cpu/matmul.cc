@@ -6,6 +6,8 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/dtype.h"
+#include "kernels/cpu/matmul_kernels.h"
+#include "kernels/cpu_features.h"
 
 namespace herd::cpu {
 namespace {
@@ -103,9 +105,288 @@ float DotQ4_1(const BlockQ4_1* w, const ActQ8_1* x, int64_t num_blocks) {
   return sum;
 }
 
+absl::Status CheckShape(const TensorView& weight) {
+  if (weight.rank() != 2) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Matmul: weight must be 2-D, got ", weight.DebugString()));
+  }
+  if (weight.dtype() == DType::kI32) {
+    return absl::InvalidArgumentError("Matmul: I32 is not a weight dtype");
+  }
+  if (weight.dim(1) % BlockSize(weight.dtype()) != 0) {
+    return absl::InvalidArgumentError(absl::StrCat("Matmul: row length ", weight.dim(1),
+                                                   " is not a multiple of the block size of ",
+                                                   DTypeName(weight.dtype())));
+  }
+  return absl::OkStatus();
+}
+
+template <typename Block>
+void RepackGroups(const TensorView& w, int64_t payload_steps, uint8_t* out,
+                  void (*copy_step)(const Block&, int step, uint8_t* dst4)) {
+  const int64_t rows = w.dim(0);
+  const int64_t nb = w.dim(1) / 32;
+  const int64_t block_bytes = payload_steps * 64 + 32;
+  const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+  std::memset(out, 0, groups * nb * block_bytes);
+  for (int64_t g = 0; g < groups; ++g) {
+    for (int64_t r = 0; r < kPackRows && g * kPackRows + r < rows; ++r) {
+      const auto* src = reinterpret_cast<const Block*>(w.row(g * kPackRows + r));
+      for (int64_t b = 0; b < nb; ++b) {
+        uint8_t* dst = out + (g * nb + b) * block_bytes;
+        for (int s = 0; s < payload_steps; ++s) copy_step(src[b], s, dst + s * 64 + r * 4);
+        std::memcpy(dst + payload_steps * 64 + r * 2, &src[b].d, 2);
+      }
+    }
+  }
+}
+
 }  // namespace
 
-size_t MatmulWorkspaceBytes(DType weight_type, int64_t num_tokens, int64_t in) {
+int64_t PackedMatrix::num_bytes() const {
+  if (layout == PackedLayout::kRowMajor) return source.num_bytes();
+  const int64_t nb = cols / 32;
+  const int64_t block_bytes = layout == PackedLayout::kQ8_0x16 ? 8 * 64 + 32 : 4 * 64 + 32;
+  return num_groups() * nb * block_bytes;
+}
+
+absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
+  HERD_RETURN_IF_ERROR(CheckShape(weight));
+  PackedMatrix p;
+  p.source = weight;
+  p.rows = weight.dim(0);
+  p.cols = weight.dim(1);
+  p.data = static_cast<const uint8_t*>(weight.data());
+  const DType t = weight.dtype();
+  if (t != DType::kQ8_0 && t != DType::kQ4_0) return p;
+  p.layout = t == DType::kQ8_0 ? PackedLayout::kQ8_0x16 : PackedLayout::kQ4_0x16;
+  auto storage = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<int64_t>(1, p.num_bytes())]);
+  if (t == DType::kQ8_0) {
+    RepackGroups<BlockQ8_0>(weight, 8, storage.get(), [](const BlockQ8_0& b, int s, uint8_t* dst) {
+      std::memcpy(dst, b.qs + 4 * s, 4);
+    });
+  } else {
+    RepackGroups<BlockQ4_0>(weight, 4, storage.get(), [](const BlockQ4_0& b, int s, uint8_t* dst) {
+      std::memcpy(dst, b.qs + 4 * s, 4);
+    });
+  }
+  p.data = storage.get();
+  p.storage = std::move(storage);
+  return p;
+}
+
+size_t QuantizedActivationsBytes(int64_t num_tokens, int64_t cols) {
+  const int64_t nb = cols / 32;
+  return num_tokens * (2 * cols + nb * (sizeof(float) + sizeof(int32_t))) + 64;
+}
+
+QuantizedActivations CarveQuantizedActivations(void* workspace, int64_t num_tokens, int64_t cols) {
+  const int64_t nb = cols / 32;
+  auto* base = static_cast<uint8_t*>(workspace);
+  QuantizedActivations a;
+  a.d = reinterpret_cast<float*>(base);
+  a.sum = reinterpret_cast<int32_t*>(base + num_tokens * nb * sizeof(float));
+  a.qs = reinterpret_cast<int8_t*>(base + num_tokens * nb * (sizeof(float) + sizeof(int32_t)));
+  a.qu = reinterpret_cast<uint8_t*>(a.qs + num_tokens * cols);
+  return a;
+}
+
+void QuantizeActivations(const float* x, int64_t cols, int64_t token_begin, int64_t token_end,
+                         const QuantizedActivations& a) {
+  const int64_t nb = cols / 32;
+  for (int64_t t = token_begin; t < token_end; ++t) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + t * cols + b * 32;
+      float amax = 0.0f;
+      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
+      const float d = amax / 127.0f;
+      const float id = d != 0.0f ? 1.0f / d : 0.0f;
+      int8_t* q = a.qs + t * cols + b * 32;
+      uint8_t* u = a.qu + t * cols + b * 32;
+      int32_t sum = 0;
+      for (int i = 0; i < 32; ++i) {
+        q[i] = static_cast<int8_t>(std::roundf(xb[i] * id));
+        u[i] = static_cast<uint8_t>(q[i] + 128);
+        sum += q[i];
+      }
+      a.d[t * nb + b] = F16ToF32(F32ToF16(d));
+      a.sum[t * nb + b] = sum;
+    }
+  }
+}
+
+// Scalar kernels on the packed layouts; row-major dtypes go through the
+// reference dots. Sums run over blocks in order, like the reference, so the
+// two agree exactly.
+void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
+  const PackedMatrix& w = *args.w;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  const float* table = F16Table();
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    const int64_t row_end = std::min(w.rows, (g + 1) * kPackRows);
+    for (int64_t o = g * kPackRows; o < row_end; ++o) {
+      const int64_t r = o - g * kPackRows;
+      for (int64_t t = 0; t < args.num_tokens; ++t) {
+        float v = 0.0f;
+        if (w.layout == PackedLayout::kRowMajor) {
+          const uint8_t* row = w.source.row(o);
+          const float* xt = args.x + t * cols;
+          switch (w.source.dtype()) {
+            case DType::kF32:
+              v = DotF32(reinterpret_cast<const float*>(row), xt, cols);
+              break;
+            case DType::kF16:
+              v = DotF16(reinterpret_cast<const uint16_t*>(row), xt, cols);
+              break;
+            case DType::kBF16:
+              v = DotBF16(reinterpret_cast<const uint16_t*>(row), xt, cols);
+              break;
+            default:
+              break;  // Q4_1 never reaches here (Matmul routes it to the reference)
+          }
+        } else {
+          const bool q8 = w.layout == PackedLayout::kQ8_0x16;
+          const int64_t steps = q8 ? 8 : 4;
+          const int64_t block_bytes = steps * 64 + 32;
+          for (int64_t b = 0; b < nb; ++b) {
+            const uint8_t* blk = w.data + (g * nb + b) * block_bytes;
+            const int8_t* at = args.a->qs + t * cols + b * 32;
+            int32_t sumi = 0;
+            for (int64_t s = 0; s < steps; ++s) {
+              const uint8_t* wq = blk + s * 64 + r * 4;
+              for (int i = 0; i < 4; ++i) {
+                if (q8) {
+                  sumi += static_cast<int8_t>(wq[i]) * at[4 * s + i];
+                } else {
+                  sumi += ((wq[i] & 0x0F) - 8) * at[4 * s + i];
+                  sumi += ((wq[i] >> 4) - 8) * at[16 + 4 * s + i];
+                }
+              }
+            }
+            uint16_t scale;
+            std::memcpy(&scale, blk + steps * 64 + r * 2, 2);
+            v += sumi * (table[scale] * args.a->d[t * nb + b]);
+          }
+        }
+        args.y[t * w.rows + o] = v + (args.bias != nullptr ? args.bias[o] : 0.0f);
+      }
+    }
+  }
+}
+
+namespace {
+
+bool UsesReference(const PackedMatrix& w) { return w.source.dtype() == DType::kQ4_1; }
+
+// Index of the first earlier task whose activations this one can share.
+size_t SharedInput(const MatmulTask* tasks, size_t i) {
+  for (size_t j = 0; j < i; ++j) {
+    if (tasks[j].x == tasks[i].x && tasks[j].num_tokens == tasks[i].num_tokens &&
+        tasks[j].weight->cols == tasks[i].weight->cols &&
+        tasks[j].weight->layout != PackedLayout::kRowMajor) {
+      return j;
+    }
+  }
+  return i;
+}
+
+}  // namespace
+
+size_t MatmulWorkspaceBytes(const PackedMatrix& weight, int64_t num_tokens) {
+  const MatmulTask task{&weight, nullptr, nullptr, num_tokens, nullptr};
+  return MatmulBatchWorkspaceBytes(&task, 1);
+}
+
+absl::Status Matmul(const PackedMatrix& weight, const float* bias, const float* x,
+                    int64_t num_tokens, float* y, void* workspace, size_t workspace_bytes,
+                    ThreadPool& pool) {
+  const MatmulTask task{&weight, bias, x, num_tokens, y};
+  return MatmulBatch(&task, 1, workspace, workspace_bytes, pool);
+}
+
+size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks) {
+  size_t bytes = 0;
+  for (size_t i = 0; i < num_tasks; ++i) {
+    const PackedMatrix& w = *tasks[i].weight;
+    if (UsesReference(w)) {
+      bytes = std::max(
+          bytes, MatmulReferenceWorkspaceBytes(w.source.dtype(), tasks[i].num_tokens, w.cols));
+    }
+  }
+  size_t quantized = 0;
+  for (size_t i = 0; i < num_tasks; ++i) {
+    const PackedMatrix& w = *tasks[i].weight;
+    if (w.layout != PackedLayout::kRowMajor && SharedInput(tasks, i) == i) {
+      quantized += QuantizedActivationsBytes(tasks[i].num_tokens, w.cols);
+    }
+  }
+  return std::max(bytes, quantized);
+}
+
+absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* workspace,
+                         size_t workspace_bytes, ThreadPool& pool) {
+  if (workspace_bytes < MatmulBatchWorkspaceBytes(tasks, num_tasks)) {
+    return absl::InvalidArgumentError("Matmul: workspace too small");
+  }
+  // Q4_1 goes through the reference, one task at a time.
+  for (size_t i = 0; i < num_tasks; ++i) {
+    const MatmulTask& t = tasks[i];
+    if (UsesReference(*t.weight)) {
+      HERD_RETURN_IF_ERROR(MatmulReference(t.weight->source, t.bias, t.x, t.num_tokens, t.y,
+                                           workspace, workspace_bytes, pool));
+    }
+  }
+  // Quantize each distinct input once.
+  constexpr size_t kMaxTasks = 64;
+  if (num_tasks > kMaxTasks) return absl::InvalidArgumentError("MatmulBatch: too many tasks");
+  QuantizedActivations acts[kMaxTasks];
+  KernelArgs args[kMaxTasks];
+  int64_t first_group[kMaxTasks + 1];
+  auto* cursor = static_cast<uint8_t*>(workspace);
+  int64_t total_groups = 0;
+  for (size_t i = 0; i < num_tasks; ++i) {
+    const MatmulTask& t = tasks[i];
+    const PackedMatrix& w = *t.weight;
+    first_group[i] = total_groups;
+    if (UsesReference(w) || t.num_tokens <= 0) continue;
+    if (w.layout != PackedLayout::kRowMajor) {
+      const size_t shared = SharedInput(tasks, i);
+      if (shared == i) {
+        acts[i] = CarveQuantizedActivations(cursor, t.num_tokens, w.cols);
+        cursor += QuantizedActivationsBytes(t.num_tokens, w.cols);
+        pool.ParallelFor(t.num_tokens, 1, [&](int64_t begin, int64_t end, int) {
+          QuantizeActivations(t.x, w.cols, begin, end, acts[i]);
+        });
+      } else {
+        acts[i] = acts[shared];
+      }
+    }
+    args[i] = KernelArgs{&w, &acts[i], t.x, t.num_tokens, t.bias, t.y};
+    total_groups += w.num_groups();
+  }
+  first_group[num_tasks] = total_groups;
+  const bool avx512 = ActiveIsa() == Isa::kAvx512;
+  pool.ParallelFor(total_groups, 1, [&](int64_t begin, int64_t end, int) {
+    size_t i = 0;
+    while (begin < end) {
+      while (first_group[i + 1] <= begin) ++i;
+      const int64_t stop = std::min(end, first_group[i + 1]);
+      const KernelArgs& a = args[i];
+      const int64_t g0 = begin - first_group[i];
+      const int64_t g1 = stop - first_group[i];
+      if (avx512 && SupportedByAvx512(*a.w)) {
+        MatmulGroupsAvx512(a, g0, g1);
+      } else {
+        MatmulGroupsScalar(a, g0, g1);
+      }
+      begin = stop;
+    }
+  });
+  return absl::OkStatus();
+}
+
+size_t MatmulReferenceWorkspaceBytes(DType weight_type, int64_t num_tokens, int64_t in) {
   switch (weight_type) {
     case DType::kQ8_0:
     case DType::kQ4_0:
@@ -117,20 +398,14 @@ size_t MatmulWorkspaceBytes(DType weight_type, int64_t num_tokens, int64_t in) {
   }
 }
 
-absl::Status Matmul(const TensorView& weight, const float* bias, const float* x, int64_t num_tokens,
-                    float* y, void* workspace, size_t workspace_bytes, ThreadPool& pool) {
-  if (weight.rank() != 2) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("Matmul: weight must be 2-D, got ", weight.DebugString()));
-  }
+absl::Status MatmulReference(const TensorView& weight, const float* bias, const float* x,
+                             int64_t num_tokens, float* y, void* workspace, size_t workspace_bytes,
+                             ThreadPool& pool) {
+  HERD_RETURN_IF_ERROR(CheckShape(weight));
   const int64_t out = weight.dim(0);
   const int64_t in = weight.dim(1);
   const DType type = weight.dtype();
-  if (in % BlockSize(type) != 0) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "Matmul: row length ", in, " is not a multiple of the block size of ", DTypeName(type)));
-  }
-  if (workspace_bytes < MatmulWorkspaceBytes(type, num_tokens, in)) {
+  if (workspace_bytes < MatmulReferenceWorkspaceBytes(type, num_tokens, in)) {
     return absl::InvalidArgumentError("Matmul: workspace too small");
   }
   if (num_tokens <= 0 || out == 0) return absl::OkStatus();
@@ -139,20 +414,18 @@ absl::Status Matmul(const TensorView& weight, const float* bias, const float* x,
   const int64_t row_bytes = weight.row_bytes();
   const uint8_t* base = static_cast<const uint8_t*>(weight.data());
 
-  // Quantize activations once, split over tokens.
   if (type == DType::kQ8_0 || type == DType::kQ4_0) {
     auto* xq = static_cast<BlockQ8_0*>(workspace);
     pool.ParallelFor(num_tokens, 1, [&](int64_t begin, int64_t end, int) {
-      for (int64_t t = begin; t < end; ++t)
+      for (int64_t t = begin; t < end; ++t) {
         QuantizeRow(DType::kQ8_0, x + t * in, xq + t * num_blocks, in);
+      }
     });
   } else if (type == DType::kQ4_1) {
     auto* xq = static_cast<ActQ8_1*>(workspace);
     pool.ParallelFor(num_tokens, 1, [&](int64_t begin, int64_t end, int) {
       for (int64_t t = begin; t < end; ++t) QuantizeRowQ8_1(x + t * in, in, xq + t * num_blocks);
     });
-  } else if (type == DType::kI32) {
-    return absl::InvalidArgumentError("Matmul: I32 is not a weight dtype");
   }
 
   pool.ParallelFor(out, 8, [&](int64_t begin, int64_t end, int) {

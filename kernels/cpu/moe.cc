@@ -26,19 +26,26 @@ void PermuteByExpert(const int32_t* expert_idx, int64_t num_slots, int64_t num_e
 
 namespace {
 
+// Experts that can hold rows in one call: all of a layer's, generously.
+constexpr size_t kMaxExperts = 512;
+
 struct FfnWorkspaceLayout {
   size_t gate_bytes, up_bytes, matmul_bytes;
 };
 
 FfnWorkspaceLayout Layout(const ExpertFfnView& like, int64_t max_rows) {
-  const int64_t hidden = like.gate.dim(1);
-  const int64_t ffn = like.gate.dim(0);
+  const int64_t ffn = like.gate->rows;
   FfnWorkspaceLayout l;
-  l.gate_bytes = max_rows * ffn * sizeof(float);
+  l.gate_bytes = (max_rows * ffn * sizeof(float) + 63) / 64 * 64;
   l.up_bytes = l.gate_bytes;
-  l.matmul_bytes = std::max({MatmulWorkspaceBytes(like.gate.dtype(), max_rows, hidden),
-                             MatmulWorkspaceBytes(like.up.dtype(), max_rows, hidden),
-                             MatmulWorkspaceBytes(like.down.dtype(), max_rows, ffn)});
+  // Upper bound over every split of max_rows into experts: one quantized copy
+  // of all rows for gate/up, one for down.
+  const MatmulTask gate_up[2] = {{like.gate, nullptr, nullptr, max_rows, nullptr},
+                                 {like.up, nullptr, nullptr, max_rows, nullptr}};
+  const MatmulTask down{like.down, nullptr, nullptr, max_rows, nullptr};
+  l.matmul_bytes =
+      std::max(MatmulBatchWorkspaceBytes(gate_up, 2), MatmulBatchWorkspaceBytes(&down, 1)) +
+      4096;  // per-task alignment slack (QuantizedActivationsBytes)
   return l;
 }
 
@@ -52,29 +59,60 @@ size_t GroupedExpertFfnWorkspaceBytes(const ExpertFfnView& like, int64_t max_row
 absl::Status GroupedExpertFfn(const std::vector<ExpertFfnView>& experts, const int32_t* offsets,
                               const float* x, float* out, void* workspace, size_t workspace_bytes,
                               ThreadPool& pool) {
+  if (experts.size() > kMaxExperts) {
+    return absl::InvalidArgumentError("GroupedExpertFfn: too many experts");
+  }
+  const int64_t num_rows = offsets[experts.size()];
+  if (num_rows == 0) return absl::OkStatus();
+  const ExpertFfnView* like = nullptr;
   for (size_t e = 0; e < experts.size(); ++e) {
     const int64_t rows = offsets[e + 1] - offsets[e];
     if (rows == 0) continue;
     const ExpertFfnView& w = experts[e];
-    if (w.gate.empty() || w.up.empty() || w.down.empty()) {
+    if (w.gate == nullptr || w.up == nullptr || w.down == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("GroupedExpertFfn: expert ", e, " has ", rows, " rows but no weights"));
     }
-    const int64_t hidden = w.gate.dim(1);
-    const int64_t ffn = w.gate.dim(0);
-    const FfnWorkspaceLayout l = Layout(w, rows);
-    if (workspace_bytes < l.gate_bytes + l.up_bytes + l.matmul_bytes) {
-      return absl::InvalidArgumentError("GroupedExpertFfn: workspace too small");
+    if (like == nullptr) like = &w;
+  }
+  const int64_t hidden = like->gate->cols;
+  const int64_t ffn = like->gate->rows;
+  const FfnWorkspaceLayout l = Layout(*like, num_rows);
+  if (workspace_bytes < l.gate_bytes + l.up_bytes + l.matmul_bytes) {
+    return absl::InvalidArgumentError("GroupedExpertFfn: workspace too small");
+  }
+  auto* gate = static_cast<float*>(workspace);
+  auto* up = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + l.gate_bytes);
+  void* mm = static_cast<uint8_t*>(workspace) + l.gate_bytes + l.up_bytes;
+
+  // Up to 64 tasks per batch (MatmulBatch's limit): 32 experts' gate and up.
+  constexpr size_t kExpertsPerBatch = 32;
+  MatmulTask tasks[2 * kExpertsPerBatch];
+  for (size_t first = 0; first < experts.size(); first += kExpertsPerBatch) {
+    const size_t last = std::min(experts.size(), first + kExpertsPerBatch);
+    size_t n = 0;
+    for (size_t e = first; e < last; ++e) {
+      const int64_t rows = offsets[e + 1] - offsets[e];
+      if (rows == 0) continue;
+      tasks[n++] = {experts[e].gate, nullptr, x + offsets[e] * hidden, rows,
+                    gate + offsets[e] * ffn};
+      tasks[n++] = {experts[e].up, nullptr, x + offsets[e] * hidden, rows, up + offsets[e] * ffn};
     }
-    auto* gate = static_cast<float*>(workspace);
-    auto* up = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + l.gate_bytes);
-    void* mm = static_cast<uint8_t*>(workspace) + l.gate_bytes + l.up_bytes;
-    const float* xe = x + offsets[e] * hidden;
-    HERD_RETURN_IF_ERROR(Matmul(w.gate, nullptr, xe, rows, gate, mm, l.matmul_bytes, pool));
-    HERD_RETURN_IF_ERROR(Matmul(w.up, nullptr, xe, rows, up, mm, l.matmul_bytes, pool));
-    SwiGlu(gate, up, rows * ffn, gate);
-    HERD_RETURN_IF_ERROR(
-        Matmul(w.down, nullptr, gate, rows, out + offsets[e] * hidden, mm, l.matmul_bytes, pool));
+    HERD_RETURN_IF_ERROR(MatmulBatch(tasks, n, mm, l.matmul_bytes, pool));
+  }
+  pool.ParallelFor(num_rows * ffn, 4096, [&](int64_t begin, int64_t end, int) {
+    SwiGlu(gate + begin, up + begin, end - begin, gate + begin);
+  });
+  for (size_t first = 0; first < experts.size(); first += 2 * kExpertsPerBatch) {
+    const size_t last = std::min(experts.size(), first + 2 * kExpertsPerBatch);
+    size_t n = 0;
+    for (size_t e = first; e < last; ++e) {
+      const int64_t rows = offsets[e + 1] - offsets[e];
+      if (rows == 0) continue;
+      tasks[n++] = {experts[e].down, nullptr, gate + offsets[e] * ffn, rows,
+                    out + offsets[e] * hidden};
+    }
+    HERD_RETURN_IF_ERROR(MatmulBatch(tasks, n, mm, l.matmul_bytes, pool));
   }
   return absl::OkStatus();
 }

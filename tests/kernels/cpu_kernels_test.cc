@@ -10,6 +10,7 @@
 
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/cpu_features.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/moe.h"
@@ -74,34 +75,72 @@ std::vector<float> ReferenceMatmul(const std::vector<float>& w, const std::vecto
   return y;
 }
 
-TEST(MatmulTest, EveryDtypeMatchesReferenceOverShapes) {
-  for (DType type :
-       {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
-    for (int threads : {1, 2}) {
-      ThreadPool pool(threads);
-      for (int64_t in : {32, 64, 96, 256}) {
-        for (int64_t out : {1, 7, 64, 129}) {
-          for (int64_t tokens : {1, 3, 16}) {
-            SCOPED_TRACE(testing::Message() << DTypeName(type) << " threads=" << threads << " in="
-                                            << in << " out=" << out << " tokens=" << tokens);
-            StoredMatrix w = Store(type, out, in, static_cast<uint32_t>(in * 31 + out));
-            const std::vector<float> x = Random(tokens * in, 7);
-            const std::vector<float> bias = Random(out, 9);
-            std::vector<uint8_t> ws(MatmulWorkspaceBytes(type, tokens, in));
-            std::vector<float> y(tokens * out);
-            ASSERT_TRUE(
-                Matmul(w.view, bias.data(), x.data(), tokens, y.data(), ws.data(), ws.size(), pool)
-                    .ok());
-            // Q4_1 takes Q8_1 activations: same rounding as Q8_0 except the
-            // f16 sum term, so compare with a slightly looser bound.
-            const std::vector<float> seen = ActivationsAsSeen(type, x, in);
-            std::vector<float> ref = ReferenceMatmul(w.dequantized, seen, tokens, out, in);
-            const float tol = type == DType::kQ4_1 ? 2e-2f : 1e-3f;
-            for (int64_t t = 0; t < tokens; ++t) {
-              for (int64_t o = 0; o < out; ++o) {
-                const float expected = ref[t * out + o] + bias[o];
-                ASSERT_NEAR(y[t * out + o], expected, tol * (1.0f + std::fabs(expected)))
-                    << "t=" << t << " o=" << o;
+// Every ISA this CPU has, scalar first; each test body runs under each.
+std::vector<Isa> IsasToTest() {
+  std::vector<Isa> isas = {Isa::kScalar};
+  const Isa saved = ActiveIsa();
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+    SetIsaForTesting(isa);
+    if (ActiveIsa() == isa) isas.push_back(isa);
+  }
+  SetIsaForTesting(saved);
+  return isas;
+}
+
+class IsaScope {
+ public:
+  explicit IsaScope(Isa isa) : saved_(ActiveIsa()) { SetIsaForTesting(isa); }
+  ~IsaScope() { SetIsaForTesting(saved_); }
+
+ private:
+  Isa saved_;
+};
+
+TEST(MatmulTest, EveryDtypeAndIsaMatchesReferenceOverShapes) {
+  for (Isa isa : IsasToTest()) {
+    IsaScope scope(isa);
+    for (DType type :
+         {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
+      for (int threads : {1, 2}) {
+        ThreadPool pool(threads);
+        for (int64_t in : {32, 64, 96, 256}) {
+          for (int64_t out : {1, 7, 16, 64, 129}) {
+            for (int64_t tokens : {1, 3, 4, 9}) {
+              SCOPED_TRACE(testing::Message()
+                           << IsaName(isa) << " " << DTypeName(type) << " threads=" << threads
+                           << " in=" << in << " out=" << out << " tokens=" << tokens);
+              StoredMatrix w = Store(type, out, in, static_cast<uint32_t>(in * 31 + out));
+              const std::vector<float> x = Random(tokens * in, 7);
+              const std::vector<float> bias = Random(out, 9);
+              // The scalar reference, straight from the stored tensor.
+              std::vector<uint8_t> ref_ws(MatmulReferenceWorkspaceBytes(type, tokens, in));
+              std::vector<float> y_ref(tokens * out);
+              ASSERT_TRUE(MatmulReference(w.view, bias.data(), x.data(), tokens, y_ref.data(),
+                                          ref_ws.data(), ref_ws.size(), pool)
+                              .ok());
+              // The packed kernel of this ISA.
+              auto packed = PackMatrix(w.view);
+              ASSERT_TRUE(packed.ok()) << packed.status();
+              std::vector<uint8_t> ws(MatmulWorkspaceBytes(*packed, tokens));
+              std::vector<float> y(tokens * out, -1.0f);
+              ASSERT_TRUE(Matmul(*packed, bias.data(), x.data(), tokens, y.data(), ws.data(),
+                                 ws.size(), pool)
+                              .ok());
+              // Both against float64 math on what the kernels see (Q4_1 takes
+              // Q8_1 activations: same rounding plus an f16 sum term, so a
+              // looser bound).
+              const std::vector<float> seen = ActivationsAsSeen(type, x, in);
+              std::vector<float> ref = ReferenceMatmul(w.dequantized, seen, tokens, out, in);
+              const float tol = type == DType::kQ4_1 ? 2e-2f : 1e-3f;
+              for (int64_t t = 0; t < tokens; ++t) {
+                for (int64_t o = 0; o < out; ++o) {
+                  const float expected = ref[t * out + o] + bias[o];
+                  const float bound = tol * (1.0f + std::fabs(expected));
+                  ASSERT_NEAR(y_ref[t * out + o], expected, bound)
+                      << "reference t=" << t << " o=" << o;
+                  ASSERT_NEAR(y[t * out + o], y_ref[t * out + o], 1e-4f * (1 + std::fabs(expected)))
+                      << "packed t=" << t << " o=" << o;
+                }
               }
             }
           }
@@ -111,17 +150,70 @@ TEST(MatmulTest, EveryDtypeMatchesReferenceOverShapes) {
   }
 }
 
+TEST(MatmulTest, ScalarPackedKernelsEqualTheReferenceExactly) {
+  IsaScope scope(Isa::kScalar);
+  ThreadPool pool(2);
+  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+    SCOPED_TRACE(DTypeName(type));
+    StoredMatrix w = Store(type, 37, 128, 3);
+    const std::vector<float> x = Random(5 * 128, 4);
+    std::vector<uint8_t> ref_ws(MatmulReferenceWorkspaceBytes(type, 5, 128));
+    std::vector<float> y_ref(5 * 37), y(5 * 37);
+    ASSERT_TRUE(MatmulReference(w.view, nullptr, x.data(), 5, y_ref.data(), ref_ws.data(),
+                                ref_ws.size(), pool)
+                    .ok());
+    auto packed = PackMatrix(w.view);
+    ASSERT_TRUE(packed.ok());
+    EXPECT_EQ(packed->num_bytes(), 48 * RowBytes(type, 128));  // 3 groups of 16 rows
+    std::vector<uint8_t> ws(MatmulWorkspaceBytes(*packed, 5));
+    ASSERT_TRUE(Matmul(*packed, nullptr, x.data(), 5, y.data(), ws.data(), ws.size(), pool).ok());
+    EXPECT_EQ(y, y_ref);
+  }
+}
+
+TEST(MatmulTest, BatchOfTasksMatchesSeparateCalls) {
+  for (Isa isa : IsasToTest()) {
+    IsaScope scope(isa);
+    SCOPED_TRACE(IsaName(isa));
+    ThreadPool pool(2);
+    StoredMatrix a = Store(DType::kQ4_0, 48, 64, 1), b = Store(DType::kQ8_0, 20, 64, 2),
+                 c = Store(DType::kF16, 9, 32, 3);
+    auto pa = PackMatrix(a.view), pb = PackMatrix(b.view), pc = PackMatrix(c.view);
+    ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok());
+    const std::vector<float> x1 = Random(3 * 64, 5), x2 = Random(2 * 32, 6);
+    std::vector<float> ya(3 * 48), yb(3 * 20), yc(2 * 9);
+    // a and b share x1 (one quantization), c has its own input.
+    const MatmulTask tasks[3] = {{&*pa, nullptr, x1.data(), 3, ya.data()},
+                                 {&*pb, nullptr, x1.data(), 3, yb.data()},
+                                 {&*pc, nullptr, x2.data(), 2, yc.data()}};
+    std::vector<uint8_t> ws(MatmulBatchWorkspaceBytes(tasks, 3));
+    ASSERT_TRUE(MatmulBatch(tasks, 3, ws.data(), ws.size(), pool).ok());
+    for (int i = 0; i < 3; ++i) {
+      std::vector<float> expected(tasks[i].num_tokens * tasks[i].weight->rows);
+      std::vector<uint8_t> ws1(MatmulWorkspaceBytes(*tasks[i].weight, tasks[i].num_tokens));
+      ASSERT_TRUE(Matmul(*tasks[i].weight, nullptr, tasks[i].x, tasks[i].num_tokens,
+                         expected.data(), ws1.data(), ws1.size(), pool)
+                      .ok());
+      for (size_t j = 0; j < expected.size(); ++j) EXPECT_EQ(tasks[i].y[j], expected[j]) << i;
+    }
+  }
+}
+
 TEST(MatmulTest, RejectsBadShapesAndSmallWorkspace) {
   ThreadPool pool(1);
   std::vector<uint8_t> bytes(RowBytes(DType::kQ8_0, 64) * 4);
   const TensorView w(DType::kQ8_0, {4, 64}, bytes.data());
   std::vector<float> x(64), y(4);
-  EXPECT_FALSE(Matmul(w, nullptr, x.data(), 1, y.data(), nullptr, 0, pool).ok());
+  EXPECT_FALSE(MatmulReference(w, nullptr, x.data(), 1, y.data(), nullptr, 0, pool).ok());
+  auto packed = PackMatrix(w);
+  ASSERT_TRUE(packed.ok());
+  EXPECT_FALSE(Matmul(*packed, nullptr, x.data(), 1, y.data(), nullptr, 0, pool).ok());
   const TensorView odd(DType::kQ8_0, {4, 48}, bytes.data());
-  std::vector<uint8_t> ws(1024);
-  EXPECT_FALSE(Matmul(odd, nullptr, x.data(), 1, y.data(), ws.data(), ws.size(), pool).ok());
+  EXPECT_FALSE(PackMatrix(odd).ok());
   const TensorView three_d(DType::kF32, {1, 4, 16}, bytes.data());
-  EXPECT_FALSE(Matmul(three_d, nullptr, x.data(), 1, y.data(), ws.data(), ws.size(), pool).ok());
+  EXPECT_FALSE(PackMatrix(three_d).ok());
+  const TensorView ints(DType::kI32, {4, 16}, bytes.data());
+  EXPECT_FALSE(PackMatrix(ints).ok());
 }
 
 TEST(RmsNormTest, MatchesDefinition) {
@@ -256,13 +348,20 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
   const int64_t hidden = 64, ffn = 96, num_experts = 4;
   for (DType type : {DType::kF32, DType::kQ8_0, DType::kQ4_0}) {
     std::vector<StoredMatrix> gate, up, down;
+    std::vector<PackedMatrix> packed;
     std::vector<ExpertFfnView> views;
     for (int e = 0; e < num_experts; ++e) {
       gate.push_back(Store(type, ffn, hidden, 100 + e));
       up.push_back(Store(type, ffn, hidden, 200 + e));
       down.push_back(Store(type, hidden, ffn, 300 + e));
     }
-    for (int e = 0; e < num_experts; ++e) views.push_back({gate[e].view, up[e].view, down[e].view});
+    for (int e = 0; e < num_experts; ++e) {
+      for (const StoredMatrix* m : {&gate[e], &up[e], &down[e]})
+        packed.push_back(*PackMatrix(m->view));
+    }
+    for (int e = 0; e < num_experts; ++e) {
+      views.push_back({&packed[3 * e], &packed[3 * e + 1], &packed[3 * e + 2]});
+    }
     struct Pattern {
       const char* name;
       int64_t tokens, top_k;
@@ -290,7 +389,7 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
           std::copy_n(x.data() + (row_to_slot[r] / p.top_k) * hidden, hidden,
                       xs.data() + r * hidden);
         }
-        std::vector<uint8_t> ws(GroupedExpertFfnWorkspaceBytes(views[0], p.tokens));
+        std::vector<uint8_t> ws(GroupedExpertFfnWorkspaceBytes(views[0], slots));
         ASSERT_TRUE(GroupedExpertFfn(views, offsets.data(), xs.data(), ys.data(), ws.data(),
                                      ws.size(), pool)
                         .ok());

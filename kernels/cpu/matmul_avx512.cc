@@ -1,0 +1,195 @@
+// AVX-512 kernels behind Matmul. Each function carries its own target
+// attribute, so this file builds without -mavx512* flags and nothing it
+// defines can leak AVX-512 code into callers on older CPUs; Matmul calls
+// these only when ActiveIsa() is kAvx512.
+// GCC 12 reports false "may be used uninitialized" inside its own AVX-512
+// headers (_mm512_undefined_*); the kernels initialise every register.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/matmul_kernels.h"
+
+#define HERD_AVX512 \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2")))
+
+namespace herd::cpu {
+namespace {
+
+constexpr int kTokenTile = 4;
+
+HERD_AVX512 inline void StoreRows(const KernelArgs& args, int64_t g, int64_t t, __m512 acc) {
+  const PackedMatrix& w = *args.w;
+  const int64_t row0 = g * kPackRows;
+  const int64_t n = std::min<int64_t>(kPackRows, w.rows - row0);
+  const __mmask16 mask = static_cast<__mmask16>((1u << n) - 1);
+  if (args.bias != nullptr) acc = _mm512_add_ps(acc, _mm512_maskz_loadu_ps(mask, args.bias + row0));
+  _mm512_mask_storeu_ps(args.y + t * w.rows + row0, mask, acc);
+}
+
+// Q4_0x16: per block, 4 loads give 8 u8 vectors (low and high nibbles) for
+// 16 rows; each token adds 8 vpdpbusd against broadcast int8 activations, then
+// subtracts 8 * sum(activations) (the nibbles' offset) and scales.
+template <int kTokens>
+HERD_AVX512 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  constexpr int64_t kBlockBytes = 4 * 64 + 32;
+  const uint8_t* group = w.data + g * nb * kBlockBytes;
+  const __m512i low_mask = _mm512_set1_epi8(0x0F);
+  __m512 acc[kTokens];
+  for (int j = 0; j < kTokens; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * kBlockBytes;
+    __m512i lo[4], hi[4];
+    for (int s = 0; s < 4; ++s) {
+      const __m512i v = _mm512_loadu_si512(blk + s * 64);
+      lo[s] = _mm512_and_si512(v, low_mask);
+      hi[s] = _mm512_and_si512(_mm512_srli_epi16(v, 4), low_mask);
+    }
+    const __m512 wscale =
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 256)));
+    for (int j = 0; j < kTokens; ++j) {
+      const int64_t t = t0 + j;
+      const int8_t* at = a.qs + t * cols + b * 32;
+      int32_t chunk[8];
+      std::memcpy(chunk, at, 32);
+      __m512i dot = _mm512_set1_epi32(-8 * a.sum[t * nb + b]);
+      for (int s = 0; s < 4; ++s) {
+        dot = _mm512_dpbusd_epi32(dot, lo[s], _mm512_set1_epi32(chunk[s]));
+        dot = _mm512_dpbusd_epi32(dot, hi[s], _mm512_set1_epi32(chunk[4 + s]));
+      }
+      const __m512 scale = _mm512_mul_ps(wscale, _mm512_set1_ps(a.d[t * nb + b]));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[j]);
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
+}
+
+// Q8_0x16: weights are signed, so the unsigned operand of vpdpbusd is the
+// activation + 128, and 128 * sum(weights) (one more vpdpbusd against ones,
+// shared by all tokens) is taken back off.
+template <int kTokens>
+HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  constexpr int64_t kBlockBytes = 8 * 64 + 32;
+  const uint8_t* group = w.data + g * nb * kBlockBytes;
+  const __m512i ones = _mm512_set1_epi8(1);
+  __m512 acc[kTokens];
+  for (int j = 0; j < kTokens; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * kBlockBytes;
+    __m512i wv[8];
+    __m512i wsum = _mm512_setzero_si512();
+    for (int s = 0; s < 8; ++s) {
+      wv[s] = _mm512_loadu_si512(blk + s * 64);
+      wsum = _mm512_dpbusd_epi32(wsum, ones, wv[s]);
+    }
+    const __m512i correction = _mm512_slli_epi32(wsum, 7);  // 128 * sum(w)
+    const __m512 wscale =
+        _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 512)));
+    for (int j = 0; j < kTokens; ++j) {
+      const int64_t t = t0 + j;
+      const uint8_t* au = a.qu + t * cols + b * 32;
+      int32_t chunk[8];
+      std::memcpy(chunk, au, 32);
+      __m512i dot = _mm512_setzero_si512();
+      for (int s = 0; s < 8; ++s) {
+        dot = _mm512_dpbusd_epi32(dot, _mm512_set1_epi32(chunk[s]), wv[s]);
+      }
+      dot = _mm512_sub_epi32(dot, correction);
+      const __m512 scale = _mm512_mul_ps(wscale, _mm512_set1_ps(a.d[t * nb + b]));
+      acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[j]);
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
+}
+
+HERD_AVX512 inline __m512 LoadWeights(DType type, const uint8_t* row, int64_t k, __mmask16 mask) {
+  switch (type) {
+    case DType::kF16:
+      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
+    case DType::kBF16:
+      return _mm512_castsi512_ps(_mm512_slli_epi32(
+          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + 2 * k)), 16));
+    default:
+      return _mm512_maskz_loadu_ps(mask, row + 4 * k);
+  }
+}
+
+// Row-major F32/F16/BF16: a tile of 4 rows x kTokens tokens, 16 columns per
+// step, reduced across lanes at the end.
+template <int kTokens>
+HERD_AVX512 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_end, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const DType type = w.source.dtype();
+  const int64_t cols = w.cols;
+  for (int64_t o = row_begin; o < row_end; o += 4) {
+    const int num_rows = static_cast<int>(std::min<int64_t>(4, row_end - o));
+    __m512 acc[4][kTokens];
+    for (int i = 0; i < 4; ++i) {
+      for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_setzero_ps();
+    }
+    const uint8_t* rows[4];
+    for (int i = 0; i < 4; ++i) rows[i] = w.source.row(o + std::min(i, num_rows - 1));
+    for (int64_t k = 0; k < cols; k += 16) {
+      const __mmask16 mask = cols - k >= 16 ? static_cast<__mmask16>(0xFFFF)
+                                            : static_cast<__mmask16>((1u << (cols - k)) - 1);
+      __m512 xv[kTokens];
+      for (int j = 0; j < kTokens; ++j) {
+        xv[j] = _mm512_maskz_loadu_ps(mask, args.x + (t0 + j) * cols + k);
+      }
+      for (int i = 0; i < 4; ++i) {
+        const __m512 wv = LoadWeights(type, rows[i], k, mask);
+        for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
+      }
+    }
+    for (int i = 0; i < num_rows; ++i) {
+      const float bias = args.bias != nullptr ? args.bias[o + i] : 0.0f;
+      for (int j = 0; j < kTokens; ++j) {
+        args.y[(t0 + j) * w.rows + o + i] = _mm512_reduce_add_ps(acc[i][j]) + bias;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool SupportedByAvx512(const PackedMatrix& w) {
+  if (w.layout != PackedLayout::kRowMajor) return true;
+  const DType t = w.source.dtype();
+  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
+}
+
+HERD_AVX512 void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
+                                    int64_t group_end) {
+  const PackedMatrix& w = *args.w;
+  const int64_t num_tokens = args.num_tokens;
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    int64_t t = 0;
+    if (w.layout == PackedLayout::kRowMajor) {
+      const int64_t row_begin = g * kPackRows;
+      const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
+      for (; t + kTokenTile <= num_tokens; t += kTokenTile) {
+        FloatRows<kTokenTile>(args, row_begin, row_end, t);
+      }
+      for (; t < num_tokens; ++t) FloatRows<1>(args, row_begin, row_end, t);
+    } else if (w.layout == PackedLayout::kQ4_0x16) {
+      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
+      for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);
+    } else {
+      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q8_0Group<kTokenTile>(args, g, t);
+      for (; t < num_tokens; ++t) Q8_0Group<1>(args, g, t);
+    }
+  }
+}
+
+}  // namespace herd::cpu

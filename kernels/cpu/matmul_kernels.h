@@ -1,0 +1,41 @@
+// Internal to kernels/cpu: the per-ISA kernels behind Matmul (kernels/matmul.h).
+#pragma once
+
+#include <cstdint>
+
+#include "kernels/matmul.h"
+
+namespace herd::cpu {
+
+// Activations quantized per 32-value block for the integer kernels, laid out
+// in the Matmul workspace. nb = cols / 32.
+struct QuantizedActivations {
+  int8_t* qs = nullptr;    // I8 [num_tokens, cols]: round(x / d), as llama.cpp's Q8_0
+  uint8_t* qu = nullptr;   // U8 [num_tokens, cols]: qs + 128, the unsigned operand for Q8_0 weights
+  float* d = nullptr;      // F32 [num_tokens, nb]: d = f16(max|x| / 127), as a float
+  int32_t* sum = nullptr;  // I32 [num_tokens, nb]: sum of qs over the block
+};
+
+size_t QuantizedActivationsBytes(int64_t num_tokens, int64_t cols);
+QuantizedActivations CarveQuantizedActivations(void* workspace, int64_t num_tokens, int64_t cols);
+// Quantizes tokens [token_begin, token_end) of x F32 [num_tokens, cols].
+void QuantizeActivations(const float* x, int64_t cols, int64_t token_begin, int64_t token_end,
+                         const QuantizedActivations& a);
+
+// Computes y F32 [num_tokens, w.rows] for the row groups [group_begin,
+// group_end) (16 rows each). Packed layouts read `a`; row-major F32/F16 read x.
+struct KernelArgs {
+  const PackedMatrix* w;
+  const QuantizedActivations* a;
+  const float* x;  // F32 [num_tokens, cols]
+  int64_t num_tokens;
+  const float* bias;  // F32 [rows] or nullptr
+  float* y;           // F32 [num_tokens, rows]
+};
+
+void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end);
+// Only for layouts and dtypes the AVX-512 path supports (SupportedByAvx512).
+void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin, int64_t group_end);
+bool SupportedByAvx512(const PackedMatrix& w);
+
+}  // namespace herd::cpu

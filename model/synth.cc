@@ -1,0 +1,202 @@
+#include "model/synth.h"
+
+#include <cmath>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "model/gguf_file.h"
+#include "model/gguf_writer.h"
+
+namespace herd {
+namespace {
+
+uint64_t SplitMix64(uint64_t& state) {
+  uint64_t z = (state += 0x9E3779B97F4A7C15ull);
+  z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+  z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+  return z ^ (z >> 31);
+}
+
+// Uniform in (0, 1).
+double Uniform(uint64_t& state) {
+  return (static_cast<double>(SplitMix64(state) >> 11) + 0.5) * 0x1.0p-53;
+}
+
+double Normal(uint64_t& state) {
+  return std::sqrt(-2.0 * std::log(Uniform(state))) * std::cos(2.0 * M_PI * Uniform(state));
+}
+
+uint64_t HashName(const std::string& name, uint64_t seed) {
+  uint64_t h = 1469598103934665603ull ^ seed;
+  for (char c : name) h = (h ^ static_cast<uint8_t>(c)) * 1099511628211ull;
+  return h;
+}
+
+// Fills a [rows, cols] matrix in `dtype`; each row has its own RNG stream so
+// rows can be generated in parallel and the result is thread-count independent.
+std::vector<uint8_t> RandomMatrix(const std::string& name, int64_t rows, int64_t cols, DType dtype,
+                                  const SynthOptions& o, ThreadPool& pool) {
+  constexpr double kStd = 0.02;
+  const uint64_t base = HashName(name, o.seed);
+  // Outlier input channels: the same for every row of this matrix.
+  std::vector<float> channel_scale(cols, 1.0f);
+  if (o.outliers) {
+    uint64_t state = base ^ 0xC0FFEEull;
+    for (int64_t c = 0; c < cols; ++c) {
+      if (Uniform(state) < 0.01) channel_scale[c] = static_cast<float>(8.0 + 16.0 * Uniform(state));
+    }
+  }
+  const int64_t row_bytes = RowBytes(dtype, cols);
+  std::vector<uint8_t> bytes(rows * row_bytes);
+  pool.ParallelFor(rows, 16, [&](int64_t begin, int64_t end, int) {
+    std::vector<float> row(cols);
+    for (int64_t r = begin; r < end; ++r) {
+      uint64_t state = base + static_cast<uint64_t>(r) * 0x9E3779B97F4A7C15ull;
+      for (int64_t c = 0; c < cols; ++c) {
+        double v;
+        if (o.outliers) {
+          // Student-t with 4 degrees of freedom, scaled to std kStd (var = 4/2).
+          double chi2 = 0.0;
+          for (int k = 0; k < 4; ++k) {
+            const double z = Normal(state);
+            chi2 += z * z;
+          }
+          v = Normal(state) / std::sqrt(chi2 / 4.0) * kStd / std::sqrt(2.0);
+        } else {
+          v = Normal(state) * kStd;
+        }
+        row[c] = static_cast<float>(v) * channel_scale[c];
+      }
+      QuantizeRow(dtype, row.data(), bytes.data() + r * row_bytes, cols);
+    }
+  });
+  return bytes;
+}
+
+std::vector<uint8_t> NormWeights(const std::string& name, int64_t n, const SynthOptions& o) {
+  uint64_t state = HashName(name, o.seed);
+  std::vector<float> w(n);
+  for (float& x : w) x = static_cast<float>(1.0 + 0.05 * Normal(state));
+  std::vector<uint8_t> bytes(n * sizeof(float));
+  std::memcpy(bytes.data(), w.data(), bytes.size());
+  return bytes;
+}
+
+uint32_t GgufFileType(DType dtype) {
+  switch (dtype) {
+    case DType::kF32:
+      return 0;
+    case DType::kF16:
+      return 1;
+    case DType::kQ4_0:
+      return 2;
+    case DType::kQ4_1:
+      return 3;
+    case DType::kQ8_0:
+      return 7;
+    case DType::kBF16:
+      return 32;
+    default:
+      return 0;
+  }
+}
+
+}  // namespace
+
+absl::Status SynthOptions::Validate() const {
+  if (arch != "mixtral") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--arch '", arch, "' is not supported by synth (supported: mixtral)"));
+  }
+  const std::pair<const char*, int64_t> dims[] = {
+      {"layers", num_layers},     {"hidden", hidden_size},  {"heads", num_heads},
+      {"kv-heads", num_kv_heads}, {"experts", num_experts}, {"top-k", num_experts_per_token},
+      {"ffn", expert_ffn_size},   {"vocab", vocab_size},    {"context", context_length}};
+  for (const auto& [field, value] : dims) {
+    if (value <= 0) return absl::InvalidArgumentError(absl::StrCat("--", field, " must be > 0"));
+  }
+  if (hidden_size % num_heads != 0 || (hidden_size / num_heads) % 2 != 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--hidden (", hidden_size, ") must be an even multiple of --heads (", num_heads, ")"));
+  }
+  if (num_heads % num_kv_heads != 0) {
+    return absl::InvalidArgumentError("--heads must be a multiple of --kv-heads");
+  }
+  if (num_experts_per_token > num_experts) {
+    return absl::InvalidArgumentError("--top-k must not exceed --experts");
+  }
+  if (dtype == DType::kI32) return absl::InvalidArgumentError("--dtype i32 is not a weight type");
+  for (int64_t cols : {hidden_size, expert_ffn_size}) {
+    if (cols % BlockSize(dtype) != 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(DTypeName(dtype), " needs --hidden and --ffn to be multiples of ",
+                       BlockSize(dtype), ", got ", cols));
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status SynthesizeModel(const SynthOptions& o, const std::string& path) {
+  HERD_RETURN_IF_ERROR(o.Validate());
+  ThreadPool pool(o.num_threads > 0 ? o.num_threads : ThreadPool::DefaultNumThreads());
+  const int64_t head_dim = o.hidden_size / o.num_heads;
+  const int64_t kv_dim = o.num_kv_heads * head_dim;
+
+  GgufWriter w;
+  w.AddString("general.architecture", "llama");
+  w.AddString("general.name", absl::StrCat("herd-synth-", o.arch, "-", DTypeName(o.dtype),
+                                           o.outliers ? "-outliers" : "", "-seed", o.seed));
+  w.AddU32("general.file_type", GgufFileType(o.dtype));
+  w.AddU32("llama.vocab_size", static_cast<uint32_t>(o.vocab_size));
+  w.AddU32("llama.context_length", static_cast<uint32_t>(o.context_length));
+  w.AddU32("llama.embedding_length", static_cast<uint32_t>(o.hidden_size));
+  w.AddU32("llama.block_count", static_cast<uint32_t>(o.num_layers));
+  w.AddU32("llama.feed_forward_length", static_cast<uint32_t>(o.expert_ffn_size));
+  w.AddU32("llama.attention.head_count", static_cast<uint32_t>(o.num_heads));
+  w.AddU32("llama.attention.head_count_kv", static_cast<uint32_t>(o.num_kv_heads));
+  w.AddU32("llama.rope.dimension_count", static_cast<uint32_t>(head_dim));
+  w.AddF32("llama.rope.freq_base", o.rope_theta);
+  w.AddF32("llama.attention.layer_norm_rms_epsilon", 1e-5f);
+  w.AddU32("llama.expert_count", static_cast<uint32_t>(o.num_experts));
+  w.AddU32("llama.expert_used_count", static_cast<uint32_t>(o.num_experts_per_token));
+  w.AddString("tokenizer.ggml.model", "none");
+
+  auto matrix = [&](const std::string& name, std::vector<int64_t> shape) -> absl::Status {
+    int64_t rows = 1;
+    for (size_t i = 0; i + 1 < shape.size(); ++i) rows *= shape[i];
+    return w.AddTensor(name, o.dtype, shape,
+                       RandomMatrix(name, rows, shape.back(), o.dtype, o, pool));
+  };
+  auto norm = [&](const std::string& name, int64_t n) {
+    return w.AddTensor(name, DType::kF32, {n}, NormWeights(name, n, o));
+  };
+
+  HERD_RETURN_IF_ERROR(matrix("token_embd.weight", {o.vocab_size, o.hidden_size}));
+  for (int64_t l = 0; l < o.num_layers; ++l) {
+    const std::string p = absl::StrCat("blk.", l, ".");
+    HERD_RETURN_IF_ERROR(norm(p + "attn_norm.weight", o.hidden_size));
+    HERD_RETURN_IF_ERROR(matrix(p + "attn_q.weight", {o.hidden_size, o.hidden_size}));
+    HERD_RETURN_IF_ERROR(matrix(p + "attn_k.weight", {kv_dim, o.hidden_size}));
+    HERD_RETURN_IF_ERROR(matrix(p + "attn_v.weight", {kv_dim, o.hidden_size}));
+    HERD_RETURN_IF_ERROR(matrix(p + "attn_output.weight", {o.hidden_size, o.hidden_size}));
+    HERD_RETURN_IF_ERROR(norm(p + "ffn_norm.weight", o.hidden_size));
+    // The router stays F32, as llama.cpp's quantizer leaves ffn_gate_inp.
+    HERD_RETURN_IF_ERROR(w.AddTensor(p + "ffn_gate_inp.weight", DType::kF32,
+                                     {o.num_experts, o.hidden_size},
+                                     RandomMatrix(p + "ffn_gate_inp.weight", o.num_experts,
+                                                  o.hidden_size, DType::kF32, o, pool)));
+    HERD_RETURN_IF_ERROR(
+        matrix(p + "ffn_gate_exps.weight", {o.num_experts, o.expert_ffn_size, o.hidden_size}));
+    HERD_RETURN_IF_ERROR(
+        matrix(p + "ffn_up_exps.weight", {o.num_experts, o.expert_ffn_size, o.hidden_size}));
+    HERD_RETURN_IF_ERROR(
+        matrix(p + "ffn_down_exps.weight", {o.num_experts, o.hidden_size, o.expert_ffn_size}));
+  }
+  HERD_RETURN_IF_ERROR(norm("output_norm.weight", o.hidden_size));
+  HERD_RETURN_IF_ERROR(matrix("output.weight", {o.vocab_size, o.hidden_size}));
+  return w.WriteFile(path);
+}
+
+}  // namespace herd

@@ -1,0 +1,49 @@
+// Random-weight models for tests and benchmarks, written as GGUF in
+// llama.cpp's layout so llama.cpp runs the very same file.
+//
+// Weights are N(0, 0.02^2) (norm weights 1 + N(0, 0.05^2)), the recipe of the
+// llama.cpp fixture. With `outliers`, matrices instead follow a heavy-tailed
+// Student-t(4) distribution of the same scale and about 1% of their input
+// channels are amplified 8-24x, as trained LLMs' weights are (the outlier
+// scorer of the compression work looks for exactly these). The same options
+// and seed give the same bytes.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+#include "absl/status/status.h"
+#include "core/dtype.h"
+
+namespace herd {
+
+struct SynthOptions {
+  std::string arch = "mixtral";  // GGUF `llama` with experts; the only one so far
+  int64_t num_layers = 2;
+  int64_t hidden_size = 64;
+  int64_t num_heads = 4;
+  int64_t num_kv_heads = 2;
+  int64_t num_experts = 8;
+  int64_t num_experts_per_token = 2;
+  int64_t expert_ffn_size = 128;
+  int64_t vocab_size = 512;
+  int64_t context_length = 4096;
+  float rope_theta = 10000.0f;
+  // Storage of every matrix, embeddings and lm head included (as
+  // `llama-quantize --pure` does); norms stay F32.
+  DType dtype = DType::kF32;
+  bool outliers = false;
+  uint64_t seed = 1;
+  // Threads that generate weights (0 = all cores); the bytes do not depend on it.
+  int num_threads = 0;
+
+  // InvalidArgument naming the field when a dimension is non-positive, heads
+  // do not divide, top-k exceeds experts, or a row length does not fit the
+  // dtype's block size.
+  absl::Status Validate() const;
+};
+
+// Writes the model to `path` (via a temporary name, renamed when complete).
+absl::Status SynthesizeModel(const SynthOptions& options, const std::string& path);
+
+}  // namespace herd
