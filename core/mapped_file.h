@@ -36,4 +36,10 @@ class MappedFile {
   size_t size_;
 };
 
+// Tells the kernel this process no longer needs the whole pages inside
+// [data, data + bytes) of a read-only file mapping: they leave the process's
+// resident set (the page cache keeps them), and a later read maps them back.
+// Used after weights have been repacked into memory of their own.
+void ReleaseMappedPages(const void* data, size_t bytes);
+
 }  // namespace herd

@@ -16,6 +16,9 @@
 //   for each 32-value block b:  payload, then F16 scales [16] (one per row)
 //   Q8_0x16 payload: 8 steps x 64 B; step s holds, for row r = 0..15, the
 //                    int8 values 4s..4s+3 of that row's block b (bytes r*4..r*4+3)
+//                    in offset binary (byte = value + 128), so that, like Q4_0's
+//                    nibbles, they are the unsigned operand of vpdpbusd and the
+//                    offset comes back off as 128 * sum(activations)
 //   Q4_0x16 payload: 4 steps x 64 B; step s holds, for row r, the ggml bytes
 //                    qs[4s..4s+3]: low nibbles are values 4s..4s+3, high
 //                    nibbles values 16+4s..16+4s+3

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
+#include "core/mapped_file.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
@@ -48,6 +49,26 @@ absl::Status Engine::PackWeights() {
   return absl::OkStatus();
 }
 
+void Engine::ReleaseRepackedSources() {
+  auto release = [](const cpu::PackedMatrix& m) {
+    if (m.layout != cpu::PackedLayout::kRowMajor) {
+      ReleaseMappedPages(m.source.data(), m.source.num_bytes());
+    }
+  };
+  release(packed_lm_head_);
+  for (const PackedLayer& p : packed_layers_) {
+    for (const cpu::PackedMatrix* m : {&p.q, &p.k, &p.v, &p.o, &p.router, &p.shared_gate,
+                                       &p.shared_up, &p.shared_down}) {
+      release(*m);
+    }
+    for (size_t e = 0; e < p.gate.size(); ++e) {
+      release(p.gate[e]);
+      release(p.up[e]);
+      release(p.down[e]);
+    }
+  }
+}
+
 int64_t Engine::packed_weight_bytes() const {
   int64_t bytes = packed_lm_head_.num_bytes() + model_.token_embedding.num_bytes();
   for (const PackedLayer& p : packed_layers_) {
@@ -77,6 +98,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
       options.num_threads > 0 ? options.num_threads : ThreadPool::DefaultNumThreads();
   std::unique_ptr<Engine> engine(new Engine(model, threads));
   HERD_RETURN_IF_ERROR(engine->PackWeights());
+  engine->ReleaseRepackedSources();
   return engine;
 }
 

@@ -87,6 +87,9 @@ class Engine {
     std::vector<cpu::ExpertFfnView> shared;   // one view, or none
   };
   absl::Status PackWeights();
+  // Drops the mapped pages of matrices that were repacked, so a loaded model
+  // stays resident once, not twice.
+  void ReleaseRepackedSources();
 
   const Model& model_;
   ThreadPool pool_;

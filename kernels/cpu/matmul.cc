@@ -29,20 +29,38 @@ const float* F16Table() {
   return table;
 }
 
-// ggml's quantize_row_q8_1: like Q8_0 plus s = d * sum(q).
+// Quantizes one 32-value block of activations to int8 the way llama.cpp's
+// x86 kernels do at run time (quantize_row_q8_0/q8_1 with AVX): scale
+// 127 / max|x|, round half to even. (Its reference quantizer, used for
+// weights in files, divides by d and rounds half away from zero; the two
+// differ on ties and in the last bit of the scale.) Returns d = max|x| / 127
+// and the sum of the quantized values.
+float QuantizeActivationBlock(const float* x, int8_t* q, int32_t* sum) {
+  float amax = 0.0f;
+  for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(x[i]));
+  const float id = amax != 0.0f ? 127.0f / amax : 0.0f;
+  int32_t s = 0;
+  for (int i = 0; i < 32; ++i) {
+    q[i] = static_cast<int8_t>(std::nearbyintf(x[i] * id));
+    s += q[i];
+  }
+  *sum = s;
+  return amax / 127.0f;
+}
+
+void QuantizeRowQ8_0(const float* x, int64_t in, BlockQ8_0* out) {
+  for (int64_t b = 0; b < in / 32; ++b) {
+    int32_t sum;
+    out[b].d = F32ToF16(QuantizeActivationBlock(x + b * 32, out[b].qs, &sum));
+  }
+}
+
+// Like Q8_0 plus s = d * sum(q) (ggml's block_q8_1).
 void QuantizeRowQ8_1(const float* x, int64_t in, ActQ8_1* out) {
   for (int64_t b = 0; b < in / 32; ++b) {
-    const float* xb = x + b * 32;
-    float amax = 0.0f;
-    for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-    const float d = amax / 127.0f;
-    const float id = d != 0.0f ? 1.0f / d : 0.0f;
+    int32_t sum;
+    const float d = QuantizeActivationBlock(x + b * 32, out[b].qs, &sum);
     out[b].d = F32ToF16(d);
-    int sum = 0;
-    for (int i = 0; i < 32; ++i) {
-      out[b].qs[i] = static_cast<int8_t>(std::roundf(xb[i] * id));
-      sum += out[b].qs[i];
-    }
     out[b].s = F32ToF16(sum * d);
   }
 }
@@ -163,7 +181,8 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
   auto storage = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<int64_t>(1, p.num_bytes())]);
   if (t == DType::kQ8_0) {
     RepackGroups<BlockQ8_0>(weight, 8, storage.get(), [](const BlockQ8_0& b, int s, uint8_t* dst) {
-      std::memcpy(dst, b.qs + 4 * s, 4);
+      // Offset binary: byte = value + 128; the value is unchanged.
+      for (int i = 0; i < 4; ++i) dst[i] = static_cast<uint8_t>(b.qs[4 * s + i]) ^ 0x80;
     });
   } else {
     RepackGroups<BlockQ4_0>(weight, 4, storage.get(), [](const BlockQ4_0& b, int s, uint8_t* dst) {
@@ -177,7 +196,7 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
 
 size_t QuantizedActivationsBytes(int64_t num_tokens, int64_t cols) {
   const int64_t nb = cols / 32;
-  return num_tokens * (2 * cols + nb * (sizeof(float) + sizeof(int32_t))) + 64;
+  return num_tokens * (cols + nb * (sizeof(float) + sizeof(int32_t))) + 64;
 }
 
 QuantizedActivations CarveQuantizedActivations(void* workspace, int64_t num_tokens, int64_t cols) {
@@ -187,7 +206,6 @@ QuantizedActivations CarveQuantizedActivations(void* workspace, int64_t num_toke
   a.d = reinterpret_cast<float*>(base);
   a.sum = reinterpret_cast<int32_t*>(base + num_tokens * nb * sizeof(float));
   a.qs = reinterpret_cast<int8_t*>(base + num_tokens * nb * (sizeof(float) + sizeof(int32_t)));
-  a.qu = reinterpret_cast<uint8_t*>(a.qs + num_tokens * cols);
   return a;
 }
 
@@ -196,21 +214,9 @@ void QuantizeActivations(const float* x, int64_t cols, int64_t token_begin, int6
   const int64_t nb = cols / 32;
   for (int64_t t = token_begin; t < token_end; ++t) {
     for (int64_t b = 0; b < nb; ++b) {
-      const float* xb = x + t * cols + b * 32;
-      float amax = 0.0f;
-      for (int i = 0; i < 32; ++i) amax = std::max(amax, std::fabs(xb[i]));
-      const float d = amax / 127.0f;
-      const float id = d != 0.0f ? 1.0f / d : 0.0f;
-      int8_t* q = a.qs + t * cols + b * 32;
-      uint8_t* u = a.qu + t * cols + b * 32;
-      int32_t sum = 0;
-      for (int i = 0; i < 32; ++i) {
-        q[i] = static_cast<int8_t>(std::roundf(xb[i] * id));
-        u[i] = static_cast<uint8_t>(q[i] + 128);
-        sum += q[i];
-      }
+      const float d = QuantizeActivationBlock(x + t * cols + b * 32, a.qs + t * cols + b * 32,
+                                              &a.sum[t * nb + b]);
       a.d[t * nb + b] = F16ToF32(F32ToF16(d));
-      a.sum[t * nb + b] = sum;
     }
   }
 }
@@ -257,7 +263,7 @@ void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t gro
               const uint8_t* wq = blk + s * 64 + r * 4;
               for (int i = 0; i < 4; ++i) {
                 if (q8) {
-                  sumi += static_cast<int8_t>(wq[i]) * at[4 * s + i];
+                  sumi += static_cast<int8_t>(wq[i] ^ 0x80) * at[4 * s + i];
                 } else {
                   sumi += ((wq[i] & 0x0F) - 8) * at[4 * s + i];
                   sumi += ((wq[i] >> 4) - 8) * at[16 + 4 * s + i];
@@ -418,7 +424,7 @@ absl::Status MatmulReference(const TensorView& weight, const float* bias, const 
     auto* xq = static_cast<BlockQ8_0*>(workspace);
     pool.ParallelFor(num_tokens, 1, [&](int64_t begin, int64_t end, int) {
       for (int64_t t = begin; t < end; ++t) {
-        QuantizeRow(DType::kQ8_0, x + t * in, xq + t * num_blocks, in);
+        QuantizeRowQ8_0(x + t * in, in, xq + t * num_blocks);
       }
     });
   } else if (type == DType::kQ4_1) {

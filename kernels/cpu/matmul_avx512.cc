@@ -71,9 +71,9 @@ HERD_AVX512 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
 }
 
-// Q8_0x16: weights are signed, so the unsigned operand of vpdpbusd is the
-// activation + 128, and 128 * sum(weights) (one more vpdpbusd against ones,
-// shared by all tokens) is taken back off.
+// Q8_0x16: weights are stored as value + 128 (unsigned), so each token's
+// dot product is 8 vpdpbusd against broadcast int8 activations minus
+// 128 * sum(activations), as for Q4_0.
 template <int kTokens>
 HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   const PackedMatrix& w = *args.w;
@@ -82,30 +82,23 @@ HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   const int64_t nb = cols / 32;
   constexpr int64_t kBlockBytes = 8 * 64 + 32;
   const uint8_t* group = w.data + g * nb * kBlockBytes;
-  const __m512i ones = _mm512_set1_epi8(1);
   __m512 acc[kTokens];
   for (int j = 0; j < kTokens; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * kBlockBytes;
     __m512i wv[8];
-    __m512i wsum = _mm512_setzero_si512();
-    for (int s = 0; s < 8; ++s) {
-      wv[s] = _mm512_loadu_si512(blk + s * 64);
-      wsum = _mm512_dpbusd_epi32(wsum, ones, wv[s]);
-    }
-    const __m512i correction = _mm512_slli_epi32(wsum, 7);  // 128 * sum(w)
+    for (int s = 0; s < 8; ++s) wv[s] = _mm512_loadu_si512(blk + s * 64);
     const __m512 wscale =
         _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + 512)));
     for (int j = 0; j < kTokens; ++j) {
       const int64_t t = t0 + j;
-      const uint8_t* au = a.qu + t * cols + b * 32;
+      const int8_t* at = a.qs + t * cols + b * 32;
       int32_t chunk[8];
-      std::memcpy(chunk, au, 32);
-      __m512i dot = _mm512_setzero_si512();
+      std::memcpy(chunk, at, 32);
+      __m512i dot = _mm512_set1_epi32(-128 * a.sum[t * nb + b]);
       for (int s = 0; s < 8; ++s) {
-        dot = _mm512_dpbusd_epi32(dot, _mm512_set1_epi32(chunk[s]), wv[s]);
+        dot = _mm512_dpbusd_epi32(dot, wv[s], _mm512_set1_epi32(chunk[s]));
       }
-      dot = _mm512_sub_epi32(dot, correction);
       const __m512 scale = _mm512_mul_ps(wscale, _mm512_set1_ps(a.d[t * nb + b]));
       acc[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(dot), scale, acc[j]);
     }

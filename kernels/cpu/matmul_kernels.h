@@ -11,7 +11,6 @@ namespace herd::cpu {
 // in the Matmul workspace. nb = cols / 32.
 struct QuantizedActivations {
   int8_t* qs = nullptr;    // I8 [num_tokens, cols]: round(x / d), as llama.cpp's Q8_0
-  uint8_t* qu = nullptr;   // U8 [num_tokens, cols]: qs + 128, the unsigned operand for Q8_0 weights
   float* d = nullptr;      // F32 [num_tokens, nb]: d = f16(max|x| / 127), as a float
   int32_t* sum = nullptr;  // I32 [num_tokens, nb]: sum of qs over the block
 };
