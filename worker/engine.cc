@@ -5,8 +5,8 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
-#include "core/status.h"
 #include "core/mapped_file.h"
+#include "core/status.h"
 #include "kernels/attention.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
@@ -57,8 +57,8 @@ void Engine::ReleaseRepackedSources() {
   };
   release(packed_lm_head_);
   for (const PackedLayer& p : packed_layers_) {
-    for (const cpu::PackedMatrix* m : {&p.q, &p.k, &p.v, &p.o, &p.router, &p.shared_gate,
-                                       &p.shared_up, &p.shared_down}) {
+    for (const cpu::PackedMatrix* m :
+         {&p.q, &p.k, &p.v, &p.o, &p.router, &p.shared_gate, &p.shared_up, &p.shared_down}) {
       release(*m);
     }
     for (size_t e = 0; e < p.gate.size(); ++e) {

@@ -372,7 +372,7 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
     total_groups += w.num_groups();
   }
   first_group[num_tasks] = total_groups;
-  const bool avx512 = ActiveIsa() == Isa::kAvx512;
+  const Isa isa = ActiveIsa();
   pool.ParallelFor(total_groups, 1, [&](int64_t begin, int64_t end, int) {
     size_t i = 0;
     while (begin < end) {
@@ -381,8 +381,10 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
       const KernelArgs& a = args[i];
       const int64_t g0 = begin - first_group[i];
       const int64_t g1 = stop - first_group[i];
-      if (avx512 && SupportedByAvx512(*a.w)) {
+      if (isa == Isa::kAvx512 && SupportedByAvx512(*a.w)) {
         MatmulGroupsAvx512(a, g0, g1);
+      } else if (isa == Isa::kAvx2 && SupportedByAvx2(*a.w)) {
+        MatmulGroupsAvx2(a, g0, g1);
       } else {
         MatmulGroupsScalar(a, g0, g1);
       }

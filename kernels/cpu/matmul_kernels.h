@@ -36,5 +36,8 @@ void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t gro
 // Only for layouts and dtypes the AVX-512 path supports (SupportedByAvx512).
 void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin, int64_t group_end);
 bool SupportedByAvx512(const PackedMatrix& w);
+// The same for AVX2 + FMA + F16C.
+void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int64_t group_end);
+bool SupportedByAvx2(const PackedMatrix& w);
 
 }  // namespace herd::cpu

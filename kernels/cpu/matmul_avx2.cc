@@ -1,0 +1,236 @@
+// AVX2 + FMA + F16C kernels behind Matmul, for CPUs without AVX-512 (and for
+// HERD_CPU_ISA=avx2). Same layouts and results as matmul_avx512.cc, with
+// 256-bit registers: a group of 16 rows is two halves of 8 rows, and int8 dot
+// products use vpmaddubsw + vpmaddwd (no VNNI needed). Each function carries
+// its own target attribute; Matmul calls these only when ActiveIsa() is kAvx2.
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+#include <immintrin.h>
+
+#include <algorithm>
+#include <cstring>
+
+#include "kernels/cpu/matmul_kernels.h"
+
+#define HERD_AVX2 __attribute__((target("avx2,fma,f16c")))
+
+namespace herd::cpu {
+namespace {
+
+constexpr int kTokenTile = 4;
+
+HERD_AVX2 inline void StoreHalf(const KernelArgs& args, int64_t g, int half, int64_t t,
+                                __m256 acc) {
+  const PackedMatrix& w = *args.w;
+  const int64_t row0 = g * kPackRows + half * 8;
+  float lanes[8];
+  _mm256_storeu_ps(lanes, acc);
+  for (int r = 0; r < 8 && row0 + r < w.rows; ++r) {
+    args.y[t * w.rows + row0 + r] = lanes[r] + (args.bias != nullptr ? args.bias[row0 + r] : 0.0f);
+  }
+}
+
+// Sum of u8 x s8 products, 4 per 32-bit lane.
+HERD_AVX2 inline __m256i DotU8S8(__m256i u, __m256i s) {
+  return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
+}
+
+template <int kTokens>
+HERD_AVX2 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  constexpr int64_t kBlockBytes = 4 * 64 + 32;
+  const uint8_t* group = w.data + g * nb * kBlockBytes;
+  const __m256i low_mask = _mm256_set1_epi8(0x0F);
+  __m256 acc[kTokens][2];
+  for (int j = 0; j < kTokens; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * kBlockBytes;
+    __m256i lo[4][2], hi[4][2];
+    for (int s = 0; s < 4; ++s) {
+      for (int h = 0; h < 2; ++h) {
+        const __m256i v =
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + s * 64 + h * 32));
+        lo[s][h] = _mm256_and_si256(v, low_mask);
+        hi[s][h] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask);
+      }
+    }
+    __m256 wscale[2];
+    for (int h = 0; h < 2; ++h) {
+      wscale[h] =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 256 + h * 16)));
+    }
+    for (int j = 0; j < kTokens; ++j) {
+      const int64_t t = t0 + j;
+      int32_t chunk[8];
+      std::memcpy(chunk, a.qs + t * cols + b * 32, 32);
+      const __m256i offset = _mm256_set1_epi32(-8 * a.sum[t * nb + b]);
+      const __m256 scale = _mm256_set1_ps(a.d[t * nb + b]);
+      for (int h = 0; h < 2; ++h) {
+        __m256i dot = offset;
+        for (int s = 0; s < 4; ++s) {
+          // Nibbles <= 15 and |a| <= 127: the 16-bit pair sums cannot saturate.
+          const __m256i pairs =
+              _mm256_add_epi16(_mm256_maddubs_epi16(lo[s][h], _mm256_set1_epi32(chunk[s])),
+                               _mm256_maddubs_epi16(hi[s][h], _mm256_set1_epi32(chunk[4 + s])));
+          dot = _mm256_add_epi32(dot, _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+        }
+        acc[j][h] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wscale[h], scale), acc[j][h]);
+      }
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) {
+    StoreHalf(args, g, 0, t0 + j, acc[j][0]);
+    StoreHalf(args, g, 1, t0 + j, acc[j][1]);
+  }
+}
+
+// Q8_0 bytes are value + 128; flipping the top bit gives the signed value, and
+// |w| x sign(a, w) keeps vpmaddubsw's pair sums within int16.
+template <int kTokens>
+HERD_AVX2 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  constexpr int64_t kBlockBytes = 8 * 64 + 32;
+  const uint8_t* group = w.data + g * nb * kBlockBytes;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256 acc[kTokens][2];
+  for (int j = 0; j < kTokens; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+  for (int64_t b = 0; b < nb; ++b) {
+    const uint8_t* blk = group + b * kBlockBytes;
+    __m256i wv[8][2], wabs[8][2];
+    for (int s = 0; s < 8; ++s) {
+      for (int h = 0; h < 2; ++h) {
+        wv[s][h] = _mm256_xor_si256(
+            _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + s * 64 + h * 32)), flip);
+        wabs[s][h] = _mm256_abs_epi8(wv[s][h]);
+      }
+    }
+    __m256 wscale[2];
+    for (int h = 0; h < 2; ++h) {
+      wscale[h] =
+          _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 512 + h * 16)));
+    }
+    for (int j = 0; j < kTokens; ++j) {
+      const int64_t t = t0 + j;
+      int32_t chunk[8];
+      std::memcpy(chunk, a.qs + t * cols + b * 32, 32);
+      const __m256 scale = _mm256_set1_ps(a.d[t * nb + b]);
+      for (int h = 0; h < 2; ++h) {
+        __m256i dot = _mm256_setzero_si256();
+        for (int s = 0; s < 8; ++s) {
+          const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(chunk[s]), wv[s][h]);
+          dot = _mm256_add_epi32(dot, DotU8S8(wabs[s][h], signed_a));
+        }
+        acc[j][h] =
+            _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_mul_ps(wscale[h], scale), acc[j][h]);
+      }
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) {
+    StoreHalf(args, g, 0, t0 + j, acc[j][0]);
+    StoreHalf(args, g, 1, t0 + j, acc[j][1]);
+  }
+}
+
+HERD_AVX2 inline __m256 LoadWeights8(DType type, const uint8_t* row, int64_t k, int64_t n) {
+  if (n < 8) {
+    float tmp[8] = {};
+    for (int64_t i = 0; i < n; ++i) {
+      if (type == DType::kF32) {
+        std::memcpy(&tmp[i], row + 4 * (k + i), 4);
+      } else {
+        uint16_t h;
+        std::memcpy(&h, row + 2 * (k + i), 2);
+        tmp[i] = type == DType::kF16 ? F16ToF32(h) : BF16ToF32(h);
+      }
+    }
+    return _mm256_loadu_ps(tmp);
+  }
+  switch (type) {
+    case DType::kF16:
+      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
+    case DType::kBF16:
+      return _mm256_castsi256_ps(_mm256_slli_epi32(
+          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k))),
+          16));
+    default:
+      return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * k));
+  }
+}
+
+HERD_AVX2 inline __m256 LoadActivations8(const float* x, int64_t n) {
+  if (n >= 8) return _mm256_loadu_ps(x);
+  float tmp[8] = {};
+  std::memcpy(tmp, x, n * sizeof(float));
+  return _mm256_loadu_ps(tmp);
+}
+
+HERD_AVX2 inline float HorizontalSum(__m256 v) {
+  const __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  const __m128 t = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  return _mm_cvtss_f32(_mm_add_ss(t, _mm_movehdup_ps(t)));
+}
+
+template <int kTokens>
+HERD_AVX2 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_end, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const DType type = w.source.dtype();
+  const int64_t cols = w.cols;
+  for (int64_t o = row_begin; o < row_end; o += 2) {
+    const int num_rows = static_cast<int>(std::min<int64_t>(2, row_end - o));
+    __m256 acc[2][kTokens];
+    for (int i = 0; i < 2; ++i) {
+      for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm256_setzero_ps();
+    }
+    const uint8_t* rows[2] = {w.source.row(o), w.source.row(o + num_rows - 1)};
+    for (int64_t k = 0; k < cols; k += 8) {
+      const int64_t n = std::min<int64_t>(8, cols - k);
+      __m256 xv[kTokens];
+      for (int j = 0; j < kTokens; ++j) xv[j] = LoadActivations8(args.x + (t0 + j) * cols + k, n);
+      for (int i = 0; i < 2; ++i) {
+        const __m256 wv = LoadWeights8(type, rows[i], k, n);
+        for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
+      }
+    }
+    for (int i = 0; i < num_rows; ++i) {
+      const float bias = args.bias != nullptr ? args.bias[o + i] : 0.0f;
+      for (int j = 0; j < kTokens; ++j) {
+        args.y[(t0 + j) * w.rows + o + i] = HorizontalSum(acc[i][j]) + bias;
+      }
+    }
+  }
+}
+
+}  // namespace
+
+bool SupportedByAvx2(const PackedMatrix& w) { return SupportedByAvx512(w); }
+
+HERD_AVX2 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
+  const PackedMatrix& w = *args.w;
+  const int64_t num_tokens = args.num_tokens;
+  for (int64_t g = group_begin; g < group_end; ++g) {
+    int64_t t = 0;
+    if (w.layout == PackedLayout::kRowMajor) {
+      const int64_t row_begin = g * kPackRows;
+      const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
+      for (; t + kTokenTile <= num_tokens; t += kTokenTile) {
+        FloatRows<kTokenTile>(args, row_begin, row_end, t);
+      }
+      for (; t < num_tokens; ++t) FloatRows<1>(args, row_begin, row_end, t);
+    } else if (w.layout == PackedLayout::kQ4_0x16) {
+      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
+      for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);
+    } else {
+      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q8_0Group<kTokenTile>(args, g, t);
+      for (; t < num_tokens; ++t) Q8_0Group<1>(args, g, t);
+    }
+  }
+}
+
+}  // namespace herd::cpu
