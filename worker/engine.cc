@@ -15,7 +15,8 @@
 
 namespace herd {
 
-Engine::Engine(const Model& model, int num_threads) : model_(model), pool_(num_threads) {}
+Engine::Engine(const Model& model, int num_threads, int64_t max_step_tokens)
+    : model_(model), pool_(num_threads), max_step_tokens_(max_step_tokens) {}
 
 absl::Status Engine::PackWeights() {
   HERD_ASSIGN_OR_RETURN(packed_lm_head_, cpu::PackMatrix(model_.lm_head));
@@ -96,7 +97,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   }
   const int threads =
       options.num_threads > 0 ? options.num_threads : ThreadPool::DefaultNumThreads();
-  std::unique_ptr<Engine> engine(new Engine(model, threads));
+  if (options.max_step_tokens < 1) {
+    return absl::InvalidArgumentError("EngineOptions.max_step_tokens must be >= 1");
+  }
+  std::unique_ptr<Engine> engine(new Engine(model, threads, options.max_step_tokens));
   HERD_RETURN_IF_ERROR(engine->PackWeights());
   engine->ReleaseRepackedSources();
   return engine;
@@ -148,7 +152,7 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
   k_.resize(num_tokens * kv_dim);
   v_.resize(num_tokens * kv_dim);
   attn_.resize(num_tokens * q_dim);
-  proj_.resize(num_tokens * std::max(s.hidden_size, s.vocab_size));
+  proj_.resize(num_tokens * s.hidden_size);
   router_logits_.resize(num_tokens * s.num_experts);
   expert_idx_.resize(slots);
   expert_weights_.resize(slots);
@@ -182,6 +186,49 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
 
 absl::Status Engine::Forward(const Batch& batch, float* logits) {
   HERD_RETURN_IF_ERROR(ValidateBatch(batch));
+  const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
+  if (num_tokens <= max_step_tokens_) return ForwardStep(batch, logits);
+
+  // Long batches (prefill) run in steps of at most max_step_tokens_ tokens,
+  // in order, so a chunk's later tokens see the K/V its earlier ones wrote.
+  // This bounds activation memory; weights are still reused across a step.
+  const int64_t vocab = model_.spec.vocab_size;
+  std::vector<float> scratch;
+  for (int64_t first = 0; first < num_tokens; first += max_step_tokens_) {
+    const int64_t last = std::min(num_tokens, first + max_step_tokens_);
+    Batch step;
+    step.token_ids.assign(batch.token_ids.begin() + first, batch.token_ids.begin() + last);
+    int64_t row = 0;
+    for (const SequenceChunk& c : batch.chunks) {
+      const int64_t begin = std::max(row, first);
+      const int64_t end = std::min(row + c.num_tokens, last);
+      if (begin < end) step.chunks.push_back({c.cache, c.start_pos + (begin - row), end - begin});
+      row += c.num_tokens;
+    }
+    std::vector<int64_t> outputs;  // indices into batch.logit_rows
+    for (size_t i = 0; i < batch.logit_rows.size(); ++i) {
+      if (batch.logit_rows[i] >= first && batch.logit_rows[i] < last) {
+        outputs.push_back(static_cast<int64_t>(i));
+        step.logit_rows.push_back(batch.logit_rows[i] - first);
+      }
+    }
+    const bool consecutive = outputs.empty() || outputs.back() - outputs.front() + 1 ==
+                                                    static_cast<int64_t>(outputs.size());
+    if (consecutive) {
+      HERD_RETURN_IF_ERROR(
+          ForwardStep(step, outputs.empty() ? logits : logits + outputs.front() * vocab));
+    } else {
+      scratch.resize(outputs.size() * vocab);
+      HERD_RETURN_IF_ERROR(ForwardStep(step, scratch.data()));
+      for (size_t i = 0; i < outputs.size(); ++i) {
+        std::copy_n(scratch.data() + i * vocab, vocab, logits + outputs[i] * vocab);
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Engine::ForwardStep(const Batch& batch, float* logits) {
   const ModelSpec& s = model_.spec;
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
   if (num_tokens == 0) return absl::OkStatus();

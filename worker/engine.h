@@ -29,6 +29,10 @@ namespace herd {
 struct EngineOptions {
   // Kernel threads including the caller; 0 = every core this process may use.
   int num_threads = 0;
+  // Tokens one internal step processes; longer batches (prefill) run in
+  // several steps. Bounds activation memory (~60 KiB per token per 1024 of
+  // hidden size) while keeping weight reuse high.
+  int64_t max_step_tokens = 128;
 };
 
 // A run of consecutive tokens of one sequence inside a batch.
@@ -71,7 +75,9 @@ class Engine {
   int64_t packed_weight_bytes() const;
 
  private:
-  Engine(const Model& model, int num_threads);
+  Engine(const Model& model, int num_threads, int64_t max_step_tokens);
+  // Forward for at most max_step_tokens_ tokens (Forward validated the batch).
+  absl::Status ForwardStep(const Batch& batch, float* logits);
   absl::Status ValidateBatch(const Batch& batch) const;
   void Reserve(int64_t num_tokens, int64_t max_context);
   absl::Status AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens);
@@ -93,6 +99,7 @@ class Engine {
 
   const Model& model_;
   ThreadPool pool_;
+  const int64_t max_step_tokens_;
   RoutingObserver routing_observer_;
   std::vector<PackedLayer> packed_layers_;
   cpu::PackedMatrix packed_lm_head_;

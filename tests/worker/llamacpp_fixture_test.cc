@@ -160,6 +160,35 @@ TEST_P(LlamaCppFixtureTest, GeneratorLogitsDumpHasFixtureLayout) {
   EXPECT_EQ(result->tokens, Greedy());
 }
 
+// All 32 positions in one batch, run by an engine whose steps hold at most 5
+// tokens: the batch is split into 7 steps that must see each other's K/V.
+TEST_P(LlamaCppFixtureTest, LongBatchesRunInStepsWithTheSameLogits) {
+  EngineOptions options;
+  options.num_threads = GetParam().threads;
+  options.max_step_tokens = 5;
+  auto engine = Engine::Create(*model_, options);
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  std::vector<int32_t> sequence = Ids();
+  const std::vector<int32_t> greedy = Greedy();
+  sequence.insert(sequence.end(), greedy.begin(), greedy.end());
+  auto cache = KvCache::Create(model_->spec, 32);
+  ASSERT_TRUE(cache.ok());
+  Batch batch;
+  batch.token_ids = sequence;
+  batch.chunks = {{cache->get(), 0, 32}};
+  // Out of order on purpose: rows are written in the order asked for.
+  for (int64_t i = 31; i >= 0; --i) batch.logit_rows.push_back(i);
+  std::vector<float> logits(32 * 512);
+  ASSERT_TRUE((*engine)->Forward(batch, logits.data()).ok());
+  const std::vector<float> ref = ReferenceLogits();
+  for (int64_t i = 0; i < 32; ++i) {
+    for (int64_t v = 0; v < 512; ++v) {
+      ASSERT_NEAR(logits[(31 - i) * 512 + v], ref[i * 512 + v], GetParam().tolerance)
+          << "position " << i;
+    }
+  }
+}
+
 INSTANTIATE_TEST_SUITE_P(AllFormats, LlamaCppFixtureTest,
                          ::testing::Values(FixtureCase{"tiny-f32", 1e-4f, 1},
                                            FixtureCase{"tiny-f32", 1e-4f, 2},
