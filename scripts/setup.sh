@@ -20,6 +20,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin libucx-dev ucx-utils
   prometheus-cpp-dev
+  libpcre2-dev libicu-dev
   clang-format
 )
 

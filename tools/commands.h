@@ -14,18 +14,33 @@ namespace herd {
 // herd inspect --model PATH [--json] [--tensors]
 absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostream& out);
 
-// herd generate --model PATH --prompt-ids 1,2,3 --max-new-tokens N [--temperature T]
+// herd generate --model PATH (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N
+//   [--temperature T]
 //   [--top-p P] [--seed S] [--threads T] [--dump-logits FILE] [--config FILE]
 absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd synth [shape flags] --dtype D --seed S --out FILE: a random-weight GGUF model.
 absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream& out);
 
-// herd bench comm ...: see RunBenchCommCommand.
+// herd bench --model PATH ... (RunBenchModelCommand) or herd bench comm ...
+// (RunBenchCommCommand).
 absl::Status RunBenchCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd bench --model PATH [--threads T] [--prompt 512] [--gen 128] [--repetitions R]
+absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd bench comm --backend local|mpi|nccl --tokens T --hidden H --top-k K --experts E
 absl::Status RunBenchCommCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd tokenize --model PATH (--text S | --text-file F) [--bos] [--eos] [--special]
+absl::Status RunTokenizeCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd detokenize --model PATH --ids 1,2,3 [--special] [--keep-space-prefix]
+absl::Status RunDetokenizeCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd plan --trace TRACE [--nodes N --ranks-per-node R --redundant K ...] --out FILE:
+// expert placement from a routing trace (docs/placement.md).
+absl::Status RunPlanCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // Dispatches argv to a subcommand; returns the process exit code.
 int RunCli(int argc, char** argv);

@@ -8,6 +8,7 @@
 #include "core/logging.h"
 #include "core/status.h"
 #include "model/model_loader.h"
+#include "model/tokenizer/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
 #include "worker/engine.h"
@@ -18,7 +19,8 @@ namespace {
 
 const std::vector<FlagSpec> kGenerateFlags = {
     {"model", true, "GGUF file or Hugging Face directory (or 'model' in --config)"},
-    {"prompt-ids", true, "prompt token ids, comma-separated (required)"},
+    {"prompt-ids", true, "prompt token ids, comma-separated (this or --prompt)"},
+    {"prompt", true, "prompt text, encoded with the model's tokenizer (BOS as the model asks)"},
     {"max-new-tokens", true, "tokens to generate (default 16; 0 evaluates the prompt only)"},
     {"temperature", true, "sampling temperature; 0 = greedy (default 0)"},
     {"top-p", true, "nucleus sampling mass in (0, 1] (default 1)"},
@@ -50,7 +52,7 @@ absl::Status WriteLogits(const std::string& path, const std::vector<float>& logi
 absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostream& out) {
   HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kGenerateFlags));
   if (flags.Has("help")) {
-    out << "usage: herd generate --model PATH --prompt-ids 1,2,3 [flags]\n"
+    out << "usage: herd generate --model PATH (--prompt-ids 1,2,3 | --prompt TEXT) [flags]\n"
         << FlagsHelp(kGenerateFlags);
     return absl::OkStatus();
   }
@@ -60,8 +62,22 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
   }
   const std::string model_path = flags.GetString("model", config.model);
   if (model_path.empty()) return absl::InvalidArgumentError("--model is required");
-  HERD_ASSIGN_OR_RETURN(std::vector<int32_t> prompt, flags.GetIntList("prompt-ids"));
-  if (prompt.empty()) return absl::InvalidArgumentError("--prompt-ids is required");
+  if (flags.Has("prompt") && flags.Has("prompt-ids")) {
+    return absl::InvalidArgumentError("--prompt and --prompt-ids are mutually exclusive");
+  }
+  // With --prompt, text goes in and text comes out through the model's tokenizer.
+  std::unique_ptr<Tokenizer> tokenizer;
+  std::vector<int32_t> prompt;
+  if (flags.Has("prompt")) {
+    HERD_ASSIGN_OR_RETURN(tokenizer, Tokenizer::Load(model_path));
+    EncodeOptions encode_options;
+    encode_options.add_bos = tokenizer->add_bos();
+    HERD_ASSIGN_OR_RETURN(prompt, tokenizer->Encode(flags.GetString("prompt"), encode_options));
+    if (prompt.empty()) return absl::InvalidArgumentError("--prompt encodes to no tokens");
+  } else {
+    HERD_ASSIGN_OR_RETURN(prompt, flags.GetIntList("prompt-ids"));
+    if (prompt.empty()) return absl::InvalidArgumentError("--prompt-ids or --prompt is required");
+  }
 
   GenerateOptions options;
   HERD_ASSIGN_OR_RETURN(options.max_new_tokens, flags.GetInt("max-new-tokens", 16));
@@ -93,6 +109,19 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
                  << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
   if (options.keep_logits) {
     HERD_RETURN_IF_ERROR(WriteLogits(flags.GetString("dump-logits"), result.logits));
+  }
+  if (tokenizer != nullptr) {
+    // The text up to the first end-of-generation token, as a continuation.
+    std::vector<int32_t> generated;
+    for (int32_t id : result.tokens) {
+      if (tokenizer->IsEndOfGeneration(id)) break;
+      generated.push_back(id);
+    }
+    DecodeOptions decode_options;
+    decode_options.strip_space_prefix = false;
+    HERD_ASSIGN_OR_RETURN(std::string text, tokenizer->Decode(generated, decode_options));
+    out << text << "\n";
+    return absl::OkStatus();
   }
   out << absl::StrJoin(result.tokens, ",") << "\n";
   return absl::OkStatus();

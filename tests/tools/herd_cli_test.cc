@@ -124,7 +124,7 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
   const std::string model = TestDataPath("llamacpp-tiny/tiny-f32.gguf");
   for (const Case& c : std::vector<Case>{
            {"generate --prompt-ids 1", "--model is required"},
-           {"generate --model " + model, "--prompt-ids is required"},
+           {"generate --model " + model, "--prompt-ids or --prompt is required"},
            {"generate --model " + model + " --prompt-ids 1,x", "'x' is not an integer"},
            {"generate --model " + model + " --prompt-ids 512", "outside the vocabulary"},
            {"generate --model " + model + " --prompt-ids 1 --top-p 0", "top_p must be in (0, 1]"},
