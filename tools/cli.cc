@@ -23,7 +23,6 @@ constexpr Command kCommands[] = {
     {"tokenize", RunTokenizeCommand, "print the token ids of a text (the model's tokenizer)"},
     {"detokenize", RunDetokenizeCommand, "print the text of token ids"},
     {"synth", RunSynthCommand, "write a random-weight MoE model (GGUF, llama.cpp layout)"},
-    {"plan", RunPlanCommand, "place experts on ranks from a routing trace (herd plan --help)"},
 };
 
 void PrintUsage(std::ostream& out) {
