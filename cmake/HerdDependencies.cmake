@@ -8,6 +8,8 @@ if(TARGET yaml-cpp AND NOT TARGET yaml-cpp::yaml-cpp)
 endif()
 find_package(nlohmann_json CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
+# Open MPI (Debian): the mpi comm backends; MPIEXEC_EXECUTABLE runs the mpi tests.
+find_package(MPI REQUIRED COMPONENTS C)
 
 if(HERD_WITH_CUDA)
   find_package(CUDAToolkit REQUIRED)

@@ -19,7 +19,9 @@ PACKAGES=(
   libabsl-dev libyaml-cpp-dev nlohmann-json3-dev libcpp-httplib-dev
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin libucx-dev ucx-utils
+  iproute2
   prometheus-cpp-dev
+  zlib1g-dev
   libpcre2-dev libicu-dev
   clang-format
 )

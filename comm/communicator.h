@@ -1,0 +1,151 @@
+// The data plane: collectives between the ranks of one group (all-to-all-v,
+// all-gather, broadcast, barrier), each with a deadline, plus Abort().
+//
+// Backends (comm/registry.h lists them): `local` (threads of one process,
+// host memory), `mpi` (one process per rank, host memory) and `nccl` (device
+// memory, built when HERD_WITH_NCCL). Every collective is called by every
+// rank of the group in the same order, MPI-style, even with nothing to send.
+//
+// Failures: a peer that does not take part before the deadline gives
+// DeadlineExceeded naming that peer (local, mpi) and never a hang. After any
+// non-OK status other than InvalidArgument the communicator is failed: every
+// later call returns FailedPrecondition carrying the first error (Aborted
+// after Abort()). A failed mpi communicator may still write into the receive
+// buffers of the call that failed (MPI cannot always cancel a receive that
+// has started), so callers keep those buffers alive, or Abort().
+//
+// Thread-safety: one thread drives a communicator (collectives are ordered);
+// Abort() and stats() may be called from any thread.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "absl/time/time.h"
+#include "absl/types/span.h"
+
+namespace herd::comm {
+
+// Where the buffers passed to a communicator's collectives live.
+enum class MemorySpace { kHost, kDevice };
+
+const char* MemorySpaceName(MemorySpace space);
+
+// A buffer in a communicator's memory space (host memory for local and mpi,
+// device memory for nccl), so that one caller can drive every backend.
+// Owns its memory. Not thread-safe.
+class CommBuffer {
+ public:
+  virtual ~CommBuffer() = default;
+  // The first byte, in the communicator's memory space; nullptr when size 0.
+  virtual void* data() = 0;
+  virtual int64_t size_bytes() const = 0;
+  // Synchronous copies between host memory and [offset, offset + bytes).
+  // OutOfRange if the range is not inside the buffer; Internal for a failed
+  // device copy.
+  virtual absl::Status CopyFromHost(int64_t offset, const void* src, int64_t bytes) = 0;
+  virtual absl::Status CopyToHost(int64_t offset, void* dst, int64_t bytes) const = 0;
+};
+
+// A CommBuffer in host memory (what the local and mpi backends allocate).
+class HostCommBuffer final : public CommBuffer {
+ public:
+  explicit HostCommBuffer(int64_t bytes);
+  void* data() override { return bytes_.empty() ? nullptr : bytes_.data(); }
+  int64_t size_bytes() const override { return static_cast<int64_t>(bytes_.size()); }
+  absl::Status CopyFromHost(int64_t offset, const void* src, int64_t bytes) override;
+  absl::Status CopyToHost(int64_t offset, void* dst, int64_t bytes) const override;
+
+ private:
+  std::vector<uint8_t> bytes_;
+};
+
+// One all-to-all-v, counted in bytes. All spans have world_size entries and
+// must stay valid for the call.
+//
+//   send: | block for rank 0 | block for rank 1 | ... (any order, any gaps)
+//          ^ send_offsets[p], send_bytes[p] bytes
+//   recv: | block from rank 0 | block from rank 1 | ...
+//          ^ recv_offsets[p], recv_bytes[p] bytes
+//
+// recv_bytes[p] on this rank must equal send_bytes[this rank] on rank p. The
+// block for this rank itself is copied in memory, never through the network.
+struct AllToAllVArgs {
+  const void* send = nullptr;
+  absl::Span<const int64_t> send_bytes;
+  absl::Span<const int64_t> send_offsets;
+  void* recv = nullptr;
+  absl::Span<const int64_t> recv_bytes;
+  absl::Span<const int64_t> recv_offsets;
+};
+
+// Checks sizes and signs; InvalidArgument naming the bad entry.
+absl::Status ValidateAllToAllVArgs(const AllToAllVArgs& args, int world_size);
+
+// Counters since creation, for benches and tests.
+struct CommStats {
+  int64_t num_collectives = 0;
+  // Payload bytes handed to the network for other ranks (the block for this
+  // rank itself is not counted: it is a memory copy).
+  int64_t bytes_sent = 0;
+};
+
+class Communicator {
+ public:
+  virtual ~Communicator() = default;
+
+  // "local", "mpi" or "nccl".
+  virtual const char* backend_name() const = 0;
+  virtual int rank() const = 0;
+  virtual int world_size() const = 0;
+  virtual MemorySpace memory_space() const = 0;
+
+  // A buffer that this communicator's collectives can use. Errors:
+  // InvalidArgument for a negative size, ResourceExhausted from the device.
+  virtual absl::StatusOr<std::unique_ptr<CommBuffer>> Allocate(int64_t bytes) = 0;
+
+  // Runs `ops` as one round: every send and receive of every op is posted
+  // before waiting, so k ops cost one round trip, not k. Blocks until this
+  // rank's receives have landed and its sends may be reused, or the deadline.
+  // Errors: InvalidArgument (bad args; nothing was sent), DeadlineExceeded
+  // naming the ranks that did not deliver or take their data, Aborted,
+  // FailedPrecondition (failed earlier), Internal (transport error, with the
+  // library's message).
+  virtual absl::Status GroupedAllToAllV(absl::Span<const AllToAllVArgs> ops,
+                                        absl::Time deadline) = 0;
+
+  // One all-to-all-v; same contract as GroupedAllToAllV.
+  absl::Status AllToAllV(const AllToAllVArgs& args, absl::Time deadline) {
+    return GroupedAllToAllV(absl::MakeConstSpan(&args, 1), deadline);
+  }
+
+  // recv [world_size * bytes_per_rank] receives every rank's `send`
+  // [bytes_per_rank] in rank order. Same errors as GroupedAllToAllV.
+  virtual absl::Status AllGather(const void* send, int64_t bytes_per_rank, void* recv,
+                                 absl::Time deadline) = 0;
+
+  // Copies `buffer` [bytes] of `root_rank` into `buffer` on every other rank.
+  // Non-roots wait only for the root, so a missing root is the one named.
+  virtual absl::Status Broadcast(int root_rank, void* buffer, int64_t bytes,
+                                 absl::Time deadline) = 0;
+
+  // Returns once every rank has entered the barrier, or names those that did
+  // not by the deadline.
+  virtual absl::Status Barrier(absl::Time deadline) = 0;
+
+  // Ends the group after an unrecoverable error. local: every rank's pending
+  // and later calls on every communicator and control channel of the world
+  // return Aborted naming this rank and `reason`. nccl: ncclCommAbort, then
+  // calls return Aborted. mpi: MPI_Abort, which under mpirun terminates every
+  // process of the job (this one included), so it does not return. Any thread.
+  virtual void Abort(absl::string_view reason) = 0;
+
+  virtual CommStats stats() const = 0;
+};
+
+}  // namespace herd::comm

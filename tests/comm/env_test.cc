@@ -1,0 +1,89 @@
+// The comm layer's environment knobs: parsing, defaults, warnings, report.
+#include "comm/env.h"
+
+#include <map>
+#include <string>
+#include <vector>
+
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+
+namespace herd::comm {
+namespace {
+
+using ::testing::HasSubstr;
+
+struct FakeEnv {
+  std::map<std::string, std::string> values;
+  const char* operator()(const char* name) const {
+    auto it = values.find(name);
+    return it == values.end() ? nullptr : it->second.c_str();
+  }
+};
+
+TEST(CommEnvTest, DefaultsWhenUnset) {
+  std::vector<std::string> warnings;
+  const CommEnv env = ParseCommEnv(FakeEnv{}, &warnings);
+  EXPECT_EQ(env.timeout_ms, 30000);
+  EXPECT_EQ(env.poll_sleep_after_ms, 1000);
+  EXPECT_EQ(env.poll_sleep_us, 50);
+  EXPECT_TRUE(warnings.empty());
+}
+
+TEST(CommEnvTest, ReadsValidValues) {
+  const FakeEnv fake{{{"HERD_COMM_TIMEOUT_MS", "1500"},
+                      {"HERD_COMM_POLL_SLEEP_AFTER_MS", "0"},
+                      {"HERD_COMM_POLL_SLEEP_US", "7"}}};
+  std::vector<std::string> warnings;
+  const CommEnv env = ParseCommEnv(fake, &warnings);
+  EXPECT_EQ(env.timeout_ms, 1500);
+  EXPECT_EQ(env.poll_sleep_after_ms, 0);
+  EXPECT_EQ(env.poll_sleep_us, 7);
+  EXPECT_TRUE(warnings.empty());
+}
+
+TEST(CommEnvTest, BadValuesKeepTheDefaultAndWarnByName) {
+  const FakeEnv fake{{{"HERD_COMM_TIMEOUT_MS", "0"}, {"HERD_COMM_POLL_SLEEP_US", "fast"}}};
+  std::vector<std::string> warnings;
+  const CommEnv env = ParseCommEnv(fake, &warnings);
+  EXPECT_EQ(env.timeout_ms, 30000);
+  EXPECT_EQ(env.poll_sleep_us, 50);
+  ASSERT_EQ(warnings.size(), 2u);
+  EXPECT_THAT(warnings[0], HasSubstr("HERD_COMM_TIMEOUT_MS='0'"));
+  EXPECT_THAT(warnings[1], HasSubstr("HERD_COMM_POLL_SLEEP_US='fast'"));
+}
+
+TEST(CommEnvTest, ReportSaysWhereEachValueCameFrom) {
+  const FakeEnv fake{{{"HERD_COMM_TIMEOUT_MS", "1500"}, {"NCCL_SOCKET_IFNAME", "lo"}}};
+  const std::string report = CommEnvReport(ParseCommEnv(fake, nullptr), fake);
+  EXPECT_THAT(report, HasSubstr("HERD_COMM_TIMEOUT_MS=1500 (env)\n"));
+  EXPECT_THAT(report, HasSubstr("HERD_COMM_POLL_SLEEP_US=50 (default)\n"));
+  EXPECT_THAT(report, HasSubstr("NCCL_SOCKET_IFNAME=lo (read by NCCL)\n"));
+  EXPECT_THAT(report, HasSubstr("UCX_NET_DEVICES unset\n"));
+}
+
+TEST(CommEnvTest, DeadlinesAreInTheFuture) {
+  const absl::Time now = absl::Now();
+  EXPECT_GE(DeadlineAfterMs(100) - now, absl::Milliseconds(100));
+  EXPECT_GE(DefaultDeadline() - now, absl::Milliseconds(GetCommEnv().timeout_ms));
+}
+
+TEST(CommEnvTest, PacerSleepsOnlyAfterTheIdlePeriod) {
+  CommEnv env;
+  env.poll_sleep_after_ms = 0;
+  env.poll_sleep_us = 20000;
+  PollPacer sleeping(env);
+  absl::Time start = absl::Now();
+  sleeping.Pause();
+  EXPECT_GE(absl::Now() - start, absl::Milliseconds(15));
+
+  env.poll_sleep_after_ms = 60000;
+  PollPacer yielding(env);
+  start = absl::Now();
+  for (int i = 0; i < 10; ++i) yielding.Pause();
+  EXPECT_LT(absl::Now() - start, absl::Milliseconds(150));
+}
+
+}  // namespace
+}  // namespace herd::comm
