@@ -7,8 +7,7 @@ absl::Status RunBenchCommand(const std::vector<std::string>& args, std::ostream&
   if (!args.empty() && args[0] == "comm") {
     return RunBenchCommCommand(std::vector<std::string>(args.begin() + 1, args.end()), out);
   }
-  return absl::InvalidArgumentError(
-      "usage: herd bench comm [flags]  (run 'herd bench comm --help' for its flags)");
+  return RunBenchModelCommand(args, out);
 }
 
 }  // namespace herd

@@ -22,7 +22,9 @@ constexpr Command kCommands[] = {
     {"generate", RunGenerateCommand, "run a prompt of token ids and print the generated ids"},
     {"tokenize", RunTokenizeCommand, "print the token ids of a text (the model's tokenizer)"},
     {"detokenize", RunDetokenizeCommand, "print the text of token ids"},
+    {"bench", RunBenchCommand, "measure prefill/decode speed (or: bench comm, the all-to-all)"},
     {"synth", RunSynthCommand, "write a random-weight MoE model (GGUF, llama.cpp layout)"},
+    {"plan", RunPlanCommand, "place experts on ranks from a routing trace (herd plan --help)"},
 };
 
 void PrintUsage(std::ostream& out) {

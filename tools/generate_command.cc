@@ -1,18 +1,24 @@
+#include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <optional>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "comm/communicator.h"
 #include "core/config.h"
 #include "core/logging.h"
+#include "core/placement.h"
 #include "core/status.h"
+#include "core/thread_pool.h"
 #include "model/model_loader.h"
 #include "model/tokenizer/tokenizer.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
+#include "worker/rank_group.h"
 
 namespace herd {
 namespace {
@@ -28,6 +34,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"threads", true, "kernel threads; 0 = all cores (default: config or 0)"},
     {"dump-logits", true, "write F32 logits [prompt + new tokens, vocab] to this file"},
     {"config", true, "YAML config file (flags override it)"},
+    {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
+    {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"help", false, "show this help"},
 };
 
@@ -94,19 +102,72 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
         absl::StrCat("--threads must be in [0, 1024], got ", threads));
   }
 
-  const absl::Time load_start = absl::Now();
-  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path));
-  EngineOptions engine_options;
-  engine_options.num_threads = static_cast<int>(threads);
-  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
-  HERD_LOG(INFO) << "loaded " << model_path << " in "
-                 << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
-                 << engine->num_threads() << " threads";
+  RankGroupOptions group;
+  HERD_ASSIGN_OR_RETURN(int64_t local_ranks, flags.GetInt("local-ranks", 1));
+  if (local_ranks < 1 || local_ranks > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--local-ranks must be in [1, 256], got ", local_ranks));
+  }
+  group.local_ranks = static_cast<int>(local_ranks);
+  const int world_size = PlannedWorldSize(group);
+  if (threads == 0 && group.local_ranks > 1) {
+    threads = std::max(1, ThreadPool::DefaultNumThreads() / group.local_ranks);
+  }
+  std::optional<ExpertPlacement> placement_file;
+  if (flags.Has("placement")) {
+    HERD_ASSIGN_OR_RETURN(placement_file, ReadPlacementFile(flags.GetString("placement")));
+  }
 
-  const absl::Time run_start = absl::Now();
-  HERD_ASSIGN_OR_RETURN(GenerateResult result, Generate(*engine, prompt, options));
-  HERD_LOG(INFO) << "generated " << result.tokens.size() << " tokens in "
-                 << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+  // Each rank loads the model with only its experts, runs its part, and rank
+  // 0 (which owns the one sequence) keeps the result.
+  GenerateResult result;
+  bool output_rank = true;
+  const absl::Status status = RunRanks(group, [&](comm::Communicator* comm) -> absl::Status {
+    const int rank = comm != nullptr ? comm->rank() : 0;
+    if (comm != nullptr && comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
+    const absl::Time load_start = absl::Now();
+    std::optional<ExpertPlacement> placement = placement_file;
+    ModelLoadOptions load;
+    if (comm != nullptr) {
+      if (!placement.has_value()) {
+        // The contiguous split needs the model's shape: read it without experts.
+        ModelLoadOptions shape_only;
+        shape_only.load_expert = [](int, int) { return false; };
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> shape, LoadModel(model_path, shape_only));
+        HERD_ASSIGN_OR_RETURN(placement,
+                              ExpertPlacement::Contiguous(static_cast<int>(shape->spec.num_layers),
+                                                          static_cast<int>(shape->spec.num_experts),
+                                                          comm->world_size()));
+      }
+      load.load_expert = [&](int layer, int expert) {
+        if (layer >= placement->num_layers()) return false;
+        for (int32_t e : placement->RankExperts(layer, rank)) {
+          if (e == expert) return true;
+        }
+        return false;
+      };
+    }
+    HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path, load));
+    EngineOptions engine_options;
+    engine_options.num_threads = static_cast<int>(threads);
+    if (comm != nullptr) engine_options.expert_parallelism = {comm, &*placement};
+    HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
+    HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path << " in "
+                   << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
+                   << engine->num_threads() << " threads, resident expert weights "
+                   << engine->resident_expert_bytes() << " bytes";
+    const absl::Time run_start = absl::Now();
+    HERD_ASSIGN_OR_RETURN(GenerateResult rank_result,
+                          Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
+    if (rank == 0) {
+      HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "
+                     << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+      result = std::move(rank_result);
+    }
+    return absl::OkStatus();
+  });
+  HERD_RETURN_IF_ERROR(status);
+  if (!output_rank) return absl::OkStatus();
   if (options.keep_logits) {
     HERD_RETURN_IF_ERROR(WriteLogits(flags.GetString("dump-logits"), result.logits));
   }

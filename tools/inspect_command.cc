@@ -1,6 +1,7 @@
 #include <map>
 
 #include "absl/strings/str_format.h"
+#include "core/placement.h"
 #include "core/status.h"
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
@@ -14,6 +15,7 @@ const std::vector<FlagSpec> kInspectFlags = {
     {"model", true, "GGUF file or Hugging Face directory (required)"},
     {"json", false, "print one JSON object instead of text"},
     {"tensors", false, "also list every tensor"},
+    {"placement", true, "expert placement file: print what each rank holds"},
     {"help", false, "show this help"},
 };
 
@@ -38,12 +40,76 @@ std::string ShapeString(const TensorView& v) {
   return s + "]";
 }
 
+// Bytes of expert `e` of layer `l` as stored.
+int64_t ExpertBytes(const Model& model, int l, int e) {
+  const ExpertFfnWeights& x = model.layers[l].experts[e];
+  return x.gate.num_bytes() + x.up.num_bytes() + x.down.num_bytes();
+}
+
+// What each rank of `placement` holds: experts (slots) per layer, replicas,
+// and the bytes of expert weights it loads.
+absl::Status PrintPlacement(const Model& model, const ExpertPlacement& placement, bool json,
+                            std::ostream& out) {
+  const ModelSpec& s = model.spec;
+  if (placement.num_layers() != s.num_layers || placement.num_experts() != s.num_experts) {
+    return absl::InvalidArgumentError(absl::StrFormat(
+        "the placement has %d layers x %d experts, the model %d x %d", placement.num_layers(),
+        placement.num_experts(), s.num_layers, s.num_experts));
+  }
+  nlohmann::json ranks = nlohmann::json::array();
+  if (!json) {
+    out << absl::StrFormat("placement  %d ranks (%d nodes), %d layers x %d experts\n",
+                           placement.num_ranks(), placement.num_nodes(), placement.num_layers(),
+                           placement.num_experts());
+    out << "| rank | node | slots (all layers) | distinct experts | expert bytes |\n";
+    out << "|-----:|-----:|-------------------:|-----------------:|-------------:|\n";
+  }
+  for (int r = 0; r < placement.num_ranks(); ++r) {
+    int64_t slots = 0, distinct = 0, bytes = 0;
+    nlohmann::json layers = nlohmann::json::array();
+    for (int l = 0; l < placement.num_layers(); ++l) {
+      std::vector<bool> held(s.num_experts, false);
+      std::vector<int32_t> experts;
+      for (int32_t e : placement.RankExperts(l, r)) {
+        ++slots;
+        experts.push_back(e);
+        if (!held[e]) {
+          held[e] = true;
+          ++distinct;
+          bytes += ExpertBytes(model, l, e);
+        }
+      }
+      layers.push_back(experts);
+    }
+    if (json) {
+      ranks.push_back({{"rank", r},
+                       {"node", placement.NodeOfRank(r)},
+                       {"slots", slots},
+                       {"distinct_experts", distinct},
+                       {"expert_bytes", bytes},
+                       {"experts_per_layer", layers}});
+    } else {
+      out << absl::StrFormat("| %4d | %4d | %18d | %16d | %12s |\n", r, placement.NodeOfRank(r),
+                             slots, distinct, HumanBytes(static_cast<double>(bytes)));
+    }
+  }
+  if (json) {
+    out << nlohmann::json({{"num_ranks", placement.num_ranks()},
+                           {"num_nodes", placement.num_nodes()},
+                           {"ranks", ranks}})
+               .dump(2)
+        << "\n";
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostream& out) {
   HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kInspectFlags));
   if (flags.Has("help")) {
-    out << "usage: herd inspect --model PATH [--json] [--tensors]\n" << FlagsHelp(kInspectFlags);
+    out << "usage: herd inspect --model PATH [--json] [--tensors] [--placement FILE]\n"
+        << FlagsHelp(kInspectFlags);
     return absl::OkStatus();
   }
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
@@ -65,6 +131,12 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
   const int64_t expert_params = by_module["experts"].parameters;
   const int64_t active =
       total.parameters - expert_params + expert_params / s.num_experts * s.num_experts_per_token;
+
+  if (flags.Has("placement")) {
+    HERD_ASSIGN_OR_RETURN(ExpertPlacement placement,
+                          ReadPlacementFile(flags.GetString("placement")));
+    return PrintPlacement(*model, placement, flags.Has("json"), out);
+  }
 
   if (flags.Has("json")) {
     nlohmann::json j;

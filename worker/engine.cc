@@ -15,8 +15,13 @@
 
 namespace herd {
 
-Engine::Engine(const Model& model, int num_threads, int64_t max_step_tokens)
-    : model_(model), pool_(num_threads), max_step_tokens_(max_step_tokens) {}
+Engine::Engine(const Model& model, const EngineOptions& options, int num_threads)
+    : model_(model),
+      pool_(num_threads),
+      max_step_tokens_(options.max_step_tokens),
+      ep_(options.expert_parallelism) {
+  if (ep_.comm != nullptr) exchange_ = std::make_unique<comm::ExpertExchange>(ep_.comm);
+}
 
 absl::Status Engine::PackWeights() {
   HERD_ASSIGN_OR_RETURN(packed_lm_head_, cpu::PackMatrix(model_.lm_head));
@@ -35,6 +40,7 @@ absl::Status Engine::PackWeights() {
     p.down.resize(num_experts);
     p.experts.resize(num_experts);
     for (size_t e = 0; e < num_experts; ++e) {
+      if (!w.experts[e].resident()) continue;  // held by another rank
       HERD_ASSIGN_OR_RETURN(p.gate[e], cpu::PackMatrix(w.experts[e].gate));
       HERD_ASSIGN_OR_RETURN(p.up[e], cpu::PackMatrix(w.experts[e].up));
       HERD_ASSIGN_OR_RETURN(p.down[e], cpu::PackMatrix(w.experts[e].down));
@@ -70,6 +76,16 @@ void Engine::ReleaseRepackedSources() {
   }
 }
 
+int64_t Engine::resident_expert_bytes() const {
+  int64_t bytes = 0;
+  for (const PackedLayer& p : packed_layers_) {
+    for (size_t e = 0; e < p.gate.size(); ++e) {
+      bytes += p.gate[e].num_bytes() + p.up[e].num_bytes() + p.down[e].num_bytes();
+    }
+  }
+  return bytes;
+}
+
 int64_t Engine::packed_weight_bytes() const {
   int64_t bytes = packed_lm_head_.num_bytes() + model_.token_embedding.num_bytes();
   for (const PackedLayer& p : packed_layers_) {
@@ -86,12 +102,33 @@ int64_t Engine::packed_weight_bytes() const {
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
                                                        const EngineOptions& options) {
+  const ExpertParallelism& ep = options.expert_parallelism;
+  if (ep.comm != nullptr) {
+    if (ep.placement == nullptr) {
+      return absl::InvalidArgumentError("expert parallelism needs a placement");
+    }
+    const ExpertPlacement& p = *ep.placement;
+    if (p.num_layers() != model.spec.num_layers || p.num_experts() != model.spec.num_experts ||
+        p.num_ranks() != ep.comm->world_size()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the placement has ", p.num_layers(), " layers x ", p.num_experts(), " experts on ",
+          p.num_ranks(), " ranks, but the model has ", model.spec.num_layers, " x ",
+          model.spec.num_experts, " and the group ", ep.comm->world_size(), " ranks"));
+    }
+  }
   for (size_t l = 0; l < model.layers.size(); ++l) {
-    for (size_t e = 0; e < model.layers[l].experts.size(); ++e) {
-      if (!model.layers[l].experts[e].resident()) {
-        return absl::InvalidArgumentError(
-            absl::StrCat("the single-rank engine needs every expert; layer ", l, " expert ", e,
-                         " was not loaded"));
+    std::vector<bool> needed(model.layers[l].experts.size(), ep.comm == nullptr);
+    if (ep.comm != nullptr) {
+      for (int32_t e : ep.placement->RankExperts(static_cast<int>(l), ep.comm->rank())) {
+        needed[e] = true;
+      }
+    }
+    for (size_t e = 0; e < needed.size(); ++e) {
+      if (needed[e] && !model.layers[l].experts[e].resident()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            ep.comm == nullptr ? "the single-rank engine needs every expert; "
+                               : "this rank's placement needs an expert that was not loaded: ",
+            "layer ", l, " expert ", e));
       }
     }
   }
@@ -100,7 +137,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   if (options.max_step_tokens < 1) {
     return absl::InvalidArgumentError("EngineOptions.max_step_tokens must be >= 1");
   }
-  std::unique_ptr<Engine> engine(new Engine(model, threads, options.max_step_tokens));
+  std::unique_ptr<Engine> engine(new Engine(model, options, threads));
   HERD_RETURN_IF_ERROR(engine->PackWeights());
   engine->ReleaseRepackedSources();
   return engine;
@@ -171,12 +208,18 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
   grow(packed_lm_head_);
   for (const PackedLayer& p : packed_layers_) {
     for (const cpu::PackedMatrix* w : {&p.q, &p.k, &p.v, &p.o, &p.router}) grow(*w);
+    const cpu::MatmulTask qkv[3] = {{&p.q, nullptr, nullptr, num_tokens, nullptr},
+                                    {&p.k, nullptr, nullptr, num_tokens, nullptr},
+                                    {&p.v, nullptr, nullptr, num_tokens, nullptr}};
+    bytes = std::max(bytes, cpu::MatmulBatchWorkspaceBytes(qkv, 3));
     if (!p.shared.empty()) {
       bytes = std::max(bytes, cpu::GroupedExpertFfnWorkspaceBytes(p.shared[0], num_tokens));
     }
-    if (!p.experts.empty()) {
-      bytes = std::max(bytes, cpu::GroupedExpertFfnWorkspaceBytes(
-                                  p.experts[0], num_tokens * s.num_experts_per_token));
+    for (const cpu::ExpertFfnView& e : p.experts) {
+      if (e.gate == nullptr) continue;
+      bytes = std::max(
+          bytes, cpu::GroupedExpertFfnWorkspaceBytes(e, num_tokens * s.num_experts_per_token));
+      break;
     }
   }
   workspace_.resize(bytes);
@@ -187,14 +230,24 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
 absl::Status Engine::Forward(const Batch& batch, float* logits) {
   HERD_RETURN_IF_ERROR(ValidateBatch(batch));
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
-  if (num_tokens <= max_step_tokens_) return ForwardStep(batch, logits);
+  int64_t num_steps = (num_tokens + max_step_tokens_ - 1) / max_step_tokens_;
+  if (expert_parallel()) {
+    // Every rank runs the same number of steps (each step is a collective):
+    // as many as the rank with the most tokens needs, and at least one.
+    std::vector<int64_t> all(ep_.comm->world_size());
+    HERD_RETURN_IF_ERROR(
+        ep_.comm->AllGather(&num_steps, sizeof(int64_t), all.data(), absl::Now() + ep_.timeout));
+    num_steps = std::max<int64_t>(1, *std::max_element(all.begin(), all.end()));
+  }
+  if (num_steps <= 1) return ForwardStep(batch, logits);
 
   // Long batches (prefill) run in steps of at most max_step_tokens_ tokens,
   // in order, so a chunk's later tokens see the K/V its earlier ones wrote.
   // This bounds activation memory; weights are still reused across a step.
   const int64_t vocab = model_.spec.vocab_size;
   std::vector<float> scratch;
-  for (int64_t first = 0; first < num_tokens; first += max_step_tokens_) {
+  for (int64_t step_idx = 0; step_idx < num_steps; ++step_idx) {
+    const int64_t first = std::min(num_tokens, step_idx * max_step_tokens_);
     const int64_t last = std::min(num_tokens, first + max_step_tokens_);
     Batch step;
     step.token_ids.assign(batch.token_ids.begin() + first, batch.token_ids.begin() + last);
@@ -231,7 +284,9 @@ absl::Status Engine::Forward(const Batch& batch, float* logits) {
 absl::Status Engine::ForwardStep(const Batch& batch, float* logits) {
   const ModelSpec& s = model_.spec;
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
-  if (num_tokens == 0) return absl::OkStatus();
+  // An expert-parallel rank with no tokens still takes part in every layer's
+  // dispatch and combine.
+  if (num_tokens == 0 && !expert_parallel()) return absl::OkStatus();
   int64_t max_context = 0;
   for (const SequenceChunk& c : batch.chunks) {
     max_context = std::max(max_context, c.start_pos + c.num_tokens);
@@ -275,12 +330,11 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
 
   cpu::RmsNorm(x_.data(), w.attn_norm.as<float>(), num_tokens, s.hidden_size, s.rms_norm_eps,
                h_.data());
-  HERD_RETURN_IF_ERROR(cpu::Matmul(p.q, w.q.bias.as<float>(), h_.data(), num_tokens, q_.data(), ws,
-                                   ws_bytes, pool_));
-  HERD_RETURN_IF_ERROR(cpu::Matmul(p.k, w.k.bias.as<float>(), h_.data(), num_tokens, k_.data(), ws,
-                                   ws_bytes, pool_));
-  HERD_RETURN_IF_ERROR(cpu::Matmul(p.v, w.v.bias.as<float>(), h_.data(), num_tokens, v_.data(), ws,
-                                   ws_bytes, pool_));
+  // q, k and v read the same input: one quantization, one parallel loop.
+  const cpu::MatmulTask qkv[3] = {{&p.q, w.q.bias.as<float>(), h_.data(), num_tokens, q_.data()},
+                                  {&p.k, w.k.bias.as<float>(), h_.data(), num_tokens, k_.data()},
+                                  {&p.v, w.v.bias.as<float>(), h_.data(), num_tokens, v_.data()}};
+  HERD_RETURN_IF_ERROR(cpu::MatmulBatch(qkv, 3, ws, ws_bytes, pool_));
   if (s.qk_norm == QkNorm::kPerHead) {
     cpu::RmsNorm(q_.data(), w.q_norm.as<float>(), num_tokens * s.num_heads, s.head_dim,
                  s.rms_norm_eps, q_.data());
@@ -318,7 +372,6 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   const LayerWeights& w = model_.layers[layer_idx];
   const PackedLayer& p = packed_layers_[layer_idx];
   const int64_t top_k = s.num_experts_per_token;
-  const int64_t num_slots = num_tokens * top_k;
   const int64_t hidden = s.hidden_size;
   void* ws = workspace_.data();
   const size_t ws_bytes = workspace_.size();
@@ -332,6 +385,23 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
     routing_observer_(layer_idx, num_tokens, top_k, expert_idx_.data(), expert_weights_.data());
   }
 
+  HERD_RETURN_IF_ERROR(expert_parallel() ? DispatchedExperts(layer_idx, num_tokens)
+                                         : LocalExperts(layer_idx, num_tokens));
+  std::fill(proj_.begin(), proj_.begin() + num_tokens * hidden, 0.0f);
+  cpu::CombineWeighted(expert_out_.data(), slot_to_row_.data(), expert_weights_.data(), num_tokens,
+                       top_k, hidden, proj_.data());
+  if (s.shared_expert_ffn_size > 0) HERD_RETURN_IF_ERROR(SharedExpert(layer_idx, num_tokens));
+  cpu::AddInPlace(x_.data(), proj_.data(), num_tokens * hidden);
+  return absl::OkStatus();
+}
+
+// Runs the routed experts of every slot in this process: expert_out_ gets one
+// row per slot (row order: grouped by expert), slot_to_row_ maps slots to rows.
+absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
+  const ModelSpec& s = model_.spec;
+  const int64_t top_k = s.num_experts_per_token;
+  const int64_t num_slots = num_tokens * top_k;
+  const int64_t hidden = s.hidden_size;
   cpu::PermuteByExpert(expert_idx_.data(), num_slots, s.num_experts, row_to_slot_.data(),
                        expert_offsets_.data());
   for (int64_t r = 0; r < num_slots; ++r) {
@@ -340,13 +410,71 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
     std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
                 hidden * sizeof(float));
   }
-  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(p.experts, expert_offsets_.data(), expert_in_.data(),
-                                             expert_out_.data(), ws, ws_bytes, pool_));
-  std::fill(proj_.begin(), proj_.begin() + num_tokens * hidden, 0.0f);
-  cpu::CombineWeighted(expert_out_.data(), slot_to_row_.data(), expert_weights_.data(), num_tokens,
-                       top_k, hidden, proj_.data());
-  if (s.shared_expert_ffn_size > 0) HERD_RETURN_IF_ERROR(SharedExpert(layer_idx, num_tokens));
-  cpu::AddInPlace(x_.data(), proj_.data(), num_tokens * hidden);
+  return cpu::GroupedExpertFfn(packed_layers_[layer_idx].experts, expert_offsets_.data(),
+                               expert_in_.data(), expert_out_.data(), workspace_.data(),
+                               workspace_.size(), pool_);
+}
+
+// The same across ranks: each slot's hidden row goes to the rank holding the
+// chosen replica of its expert (dispatch), that rank runs its local experts
+// over everything it received, and the results come back to the slot they
+// left from (combine). expert_out_ then holds one row per slot in slot order.
+absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
+  const ModelSpec& s = model_.spec;
+  const int64_t top_k = s.num_experts_per_token;
+  const int64_t num_slots = num_tokens * top_k;
+  const int64_t hidden = s.hidden_size;
+  const int rank = ep_.comm->rank();
+  dest_rank_.resize(num_slots);
+  identity_.resize(num_slots);
+  for (int64_t slot = 0; slot < num_slots; ++slot) {
+    // The replica is a pure function of (layer, expert, rank, slot): the same
+    // batch always takes the same route.
+    const uint64_t token_key = (static_cast<uint64_t>(rank) << 32) | static_cast<uint64_t>(slot);
+    dest_rank_[slot] = ep_.placement->PickReplicaRank(layer_idx, expert_idx_[slot], token_key);
+    identity_[slot] = static_cast<int32_t>(slot);
+  }
+  comm::DispatchArgs args;
+  args.hidden = h_.data();
+  args.topk_idx = expert_idx_.data();
+  args.dest_rank = dest_rank_.data();
+  args.num_tokens = num_tokens;
+  args.top_k = top_k;
+  args.hidden_size = hidden;
+  HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
+                        exchange_->Dispatch(args, absl::Now() + ep_.timeout));
+
+  // Group what arrived by expert, run the local experts, restore arrival order.
+  const int64_t num_recv = handle.num_recv_rows();
+  recv_row_to_row_.resize(num_recv);
+  recv_offsets_.resize(s.num_experts + 1);
+  recv_in_.resize(num_recv * hidden);
+  recv_out_.resize(num_recv * hidden);
+  recv_grouped_out_.resize(num_recv * hidden);
+  cpu::PermuteByExpert(handle.recv_expert_idx(), num_recv, s.num_experts, recv_row_to_row_.data(),
+                       recv_offsets_.data());
+  for (int64_t r = 0; r < num_recv; ++r) {
+    std::memcpy(recv_in_.data() + r * hidden, handle.recv_x() + recv_row_to_row_[r] * hidden,
+                hidden * sizeof(float));
+  }
+  const std::vector<cpu::ExpertFfnView>& experts = packed_layers_[layer_idx].experts;
+  for (const cpu::ExpertFfnView& e : experts) {
+    if (e.gate == nullptr) continue;
+    const size_t bytes = cpu::GroupedExpertFfnWorkspaceBytes(e, num_recv);
+    if (workspace_.size() < bytes) workspace_.resize(bytes);
+    break;
+  }
+  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(experts, recv_offsets_.data(), recv_in_.data(),
+                                             recv_grouped_out_.data(), workspace_.data(),
+                                             workspace_.size(), pool_));
+  for (int64_t r = 0; r < num_recv; ++r) {
+    std::memcpy(recv_out_.data() + recv_row_to_row_[r] * hidden,
+                recv_grouped_out_.data() + r * hidden, hidden * sizeof(float));
+  }
+  // Results come back in slot order: row = slot.
+  HERD_RETURN_IF_ERROR(exchange_->Combine(std::move(handle), recv_out_.data(), expert_out_.data(),
+                                          absl::Now() + ep_.timeout));
+  std::copy(identity_.begin(), identity_.end(), slot_to_row_.begin());
   return absl::OkStatus();
 }
 

@@ -19,12 +19,28 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/communicator.h"
+#include "comm/expert_exchange.h"
+#include "core/placement.h"
 #include "core/thread_pool.h"
 #include "kernels/moe.h"
 #include "model/model.h"
 #include "worker/kv_cache.h"
 
 namespace herd {
+
+// Expert parallelism: the engine is one rank of `comm`'s group. It runs
+// attention on its own sequences (data-parallel) and only the experts
+// `placement` puts on its rank; every token's hidden state travels to the
+// ranks holding its chosen experts (dispatch) and back (combine).
+struct ExpertParallelism {
+  comm::Communicator* comm = nullptr;          // borrowed; nullptr = single rank
+  const ExpertPlacement* placement = nullptr;  // borrowed; as many ranks as comm
+  // Deadline of each collective, from the moment it starts: a dead or stopped
+  // peer turns into DeadlineExceeded naming it, never a hang.
+  absl::Duration timeout = absl::Seconds(120);
+};
 
 struct EngineOptions {
   // Kernel threads including the caller; 0 = every core this process may use.
@@ -33,6 +49,7 @@ struct EngineOptions {
   // several steps. Bounds activation memory (~60 KiB per token per 1024 of
   // hidden size) while keeping weight reuse high.
   int64_t max_step_tokens = 128;
+  ExpertParallelism expert_parallelism;
 };
 
 // A run of consecutive tokens of one sequence inside a batch.
@@ -57,31 +74,42 @@ using RoutingObserver = std::function<void(int layer_idx, int64_t num_tokens, in
 
 class Engine {
  public:
-  // The model must hold every expert (expert parallelism builds on this per
-  // rank). InvalidArgument if it does not.
+  // Single rank: the model must hold every expert. Expert parallelism: it
+  // must hold every expert the placement gives this rank (others may be
+  // absent), and the placement must match the model and the group.
+  // InvalidArgument otherwise.
   static absl::StatusOr<std::unique_ptr<Engine>> Create(const Model& model,
                                                         const EngineOptions& options);
 
   // Runs `batch`; writes F32 [batch.logit_rows.size(), vocab] into `logits`.
   // InvalidArgument for ids outside the vocabulary, chunks that do not add up
   // to the tokens, or a chunk past its cache's capacity; nothing is written to
-  // any cache then.
+  // any cache then. With expert parallelism Forward is a collective: every
+  // rank calls it the same number of times, with an empty batch when it has
+  // no tokens; errors of a peer surface as the Communicator's errors.
   absl::Status Forward(const Batch& batch, float* logits);
 
   void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
+  bool expert_parallel() const { return ep_.comm != nullptr; }
+  int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
+  // Bytes of expert weights this rank holds (as the kernels read them).
+  int64_t resident_expert_bytes() const;
   const ModelSpec& spec() const { return model_.spec; }
   int num_threads() const { return pool_.num_threads(); }
   // Bytes of weights as the kernels read them (repacked copies included).
   int64_t packed_weight_bytes() const;
 
  private:
-  Engine(const Model& model, int num_threads, int64_t max_step_tokens);
+  Engine(const Model& model, const EngineOptions& options, int num_threads);
   // Forward for at most max_step_tokens_ tokens (Forward validated the batch).
   absl::Status ForwardStep(const Batch& batch, float* logits);
   absl::Status ValidateBatch(const Batch& batch) const;
   void Reserve(int64_t num_tokens, int64_t max_context);
   absl::Status AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens);
   absl::Status MoeBlock(int layer_idx, int64_t num_tokens);
+  // The routed experts: in-process, or across ranks through exchange_.
+  absl::Status LocalExperts(int layer_idx, int64_t num_tokens);
+  absl::Status DispatchedExperts(int layer_idx, int64_t num_tokens);
   absl::Status SharedExpert(int layer_idx, int64_t num_tokens);
 
   // Every matrix of one layer, prepared for the CPU kernels.
@@ -100,6 +128,8 @@ class Engine {
   const Model& model_;
   ThreadPool pool_;
   const int64_t max_step_tokens_;
+  const ExpertParallelism ep_;
+  std::unique_ptr<comm::ExpertExchange> exchange_;
   RoutingObserver routing_observer_;
   std::vector<PackedLayer> packed_layers_;
   cpu::PackedMatrix packed_lm_head_;
@@ -123,6 +153,14 @@ class Engine {
   std::vector<float> expert_in_;         // F32 [T * top_k, hidden], rows grouped by expert
   std::vector<float> expert_out_;        // F32 [T * top_k, hidden]
   std::vector<int32_t> positions_;       // I32 [T]
+  // Expert parallelism only.
+  std::vector<int32_t> dest_rank_;        // I32 [T * top_k]: rank each slot goes to
+  std::vector<int32_t> recv_row_to_row_;  // I32 [R]: received rows grouped by expert
+  std::vector<int32_t> recv_offsets_;     // I32 [experts + 1]
+  std::vector<float> recv_in_;            // F32 [R, hidden], grouped by expert
+  std::vector<float> recv_grouped_out_;   // F32 [R, hidden], grouped by expert
+  std::vector<float> recv_out_;           // F32 [R, hidden], in received order
+  std::vector<int32_t> identity_;         // I32 [T * top_k]: slot -> slot
   std::vector<uint8_t> workspace_;
 };
 

@@ -9,11 +9,30 @@
 
 namespace herd {
 
+namespace {
+
+// A rank without a sequence: the same number of (empty) Forward calls as the
+// rank that generates, so every layer's dispatch and combine has all ranks.
+absl::StatusOr<GenerateResult> FollowGeneration(Engine& engine, const GenerateOptions& options) {
+  int64_t num_forwards = 1;  // the prompt
+  if (options.max_new_tokens > 0) {
+    num_forwards += options.max_new_tokens - (options.keep_logits ? 0 : 1);
+  }
+  Batch empty;
+  for (int64_t i = 0; i < num_forwards; ++i) HERD_RETURN_IF_ERROR(engine.Forward(empty, nullptr));
+  return GenerateResult{};
+}
+
+}  // namespace
+
 absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_t>& prompt,
                                         const GenerateOptions& options) {
   const int64_t vocab = engine.spec().vocab_size;
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
-  if (prompt.empty()) return absl::InvalidArgumentError("the prompt is empty");
+  if (prompt.empty()) {
+    if (!engine.expert_parallel()) return absl::InvalidArgumentError("the prompt is empty");
+    return FollowGeneration(engine, options);
+  }
   if (options.max_new_tokens < 0) {
     return absl::InvalidArgumentError("max_new_tokens must be >= 0");
   }

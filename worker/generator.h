@@ -35,7 +35,10 @@ struct GenerateResult {
 };
 
 // Evaluates `prompt` in one batch, then decodes one token per step.
-// InvalidArgument for an empty prompt, ids outside the vocabulary, bad
+// With expert parallelism every rank calls Generate with the same options;
+// ranks that own no sequence pass an empty prompt and take part in the same
+// number of steps with empty batches (their result is empty).
+// InvalidArgument for an empty prompt (single rank), ids outside the vocabulary, bad
 // sampling options, or a context larger than max_context_tokens.
 absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_t>& prompt,
                                         const GenerateOptions& options);

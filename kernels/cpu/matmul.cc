@@ -196,6 +196,7 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
 
 size_t QuantizedActivationsBytes(int64_t num_tokens, int64_t cols) {
   const int64_t nb = cols / 32;
+  if (num_tokens <= 0) return 0;
   return num_tokens * (cols + nb * (sizeof(float) + sizeof(int32_t))) + 64;
 }
 
@@ -332,8 +333,9 @@ size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks) {
 
 absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* workspace,
                          size_t workspace_bytes, ThreadPool& pool) {
-  if (workspace_bytes < MatmulBatchWorkspaceBytes(tasks, num_tasks)) {
-    return absl::InvalidArgumentError("Matmul: workspace too small");
+  if (const size_t needed = MatmulBatchWorkspaceBytes(tasks, num_tasks); workspace_bytes < needed) {
+    return absl::InvalidArgumentError(absl::StrCat("Matmul: workspace of ", workspace_bytes,
+                                                   " bytes is too small, needs ", needed));
   }
   // Q4_1 goes through the reference, one task at a time.
   for (size_t i = 0; i < num_tasks; ++i) {

@@ -19,7 +19,7 @@
 namespace herd::cpu {
 namespace {
 
-constexpr int kTokenTile = 4;
+constexpr int kTokenTile = 8;
 
 HERD_AVX512 inline void StoreRows(const KernelArgs& args, int64_t g, int64_t t, __m512 acc) {
   const PackedMatrix& w = *args.w;

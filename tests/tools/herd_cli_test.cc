@@ -2,6 +2,7 @@
 // exit code.
 #include <sys/wait.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <string>
@@ -114,6 +115,85 @@ TEST(HerdCliTest, InspectDescribesTheModel) {
   for (const auto& [name, m] : j["modules"].items()) bytes += m["bytes"].get<int64_t>();
   EXPECT_EQ(bytes, j["bytes"].get<int64_t>());
   EXPECT_GT(bytes, 500000);
+}
+
+TEST(HerdCliTest, SynthWritesAModelThatLoadsAndRuns) {
+  TempDir tmp;
+  const std::string path = tmp.Join("synth.gguf");
+  const RunResult synth = RunHerd(
+      "synth --layers 2 --hidden 128 --heads 4 --kv-heads 2 --experts 4 --top-k 2 --ffn 96 "
+      "--vocab 300 --dtype q4_0 --outliers --seed 7 --out " +
+      path);
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  const RunResult inspect = RunHerd("inspect --json --model " + path);
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  const auto j = nlohmann::json::parse(inspect.out);
+  EXPECT_EQ(j["architecture"], "mixtral");
+  EXPECT_EQ(j["hidden_size"], 128);
+  EXPECT_EQ(j["num_experts"], 4);
+  EXPECT_EQ(j["expert_ffn_size"], 96);
+  EXPECT_EQ(j["vocab_size"], 300);
+  // Every matrix but the F32 router is Q4_0, embeddings and lm head included;
+  // norms stay F32 (2 layers x 2 + the output norm).
+  EXPECT_EQ(j["tensor_types"]["Q4_0"], 2 + 2 * (4 + 3));
+  EXPECT_EQ(j["tensor_types"]["F32"], 2 * 3 + 1);
+  // The same options and seed give the same bytes.
+  const std::string again = tmp.Join("again.gguf");
+  ASSERT_EQ(RunHerd("synth --layers 2 --hidden 128 --heads 4 --kv-heads 2 --experts 4 --top-k 2 "
+                    "--ffn 96 --vocab 300 --dtype q4_0 --outliers --seed 7 --out " +
+                    again)
+                .exit_code,
+            0);
+  EXPECT_EQ(testing::ReadFileBytes(path), testing::ReadFileBytes(again));
+  const RunResult gen =
+      RunHerd("generate --model " + path + " --prompt-ids 1,2,3 --max-new-tokens 4");
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  EXPECT_EQ(std::count(gen.out.begin(), gen.out.end(), ','), 3);
+  const RunResult bad = RunHerd("synth --hidden 80 --heads 4 --dtype q8_0 --out " + tmp.Join("x"));
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("multiples of 32"), std::string::npos) << bad.err;
+}
+
+TEST(HerdCliTest, BenchReportsSpeedBandwidthAndMemory) {
+  const RunResult r =
+      RunHerd("bench --json --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
+              " --prompt 16 --gen 8 --repetitions 2 --bandwidth-bytes 16777216");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_GT(j["prefill"]["tokens_per_second_median"].get<double>(), 0);
+  EXPECT_EQ(j["prefill"]["samples"].size(), 2u);
+  EXPECT_GT(j["decode"]["tokens_per_second_median"].get<double>(), 0);
+  EXPECT_GT(j["bandwidth"]["read_gbps"].get<double>(), 0);
+  // Per decode step: 2 x (4 attention + router) F32 matrices, 2 of 8 Q8_0
+  // experts' three matrices per layer, the F32 lm head and one embedding row.
+  const int64_t attention = 2 * (64 * 64 * 2 + 32 * 64 * 2) * 4;
+  const int64_t router = 2 * 8 * 64 * 4;
+  const int64_t experts = 2 * 2 * 3 * 128 * 64 / 32 * 34;
+  const int64_t lm_head = 512 * 64 * 4;
+  EXPECT_EQ(j["decode"]["weight_bytes_per_token"].get<int64_t>(),
+            attention + router + experts + lm_head + 64 * 4);
+  EXPECT_GT(j["memory"]["resident_bytes"].get<int64_t>(), 0);
+}
+
+TEST(HerdCliTest, InspectPrintsThePerRankSplitOfAPlacement) {
+  TempDir tmp;
+  const std::string placement = tmp.Join("p.yaml");
+  testing::WriteFileText(placement,
+                         "format: herd-placement/v1\nnum_experts: 8\nnum_ranks: 3\nlayers:\n"
+                         "  - ranks: [[0, 1, 2, 3, 4, 5], [6, 7, 0, 1, 2], [3, 4, 5, 6, 7]]\n"
+                         "  - ranks: [[0, 1, 2], [3, 4, 5], [6, 7]]\n");
+  const RunResult r =
+      RunHerd("inspect --json --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
+              " --placement " + placement);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  ASSERT_EQ(j["ranks"].size(), 3u);
+  // One Q4_0 expert of the fixture: 3 matrices of 128 x 64 values.
+  const int64_t expert_bytes = 3 * 128 * 64 / 32 * 18;
+  EXPECT_EQ(j["ranks"][0]["slots"], 9);
+  EXPECT_EQ(j["ranks"][0]["expert_bytes"], 9 * expert_bytes);
+  EXPECT_EQ(j["ranks"][2]["expert_bytes"], 7 * expert_bytes);
+  EXPECT_EQ(j["ranks"][1]["experts_per_layer"][0], nlohmann::json({6, 7, 0, 1, 2}));
 }
 
 TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {

@@ -1,0 +1,124 @@
+#include <unistd.h>
+
+#include <cstdio>
+
+#include "absl/strings/str_format.h"
+#include "core/status.h"
+#include "kernels/cpu_features.h"
+#include "model/model_loader.h"
+#include "nlohmann/json.hpp"
+#include "tools/commands.h"
+#include "tools/flags.h"
+#include "worker/benchmark.h"
+
+namespace herd {
+namespace {
+
+const std::vector<FlagSpec> kBenchFlags = {
+    {"model", true, "GGUF file or Hugging Face directory (required)"},
+    {"threads", true, "kernel threads; 0 = all cores (default 0)"},
+    {"prompt", true, "prefill test length, like llama-bench -p (default 512; 0 skips)"},
+    {"gen", true, "decode test length from an empty context, like -n (default 128; 0 skips)"},
+    {"repetitions", true, "runs of each test; median and spread are reported (default 5)"},
+    {"bandwidth-bytes", true, "buffer for the bandwidth measurement (default 1073741824)"},
+    {"json", false, "print one JSON object instead of the table"},
+    {"help", false, "show this help"},
+};
+
+std::string HostName() {
+  char name[256] = {};
+  gethostname(name, sizeof(name) - 1);
+  return name;
+}
+
+}  // namespace
+
+absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ostream& out) {
+  HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kBenchFlags));
+  if (flags.Has("help")) {
+    out << "usage: herd bench --model PATH [--threads T] [--prompt 512] [--gen 128]\n"
+        << FlagsHelp(kBenchFlags);
+    return absl::OkStatus();
+  }
+  if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
+  ModelBenchOptions options;
+  HERD_ASSIGN_OR_RETURN(options.prompt_tokens, flags.GetInt("prompt", 512));
+  HERD_ASSIGN_OR_RETURN(options.gen_tokens, flags.GetInt("gen", 128));
+  HERD_ASSIGN_OR_RETURN(int64_t repetitions, flags.GetInt("repetitions", 5));
+  HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
+  HERD_ASSIGN_OR_RETURN(int64_t bandwidth_bytes, flags.GetInt("bandwidth-bytes", int64_t{1} << 30));
+  if (options.prompt_tokens < 0 || options.gen_tokens < 0 || repetitions < 1 || threads < 0 ||
+      bandwidth_bytes < (1 << 20)) {
+    return absl::InvalidArgumentError(
+        "--prompt and --gen must be >= 0, --repetitions >= 1, --threads >= 0, "
+        "--bandwidth-bytes >= 1 MiB");
+  }
+  options.repetitions = static_cast<int>(repetitions);
+
+  const std::string path = flags.GetString("model");
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(path));
+  EngineOptions engine_options;
+  engine_options.num_threads = static_cast<int>(threads);
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
+  const int num_threads = engine->num_threads();
+
+  HERD_ASSIGN_OR_RETURN(ModelBenchResult r, RunModelBenchmark(*engine, *model, options));
+  const int64_t kv_bytes = 2 * model->spec.num_layers *
+                           std::max(options.prompt_tokens, options.gen_tokens) *
+                           model->spec.num_kv_heads * model->spec.head_dim * 4;
+  const int64_t resident = ResidentBytes();
+  const int64_t weight_bytes = engine->packed_weight_bytes();
+  // Measured after the model tests, so its buffer does not count as resident.
+  const BandwidthResult bw = MeasureMemoryBandwidth(num_threads, bandwidth_bytes);
+  const double decode_share = bw.read_gbps > 0 ? 100.0 * r.decode_weight_gbps / bw.read_gbps : 0;
+
+  if (flags.Has("json")) {
+    nlohmann::json j;
+    j["model"] = path;
+    j["host"] = HostName();
+    j["threads"] = num_threads;
+    j["isa"] = cpu::DescribeCpu();
+    j["prefill"] = {{"tokens", options.prompt_tokens},
+                    {"tokens_per_second_median", r.prefill_tokens_per_second.median},
+                    {"tokens_per_second_stddev", r.prefill_tokens_per_second.stddev},
+                    {"samples", r.prefill_tokens_per_second.samples}};
+    j["decode"] = {{"tokens", options.gen_tokens},
+                   {"tokens_per_second_median", r.decode_tokens_per_second.median},
+                   {"tokens_per_second_stddev", r.decode_tokens_per_second.stddev},
+                   {"samples", r.decode_tokens_per_second.samples},
+                   {"weight_bytes_per_token", r.decode_weight_bytes},
+                   {"weight_gbps", r.decode_weight_gbps},
+                   {"percent_of_read_bandwidth", decode_share}};
+    j["bandwidth"] = {{"read_gbps", bw.read_gbps}, {"copy_gbps", bw.copy_gbps}};
+    j["memory"] = {{"resident_bytes", resident},
+                   {"weight_bytes", weight_bytes},
+                   {"kv_cache_bytes", kv_bytes},
+                   {"resident_over_weights_plus_kv",
+                    static_cast<double>(resident) / static_cast<double>(weight_bytes + kv_bytes)}};
+    out << j.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  out << absl::StrFormat("model     %s\n", path);
+  out << absl::StrFormat("cpu       %s, %d threads\n", cpu::DescribeCpu(), num_threads);
+  out << absl::StrFormat("memory    read %.1f GB/s, copy %.1f GB/s (same run, %d threads)\n",
+                         bw.read_gbps, bw.copy_gbps, num_threads);
+  out << absl::StrFormat("resident  %.1f MiB = %.3f x (weights %.1f MiB + KV %.1f MiB)\n\n",
+                         resident / 1048576.0,
+                         static_cast<double>(resident) / (weight_bytes + kv_bytes),
+                         weight_bytes / 1048576.0, kv_bytes / 1048576.0);
+  out << "| test   |        t/s |     ± sd | weight GB/s | % of read BW |\n";
+  out << "|--------|-----------:|---------:|------------:|-------------:|\n";
+  if (options.prompt_tokens > 0) {
+    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f |             |              |\n",
+                           options.prompt_tokens, r.prefill_tokens_per_second.median,
+                           r.prefill_tokens_per_second.stddev);
+  }
+  if (options.gen_tokens > 0) {
+    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
+                           r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
+                           r.decode_weight_gbps, decode_share);
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace herd

@@ -1,0 +1,98 @@
+#include "worker/rank_group.h"
+
+#include <cstdlib>
+#include <memory>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "comm/local_world.h"
+#include "comm/mpi_runtime.h"
+#include "comm/registry.h"
+#include "core/logging.h"
+#include "core/status.h"
+
+namespace herd {
+namespace {
+
+int MpiWorldSizeFromEnvironment() {
+  for (const char* name : {"OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "PMIX_SIZE"}) {
+    if (const char* value = std::getenv(name)) return std::atoi(value);
+  }
+  return 1;
+}
+
+absl::Status RunMpiRank(const RankGroupOptions& options,
+                        const std::function<absl::Status(comm::Communicator*)>& body) {
+  HERD_RETURN_IF_ERROR(comm::InitializeMpi());
+  const absl::Time deadline = absl::Now() + options.join_timeout;
+  comm::CommContext context;
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::ControlChannel> control,
+                        comm::CreateControlChannel("mpi", context, deadline));
+  context.control = control.get();
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
+                        comm::CreateCommunicator("mpi", context, deadline));
+  SetLogPrefix(absl::StrCat("rank ", communicator->rank()));
+  absl::Status status = body(communicator.get());
+  if (!status.ok()) {
+    // The peers may be blocked in a collective this rank will never join:
+    // end the job now rather than let each of them wait for its deadline.
+    HERD_LOG(ERROR) << status;
+    communicator->Abort(status.message());
+  }
+  communicator.reset();
+  control.reset();
+  HERD_RETURN_IF_ERROR(comm::FinalizeMpi());
+  return status;
+}
+
+absl::Status RunLocalRanks(int num_ranks,
+                           const std::function<absl::Status(comm::Communicator*)>& body) {
+  HERD_ASSIGN_OR_RETURN(std::shared_ptr<comm::LocalWorld> world,
+                        comm::LocalWorld::Create(num_ranks));
+  std::vector<absl::Status> statuses(num_ranks);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < num_ranks; ++rank) {
+    threads.emplace_back([&, rank] {
+      statuses[rank] = [&]() -> absl::Status {
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
+                              world->CreateCommunicator(rank));
+        return body(communicator.get());
+      }();
+      if (!statuses[rank].ok()) world->Abort(rank, statuses[rank].message());
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  // The root cause is the first rank that failed on its own; others report
+  // the abort. Prefer an error that is not Aborted.
+  for (const absl::Status& s : statuses) {
+    if (!s.ok() && s.code() != absl::StatusCode::kAborted) return s;
+  }
+  for (const absl::Status& s : statuses) HERD_RETURN_IF_ERROR(s);
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+int PlannedWorldSize(const RankGroupOptions& options) {
+  if (comm::LaunchedByMpirun()) return MpiWorldSizeFromEnvironment();
+  return options.local_ranks;
+}
+
+absl::Status RunRanks(const RankGroupOptions& options,
+                      const std::function<absl::Status(comm::Communicator* comm)>& body) {
+  if (options.local_ranks < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--local-ranks must be >= 1, got ", options.local_ranks));
+  }
+  if (comm::LaunchedByMpirun() && MpiWorldSizeFromEnvironment() > 1) {
+    if (options.local_ranks > 1) {
+      return absl::InvalidArgumentError("--local-ranks cannot be combined with mpirun");
+    }
+    return RunMpiRank(options, body);
+  }
+  if (options.local_ranks > 1) return RunLocalRanks(options.local_ranks, body);
+  return body(nullptr);
+}
+
+}  // namespace herd

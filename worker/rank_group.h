@@ -1,0 +1,39 @@
+// Starts the ranks of this process and hands each its communicator.
+//
+// Three launches, one code path for the caller:
+//   - one rank: the body runs once with no communicator (no communication);
+//   - mpirun -np N: this process is one rank; MPI is initialized and the body
+//     runs once with an MPI communicator;
+//   - --local-ranks N: N threads of this process are the ranks (the `local`
+//     backends); the body runs once per thread.
+#pragma once
+
+#include <functional>
+
+#include "absl/status/status.h"
+#include "absl/time/time.h"
+#include "comm/communicator.h"
+
+namespace herd {
+
+struct RankGroupOptions {
+  // Ranks as threads of this process; ignored under mpirun. 1 = no threads.
+  int local_ranks = 1;
+  // Deadline for joining the group.
+  absl::Duration join_timeout = absl::Seconds(120);
+};
+
+// The number of ranks RunRanks will start for `options` (mpirun's world size
+// under mpirun).
+int PlannedWorldSize(const RankGroupOptions& options);
+
+// Runs `body` on every rank of this process and blocks until all return.
+// `comm` is nullptr for a single rank; it is valid only during the call.
+// When a local rank fails, the others are aborted so that none waits for its
+// deadline. Returns the error of the lowest failing rank of this process, or
+// OK. InvalidArgument when local_ranks < 1 or local ranks are asked for
+// under mpirun.
+absl::Status RunRanks(const RankGroupOptions& options,
+                      const std::function<absl::Status(comm::Communicator* comm)>& body);
+
+}  // namespace herd
