@@ -4,9 +4,11 @@
 #include <optional>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "comm/communicator.h"
+#include "comm/env.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/placement.h"
@@ -150,7 +152,10 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
     HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path, load));
     EngineOptions engine_options;
     engine_options.num_threads = static_cast<int>(threads);
-    if (comm != nullptr) engine_options.expert_parallelism = {comm, &*placement};
+    if (comm != nullptr) {
+      engine_options.expert_parallelism = {comm, &*placement,
+                                           absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+    }
     HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
     HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path << " in "
                    << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
@@ -159,6 +164,17 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
     const absl::Time run_start = absl::Now();
     HERD_ASSIGN_OR_RETURN(GenerateResult rank_result,
                           Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
+    if (engine->expert_parallel()) {
+      const EngineStats& st = engine->stats();
+      HERD_LOG(INFO) << absl::StrFormat(
+          "rank %d: %d forward calls, %.3f s; MoE %.3f s, of which dispatch %.3f s + combine "
+          "%.3f s (%.1f%% of MoE); sent %d slots, received %d rows",
+          rank, st.forward_calls, st.forward_seconds, st.moe_seconds, st.dispatch_seconds,
+          st.combine_seconds,
+          st.moe_seconds > 0 ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
+                             : 0.0,
+          st.dispatched_slots, st.received_rows);
+    }
     if (rank == 0) {
       HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "
                      << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";

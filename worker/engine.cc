@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
@@ -229,6 +230,11 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
 
 absl::Status Engine::Forward(const Batch& batch, float* logits) {
   HERD_RETURN_IF_ERROR(ValidateBatch(batch));
+  const absl::Time start = absl::Now();
+  ++stats_.forward_calls;
+  absl::Cleanup account = [&] {
+    stats_.forward_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  };
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
   int64_t num_steps = (num_tokens + max_step_tokens_ - 1) / max_step_tokens_;
   if (expert_parallel()) {
@@ -376,6 +382,8 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   void* ws = workspace_.data();
   const size_t ws_bytes = workspace_.size();
 
+  const absl::Time start = absl::Now();
+  absl::Cleanup account = [&] { stats_.moe_seconds += absl::ToDoubleSeconds(absl::Now() - start); };
   cpu::RmsNorm(x_.data(), w.ffn_norm.as<float>(), num_tokens, hidden, s.rms_norm_eps, h_.data());
   HERD_RETURN_IF_ERROR(cpu::Matmul(p.router, nullptr, h_.data(), num_tokens, router_logits_.data(),
                                    ws, ws_bytes, pool_));
@@ -441,8 +449,12 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
   args.num_tokens = num_tokens;
   args.top_k = top_k;
   args.hidden_size = hidden;
+  const absl::Time dispatch_start = absl::Now();
   HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
-                        exchange_->Dispatch(args, absl::Now() + ep_.timeout));
+                        exchange_->Dispatch(args, dispatch_start + ep_.timeout));
+  stats_.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - dispatch_start);
+  stats_.dispatched_slots += num_slots;
+  stats_.received_rows += handle.num_recv_rows();
 
   // Group what arrived by expert, run the local experts, restore arrival order.
   const int64_t num_recv = handle.num_recv_rows();
@@ -472,8 +484,10 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
                 recv_grouped_out_.data() + r * hidden, hidden * sizeof(float));
   }
   // Results come back in slot order: row = slot.
+  const absl::Time combine_start = absl::Now();
   HERD_RETURN_IF_ERROR(exchange_->Combine(std::move(handle), recv_out_.data(), expert_out_.data(),
-                                          absl::Now() + ep_.timeout));
+                                          combine_start + ep_.timeout));
+  stats_.combine_seconds += absl::ToDoubleSeconds(absl::Now() - combine_start);
   std::copy(identity_.begin(), identity_.end(), slot_to_row_.begin());
   return absl::OkStatus();
 }

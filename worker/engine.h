@@ -72,6 +72,17 @@ struct Batch {
 using RoutingObserver = std::function<void(int layer_idx, int64_t num_tokens, int64_t top_k,
                                            const int32_t* expert_idx, const float* weights)>;
 
+// Where an engine's time went, accumulated over its Forward calls.
+struct EngineStats {
+  int64_t forward_calls = 0;
+  double forward_seconds = 0;
+  double moe_seconds = 0;       // routed + shared experts, dispatch and combine included
+  double dispatch_seconds = 0;  // expert parallelism: waiting in Dispatch
+  double combine_seconds = 0;   // expert parallelism: waiting in Combine
+  int64_t dispatched_slots = 0;
+  int64_t received_rows = 0;
+};
+
 class Engine {
  public:
   // Single rank: the model must hold every expert. Expert parallelism: it
@@ -91,6 +102,7 @@ class Engine {
 
   void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
   bool expert_parallel() const { return ep_.comm != nullptr; }
+  const EngineStats& stats() const { return stats_; }
   int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
   // Bytes of expert weights this rank holds (as the kernels read them).
   int64_t resident_expert_bytes() const;
@@ -130,6 +142,7 @@ class Engine {
   const int64_t max_step_tokens_;
   const ExpertParallelism ep_;
   std::unique_ptr<comm::ExpertExchange> exchange_;
+  EngineStats stats_;
   RoutingObserver routing_observer_;
   std::vector<PackedLayer> packed_layers_;
   cpu::PackedMatrix packed_lm_head_;
