@@ -9,6 +9,7 @@
 #include "absl/time/clock.h"
 #include "comm/communicator.h"
 #include "comm/env.h"
+#include "coordinator/placement/load_trace.h"
 #include "core/config.h"
 #include "core/logging.h"
 #include "core/placement.h"
@@ -38,6 +39,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"config", true, "YAML config file (flags override it)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
+    {"record-expert-load", true,
+     "write the tokens routed to each expert of each layer as a herd plan trace (JSON)"},
     {"help", false, "show this help"},
 };
 
@@ -161,6 +164,19 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
                    << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
                    << engine->num_threads() << " threads, resident expert weights "
                    << engine->resident_expert_bytes() << " bytes";
+    // Expert load: counted where the tokens are routed, i.e. on rank 0, which
+    // owns the sequence.
+    std::vector<int64_t> expert_load(model->spec.num_layers * model->spec.num_experts, 0);
+    int64_t routed_tokens = 0;
+    if (flags.Has("record-expert-load") && rank == 0) {
+      engine->SetRoutingObserver([&](int layer, int64_t num_tokens, int64_t top_k,
+                                     const int32_t* expert_idx, const float*) {
+        if (layer == 0) routed_tokens += num_tokens;
+        for (int64_t i = 0; i < num_tokens * top_k; ++i) {
+          ++expert_load[layer * model->spec.num_experts + expert_idx[i]];
+        }
+      });
+    }
     const absl::Time run_start = absl::Now();
     HERD_ASSIGN_OR_RETURN(GenerateResult rank_result,
                           Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
@@ -174,6 +190,17 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
           st.moe_seconds > 0 ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
                              : 0.0,
           st.dispatched_slots, st.received_rows);
+    }
+    if (flags.Has("record-expert-load") && rank == 0) {
+      ExpertLoadTrace trace;
+      trace.name = absl::StrCat("herd generate ", model_path);
+      trace.num_layers = static_cast<int>(model->spec.num_layers);
+      trace.num_experts = static_cast<int>(model->spec.num_experts);
+      trace.num_snapshots = 1;
+      trace.top_k = static_cast<int>(model->spec.num_experts_per_token);
+      trace.tokens_per_snapshot = {routed_tokens};
+      trace.loads = expert_load;
+      HERD_RETURN_IF_ERROR(WriteExpertLoadTrace(trace, flags.GetString("record-expert-load")));
     }
     if (rank == 0) {
       HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "

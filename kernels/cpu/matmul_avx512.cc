@@ -106,50 +106,84 @@ HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
 }
 
-HERD_AVX512 inline __m512 LoadWeights(DType type, const uint8_t* row, int64_t k, __mmask16 mask) {
-  switch (type) {
-    case DType::kF16:
-      return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
-    case DType::kBF16:
-      return _mm512_castsi512_ps(_mm512_slli_epi32(
-          _mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + 2 * k)), 16));
-    default:
-      return _mm512_maskz_loadu_ps(mask, row + 4 * k);
+template <DType kType>
+HERD_AVX512 inline __m512 LoadWeights(const uint8_t* row, int64_t k) {
+  if constexpr (kType == DType::kF16) {
+    return _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k)));
+  } else if constexpr (kType == DType::kBF16) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(
+        _mm512_cvtepu16_epi32(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(row + 2 * k))),
+        16));
+  } else {
+    return _mm512_loadu_ps(reinterpret_cast<const float*>(row + 4 * k));
   }
 }
 
-// Row-major F32/F16/BF16: a tile of 4 rows x kTokens tokens, 16 columns per
-// step, reduced across lanes at the end.
-template <int kTokens>
-HERD_AVX512 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_end, int64_t t0) {
+template <DType kType>
+HERD_AVX512 inline __m512 LoadWeightsMasked(const uint8_t* row, int64_t k, __mmask16 mask) {
+  if constexpr (kType == DType::kF16) {
+    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
+  } else if constexpr (kType == DType::kBF16) {
+    return _mm512_castsi512_ps(
+        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + 2 * k)), 16));
+  } else {
+    return _mm512_maskz_loadu_ps(mask, row + 4 * k);
+  }
+}
+
+// Row-major F32/F16/BF16: a tile of kRows rows x kTokens tokens, 16 columns
+// per step, accumulators in registers, reduced across lanes at the end. The
+// dtype is a template parameter so that the inner loop has no branches.
+template <DType kType, int kRows, int kTokens>
+HERD_AVX512 void FloatTile(const KernelArgs& args, int64_t o, int num_rows, int64_t t0) {
   const PackedMatrix& w = *args.w;
-  const DType type = w.source.dtype();
   const int64_t cols = w.cols;
-  for (int64_t o = row_begin; o < row_end; o += 4) {
-    const int num_rows = static_cast<int>(std::min<int64_t>(4, row_end - o));
-    __m512 acc[4][kTokens];
-    for (int i = 0; i < 4; ++i) {
-      for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_setzero_ps();
+  __m512 acc[kRows][kTokens];
+  for (int i = 0; i < kRows; ++i) {
+    for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_setzero_ps();
+  }
+  const uint8_t* rows[kRows];
+  for (int i = 0; i < kRows; ++i) rows[i] = w.source.row(o + std::min(i, num_rows - 1));
+  const float* x = args.x + t0 * cols;
+  int64_t k = 0;
+  for (; k + 16 <= cols; k += 16) {
+    __m512 xv[kTokens];
+    for (int j = 0; j < kTokens; ++j) xv[j] = _mm512_loadu_ps(x + j * cols + k);
+    for (int i = 0; i < kRows; ++i) {
+      const __m512 wv = LoadWeights<kType>(rows[i], k);
+      for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
     }
-    const uint8_t* rows[4];
-    for (int i = 0; i < 4; ++i) rows[i] = w.source.row(o + std::min(i, num_rows - 1));
-    for (int64_t k = 0; k < cols; k += 16) {
-      const __mmask16 mask = cols - k >= 16 ? static_cast<__mmask16>(0xFFFF)
-                                            : static_cast<__mmask16>((1u << (cols - k)) - 1);
-      __m512 xv[kTokens];
-      for (int j = 0; j < kTokens; ++j) {
-        xv[j] = _mm512_maskz_loadu_ps(mask, args.x + (t0 + j) * cols + k);
-      }
-      for (int i = 0; i < 4; ++i) {
-        const __m512 wv = LoadWeights(type, rows[i], k, mask);
-        for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
-      }
+  }
+  if (k < cols) {
+    const __mmask16 mask = static_cast<__mmask16>((1u << (cols - k)) - 1);
+    __m512 xv[kTokens];
+    for (int j = 0; j < kTokens; ++j) xv[j] = _mm512_maskz_loadu_ps(mask, x + j * cols + k);
+    for (int i = 0; i < kRows; ++i) {
+      const __m512 wv = LoadWeightsMasked<kType>(rows[i], k, mask);
+      for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
     }
-    for (int i = 0; i < num_rows; ++i) {
-      const float bias = args.bias != nullptr ? args.bias[o + i] : 0.0f;
-      for (int j = 0; j < kTokens; ++j) {
-        args.y[(t0 + j) * w.rows + o + i] = _mm512_reduce_add_ps(acc[i][j]) + bias;
-      }
+  }
+  for (int i = 0; i < num_rows; ++i) {
+    const float bias = args.bias != nullptr ? args.bias[o + i] : 0.0f;
+    for (int j = 0; j < kTokens; ++j) {
+      args.y[(t0 + j) * w.rows + o + i] = _mm512_reduce_add_ps(acc[i][j]) + bias;
+    }
+  }
+}
+
+// Decode (one token) streams 8 rows at once for memory-level parallelism;
+// prefill uses 4 rows x 4 tokens (16 accumulators).
+template <DType kType>
+HERD_AVX512 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_end) {
+  int64_t t = 0;
+  for (; t + 4 <= args.num_tokens; t += 4) {
+    for (int64_t o = row_begin; o < row_end; o += 4) {
+      FloatTile<kType, 4, 4>(args, o, static_cast<int>(std::min<int64_t>(4, row_end - o)), t);
+    }
+  }
+  for (; t < args.num_tokens; ++t) {
+    for (int64_t o = row_begin; o < row_end; o += 8) {
+      FloatTile<kType, 8, 1>(args, o, static_cast<int>(std::min<int64_t>(8, row_end - o)), t);
     }
   }
 }
@@ -171,10 +205,17 @@ HERD_AVX512 void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
     if (w.layout == PackedLayout::kRowMajor) {
       const int64_t row_begin = g * kPackRows;
       const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
-      for (; t + kTokenTile <= num_tokens; t += kTokenTile) {
-        FloatRows<kTokenTile>(args, row_begin, row_end, t);
+      switch (w.source.dtype()) {
+        case DType::kF16:
+          FloatRows<DType::kF16>(args, row_begin, row_end);
+          break;
+        case DType::kBF16:
+          FloatRows<DType::kBF16>(args, row_begin, row_end);
+          break;
+        default:
+          FloatRows<DType::kF32>(args, row_begin, row_end);
+          break;
       }
-      for (; t < num_tokens; ++t) FloatRows<1>(args, row_begin, row_end, t);
     } else if (w.layout == PackedLayout::kQ4_0x16) {
       for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
       for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);

@@ -196,6 +196,34 @@ TEST(HerdCliTest, InspectPrintsThePerRankSplitOfAPlacement) {
   EXPECT_EQ(j["ranks"][1]["experts_per_layer"][0], nlohmann::json({6, 7, 0, 1, 2}));
 }
 
+// The routing llama.cpp recorded for the fixture (32 positions, top-2) is
+// what --record-expert-load must count, expert by expert.
+TEST(HerdCliTest, RecordExpertLoadWritesATraceHerdPlanReads) {
+  TempDir tmp;
+  const std::string trace_path = tmp.Join("load.json");
+  const RunResult r = RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
+                              " --prompt-ids " + kIds + " --max-new-tokens 16 --dump-logits " +
+                              tmp.Join("l.f32") + " --record-expert-load " + trace_path);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto trace = nlohmann::json::parse(testing::ReadFileText(trace_path));
+  const auto manifest =
+      nlohmann::json::parse(testing::ReadFileText(TestDataPath("llamacpp-tiny/manifest.json")));
+  const auto& routing = manifest["models"]["tiny-f32"]["routing"]["experts"];
+  EXPECT_EQ(trace["format"], "moe-expert-load-trace/v1");
+  for (int layer = 0; layer < 2; ++layer) {
+    std::vector<int64_t> expected(8, 0);
+    for (const auto& position : routing[layer]) {
+      for (const auto& e : position) ++expected[e.get<int>()];
+    }
+    EXPECT_EQ(trace["loads"][0][layer].get<std::vector<int64_t>>(), expected) << "layer " << layer;
+  }
+  // herd plan takes it as it is.
+  const RunResult plan = RunHerd("plan --trace " + trace_path +
+                                 " --ranks-per-node 2 --json --out " + tmp.Join("p.yaml"));
+  ASSERT_EQ(plan.exit_code, 0) << plan.err;
+  EXPECT_TRUE(nlohmann::json::parse(plan.out).contains("imbalance_after"));
+}
+
 TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
   struct Case {
     std::string args;
