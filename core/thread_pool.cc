@@ -21,8 +21,7 @@ inline void CpuRelax() {
 
 }  // namespace
 
-ThreadPool::ThreadPool(int num_threads)
-    : num_threads_(std::max(1, num_threads)), chunks_(std::max(1, num_threads)) {
+ThreadPool::ThreadPool(int num_threads) : num_threads_(std::max(1, num_threads)) {
   for (int i = 1; i < num_threads_; ++i) workers_.emplace_back([this, i] { WorkerLoop(i); });
 }
 
@@ -46,16 +45,17 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
   if (n <= 0) return;
   grain = std::max<int64_t>(1, grain);
   const int64_t num_grains = (n + grain - 1) / grain;
-  const int num_chunks = static_cast<int>(std::min<int64_t>(num_threads_, num_grains));
-  if (num_chunks <= 1) {
+  if (num_threads_ == 1 || num_grains <= 1) {
     body(0, n, 0);
     return;
   }
-  for (int c = 0; c < num_threads_; ++c) {
-    const int64_t begin = c < num_chunks ? std::min(n, num_grains * c / num_chunks * grain) : n;
-    const int64_t end = c < num_chunks ? std::min(n, num_grains * (c + 1) / num_chunks * grain) : n;
-    chunks_[c] = {begin, end};
-  }
+  // Pieces of about a quarter of a thread's share, taken from a shared
+  // counter: a thread that starts late (woken from sleep, or preempted) takes
+  // fewer, instead of the others waiting for its fixed half.
+  const int64_t pieces_per_thread = 4;
+  piece_ = std::max<int64_t>(1, num_grains / (num_threads_ * pieces_per_thread)) * grain;
+  n_ = n;
+  next_.store(0, std::memory_order_relaxed);
   body_ = &body;
   pending_.store(num_threads_ - 1, std::memory_order_relaxed);
   generation_.fetch_add(1, std::memory_order_release);
@@ -63,7 +63,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     std::lock_guard<std::mutex> lock(mutex_);
     if (num_sleeping_ > 0) work_ready_.notify_all();
   }
-  if (chunks_[0].second > chunks_[0].first) body(chunks_[0].first, chunks_[0].second, 0);
+  RunPieces(0);
   int spins = 0;
   while (pending_.load(std::memory_order_acquire) != 0) {
     if (++spins < kSpinIterations) {
@@ -73,6 +73,14 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     }
   }
   body_ = nullptr;
+}
+
+void ThreadPool::RunPieces(int thread_idx) {
+  while (true) {
+    const int64_t begin = next_.fetch_add(piece_, std::memory_order_relaxed);
+    if (begin >= n_) return;
+    (*body_)(begin, std::min(n_, begin + piece_), thread_idx);
+  }
 }
 
 void ThreadPool::WorkerLoop(int thread_idx) {
@@ -95,8 +103,7 @@ void ThreadPool::WorkerLoop(int thread_idx) {
     }
     if (stop_.load()) return;
     seen = current;
-    const auto [begin, end] = chunks_[thread_idx];
-    if (end > begin) (*body_)(begin, end, thread_idx);
+    RunPieces(thread_idx);
     pending_.fetch_sub(1, std::memory_order_acq_rel);
   }
 }

@@ -31,8 +31,10 @@ class ThreadPool {
 
   int num_threads() const { return num_threads_; }
 
-  // Calls body(begin, end, thread_idx) over a partition of [0, n) into at most
-  // num_threads() chunks whose sizes are multiples of `grain` (except the last).
+  // Calls body(begin, end, thread_idx) over a partition of [0, n) into pieces
+  // whose sizes are multiples of `grain` (except the last); threads take
+  // pieces from a shared counter, so one thread may run several, one at a
+  // time, and a body may use per-thread scratch indexed by thread_idx.
   void ParallelFor(int64_t n, int64_t grain,
                    const std::function<void(int64_t, int64_t, int)>& body);
 
@@ -41,12 +43,16 @@ class ThreadPool {
 
  private:
   void WorkerLoop(int thread_idx);
+  // Runs pieces of the current loop until none is left.
+  void RunPieces(int thread_idx);
 
   const int num_threads_;
   std::vector<std::thread> workers_;
   // Published before generation_ is bumped; read by workers after they see it.
   const std::function<void(int64_t, int64_t, int)>* body_ = nullptr;
-  std::vector<std::pair<int64_t, int64_t>> chunks_;
+  int64_t n_ = 0;      // the current loop's range
+  int64_t piece_ = 1;  // the current loop's piece size
+  std::atomic<int64_t> next_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};
   std::atomic<bool> stop_{false};

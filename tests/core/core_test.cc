@@ -1,9 +1,11 @@
 // core/: float conversions, quantization round trips, thread pool, logging
 // levels, tensor views.
 #include <atomic>
+#include <chrono>
 #include <cmath>
 #include <limits>
 #include <random>
+#include <thread>
 #include <vector>
 
 #include "core/dtype.h"
@@ -123,10 +125,14 @@ TEST(ThreadPoolTest, CoversRangeExactlyOnce) {
   }
 }
 
-TEST(ThreadPoolTest, UsesSeveralThreads) {
+TEST(ThreadPoolTest, LongLoopsUseEveryThread) {
   ThreadPool pool(2);
   std::atomic<int> mask{0};
-  pool.ParallelFor(2, 1, [&](int64_t, int64_t, int thread) { mask |= 1 << thread; });
+  // 64 pieces of 1 ms: the worker wakes long before the caller could take them all.
+  pool.ParallelFor(64, 1, [&](int64_t begin, int64_t end, int thread) {
+    mask |= 1 << thread;
+    std::this_thread::sleep_for(std::chrono::milliseconds(end - begin));
+  });
   EXPECT_EQ(mask.load(), 3);
 }
 
