@@ -1,41 +1,16 @@
 #include "core/config.h"
 
 #include <fstream>
-#include <set>
 #include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "core/logging.h"
 #include "core/status.h"
+#include "core/yaml_util.h"
 #include "yaml-cpp/yaml.h"
 
 namespace herd {
 namespace {
-
-std::string Where(const std::string& source, const YAML::Node& node) {
-  const YAML::Mark mark = node.Mark();
-  if (mark.line < 0) return source;
-  return absl::StrCat(source, ":", mark.line + 1);
-}
-
-absl::Status CheckKeys(const std::string& source, const YAML::Node& map, const std::string& section,
-                       const std::set<std::string>& known) {
-  if (!map.IsMap()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Where(source, map), ": '", section, "' must be a mapping"));
-  }
-  for (const auto& entry : map) {
-    const std::string key = entry.first.as<std::string>();
-    if (!known.count(key)) {
-      std::string expected;
-      for (const auto& k : known) absl::StrAppend(&expected, expected.empty() ? "" : ", ", k);
-      return absl::InvalidArgumentError(absl::StrCat(Where(source, entry.first), ": unknown key '",
-                                                     section.empty() ? "" : section + ".", key,
-                                                     "' (expected one of: ", expected, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
 
 // Reads node[key] into *out when present; a type mismatch is InvalidArgument.
 template <typename T>
@@ -47,7 +22,7 @@ absl::Status Read(const std::string& source, const YAML::Node& map, const std::s
     *out = node.as<T>();
   } catch (const YAML::Exception& e) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Where(source, node), ": '", path, "' has the wrong type: ", e.msg));
+        absl::StrCat(YamlLocation(source, node), ": '", path, "' has the wrong type: ", e.msg));
   }
   return absl::OkStatus();
 }
@@ -55,11 +30,13 @@ absl::Status Read(const std::string& source, const YAML::Node& map, const std::s
 absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node& root) {
   HerdConfig config;
   if (!root || root.IsNull()) return config;
-  HERD_RETURN_IF_ERROR(CheckKeys(source, root, "", {"model", "engine", "log_level"}));
+  HERD_RETURN_IF_ERROR(
+      CheckYamlKeys(source, root, "the top level", {"model", "engine", "log_level"}));
   HERD_RETURN_IF_ERROR(Read(source, root, "model", "model", &config.model));
   HERD_RETURN_IF_ERROR(Read(source, root, "log_level", "log_level", &config.log_level));
   if (const YAML::Node engine = root["engine"]) {
-    HERD_RETURN_IF_ERROR(CheckKeys(source, engine, "engine", {"threads", "max_context_tokens"}));
+    HERD_RETURN_IF_ERROR(
+        CheckYamlKeys(source, engine, "'engine'", {"threads", "max_context_tokens"}));
     HERD_RETURN_IF_ERROR(Read(source, engine, "threads", "engine.threads", &config.engine.threads));
     HERD_RETURN_IF_ERROR(Read(source, engine, "max_context_tokens", "engine.max_context_tokens",
                               &config.engine.max_context_tokens));

@@ -8,7 +8,9 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "core/file_util.h"
 #include "core/status.h"
+#include "core/yaml_util.h"
 #include "yaml-cpp/yaml.h"
 
 namespace herd {
@@ -260,23 +262,17 @@ LayerPlacementSpec ExpertPlacement::LayerSpec(int layer) const {
 
 namespace {
 
-std::string Where(const std::string& source, const YAML::Node& node) {
-  const YAML::Mark mark = node.Mark();
-  if (mark.line < 0) return source;
-  return absl::StrCat(source, ":", mark.line + 1);
-}
-
 template <typename T>
 absl::Status ReadScalar(const std::string& source, const YAML::Node& node, const std::string& what,
                         T* out) {
   if (!node.IsScalar()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Where(source, node), ": '", what, "' must be a scalar"));
+        absl::StrCat(YamlLocation(source, node), ": '", what, "' must be a scalar"));
   }
   try {
     *out = node.as<T>();
   } catch (const YAML::Exception& e) {
-    return absl::InvalidArgumentError(absl::StrCat(Where(source, node), ": '", what,
+    return absl::InvalidArgumentError(absl::StrCat(YamlLocation(source, node), ": '", what,
                                                    "' has the wrong type ('", node.Scalar(), "')"));
   }
   return absl::OkStatus();
@@ -286,15 +282,15 @@ template <typename T>
 absl::Status ReadMatrix(const std::string& source, const YAML::Node& node, const std::string& what,
                         std::vector<std::vector<T>>* out) {
   if (!node.IsSequence()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Where(source, node), ": '", what, "' must be a list (one entry per rank)"));
+    return absl::InvalidArgumentError(absl::StrCat(YamlLocation(source, node), ": '", what,
+                                                   "' must be a list (one entry per rank)"));
   }
   out->resize(node.size());
   for (size_t r = 0; r < node.size(); ++r) {
     const YAML::Node row = node[r];
     if (!row.IsSequence()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(Where(source, row), ": '", what, "' of rank ", r, " must be a list"));
+          absl::StrCat(YamlLocation(source, row), ": '", what, "' of rank ", r, " must be a list"));
     }
     (*out)[r].resize(row.size());
     for (size_t i = 0; i < row.size(); ++i) {
@@ -305,27 +301,8 @@ absl::Status ReadMatrix(const std::string& source, const YAML::Node& node, const
   return absl::OkStatus();
 }
 
-absl::Status CheckKeys(const std::string& source, const YAML::Node& map, const std::string& what,
-                       const std::set<std::string>& known) {
-  if (!map.IsMap()) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(Where(source, map), ": ", what, " must be a mapping"));
-  }
-  for (const auto& entry : map) {
-    const std::string key = entry.first.as<std::string>();
-    if (!known.count(key)) {
-      std::string expected;
-      for (const auto& k : known) absl::StrAppend(&expected, expected.empty() ? "" : ", ", k);
-      return absl::InvalidArgumentError(absl::StrCat(Where(source, entry.first), ": unknown key '",
-                                                     key, "' in ", what,
-                                                     " (expected one of: ", expected, ")"));
-    }
-  }
-  return absl::OkStatus();
-}
-
 absl::StatusOr<ExpertPlacement> ParseRoot(const std::string& source, const YAML::Node& root) {
-  HERD_RETURN_IF_ERROR(CheckKeys(
+  HERD_RETURN_IF_ERROR(CheckYamlKeys(
       source, root, "the placement",
       {"format", "num_experts", "num_ranks", "num_nodes", "num_layers", "metadata", "layers"}));
   for (const char* key : {"format", "num_experts", "num_ranks", "layers"}) {
@@ -336,8 +313,9 @@ absl::StatusOr<ExpertPlacement> ParseRoot(const std::string& source, const YAML:
   std::string format;
   HERD_RETURN_IF_ERROR(ReadScalar(source, root["format"], "format", &format));
   if (format != kFormat) {
-    return absl::InvalidArgumentError(absl::StrCat(Where(source, root["format"]), ": format is '",
-                                                   format, "', expected '", kFormat, "'"));
+    return absl::InvalidArgumentError(absl::StrCat(YamlLocation(source, root["format"]),
+                                                   ": format is '", format, "', expected '",
+                                                   kFormat, "'"));
   }
   int num_experts = 0, num_ranks = 0, num_nodes = 1, num_layers = -1;
   HERD_RETURN_IF_ERROR(ReadScalar(source, root["num_experts"], "num_experts", &num_experts));
@@ -352,7 +330,7 @@ absl::StatusOr<ExpertPlacement> ParseRoot(const std::string& source, const YAML:
   if (const YAML::Node meta = root["metadata"]) {
     if (!meta.IsMap()) {
       return absl::InvalidArgumentError(
-          absl::StrCat(Where(source, meta), ": 'metadata' must be a mapping"));
+          absl::StrCat(YamlLocation(source, meta), ": 'metadata' must be a mapping"));
     }
     for (const auto& entry : meta) {
       std::string value;
@@ -364,7 +342,7 @@ absl::StatusOr<ExpertPlacement> ParseRoot(const std::string& source, const YAML:
   const YAML::Node layers_node = root["layers"];
   if (!layers_node.IsSequence()) {
     return absl::InvalidArgumentError(
-        absl::StrCat(Where(source, layers_node), ": 'layers' must be a list"));
+        absl::StrCat(YamlLocation(source, layers_node), ": 'layers' must be a list"));
   }
   if (num_layers >= 0 && static_cast<size_t>(num_layers) != layers_node.size()) {
     return absl::InvalidArgumentError(absl::StrCat(source, ": num_layers is ", num_layers,
@@ -377,19 +355,19 @@ absl::StatusOr<ExpertPlacement> ParseRoot(const std::string& source, const YAML:
   for (size_t l = 0; l < layers_node.size(); ++l) {
     const YAML::Node layer = layers_node[l];
     const std::string what = absl::StrCat("layers[", l, "]");
-    HERD_RETURN_IF_ERROR(CheckKeys(source, layer, what, {"layer", "ranks", "shares"}));
+    HERD_RETURN_IF_ERROR(CheckYamlKeys(source, layer, what, {"layer", "ranks", "shares"}));
     if (const YAML::Node index = layer["layer"]) {
       int value = -1;
       HERD_RETURN_IF_ERROR(ReadScalar(source, index, what + ".layer", &value));
       if (value != static_cast<int>(l)) {
-        return absl::InvalidArgumentError(absl::StrCat(Where(source, index), ": ", what,
+        return absl::InvalidArgumentError(absl::StrCat(YamlLocation(source, index), ": ", what,
                                                        " says layer ", value,
                                                        "; layers must be listed in order"));
       }
     }
     if (!layer["ranks"]) {
       return absl::InvalidArgumentError(
-          absl::StrCat(Where(source, layer), ": ", what, " has no 'ranks'"));
+          absl::StrCat(YamlLocation(source, layer), ": ", what, " has no 'ranks'"));
     }
     HERD_RETURN_IF_ERROR(ReadMatrix(source, layer["ranks"], what + ".ranks", &rank_experts));
     rank_shares.clear();
@@ -397,13 +375,13 @@ absl::StatusOr<ExpertPlacement> ParseRoot(const std::string& source, const YAML:
       HERD_RETURN_IF_ERROR(ReadMatrix(source, layer["shares"], what + ".shares", &rank_shares));
       if (rank_shares.size() != rank_experts.size()) {
         return absl::InvalidArgumentError(
-            absl::StrCat(Where(source, layer["shares"]), ": ", what, ".shares has ",
+            absl::StrCat(YamlLocation(source, layer["shares"]), ": ", what, ".shares has ",
                          rank_shares.size(), " ranks but .ranks has ", rank_experts.size()));
       }
       for (size_t r = 0; r < rank_shares.size(); ++r) {
         if (rank_shares[r].size() != rank_experts[r].size()) {
           return absl::InvalidArgumentError(absl::StrCat(
-              Where(source, layer["shares"]), ": ", what, ".shares of rank ", r, " has ",
+              YamlLocation(source, layer["shares"]), ": ", what, ".shares of rank ", r, " has ",
               rank_shares[r].size(), " entries for ", rank_experts[r].size(), " experts"));
         }
       }
@@ -559,18 +537,7 @@ std::string PlacementToJson(const ExpertPlacement& placement) {
 absl::Status WritePlacementFile(const ExpertPlacement& placement, const std::string& path) {
   const bool json = path.size() >= 5 && path.compare(path.size() - 5, 5, ".json") == 0;
   const std::string text = json ? PlacementToJson(placement) : PlacementToYaml(placement);
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
-    if (!file) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
-    file << text;
-    file.flush();
-    if (!file) return absl::DataLossError(absl::StrCat("short write to ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
+  return WriteFileAtomically(path, text);
 }
 
 }  // namespace herd

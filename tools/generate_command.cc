@@ -11,6 +11,7 @@
 #include "comm/env.h"
 #include "coordinator/placement/load_trace.h"
 #include "core/config.h"
+#include "core/file_util.h"
 #include "core/logging.h"
 #include "core/placement.h"
 #include "core/status.h"
@@ -45,19 +46,9 @@ const std::vector<FlagSpec> kGenerateFlags = {
 };
 
 absl::Status WriteLogits(const std::string& path, const std::vector<float>& logits) {
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream file(tmp, std::ios::binary | std::ios::trunc);
-    if (!file) return absl::PermissionDeniedError(absl::StrCat("cannot write ", tmp));
-    // The file format is little-endian F32; x86-64 and aarch64 hosts are little-endian.
-    file.write(reinterpret_cast<const char*>(logits.data()),
-               static_cast<std::streamsize>(logits.size() * sizeof(float)));
-    if (!file) return absl::DataLossError(absl::StrCat("short write to ", tmp));
-  }
-  if (std::rename(tmp.c_str(), path.c_str()) != 0) {
-    return absl::InternalError(absl::StrCat("cannot rename ", tmp, " to ", path));
-  }
-  return absl::OkStatus();
+  // The file format is little-endian F32; x86-64 and aarch64 hosts are little-endian.
+  return WriteFileAtomically(path, absl::string_view(reinterpret_cast<const char*>(logits.data()),
+                                                     logits.size() * sizeof(float)));
 }
 
 }  // namespace

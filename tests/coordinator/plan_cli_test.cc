@@ -19,27 +19,8 @@ using ::testing::HasSubstr;
 using testing::TempDir;
 using testing::TestDataPath;
 
-struct RunResult {
-  int exit_code;
-  std::string out;
-  std::string err;
-};
-
-RunResult RunHerd(const std::string& args) {
-  TempDir tmp;
-  const std::string err_path = tmp.Join("stderr");
-  const std::string command = std::string(HERD_CLI_PATH) + " " + args + " 2>" + err_path;
-  RunResult result{-1, "", ""};
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return result;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
-  const int status = pclose(pipe);
-  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  result.err = testing::ReadFileText(err_path);
-  return result;
-}
+using RunResult = testing::CommandResult;
+using testing::RunHerd;
 
 std::string Trace(const std::string& name) {
   return TestDataPath("placement/traces/" + name + ".json.gz");

@@ -34,7 +34,7 @@ TEST(ConfigTest, BadInputNamesFileLineAndKey) {
     const char* expected;
   };
   for (const Case& c : std::vector<Case>{
-           {"engine:\n  thread: 2\n", "x.yaml:2: unknown key 'engine.thread'"},
+           {"engine:\n  thread: 2\n", "x.yaml:2: unknown key 'thread' in 'engine'"},
            {"modle: a\n", "unknown key 'modle'"},
            {"engine:\n  threads: two\n", "'engine.threads' has the wrong type"},
            {"engine: [1, 2]\n", "'engine' must be a mapping"},

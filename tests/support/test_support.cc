@@ -1,5 +1,7 @@
 #include "tests/support/test_support.h"
 
+#include <sys/wait.h>
+
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
@@ -49,6 +51,26 @@ std::string ReadFileText(const std::string& path) {
 
 void WriteFileText(const std::string& path, const std::string& text) {
   WriteFileBytes(path, text.data(), text.size());
+}
+
+CommandResult RunCommand(const std::string& command) {
+  TempDir tmp;
+  const std::string err_path = tmp.Join("stderr");
+  const std::string full = "(" + command + ") 2>" + err_path;
+  CommandResult result;
+  FILE* pipe = popen(full.c_str(), "r");
+  if (pipe == nullptr) return result;
+  char buffer[4096];
+  size_t n;
+  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) result.out.append(buffer, n);
+  const int status = pclose(pipe);
+  result.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
+  result.err = ReadFileText(err_path);
+  return result;
+}
+
+CommandResult RunHerd(const std::string& args) {
+  return RunCommand(std::string(HERD_CLI_PATH) + " " + args);
 }
 
 std::vector<float> ReadF32File(const std::string& path) {

@@ -33,6 +33,18 @@ inline void WriteFileBytes(const std::string& path, const std::vector<uint8_t>& 
 std::string ReadFileText(const std::string& path);
 void WriteFileText(const std::string& path, const std::string& text);
 
+// What a shell command did: its exit code (-1 if it did not exit normally),
+// stdout, and stderr (captured separately).
+struct CommandResult {
+  int exit_code = -1;
+  std::string out;
+  std::string err;
+};
+// Runs `command` through /bin/sh and waits for it.
+CommandResult RunCommand(const std::string& command);
+// Runs the herd binary under test (HERD_CLI_PATH) with `args`.
+CommandResult RunHerd(const std::string& args);
+
 // Float32 little-endian file -> floats.
 std::vector<float> ReadF32File(const std::string& path);
 

@@ -22,22 +22,9 @@ using ::herd::testing::TestDataPath;
 
 const char kIds[] = "1,17,42,0,511,100,256,7,300,42,42,99,5,400,128,64";
 
-struct ShellRun {
-  int exit_code;
-  std::string out;
-};
-
-inline ShellRun Shell(const std::string& command) {
-  ShellRun run{-1, ""};
-  FILE* pipe = popen(command.c_str(), "r");
-  if (pipe == nullptr) return run;
-  char buffer[4096];
-  size_t n;
-  while ((n = fread(buffer, 1, sizeof(buffer), pipe)) > 0) run.out.append(buffer, n);
-  const int status = pclose(pipe);
-  run.exit_code = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return run;
-}
+using ShellRun = ::herd::testing::CommandResult;
+// stdout only; stderr is captured apart and dropped by the callers' "2>/dev/null".
+inline ShellRun Shell(const std::string& command) { return ::herd::testing::RunCommand(command); }
 
 inline std::string Generate(const std::string& model, const std::string& dump,
                             const std::string& extra) {
