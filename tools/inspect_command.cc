@@ -1,6 +1,7 @@
 #include <map>
 
 #include "absl/strings/str_format.h"
+#include "core/human_format.h"
 #include "core/placement.h"
 #include "core/status.h"
 #include "model/model_loader.h"
@@ -23,16 +24,6 @@ struct Totals {
   int64_t parameters = 0;
   int64_t bytes = 0;
 };
-
-std::string HumanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024.0 && u < 4) {
-    bytes /= 1024.0;
-    ++u;
-  }
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
-}
 
 std::string ShapeString(const TensorView& v) {
   std::string s = "[";

@@ -3,6 +3,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "coordinator/placement/lower_bound.h"
+#include "core/human_format.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
 
@@ -10,16 +11,6 @@ namespace herd {
 namespace {
 
 using Json = nlohmann::json;
-
-std::string HumanBytes(double bytes) {
-  const char* units[] = {"B", "KiB", "MiB", "GiB", "TiB"};
-  int u = 0;
-  while (bytes >= 1024.0 && u < 4) {
-    bytes /= 1024.0;
-    ++u;
-  }
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
-}
 
 Json ClusterJson(const ClusterShape& c, int num_experts) {
   return Json{{"num_nodes", c.num_nodes},
