@@ -40,6 +40,7 @@ fail() {
   exit 1
 }
 
+# shellcheck disable=SC2054  # the commas separate MCA values, not array items
 flags=(--oversubscribe --allow-run-as-root --mca btl self,vader,tcp --mca btl_tcp_if_include lo
        --mca oob_tcp_if_include lo --mca mpi_yield_when_idle 1)
 signal=${MODE%-norecovery}
@@ -83,7 +84,7 @@ else
 fi
 
 # Every process of the job is gone (a zombie waiting for its parent counts as gone).
-for i in $(seq 1 50); do
+for _ in $(seq 1 50); do
   alive=""
   for f in "$dir"/rank*.pid; do
     pid=$(cat "$f")

@@ -72,6 +72,7 @@ hosts=()
 for i in $(seq 1 "$num_hosts"); do hosts+=("${prefix}h$i"); done
 work=$(mktemp -d "${TMPDIR:-/tmp}/herd-netns.XXXXXX")
 
+# shellcheck disable=SC2317  # called by the trap below
 cleanup() {
   local ns
   for ns in "${hosts[@]}" "$switch"; do
@@ -124,6 +125,7 @@ for ns in "${hosts[@]}"; do echo "$ns slots=$slots"; done >"$work/hostfile"
 args=(--allow-run-as-root --hostfile "$work/hostfile" --map-by node -np "$np"
       --mca plm_rsh_agent "$work/agent.sh" --mca oob_tcp_if_include 10.200.0.0/24
       --mca mpi_yield_when_idle 1 --mca btl_tcp_if_include 10.200.0.0/24)
+# shellcheck disable=SC2054  # the commas separate MCA values, not array items
 if [ "$transport" = tcp ]; then
   args+=(--mca pml ob1 --mca btl tcp,vader,self)
 else

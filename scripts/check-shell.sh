@@ -1,0 +1,7 @@
+#!/usr/bin/env bash
+# Runs shellcheck over every shell script the project tracks (and .ci/run).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+mapfile -t files < <(git ls-files '*.sh' .ci/run 2>/dev/null || find . -name '*.sh')
+shellcheck "${files[@]}"
+echo "check-shell: ${#files[@]} scripts clean"
