@@ -1,15 +1,22 @@
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstdio>
+#include <optional>
 
 #include "absl/strings/str_format.h"
+#include "comm/env.h"
+#include "core/placement.h"
 #include "core/status.h"
+#include "core/thread_pool.h"
 #include "kernels/cpu_features.h"
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tools/commands.h"
 #include "tools/flags.h"
 #include "worker/benchmark.h"
+#include "worker/rank_group.h"
+#include "worker/rank_model.h"
 
 namespace herd {
 namespace {
@@ -22,6 +29,9 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"repetitions", true, "runs of each test; median and spread are reported (default 5)"},
     {"bandwidth-bytes", true, "buffer for the bandwidth measurement (default 1073741824)"},
     {"json", false, "print one JSON object instead of the table"},
+    {"local-ranks", true,
+     "expert parallelism: N ranks as threads, each running the tests on its own sequence"},
+    {"placement", true, "expert placement file for --local-ranks or mpirun"},
     {"help", false, "show this help"},
 };
 
@@ -29,6 +39,73 @@ std::string HostName() {
   char name[256] = {};
   gethostname(name, sizeof(name) - 1);
   return name;
+}
+
+// Every rank runs the prefill and decode tests on a sequence of its own
+// (data-parallel attention) while the MoE layers exchange tokens; rank 0
+// prints its throughput and every rank's share of MoE time spent in
+// dispatch and combine.
+absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::string& path,
+                                    const std::optional<ExpertPlacement>& placement, int threads,
+                                    const ModelBenchOptions& options, std::ostream& out) {
+  const int world_size = PlannedWorldSize(group);
+  std::vector<EngineStats> stats(world_size);
+  ModelBenchResult rank0;
+  int rank0_threads = 0;
+  bool output_rank = true;
+  HERD_RETURN_IF_ERROR(RunRanks(group, [&](comm::Communicator* comm) -> absl::Status {
+    const int rank = comm->rank();
+    if (comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
+    HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
+    EngineOptions engine_options;
+    engine_options.num_threads = threads;
+    engine_options.expert_parallelism = {comm, &*rank_model.placement,
+                                         absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+    HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                          Engine::Create(*rank_model.model, engine_options));
+    ModelBenchOptions rank_options = options;
+    rank_options.seed = options.seed + rank;  // each rank its own tokens
+    HERD_ASSIGN_OR_RETURN(ModelBenchResult r,
+                          RunModelBenchmark(*engine, *rank_model.model, rank_options));
+    if (rank == 0) {
+      rank0 = r;
+      rank0_threads = engine->num_threads();
+    }
+    // Under mpirun only this process's rank is known here.
+    if (rank < static_cast<int>(stats.size())) stats[rank] = engine->stats();
+    return absl::OkStatus();
+  }));
+  if (!output_rank) return absl::OkStatus();
+  out << absl::StrFormat("model     %s\n", path);
+  out << absl::StrFormat(
+      "ranks     %d, %d threads each; every rank runs the tests on its own sequence\n\n",
+      world_size, threads);
+  out << "| test   | rank 0 t/s |     ± sd | all ranks t/s |\n";
+  out << "|--------|-----------:|---------:|--------------:|\n";
+  if (options.prompt_tokens > 0) {
+    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f | %13.2f |\n", options.prompt_tokens,
+                           rank0.prefill_tokens_per_second.median,
+                           rank0.prefill_tokens_per_second.stddev,
+                           world_size * rank0.prefill_tokens_per_second.median);
+  }
+  if (options.gen_tokens > 0) {
+    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %13.2f |\n", options.gen_tokens,
+                           rank0.decode_tokens_per_second.median,
+                           rank0.decode_tokens_per_second.stddev,
+                           world_size * rank0.decode_tokens_per_second.median);
+  }
+  out << "\n| rank | MoE s | dispatch s | combine s | share of MoE |\n";
+  out << "|-----:|------:|-----------:|----------:|-------------:|\n";
+  for (int r = 0; r < world_size; ++r) {
+    const EngineStats& st = stats[r];
+    if (st.forward_calls == 0) continue;  // another process's rank (mpirun)
+    out << absl::StrFormat("| %4d | %5.3f | %10.3f | %9.3f | %11.1f%% |\n", r, st.moe_seconds,
+                           st.dispatch_seconds, st.combine_seconds,
+                           st.moe_seconds > 0
+                               ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
+                               : 0.0);
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -56,6 +133,22 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   options.repetitions = static_cast<int>(repetitions);
 
   const std::string path = flags.GetString("model");
+  RankGroupOptions group;
+  HERD_ASSIGN_OR_RETURN(int64_t local_ranks, flags.GetInt("local-ranks", 1));
+  if (local_ranks < 1 || local_ranks > 256) {
+    return absl::InvalidArgumentError("--local-ranks must be in [1, 256]");
+  }
+  group.local_ranks = static_cast<int>(local_ranks);
+  if (PlannedWorldSize(group) > 1) {
+    std::optional<ExpertPlacement> placement;
+    if (flags.Has("placement")) {
+      HERD_ASSIGN_OR_RETURN(placement, ReadPlacementFile(flags.GetString("placement")));
+    }
+    if (threads == 0 && group.local_ranks > 1) {
+      threads = std::max(1, ThreadPool::DefaultNumThreads() / group.local_ranks);
+    }
+    return RunExpertParallelBench(group, path, placement, static_cast<int>(threads), options, out);
+  }
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(path));
   EngineOptions engine_options;
   engine_options.num_threads = static_cast<int>(threads);

@@ -23,6 +23,7 @@
 #include "worker/engine.h"
 #include "worker/generator.h"
 #include "worker/rank_group.h"
+#include "worker/rank_model.h"
 
 namespace herd {
 namespace {
@@ -122,32 +123,12 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
     const int rank = comm != nullptr ? comm->rank() : 0;
     if (comm != nullptr && comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
     const absl::Time load_start = absl::Now();
-    std::optional<ExpertPlacement> placement = placement_file;
-    ModelLoadOptions load;
-    if (comm != nullptr) {
-      if (!placement.has_value()) {
-        // The contiguous split needs the model's shape: read it without experts.
-        ModelLoadOptions shape_only;
-        shape_only.load_expert = [](int, int) { return false; };
-        HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> shape, LoadModel(model_path, shape_only));
-        HERD_ASSIGN_OR_RETURN(placement,
-                              ExpertPlacement::Contiguous(static_cast<int>(shape->spec.num_layers),
-                                                          static_cast<int>(shape->spec.num_experts),
-                                                          comm->world_size()));
-      }
-      load.load_expert = [&](int layer, int expert) {
-        if (layer >= placement->num_layers()) return false;
-        for (int32_t e : placement->RankExperts(layer, rank)) {
-          if (e == expert) return true;
-        }
-        return false;
-      };
-    }
-    HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path, load));
+    HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(model_path, comm, placement_file));
+    const std::unique_ptr<Model>& model = rank_model.model;
     EngineOptions engine_options;
     engine_options.num_threads = static_cast<int>(threads);
     if (comm != nullptr) {
-      engine_options.expert_parallelism = {comm, &*placement,
+      engine_options.expert_parallelism = {comm, &*rank_model.placement,
                                            absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
     }
     HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));

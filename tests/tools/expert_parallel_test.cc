@@ -26,6 +26,19 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ExpertParallelTest,
 
 TEST(ExpertParallelMidSizeTest, LocalRanksMatchSingleProcess) { ExpectMidSizeModelMatches("", ""); }
 
+TEST(ExpertParallelBenchTest, EveryRankRunsItsOwnSequenceAndReportsItsCommunication) {
+  const ShellRun run = Shell(std::string(HERD_CLI_PATH) + " bench --model " +
+                             TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
+                             " --local-ranks 3 --prompt 16 --gen 8 --repetitions 2 2>/dev/null");
+  ASSERT_EQ(run.exit_code, 0) << run.out;
+  EXPECT_NE(run.out.find("ranks     3"), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("| pp16 "), std::string::npos) << run.out;
+  EXPECT_NE(run.out.find("| tg8 "), std::string::npos) << run.out;
+  for (const char* row : {"|    0 |", "|    1 |", "|    2 |"}) {
+    EXPECT_NE(run.out.find(row), std::string::npos) << row << "\n" << run.out;
+  }
+}
+
 TEST(ExpertParallelErrorsTest, PlacementThatDoesNotFitIsAClearError) {
   TempDir dir;
   const std::string bad = WritePlacement(dir, "bad", 3, "ranks: [[0, 1], [2, 3], [4, 5, 6, 7]]");
