@@ -26,6 +26,30 @@ INSTANTIATE_TEST_SUITE_P(Fixtures, ExpertParallelTest,
 
 TEST(ExpertParallelMidSizeTest, LocalRanksMatchSingleProcess) { ExpectMidSizeModelMatches("", ""); }
 
+// The Hugging Face architectures (shared expert, q/k norms, biases) shard the
+// same way: 2 and 3 ranks give the single process's logits byte for byte.
+TEST(ExpertParallelHfTest, EveryArchitectureMatchesSingleProcess) {
+  for (const char* arch : {"qwen2moe", "qwen3moe", "olmoe"}) {
+    SCOPED_TRACE(arch);
+    TempDir dir;
+    const std::string model = TestDataPath(std::string("hf-reference/") + arch);
+    auto run = [&](const std::string& extra, const std::string& dump) {
+      return Shell(std::string(HERD_CLI_PATH) + " generate --model " + model +
+                   " --prompt-ids 1,17,42,0,127,100 --max-new-tokens 6 --dump-logits " + dump +
+                   " " + extra + " 2>/dev/null");
+    };
+    const ShellRun single = run("", dir.Join("single.f32"));
+    ASSERT_EQ(single.exit_code, 0);
+    for (int ranks : {2, 3}) {
+      const std::string dump = dir.Join("ep" + std::to_string(ranks) + ".f32");
+      const ShellRun ep = run("--local-ranks " + std::to_string(ranks), dump);
+      ASSERT_EQ(ep.exit_code, 0) << ranks;
+      EXPECT_EQ(ep.out, single.out) << ranks;
+      EXPECT_EQ(ReadFileBytes(dump), ReadFileBytes(dir.Join("single.f32"))) << ranks;
+    }
+  }
+}
+
 TEST(ExpertParallelBenchTest, EveryRankRunsItsOwnSequenceAndReportsItsCommunication) {
   const ShellRun run = Shell(std::string(HERD_CLI_PATH) + " bench --model " +
                              TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
