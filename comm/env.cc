@@ -60,13 +60,13 @@ CommEnv ParseCommEnv(const std::function<const char*(const char*)>& lookup,
 }
 
 const CommEnv& GetCommEnv() {
-  static const CommEnv* const env = [] {
+  static const CommEnv* const kEnv = [] {
     std::vector<std::string> warnings;
     auto* parsed = new CommEnv(ParseCommEnv(Getenv, &warnings));
     for (const std::string& w : warnings) HERD_LOG(WARN) << w;
     return parsed;
   }();
-  return *env;
+  return *kEnv;
 }
 
 std::string CommEnvReport(const CommEnv& env,

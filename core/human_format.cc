@@ -11,7 +11,8 @@ std::string HumanBytes(double bytes) {
     bytes /= 1024.0;
     ++u;
   }
-  return absl::StrFormat(u == 0 ? "%.0f %s" : "%.2f %s", bytes, units[u]);
+  if (u == 0) return absl::StrFormat("%.0f %s", bytes, units[u]);
+  return absl::StrFormat("%.2f %s", bytes, units[u]);
 }
 
 }  // namespace herd

@@ -23,7 +23,7 @@ PACKAGES=(
   prometheus-cpp-dev
   zlib1g-dev
   libpcre2-dev libicu-dev
-  clang-format shellcheck
+  clang-format clang-tidy shellcheck
 )
 
 missing=()

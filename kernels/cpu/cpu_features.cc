@@ -74,8 +74,8 @@ std::atomic<int>& ActiveIsaStorage() {
 }  // namespace
 
 const CpuFeatures& DetectCpuFeatures() {
-  static const CpuFeatures features = Detect();
-  return features;
+  static const CpuFeatures kFeatures = Detect();
+  return kFeatures;
 }
 
 Isa ActiveIsa() { return static_cast<Isa>(ActiveIsaStorage().load(std::memory_order_relaxed)); }
