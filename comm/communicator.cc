@@ -40,6 +40,22 @@ absl::Status CheckSpans(absl::Span<const int64_t> bytes, absl::Span<const int64_
 
 }  // namespace
 
+absl::Status ValidateAllGatherArgs(const void* send, int64_t bytes_per_rank, const void* recv) {
+  if (bytes_per_rank < 0 || (bytes_per_rank > 0 && (send == nullptr || recv == nullptr))) {
+    return absl::InvalidArgumentError("all_gather: negative size or null buffer");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ValidateBroadcastArgs(int root_rank, int world_size, const void* buffer,
+                                   int64_t bytes) {
+  if (root_rank < 0 || root_rank >= world_size || bytes < 0 || (bytes > 0 && buffer == nullptr)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("broadcast: bad root ", root_rank, " or buffer (", bytes, " bytes)"));
+  }
+  return absl::OkStatus();
+}
+
 const char* MemorySpaceName(MemorySpace space) {
   return space == MemorySpace::kHost ? "host" : "device";
 }

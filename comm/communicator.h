@@ -84,8 +84,13 @@ struct AllToAllVArgs {
   absl::Span<const int64_t> recv_offsets;
 };
 
-// Checks sizes and signs; InvalidArgument naming the bad entry.
+// Argument checks every backend runs before anything is sent, so that all
+// backends reject the same calls with the same messages. InvalidArgument
+// naming the bad entry.
 absl::Status ValidateAllToAllVArgs(const AllToAllVArgs& args, int world_size);
+absl::Status ValidateAllGatherArgs(const void* send, int64_t bytes_per_rank, const void* recv);
+absl::Status ValidateBroadcastArgs(int root_rank, int world_size, const void* buffer,
+                                   int64_t bytes);
 
 // Counters since creation, for benches and tests.
 struct CommStats {

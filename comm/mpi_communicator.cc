@@ -92,9 +92,7 @@ class MpiCommunicator final : public Communicator {
 
   absl::Status AllGather(const void* send, int64_t bytes_per_rank, void* recv,
                          absl::Time deadline) override {
-    if (bytes_per_rank < 0 || (bytes_per_rank > 0 && (send == nullptr || recv == nullptr))) {
-      return absl::InvalidArgumentError("all_gather: negative size or null buffer");
-    }
+    HERD_RETURN_IF_ERROR(ValidateAllGatherArgs(send, bytes_per_rank, recv));
     HERD_RETURN_IF_ERROR(CheckUsable());
     const uint64_t seq = seq_++;
     const int tag = Tag(seq);
@@ -119,11 +117,7 @@ class MpiCommunicator final : public Communicator {
   }
 
   absl::Status Broadcast(int root_rank, void* buffer, int64_t bytes, absl::Time deadline) override {
-    if (root_rank < 0 || root_rank >= world_size_ || bytes < 0 ||
-        (bytes > 0 && buffer == nullptr)) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("broadcast: bad root ", root_rank, " or buffer (", bytes, " bytes)"));
-    }
+    HERD_RETURN_IF_ERROR(ValidateBroadcastArgs(root_rank, world_size_, buffer, bytes));
     HERD_RETURN_IF_ERROR(CheckUsable());
     const uint64_t seq = seq_++;
     const int tag = Tag(seq);

@@ -13,15 +13,8 @@ TEST_P(MpiExpertParallelTest, MpirunRanksMatchSingleProcess) {
   for (const Case& c : Cases()) ExpectSameAsSingleProcess(Mpirun(c.ranks), c);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, MpiExpertParallelTest,
-                         ::testing::Values("tiny-f32", "tiny-q8_0", "tiny-q4_0"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& ch : n) {
-                             if (ch == '-') ch = '_';
-                           }
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, MpiExpertParallelTest, ::testing::ValuesIn(kFixtureModels),
+                         FixtureTestName);
 
 TEST(MpiExpertParallelMidSizeTest, MpirunRanksMatchSingleProcess) {
   ExpectMidSizeModelMatches(Mpirun(2), Mpirun(4));

@@ -14,15 +14,8 @@ TEST_P(ExpertParallelTest, LocalRanksMatchSingleProcess) {
   for (const Case& c : Cases()) ExpectSameAsSingleProcess("", c);
 }
 
-INSTANTIATE_TEST_SUITE_P(Fixtures, ExpertParallelTest,
-                         ::testing::Values("tiny-f32", "tiny-q8_0", "tiny-q4_0"),
-                         [](const auto& info) {
-                           std::string n = info.param;
-                           for (char& ch : n) {
-                             if (ch == '-') ch = '_';
-                           }
-                           return n;
-                         });
+INSTANTIATE_TEST_SUITE_P(Fixtures, ExpertParallelTest, ::testing::ValuesIn(kFixtureModels),
+                         FixtureTestName);
 
 TEST(ExpertParallelMidSizeTest, LocalRanksMatchSingleProcess) { ExpectMidSizeModelMatches("", ""); }
 

@@ -70,6 +70,16 @@ inline std::vector<Case> Cases() {
   };
 }
 
+// The three llama.cpp fixture files, and gtest names for them ("tiny_q8_0").
+inline const std::vector<std::string> kFixtureModels = {"tiny-f32", "tiny-q8_0", "tiny-q4_0"};
+inline std::string FixtureTestName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string name = info.param;
+  for (char& ch : name) {
+    if (ch == '-') ch = '_';
+  }
+  return name;
+}
+
 class ExpertParallelTest : public ::testing::TestWithParam<std::string> {
  protected:
   std::string Model() const { return TestDataPath("llamacpp-tiny/" + GetParam() + ".gguf"); }
