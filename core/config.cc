@@ -31,7 +31,7 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
   HerdConfig config;
   if (!root || root.IsNull()) return config;
   HERD_RETURN_IF_ERROR(
-      CheckYamlKeys(source, root, "the top level", {"model", "engine", "log_level"}));
+      CheckYamlKeys(source, root, "the top level", {"model", "engine", "serve", "log_level"}));
   HERD_RETURN_IF_ERROR(Read(source, root, "model", "model", &config.model));
   HERD_RETURN_IF_ERROR(Read(source, root, "log_level", "log_level", &config.log_level));
   if (const YAML::Node engine = root["engine"]) {
@@ -40,6 +40,34 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
     HERD_RETURN_IF_ERROR(Read(source, engine, "threads", "engine.threads", &config.engine.threads));
     HERD_RETURN_IF_ERROR(Read(source, engine, "max_context_tokens", "engine.max_context_tokens",
                               &config.engine.max_context_tokens));
+  }
+  if (const YAML::Node serve = root["serve"]) {
+    ServeConfig& c = config.serve;
+    HERD_RETURN_IF_ERROR(
+        CheckYamlKeys(source, serve, "'serve'",
+                      {"host", "port", "api_key", "model_name", "kv_cache_bytes", "kv_block_tokens",
+                       "max_step_tokens", "max_waiting", "max_running", "max_body_bytes",
+                       "drain_timeout_s", "request_timeout_s", "detailed_expert_metrics"}));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "host", "serve.host", &c.host));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "port", "serve.port", &c.port));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "api_key", "serve.api_key", &c.api_key));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "model_name", "serve.model_name", &c.model_name));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "kv_cache_bytes", "serve.kv_cache_bytes", &c.kv_cache_bytes));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "kv_block_tokens", "serve.kv_block_tokens", &c.kv_block_tokens));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "max_step_tokens", "serve.max_step_tokens", &c.max_step_tokens));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "max_waiting", "serve.max_waiting", &c.max_waiting));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "max_running", "serve.max_running", &c.max_running));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "max_body_bytes", "serve.max_body_bytes", &c.max_body_bytes));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "drain_timeout_s", "serve.drain_timeout_s", &c.drain_timeout_s));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "request_timeout_s", "serve.request_timeout_s", &c.request_timeout_s));
+    HERD_RETURN_IF_ERROR(Read(source, serve, "detailed_expert_metrics",
+                              "serve.detailed_expert_metrics", &c.detailed_expert_metrics));
   }
   return config;
 }
@@ -55,10 +83,44 @@ absl::Status HerdConfig::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("engine.max_context_tokens must be >= 0, got ", engine.max_context_tokens));
   }
+  HERD_RETURN_IF_ERROR(serve.Validate());
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {
     return absl::InvalidArgumentError(
         absl::StrCat("log_level must be error, warn, info or debug, got '", log_level, "'"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ServeConfig::Validate() const {
+  if (host.empty()) return absl::InvalidArgumentError("serve.host must not be empty");
+  if (port < 0 || port > 65535) {
+    return absl::InvalidArgumentError(absl::StrCat("serve.port must be in [0, 65535], got ", port));
+  }
+  if (kv_cache_bytes < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("serve.kv_cache_bytes must be >= 0, got ", kv_cache_bytes));
+  }
+  struct Positive {
+    const char* name;
+    int64_t value;
+  };
+  for (const Positive& p :
+       {Positive{"kv_block_tokens", kv_block_tokens}, Positive{"max_step_tokens", max_step_tokens},
+        Positive{"max_waiting", max_waiting}, Positive{"max_running", max_running},
+        Positive{"max_body_bytes", max_body_bytes}}) {
+    if (p.value < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("serve.", p.name, " must be >= 1, got ", p.value));
+    }
+  }
+  if (!(drain_timeout_s >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("serve.drain_timeout_s must be >= 0, got ", drain_timeout_s));
+  }
+  if (!(request_timeout_s >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("serve.request_timeout_s must be >= 0, got ", request_timeout_s));
   }
   return absl::OkStatus();
 }

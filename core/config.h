@@ -9,6 +9,9 @@
 //   engine:
 //     threads: 2
 //     max_context_tokens: 4096
+//   serve:
+//     port: 8000
+//     kv_cache_bytes: 1073741824
 //   log_level: info
 #pragma once
 
@@ -29,10 +32,44 @@ struct EngineConfig {
   int64_t max_context_tokens = 0;
 };
 
+// `herd serve`: the HTTP server, the request queue and the paged KV cache.
+struct ServeConfig {
+  // Loopback by default: exposing the server is a decision, not an accident.
+  std::string host = "127.0.0.1";
+  int port = 8000;
+  // When set, /v1/* needs `Authorization: Bearer <api_key>`.
+  std::string api_key;
+  // The name /v1/models reports and requests may name; "" = the model
+  // file's name.
+  std::string model_name;
+  // KV cache of each rank (F32 K and V), in bytes; 0 = room for
+  // max_running sequences of the full context, capped at a quarter of RAM.
+  int64_t kv_cache_bytes = 0;
+  int64_t kv_block_tokens = 16;
+  // Tokens one rank processes per step (decodes + chunked prefill).
+  int64_t max_step_tokens = 256;
+  // Requests waiting to start beyond which new ones get 429.
+  int64_t max_waiting = 256;
+  // Sequences running at once on one rank.
+  int64_t max_running = 64;
+  // Largest request body accepted (413 beyond).
+  int64_t max_body_bytes = 1 << 20;
+  // SIGTERM: seconds in-flight requests get to finish before they are cancelled.
+  double drain_timeout_s = 30;
+  // Per-request deadline in seconds; 0 = none.
+  double request_timeout_s = 0;
+  // herd:expert_tokens_total{layer,expert} (layers x experts series).
+  bool detailed_expert_metrics = false;
+
+  // Checks ranges; InvalidArgument naming the field.
+  absl::Status Validate() const;
+};
+
 struct HerdConfig {
   // Path to a GGUF file or a Hugging Face directory (config.json + safetensors).
   std::string model;
   EngineConfig engine;
+  ServeConfig serve;
   // error | warn | info | debug; HERD_LOG_LEVEL in the environment wins.
   std::string log_level = "info";
 

@@ -53,28 +53,29 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   ModelBenchResult rank0;
   int rank0_threads = 0;
   bool output_rank = true;
-  HERD_RETURN_IF_ERROR(RunRanks(group, [&](comm::Communicator* comm) -> absl::Status {
-    const int rank = comm->rank();
-    if (comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
-    HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
-    EngineOptions engine_options;
-    engine_options.num_threads = threads;
-    engine_options.expert_parallelism = {comm, &*rank_model.placement,
-                                         absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
-    HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                          Engine::Create(*rank_model.model, engine_options));
-    ModelBenchOptions rank_options = options;
-    rank_options.seed = options.seed + rank;  // each rank its own tokens
-    HERD_ASSIGN_OR_RETURN(ModelBenchResult r,
-                          RunModelBenchmark(*engine, *rank_model.model, rank_options));
-    if (rank == 0) {
-      rank0 = r;
-      rank0_threads = engine->num_threads();
-    }
-    // Under mpirun only this process's rank is known here.
-    if (rank < static_cast<int>(stats.size())) stats[rank] = engine->stats();
-    return absl::OkStatus();
-  }));
+  HERD_RETURN_IF_ERROR(
+      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
+        const int rank = comm->rank();
+        if (comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
+        HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
+        EngineOptions engine_options;
+        engine_options.num_threads = threads;
+        engine_options.expert_parallelism = {comm, &*rank_model.placement,
+                                             absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                              Engine::Create(*rank_model.model, engine_options));
+        ModelBenchOptions rank_options = options;
+        rank_options.seed = options.seed + rank;  // each rank its own tokens
+        HERD_ASSIGN_OR_RETURN(ModelBenchResult r,
+                              RunModelBenchmark(*engine, *rank_model.model, rank_options));
+        if (rank == 0) {
+          rank0 = r;
+          rank0_threads = engine->num_threads();
+        }
+        // Under mpirun only this process's rank is known here.
+        if (rank < static_cast<int>(stats.size())) stats[rank] = engine->stats();
+        return absl::OkStatus();
+      }));
   if (!output_rank) return absl::OkStatus();
   out << absl::StrFormat("model     %s\n", path);
   out << absl::StrFormat(

@@ -22,8 +22,7 @@ int MpiWorldSizeFromEnvironment() {
   return 1;
 }
 
-absl::Status RunMpiRank(const RankGroupOptions& options,
-                        const std::function<absl::Status(comm::Communicator*)>& body) {
+absl::Status RunMpiRank(const RankGroupOptions& options, const RankBody& body) {
   HERD_RETURN_IF_ERROR(comm::InitializeMpi());
   const absl::Time deadline = absl::Now() + options.join_timeout;
   comm::CommContext context;
@@ -33,7 +32,7 @@ absl::Status RunMpiRank(const RankGroupOptions& options,
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
                         comm::CreateCommunicator("mpi", context, deadline));
   SetLogPrefix(absl::StrCat("rank ", communicator->rank()));
-  absl::Status status = body(communicator.get());
+  absl::Status status = body(communicator.get(), control.get());
   if (!status.ok()) {
     // The peers may be blocked in a collective this rank will never join:
     // end the job now rather than let each of them wait for its deadline.
@@ -46,8 +45,7 @@ absl::Status RunMpiRank(const RankGroupOptions& options,
   return status;
 }
 
-absl::Status RunLocalRanks(int num_ranks,
-                           const std::function<absl::Status(comm::Communicator*)>& body) {
+absl::Status RunLocalRanks(int num_ranks, const RankBody& body) {
   HERD_ASSIGN_OR_RETURN(std::shared_ptr<comm::LocalWorld> world,
                         comm::LocalWorld::Create(num_ranks));
   std::vector<absl::Status> statuses(num_ranks);
@@ -55,9 +53,11 @@ absl::Status RunLocalRanks(int num_ranks,
   for (int rank = 0; rank < num_ranks; ++rank) {
     threads.emplace_back([&, rank] {
       statuses[rank] = [&]() -> absl::Status {
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::ControlChannel> control,
+                              world->CreateControlChannel(rank));
         HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
                               world->CreateCommunicator(rank));
-        return body(communicator.get());
+        return body(communicator.get(), control.get());
       }();
       if (!statuses[rank].ok()) world->Abort(rank, statuses[rank].message());
     });
@@ -79,8 +79,7 @@ int PlannedWorldSize(const RankGroupOptions& options) {
   return options.local_ranks;
 }
 
-absl::Status RunRanks(const RankGroupOptions& options,
-                      const std::function<absl::Status(comm::Communicator* comm)>& body) {
+absl::Status RunRanks(const RankGroupOptions& options, const RankBody& body) {
   if (options.local_ranks < 1) {
     return absl::InvalidArgumentError(
         absl::StrCat("--local-ranks must be >= 1, got ", options.local_ranks));
@@ -92,7 +91,7 @@ absl::Status RunRanks(const RankGroupOptions& options,
     return RunMpiRank(options, body);
   }
   if (options.local_ranks > 1) return RunLocalRanks(options.local_ranks, body);
-  return body(nullptr);
+  return body(nullptr, nullptr);
 }
 
 }  // namespace herd

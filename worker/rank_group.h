@@ -13,6 +13,7 @@
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "comm/communicator.h"
+#include "comm/control_channel.h"
 
 namespace herd {
 
@@ -27,13 +28,17 @@ struct RankGroupOptions {
 // under mpirun).
 int PlannedWorldSize(const RankGroupOptions& options);
 
+// The body each rank runs: its data-plane communicator and its control
+// channel (host messages, e.g. step plans), both nullptr for a single rank
+// and valid only during the call.
+using RankBody =
+    std::function<absl::Status(comm::Communicator* comm, comm::ControlChannel* control)>;
+
 // Runs `body` on every rank of this process and blocks until all return.
-// `comm` is nullptr for a single rank; it is valid only during the call.
 // When a local rank fails, the others are aborted so that none waits for its
 // deadline. Returns the error of the lowest failing rank of this process, or
 // OK. InvalidArgument when local_ranks < 1 or local ranks are asked for
 // under mpirun.
-absl::Status RunRanks(const RankGroupOptions& options,
-                      const std::function<absl::Status(comm::Communicator* comm)>& body);
+absl::Status RunRanks(const RankGroupOptions& options, const RankBody& body);
 
 }  // namespace herd

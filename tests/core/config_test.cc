@@ -56,6 +56,42 @@ TEST(ConfigTest, MissingFileIsNotFound) {
   EXPECT_EQ(config.status().code(), absl::StatusCode::kNotFound);
 }
 
+TEST(ConfigTest, ReadsTheServeSection) {
+  auto config = ParseConfig(
+      "serve:\n  host: 0.0.0.0\n  port: 9000\n  api_key: k\n  kv_cache_bytes: 1024\n"
+      "  kv_block_tokens: 8\n  max_step_tokens: 64\n  max_waiting: 3\n  max_running: 2\n"
+      "  max_body_bytes: 100\n  drain_timeout_s: 1.5\n  request_timeout_s: 9\n"
+      "  detailed_expert_metrics: true\n  model_name: m\n",
+      "serve.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  const ServeConfig& s = config->serve;
+  EXPECT_EQ(s.host, "0.0.0.0");
+  EXPECT_EQ(s.port, 9000);
+  EXPECT_EQ(s.api_key, "k");
+  EXPECT_EQ(s.model_name, "m");
+  EXPECT_EQ(s.kv_cache_bytes, 1024);
+  EXPECT_EQ(s.kv_block_tokens, 8);
+  EXPECT_EQ(s.max_step_tokens, 64);
+  EXPECT_EQ(s.max_waiting, 3);
+  EXPECT_EQ(s.max_running, 2);
+  EXPECT_EQ(s.max_body_bytes, 100);
+  EXPECT_DOUBLE_EQ(s.drain_timeout_s, 1.5);
+  EXPECT_DOUBLE_EQ(s.request_timeout_s, 9);
+  EXPECT_TRUE(s.detailed_expert_metrics);
+}
+
+TEST(ConfigTest, RejectsBadServeValues) {
+  for (const char* text :
+       {"serve:\n  port: 70000\n", "serve:\n  max_waiting: 0\n", "serve:\n  kv_block_tokens: -1\n",
+        "serve:\n  kv_cache_bytes: -5\n", "serve:\n  drain_timeout_s: -1\n", "serve:\n  host: ''\n",
+        "serve:\n  prot: 1\n", "serve:\n  port: eighty\n"}) {
+    SCOPED_TRACE(text);
+    auto config = ParseConfig(text, "bad.yaml");
+    ASSERT_FALSE(config.ok());
+    EXPECT_EQ(config.status().code(), absl::StatusCode::kInvalidArgument);
+  }
+}
+
 TEST(ConfigTest, EveryExampleInConfigsValidates) {
   int checked = 0;
   for (const auto& entry :
