@@ -28,3 +28,9 @@ if(HERD_WITH_NCCL)
   set_target_properties(nccl::nccl PROPERTIES IMPORTED_LOCATION "${NCCL_LIBRARY}"
                         INTERFACE_INCLUDE_DIRECTORIES "${NCCL_INCLUDE_DIR}")
 endif()
+
+# Serving: prometheus-cpp's registry and text serializer; cpp-httplib (Debian
+# builds it as a shared library with a .pc file, no CMake config).
+find_package(prometheus-cpp CONFIG REQUIRED)
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)

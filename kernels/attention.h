@@ -1,4 +1,6 @@
-// Causal grouped-query attention of new tokens against one sequence's KV cache.
+// Causal grouped-query attention of new tokens against a paged KV cache:
+// every sequence's cached keys and values live in fixed-size blocks that its
+// block table names, so many sequences share one pool of blocks.
 #pragma once
 
 #include <cstddef>
@@ -14,17 +16,40 @@ struct AttentionShape {
   int64_t head_dim = 0;
 };
 
+// One layer's K and V blocks. Block b holds positions [0, block_tokens) of
+// whichever sequence owns it:
+//   keys + b * block_stride    F32 [block_tokens, num_kv_heads * head_dim]
+//   values + b * block_stride  F32 [block_tokens, num_kv_heads * head_dim]
+struct KvBlocks {
+  const float* keys = nullptr;
+  const float* values = nullptr;
+  int64_t block_stride = 0;  // floats from one block to the next
+  int64_t block_tokens = 0;
+};
+
+// The new tokens of one sequence, at positions start_pos .. start_pos +
+// num_tokens - 1, whose K/V rows are already in the sequence's blocks.
+struct AttentionSequence {
+  const float* q = nullptr;  // F32 [num_tokens, num_heads * head_dim]
+  float* out = nullptr;      // F32 [num_tokens, num_heads * head_dim]
+  int64_t num_tokens = 0;
+  int64_t start_pos = 0;
+  // I32 [ceil((start_pos + num_tokens) / block_tokens)]: entry j is the block
+  // holding positions [j * block_tokens, (j + 1) * block_tokens).
+  const int32_t* block_table = nullptr;
+};
+
 // Bytes of workspace for `num_threads` threads attending over up to
-// `max_context` cached positions.
+// `max_context` cached positions (the largest start_pos + num_tokens).
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int64_t max_context, int num_threads);
 
-// q F32 [num_tokens, num_heads, head_dim] for positions start_pos .. start_pos +
-// num_tokens - 1; k_cache, v_cache F32 [>= start_pos + num_tokens, num_kv_heads,
-// head_dim] already holding those positions. Token t attends to cached
-// positions [0, start_pos + t] with scale 1/sqrt(head_dim). out F32
-// [num_tokens, num_heads * head_dim]. Work is split over (token, head) pairs.
-void Attention(const AttentionShape& shape, const float* q, int64_t num_tokens, int64_t start_pos,
-               const float* k_cache, const float* v_cache, float* out, void* workspace,
-               size_t workspace_bytes, ThreadPool& pool);
+// For each of `num_sequences` sequences, token t attends to its positions
+// [0, start_pos + t] with scale 1/sqrt(head_dim), reading them block by block
+// through the block table (no copy of the context). Work is split over the
+// (sequence, token, head) triples of all sequences in one parallel loop, so a
+// batch of single-token decodes keeps every thread busy. The caller checked
+// the block tables (ids inside `kv`, long enough).
+void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionSequence* sequences,
+               int64_t num_sequences, void* workspace, size_t workspace_bytes, ThreadPool& pool);
 
 }  // namespace herd::cpu

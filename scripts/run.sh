@@ -1,14 +1,17 @@
 #!/usr/bin/env bash
-# Sets up Herd and runs its main job on this machine: greedy generation on the
-# tiny Mixtral-style model shipped in tests/data (random weights, llama.cpp's
-# reference fixture), printing the generated token ids.
+# Sets up Herd and runs its main job on this machine: `herd serve`, the
+# OpenAI-compatible server, on http://127.0.0.1:8000. Without MODEL it serves
+# a small demo model that `herd serve` creates itself (random weights: its
+# token ids carry no meaning). Stop it with Ctrl-C; it drains first.
+#
+#   scripts/run.sh                          # the demo model on port 8000
+#   MODEL=path/to/model.gguf scripts/run.sh --port 9000
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 BUILD_DIR=${BUILD_DIR:-build}
-MODEL=${MODEL:-tests/data/llamacpp-tiny/tiny-q8_0.gguf}
-echo "run: $MODEL has random weights; its token ids carry no meaning"
-"$BUILD_DIR/tools/herd" inspect --model "$MODEL"
-"$BUILD_DIR/tools/herd" generate --model "$MODEL" \
-  --prompt-ids 1,17,42,0,511,100,256,7,300,42,42,99,5,400,128,64 --max-new-tokens 16 "$@"
+args=()
+if [ -n "${MODEL:-}" ]; then args+=(--model "$MODEL"); fi
+echo "run: try  curl -s localhost:8000/v1/completions -d '{\"prompt\": [1, 2, 3], \"max_tokens\": 8}'"
+exec "$BUILD_DIR/tools/herd" serve "${args[@]}" "$@"

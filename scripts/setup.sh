@@ -20,7 +20,7 @@ PACKAGES=(
   libgtest-dev libgmock-dev libbenchmark-dev
   libopenmpi-dev openmpi-bin libucx-dev ucx-utils
   iproute2
-  prometheus-cpp-dev
+  prometheus-cpp-dev prometheus
   zlib1g-dev
   libpcre2-dev libicu-dev
   clang-format clang-tidy shellcheck

@@ -19,6 +19,7 @@ struct Command {
 // Every subcommand, in the order `herd --help` lists them. One line each.
 constexpr Command kCommands[] = {
     {"inspect", RunInspectCommand, "describe a model: architecture, shapes, dtypes, bytes"},
+    {"serve", RunServeCommand, "serve the model over an OpenAI-compatible HTTP API"},
     {"generate", RunGenerateCommand, "run a prompt of token ids and print the generated ids"},
     {"tokenize", RunTokenizeCommand, "print the token ids of a text (the model's tokenizer)"},
     {"detokenize", RunDetokenizeCommand, "print the text of token ids"},

@@ -14,6 +14,10 @@ namespace herd {
 // herd inspect --model PATH [--json] [--tensors]
 absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostream& out);
 
+// herd serve [--model PATH] [--host H] [--port P] [--config FILE] ...: the
+// OpenAI-compatible server (docs/serving.md).
+absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream& out);
+
 // herd generate --model PATH (--prompt-ids 1,2,3 | --prompt TEXT) --max-new-tokens N
 //   [--temperature T]
 //   [--top-p P] [--seed S] [--threads T] [--dump-logits FILE] [--config FILE]
@@ -22,8 +26,8 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
 // herd synth [shape flags] --dtype D --seed S --out FILE: a random-weight GGUF model.
 absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream& out);
 
-// herd bench --model PATH ... (RunBenchModelCommand) or herd bench comm ...
-// (RunBenchCommCommand).
+// herd bench --model PATH ... (RunBenchModelCommand), herd bench comm ...
+// (RunBenchCommCommand) or herd bench serve ... (RunBenchServeCommand).
 absl::Status RunBenchCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd bench --model PATH [--threads T] [--prompt 512] [--gen 128] [--repetitions R]
@@ -31,6 +35,11 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
 
 // herd bench comm --backend local|mpi|nccl --tokens T --hidden H --top-k K --experts E
 absl::Status RunBenchCommCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd bench serve --url URL [--concurrency C] [--requests R] [--prompt-len P] [--gen-len G]
+//   [--api-key K] [--vocab V] [--seed S] [--stream true|false] [--json]: load on an
+//   OpenAI-compatible server's /v1/completions; throughput and TTFT/ITL/E2E percentiles.
+absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd tokenize --model PATH (--text S | --text-file F) [--bos] [--eos] [--special]
 absl::Status RunTokenizeCommand(const std::vector<std::string>& args, std::ostream& out);

@@ -86,7 +86,12 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
                                                    const ModelBenchOptions& options) {
   const ModelSpec& s = model.spec;
   const int64_t capacity = std::max<int64_t>({options.prompt_tokens, options.gen_tokens, 1});
-  HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(s, capacity));
+  // One sequence in a paged cache of its own, in the block size serving uses.
+  const int64_t num_blocks = (capacity + kDefaultKvBlockTokens - 1) / kDefaultKvBlockTokens;
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
+                        KvCache::Create(s, num_blocks, kDefaultKvBlockTokens));
+  std::vector<int32_t> block_table(num_blocks);
+  std::iota(block_table.begin(), block_table.end(), 0);
   std::mt19937_64 rng(options.seed);
   std::uniform_int_distribution<int32_t> token(0, static_cast<int32_t>(s.vocab_size - 1));
   std::vector<float> logits(s.vocab_size);
@@ -96,8 +101,9 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
   // costs stay out of the samples.
   {
     Batch warm;
+    warm.cache = cache.get();
     warm.token_ids = {token(rng), token(rng)};
-    warm.chunks = {{cache.get(), 0, 2}};
+    warm.chunks = {{block_table, 0, 2}};
     warm.logit_rows = {1};
     HERD_RETURN_IF_ERROR(engine.Forward(warm, logits.data()));
   }
@@ -106,8 +112,9 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
   for (int r = 0; r < options.repetitions; ++r) {
     if (options.prompt_tokens > 0) {
       Batch batch;
+      batch.cache = cache.get();
       for (int64_t i = 0; i < options.prompt_tokens; ++i) batch.token_ids.push_back(token(rng));
-      batch.chunks = {{cache.get(), 0, options.prompt_tokens}};
+      batch.chunks = {{block_table, 0, options.prompt_tokens}};
       batch.logit_rows = {options.prompt_tokens - 1};
       const auto start = std::chrono::steady_clock::now();
       HERD_RETURN_IF_ERROR(engine.Forward(batch, logits.data()));
@@ -118,8 +125,9 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
       const auto start = std::chrono::steady_clock::now();
       for (int64_t pos = 0; pos < options.gen_tokens; ++pos) {
         Batch step;
+        step.cache = cache.get();
         step.token_ids = {next};
-        step.chunks = {{cache.get(), pos, 1}};
+        step.chunks = {{block_table, pos, 1}};
         step.logit_rows = {0};
         HERD_RETURN_IF_ERROR(engine.Forward(step, logits.data()));
         next =

@@ -21,6 +21,7 @@ Engine::Engine(const Model& model, const EngineOptions& options, int num_threads
       pool_(num_threads),
       max_step_tokens_(options.max_step_tokens),
       ep_(options.expert_parallelism) {
+  stats_.layer_expert_rows.assign(model.spec.num_layers, 0);
   if (ep_.comm != nullptr) exchange_ = std::make_unique<comm::ExpertExchange>(ep_.comm);
 }
 
@@ -146,15 +147,32 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
 
 absl::Status Engine::ValidateBatch(const Batch& batch) const {
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
+  if (!batch.chunks.empty() && batch.cache == nullptr) {
+    return absl::InvalidArgumentError("a batch with chunks needs a KV cache");
+  }
+  const int64_t block_tokens = batch.cache != nullptr ? batch.cache->block_tokens() : 0;
   int64_t covered = 0;
-  for (const SequenceChunk& c : batch.chunks) {
-    if (c.cache == nullptr || c.num_tokens <= 0 || c.start_pos < 0) {
-      return absl::InvalidArgumentError("batch chunk needs a cache, tokens and a position >= 0");
-    }
-    if (c.start_pos + c.num_tokens > c.cache->capacity_tokens()) {
+  for (size_t i = 0; i < batch.chunks.size(); ++i) {
+    const SequenceChunk& c = batch.chunks[i];
+    if (c.num_tokens <= 0 || c.start_pos < 0) {
       return absl::InvalidArgumentError(
-          absl::StrCat("sequence would reach position ", c.start_pos + c.num_tokens,
-                       " but its KV cache holds ", c.cache->capacity_tokens(), " tokens"));
+          absl::StrCat("batch chunk ", i, " needs tokens and a position >= 0, got ", c.num_tokens,
+                       " tokens at position ", c.start_pos));
+    }
+    // The table's reach; compared so that no sum can overflow.
+    const int64_t table_tokens = static_cast<int64_t>(c.block_table.size()) * block_tokens;
+    if (c.start_pos > table_tokens || c.num_tokens > table_tokens - c.start_pos) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("batch chunk ", i, " reaches position ", c.start_pos, " + ", c.num_tokens,
+                       " but its block table of ", c.block_table.size(), " blocks holds ",
+                       table_tokens, " positions"));
+    }
+    for (int32_t block_idx : c.block_table) {
+      if (block_idx < 0 || block_idx >= batch.cache->num_blocks()) {
+        return absl::InvalidArgumentError(absl::StrCat("batch chunk ", i, " names KV block ",
+                                                       block_idx, " outside the cache's [0, ",
+                                                       batch.cache->num_blocks(), ")"));
+      }
     }
     covered += c.num_tokens;
   }
@@ -171,6 +189,24 @@ absl::Status Engine::ValidateBatch(const Batch& batch) const {
   for (int64_t row : batch.logit_rows) {
     if (row < 0 || row >= num_tokens) {
       return absl::InvalidArgumentError(absl::StrCat("logit row ", row, " is outside the batch"));
+    }
+  }
+  // Two tokens writing one cache position (a block handed out twice) would
+  // corrupt a sequence silently.
+  if (num_tokens > 1) {
+    std::vector<int64_t> written;
+    written.reserve(num_tokens);
+    for (const SequenceChunk& c : batch.chunks) {
+      for (int64_t pos = c.start_pos; pos < c.start_pos + c.num_tokens; ++pos) {
+        written.push_back(c.block_table[pos / block_tokens] * block_tokens + pos % block_tokens);
+      }
+    }
+    std::sort(written.begin(), written.end());
+    const auto dup = std::adjacent_find(written.begin(), written.end());
+    if (dup != written.end()) {
+      return absl::InvalidArgumentError(absl::StrCat("two tokens of the batch write KV block ",
+                                                     *dup / block_tokens, " row ",
+                                                     *dup % block_tokens));
     }
   }
   return absl::OkStatus();
@@ -256,12 +292,15 @@ absl::Status Engine::Forward(const Batch& batch, float* logits) {
     const int64_t first = std::min(num_tokens, step_idx * max_step_tokens_);
     const int64_t last = std::min(num_tokens, first + max_step_tokens_);
     Batch step;
+    step.cache = batch.cache;
     step.token_ids.assign(batch.token_ids.begin() + first, batch.token_ids.begin() + last);
     int64_t row = 0;
     for (const SequenceChunk& c : batch.chunks) {
       const int64_t begin = std::max(row, first);
       const int64_t end = std::min(row + c.num_tokens, last);
-      if (begin < end) step.chunks.push_back({c.cache, c.start_pos + (begin - row), end - begin});
+      if (begin < end) {
+        step.chunks.push_back({c.block_table, c.start_pos + (begin - row), end - begin});
+      }
       row += c.num_tokens;
     }
     std::vector<int64_t> outputs;  // indices into batch.logit_rows
@@ -298,9 +337,13 @@ absl::Status Engine::ForwardStep(const Batch& batch, float* logits) {
     max_context = std::max(max_context, c.start_pos + c.num_tokens);
   }
   Reserve(num_tokens, max_context);
+  const int64_t q_dim = s.num_heads * s.head_dim;
+  attention_sequences_.clear();
   {
     int64_t row = 0;
     for (const SequenceChunk& c : batch.chunks) {
+      attention_sequences_.push_back({q_.data() + row * q_dim, attn_.data() + row * q_dim,
+                                      c.num_tokens, c.start_pos, c.block_table.data()});
       for (int64_t i = 0; i < c.num_tokens; ++i) {
         positions_[row++] = static_cast<int32_t>(c.start_pos + i);
       }
@@ -355,17 +398,27 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   cpu::ApplyRope(k_.data(), num_tokens, s.num_kv_heads, s.head_dim, s.rope_dim, positions_.data(),
                  s.rope_theta, s.rope_style);
 
-  int64_t row = 0;
-  for (const SequenceChunk& c : batch.chunks) {
-    float* keys = c.cache->keys(layer_idx);
-    float* values = c.cache->values(layer_idx);
-    std::memcpy(keys + c.start_pos * kv_dim, k_.data() + row * kv_dim,
-                c.num_tokens * kv_dim * sizeof(float));
-    std::memcpy(values + c.start_pos * kv_dim, v_.data() + row * kv_dim,
-                c.num_tokens * kv_dim * sizeof(float));
-    cpu::Attention({s.num_heads, s.num_kv_heads, s.head_dim}, q_.data() + row * q_dim, c.num_tokens,
-                   c.start_pos, keys, values, attn_.data() + row * q_dim, ws, ws_bytes, pool_);
-    row += c.num_tokens;
+  // Each new token's K/V row goes to its position's block, then every
+  // chunk's tokens attend over their blocks in one parallel loop. (An
+  // expert-parallel rank with an empty batch has no cache to touch.)
+  if (!batch.chunks.empty()) {
+    KvCache& cache = *batch.cache;
+    const int64_t block_tokens = cache.block_tokens();
+    int64_t row = 0;
+    for (const SequenceChunk& c : batch.chunks) {
+      for (int64_t pos = c.start_pos; pos < c.start_pos + c.num_tokens; ++pos, ++row) {
+        const int32_t block_idx = c.block_table[pos / block_tokens];
+        const int64_t offset = (pos % block_tokens) * kv_dim;
+        std::memcpy(cache.keys(layer_idx, block_idx) + offset, k_.data() + row * kv_dim,
+                    kv_dim * sizeof(float));
+        std::memcpy(cache.values(layer_idx, block_idx) + offset, v_.data() + row * kv_dim,
+                    kv_dim * sizeof(float));
+      }
+    }
+    const cpu::KvBlocks kv{cache.keys(layer_idx, 0), cache.values(layer_idx, 0),
+                           cache.block_floats(), block_tokens};
+    cpu::Attention({s.num_heads, s.num_kv_heads, s.head_dim}, kv, attention_sequences_.data(),
+                   static_cast<int64_t>(attention_sequences_.size()), ws, ws_bytes, pool_);
   }
   HERD_RETURN_IF_ERROR(cpu::Matmul(p.o, w.o.bias.as<float>(), attn_.data(), num_tokens,
                                    proj_.data(), ws, ws_bytes, pool_));
@@ -412,6 +465,7 @@ absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
   const int64_t hidden = s.hidden_size;
   cpu::PermuteByExpert(expert_idx_.data(), num_slots, s.num_experts, row_to_slot_.data(),
                        expert_offsets_.data());
+  stats_.layer_expert_rows[layer_idx] += num_slots;
   for (int64_t r = 0; r < num_slots; ++r) {
     const int32_t slot = row_to_slot_[r];
     slot_to_row_[slot] = static_cast<int32_t>(r);
@@ -449,12 +503,17 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
   args.num_tokens = num_tokens;
   args.top_k = top_k;
   args.hidden_size = hidden;
+  const int64_t bytes_sent_before = ep_.comm->stats().bytes_sent;
+  absl::Cleanup count_bytes = [&] {
+    stats_.all_to_all_bytes += ep_.comm->stats().bytes_sent - bytes_sent_before;
+  };
   const absl::Time dispatch_start = absl::Now();
   HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
                         exchange_->Dispatch(args, dispatch_start + ep_.timeout));
   stats_.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - dispatch_start);
   stats_.dispatched_slots += num_slots;
   stats_.received_rows += handle.num_recv_rows();
+  stats_.layer_expert_rows[layer_idx] += handle.num_recv_rows();
 
   // Group what arrived by expert, run the local experts, restore arrival order.
   const int64_t num_recv = handle.num_recv_rows();

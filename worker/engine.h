@@ -2,11 +2,12 @@
 // tokens from one or more sequences.
 //
 // One step, per layer: RMSNorm -> q/k/v projections (+bias, q/k norm) ->
-// RoPE -> write K/V to each sequence's cache -> causal GQA attention ->
-// output projection + residual -> RMSNorm -> router top-k -> permute tokens by
-// expert -> grouped expert SwiGLU FFNs (+ the shared expert) -> weighted
-// combine + residual. After the last layer, the final norm and the lm head run
-// only for the rows whose logits were asked for.
+// RoPE -> write K/V into each sequence's blocks of the paged cache -> causal
+// GQA attention over those blocks -> output projection + residual -> RMSNorm
+// -> router top-k -> permute tokens by expert -> grouped expert SwiGLU FFNs
+// (+ the shared expert) -> weighted combine + residual. After the last layer,
+// the final norm and the lm head run only for the rows whose logits were
+// asked for.
 //
 // Thread-safety: an Engine is driven by one thread at a time (it owns scratch
 // buffers); kernels inside use its thread pool. The Model must outlive it.
@@ -15,6 +16,7 @@
 #include <cstdint>
 #include <functional>
 #include <memory>
+#include <span>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -24,6 +26,7 @@
 #include "comm/expert_exchange.h"
 #include "core/placement.h"
 #include "core/thread_pool.h"
+#include "kernels/attention.h"
 #include "kernels/moe.h"
 #include "model/model.h"
 #include "worker/kv_cache.h"
@@ -54,14 +57,23 @@ struct EngineOptions {
 
 // A run of consecutive tokens of one sequence inside a batch.
 struct SequenceChunk {
-  KvCache* cache = nullptr;  // the sequence's cache; holds positions [0, start_pos) already
-  int64_t start_pos = 0;     // position of the chunk's first token
+  // I32: the sequence's blocks of the batch's cache in position order (entry
+  // j holds positions [j * block_tokens, (j + 1) * block_tokens)), covering
+  // at least [0, start_pos + num_tokens). Positions [0, start_pos) are
+  // already there; the chunk writes its own. Borrowed for the Forward call.
+  std::span<const int32_t> block_table;
+  int64_t start_pos = 0;  // position of the chunk's first token
   int64_t num_tokens = 0;
 };
 
 struct Batch {
+  // The paged cache every chunk's block table points into (borrowed); may be
+  // nullptr only for a batch without chunks.
+  KvCache* cache = nullptr;
   // I32 [num_tokens]: the chunks' tokens, concatenated in chunk order.
   std::vector<int32_t> token_ids;
+  // NOTE: the positions a chunk writes must not be read by another sequence
+  // of the batch (no block is written by one sequence and shared by another).
   std::vector<SequenceChunk> chunks;
   // Batch rows whose logits are wanted, in the order they are written.
   std::vector<int64_t> logit_rows;
@@ -81,6 +93,12 @@ struct EngineStats {
   double combine_seconds = 0;   // expert parallelism: waiting in Combine
   int64_t dispatched_slots = 0;
   int64_t received_rows = 0;
+  // Rows this rank's routed experts computed, per layer: tokens * top_k on a
+  // single rank, the rows received in dispatch with expert parallelism.
+  std::vector<int64_t> layer_expert_rows;
+  // Expert parallelism: bytes this rank sent to other ranks in the experts'
+  // all-to-alls (dispatch and combine, counts exchange included).
+  int64_t all_to_all_bytes = 0;
 };
 
 class Engine {
@@ -93,12 +111,20 @@ class Engine {
                                                         const EngineOptions& options);
 
   // Runs `batch`; writes F32 [batch.logit_rows.size(), vocab] into `logits`.
-  // InvalidArgument for ids outside the vocabulary, chunks that do not add up
-  // to the tokens, or a chunk past its cache's capacity; nothing is written to
-  // any cache then. With expert parallelism Forward is a collective: every
-  // rank calls it the same number of times, with an empty batch when it has
-  // no tokens; errors of a peer surface as the Communicator's errors.
+  // InvalidArgument (see ValidateBatch) before anything is written to the
+  // cache and, with expert parallelism, before any collective. With expert
+  // parallelism Forward is a collective: every rank calls it the same number
+  // of times, with an empty batch when it has no tokens; errors of a peer
+  // surface as the Communicator's errors.
   absl::Status Forward(const Batch& batch, float* logits);
+
+  // The checks Forward runs first: InvalidArgument for ids outside the
+  // vocabulary, chunks that do not add up to the tokens, chunks without a
+  // cache, block ids outside the cache, a block table too short for its
+  // chunk, two tokens writing the same cache position, or logit rows outside
+  // the batch. A caller that must not miss a collective (expert parallelism)
+  // checks first and runs an empty batch instead of a bad one.
+  absl::Status ValidateBatch(const Batch& batch) const;
 
   void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
   bool expert_parallel() const { return ep_.comm != nullptr; }
@@ -115,7 +141,6 @@ class Engine {
   Engine(const Model& model, const EngineOptions& options, int num_threads);
   // Forward for at most max_step_tokens_ tokens (Forward validated the batch).
   absl::Status ForwardStep(const Batch& batch, float* logits);
-  absl::Status ValidateBatch(const Batch& batch) const;
   void Reserve(int64_t num_tokens, int64_t max_context);
   absl::Status AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens);
   absl::Status MoeBlock(int layer_idx, int64_t num_tokens);
@@ -166,6 +191,7 @@ class Engine {
   std::vector<float> expert_in_;         // F32 [T * top_k, hidden], rows grouped by expert
   std::vector<float> expert_out_;        // F32 [T * top_k, hidden]
   std::vector<int32_t> positions_;       // I32 [T]
+  std::vector<cpu::AttentionSequence> attention_sequences_;  // one per chunk of the step
   // Expert parallelism only.
   std::vector<int32_t> dest_rank_;        // I32 [T * top_k]: rank each slot goes to
   std::vector<int32_t> recv_row_to_row_;  // I32 [R]: received rows grouped by expert

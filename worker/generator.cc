@@ -1,6 +1,7 @@
 #include "worker/generator.h"
 
 #include <cmath>
+#include <numeric>
 #include <random>
 
 #include "absl/strings/str_cat.h"
@@ -51,7 +52,13 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_
         absl::StrCat("prompt (", prompt_len, ") + max_new_tokens (", options.max_new_tokens,
                      ") exceeds the context of ", capacity, " tokens"));
   }
-  HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache, KvCache::Create(engine.spec(), capacity));
+  // The sequence has the paged cache to itself: enough blocks for the
+  // context, in order.
+  const int64_t num_blocks = (capacity + kDefaultKvBlockTokens - 1) / kDefaultKvBlockTokens;
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
+                        KvCache::Create(engine.spec(), num_blocks, kDefaultKvBlockTokens));
+  std::vector<int32_t> block_table(num_blocks);
+  std::iota(block_table.begin(), block_table.end(), 0);
 
   GenerateResult result;
   const int64_t num_rows = options.keep_logits ? needed : 0;
@@ -62,8 +69,9 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_
 
   // Prefill: every prompt row when logits are kept, else only the last.
   Batch batch;
+  batch.cache = cache.get();
   batch.token_ids = prompt;
-  batch.chunks = {{cache.get(), 0, prompt_len}};
+  batch.chunks = {{block_table, 0, prompt_len}};
   if (options.keep_logits) {
     for (int64_t i = 0; i < prompt_len; ++i) batch.logit_rows.push_back(i);
     HERD_RETURN_IF_ERROR(engine.Forward(batch, result.logits.data()));
@@ -81,8 +89,9 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_
     if (last_step && !options.keep_logits) break;
     // Feed the new token: its logits pick the next one (or fill the dump's last row).
     Batch step;
+    step.cache = cache.get();
     step.token_ids = {next};
-    step.chunks = {{cache.get(), prompt_len + g, 1}};
+    step.chunks = {{block_table, prompt_len + g, 1}};
     step.logit_rows = {0};
     float* out =
         options.keep_logits ? result.logits.data() + (prompt_len + g) * vocab : last.data();

@@ -1,10 +1,17 @@
-// The key/value cache of one sequence: F32, contiguous per layer.
+// The paged key/value cache of one rank, shared by all its sequences
+// (vLLM-style): a pool of `num_blocks` blocks of `block_tokens` positions
+// each. A sequence owns an ordered list of blocks, its block table: position
+// p lives in block block_table[p / block_tokens] at row p % block_tokens. The
+// cache knows nothing of sequences; whoever plans the batches (the generator
+// for one sequence, the coordinator when serving) hands out the blocks.
 //
-// Layout: for each layer, K and V are F32 [capacity_tokens, num_kv_heads *
-// head_dim], position p at row p. The engine writes the rows of new tokens
-// before attention reads [0, position]. Not thread-safe; one sequence is
-// driven by one caller at a time. (The serving issue replaces this with a
-// paged cache shared by many sequences.)
+// Layout: one F32 array, [layer][K | V][block][block_tokens][num_kv_heads *
+// head_dim], so within a layer the blocks of K (and of V) are evenly spaced
+// and the attention kernel reaches block b at keys(layer, 0) + b *
+// block_floats(). The engine writes the rows of new tokens before attention
+// reads positions [0, position].
+//
+// Not thread-safe: one engine drives the cache at a time.
 #pragma once
 
 #include <cstdint>
@@ -16,27 +23,52 @@
 
 namespace herd {
 
+// Tokens per block where nobody chose (vLLM's default too): a sequence wastes
+// at most 15 positions of its last block, and the attention kernel reads 16
+// positions between two block-table lookups.
+inline constexpr int64_t kDefaultKvBlockTokens = 16;
+
 class KvCache {
  public:
-  // Allocates capacity_tokens positions for every layer of `spec`.
-  // ResourceExhausted if the allocation fails.
-  static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelSpec& spec,
-                                                         int64_t capacity_tokens);
+  // Allocates num_blocks blocks of block_tokens positions for every layer of
+  // `spec`. InvalidArgument unless 1 <= num_blocks <= 2^31 - 1 (block ids are
+  // I32) and block_tokens >= 1; ResourceExhausted if the allocation fails.
+  static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelSpec& spec, int64_t num_blocks,
+                                                         int64_t block_tokens);
 
-  int64_t capacity_tokens() const { return capacity_tokens_; }
+  // Bytes one block takes over all layers, K and V (0 for block_tokens < 1).
+  static int64_t BytesPerBlock(const ModelSpec& spec, int64_t block_tokens);
+
+  int64_t num_blocks() const { return num_blocks_; }
+  int64_t block_tokens() const { return block_tokens_; }
+  // Positions the whole pool holds.
+  int64_t capacity_tokens() const { return num_blocks_ * block_tokens_; }
+  // Floats of one position's K (or V) row: num_kv_heads * head_dim.
   int64_t row_floats() const { return row_floats_; }
+  // Floats from one block of a layer's K (or V) to the next.
+  int64_t block_floats() const { return block_tokens_ * row_floats_; }
   size_t num_bytes() const { return storage_.size() * sizeof(float); }
 
-  float* keys(int64_t layer_idx) { return storage_.data() + (2 * layer_idx) * layer_floats(); }
-  float* values(int64_t layer_idx) {
-    return storage_.data() + (2 * layer_idx + 1) * layer_floats();
+  // F32 [block_tokens, row_floats]: the K (V) rows of block `block_idx` in
+  // layer `layer_idx`. Both indices must be in range (not checked).
+  float* keys(int64_t layer_idx, int64_t block_idx) {
+    return storage_.data() + ((2 * layer_idx) * num_blocks_ + block_idx) * block_floats();
+  }
+  float* values(int64_t layer_idx, int64_t block_idx) {
+    return storage_.data() + ((2 * layer_idx + 1) * num_blocks_ + block_idx) * block_floats();
+  }
+  const float* keys(int64_t layer_idx, int64_t block_idx) const {
+    return const_cast<KvCache*>(this)->keys(layer_idx, block_idx);
+  }
+  const float* values(int64_t layer_idx, int64_t block_idx) const {
+    return const_cast<KvCache*>(this)->values(layer_idx, block_idx);
   }
 
  private:
-  KvCache(int64_t num_layers, int64_t capacity_tokens, int64_t row_floats);
-  int64_t layer_floats() const { return capacity_tokens_ * row_floats_; }
+  KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_tokens, int64_t row_floats);
 
-  int64_t capacity_tokens_;
+  int64_t num_blocks_;
+  int64_t block_tokens_;
   int64_t row_floats_;
   std::vector<float> storage_;
 };

@@ -266,29 +266,106 @@ TEST(RopeTest, PartialRotationLeavesTailUntouched) {
   for (int i = 8; i < 16; ++i) EXPECT_EQ(x[i], original[i]);
 }
 
-TEST(AttentionTest, MatchesNaiveCausalGqa) {
+// One sequence of an attention test: its full K/V (F32 [start + tokens,
+// kv_heads * head_dim]) and its new tokens' queries.
+struct AttentionCase {
+  int64_t start_pos = 0;
+  int64_t num_tokens = 0;
+  std::vector<float> q, k, v;
+};
+
+AttentionCase MakeAttentionCase(const AttentionShape& shape, int64_t start_pos, int64_t num_tokens,
+                                uint32_t seed) {
+  const int64_t context = start_pos + num_tokens;
+  return {start_pos, num_tokens, Random(num_tokens * shape.num_heads * shape.head_dim, seed),
+          Random(context * shape.num_kv_heads * shape.head_dim, seed + 1),
+          Random(context * shape.num_kv_heads * shape.head_dim, seed + 2)};
+}
+
+// A block pool holding `cases`, each in blocks drawn from a shuffled pool
+// with spare blocks; every position no sequence owns is NaN, so reading past
+// a context poisons the output.
+struct PagedCases {
+  std::vector<float> keys, values;  // F32 [num_blocks, block_tokens, kv_heads * head_dim]
+  std::vector<std::vector<int32_t>> block_tables;
+  int64_t block_tokens = 0;
+  int64_t block_floats = 0;
+};
+
+PagedCases Page(const AttentionShape& shape, const std::vector<AttentionCase>& cases,
+                int64_t block_tokens, uint32_t seed) {
+  PagedCases paged;
+  paged.block_tokens = block_tokens;
+  const int64_t row = shape.num_kv_heads * shape.head_dim;
+  paged.block_floats = block_tokens * row;
+  int64_t num_blocks = 3;  // spares
+  for (const AttentionCase& c : cases) {
+    num_blocks += (c.start_pos + c.num_tokens + block_tokens - 1) / block_tokens;
+  }
+  std::vector<int32_t> pool(num_blocks);
+  std::iota(pool.begin(), pool.end(), 0);
+  std::shuffle(pool.begin(), pool.end(), std::mt19937(seed));
+  paged.keys.assign(num_blocks * paged.block_floats, NAN);
+  paged.values.assign(num_blocks * paged.block_floats, NAN);
+  size_t next = 0;
+  for (const AttentionCase& c : cases) {
+    std::vector<int32_t>& table = paged.block_tables.emplace_back();
+    for (int64_t pos = 0; pos < c.start_pos + c.num_tokens; ++pos) {
+      if (pos % block_tokens == 0) table.push_back(pool[next++]);
+      const int64_t at = table.back() * paged.block_floats + (pos % block_tokens) * row;
+      std::copy_n(c.k.data() + pos * row, row, paged.keys.data() + at);
+      std::copy_n(c.v.data() + pos * row, row, paged.values.data() + at);
+    }
+  }
+  return paged;
+}
+
+// Runs the kernel over `cases` paged with `block_tokens`; returns each
+// case's output, F32 [num_tokens, heads * head_dim].
+std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
+                                         const std::vector<AttentionCase>& cases,
+                                         int64_t block_tokens, int threads, uint32_t seed) {
+  const PagedCases paged = Page(shape, cases, block_tokens, seed);
+  std::vector<std::vector<float>> outs(cases.size());
+  std::vector<AttentionSequence> sequences;
+  int64_t max_context = 0;
+  for (size_t i = 0; i < cases.size(); ++i) {
+    outs[i].assign(cases[i].num_tokens * shape.num_heads * shape.head_dim, NAN);
+    sequences.push_back({cases[i].q.data(), outs[i].data(), cases[i].num_tokens, cases[i].start_pos,
+                         paged.block_tables[i].data()});
+    max_context = std::max(max_context, cases[i].start_pos + cases[i].num_tokens);
+  }
+  ThreadPool pool(threads);
+  std::vector<uint8_t> ws(AttentionWorkspaceBytes(shape, max_context, threads));
+  const KvBlocks kv{paged.keys.data(), paged.values.data(), paged.block_floats, block_tokens};
+  Attention(shape, kv, sequences.data(), static_cast<int64_t>(sequences.size()), ws.data(),
+            ws.size(), pool);
+  return outs;
+}
+
+TEST(AttentionTest, MatchesNaiveCausalGqaThroughShuffledBlocks) {
+  const AttentionShape shape{4, 2, 8};
+  // Prefill, decode deep in a context, a chunk straddling blocks, and a
+  // sequence without new tokens between the others.
+  const std::vector<AttentionCase> cases = {
+      MakeAttentionCase(shape, 0, 4, 1), MakeAttentionCase(shape, 5, 1, 11),
+      MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31)};
   for (int threads : {1, 2}) {
-    for (int64_t start : {0, 5}) {
-      for (int64_t tokens : {1, 4}) {
-        SCOPED_TRACE(testing::Message()
-                     << "threads=" << threads << " start=" << start << " tokens=" << tokens);
-        const AttentionShape shape{4, 2, 8};
-        const int64_t context = start + tokens;
-        const auto q = Random(tokens * 4 * 8, 1);
-        const auto k = Random(context * 2 * 8, 2);
-        const auto v = Random(context * 2 * 8, 3);
-        ThreadPool pool(threads);
-        std::vector<uint8_t> ws(AttentionWorkspaceBytes(shape, context, threads));
-        std::vector<float> out(tokens * 32);
-        Attention(shape, q.data(), tokens, start, k.data(), v.data(), out.data(), ws.data(),
-                  ws.size(), pool);
-        for (int64_t t = 0; t < tokens; ++t) {
+    for (int64_t block_tokens : {1, 3, 16, 64}) {
+      SCOPED_TRACE(testing::Message() << "threads=" << threads << " block_tokens=" << block_tokens);
+      const auto outs = RunPaged(shape, cases, block_tokens, threads, 7);
+      for (size_t c = 0; c < cases.size(); ++c) {
+        const AttentionCase& ac = cases[c];
+        for (int64_t t = 0; t < ac.num_tokens; ++t) {
           for (int64_t h = 0; h < 4; ++h) {
             const int64_t kvh = h / 2;
-            std::vector<double> s(start + t + 1);
-            for (int64_t p = 0; p <= start + t; ++p) {
+            const int64_t context = ac.start_pos + t + 1;
+            std::vector<double> s(context);
+            for (int64_t p = 0; p < context; ++p) {
               double dot = 0;
-              for (int i = 0; i < 8; ++i) dot += q[(t * 4 + h) * 8 + i] * k[(p * 2 + kvh) * 8 + i];
+              for (int i = 0; i < 8; ++i) {
+                dot += ac.q[(t * 4 + h) * 8 + i] * ac.k[(p * 2 + kvh) * 8 + i];
+              }
               s[p] = dot / std::sqrt(8.0);
             }
             const double mx = *std::max_element(s.begin(), s.end());
@@ -296,11 +373,34 @@ TEST(AttentionTest, MatchesNaiveCausalGqa) {
             for (double& e : s) z += (e = std::exp(e - mx));
             for (int i = 0; i < 8; ++i) {
               double o = 0;
-              for (int64_t p = 0; p <= start + t; ++p) o += s[p] / z * v[(p * 2 + kvh) * 8 + i];
-              ASSERT_NEAR(out[t * 32 + h * 8 + i], o, 1e-5);
+              for (int64_t p = 0; p < context; ++p) o += s[p] / z * ac.v[(p * 2 + kvh) * 8 + i];
+              ASSERT_NEAR(outs[c][t * 32 + h * 8 + i], o, 1e-5)
+                  << "sequence " << c << " token " << t << " head " << h;
             }
           }
         }
+      }
+    }
+  }
+}
+
+// The engine relies on this for bit-identical logits whatever blocks a
+// sequence gets and whoever shares the batch: per position the arithmetic
+// is the same for every block size, block order and batch.
+TEST(AttentionTest, OutputIsBitIdenticalForAnyBlocksAndBatch) {
+  const AttentionShape shape{8, 2, 64};
+  const std::vector<AttentionCase> cases = {MakeAttentionCase(shape, 0, 9, 1),
+                                            MakeAttentionCase(shape, 40, 1, 2),
+                                            MakeAttentionCase(shape, 13, 5, 3)};
+  // One block per sequence, in order: a contiguous cache.
+  const auto reference = RunPaged(shape, cases, 64, 1, 0);
+  for (int threads : {1, 2}) {
+    for (int64_t block_tokens : {1, 4, 16}) {
+      SCOPED_TRACE(testing::Message() << "threads=" << threads << " block_tokens=" << block_tokens);
+      EXPECT_EQ(RunPaged(shape, cases, block_tokens, threads, 5), reference);
+      for (size_t c = 0; c < cases.size(); ++c) {
+        EXPECT_EQ(RunPaged(shape, {cases[c]}, block_tokens, threads, 9)[0], reference[c])
+            << "sequence " << c << " alone";
       }
     }
   }

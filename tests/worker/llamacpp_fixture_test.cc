@@ -87,19 +87,23 @@ TEST_P(LlamaCppFixtureTest, TeacherForcedLogitsAndRoutingMatch) {
         }
       });
 
-  // As llama.cpp did: the 16 prompt ids in one batch, then one token at a time.
-  auto cache = KvCache::Create(model_->spec, n);
+  // As llama.cpp did: the 16 prompt ids in one batch, then one token at a
+  // time; the sequence's K/V in blocks of 8 positions, out of order.
+  auto cache = KvCache::Create(model_->spec, 4, 8);
   ASSERT_TRUE(cache.ok());
+  const std::vector<int32_t> block_table = {2, 0, 3, 1};
   std::vector<float> logits(n * vocab);
   Batch prefill;
+  prefill.cache = cache->get();
   prefill.token_ids.assign(sequence.begin(), sequence.begin() + 16);
-  prefill.chunks = {{cache->get(), 0, 16}};
+  prefill.chunks = {{block_table, 0, 16}};
   for (int64_t i = 0; i < 16; ++i) prefill.logit_rows.push_back(i);
   ASSERT_TRUE(engine_->Forward(prefill, logits.data()).ok());
   for (int64_t pos = 16; pos < n; ++pos) {
     Batch step;
+    step.cache = cache->get();
     step.token_ids = {sequence[pos]};
-    step.chunks = {{cache->get(), pos, 1}};
+    step.chunks = {{block_table, pos, 1}};
     step.logit_rows = {0};
     ASSERT_TRUE(engine_->Forward(step, logits.data() + pos * vocab).ok());
   }
@@ -171,11 +175,14 @@ TEST_P(LlamaCppFixtureTest, LongBatchesRunInStepsWithTheSameLogits) {
   std::vector<int32_t> sequence = Ids();
   const std::vector<int32_t> greedy = Greedy();
   sequence.insert(sequence.end(), greedy.begin(), greedy.end());
-  auto cache = KvCache::Create(model_->spec, 32);
+  // Blocks of 6 positions in reverse order: steps and blocks do not align.
+  auto cache = KvCache::Create(model_->spec, 6, 6);
   ASSERT_TRUE(cache.ok());
+  const std::vector<int32_t> block_table = {5, 4, 3, 2, 1, 0};
   Batch batch;
+  batch.cache = cache->get();
   batch.token_ids = sequence;
-  batch.chunks = {{cache->get(), 0, 32}};
+  batch.chunks = {{block_table, 0, 32}};
   // Out of order on purpose: rows are written in the order asked for.
   for (int64_t i = 31; i >= 0; --i) batch.logit_rows.push_back(i);
   std::vector<float> logits(32 * 512);

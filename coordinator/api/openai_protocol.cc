@@ -1,0 +1,825 @@
+#include "coordinator/api/openai_protocol.h"
+
+#include <algorithm>
+#include <initializer_list>
+#include <limits>
+#include <utility>
+
+#include "absl/strings/cord.h"
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
+#include "core/status.h"
+#include "nlohmann/json.hpp"
+
+namespace herd {
+namespace {
+
+using Json = nlohmann::json;
+// Responses keep OpenAI's field order, which is easier to read in a terminal.
+using OrderedJson = nlohmann::ordered_json;
+
+constexpr char kParamPayloadUrl[] = "type.googleapis.com/herd.api.Param";
+constexpr int64_t kDefaultCompletionMaxTokens = 16;
+constexpr double kDefaultTemperature = 1.0;
+constexpr double kMaxTemperature = 2.0;
+// Values quoted in error messages are cut to this many bytes.
+constexpr size_t kMaxQuotedBytes = 64;
+
+absl::Status Invalid(absl::string_view param, absl::string_view message) {
+  return WithParam(absl::InvalidArgumentError(message), param);
+}
+
+// Serializes without throwing: invalid UTF-8 (only possible in text the
+// caller built, never in decoded output) becomes U+FFFD.
+template <typename JsonType>
+std::string Dump(const JsonType& value) {
+  return value.dump(-1, ' ', false, JsonType::error_handler_t::replace);
+}
+
+// A value as quoted in an error message.
+std::string Quote(const Json& value) {
+  std::string text = Dump(value);
+  if (text.size() > kMaxQuotedBytes) text = absl::StrCat(text.substr(0, kMaxQuotedBytes), "...");
+  return text;
+}
+
+// The field `key` of `object`, or nullptr when it is absent or null (null
+// means "default" for every optional field, as in OpenAI's API).
+const Json* Find(const Json& object, const char* key) {
+  const auto it = object.find(key);
+  if (it == object.end() || it->is_null()) return nullptr;
+  return &*it;
+}
+
+// An integer JSON value as int64, saturating unsigned values past INT64_MAX
+// (range checks then reject them, quoting the original text).
+int64_t SaturatedInt(const Json& value) {
+  if (value.is_number_unsigned() &&
+      value.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max())) {
+    return std::numeric_limits<int64_t>::max();
+  }
+  return value.get<int64_t>();
+}
+
+// Reads optional integer `key` (>= min_value) into *out, unchanged when
+// absent; *present says which.
+absl::Status ReadInt(const Json& object, const char* key, int64_t min_value, int64_t* out,
+                     bool* present) {
+  const Json* value = Find(object, key);
+  *present = value != nullptr;
+  if (value == nullptr) return absl::OkStatus();
+  if (!value->is_number_integer()) {
+    return Invalid(key, absl::StrCat("'", key, "' must be an integer, got ", Quote(*value)));
+  }
+  const int64_t v = SaturatedInt(*value);
+  if (v < min_value) {
+    return Invalid(key, absl::StrCat("'", key, "' = ", Quote(*value), " must be >= ", min_value));
+  }
+  *out = v;
+  return absl::OkStatus();
+}
+
+// Reads optional number `key` (integer or not) into *out, unchanged when absent.
+absl::Status ReadNumber(const Json& object, const char* key, double* out) {
+  const Json* value = Find(object, key);
+  if (value == nullptr) return absl::OkStatus();
+  if (!value->is_number()) {
+    return Invalid(key, absl::StrCat("'", key, "' must be a number, got ", Quote(*value)));
+  }
+  *out = value->get<double>();
+  return absl::OkStatus();
+}
+
+absl::Status ReadBool(const Json& object, const char* key, absl::string_view param, bool* out) {
+  const Json* value = Find(object, key);
+  if (value == nullptr) return absl::OkStatus();
+  if (!value->is_boolean()) {
+    return Invalid(param, absl::StrCat("'", param, "' must be true or false, got ", Quote(*value)));
+  }
+  *out = value->get<bool>();
+  return absl::OkStatus();
+}
+
+// A token id at `where` (for messages): an integer in [0, vocab_size).
+absl::StatusOr<int32_t> ReadTokenId(const Json& value, absl::string_view param,
+                                    absl::string_view where, int64_t vocab_size) {
+  if (!value.is_number_integer()) {
+    return Invalid(param, absl::StrCat(where, " must be an integer token id, got ", Quote(value)));
+  }
+  const int64_t id = SaturatedInt(value);
+  if (id < 0 || id >= vocab_size) {
+    return Invalid(param, absl::StrCat(where, " = ", Quote(value),
+                                       " is outside the vocabulary [0, ", vocab_size, ")"));
+  }
+  return static_cast<int32_t>(id);
+}
+
+absl::StatusOr<Json> ParseBody(absl::string_view body) {
+  Json root;
+  try {
+    root = Json::parse(body.begin(), body.end());
+  } catch (const Json::exception& e) {
+    return Invalid("", absl::StrCat("the request body is not valid JSON: ", e.what()));
+  }
+  if (!root.is_object()) {
+    return Invalid("",
+                   absl::StrCat("the request body must be a JSON object, got ", root.type_name()));
+  }
+  return root;
+}
+
+absl::Status CheckModel(const Json& root, const ApiModel& model) {
+  const Json* value = Find(root, "model");
+  if (value == nullptr) return absl::OkStatus();
+  if (!value->is_string()) {
+    return Invalid("model", absl::StrCat("'model' must be a string, got ", Quote(*value)));
+  }
+  if (value->get<std::string>() != model.name) {
+    return WithParam(absl::NotFoundError(absl::StrCat("The model `", value->get<std::string>(),
+                                                      "` does not exist; this server serves `",
+                                                      model.name, "`.")),
+                     "model");
+  }
+  return absl::OkStatus();
+}
+
+// An option Herd does not implement is accepted only at one of its neutral
+// values (or null/absent).
+absl::Status RequireNeutral(const Json& root, const char* key, std::initializer_list<Json> neutral,
+                            absl::string_view why) {
+  const Json* value = Find(root, key);
+  if (value == nullptr) return absl::OkStatus();
+  for (const Json& ok : neutral) {
+    // NOTE: nlohmann compares numbers by value, so 1 == 1.0; a boolean never
+    // equals a number.
+    if (*value == ok) return absl::OkStatus();
+  }
+  return Invalid(key, absl::StrCat("'", key, "' = ", Quote(*value), " is not supported: ", why));
+}
+
+absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
+  HERD_RETURN_IF_ERROR(
+      RequireNeutral(root, "n", {1}, "one choice per request (send several requests instead)"));
+  HERD_RETURN_IF_ERROR(
+      RequireNeutral(root, "presence_penalty", {0}, "Herd does not apply penalties"));
+  HERD_RETURN_IF_ERROR(
+      RequireNeutral(root, "frequency_penalty", {0}, "Herd does not apply penalties"));
+  HERD_RETURN_IF_ERROR(
+      RequireNeutral(root, "logit_bias", {Json::object()}, "Herd does not bias logits"));
+  HERD_RETURN_IF_ERROR(RequireNeutral(root, "top_logprobs", {0}, "no log probabilities"));
+  if (endpoint == ApiEndpoint::kCompletions) {
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "best_of", {1}, "one candidate per request"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "echo", {false}, "the prompt is not echoed"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "logprobs", {}, "no log probabilities"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "suffix", {""}, "no insertion (suffix)"));
+  } else {
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "logprobs", {false}, "no log probabilities"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "tools", {Json::array()}, "no tool calls"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "functions", {Json::array()}, "no tool calls"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "tool_choice", {"none"}, "no tool calls"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "response_format", {Json{{"type", "text"}}},
+                                        "the output is plain text"));
+  }
+  return absl::OkStatus();
+}
+
+// Token ids of a text prompt, with BOS as the model's tokenizer asks.
+absl::StatusOr<std::vector<int32_t>> EncodePrompt(const std::string& text, absl::string_view param,
+                                                  const ApiModel& model) {
+  if (model.tokenizer == nullptr) {
+    return Invalid(param, absl::StrCat("'", param, "' is text but model `", model.name,
+                                       "` has no tokenizer: send a list of token ids"));
+  }
+  EncodeOptions options;
+  options.add_bos = model.tokenizer->add_bos();
+  // Like Hugging Face tokenizers, a raw completion prompt may spell control
+  // tokens ("<|im_start|>") to build its own format.
+  options.parse_special = true;
+  absl::StatusOr<std::vector<int32_t>> ids = model.tokenizer->Encode(text, options);
+  if (!ids.ok()) {
+    return Invalid(param, absl::StrCat("cannot tokenize '", param, "': ", ids.status().message()));
+  }
+  return ids;
+}
+
+absl::StatusOr<std::vector<int32_t>> ReadIdList(const Json& list, absl::string_view where,
+                                                const ApiModel& model) {
+  std::vector<int32_t> ids;
+  ids.reserve(list.size());
+  for (size_t i = 0; i < list.size(); ++i) {
+    HERD_ASSIGN_OR_RETURN(
+        int32_t id,
+        ReadTokenId(list[i], "prompt", absl::StrCat(where, "[", i, "]"), model.vocab_size));
+    ids.push_back(id);
+  }
+  return ids;
+}
+
+// `prompt`: token ids, a string, or a list holding exactly one of those.
+absl::StatusOr<std::vector<int32_t>> ParsePrompt(const Json& root, const ApiModel& model) {
+  const Json* prompt = Find(root, "prompt");
+  if (prompt == nullptr) return Invalid("prompt", "'prompt' is required");
+  std::vector<int32_t> ids;
+  if (prompt->is_string()) {
+    HERD_ASSIGN_OR_RETURN(ids, EncodePrompt(prompt->get<std::string>(), "prompt", model));
+  } else if (prompt->is_array() && !prompt->empty() &&
+             ((*prompt)[0].is_string() || (*prompt)[0].is_array())) {
+    if (prompt->size() > 1) {
+      return Invalid("prompt", absl::StrCat("'prompt' holds ", prompt->size(),
+                                            " prompts; batches are not supported, send one "
+                                            "request per prompt"));
+    }
+    const Json& only = (*prompt)[0];
+    if (only.is_string()) {
+      HERD_ASSIGN_OR_RETURN(ids, EncodePrompt(only.get<std::string>(), "prompt", model));
+    } else {
+      HERD_ASSIGN_OR_RETURN(ids, ReadIdList(only, "prompt[0]", model));
+    }
+  } else if (prompt->is_array()) {
+    HERD_ASSIGN_OR_RETURN(ids, ReadIdList(*prompt, "prompt", model));
+  } else {
+    return Invalid("prompt", absl::StrCat("'prompt' must be a string or a list of token ids, got ",
+                                          Quote(*prompt)));
+  }
+  if (ids.empty()) return Invalid("prompt", "'prompt' is empty");
+  for (size_t i = 0; i < ids.size(); ++i) {
+    // Text prompts: the tokenizer's vocabulary may be larger than the model's.
+    if (ids[i] >= model.vocab_size) {
+      return Invalid(
+          "prompt", absl::StrCat("the prompt's token ", i, " = ", ids[i],
+                                 " is outside the model's vocabulary [0, ", model.vocab_size, ")"));
+    }
+  }
+  return ids;
+}
+
+void AddStopId(int32_t id, std::vector<int32_t>* stop_ids) {
+  if (std::find(stop_ids->begin(), stop_ids->end(), id) == stop_ids->end()) {
+    stop_ids->push_back(id);
+  }
+}
+
+absl::Status AddStopString(const Json& value, absl::string_view where, const ApiModel& model,
+                           ApiRequest* request) {
+  std::string text = value.get<std::string>();
+  if (text.empty()) return Invalid("stop", absl::StrCat(where, " is an empty stop string"));
+  if (model.tokenizer == nullptr) {
+    return Invalid("stop", absl::StrCat(where, " is a stop string but model `", model.name,
+                                        "` has no tokenizer: give stop token ids instead"));
+  }
+  request->stop_strings.push_back(std::move(text));
+  return absl::OkStatus();
+}
+
+// `stop`: a string, or a list of strings and token ids; `stop_token_ids`: a
+// list of token ids; and the end-of-generation ids unless `ignore_eos`.
+absl::Status ParseStop(const Json& root, const ApiModel& model, ApiRequest* request) {
+  std::vector<int32_t>& stop_ids = request->generation.stop_ids;
+  if (const Json* stop = Find(root, "stop"); stop != nullptr) {
+    if (stop->is_string()) {
+      HERD_RETURN_IF_ERROR(AddStopString(*stop, "'stop'", model, request));
+    } else if (stop->is_array()) {
+      for (size_t i = 0; i < stop->size(); ++i) {
+        const Json& entry = (*stop)[i];
+        const std::string where = absl::StrCat("stop[", i, "]");
+        if (entry.is_string()) {
+          HERD_RETURN_IF_ERROR(AddStopString(entry, where, model, request));
+        } else if (entry.is_number_integer()) {
+          HERD_ASSIGN_OR_RETURN(int32_t id, ReadTokenId(entry, "stop", where, model.vocab_size));
+          AddStopId(id, &stop_ids);
+        } else {
+          return Invalid(
+              "stop", absl::StrCat(where, " must be a string or a token id, got ", Quote(entry)));
+        }
+      }
+    } else {
+      return Invalid("stop", absl::StrCat("'stop' must be a string or a list, got ", Quote(*stop)));
+    }
+  }
+  if (const Json* ids = Find(root, "stop_token_ids"); ids != nullptr) {
+    if (!ids->is_array()) {
+      return Invalid("stop_token_ids", absl::StrCat("'stop_token_ids' must be a list of token "
+                                                    "ids, got ",
+                                                    Quote(*ids)));
+    }
+    for (size_t i = 0; i < ids->size(); ++i) {
+      HERD_ASSIGN_OR_RETURN(int32_t id,
+                            ReadTokenId((*ids)[i], "stop_token_ids",
+                                        absl::StrCat("stop_token_ids[", i, "]"), model.vocab_size));
+      AddStopId(id, &stop_ids);
+    }
+  }
+  bool ignore_eos = false;
+  HERD_RETURN_IF_ERROR(ReadBool(root, "ignore_eos", "ignore_eos", &ignore_eos));
+  if (!ignore_eos) {
+    for (int32_t id : model.end_of_generation_ids) AddStopId(id, &stop_ids);
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseSampling(const Json& root, ApiRequest* request) {
+  SamplingParams& sampling = request->generation.sampling;
+  double temperature = kDefaultTemperature;
+  HERD_RETURN_IF_ERROR(ReadNumber(root, "temperature", &temperature));
+  if (temperature < 0 || temperature > kMaxTemperature) {
+    return Invalid("temperature", absl::StrCat("'temperature' = ", temperature, " is outside [0, ",
+                                               kMaxTemperature, "]"));
+  }
+  sampling.temperature = static_cast<float>(temperature);
+  double top_p = 1.0;
+  HERD_RETURN_IF_ERROR(ReadNumber(root, "top_p", &top_p));
+  if (!(top_p > 0 && top_p <= 1)) {
+    return Invalid("top_p", absl::StrCat("'top_p' = ", top_p, " is outside (0, 1]"));
+  }
+  sampling.top_p = static_cast<float>(top_p);
+  if (const Json* seed = Find(root, "seed"); seed != nullptr) {
+    if (!seed->is_number_integer()) {
+      return Invalid("seed", absl::StrCat("'seed' must be an integer, got ", Quote(*seed)));
+    }
+    // Negative seeds are as good as any: their two's complement selects the stream.
+    sampling.seed = seed->is_number_unsigned() ? seed->get<uint64_t>()
+                                               : static_cast<uint64_t>(seed->get<int64_t>());
+    request->has_seed = true;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ParseStreaming(const Json& root, ApiRequest* request) {
+  HERD_RETURN_IF_ERROR(ReadBool(root, "stream", "stream", &request->stream));
+  const Json* options = Find(root, "stream_options");
+  if (options == nullptr) return absl::OkStatus();
+  if (!request->stream) {
+    return Invalid("stream_options", "'stream_options' is only allowed when 'stream' is true");
+  }
+  if (!options->is_object()) {
+    return Invalid("stream_options",
+                   absl::StrCat("'stream_options' must be an object, got ", Quote(*options)));
+  }
+  return ReadBool(*options, "include_usage", "stream_options.include_usage",
+                  &request->include_usage);
+}
+
+// vLLM's wording, so that clients which parse it keep working.
+// `max_tokens_param` names the field max_tokens came from, "" for a default.
+absl::Status CheckContext(const ApiModel& model, ApiEndpoint endpoint, int64_t prompt_tokens,
+                          int64_t max_tokens, absl::string_view max_tokens_param) {
+  const char* input = endpoint == ApiEndpoint::kChatCompletions ? "messages" : "prompt";
+  if (prompt_tokens >= model.max_context_tokens) {
+    return Invalid(
+        input, absl::StrCat("This model's maximum context length is ", model.max_context_tokens,
+                            " tokens. However, your request has ", prompt_tokens,
+                            " input tokens. Please reduce the length of the input ", input, "."));
+  }
+  if (max_tokens > model.max_context_tokens - prompt_tokens) {
+    const int64_t requested = max_tokens > std::numeric_limits<int64_t>::max() - prompt_tokens
+                                  ? std::numeric_limits<int64_t>::max()
+                                  : prompt_tokens + max_tokens;
+    return Invalid(max_tokens_param.empty() ? input : max_tokens_param,
+                   absl::StrCat("This model's maximum context length is ", model.max_context_tokens,
+                                " tokens. However, you requested ", requested, " tokens (",
+                                prompt_tokens, " in the ", input, ", ", max_tokens,
+                                " in the completion). Please reduce the length of the ", input,
+                                " or completion."));
+  }
+  return absl::OkStatus();
+}
+
+// The fields both endpoints share: model, unsupported options, sampling,
+// stop and streaming.
+absl::Status ParseCommon(const Json& root, const ApiModel& model, ApiRequest* request) {
+  HERD_RETURN_IF_ERROR(CheckModel(root, model));
+  HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
+  HERD_RETURN_IF_ERROR(ParseSampling(root, request));
+  HERD_RETURN_IF_ERROR(ParseStop(root, model, request));
+  return ParseStreaming(root, request);
+}
+
+// messages[i].content: a string, or text parts joined by newlines (as vLLM
+// does); null for an assistant turn (one that only called tools).
+absl::StatusOr<std::string> ReadContent(const Json& message, size_t i, const std::string& role) {
+  const std::string where = absl::StrCat("messages[", i, "].content");
+  const Json* content = Find(message, "content");
+  if (content == nullptr) {
+    if (role == "assistant") return std::string();
+    return Invalid("messages", absl::StrCat(where, " is required"));
+  }
+  if (content->is_string()) return content->get<std::string>();
+  if (!content->is_array()) {
+    return Invalid("messages", absl::StrCat(where,
+                                            " must be a string or a list of text parts, "
+                                            "got ",
+                                            Quote(*content)));
+  }
+  std::vector<std::string> texts;
+  for (size_t j = 0; j < content->size(); ++j) {
+    const Json& part = (*content)[j];
+    const std::string part_where = absl::StrCat(where, "[", j, "]");
+    if (!part.is_object()) {
+      return Invalid("messages", absl::StrCat(part_where, " must be an object, got ", Quote(part)));
+    }
+    const Json* type = Find(part, "type");
+    if (type == nullptr || *type != "text") {
+      return Invalid("messages",
+                     absl::StrCat(part_where, " has type ", type == nullptr ? "null" : Quote(*type),
+                                  "; only \"text\" parts are supported"));
+    }
+    const Json* text = Find(part, "text");
+    if (text == nullptr || !text->is_string()) {
+      return Invalid("messages", absl::StrCat(part_where, ".text must be a string"));
+    }
+    texts.push_back(text->get<std::string>());
+  }
+  return absl::StrJoin(texts, "\n");
+}
+
+absl::StatusOr<std::vector<ChatMessage>> ParseMessages(const Json& root) {
+  const Json* messages = Find(root, "messages");
+  if (messages == nullptr) return Invalid("messages", "'messages' is required");
+  if (!messages->is_array() || messages->empty()) {
+    return Invalid("messages",
+                   absl::StrCat("'messages' must be a non-empty list, got ", Quote(*messages)));
+  }
+  std::vector<ChatMessage> out;
+  out.reserve(messages->size());
+  for (size_t i = 0; i < messages->size(); ++i) {
+    const Json& message = (*messages)[i];
+    if (!message.is_object()) {
+      return Invalid("messages",
+                     absl::StrCat("messages[", i, "] must be an object, got ", Quote(message)));
+    }
+    const Json* role = Find(message, "role");
+    if (role == nullptr || !role->is_string()) {
+      return Invalid("messages", absl::StrCat("messages[", i, "].role must be a string"));
+    }
+    ChatMessage chat;
+    chat.role = role->get<std::string>();
+    // OpenAI's newer name for the system role.
+    if (chat.role == "developer") chat.role = "system";
+    HERD_ASSIGN_OR_RETURN(chat.content, ReadContent(message, i, chat.role));
+    out.push_back(std::move(chat));
+  }
+  return out;
+}
+
+// The text of a special token for the chat template ("<s>"), "" for none.
+std::string SpecialTokenText(const Tokenizer& tokenizer, int32_t id) {
+  if (id < 0 || id >= tokenizer.vocab_size()) return "";
+  return tokenizer.token_text(id);
+}
+
+OrderedJson UsageJson(int64_t prompt_tokens, int64_t completion_tokens) {
+  OrderedJson usage;
+  usage["prompt_tokens"] = prompt_tokens;
+  usage["completion_tokens"] = completion_tokens;
+  usage["total_tokens"] = prompt_tokens + completion_tokens;
+  return usage;
+}
+
+OrderedJson ObjectHead(const ResponseMeta& meta, bool chunk) {
+  OrderedJson object;
+  object["id"] = meta.id;
+  if (meta.endpoint == ApiEndpoint::kChatCompletions) {
+    object["object"] = chunk ? "chat.completion.chunk" : "chat.completion";
+  } else {
+    object["object"] = "text_completion";
+  }
+  object["created"] = meta.created;
+  object["model"] = meta.model;
+  return object;
+}
+
+OrderedJson FinishReasonJson(const std::string& finish_reason) {
+  return finish_reason.empty() ? OrderedJson(nullptr) : OrderedJson(finish_reason);
+}
+
+std::string SseEvent(const OrderedJson& object) {
+  return absl::StrCat("data: ", Dump(object), "\n\n");
+}
+
+constexpr char kSseDone[] = "data: [DONE]\n\n";
+
+}  // namespace
+
+ApiModel MakeApiModel(std::string name, int64_t vocab_size, int64_t max_context_tokens,
+                      const Tokenizer* tokenizer, absl::string_view chat_template_text) {
+  ApiModel model;
+  model.name = std::move(name);
+  model.vocab_size = vocab_size;
+  model.max_context_tokens = max_context_tokens;
+  model.tokenizer = tokenizer;
+  if (tokenizer == nullptr) {
+    model.chat_template = absl::FailedPreconditionError(
+        absl::StrCat("model `", model.name,
+                     "` has no tokenizer, so it cannot chat; use /v1/completions "
+                     "with token ids"));
+    return model;
+  }
+  const int32_t num_ids =
+      static_cast<int32_t>(std::min<int64_t>(tokenizer->vocab_size(), vocab_size));
+  for (int32_t id = 0; id < num_ids; ++id) {
+    if (tokenizer->IsEndOfGeneration(id)) model.end_of_generation_ids.push_back(id);
+  }
+  if (chat_template_text.empty()) {
+    model.chat_template = absl::FailedPreconditionError(
+        absl::StrCat("model `", model.name, "` has no chat template; use /v1/completions"));
+    return model;
+  }
+  absl::StatusOr<ChatTemplate> chat_template = DetectChatTemplate(chat_template_text);
+  if (!chat_template.ok()) {
+    model.chat_template = absl::FailedPreconditionError(
+        absl::StrCat("the chat template of model `", model.name, "` is not one Herd can render (",
+                     chat_template.status().message(), "); use /v1/completions"));
+    return model;
+  }
+  model.chat_template = *std::move(chat_template);
+  return model;
+}
+
+absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const ApiModel& model) {
+  HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
+  ApiRequest request;
+  request.endpoint = ApiEndpoint::kCompletions;
+  HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
+  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, ParsePrompt(root, model));
+  int64_t max_tokens = kDefaultCompletionMaxTokens;
+  bool max_tokens_given = false;
+  HERD_RETURN_IF_ERROR(ReadInt(root, "max_tokens", 1, &max_tokens, &max_tokens_given));
+  const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());
+  HERD_RETURN_IF_ERROR(CheckContext(model, request.endpoint, prompt_tokens, max_tokens,
+                                    max_tokens_given ? "max_tokens" : ""));
+  request.generation.max_tokens = max_tokens;
+  return request;
+}
+
+absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
+                                                      const ApiModel& model) {
+  if (!model.chat_template.ok()) return model.chat_template.status();
+  HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
+  ApiRequest request;
+  request.endpoint = ApiEndpoint::kChatCompletions;
+  HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
+  HERD_ASSIGN_OR_RETURN(const std::vector<ChatMessage> messages, ParseMessages(root));
+
+  const Tokenizer& tokenizer = *model.tokenizer;
+  ChatTemplateOptions options;
+  options.bos_token = SpecialTokenText(tokenizer, tokenizer.bos_id());
+  options.eos_token = SpecialTokenText(tokenizer, tokenizer.eos_id());
+  options.default_system = model.chat_template->default_system;
+  absl::StatusOr<std::string> prompt = RenderChat(model.chat_template->format, messages, options);
+  if (!prompt.ok()) return Invalid("messages", prompt.status().message());
+  // The rendered prompt spells the template's special tokens (and its BOS).
+  EncodeOptions encode;
+  encode.parse_special = true;
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(*prompt, encode);
+  if (!ids.ok()) {
+    return Invalid("messages",
+                   absl::StrCat("cannot tokenize the messages: ", ids.status().message()));
+  }
+  for (int32_t id : *ids) {
+    if (id >= model.vocab_size) {
+      return Invalid("messages", absl::StrCat("the messages' token ", id,
+                                              " is outside the model's vocabulary [0, ",
+                                              model.vocab_size, ")"));
+    }
+  }
+  request.generation.prompt_ids = *std::move(ids);
+  const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());
+
+  // max_completion_tokens replaced max_tokens in OpenAI's chat API; either
+  // may come. Without them the reply may fill the context, as with OpenAI.
+  int64_t max_tokens = 0;
+  const char* max_tokens_param = "max_completion_tokens";
+  bool given = false;
+  HERD_RETURN_IF_ERROR(ReadInt(root, "max_completion_tokens", 1, &max_tokens, &given));
+  if (!given) {
+    max_tokens_param = "max_tokens";
+    HERD_RETURN_IF_ERROR(ReadInt(root, "max_tokens", 1, &max_tokens, &given));
+  }
+  if (!given) {
+    max_tokens_param = "";
+    max_tokens = std::max<int64_t>(model.max_context_tokens - prompt_tokens, 1);
+  }
+  HERD_RETURN_IF_ERROR(
+      CheckContext(model, request.endpoint, prompt_tokens, max_tokens, max_tokens_param));
+  request.generation.max_tokens = max_tokens;
+  return request;
+}
+
+absl::Status WithParam(absl::Status status, absl::string_view param) {
+  if (!param.empty()) status.SetPayload(kParamPayloadUrl, absl::Cord(param));
+  return status;
+}
+
+std::string ParamOf(const absl::Status& status) {
+  const auto param = status.GetPayload(kParamPayloadUrl);
+  return param.has_value() ? std::string(*param) : std::string();
+}
+
+ApiError ApiErrorFromStatus(const absl::Status& status) {
+  ApiError error;
+  error.message = std::string(status.message());
+  error.param = ParamOf(status);
+  switch (status.code()) {
+    case absl::StatusCode::kInvalidArgument:
+    case absl::StatusCode::kOutOfRange:
+    case absl::StatusCode::kFailedPrecondition:
+      error.http_status = 400;
+      error.type = "invalid_request_error";
+      break;
+    case absl::StatusCode::kUnauthenticated:
+      error.http_status = 401;
+      error.type = "invalid_request_error";
+      error.code = "invalid_api_key";
+      break;
+    case absl::StatusCode::kNotFound:
+      error.http_status = 404;
+      error.type = "invalid_request_error";
+      if (error.param == "model") error.code = "model_not_found";
+      break;
+    case absl::StatusCode::kResourceExhausted:
+      error.http_status = 429;
+      error.type = "server_overloaded";
+      break;
+    case absl::StatusCode::kUnavailable:
+    case absl::StatusCode::kCancelled:
+      error.http_status = 503;
+      error.type = "service_unavailable";
+      break;
+    case absl::StatusCode::kDeadlineExceeded:
+      error.http_status = 504;
+      error.type = "timeout_error";
+      break;
+    default:
+      error.http_status = 500;
+      error.type = "server_error";
+      break;
+  }
+  return error;
+}
+
+std::string ApiErrorBody(const ApiError& error) {
+  OrderedJson inner;
+  inner["message"] = error.message;
+  inner["type"] = error.type;
+  inner["param"] = error.param.empty() ? OrderedJson(nullptr) : OrderedJson(error.param);
+  inner["code"] = error.code.empty() ? OrderedJson(nullptr) : OrderedJson(error.code);
+  OrderedJson body;
+  body["error"] = std::move(inner);
+  return Dump(body);
+}
+
+OutputAccumulator::OutputAccumulator(const ApiRequest& request, const ApiModel& model)
+    : tokenizer_(model.tokenizer),
+      stop_strings_(request.stop_strings),
+      prompt_tokens_(static_cast<int64_t>(request.generation.prompt_ids.size())) {
+  if (tokenizer_ != nullptr) {
+    DecodeOptions options;
+    // A completion continues its prompt, so its leading space is part of the
+    // text; a chat reply is a message of its own.
+    options.strip_space_prefix = request.endpoint == ApiEndpoint::kChatCompletions;
+    decoder_ = std::make_unique<StreamDecoder>(*tokenizer_, options);
+  }
+}
+
+absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& response) {
+  HERD_CHECK(!finished());
+  if (response.finished && (response.finish_reason == FinishReason::kAbort ||
+                            response.finish_reason == FinishReason::kError)) {
+    executor_finished_ = true;
+    if (!response.status.ok()) return response.status;
+    return absl::InternalError(response.finish_reason == FinishReason::kAbort
+                                   ? "the request was aborted"
+                                   : "the request failed");
+  }
+  OutputDelta delta;
+  for (int32_t id : response.token_ids) {
+    token_ids_.push_back(id);
+    delta.token_ids.push_back(id);
+    if (decoder_ == nullptr) continue;
+    // An id past the tokenizer's vocabulary (a model whose embedding is
+    // padded beyond it) has no text.
+    absl::StatusOr<std::string> piece = decoder_->Next(id);
+    if (piece.ok() && AppendText(*piece, /*final=*/false, &delta)) {
+      executor_finished_ = response.finished;
+      finish_reason_ = "stop";
+      delta.finish_reason = finish_reason_;
+      return delta;
+    }
+  }
+  if (response.finished) {
+    executor_finished_ = true;
+    const bool matched =
+        decoder_ != nullptr && AppendText(decoder_->Finish(), /*final=*/true, &delta);
+    finish_reason_ = matched || response.finish_reason == FinishReason::kStop ? "stop" : "length";
+    delta.finish_reason = finish_reason_;
+  }
+  return delta;
+}
+
+bool OutputAccumulator::AppendText(absl::string_view piece, bool final, OutputDelta* delta) {
+  held_.append(piece.data(), piece.size());
+  // NOTE: returned text never holds a stop string nor ends with the start of
+  // one, so a match can only begin inside held_.
+  size_t match = std::string::npos;
+  for (const std::string& stop : stop_strings_) match = std::min(match, held_.find(stop));
+  if (match != std::string::npos) {
+    held_.resize(match);
+    final = true;
+  }
+  size_t keep = 0;
+  if (!final) {
+    for (const std::string& stop : stop_strings_) {
+      for (size_t k = std::min(stop.size() - 1, held_.size()); k > keep; --k) {
+        if (absl::EndsWith(held_, absl::string_view(stop).substr(0, k))) {
+          keep = k;
+          break;
+        }
+      }
+    }
+  }
+  // A kept suffix starts where a stop string starts, so never inside a UTF-8
+  // character.
+  const size_t emit = held_.size() - keep;
+  delta->text.append(held_, 0, emit);
+  text_.append(held_, 0, emit);
+  held_.erase(0, emit);
+  return match != std::string::npos;
+}
+
+std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& output) {
+  OrderedJson object = ObjectHead(meta, /*chunk=*/false);
+  OrderedJson choice;
+  choice["index"] = 0;
+  if (meta.endpoint == ApiEndpoint::kChatCompletions) {
+    choice["message"] = {{"role", "assistant"}, {"content", output.text()}};
+  } else {
+    choice["text"] = output.text();
+  }
+  choice["token_ids"] = output.token_ids();
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = FinishReasonJson(output.finish_reason());
+  object["choices"] = OrderedJson::array({std::move(choice)});
+  object["usage"] = UsageJson(output.prompt_tokens(), output.completion_tokens());
+  return Dump(object);
+}
+
+std::string FormatStreamStart(const ResponseMeta& meta) {
+  OrderedJson object = ObjectHead(meta, /*chunk=*/true);
+  OrderedJson choice;
+  choice["index"] = 0;
+  choice["delta"] = {{"role", "assistant"}, {"content", ""}};
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = nullptr;
+  object["choices"] = OrderedJson::array({std::move(choice)});
+  if (meta.include_usage) object["usage"] = nullptr;
+  return SseEvent(object);
+}
+
+std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta) {
+  OrderedJson object = ObjectHead(meta, /*chunk=*/true);
+  OrderedJson choice;
+  choice["index"] = 0;
+  if (meta.endpoint == ApiEndpoint::kChatCompletions) {
+    choice["delta"] = OrderedJson::object();
+    if (!delta.text.empty()) choice["delta"]["content"] = delta.text;
+  } else {
+    choice["text"] = delta.text;
+  }
+  choice["token_ids"] = delta.token_ids;
+  choice["logprobs"] = nullptr;
+  choice["finish_reason"] = FinishReasonJson(delta.finish_reason);
+  object["choices"] = OrderedJson::array({std::move(choice)});
+  if (meta.include_usage) object["usage"] = nullptr;
+  return SseEvent(object);
+}
+
+std::string FormatStreamEnd(const ResponseMeta& meta, const OutputAccumulator& output) {
+  std::string events;
+  if (meta.include_usage) {
+    OrderedJson object = ObjectHead(meta, /*chunk=*/true);
+    object["choices"] = OrderedJson::array();
+    object["usage"] = UsageJson(output.prompt_tokens(), output.completion_tokens());
+    events = SseEvent(object);
+  }
+  return absl::StrCat(events, kSseDone);
+}
+
+std::string FormatStreamError(const ApiError& error) {
+  return absl::StrCat("data: ", ApiErrorBody(error), "\n\n", kSseDone);
+}
+
+std::string FormatModelList(const ApiModel& model, int64_t created) {
+  OrderedJson entry;
+  entry["id"] = model.name;
+  entry["object"] = "model";
+  entry["created"] = created;
+  entry["owned_by"] = "herd";
+  entry["max_model_len"] = model.max_context_tokens;
+  OrderedJson list;
+  list["object"] = "list";
+  list["data"] = OrderedJson::array({std::move(entry)});
+  return Dump(list);
+}
+
+}  // namespace herd

@@ -1,0 +1,227 @@
+// The wire format of the OpenAI-compatible API: request bodies parsed and
+// validated into GenerationRequests, the executor's output turned into
+// completion objects and server-sent events, errors in OpenAI's shape
+// {"error": {"message", "type", "param", "code"}}.
+//
+// Everything here is pure: no I/O, no clock, no randomness (response ids,
+// timestamps and default seeds come from the caller), so every field and
+// every error is unit-tested without a server. docs/serving.md describes the
+// API from a client's side.
+//
+// Text: when the model has a tokenizer, prompts and stop sequences may be
+// strings and the output carries decoded text next to the token ids; without
+// one, the API speaks token ids only (text fields are "").
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "coordinator/scheduler/executor.h"
+#include "model/chat_template.h"
+#include "model/tokenizer/tokenizer.h"
+
+namespace herd {
+
+// The served model, as the API sees it.
+struct ApiModel {
+  // The id of /v1/models and of every response; a request naming another
+  // model is refused (404 model_not_found).
+  std::string name;
+  int64_t vocab_size = 0;
+  // Longest sequence, prompt plus generated tokens.
+  int64_t max_context_tokens = 0;
+  // Borrowed, may be nullptr (token ids only). Must outlive every use.
+  const Tokenizer* tokenizer = nullptr;
+  // EOS and the other ids that end a generated turn: added to every
+  // request's stop ids unless it sets ignore_eos.
+  std::vector<int32_t> end_of_generation_ids;
+  // The chat format, or why /v1/chat/completions is unavailable.
+  absl::StatusOr<ChatTemplate> chat_template =
+      absl::FailedPreconditionError("the model has no chat template");
+};
+
+// Fills an ApiModel: the tokenizer's end-of-generation ids and the chat
+// format recognised in `chat_template_text` (chat needs a tokenizer and a
+// recognised template; otherwise chat_template holds the reason).
+ApiModel MakeApiModel(std::string name, int64_t vocab_size, int64_t max_context_tokens,
+                      const Tokenizer* tokenizer, absl::string_view chat_template_text);
+
+enum class ApiEndpoint { kCompletions, kChatCompletions };
+
+// A validated request, ready for Executor::Enqueue.
+struct ApiRequest {
+  ApiEndpoint endpoint = ApiEndpoint::kCompletions;
+  // Prompt ids, max_tokens, sampling and stop ids (the request's plus the
+  // end-of-generation ids). The deadline is left to the server.
+  GenerationRequest generation;
+  // Whether the request chose its seed; if not, the server picks one so that
+  // equal requests give different samples, as OpenAI's do.
+  bool has_seed = false;
+  bool stream = false;
+  // stream_options.include_usage: a last chunk with the usage.
+  bool include_usage = false;
+  // Text stop sequences (tokenizer only). The output ends before the first
+  // occurrence (which is not part of the returned text); the token ids run up
+  // to and including the token that completed it.
+  std::vector<std::string> stop_strings;
+};
+
+// Parses the body of POST /v1/completions.
+//
+// Fields: prompt (token ids, a string when the model has a tokenizer, or a
+// list holding one of those), max_tokens (default 16), temperature ([0, 2],
+// default 1; 0 is greedy), top_p ((0, 1]), seed, stop (a string, or a list
+// of strings and token ids), stop_token_ids, ignore_eos, stream,
+// stream_options.include_usage, model (when given, the served model's name).
+// n and best_of must be 1, echo false; logprobs, suffix, logit_bias and the
+// penalties must be left at their defaults. null means "default"; unknown
+// fields are ignored, as OpenAI does.
+//
+// Errors: InvalidArgument naming the field (ParamOf gives it) for malformed
+// JSON, a wrong type, a value out of range, an id outside the vocabulary, an
+// unsupported option or a prompt + max_tokens longer than the context;
+// NotFound for another model's name.
+absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const ApiModel& model);
+
+// Parses the body of POST /v1/chat/completions: messages [{role, content}]
+// (role system, developer (as system), user or assistant; content a string
+// or a list of {"type": "text", "text": ...} parts), rendered with the
+// model's chat template and tokenized; max_completion_tokens or max_tokens
+// (default: the rest of the context); the sampling, stop and stream fields of
+// ParseCompletionRequest; logprobs false, no tools.
+//
+// Errors: those of ParseCompletionRequest, and FailedPrecondition when the
+// model has no tokenizer or chat template.
+absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
+                                                      const ApiModel& model);
+
+// ---------------------------------------------------------------- errors
+
+// An error as the API reports it.
+struct ApiError {
+  int http_status = 500;
+  std::string message;
+  // "invalid_request_error" (4xx but 429), "server_overloaded" (429),
+  // "service_unavailable" (503), "timeout_error" (504) or "server_error".
+  std::string type;
+  std::string param;  // the request field at fault; empty: null
+  std::string code;   // a machine-readable reason; empty: null
+};
+
+// `status` with the request field at fault attached (as a payload).
+absl::Status WithParam(absl::Status status, absl::string_view param);
+// The field WithParam attached, or "".
+std::string ParamOf(const absl::Status& status);
+
+// The API error for a status, keeping its message and param:
+// InvalidArgument, OutOfRange and FailedPrecondition 400; Unauthenticated 401
+// (code invalid_api_key); NotFound 404 (code model_not_found when the param is
+// "model"); ResourceExhausted 429; Unavailable and Cancelled 503;
+// DeadlineExceeded 504; anything else 500. `status` must not be OK.
+ApiError ApiErrorFromStatus(const absl::Status& status);
+
+// {"error": {"message", "type", "param", "code"}} (param and code null when empty).
+std::string ApiErrorBody(const ApiError& error);
+
+// ---------------------------------------------------------------- output
+
+// What one executor response adds to a request's output.
+struct OutputDelta {
+  std::vector<int32_t> token_ids;
+  std::string text;
+  // "stop" or "length" on the last delta; empty before.
+  std::string finish_reason;
+};
+
+// Turns the executor's responses for one request into OpenAI output: the
+// token ids, the text decoded incrementally (never ending inside a UTF-8
+// character), the stop strings matched on that text (text that may be the
+// start of a stop string is held back until it is known not to be), and the
+// usage. Used alike for streaming (each delta is a chunk) and non-streaming
+// (the totals are the response).
+//
+// Borrows `model`'s tokenizer. Not thread-safe: one per request.
+class OutputAccumulator {
+ public:
+  OutputAccumulator(const ApiRequest& request, const ApiModel& model);
+
+  // Adds the next response of the request. Returns what it adds to the
+  // output; the last delta carries the finish reason. A response that
+  // finished with kAbort or kError returns its status (Cancelled,
+  // DeadlineExceeded, Internal...; Internal if it has none). Must not be
+  // called once finished().
+  absl::StatusOr<OutputDelta> Add(const GenerationResponse& response);
+
+  // True once the output is complete: the executor finished the request, or
+  // a stop string matched. In the second case the executor's request is still
+  // running (executor_finished() is false) and the caller cancels it; its
+  // further tokens are not part of the output.
+  bool finished() const { return !finish_reason_.empty(); }
+  bool executor_finished() const { return executor_finished_; }
+
+  const std::vector<int32_t>& token_ids() const { return token_ids_; }
+  // The text returned so far (the concatenation of every delta's text).
+  const std::string& text() const { return text_; }
+  const std::string& finish_reason() const { return finish_reason_; }
+  int64_t prompt_tokens() const { return prompt_tokens_; }
+  int64_t completion_tokens() const { return static_cast<int64_t>(token_ids_.size()); }
+
+ private:
+  // Appends newly decoded text and moves what can no longer be part of a
+  // stop string into `delta`. Returns true when a stop string matched.
+  bool AppendText(absl::string_view piece, bool final, OutputDelta* delta);
+
+  const Tokenizer* tokenizer_;
+  std::vector<std::string> stop_strings_;
+  std::unique_ptr<StreamDecoder> decoder_;  // nullptr without a tokenizer
+  int64_t prompt_tokens_ = 0;
+
+  std::vector<int32_t> token_ids_;
+  // Decoded text: text_ has been returned, held_ is held back because it may
+  // be the start of a stop string.
+  std::string text_;
+  std::string held_;
+  std::string finish_reason_;
+  bool executor_finished_ = false;
+};
+
+// ---------------------------------------------------------------- responses
+
+// What every object of one response shares.
+struct ResponseMeta {
+  ApiEndpoint endpoint = ApiEndpoint::kCompletions;
+  std::string id;       // "cmpl-..." or "chatcmpl-..."
+  int64_t created = 0;  // Unix seconds
+  std::string model;    // the served model's name
+  bool include_usage = false;
+};
+
+// The non-streaming response: a "text_completion" object (choices[0].text)
+// or a "chat.completion" (choices[0].message), with token_ids and usage.
+// `output` must be finished().
+std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& output);
+
+// Server-sent events of a streaming response, each "data: <json>\n\n":
+//   chat only: FormatStreamStart (delta.role = "assistant");
+//   one FormatStreamDelta per delta ("text_completion" with text, or
+//   "chat.completion.chunk" with delta.content; token_ids in both), the last
+//   with finish_reason;
+//   FormatStreamEnd: the usage chunk (empty choices) when include_usage,
+//   then "data: [DONE]\n\n".
+// With include_usage every chunk before the usage chunk has "usage": null.
+std::string FormatStreamStart(const ResponseMeta& meta);
+std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta);
+std::string FormatStreamEnd(const ResponseMeta& meta, const OutputAccumulator& output);
+// An error after the stream began: "data: {"error": ...}\n\n" then "data: [DONE]\n\n".
+std::string FormatStreamError(const ApiError& error);
+
+// GET /v1/models: a "list" with the one served model (id, owned_by "herd",
+// max_model_len).
+std::string FormatModelList(const ApiModel& model, int64_t created);
+
+}  // namespace herd

@@ -1,0 +1,677 @@
+#include "coordinator/scheduler/executor.h"
+
+#include <algorithm>
+#include <cmath>
+#include <deque>
+#include <list>
+#include <memory>
+#include <string>
+#include <thread>
+#include <utility>
+#include <vector>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/strings/str_cat.h"
+#include "absl/synchronization/mutex.h"
+#include "core/logging.h"
+#include "core/status.h"
+
+namespace herd {
+
+const char* FinishReasonName(FinishReason reason) {
+  switch (reason) {
+    case FinishReason::kStop:
+      return "stop";
+    case FinishReason::kLength:
+      return "length";
+    case FinishReason::kAbort:
+      return "abort";
+    case FinishReason::kError:
+      return "error";
+  }
+  return "error";
+}
+
+namespace {
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+
+double SecondsBetween(absl::Time from, absl::Time to) { return absl::ToDoubleSeconds(to - from); }
+
+// One request from Enqueue until its final response is collected.
+struct Sequence {
+  RequestId id = 0;
+  GenerationRequest request;
+  std::vector<int32_t> generated;
+  // Positions of prompt + generated whose K/V are in `blocks`.
+  int64_t num_computed = 0;
+  // The rank running it, or -1 while it waits (new or preempted).
+  int rank = -1;
+  std::vector<int32_t> blocks;
+  absl::Time arrival_time;
+  absl::Time last_token_time;
+  bool scheduled_once = false;
+  bool prompt_counted = false;
+  // Set by Cancel; acted upon at the next step boundary.
+  bool cancel_requested = false;
+  bool finished = false;
+  // Not yet collected by AwaitResponses.
+  std::vector<int32_t> pending_tokens;
+  bool pending_finish = false;
+  FinishReason finish_reason = FinishReason::kStop;
+  absl::Status finish_status;
+
+  int64_t num_tokens() const {
+    return static_cast<int64_t>(request.prompt_ids.size() + generated.size());
+  }
+  int32_t token_at(int64_t pos) const {
+    const int64_t prompt = static_cast<int64_t>(request.prompt_ids.size());
+    return pos < prompt ? request.prompt_ids[pos] : generated[pos - prompt];
+  }
+  bool has_news() const { return !pending_tokens.empty() || pending_finish; }
+};
+
+}  // namespace
+
+class Executor::Impl {
+ public:
+  Impl(StepRunner* runner, comm::ControlChannel* control, const ExecutorOptions& options,
+       ServingMetrics* metrics)
+      : runner_(runner),
+        control_(control),
+        options_(options),
+        metrics_(metrics),
+        world_size_(control != nullptr ? control->world_size() : 1),
+        free_blocks_(world_size_),
+        running_count_(world_size_, 0) {
+    for (auto& free : free_blocks_) {
+      free.reserve(options_.num_kv_blocks);
+      // Handed out from the back: lowest ids first.
+      for (int64_t b = options_.num_kv_blocks - 1; b >= 0; --b) {
+        free.push_back(static_cast<int32_t>(b));
+      }
+    }
+    loop_ = std::thread([this] { StepLoop(); });
+  }
+
+  ~Impl() {
+    Shutdown(absl::ZeroDuration()).IgnoreError();
+    if (loop_.joinable()) loop_.join();
+  }
+
+  absl::StatusOr<RequestId> Enqueue(GenerationRequest request) {
+    HERD_RETURN_IF_ERROR(ValidateRequest(request));
+    absl::MutexLock lock(&mu_);
+    if (!loop_status_.ok()) {
+      return absl::UnavailableError(
+          absl::StrCat("the server cannot run requests: ", loop_status_.message()));
+    }
+    if (!accepting_) return absl::UnavailableError("the server is shutting down");
+    if (static_cast<int64_t>(waiting_.size()) >= options_.max_waiting_requests) {
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "the request queue is full (", options_.max_waiting_requests, " waiting); retry later"));
+    }
+    auto seq = std::make_unique<Sequence>();
+    seq->id = next_id_++;
+    seq->request = std::move(request);
+    seq->arrival_time = absl::Now();
+    Sequence* raw = seq.get();
+    sequences_.emplace(raw->id, std::move(seq));
+    waiting_.push_back(raw);
+    UpdateQueueGauges();
+    return raw->id;
+  }
+
+  absl::StatusOr<std::vector<GenerationResponse>> AwaitResponses(RequestId id,
+                                                                 absl::Duration timeout) {
+    absl::MutexLock lock(&mu_);
+    auto it = sequences_.find(id);
+    if (it == sequences_.end()) return absl::NotFoundError(absl::StrCat("no request ", id));
+    Sequence* seq = it->second.get();
+    mu_.AwaitWithTimeout(absl::Condition(
+                             +[](Sequence* s) { return s->has_news(); }, seq),
+                         timeout);
+    // The wait released mu_: an Enqueue may have rehashed the map (`it` is
+    // stale), but `seq` itself stays put (one awaiter per id).
+    std::vector<GenerationResponse> responses;
+    if (!seq->has_news()) return responses;
+    GenerationResponse& response = responses.emplace_back();
+    response.request_id = id;
+    response.token_ids = std::move(seq->pending_tokens);
+    seq->pending_tokens.clear();
+    response.prompt_tokens = static_cast<int64_t>(seq->request.prompt_ids.size());
+    response.completion_tokens = static_cast<int64_t>(seq->generated.size());
+    if (seq->pending_finish) {
+      response.finished = true;
+      response.finish_reason = seq->finish_reason;
+      response.status = seq->finish_status;
+      sequences_.erase(id);
+    }
+    return responses;
+  }
+
+  void Cancel(RequestId id) {
+    absl::MutexLock lock(&mu_);
+    auto it = sequences_.find(id);
+    if (it == sequences_.end() || it->second->finished) return;
+    it->second->cancel_requested = true;
+    work_cv_.Signal();
+  }
+
+  absl::Status Shutdown(absl::Duration drain_timeout) {
+    absl::MutexLock lock(&mu_);
+    accepting_ = false;
+    const absl::Time deadline = absl::Now() + drain_timeout;
+    auto idle = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return (waiting_.empty() && running_.empty()) || loop_done_;
+    };
+    while (!idle() && absl::Now() < deadline) {
+      work_cv_.WaitWithDeadline(&mu_, std::min(deadline, absl::Now() + absl::Milliseconds(50)));
+    }
+    absl::Status status;
+    if (!idle()) {
+      const int64_t left = static_cast<int64_t>(waiting_.size() + running_.size());
+      status = absl::DeadlineExceededError(absl::StrCat(
+          left, " request(s) did not finish within the drain timeout and were cancelled"));
+      for (auto& [id, seq] : sequences_) {
+        if (!seq->finished) seq->cancel_requested = true;
+      }
+    }
+    stopping_ = true;
+    work_cv_.SignalAll();
+    return status;
+  }
+
+  void JoinLoop() {
+    if (loop_.joinable()) loop_.join();
+  }
+
+  ExecutorStats stats() const {
+    absl::MutexLock lock(&mu_);
+    ExecutorStats stats;
+    stats.num_waiting = static_cast<int64_t>(waiting_.size());
+    stats.num_running = static_cast<int64_t>(running_.size());
+    stats.num_steps = num_steps_;
+    stats.num_preemptions = num_preemptions_;
+    stats.num_finished = num_finished_;
+    stats.num_kv_blocks_total = options_.num_kv_blocks * world_size_;
+    stats.num_kv_blocks_used = stats.num_kv_blocks_total - FreeBlocksTotal();
+    return stats;
+  }
+
+  ExpertLoadTotals expert_load() const {
+    absl::MutexLock lock(&mu_);
+    return expert_load_;
+  }
+
+  absl::Status health() const {
+    absl::MutexLock lock(&mu_);
+    return loop_status_;
+  }
+
+ private:
+  absl::Status ValidateRequest(const GenerationRequest& request) const {
+    const int64_t prompt = static_cast<int64_t>(request.prompt_ids.size());
+    if (prompt == 0) return absl::InvalidArgumentError("the prompt is empty");
+    for (size_t i = 0; i < request.prompt_ids.size(); ++i) {
+      const int32_t id = request.prompt_ids[i];
+      if (id < 0 || id >= options_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat("prompt token ", i, " is ", id,
+                                                       ", outside the vocabulary [0, ",
+                                                       options_.vocab_size, ")"));
+      }
+    }
+    if (request.max_tokens < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("max_tokens must be >= 1, got ", request.max_tokens));
+    }
+    if (prompt + request.max_tokens > options_.max_context_tokens) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("this model's maximum context length is ", options_.max_context_tokens,
+                       " tokens; the request asks for ", prompt + request.max_tokens, " (", prompt,
+                       " in the prompt, ", request.max_tokens, " to generate)"));
+    }
+    if (CeilDiv(prompt + request.max_tokens, options_.kv_block_tokens) > options_.num_kv_blocks) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "the request needs ", prompt + request.max_tokens, " tokens of KV cache; one rank holds ",
+          options_.num_kv_blocks * options_.kv_block_tokens, " (raise --kv-cache-bytes)"));
+    }
+    const SamplingParams& s = request.sampling;
+    if (!std::isfinite(s.temperature) || s.temperature < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("temperature must be >= 0, got ", s.temperature));
+    }
+    if (!(s.top_p > 0 && s.top_p <= 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", s.top_p));
+    }
+    return absl::OkStatus();
+  }
+
+  int64_t FreeBlocksTotal() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    int64_t total = 0;
+    for (const auto& free : free_blocks_) total += static_cast<int64_t>(free.size());
+    return total;
+  }
+
+  void UpdateQueueGauges() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (metrics_ == nullptr) return;
+    metrics_->SetRequestsWaiting(static_cast<int64_t>(waiting_.size()));
+    metrics_->SetRequestsRunning(static_cast<int64_t>(running_.size()));
+    const int64_t total = options_.num_kv_blocks * world_size_;
+    metrics_->SetKvCacheUsage(total > 0 ? static_cast<double>(total - FreeBlocksTotal()) / total
+                                        : 0.0);
+  }
+
+  void ReleaseBlocks(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (seq->rank < 0) return;
+    auto& free = free_blocks_[seq->rank];
+    for (auto it = seq->blocks.rbegin(); it != seq->blocks.rend(); ++it) free.push_back(*it);
+    seq->blocks.clear();
+    seq->num_computed = 0;
+    --running_count_[seq->rank];
+    running_.remove(seq);
+    seq->rank = -1;
+  }
+
+  // Ends `seq`: frees its blocks, queues the final response, counts it.
+  void Finish(Sequence* seq, FinishReason reason, absl::Status status)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (seq->finished) return;
+    if (seq->rank >= 0) {
+      ReleaseBlocks(seq);
+    } else {
+      waiting_.erase(std::remove(waiting_.begin(), waiting_.end(), seq), waiting_.end());
+    }
+    seq->finished = true;
+    seq->pending_finish = true;
+    seq->finish_reason = reason;
+    seq->finish_status = std::move(status);
+    ++num_finished_;
+    if (metrics_ != nullptr) {
+      metrics_->AddRequestSuccess(FinishReasonName(reason));
+      metrics_->ObserveE2eRequestLatency(SecondsBetween(seq->arrival_time, absl::Now()));
+    }
+  }
+
+  // Moves `seq` from running back to the front of the queue; it recomputes
+  // its prompt and generated tokens when it runs again.
+  void Preempt(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    ReleaseBlocks(seq);
+    waiting_.push_front(seq);
+    ++num_preemptions_;
+    if (metrics_ != nullptr) metrics_->AddPreemptions(1);
+  }
+
+  // Grows `seq`'s block table to hold `num_positions`, preempting the newest
+  // running sequences of its rank that are not in `scheduled` when blocks
+  // run out. False when `seq` itself had to be preempted.
+  bool ReserveBlocks(Sequence* seq, int64_t num_positions, const std::vector<Sequence*>& scheduled)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int rank = seq->rank;
+    const int64_t needed =
+        CeilDiv(num_positions, options_.kv_block_tokens) - static_cast<int64_t>(seq->blocks.size());
+    while (static_cast<int64_t>(free_blocks_[rank].size()) < needed) {
+      Sequence* victim = nullptr;
+      for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
+        Sequence* s = *it;
+        if (s->rank != rank || s == seq) continue;
+        if (std::find(scheduled.begin(), scheduled.end(), s) != scheduled.end()) continue;
+        victim = s;
+        break;
+      }
+      if (victim == nullptr) {
+        Preempt(seq);
+        return false;
+      }
+      Preempt(victim);
+    }
+    for (int64_t i = 0; i < needed; ++i) {
+      seq->blocks.push_back(free_blocks_[rank].back());
+      free_blocks_[rank].pop_back();
+    }
+    return true;
+  }
+
+  PlannedChunk MakeChunk(const Sequence& seq, int64_t num_tokens) const {
+    PlannedChunk chunk;
+    chunk.sequence_id = seq.id;
+    chunk.start_pos = seq.num_computed;
+    chunk.token_ids.reserve(num_tokens);
+    for (int64_t p = seq.num_computed; p < seq.num_computed + num_tokens; ++p) {
+      chunk.token_ids.push_back(seq.token_at(p));
+    }
+    chunk.block_table = seq.blocks;
+    chunk.sample = seq.num_computed + num_tokens == seq.num_tokens();
+    chunk.sampling = seq.request.sampling;
+    chunk.sample_idx = static_cast<int64_t>(seq.generated.size());
+    return chunk;
+  }
+
+  // Finishes cancelled and expired requests (step boundary).
+  void ReapCancelled() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Time now = absl::Now();
+    std::vector<Sequence*> done;
+    for (auto& [id, seq] : sequences_) {
+      if (seq->finished) continue;
+      if (seq->cancel_requested || now >= seq->request.deadline) done.push_back(seq.get());
+    }
+    for (Sequence* seq : done) {
+      if (seq->cancel_requested) {
+        Finish(seq, FinishReason::kAbort, absl::CancelledError("the request was cancelled"));
+      } else {
+        Finish(seq, FinishReason::kAbort,
+               absl::DeadlineExceededError("the request ran past its deadline"));
+      }
+    }
+  }
+
+  // Decides the next step: the chunk of every sequence that runs in it, per
+  // rank. `scheduled[r]` are the sequences of rank r's chunks, in order.
+  std::vector<RankStepPlan> PlanStep(std::vector<std::vector<Sequence*>>& scheduled)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    std::vector<RankStepPlan> plans(world_size_);
+    std::vector<int64_t> budget(world_size_, options_.max_step_tokens);
+    std::vector<Sequence*> all_scheduled;
+    auto schedule = [&](Sequence* seq, int64_t num_tokens) {
+      plans[seq->rank].chunks.push_back(MakeChunk(*seq, num_tokens));
+      scheduled[seq->rank].push_back(seq);
+      all_scheduled.push_back(seq);
+      budget[seq->rank] -= num_tokens;
+    };
+    // Running sequences, oldest first: decodes and unfinished prefills.
+    const std::vector<Sequence*> running(running_.begin(), running_.end());
+    for (Sequence* seq : running) {
+      if (seq->rank < 0) continue;  // preempted by an older one in this loop
+      const int rank = seq->rank;
+      const int64_t num_tokens = std::min(seq->num_tokens() - seq->num_computed, budget[rank]);
+      if (num_tokens <= 0) continue;
+      if (!ReserveBlocks(seq, seq->num_computed + num_tokens, all_scheduled)) continue;
+      schedule(seq, num_tokens);
+    }
+    // Waiting sequences, in queue order, onto the rank with the most free KV.
+    while (!waiting_.empty()) {
+      Sequence* seq = waiting_.front();
+      int best = -1;
+      for (int r = 0; r < world_size_; ++r) {
+        if (budget[r] <= 0 || running_count_[r] >= options_.max_running_per_rank) continue;
+        if (best < 0 || free_blocks_[r].size() > free_blocks_[best].size()) best = r;
+      }
+      if (best < 0) break;
+      const int64_t num_tokens = std::min(seq->num_tokens(), budget[best]);
+      const int64_t needed = CeilDiv(num_tokens, options_.kv_block_tokens);
+      if (static_cast<int64_t>(free_blocks_[best].size()) < needed) break;
+      waiting_.pop_front();
+      seq->rank = best;
+      running_.push_back(seq);
+      ++running_count_[best];
+      ReserveBlocks(seq, num_tokens, all_scheduled);
+      if (!seq->scheduled_once) {
+        seq->scheduled_once = true;
+        if (metrics_ != nullptr) {
+          metrics_->ObserveRequestQueueTime(SecondsBetween(seq->arrival_time, absl::Now()));
+        }
+      }
+      schedule(seq, num_tokens);
+    }
+    for (int r = 0; r < world_size_; ++r) plans[r].step_idx = num_steps_;
+    return plans;
+  }
+
+  // Sends every other rank its plan, runs rank 0's, and collects the results
+  // (index = rank).
+  absl::StatusOr<std::vector<RankStepResult>> RunStep(const std::vector<RankStepPlan>& plans) {
+    const absl::Time deadline = absl::Now() + options_.step_timeout;
+    for (int r = 1; r < world_size_; ++r) {
+      HERD_RETURN_IF_ERROR(control_->Send(r, kStepPlanTag, EncodeStepPlan(plans[r]), deadline));
+    }
+    std::vector<RankStepResult> results(world_size_);
+    HERD_ASSIGN_OR_RETURN(results[0], runner_->Run(plans[0]));
+    for (int r = 1; r < world_size_; ++r) {
+      HERD_ASSIGN_OR_RETURN(comm::ControlMessage message,
+                            control_->Recv(r, kStepResultTag, deadline));
+      HERD_ASSIGN_OR_RETURN(results[r], DecodeStepResult(message.payload));
+      if (results[r].step_idx != plans[r].step_idx) {
+        return absl::InternalError(absl::StrCat("rank ", r, " answered step ", results[r].step_idx,
+                                                " to step ", plans[r].step_idx));
+      }
+    }
+    return results;
+  }
+
+  // Applies a step's results: positions computed, tokens sampled, requests
+  // finished.
+  void ApplyResults(const std::vector<std::vector<Sequence*>>& scheduled,
+                    const std::vector<RankStepPlan>& plans,
+                    const std::vector<RankStepResult>& results) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const absl::Time now = absl::Now();
+    int64_t generated_tokens = 0;
+    for (int r = 0; r < world_size_; ++r) {
+      const RankStepResult& result = results[r];
+      if (!result.error.empty()) {
+        // A plan this rank could not run is a coordinator bug: end its requests.
+        HERD_LOG(ERROR) << "rank " << r << " could not run step " << result.step_idx << ": "
+                        << result.error;
+        for (Sequence* seq : scheduled[r]) {
+          Finish(seq, FinishReason::kError,
+                 absl::InternalError(absl::StrCat("rank ", r, ": ", result.error)));
+        }
+        continue;
+      }
+      size_t sampled_idx = 0;
+      for (size_t c = 0; c < scheduled[r].size(); ++c) {
+        Sequence* seq = scheduled[r][c];
+        const PlannedChunk& chunk = plans[r].chunks[c];
+        seq->num_computed += static_cast<int64_t>(chunk.token_ids.size());
+        if (!seq->prompt_counted &&
+            seq->num_computed >= static_cast<int64_t>(seq->request.prompt_ids.size())) {
+          seq->prompt_counted = true;
+          if (metrics_ != nullptr) {
+            metrics_->AddPromptTokens(static_cast<int64_t>(seq->request.prompt_ids.size()));
+          }
+        }
+        if (!chunk.sample) continue;
+        if (sampled_idx >= result.sampled.size() ||
+            result.sampled[sampled_idx].sequence_id != seq->id) {
+          Finish(seq, FinishReason::kError,
+                 absl::InternalError(
+                     absl::StrCat("rank ", r, " returned no token for request ", seq->id)));
+          continue;
+        }
+        const int32_t token = result.sampled[sampled_idx++].token_id;
+        if (seq->finished) continue;  // cancelled while the step ran: drop the token
+        AppendToken(seq, token, now);
+        ++generated_tokens;
+      }
+    }
+    if (metrics_ != nullptr && generated_tokens > 0) {
+      metrics_->AddGenerationTokens(generated_tokens);
+    }
+    const ExpertStepLoad load = ExpertLoad(results);
+    for (int64_t tokens : load.tokens_by_rank) expert_load_.num_tokens += tokens;
+    if (!load.expert_tokens.empty()) {
+      expert_load_.loads.resize(load.expert_tokens.size(), 0);
+      for (size_t i = 0; i < load.expert_tokens.size(); ++i) {
+        expert_load_.loads[i] += load.expert_tokens[i];
+      }
+    }
+    if (metrics_ != nullptr) metrics_->RecordExpertStep(load);
+  }
+
+  void AppendToken(Sequence* seq, int32_t token, absl::Time now)
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (metrics_ != nullptr) {
+      if (seq->generated.empty()) {
+        metrics_->ObserveTimeToFirstToken(SecondsBetween(seq->arrival_time, now));
+      } else {
+        metrics_->ObserveInterTokenLatency(SecondsBetween(seq->last_token_time, now));
+      }
+    }
+    seq->last_token_time = now;
+    seq->generated.push_back(token);
+    seq->pending_tokens.push_back(token);
+    const auto& stop = seq->request.stop_ids;
+    if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
+      Finish(seq, FinishReason::kStop, absl::OkStatus());
+    } else if (static_cast<int64_t>(seq->generated.size()) >= seq->request.max_tokens) {
+      Finish(seq, FinishReason::kLength, absl::OkStatus());
+    }
+  }
+
+  ExpertStepLoad ExpertLoad(const std::vector<RankStepResult>& results) const {
+    ExpertStepLoad load;
+    for (const RankStepResult& result : results) {
+      load.layer_rows_by_rank.push_back(result.layer_expert_rows);
+      load.tokens_by_rank.push_back(result.num_tokens);
+      load.dispatch_seconds_by_rank.push_back(result.dispatch_seconds);
+      load.combine_seconds_by_rank.push_back(result.combine_seconds);
+      load.all_to_all_bytes += result.all_to_all_bytes;
+      if (!result.expert_tokens.empty()) {
+        load.expert_tokens.resize(result.expert_tokens.size(), 0);
+        for (size_t i = 0; i < result.expert_tokens.size(); ++i) {
+          load.expert_tokens[i] += result.expert_tokens[i];
+        }
+      }
+    }
+    return load;
+  }
+
+  // Ends every request with `status` after the loop failed.
+  void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    loop_status_ = status;
+    for (auto& [id, seq] : sequences_) {
+      if (!seq->finished) Finish(seq.get(), FinishReason::kError, status);
+    }
+  }
+
+  void StepLoop() {
+    while (true) {
+      std::vector<std::vector<Sequence*>> scheduled(world_size_);
+      std::vector<RankStepPlan> plans;
+      {
+        absl::MutexLock lock(&mu_);
+        ReapCancelled();
+        UpdateQueueGauges();
+        while (waiting_.empty() && running_.empty() && !stopping_) {
+          work_cv_.WaitWithTimeout(&mu_, absl::Milliseconds(100));
+          ReapCancelled();
+        }
+        if (stopping_ && waiting_.empty() && running_.empty()) break;
+        plans = PlanStep(scheduled);
+        UpdateQueueGauges();
+      }
+      absl::StatusOr<std::vector<RankStepResult>> results = RunStep(plans);
+      absl::MutexLock lock(&mu_);
+      ++num_steps_;
+      if (!results.ok()) {
+        HERD_LOG(ERROR) << "step " << num_steps_ - 1 << " failed: " << results.status();
+        FailAll(results.status());
+        loop_done_ = true;
+        work_cv_.SignalAll();
+        return;  // the group is broken: no shutdown plans can reach it
+      }
+      ApplyResults(scheduled, plans, *results);
+      work_cv_.SignalAll();
+    }
+    // Tell the other ranks to leave their loops.
+    RankStepPlan shutdown;
+    shutdown.shutdown = true;
+    const absl::Time deadline = absl::Now() + options_.step_timeout;
+    for (int r = 1; r < world_size_; ++r) {
+      const absl::Status status =
+          control_->Send(r, kStepPlanTag, EncodeStepPlan(shutdown), deadline);
+      if (!status.ok()) {
+        HERD_LOG(WARN) << "shutdown of rank " << r << ": " << status;
+      }
+    }
+    absl::MutexLock lock(&mu_);
+    loop_done_ = true;
+    if (loop_status_.ok()) loop_status_ = absl::UnavailableError("the server has shut down");
+    work_cv_.SignalAll();
+  }
+
+  StepRunner* const runner_;
+  comm::ControlChannel* const control_;
+  const ExecutorOptions options_;
+  ServingMetrics* const metrics_;
+  const int world_size_;
+
+  mutable absl::Mutex mu_;
+  absl::CondVar work_cv_;
+  absl::flat_hash_map<RequestId, std::unique_ptr<Sequence>> sequences_ ABSL_GUARDED_BY(mu_);
+  std::deque<Sequence*> waiting_ ABSL_GUARDED_BY(mu_);
+  // In admission order: the back is the newest (the first to be preempted).
+  std::list<Sequence*> running_ ABSL_GUARDED_BY(mu_);
+  std::vector<std::vector<int32_t>> free_blocks_ ABSL_GUARDED_BY(mu_);
+  std::vector<int64_t> running_count_ ABSL_GUARDED_BY(mu_);
+  RequestId next_id_ ABSL_GUARDED_BY(mu_) = 1;
+  bool accepting_ ABSL_GUARDED_BY(mu_) = true;
+  bool stopping_ ABSL_GUARDED_BY(mu_) = false;
+  bool loop_done_ ABSL_GUARDED_BY(mu_) = false;
+  absl::Status loop_status_ ABSL_GUARDED_BY(mu_);
+  int64_t num_steps_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t num_preemptions_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t num_finished_ ABSL_GUARDED_BY(mu_) = 0;
+  ExpertLoadTotals expert_load_ ABSL_GUARDED_BY(mu_);
+  std::thread loop_;
+};
+
+absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(StepRunner* runner,
+                                                           comm::ControlChannel* control,
+                                                           const ExecutorOptions& options,
+                                                           ServingMetrics* metrics) {
+  if (runner == nullptr) return absl::InvalidArgumentError("the executor needs rank 0's runner");
+  if (control != nullptr && control->rank() != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the executor runs on rank 0, not rank ", control->rank()));
+  }
+  if (options.num_kv_blocks < 1 || options.kv_block_tokens < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("the KV cache needs >= 1 block of >= 1 token, got ", options.num_kv_blocks,
+                     " of ", options.kv_block_tokens));
+  }
+  if (options.num_kv_blocks != runner->options().num_kv_blocks ||
+      options.kv_block_tokens != runner->options().kv_block_tokens) {
+    return absl::InvalidArgumentError("the executor's KV cache shape differs from the runner's");
+  }
+  if (options.max_waiting_requests < 1 || options.max_running_per_rank < 1 ||
+      options.max_step_tokens < 1 || options.max_context_tokens < 1 || options.vocab_size < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "executor limits must be >= 1: max_waiting_requests ", options.max_waiting_requests,
+        ", max_running_per_rank ", options.max_running_per_rank, ", max_step_tokens ",
+        options.max_step_tokens, ", max_context_tokens ", options.max_context_tokens,
+        ", vocab_size ", options.vocab_size));
+  }
+  if (options.step_timeout <= absl::ZeroDuration()) {
+    return absl::InvalidArgumentError("step_timeout must be positive");
+  }
+  return std::unique_ptr<Executor>(
+      new Executor(std::make_unique<Impl>(runner, control, options, metrics)));
+}
+
+Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+Executor::~Executor() = default;
+
+absl::StatusOr<RequestId> Executor::Enqueue(GenerationRequest request) {
+  return impl_->Enqueue(std::move(request));
+}
+
+absl::StatusOr<std::vector<GenerationResponse>> Executor::AwaitResponses(RequestId id,
+                                                                         absl::Duration timeout) {
+  return impl_->AwaitResponses(id, timeout);
+}
+
+void Executor::Cancel(RequestId id) { impl_->Cancel(id); }
+
+absl::Status Executor::Shutdown(absl::Duration drain_timeout) {
+  absl::Status status = impl_->Shutdown(drain_timeout);
+  impl_->JoinLoop();
+  return status;
+}
+
+ExecutorStats Executor::stats() const { return impl_->stats(); }
+
+ExpertLoadTotals Executor::expert_load() const { return impl_->expert_load(); }
+
+absl::Status Executor::health() const { return impl_->health(); }
+
+}  // namespace herd

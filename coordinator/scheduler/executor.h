@@ -1,0 +1,148 @@
+// The coordinator's executor: the request queue, the scheduler and the step
+// loop of rank 0. Its API has TensorRT-LLM's shape: Enqueue, AwaitResponses
+// with a timeout, Cancel, Shutdown, stats.
+//
+// Scheduling, every step:
+//   - continuous batching: requests join and leave the running batch at any
+//     step; a new request goes to the rank with the most free KV blocks
+//     (data-parallel attention);
+//   - decode first: every running sequence feeds its last token; then
+//     chunked prefill fills each rank's token budget (max_step_tokens) with
+//     waiting prompts, oldest first;
+//   - paged KV: each rank's cache is num_kv_blocks blocks of kv_block_tokens;
+//     when a sequence needs a block and its rank has none, the newest running
+//     sequence of that rank is preempted (its blocks freed, it waits again and
+//     recomputes its prompt plus what it had generated; tokens already
+//     streamed are not repeated).
+//
+// Thread-safety: every public method may be called from any thread. The step
+// loop runs on a thread the executor owns, which also drives rank 0's engine.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/control_channel.h"
+#include "coordinator/metrics/serving_metrics.h"
+#include "worker/step_plan.h"
+#include "worker/step_runner.h"
+
+namespace herd {
+
+using RequestId = uint64_t;
+
+struct GenerationRequest {
+  std::vector<int32_t> prompt_ids;  // not empty; ids < vocab
+  int64_t max_tokens = 16;          // >= 1; prompt + max_tokens <= max_context_tokens
+  SamplingParams sampling;
+  // Generation stops after any of these ids (the id is part of the output).
+  std::vector<int32_t> stop_ids;
+  // Past it, the request finishes with reason kAbort (status DeadlineExceeded).
+  absl::Time deadline = absl::InfiniteFuture();
+};
+
+enum class FinishReason { kStop, kLength, kAbort, kError };
+// "stop", "length", "abort", "error" (OpenAI's finish_reason where it has one).
+const char* FinishReasonName(FinishReason reason);
+
+// What AwaitResponses hands out: the tokens generated since the last
+// response, and at the end, why the request finished.
+struct GenerationResponse {
+  RequestId request_id = 0;
+  std::vector<int32_t> token_ids;
+  bool finished = false;
+  FinishReason finish_reason = FinishReason::kStop;  // when finished
+  // When finished with kAbort or kError: why (Cancelled, DeadlineExceeded,
+  // Internal...).
+  absl::Status status;
+  int64_t prompt_tokens = 0;
+  int64_t completion_tokens = 0;  // so far
+};
+
+struct ExecutorOptions {
+  // Requests waiting for their first step beyond which Enqueue refuses.
+  int64_t max_waiting_requests = 256;
+  // Sequences running at once on one rank.
+  int64_t max_running_per_rank = 64;
+  // Tokens (decode + prefill chunks) one rank processes per step.
+  int64_t max_step_tokens = 256;
+  // Paged KV cache of each rank.
+  int64_t num_kv_blocks = 0;
+  int64_t kv_block_tokens = 16;
+  // Longest sequence (prompt + generated) a request may ask for.
+  int64_t max_context_tokens = 4096;
+  int64_t vocab_size = 0;
+  // Longest a step may take on any rank before the group counts as broken.
+  absl::Duration step_timeout = absl::Seconds(300);
+};
+
+struct ExecutorStats {
+  int64_t num_waiting = 0;
+  int64_t num_running = 0;
+  int64_t num_steps = 0;
+  int64_t num_preemptions = 0;
+  int64_t num_finished = 0;
+  int64_t num_kv_blocks_used = 0;  // all ranks
+  int64_t num_kv_blocks_total = 0;
+};
+
+// Tokens routed to each expert since the executor started, all ranks
+// together; filled only when the ranks count them
+// (StepRunnerOptions::count_expert_tokens).
+struct ExpertLoadTotals {
+  std::vector<int64_t> loads;  // [layer * num_experts + expert]
+  int64_t num_tokens = 0;      // tokens that went through the model
+};
+
+class Executor {
+ public:
+  // `runner` is rank 0's (borrowed); `control` reaches the other ranks (nullptr
+  // for one rank), which run RunWorkerLoop; `metrics` may be nullptr. Starts the
+  // step loop.
+  static absl::StatusOr<std::unique_ptr<Executor>> Create(StepRunner* runner,
+                                                          comm::ControlChannel* control,
+                                                          const ExecutorOptions& options,
+                                                          ServingMetrics* metrics);
+  // Shuts down (cancelling what is left) and joins the step loop.
+  ~Executor();
+
+  // Queues a request. InvalidArgument for a request that can never run (empty
+  // prompt, ids outside the vocabulary, too long for the context, bad
+  // sampling values), ResourceExhausted when the waiting queue is full,
+  // Unavailable after Shutdown began or when the step loop failed.
+  absl::StatusOr<RequestId> Enqueue(GenerationRequest request);
+
+  // Waits up to `timeout` for news of `id`: returns every response queued
+  // since the last call (empty on timeout). After the finished response the
+  // id is forgotten; later calls return NotFound, as for unknown ids. One
+  // thread at a time awaits a given id.
+  absl::StatusOr<std::vector<GenerationResponse>> AwaitResponses(RequestId id,
+                                                                 absl::Duration timeout);
+
+  // Finishes `id` with kAbort (status Cancelled) at the next step and frees its
+  // KV blocks. Unknown or finished ids are ignored.
+  void Cancel(RequestId id);
+
+  // Stops accepting requests (Enqueue returns Unavailable), lets those
+  // accepted finish for up to `drain_timeout`, cancels what remains, tells the
+  // other ranks to leave their loops, and stops the step loop. Returns
+  // DeadlineExceeded if requests had to be cancelled. Idempotent.
+  absl::Status Shutdown(absl::Duration drain_timeout);
+
+  ExecutorStats stats() const;
+  ExpertLoadTotals expert_load() const;
+  // OK while the step loop runs; its error once it failed (a rank is gone).
+  absl::Status health() const;
+
+ private:
+  class Impl;
+  explicit Executor(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace herd

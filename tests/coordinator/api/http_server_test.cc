@@ -1,0 +1,691 @@
+// The HTTP server over the real executor and engine (the shipped tiny model,
+// one rank), driven with cpp-httplib's client: status codes, headers and
+// error bodies; non-streaming and streaming completions against Generate;
+// chat with a byte-level tokenizer; auth; body limits; queue-full 429; drain;
+// timeouts; client disconnects; Stop during a stream; 64 concurrent streams.
+#include "coordinator/api/http_server.h"
+
+#include <httplib.h>
+
+#include <atomic>
+#include <memory>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "absl/strings/match.h"
+#include "absl/strings/str_cat.h"
+#include "absl/strings/str_split.h"
+#include "absl/time/clock.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "model/model_loader.h"
+#include "model/tokenizer/unicode.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/test_support.h"
+#include "worker/engine.h"
+#include "worker/generator.h"
+#include "worker/step_runner.h"
+
+namespace herd {
+namespace {
+
+using Json = nlohmann::json;
+using ::testing::ElementsAreArray;
+using ::testing::HasSubstr;
+
+constexpr char kModelPath[] = "llamacpp-tiny/tiny-q4_0.gguf";
+constexpr char kModelName[] = "tiny";
+// Long enough that a request of kLongTokens runs for seconds on the tiny model.
+constexpr int64_t kContext = 32768;
+constexpr int64_t kLongTokens = 30000;
+constexpr int64_t kBlockTokens = 16;
+constexpr char kMistralTemplate[] = "{{ bos_token }}[INST] {{ content }} [/INST]";
+
+// The parsed events of a server-sent-event body.
+struct Events {
+  std::vector<Json> chunks;
+  bool done = false;      // ended with "data: [DONE]"
+  std::string malformed;  // the first piece that was not a data event
+};
+
+Events ParseEvents(const std::string& body) {
+  Events events;
+  for (absl::string_view piece : absl::StrSplit(body, "\n\n", absl::SkipEmpty())) {
+    if (!absl::StartsWith(piece, "data: ") || events.done) {
+      if (events.malformed.empty()) events.malformed = std::string(piece);
+      continue;
+    }
+    piece.remove_prefix(6);
+    if (piece == "[DONE]") {
+      events.done = true;
+    } else {
+      events.chunks.push_back(Json::parse(piece));
+    }
+  }
+  return events;
+}
+
+// The value of the first sample of `family` whose line holds `label`.
+double MetricValue(const std::string& text, const std::string& family, const std::string& label) {
+  for (absl::string_view line : absl::StrSplit(text, '\n')) {
+    if (absl::StartsWith(line, family) && absl::StrContains(line, label)) {
+      return std::stod(std::string(line.substr(line.rfind(' ') + 1)));
+    }
+  }
+  ADD_FAILURE() << "no " << family << " sample with " << label;
+  return -1;
+}
+
+// The token ids of every chunk, concatenated.
+std::vector<int32_t> StreamedIds(const Events& events) {
+  std::vector<int32_t> ids;
+  for (const Json& chunk : events.chunks) {
+    if (!chunk.contains("choices") || chunk["choices"].empty() ||
+        !chunk["choices"][0].contains("token_ids")) {
+      continue;
+    }
+    for (const Json& id : chunk["choices"][0]["token_ids"]) ids.push_back(id.get<int32_t>());
+  }
+  return ids;
+}
+
+// A byte-level tokenizer inside the tiny model's 512 ids: one token per byte,
+// then <s> and </s>.
+std::unique_ptr<Tokenizer> ByteTokenizer() {
+  TokenizerSpec spec;
+  spec.source = "bytes";
+  spec.kind = TokenizerKind::kByteLevelBpe;
+  for (int b = 0; b < 256; ++b) {
+    spec.tokens.push_back(tokenizer::ByteLevelMap::Get().CharFor(static_cast<uint8_t>(b)));
+    spec.types.push_back(TokenType::kNormal);
+  }
+  for (const char* special : {"<s>", "</s>"}) {
+    tokenizer::AddedToken added;
+    added.id = static_cast<int32_t>(spec.tokens.size());
+    added.text = special;
+    added.special = true;
+    spec.added_tokens.push_back(added);
+    spec.tokens.push_back(special);
+    spec.types.push_back(TokenType::kControl);
+  }
+  spec.bos_id = 256;
+  spec.eos_id = 257;
+  spec.add_bos = true;
+  spec.pre_tokenizer.AddByteLevel(/*add_prefix_space=*/false, /*use_regex=*/false, nullptr);
+  spec.decode_byte_level = true;
+  auto tokenizer = Tokenizer::Create(std::move(spec));
+  EXPECT_TRUE(tokenizer.ok()) << tokenizer.status();
+  return tokenizer.ok() ? std::move(*tokenizer) : nullptr;
+}
+
+class HttpServerTest : public ::testing::Test {
+ protected:
+  static void SetUpTestSuite() {
+    auto model = LoadModel(herd::testing::TestDataPath(kModelPath));
+    ASSERT_TRUE(model.ok()) << model.status();
+    model_ = model->release();
+    EngineOptions engine_options;
+    engine_options.num_threads = 1;
+    engine_ = Engine::Create(*model_, engine_options)->release();
+    reference_engine_ = Engine::Create(*model_, engine_options)->release();
+  }
+  static void TearDownTestSuite() {
+    delete reference_engine_;
+    delete engine_;
+    delete model_;
+  }
+
+  void TearDown() override { StopAll(); }
+
+  // Starts an executor and a server; `options` gets the model's fields.
+  void StartServer(HttpServerOptions options = {}, ExecutorOptions executor_options = {}) {
+    StepRunnerOptions runner_options;
+    runner_options.num_kv_blocks = kContext / kBlockTokens;
+    runner_options.kv_block_tokens = kBlockTokens;
+    auto runner = StepRunner::Create(engine_, runner_options);
+    ASSERT_TRUE(runner.ok()) << runner.status();
+    runner_ = std::move(*runner);
+    ServingMetricsOptions metrics_options;
+    metrics_options.model_name = kModelName;
+    metrics_options.num_layers = static_cast<int>(model_->spec.num_layers);
+    metrics_options.num_experts = static_cast<int>(model_->spec.num_experts);
+    metrics_ = std::make_unique<ServingMetrics>(metrics_options);
+    executor_options.num_kv_blocks = runner_options.num_kv_blocks;
+    executor_options.kv_block_tokens = kBlockTokens;
+    executor_options.max_context_tokens = kContext;
+    executor_options.vocab_size = model_->spec.vocab_size;
+    auto executor = Executor::Create(runner_.get(), nullptr, executor_options, metrics_.get());
+    ASSERT_TRUE(executor.ok()) << executor.status();
+    executor_ = std::move(*executor);
+    options.model_name = kModelName;
+    options.vocab_size = model_->spec.vocab_size;
+    options.max_context_tokens = kContext;
+    auto server = HttpServer::Create(executor_.get(), metrics_.get(), options);
+    ASSERT_TRUE(server.ok()) << server.status();
+    server_ = std::move(*server);
+    ASSERT_TRUE(server_->Start().ok());
+    ASSERT_GT(server_->port(), 0);
+    client_ = Client();
+  }
+
+  // The documented shutdown order.
+  void StopAll() {
+    if (server_ != nullptr) server_->BeginDrain();
+    if (executor_ != nullptr) executor_->Shutdown(absl::ZeroDuration()).IgnoreError();
+    server_.reset();
+    executor_.reset();
+    runner_.reset();
+  }
+
+  std::unique_ptr<httplib::Client> Client() const {
+    auto client = std::make_unique<httplib::Client>("127.0.0.1", server_->port());
+    client->set_read_timeout(60);
+    return client;
+  }
+
+  httplib::Result Post(const std::string& path, const Json& body,
+                       const httplib::Headers& headers = {}) {
+    return client_->Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+
+  std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
+    GenerateOptions options;
+    options.max_new_tokens = max_tokens;
+    auto result = Generate(*reference_engine_, prompt, options);
+    EXPECT_TRUE(result.ok()) << result.status();
+    return result.ok() ? result->tokens : std::vector<int32_t>{};
+  }
+
+  // Waits up to `timeout` for the executor to have nothing running or waiting.
+  bool WaitIdle(absl::Duration timeout) {
+    const absl::Time give_up = absl::Now() + timeout;
+    while (absl::Now() < give_up) {
+      const ExecutorStats stats = executor_->stats();
+      if (stats.num_running == 0 && stats.num_waiting == 0) return true;
+      absl::SleepFor(absl::Milliseconds(5));
+    }
+    return false;
+  }
+
+  static void ExpectError(const httplib::Result& res, int status, const std::string& type,
+                          const std::string& message, const std::string& param = "") {
+    ASSERT_TRUE(res) << httplib::to_string(res.error());
+    EXPECT_EQ(res->status, status) << res->body;
+    EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+    const Json body = Json::parse(res->body);
+    ASSERT_TRUE(body.contains("error")) << res->body;
+    EXPECT_EQ(body["error"]["type"], type) << res->body;
+    EXPECT_THAT(body["error"]["message"].get<std::string>(), HasSubstr(message));
+    if (param.empty()) {
+      EXPECT_TRUE(body["error"]["param"].is_null()) << res->body;
+    } else {
+      EXPECT_EQ(body["error"]["param"], param) << res->body;
+    }
+    EXPECT_TRUE(body["error"].contains("code"));
+  }
+
+  static Model* model_;
+  static Engine* engine_;
+  static Engine* reference_engine_;
+  std::unique_ptr<StepRunner> runner_;
+  std::unique_ptr<ServingMetrics> metrics_;
+  std::unique_ptr<Executor> executor_;
+  std::unique_ptr<HttpServer> server_;
+  std::unique_ptr<httplib::Client> client_;
+};
+Model* HttpServerTest::model_ = nullptr;
+Engine* HttpServerTest::engine_ = nullptr;
+Engine* HttpServerTest::reference_engine_ = nullptr;
+
+const std::vector<int32_t> kPrompt = {1, 17, 255, 3, 99, 42};
+
+TEST_F(HttpServerTest, CompletionMatchesGenerate) {
+  StartServer();
+  auto res =
+      Post("/v1/completions",
+           {{"model", kModelName}, {"prompt", kPrompt}, {"max_tokens", 12}, {"temperature", 0}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("Content-Type"), "application/json");
+  const Json body = Json::parse(res->body);
+  EXPECT_EQ(body["object"], "text_completion");
+  EXPECT_TRUE(absl::StartsWith(body["id"].get<std::string>(), "cmpl-")) << body["id"];
+  EXPECT_EQ(body["model"], kModelName);
+  EXPECT_NEAR(body["created"].get<double>(), absl::ToUnixSeconds(absl::Now()), 60);
+  const Json& choice = body["choices"][0];
+  EXPECT_EQ(choice["text"], "");
+  EXPECT_EQ(choice["finish_reason"], "length");
+  EXPECT_THAT(choice["token_ids"].get<std::vector<int32_t>>(),
+              ElementsAreArray(Greedy(kPrompt, 12)));
+  EXPECT_EQ(body["usage"], Json({{"prompt_tokens", kPrompt.size()},
+                                 {"completion_tokens", 12},
+                                 {"total_tokens", kPrompt.size() + 12}}));
+  // A stop id ends the completion after it (the id is part of the output).
+  const std::vector<int32_t> greedy = Greedy(kPrompt, 12);
+  auto stopped = Post("/v1/completions", {{"prompt", kPrompt},
+                                          {"max_tokens", 12},
+                                          {"temperature", 0},
+                                          {"stop", Json::array({greedy[3]})}});
+  ASSERT_TRUE(stopped);
+  ASSERT_EQ(stopped->status, 200) << stopped->body;
+  const Json stop_body = Json::parse(stopped->body);
+  const auto stop_ids = stop_body["choices"][0]["token_ids"].get<std::vector<int32_t>>();
+  ASSERT_FALSE(stop_ids.empty());
+  EXPECT_EQ(stop_ids.back(), greedy[3]);
+  EXPECT_LE(stop_ids.size(), 4u);
+  EXPECT_EQ(stop_body["choices"][0]["finish_reason"], "stop");
+}
+
+TEST_F(HttpServerTest, SeededSamplingRepeats) {
+  StartServer();
+  const Json request = {{"prompt", kPrompt},
+                        {"max_tokens", 10},
+                        {"temperature", 1.0},
+                        {"top_p", 0.9},
+                        {"seed", 1234}};
+  auto first = Post("/v1/completions", request);
+  auto second = Post("/v1/completions", request);
+  ASSERT_TRUE(first && second);
+  ASSERT_EQ(first->status, 200) << first->body;
+  EXPECT_EQ(Json::parse(first->body)["choices"][0]["token_ids"],
+            Json::parse(second->body)["choices"][0]["token_ids"]);
+}
+
+TEST_F(HttpServerTest, StreamCarriesTheSameTokens) {
+  StartServer();
+  auto res = Post("/v1/completions", {{"prompt", kPrompt},
+                                      {"max_tokens", 12},
+                                      {"temperature", 0},
+                                      {"stream", true},
+                                      {"stream_options", {{"include_usage", true}}}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EXPECT_EQ(res->get_header_value("Content-Type"), "text/event-stream");
+  EXPECT_EQ(res->get_header_value("Cache-Control"), "no-cache");
+  const Events events = ParseEvents(res->body);
+  EXPECT_TRUE(events.done);
+  EXPECT_EQ(events.malformed, "");
+  ASSERT_GE(events.chunks.size(), 2u);
+  EXPECT_THAT(StreamedIds(events), ElementsAreArray(Greedy(kPrompt, 12)));
+  const std::string id = events.chunks[0]["id"];
+  for (size_t i = 0; i + 1 < events.chunks.size(); ++i) {
+    const Json& chunk = events.chunks[i];
+    EXPECT_EQ(chunk["object"], "text_completion");
+    EXPECT_EQ(chunk["id"], id);
+    EXPECT_TRUE(chunk["usage"].is_null());
+    const bool last = i + 2 == events.chunks.size();
+    EXPECT_EQ(chunk["choices"][0]["finish_reason"], last ? Json("length") : Json(nullptr)) << i;
+  }
+  const Json& usage = events.chunks.back();
+  EXPECT_EQ(usage["choices"], Json::array());
+  EXPECT_EQ(usage["usage"]["completion_tokens"], 12);
+  EXPECT_EQ(usage["usage"]["prompt_tokens"], kPrompt.size());
+}
+
+TEST_F(HttpServerTest, ChatWithATokenizer) {
+  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  HttpServerOptions options;
+  options.tokenizer = tokenizer.get();
+  options.chat_template = kMistralTemplate;
+  StartServer(options);
+  const Json messages = Json::array({Json{{"role", "user"}, {"content", "hi"}}});
+  auto res =
+      Post("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 8}, {"temperature", 0}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const Json body = Json::parse(res->body);
+  EXPECT_EQ(body["object"], "chat.completion");
+  EXPECT_TRUE(absl::StartsWith(body["id"].get<std::string>(), "chatcmpl-"));
+  EXPECT_EQ(body["choices"][0]["message"]["role"], "assistant");
+  // "<s>[INST] hi [/INST]": BOS and 17 bytes.
+  EXPECT_EQ(body["usage"]["prompt_tokens"], 18);
+  const auto ids = body["choices"][0]["token_ids"].get<std::vector<int32_t>>();
+  std::vector<int32_t> prompt = {256};
+  for (char c : std::string("[INST] hi [/INST]")) prompt.push_back(static_cast<uint8_t>(c));
+  const std::vector<int32_t> greedy = Greedy(prompt, 8);
+  // Generation stops at EOS (257) if the model happens to produce it.
+  ASSERT_FALSE(ids.empty());
+  EXPECT_THAT(ids, ElementsAreArray(greedy.begin(), greedy.begin() + ids.size()));
+  std::vector<int32_t> decodable;
+  for (int32_t id : ids) {
+    if (id < tokenizer->vocab_size()) decodable.push_back(id);
+  }
+  DecodeOptions decode;
+  EXPECT_EQ(body["choices"][0]["message"]["content"], *tokenizer->Decode(decodable, decode));
+
+  auto stream =
+      Post("/v1/chat/completions",
+           {{"messages", messages}, {"max_tokens", 8}, {"temperature", 0}, {"stream", true}});
+  ASSERT_TRUE(stream);
+  ASSERT_EQ(stream->status, 200) << stream->body;
+  const Events events = ParseEvents(stream->body);
+  ASSERT_TRUE(events.done);
+  ASSERT_GE(events.chunks.size(), 2u);
+  EXPECT_EQ(events.chunks[0]["object"], "chat.completion.chunk");
+  EXPECT_EQ(events.chunks[0]["choices"][0]["delta"]["role"], "assistant");
+  std::string content;
+  for (const Json& chunk : events.chunks) {
+    const Json& delta = chunk["choices"][0]["delta"];
+    if (delta.contains("content")) content += delta["content"].get<std::string>();
+  }
+  EXPECT_EQ(content, body["choices"][0]["message"]["content"]);
+  EXPECT_EQ(StreamedIds(events), ids);
+}
+
+TEST_F(HttpServerTest, RequestErrorsAreOpenAiJson) {
+  StartServer();
+  ExpectError(client_->Post("/v1/completions", "{\"prompt\": [1,", "application/json"), 400,
+              "invalid_request_error", "not valid JSON");
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", "many"}}), 400,
+              "invalid_request_error", "'max_tokens' must be an integer", "max_tokens");
+  ExpectError(Post("/v1/completions", {{"prompt", {1, 512}}}), 400, "invalid_request_error",
+              "prompt[1] = 512 is outside the vocabulary [0, 512)", "prompt");
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", kContext}}), 400,
+              "invalid_request_error", "maximum context length is 32768 tokens", "max_tokens");
+  ExpectError(Post("/v1/completions", {{"prompt", "hello"}}), 400, "invalid_request_error",
+              "has no tokenizer", "prompt");
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"n", 2}}), 400,
+              "invalid_request_error", "is not supported", "n");
+  auto other = Post("/v1/completions", {{"model", "gpt-4"}, {"prompt", kPrompt}});
+  ExpectError(other, 404, "invalid_request_error", "The model `gpt-4` does not exist", "model");
+  EXPECT_EQ(Json::parse(other->body)["error"]["code"], "model_not_found");
+  ExpectError(Post("/v1/chat/completions",
+                   {{"messages", Json::array({Json{{"role", "user"}, {"content", "x"}}})}}),
+              400, "invalid_request_error", "has no tokenizer, so it cannot chat");
+  // Nothing was left behind in the executor.
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+}
+
+TEST_F(HttpServerTest, UnknownPathsAndMethods) {
+  StartServer();
+  ExpectError(client_->Get("/v1/nothing"), 404, "invalid_request_error",
+              "Invalid URL (GET /v1/nothing)");
+  ExpectError(client_->Post("/v2/completions", "{}", "application/json"), 404,
+              "invalid_request_error", "Invalid URL (POST /v2/completions)");
+  auto get = client_->Get("/v1/completions");
+  ExpectError(get, 405, "invalid_request_error", "method GET is not allowed on /v1/completions");
+  EXPECT_EQ(get->get_header_value("Allow"), "POST");
+  auto post = client_->Post("/health", "", "text/plain");
+  ExpectError(post, 405, "invalid_request_error", "use GET");
+  EXPECT_EQ(post->get_header_value("Allow"), "GET");
+  ExpectError(client_->Delete("/v1/models"), 405, "invalid_request_error", "method DELETE");
+}
+
+TEST_F(HttpServerTest, BodyLimit) {
+  HttpServerOptions options;
+  options.max_body_bytes = 1024;
+  StartServer(options);
+  Json big = {{"prompt", kPrompt}, {"user", std::string(2000, 'x')}};
+  ExpectError(Post("/v1/completions", big), 413, "invalid_request_error",
+              "the request body is larger than 1024 bytes");
+  // Just under the limit is fine.
+  Json fits = {{"prompt", kPrompt}, {"max_tokens", 1}};
+  fits["user"] = std::string(1024 - fits.dump().size() - 10, 'x');
+  auto ok = Post("/v1/completions", fits);
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  // A chunked upload is held to the limit as it arrives. The server stops
+  // reading at the limit, so the client may see the connection reset
+  // instead of the answer; if an answer comes, it is 413.
+  std::string chunked_body = big.dump();
+  auto chunked = Client()->Post(
+      "/v1/completions",
+      [&](size_t offset, httplib::DataSink& sink) {
+        sink.write(chunked_body.data(), chunked_body.size());
+        sink.done();
+        return true;
+      },
+      "application/json");
+  if (chunked) {
+    EXPECT_EQ(chunked->status, 413) << chunked->body;
+  }
+}
+
+TEST_F(HttpServerTest, ApiKey) {
+  HttpServerOptions options;
+  options.api_key = "secret";
+  StartServer(options);
+  const Json request = {{"prompt", kPrompt}, {"max_tokens", 1}};
+  auto missing = Post("/v1/completions", request);
+  ExpectError(missing, 401, "invalid_request_error", "missing API key");
+  EXPECT_EQ(Json::parse(missing->body)["error"]["code"], "invalid_api_key");
+  EXPECT_EQ(missing->get_header_value("WWW-Authenticate"), "Bearer");
+  ExpectError(Post("/v1/completions", request, {{"Authorization", "Bearer wrong"}}), 401,
+              "invalid_request_error", "invalid API key");
+  ExpectError(Post("/v1/completions", request, {{"Authorization", "secret"}}), 401,
+              "invalid_request_error", "invalid API key");
+  ExpectError(client_->Get("/v1/models"), 401, "invalid_request_error", "missing API key");
+  auto ok = Post("/v1/completions", request, {{"Authorization", "Bearer secret"}});
+  ASSERT_TRUE(ok);
+  EXPECT_EQ(ok->status, 200) << ok->body;
+  // Probes and metrics stay open.
+  EXPECT_EQ(client_->Get("/health")->status, 200);
+  EXPECT_EQ(client_->Get("/ready")->status, 200);
+  EXPECT_EQ(client_->Get("/metrics")->status, 200);
+}
+
+TEST_F(HttpServerTest, ModelsProbesAndMetrics) {
+  StartServer();
+  auto models = client_->Get("/v1/models");
+  ASSERT_TRUE(models);
+  ASSERT_EQ(models->status, 200);
+  const Json list = Json::parse(models->body);
+  EXPECT_EQ(list["object"], "list");
+  ASSERT_EQ(list["data"].size(), 1u);
+  EXPECT_EQ(list["data"][0]["id"], kModelName);
+  EXPECT_EQ(list["data"][0]["max_model_len"], kContext);
+
+  auto health = client_->Get("/health");
+  EXPECT_EQ(health->status, 200);
+  EXPECT_EQ(health->body, "ok\n");
+  EXPECT_EQ(client_->Get("/ready")->status, 200);
+
+  ASSERT_EQ(Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", 3}})->status, 200);
+  auto metrics = client_->Get("/metrics");
+  ASSERT_TRUE(metrics);
+  EXPECT_EQ(metrics->status, 200);
+  EXPECT_THAT(metrics->get_header_value("Content-Type"), HasSubstr("text/plain; version=0.0.4"));
+  EXPECT_THAT(metrics->body, HasSubstr("herd:request_success_total"));
+  EXPECT_THAT(metrics->body, HasSubstr("herd:generation_tokens_total"));
+}
+
+TEST_F(HttpServerTest, DrainRefusesNewRequests) {
+  StartServer();
+  server_->BeginDrain();
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}}), 503, "service_unavailable",
+              "shutting down");
+  ExpectError(client_->Get("/v1/models"), 503, "service_unavailable", "shutting down");
+  EXPECT_EQ(client_->Get("/ready")->status, 503);
+  EXPECT_EQ(client_->Get("/health")->status, 200);
+  EXPECT_EQ(client_->Get("/metrics")->status, 200);
+  // Once the executor is gone, /health says so.
+  ASSERT_TRUE(executor_->Shutdown(absl::Seconds(5)).ok());
+  auto health = client_->Get("/health");
+  EXPECT_EQ(health->status, 503);
+  EXPECT_THAT(health->body, HasSubstr("unhealthy"));
+}
+
+TEST_F(HttpServerTest, FullQueueIs429WithRetryAfter) {
+  ExecutorOptions executor_options;
+  executor_options.max_running_per_rank = 1;
+  executor_options.max_waiting_requests = 1;
+  StartServer({}, executor_options);
+  GenerationRequest long_request;
+  long_request.prompt_ids = kPrompt;
+  long_request.max_tokens = kLongTokens;
+  ASSERT_TRUE(executor_->Enqueue(long_request).ok());
+  // The second waits behind the first, which runs alone: the queue is full.
+  absl::StatusOr<RequestId> waiting = executor_->Enqueue(long_request);
+  for (int i = 0; i < 1000 && !waiting.ok(); ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+    waiting = executor_->Enqueue(long_request);
+  }
+  ASSERT_TRUE(waiting.ok()) << waiting.status();
+  auto res = Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", 2}});
+  ExpectError(res, 429, "server_overloaded", "the request queue is full");
+  EXPECT_EQ(res->get_header_value("Retry-After"), "1");
+}
+
+TEST_F(HttpServerTest, RequestTimeoutIs504) {
+  HttpServerOptions options;
+  options.request_timeout = absl::Milliseconds(50);
+  StartServer(options);
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", kLongTokens}}), 504,
+              "timeout_error", "");
+  auto stream =
+      Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", kLongTokens}, {"stream", true}});
+  ASSERT_TRUE(stream);
+  EXPECT_EQ(stream->status, 200);
+  const Events events = ParseEvents(stream->body);
+  EXPECT_TRUE(events.done);
+  ASSERT_FALSE(events.chunks.empty());
+  EXPECT_EQ(events.chunks.back()["error"]["type"], "timeout_error") << stream->body;
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+}
+
+TEST_F(HttpServerTest, ClientDisconnectCancelsTheStream) {
+  StartServer();
+  httplib::Request req;
+  req.method = "POST";
+  req.path = "/v1/completions";
+  req.body = Json({{"prompt", kPrompt}, {"max_tokens", kLongTokens}, {"stream", true}}).dump();
+  req.set_header("Content-Type", "application/json");
+  int num_chunks = 0;
+  req.content_receiver = [&](const char*, size_t, uint64_t, uint64_t) {
+    return ++num_chunks < 3;  // hang up after a few chunks
+  };
+  const absl::Time start = absl::Now();
+  auto res = Client()->send(req);
+  EXPECT_FALSE(res);
+  EXPECT_EQ(num_chunks, 3);
+  // The request is cancelled well before it could have finished.
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(executor_->stats().num_finished, 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(MetricValue(metrics_->Serialize(), "herd:request_success_total{",
+                        "finished_reason=\"abort\""),
+            1);
+}
+
+TEST_F(HttpServerTest, StopEndsOpenStreams) {
+  StartServer();
+  std::atomic<bool> first_chunk{false};
+  std::string body;
+  std::thread reader([&] {
+    httplib::Request req;
+    req.method = "POST";
+    req.path = "/v1/completions";
+    req.body = Json({{"prompt", kPrompt}, {"max_tokens", kLongTokens}, {"stream", true}}).dump();
+    req.set_header("Content-Type", "application/json");
+    req.content_receiver = [&](const char* data, size_t size, uint64_t, uint64_t) {
+      body.append(data, size);
+      first_chunk = true;
+      return true;
+    };
+    Client()->send(req);
+  });
+  while (!first_chunk) absl::SleepFor(absl::Milliseconds(1));
+  const absl::Time start = absl::Now();
+  server_->Stop();
+  EXPECT_LT(absl::Now() - start, absl::Seconds(3));
+  reader.join();
+  const Events events = ParseEvents(body);
+  EXPECT_TRUE(events.done);
+  ASSERT_FALSE(events.chunks.empty());
+  EXPECT_EQ(events.chunks.back()["error"]["type"], "service_unavailable") << body;
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+  server_->Stop();  // idempotent
+}
+
+TEST_F(HttpServerTest, SixtyFourConcurrentStreams) {
+  StartServer();
+  constexpr int kClients = 64;
+  std::vector<std::thread> clients;
+  std::vector<int> statuses(kClients, 0);
+  std::vector<size_t> num_tokens(kClients, 0);
+  std::vector<int> done(kClients, 0);
+  for (int i = 0; i < kClients; ++i) {
+    clients.emplace_back([&, i] {
+      auto client = Client();
+      auto res = client->Post(
+          "/v1/completions",
+          Json({{"prompt", {1, 2, 3 + i}}, {"max_tokens", 8}, {"stream", true}}).dump(),
+          "application/json");
+      if (!res) {
+        ADD_FAILURE() << "client " << i << ": " << httplib::to_string(res.error());
+        return;
+      }
+      statuses[i] = res->status;
+      const Events events = ParseEvents(res->body);
+      num_tokens[i] = StreamedIds(events).size();
+      done[i] = events.done;
+    });
+  }
+  for (std::thread& client : clients) client.join();
+  for (int i = 0; i < kClients; ++i) {
+    EXPECT_EQ(statuses[i], 200) << i;
+    EXPECT_EQ(num_tokens[i], 8u) << i;
+    EXPECT_TRUE(done[i]) << i;
+  }
+}
+
+TEST_F(HttpServerTest, StartFailsOnATakenPort) {
+  StartServer();
+  HttpServerOptions options;
+  options.model_name = kModelName;
+  options.vocab_size = 512;
+  options.max_context_tokens = kContext;
+  options.port = server_->port();
+  auto second = HttpServer::Create(executor_.get(), nullptr, options);
+  ASSERT_TRUE(second.ok());
+  const absl::Status status = (*second)->Start();
+  EXPECT_EQ(status.code(), absl::StatusCode::kUnavailable) << status;
+  EXPECT_THAT(status.message(), HasSubstr(absl::StrCat("127.0.0.1:", server_->port())));
+  EXPECT_EQ((*second)->port(), 0);
+  // Without metrics, /metrics is 404; a second Start is refused.
+  options.port = 0;
+  auto bare = HttpServer::Create(executor_.get(), nullptr, options);
+  ASSERT_TRUE(bare.ok());
+  ASSERT_TRUE((*bare)->Start().ok());
+  EXPECT_EQ((*bare)->Start().code(), absl::StatusCode::kFailedPrecondition);
+  httplib::Client client("127.0.0.1", (*bare)->port());
+  ExpectError(client.Get("/metrics"), 404, "invalid_request_error", "exports no metrics");
+}
+
+TEST_F(HttpServerTest, CreateValidatesOptions) {
+  StartServer();
+  HttpServerOptions good;
+  good.model_name = kModelName;
+  good.vocab_size = 512;
+  good.max_context_tokens = kContext;
+  EXPECT_TRUE(HttpServer::Create(executor_.get(), nullptr, good).ok());
+  EXPECT_EQ(HttpServer::Create(nullptr, nullptr, good).status().code(),
+            absl::StatusCode::kInvalidArgument);
+  auto expect_invalid = [&](HttpServerOptions options) {
+    EXPECT_EQ(HttpServer::Create(executor_.get(), nullptr, options).status().code(),
+              absl::StatusCode::kInvalidArgument);
+  };
+  HttpServerOptions bad = good;
+  bad.model_name.clear();
+  expect_invalid(bad);
+  bad = good;
+  bad.vocab_size = 0;
+  expect_invalid(bad);
+  bad = good;
+  bad.max_context_tokens = -1;
+  expect_invalid(bad);
+  bad = good;
+  bad.num_http_threads = 0;
+  expect_invalid(bad);
+  bad = good;
+  bad.max_body_bytes = 0;
+  expect_invalid(bad);
+  bad = good;
+  bad.port = 70000;
+  expect_invalid(bad);
+}
+
+}  // namespace
+}  // namespace herd

@@ -1,0 +1,338 @@
+// herd serve: the OpenAI-compatible server. Every rank loads its part of the
+// model and runs a StepRunner; rank 0 also runs the executor (queue,
+// scheduler, step loop) and the HTTP server, and the other ranks run the
+// worker loop until rank 0 tells them to stop.
+#include <unistd.h>
+
+#include <atomic>
+#include <csignal>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <optional>
+
+#include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "comm/env.h"
+#include "coordinator/api/http_server.h"
+#include "coordinator/metrics/serving_metrics.h"
+#include "coordinator/placement/load_trace.h"
+#include "coordinator/scheduler/executor.h"
+#include "core/config.h"
+#include "core/file_util.h"
+#include "core/human_format.h"
+#include "core/logging.h"
+#include "core/placement.h"
+#include "core/status.h"
+#include "core/thread_pool.h"
+#include "model/synth.h"
+#include "model/tokenizer/tokenizer.h"
+#include "tools/commands.h"
+#include "tools/flags.h"
+#include "worker/engine.h"
+#include "worker/rank_group.h"
+#include "worker/rank_model.h"
+#include "worker/step_runner.h"
+
+namespace herd {
+namespace {
+
+const std::vector<FlagSpec> kServeFlags = {
+    {"model", true, "GGUF file or Hugging Face directory (default: a small random-weight demo)"},
+    {"config", true, "YAML config file (flags override it; see configs/)"},
+    {"host", true, "address to listen on (default 127.0.0.1)"},
+    {"port", true, "port to listen on; 0 picks a free one (default 8000)"},
+    {"port-file", true, "write the port listened on to this file once serving"},
+    {"api-key", true, "require 'Authorization: Bearer KEY' on /v1/*"},
+    {"model-name", true, "model id reported by /v1/models (default: the file name)"},
+    {"threads", true, "kernel threads per rank; 0 = all cores (split among local ranks)"},
+    {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
+    {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
+    {"kv-cache-bytes", true, "KV cache per rank in bytes (default: max-running full contexts)"},
+    {"kv-block-tokens", true, "tokens per KV cache block (default 16)"},
+    {"max-step-tokens", true, "tokens per rank per step, decode + prefill chunks (default 256)"},
+    {"max-waiting", true, "queued requests beyond which new ones get 429 (default 256)"},
+    {"max-running", true, "sequences running at once per rank (default 64)"},
+    {"max-context-tokens", true, "longest prompt + completion (default: the model's context)"},
+    {"max-body-bytes", true, "largest request body accepted (default 1048576)"},
+    {"drain-timeout-s", true, "on SIGTERM, seconds to finish accepted requests (default 30)"},
+    {"request-timeout-s", true, "per-request deadline in seconds; 0 = none (default 0)"},
+    {"detailed-expert-metrics", false, "export herd:expert_tokens_total{layer,expert}"},
+    {"record-expert-load", true,
+     "on shutdown, write the tokens routed to each expert as a herd plan trace (JSON)"},
+    {"help", false, "show this help"},
+};
+
+// The demo model `herd serve` creates when given none.
+constexpr char kDemoModelPath[] = "herd-data/serve-demo-q8_0.gguf";
+
+std::atomic<int> g_stop_signal{0};
+
+void OnStopSignal(int signal) { g_stop_signal.store(signal); }
+
+absl::StatusOr<std::string> DemoModel() {
+  if (std::filesystem::exists(kDemoModelPath)) return std::string(kDemoModelPath);
+  std::error_code error;
+  std::filesystem::create_directories(std::filesystem::path(kDemoModelPath).parent_path(), error);
+  SynthOptions options;
+  options.num_layers = 4;
+  options.hidden_size = 256;
+  options.num_heads = 8;
+  options.num_kv_heads = 4;
+  options.num_experts = 8;
+  options.num_experts_per_token = 2;
+  options.expert_ffn_size = 512;
+  options.vocab_size = 4096;
+  options.context_length = 2048;
+  options.dtype = DType::kQ8_0;
+  options.seed = 1;
+  HERD_RETURN_IF_ERROR(SynthesizeModel(options, kDemoModelPath));
+  return std::string(kDemoModelPath);
+}
+
+int64_t PhysicalMemoryBytes() {
+  const long pages = sysconf(_SC_PHYS_PAGES);
+  const long page_size = sysconf(_SC_PAGESIZE);
+  return pages > 0 && page_size > 0 ? static_cast<int64_t>(pages) * page_size : 0;
+}
+
+// Everything the command line and the config decide.
+struct ServeSettings {
+  std::string model_path;
+  ServeConfig serve;
+  int threads = 0;
+  int64_t max_context_tokens = 0;  // 0 = the model's
+  std::string port_file;
+  std::string record_expert_load;
+  std::optional<ExpertPlacement> placement;
+  RankGroupOptions group;
+};
+
+absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
+  HerdConfig config;
+  if (flags.Has("config")) {
+    HERD_ASSIGN_OR_RETURN(config, LoadConfigFile(flags.GetString("config")));
+  }
+  ServeSettings s;
+  s.serve = config.serve;
+  s.model_path = flags.GetString("model", config.model);
+  ServeConfig& c = s.serve;
+  c.host = flags.GetString("host", c.host);
+  HERD_ASSIGN_OR_RETURN(int64_t port, flags.GetInt("port", c.port));
+  c.port = static_cast<int>(port);
+  c.api_key = flags.GetString("api-key", c.api_key);
+  c.model_name = flags.GetString("model-name", c.model_name);
+  HERD_ASSIGN_OR_RETURN(c.kv_cache_bytes, flags.GetInt("kv-cache-bytes", c.kv_cache_bytes));
+  HERD_ASSIGN_OR_RETURN(c.kv_block_tokens, flags.GetInt("kv-block-tokens", c.kv_block_tokens));
+  HERD_ASSIGN_OR_RETURN(c.max_step_tokens, flags.GetInt("max-step-tokens", c.max_step_tokens));
+  HERD_ASSIGN_OR_RETURN(c.max_waiting, flags.GetInt("max-waiting", c.max_waiting));
+  HERD_ASSIGN_OR_RETURN(c.max_running, flags.GetInt("max-running", c.max_running));
+  HERD_ASSIGN_OR_RETURN(c.max_body_bytes, flags.GetInt("max-body-bytes", c.max_body_bytes));
+  HERD_ASSIGN_OR_RETURN(c.drain_timeout_s, flags.GetDouble("drain-timeout-s", c.drain_timeout_s));
+  HERD_ASSIGN_OR_RETURN(c.request_timeout_s,
+                        flags.GetDouble("request-timeout-s", c.request_timeout_s));
+  if (flags.Has("detailed-expert-metrics")) c.detailed_expert_metrics = true;
+  HERD_RETURN_IF_ERROR(c.Validate());
+  HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", config.engine.threads));
+  if (threads < 0 || threads > 1024) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--threads must be in [0, 1024], got ", threads));
+  }
+  s.threads = static_cast<int>(threads);
+  HERD_ASSIGN_OR_RETURN(s.max_context_tokens,
+                        flags.GetInt("max-context-tokens", config.engine.max_context_tokens));
+  if (s.max_context_tokens < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max-context-tokens must be >= 0, got ", s.max_context_tokens));
+  }
+  s.port_file = flags.GetString("port-file");
+  s.record_expert_load = flags.GetString("record-expert-load");
+  if (flags.Has("placement")) {
+    HERD_ASSIGN_OR_RETURN(s.placement, ReadPlacementFile(flags.GetString("placement")));
+  }
+  HERD_ASSIGN_OR_RETURN(int64_t local_ranks, flags.GetInt("local-ranks", 1));
+  if (local_ranks < 1 || local_ranks > 256) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--local-ranks must be in [1, 256], got ", local_ranks));
+  }
+  s.group.local_ranks = static_cast<int>(local_ranks);
+  if (s.threads == 0 && s.group.local_ranks > 1) {
+    s.threads = std::max(1, ThreadPool::DefaultNumThreads() / s.group.local_ranks);
+  }
+  return s;
+}
+
+// KV blocks per rank: --kv-cache-bytes, or room for max_running sequences of
+// the whole context, capped at a quarter of this machine's memory split among
+// the local ranks.
+int64_t KvBlocks(const ServeSettings& s, const ModelSpec& spec, int64_t max_context_tokens) {
+  int64_t bytes = s.serve.kv_cache_bytes;
+  if (bytes == 0) {
+    const int64_t bytes_per_token = KvCache::BytesPerBlock(spec, 1);
+    bytes = bytes_per_token * max_context_tokens * s.serve.max_running;
+    const int64_t cap = PhysicalMemoryBytes() / 4 / s.group.local_ranks;
+    if (cap > 0) bytes = std::min(bytes, cap);
+  }
+  return StepRunner::KvBlocksForBytes(spec, bytes, s.serve.kv_block_tokens);
+}
+
+// Rank 0: the executor and the HTTP server, until SIGTERM/SIGINT (drain) or
+// the step loop fails.
+absl::Status ServeOnCoordinator(const ServeSettings& s, const Model& model, StepRunner& runner,
+                                comm::ControlChannel* control, int64_t max_context_tokens) {
+  const ModelSpec& spec = model.spec;
+  std::string model_name = s.serve.model_name;
+  if (model_name.empty()) model_name = std::filesystem::path(s.model_path).filename().string();
+  ServingMetricsOptions metrics_options;
+  metrics_options.model_name = model_name;
+  metrics_options.num_layers = static_cast<int>(spec.num_layers);
+  metrics_options.num_experts = static_cast<int>(spec.num_experts);
+  metrics_options.world_size = control != nullptr ? control->world_size() : 1;
+  metrics_options.detailed_expert_metrics = s.serve.detailed_expert_metrics;
+  ServingMetrics metrics(metrics_options);
+  metrics.SetPlacementVersion(1);
+
+  ExecutorOptions options;
+  options.max_waiting_requests = s.serve.max_waiting;
+  options.max_running_per_rank = s.serve.max_running;
+  options.max_step_tokens = s.serve.max_step_tokens;
+  options.num_kv_blocks = runner.options().num_kv_blocks;
+  options.kv_block_tokens = runner.options().kv_block_tokens;
+  options.max_context_tokens = max_context_tokens;
+  options.vocab_size = spec.vocab_size;
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Executor> executor,
+                        Executor::Create(&runner, control, options, &metrics));
+
+  // The tokenizer is optional: without one, prompts are token ids.
+  std::unique_ptr<Tokenizer> tokenizer;
+  if (absl::StatusOr<std::unique_ptr<Tokenizer>> loaded = Tokenizer::Load(s.model_path);
+      loaded.ok()) {
+    tokenizer = std::move(*loaded);
+  } else {
+    HERD_LOG(INFO) << "no tokenizer (" << loaded.status().message()
+                   << "): prompts must be token ids";
+  }
+
+  HttpServerOptions http;
+  http.host = s.serve.host;
+  http.port = s.serve.port;
+  http.api_key = s.serve.api_key;
+  http.max_body_bytes = s.serve.max_body_bytes;
+  http.model_name = model_name;
+  http.vocab_size = spec.vocab_size;
+  http.max_context_tokens = max_context_tokens;
+  http.tokenizer = tokenizer.get();
+  if (tokenizer != nullptr) http.chat_template = tokenizer->chat_template();
+  if (s.serve.request_timeout_s > 0) {
+    http.request_timeout = absl::Seconds(s.serve.request_timeout_s);
+  }
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<HttpServer> server,
+                        HttpServer::Create(executor.get(), &metrics, http));
+  HERD_RETURN_IF_ERROR(server->Start());
+  HERD_LOG(INFO) << "herd serve: listening on http://" << s.serve.host << ":" << server->port()
+                 << " (model " << model_name << ", "
+                 << (control != nullptr ? control->world_size() : 1) << " rank(s), "
+                 << options.num_kv_blocks << " KV blocks of " << options.kv_block_tokens
+                 << " tokens per rank)";
+  if (!s.port_file.empty()) {
+    HERD_RETURN_IF_ERROR(WriteFileAtomically(s.port_file, absl::StrCat(server->port(), "\n")));
+  }
+
+  absl::Status loop_error;
+  while (g_stop_signal.load() == 0) {
+    absl::SleepFor(absl::Milliseconds(50));
+    if (absl::Status health = executor->health(); !health.ok()) {
+      loop_error = health;
+      break;
+    }
+  }
+  if (loop_error.ok()) {
+    HERD_LOG(INFO) << "herd serve: signal " << g_stop_signal.load() << ", draining for up to "
+                   << s.serve.drain_timeout_s << " s";
+  }
+  server->BeginDrain();
+  const absl::Status drained = executor->Shutdown(absl::Seconds(s.serve.drain_timeout_s));
+  server->Stop();
+  HERD_RETURN_IF_ERROR(loop_error);
+  if (!s.record_expert_load.empty()) {
+    const ExpertLoadTotals totals = executor->expert_load();
+    ExpertLoadTrace trace;
+    trace.name = absl::StrCat("herd serve ", s.model_path);
+    trace.num_layers = static_cast<int>(spec.num_layers);
+    trace.num_experts = static_cast<int>(spec.num_experts);
+    trace.num_snapshots = 1;
+    trace.top_k = static_cast<int>(spec.num_experts_per_token);
+    trace.tokens_per_snapshot = {totals.num_tokens};
+    trace.loads = totals.loads;
+    trace.loads.resize(spec.num_layers * spec.num_experts, 0);
+    HERD_RETURN_IF_ERROR(WriteExpertLoadTrace(trace, s.record_expert_load));
+    HERD_LOG(INFO) << "herd serve: wrote the expert load of " << totals.num_tokens << " tokens to "
+                   << s.record_expert_load;
+  }
+  if (!drained.ok()) HERD_LOG(WARN) << "herd serve: " << drained.message();
+  HERD_LOG(INFO) << "herd serve: stopped after " << executor->stats().num_finished << " requests";
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream& out) {
+  HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kServeFlags));
+  if (flags.Has("help")) {
+    out << "usage: herd serve [--model PATH] [--host H] [--port P] [--config FILE] [flags]\n"
+        << FlagsHelp(kServeFlags);
+    return absl::OkStatus();
+  }
+  HERD_ASSIGN_OR_RETURN(ServeSettings settings, ParseSettings(flags));
+  if (settings.model_path.empty()) {
+    HERD_ASSIGN_OR_RETURN(settings.model_path, DemoModel());
+    HERD_LOG(WARN) << "herd serve: no --model given; serving " << settings.model_path
+                   << ", a small model with RANDOM weights (its outputs mean nothing)";
+  }
+  // Every rank installs the handlers: under mpirun a signal reaches them all,
+  // and only rank 0 acts on it (it drains, then stops the others).
+  std::signal(SIGTERM, OnStopSignal);
+  std::signal(SIGINT, OnStopSignal);
+
+  return RunRanks(
+      settings.group, [&](comm::Communicator* comm, comm::ControlChannel* control) -> absl::Status {
+        HERD_ASSIGN_OR_RETURN(RankModel rank_model,
+                              LoadModelForRank(settings.model_path, comm, settings.placement));
+        const Model& model = *rank_model.model;
+        EngineOptions engine_options;
+        engine_options.num_threads = settings.threads;
+        if (comm != nullptr) {
+          engine_options.expert_parallelism = {comm, &*rank_model.placement,
+                                               absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+        }
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                              Engine::Create(model, engine_options));
+        const int64_t max_context_tokens = settings.max_context_tokens > 0
+                                               ? settings.max_context_tokens
+                                               : std::max<int64_t>(model.spec.context_length, 1);
+        StepRunnerOptions runner_options;
+        runner_options.kv_block_tokens = settings.serve.kv_block_tokens;
+        runner_options.count_expert_tokens =
+            settings.serve.detailed_expert_metrics || !settings.record_expert_load.empty();
+        runner_options.num_kv_blocks = KvBlocks(settings, model.spec, max_context_tokens);
+        if (runner_options.num_kv_blocks < 1) {
+          return absl::InvalidArgumentError(
+              absl::StrCat("--kv-cache-bytes ", settings.serve.kv_cache_bytes,
+                           " holds no block of ", settings.serve.kv_block_tokens, " tokens"));
+        }
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<StepRunner> runner,
+                              StepRunner::Create(engine.get(), runner_options));
+        const int rank = control != nullptr ? control->rank() : 0;
+        HERD_LOG(INFO) << "rank " << rank << ": " << engine->num_threads() << " threads, "
+                       << runner_options.num_kv_blocks << " KV blocks ("
+                       << HumanBytes(
+                              runner_options.num_kv_blocks *
+                              KvCache::BytesPerBlock(model.spec, runner_options.kv_block_tokens))
+                       << "), resident expert weights "
+                       << HumanBytes(engine->resident_expert_bytes());
+        if (rank != 0) return RunWorkerLoop(*runner, *control);
+        return ServeOnCoordinator(settings, model, *runner, control, max_context_tokens);
+      });
+}
+
+}  // namespace herd

@@ -1,0 +1,274 @@
+#include "worker/step_plan.h"
+
+#include <bit>
+#include <cstring>
+#include <limits>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+
+namespace herd {
+namespace {
+
+// Wire format, little-endian, no padding. Counts are U32 and precede their
+// elements; strings are a U32 length and the bytes.
+//
+//   plan:   U32 magic "HRSP" | U32 version | U64 step_idx | U8 shutdown |
+//           U32 num_chunks | chunk...
+//   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
+//           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
+//           F32 top_p | U64 seed | I64 sample_idx
+//   result: U32 magic "HRSR" | U32 version | U64 step_idx | I32 rank |
+//           string error | U32 n | (U64 sequence_id, I32 token_id)[n] |
+//           I64 num_tokens | U32 l | I64 layer_expert_rows[l] |
+//           U32 e | I64 expert_tokens[e] | F64 forward_seconds |
+//           F64 dispatch_seconds | F64 combine_seconds | I64 all_to_all_bytes
+//
+// A new field bumps the version; a reader rejects versions it does not know
+// (every rank runs the same build).
+constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
+constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
+constexpr uint32_t kVersion = 1;
+
+// Bytes of the fixed-size fields of one chunk and one sampled token: the
+// least a count of them can take, checked before anything is allocated.
+constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 8 + 8;
+constexpr size_t kSampledTokenBytes = 8 + 4;
+
+class Writer {
+ public:
+  void U8(uint8_t v) { out_.push_back(static_cast<char>(v)); }
+  void U32(uint32_t v) {
+    for (int i = 0; i < 4; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void U64(uint64_t v) {
+    for (int i = 0; i < 8; ++i) U8(static_cast<uint8_t>(v >> (8 * i)));
+  }
+  void I32(int32_t v) { U32(static_cast<uint32_t>(v)); }
+  void I64(int64_t v) { U64(static_cast<uint64_t>(v)); }
+  void F32(float v) { U32(std::bit_cast<uint32_t>(v)); }
+  void F64(double v) { U64(std::bit_cast<uint64_t>(v)); }
+  void Bool(bool v) { U8(v ? 1 : 0); }
+  void Count(size_t n) {
+    // NOTE: a step is bounded by memory long before 2^32 elements.
+    HERD_CHECK(n <= std::numeric_limits<uint32_t>::max());
+    U32(static_cast<uint32_t>(n));
+  }
+  void String(const std::string& s) {
+    Count(s.size());
+    out_.append(s);
+  }
+  void I32s(const std::vector<int32_t>& v) {
+    Count(v.size());
+    for (int32_t x : v) I32(x);
+  }
+  void I64s(const std::vector<int64_t>& v) {
+    Count(v.size());
+    for (int64_t x : v) I64(x);
+  }
+  std::string Take() { return std::move(out_); }
+
+ private:
+  std::string out_;
+};
+
+// Reads what Writer wrote. Sticky: the first failure is kept, and every read
+// after it returns zero without touching the input, so a decoder reads all
+// fields unconditionally and checks once at the end.
+class Reader {
+ public:
+  Reader(absl::string_view bytes, const char* what) : bytes_(bytes), what_(what) {}
+
+  uint8_t U8() {
+    const char* p = Take(1);
+    return p == nullptr ? 0 : static_cast<uint8_t>(*p);
+  }
+  uint32_t U32() {
+    const char* p = Take(4);
+    uint32_t v = 0;
+    for (int i = 0; p != nullptr && i < 4; ++i) {
+      v |= static_cast<uint32_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+    }
+    return v;
+  }
+  uint64_t U64() {
+    const char* p = Take(8);
+    uint64_t v = 0;
+    for (int i = 0; p != nullptr && i < 8; ++i) {
+      v |= static_cast<uint64_t>(static_cast<uint8_t>(p[i])) << (8 * i);
+    }
+    return v;
+  }
+  int32_t I32() { return static_cast<int32_t>(U32()); }
+  int64_t I64() { return static_cast<int64_t>(U64()); }
+  float F32() { return std::bit_cast<float>(U32()); }
+  double F64() { return std::bit_cast<double>(U64()); }
+  bool Bool() {
+    const uint8_t v = U8();
+    if (v > 1) Fail(absl::StrCat("a flag byte is ", static_cast<int>(v)));
+    return v == 1;
+  }
+  // A count of elements taking at least `min_element_bytes` each; fails
+  // (returning 0) when the rest of the input cannot hold them.
+  size_t Count(size_t min_element_bytes) {
+    const size_t n = U32();
+    if (n > Remaining() / min_element_bytes) {
+      Fail(absl::StrCat("a count of ", n, " needs at least ", n * min_element_bytes, " bytes but ",
+                        Remaining(), " remain"));
+      return 0;
+    }
+    return n;
+  }
+  std::string String() {
+    const size_t n = Count(1);
+    const char* p = Take(n);
+    return p == nullptr ? std::string() : std::string(p, n);
+  }
+  std::vector<int32_t> I32s() {
+    std::vector<int32_t> v(Count(4));
+    for (int32_t& x : v) x = I32();
+    return v;
+  }
+  std::vector<int64_t> I64s() {
+    std::vector<int64_t> v(Count(8));
+    for (int64_t& x : v) x = I64();
+    return v;
+  }
+  void Header(uint32_t magic) {
+    const uint32_t got_magic = U32();
+    if (status_.ok() && got_magic != magic) {
+      Fail(absl::StrCat("bad magic 0x", absl::Hex(got_magic)));
+      return;
+    }
+    const uint32_t version = U32();
+    if (status_.ok() && version != kVersion) {
+      Fail(absl::StrCat("version ", version, ", this build reads ", kVersion));
+    }
+  }
+  // OK when every read succeeded and the input is used up.
+  absl::Status Finish() {
+    if (status_.ok() && pos_ != bytes_.size()) {
+      field_start_ = pos_;
+      Fail(absl::StrCat(bytes_.size() - pos_, " bytes past the end"));
+    }
+    return status_;
+  }
+
+ private:
+  size_t Remaining() const { return bytes_.size() - pos_; }
+  const char* Take(size_t n) {
+    if (!status_.ok()) return nullptr;
+    field_start_ = pos_;
+    if (n > Remaining()) {
+      Fail(absl::StrCat("truncated: ", n, " bytes needed, ", Remaining(), " remain"));
+      return nullptr;
+    }
+    const char* p = bytes_.data() + pos_;
+    pos_ += n;
+    return p;
+  }
+  void Fail(absl::string_view why) {
+    if (status_.ok()) {
+      status_ = absl::InvalidArgumentError(absl::StrCat(
+          "malformed ", what_, " (", bytes_.size(), " bytes) at byte ", field_start_, ": ", why));
+    }
+  }
+
+  absl::string_view bytes_;
+  const char* what_;
+  size_t pos_ = 0;
+  size_t field_start_ = 0;  // where the field read last (or being read) starts
+  absl::Status status_;
+};
+
+}  // namespace
+
+std::string EncodeStepPlan(const RankStepPlan& plan) {
+  Writer w;
+  w.U32(kPlanMagic);
+  w.U32(kVersion);
+  w.U64(plan.step_idx);
+  w.Bool(plan.shutdown);
+  w.Count(plan.chunks.size());
+  for (const PlannedChunk& c : plan.chunks) {
+    w.U64(c.sequence_id);
+    w.I64(c.start_pos);
+    w.I32s(c.token_ids);
+    w.I32s(c.block_table);
+    w.Bool(c.sample);
+    w.F32(c.sampling.temperature);
+    w.F32(c.sampling.top_p);
+    w.U64(c.sampling.seed);
+    w.I64(c.sample_idx);
+  }
+  return w.Take();
+}
+
+absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
+  Reader r(bytes, "step plan");
+  r.Header(kPlanMagic);
+  RankStepPlan plan;
+  plan.step_idx = r.U64();
+  plan.shutdown = r.Bool();
+  plan.chunks.resize(r.Count(kMinChunkBytes));
+  for (PlannedChunk& c : plan.chunks) {
+    c.sequence_id = r.U64();
+    c.start_pos = r.I64();
+    c.token_ids = r.I32s();
+    c.block_table = r.I32s();
+    c.sample = r.Bool();
+    c.sampling.temperature = r.F32();
+    c.sampling.top_p = r.F32();
+    c.sampling.seed = r.U64();
+    c.sample_idx = r.I64();
+  }
+  HERD_RETURN_IF_ERROR(r.Finish());
+  return plan;
+}
+
+std::string EncodeStepResult(const RankStepResult& result) {
+  Writer w;
+  w.U32(kResultMagic);
+  w.U32(kVersion);
+  w.U64(result.step_idx);
+  w.I32(result.rank);
+  w.String(result.error);
+  w.Count(result.sampled.size());
+  for (const SampledToken& t : result.sampled) {
+    w.U64(t.sequence_id);
+    w.I32(t.token_id);
+  }
+  w.I64(result.num_tokens);
+  w.I64s(result.layer_expert_rows);
+  w.I64s(result.expert_tokens);
+  w.F64(result.forward_seconds);
+  w.F64(result.dispatch_seconds);
+  w.F64(result.combine_seconds);
+  w.I64(result.all_to_all_bytes);
+  return w.Take();
+}
+
+absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes) {
+  Reader r(bytes, "step result");
+  r.Header(kResultMagic);
+  RankStepResult result;
+  result.step_idx = r.U64();
+  result.rank = r.I32();
+  result.error = r.String();
+  result.sampled.resize(r.Count(kSampledTokenBytes));
+  for (SampledToken& t : result.sampled) {
+    t.sequence_id = r.U64();
+    t.token_id = r.I32();
+  }
+  result.num_tokens = r.I64();
+  result.layer_expert_rows = r.I64s();
+  result.expert_tokens = r.I64s();
+  result.forward_seconds = r.F64();
+  result.dispatch_seconds = r.F64();
+  result.combine_seconds = r.F64();
+  result.all_to_all_bytes = r.I64();
+  HERD_RETURN_IF_ERROR(r.Finish());
+  return result;
+}
+
+}  // namespace herd

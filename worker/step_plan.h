@@ -1,0 +1,100 @@
+// One step of the cluster, as the coordinator plans it for a rank and as the
+// rank reports it back: the messages of the control plane while serving.
+//
+// Each step the coordinator sends every rank a RankStepPlan (its own
+// sequences' chunks: data-parallel attention), every rank runs it in the same
+// collective step (ranks with no chunks still take part in the expert
+// exchange), and every rank answers with a RankStepResult.
+//
+// KV blocks are assigned by the coordinator: a chunk names the blocks of the
+// rank's paged KV cache that hold its sequence, so a rank keeps no per-sequence
+// state between steps and a preempted sequence is simply re-planned.
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+
+namespace herd {
+
+// Control-channel tags of the serving loop.
+inline constexpr int kStepPlanTag = 101;
+inline constexpr int kStepResultTag = 102;
+
+struct SamplingParams {
+  // <= 0: greedy (argmax). Otherwise softmax(logits / temperature).
+  float temperature = 0.0f;
+  // Nucleus mass in (0, 1].
+  float top_p = 1.0f;
+  // With sample_idx, selects the random stream: the same seed gives the same
+  // tokens whichever rank runs the sequence and however often it is preempted.
+  uint64_t seed = 0;
+};
+
+// A run of consecutive tokens of one sequence.
+struct PlannedChunk {
+  uint64_t sequence_id = 0;
+  // Positions [0, start_pos) of the sequence are already in its KV blocks.
+  int64_t start_pos = 0;
+  std::vector<int32_t> token_ids;
+  // The sequence's KV blocks on this rank, in position order; they cover
+  // [0, start_pos + token_ids.size()).
+  std::vector<int32_t> block_table;
+  // Sample one token after the chunk's last token (the last chunk of a
+  // prompt, and every decode chunk).
+  bool sample = false;
+  SamplingParams sampling;
+  // Index of the token being sampled among the sequence's generated tokens.
+  int64_t sample_idx = 0;
+};
+
+struct RankStepPlan {
+  uint64_t step_idx = 0;
+  // The serving loop ends: the rank returns from its worker loop.
+  bool shutdown = false;
+  std::vector<PlannedChunk> chunks;
+};
+
+struct SampledToken {
+  uint64_t sequence_id = 0;
+  int32_t token_id = 0;
+};
+
+struct RankStepResult {
+  uint64_t step_idx = 0;
+  int rank = 0;
+  // Empty when the step ran; otherwise why it failed on this rank.
+  std::string error;
+  // One per chunk with sample = true, in chunk order.
+  std::vector<SampledToken> sampled;
+  // Tokens of this rank's sequences in the step.
+  int64_t num_tokens = 0;
+  // F32-row count this rank's experts computed in the step, per layer (the
+  // load expert parallelism balances). Single rank: tokens * top_k.
+  std::vector<int64_t> layer_expert_rows;
+  // Tokens of this rank's sequences routed to each expert in the step,
+  // [layer * num_experts + expert]; empty unless asked for (detailed expert
+  // metrics, expert-load recording).
+  std::vector<int64_t> expert_tokens;
+  double forward_seconds = 0;
+  double dispatch_seconds = 0;
+  double combine_seconds = 0;
+  // Bytes this rank sent to other ranks in the step's all-to-alls.
+  int64_t all_to_all_bytes = 0;
+};
+
+// Binary encodings for the control channel: little-endian, with a magic and
+// a version up front (the layout is in step_plan.cc). Decode* check structure
+// only (StepRunner::Run checks what a plan asks for) and return
+// InvalidArgument for truncated, malformed or trailing bytes, or another
+// version; they never read outside `bytes` and allocate in proportion to
+// its size.
+std::string EncodeStepPlan(const RankStepPlan& plan);
+absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes);
+std::string EncodeStepResult(const RankStepResult& result);
+absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes);
+
+}  // namespace herd

@@ -1,0 +1,175 @@
+#include "worker/step_runner.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <random>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/sampling.h"
+
+namespace herd {
+namespace {
+
+// How often an idle worker loop wakes up to check the channel again.
+constexpr absl::Duration kPlanPollInterval = absl::Seconds(1);
+
+// Sebastiano Vigna's splitmix64 finaliser: nearby inputs give unrelated outputs.
+uint64_t SplitMix64(uint64_t x) {
+  x += 0x9e3779b97f4a7c15ULL;
+  x = (x ^ (x >> 30)) * 0xbf58476d1ce4e5b9ULL;
+  x = (x ^ (x >> 27)) * 0x94d049bb133111ebULL;
+  return x ^ (x >> 31);
+}
+
+// The random stream of a sequence's sample_idx-th token.
+uint64_t TokenSeed(uint64_t seed, int64_t sample_idx) {
+  return SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(sample_idx));
+}
+
+absl::Status ValidateChunk(const PlannedChunk& c) {
+  if (c.token_ids.empty()) return absl::InvalidArgumentError("the chunk has no tokens");
+  if (!c.sample) return absl::OkStatus();
+  if (!std::isfinite(c.sampling.temperature) || c.sampling.temperature < 0.0f) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("temperature must be finite and >= 0, got ", c.sampling.temperature));
+  }
+  if (!(c.sampling.top_p > 0.0f && c.sampling.top_p <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("top_p must be in (0, 1], got ", c.sampling.top_p));
+  }
+  if (c.sample_idx < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("sample_idx must be >= 0, got ", c.sample_idx));
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace
+
+StepRunner::StepRunner(Engine* engine, const StepRunnerOptions& options,
+                       std::unique_ptr<KvCache> cache)
+    : engine_(engine), options_(options), cache_(std::move(cache)) {}
+
+StepRunner::~StepRunner() {
+  if (options_.count_expert_tokens) engine_->SetRoutingObserver(nullptr);
+}
+
+absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(Engine* engine,
+                                                               const StepRunnerOptions& options) {
+  if (engine == nullptr) return absl::InvalidArgumentError("a step runner needs an engine");
+  HERD_ASSIGN_OR_RETURN(
+      std::unique_ptr<KvCache> cache,
+      KvCache::Create(engine->spec(), options.num_kv_blocks, options.kv_block_tokens));
+  std::unique_ptr<StepRunner> runner(new StepRunner(engine, options, std::move(cache)));
+  if (options.count_expert_tokens) {
+    const ModelSpec& s = engine->spec();
+    StepRunner* self = runner.get();
+    self->expert_tokens_.assign(s.num_layers * s.num_experts, 0);
+    engine->SetRoutingObserver(
+        [self, num_experts = s.num_experts](int layer_idx, int64_t num_tokens, int64_t top_k,
+                                            const int32_t* expert_idx, const float* /*weights*/) {
+          int64_t* counts = self->expert_tokens_.data() + layer_idx * num_experts;
+          for (int64_t slot = 0; slot < num_tokens * top_k; ++slot) ++counts[expert_idx[slot]];
+        });
+  }
+  return runner;
+}
+
+int64_t StepRunner::KvBlocksForBytes(const ModelSpec& spec, int64_t kv_cache_bytes,
+                                     int64_t kv_block_tokens) {
+  const int64_t block_bytes = KvCache::BytesPerBlock(spec, kv_block_tokens);
+  if (block_bytes <= 0 || kv_cache_bytes <= 0) return 0;
+  return std::min<int64_t>(kv_cache_bytes / block_bytes, std::numeric_limits<int32_t>::max());
+}
+
+absl::Status StepRunner::BuildBatch(const RankStepPlan& plan, Batch& batch,
+                                    std::vector<const PlannedChunk*>& to_sample) const {
+  batch.cache = cache_.get();
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const PlannedChunk& c = plan.chunks[i];
+    absl::Status chunk_status = ValidateChunk(c);
+    if (!chunk_status.ok()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("chunk ", i, " (sequence ", c.sequence_id, "): ", chunk_status.message()));
+    }
+    const int64_t num_tokens = static_cast<int64_t>(c.token_ids.size());
+    batch.token_ids.insert(batch.token_ids.end(), c.token_ids.begin(), c.token_ids.end());
+    batch.chunks.push_back({c.block_table, c.start_pos, num_tokens});
+    if (c.sample) {
+      batch.logit_rows.push_back(static_cast<int64_t>(batch.token_ids.size()) - 1);
+      to_sample.push_back(&c);
+    }
+  }
+  return engine_->ValidateBatch(batch);
+}
+
+absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
+  const ModelSpec& s = engine_->spec();
+  RankStepResult result;
+  result.step_idx = plan.step_idx;
+  result.rank = engine_->rank();
+
+  Batch batch;
+  std::vector<const PlannedChunk*> to_sample;
+  absl::Status valid = BuildBatch(plan, batch, to_sample);
+  if (!valid.ok()) {
+    // Nothing of this plan runs, but the collectives still need this rank.
+    result.error =
+        absl::StrCat("step ", plan.step_idx, " on rank ", result.rank, ": ", valid.message());
+    batch = Batch();
+    to_sample.clear();
+  }
+
+  const EngineStats before = engine_->stats();
+  std::fill(expert_tokens_.begin(), expert_tokens_.end(), 0);
+  logits_.resize(to_sample.size() * s.vocab_size);
+  HERD_RETURN_IF_ERROR(engine_->Forward(batch, logits_.data()));
+  const EngineStats& after = engine_->stats();
+
+  for (size_t k = 0; k < to_sample.size(); ++k) {
+    const PlannedChunk& c = *to_sample[k];
+    const float* logits = logits_.data() + k * s.vocab_size;
+    int32_t token_id;
+    if (c.sampling.temperature <= 0.0f) {
+      token_id = cpu::ArgMax(logits, s.vocab_size);
+    } else {
+      std::mt19937_64 rng(TokenSeed(c.sampling.seed, c.sample_idx));
+      token_id = cpu::SampleTopP(logits, s.vocab_size, c.sampling.temperature, c.sampling.top_p,
+                                 rng, sampling_scratch_);
+    }
+    result.sampled.push_back({c.sequence_id, token_id});
+  }
+  result.num_tokens = static_cast<int64_t>(batch.token_ids.size());
+  result.layer_expert_rows.resize(s.num_layers);
+  for (int l = 0; l < s.num_layers; ++l) {
+    result.layer_expert_rows[l] = after.layer_expert_rows[l] - before.layer_expert_rows[l];
+  }
+  if (options_.count_expert_tokens) result.expert_tokens = expert_tokens_;
+  result.forward_seconds = after.forward_seconds - before.forward_seconds;
+  result.dispatch_seconds = after.dispatch_seconds - before.dispatch_seconds;
+  result.combine_seconds = after.combine_seconds - before.combine_seconds;
+  result.all_to_all_bytes = after.all_to_all_bytes - before.all_to_all_bytes;
+  return result;
+}
+
+absl::Status RunWorkerLoop(StepRunner& runner, comm::ControlChannel& control) {
+  while (true) {
+    absl::StatusOr<comm::ControlMessage> message =
+        control.Recv(/*src_rank=*/0, kStepPlanTag, absl::Now() + kPlanPollInterval);
+    if (absl::IsDeadlineExceeded(message.status())) continue;  // idle
+    HERD_RETURN_IF_ERROR(message.status());
+    absl::StatusOr<RankStepPlan> plan = DecodeStepPlan(message->payload);
+    if (!plan.ok()) {
+      return absl::InternalError(
+          absl::StrCat("rank ", control.rank(),
+                       " got a step plan it cannot decode from rank 0: ", plan.status().message()));
+    }
+    if (plan->shutdown) return absl::OkStatus();
+    HERD_ASSIGN_OR_RETURN(RankStepResult result, runner.Run(*plan));
+    HERD_RETURN_IF_ERROR(control.Send(/*dest_rank=*/0, kStepResultTag, EncodeStepResult(result),
+                                      absl::Now() + runner.options().result_send_timeout));
+  }
+}
+
+}  // namespace herd

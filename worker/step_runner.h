@@ -1,0 +1,100 @@
+// Runs the coordinator's step plans on one rank: owns the rank's paged KV
+// cache, turns a RankStepPlan into one engine batch, samples, and reports.
+//
+// Sampling is a pure function of the logits and (sampling.seed, sample_idx):
+// each sampled token draws from its own random stream, so a sequence gets the
+// same tokens on any rank, with any blocks, in any batch, and after being
+// preempted and re-planned.
+//
+// Thread-safety: one thread drives a StepRunner (it drives the Engine).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <utility>
+#include <vector>
+
+#include "absl/status/status.h"
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "comm/control_channel.h"
+#include "worker/engine.h"
+#include "worker/kv_cache.h"
+#include "worker/step_plan.h"
+
+namespace herd {
+
+struct StepRunnerOptions {
+  // Blocks of the rank's paged KV cache and tokens per block. The coordinator
+  // plans with the same numbers for every rank.
+  int64_t num_kv_blocks = 0;
+  int64_t kv_block_tokens = kDefaultKvBlockTokens;
+  // Fill RankStepResult::expert_tokens. The runner then owns the engine's
+  // routing observer (Engine::SetRoutingObserver) for its lifetime.
+  bool count_expert_tokens = false;
+  // Deadline of handing a result to the control channel in RunWorkerLoop: a
+  // coordinator that stops taking results becomes an error, not a hang.
+  absl::Duration result_send_timeout = absl::Seconds(120);
+};
+
+class StepRunner {
+ public:
+  // `engine` is borrowed and must outlive the runner. InvalidArgument for a
+  // null engine or non-positive sizes, ResourceExhausted if the cache cannot
+  // be allocated.
+  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(Engine* engine,
+                                                            const StepRunnerOptions& options);
+  ~StepRunner();
+  StepRunner(const StepRunner&) = delete;
+  StepRunner& operator=(const StepRunner&) = delete;
+
+  // Blocks a cache of `kv_cache_bytes` holds for `spec`: at least 0, at most
+  // 2^31 - 1 (block ids are I32).
+  static int64_t KvBlocksForBytes(const ModelSpec& spec, int64_t kv_cache_bytes,
+                                  int64_t kv_block_tokens);
+
+  // Runs one step: one engine batch of all the plan's chunks, logits for the
+  // last token of each chunk with sample = true, one sampled token each
+  // (argmax when temperature <= 0, else nucleus sampling). A plan the rank
+  // cannot run (an empty chunk, ids outside the vocabulary, block ids outside
+  // the cache, a block table too short for the chunk, two tokens writing one
+  // cache position, temperature < 0 or not finite, top_p outside (0, 1],
+  // sample_idx < 0) gives a result whose `error` says why, with nothing
+  // written to the cache and nothing sampled; the rank still takes part in
+  // the step's collectives (an empty batch) so its peers do not hang.
+  // Returns an error only when the forward pass failed (with expert
+  // parallelism: a collective, a peer is gone), after which the group
+  // cannot continue.
+  absl::StatusOr<RankStepResult> Run(const RankStepPlan& plan);
+
+  Engine& engine() { return *engine_; }
+  const StepRunnerOptions& options() const { return options_; }
+  const KvCache& cache() const { return *cache_; }
+
+ private:
+  StepRunner(Engine* engine, const StepRunnerOptions& options, std::unique_ptr<KvCache> cache);
+  // The plan's chunks as one batch (borrowing the plan's block tables), and
+  // the chunks to sample, in order; an error when the plan cannot run.
+  absl::Status BuildBatch(const RankStepPlan& plan, Batch& batch,
+                          std::vector<const PlannedChunk*>& to_sample) const;
+
+  Engine* engine_;
+  StepRunnerOptions options_;
+  std::unique_ptr<KvCache> cache_;
+  // Routing counts of the current step, [layer * num_experts + expert],
+  // filled by the engine's routing observer (count_expert_tokens).
+  std::vector<int64_t> expert_tokens_;
+  // Scratch reused across steps.
+  std::vector<float> logits_;  // F32 [samples, vocab]
+  std::vector<std::pair<float, int32_t>> sampling_scratch_;
+};
+
+// The loop of a rank other than the coordinator's: receives a plan from rank
+// 0 (tag kStepPlanTag), runs it, sends the result back (kStepResultTag),
+// until a plan says shutdown (OK) or the channel or a collective fails (that
+// error). A plan that does not decode means the coordinator is broken:
+// Internal. Waiting for the next plan has no deadline (an idle server sends
+// no plans): the loop polls the channel every second. Blocks the caller.
+absl::Status RunWorkerLoop(StepRunner& runner, comm::ControlChannel& control);
+
+}  // namespace herd
