@@ -816,6 +816,7 @@ std::string FormatModelList(const ApiModel& model, int64_t created) {
   entry["created"] = created;
   entry["owned_by"] = "herd";
   entry["max_model_len"] = model.max_context_tokens;
+  entry["vocab_size"] = model.vocab_size;  // Herd's: clients sending ids need it
   OrderedJson list;
   list["object"] = "list";
   list["data"] = OrderedJson::array({std::move(entry)});

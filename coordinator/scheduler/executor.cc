@@ -119,6 +119,7 @@ class Executor::Impl {
     sequences_.emplace(raw->id, std::move(seq));
     waiting_.push_back(raw);
     UpdateQueueGauges();
+    work_cv_.SignalAll();  // an idle step loop starts now, not at its next timeout
     return raw->id;
   }
 
@@ -155,7 +156,7 @@ class Executor::Impl {
     auto it = sequences_.find(id);
     if (it == sequences_.end() || it->second->finished) return;
     it->second->cancel_requested = true;
-    work_cv_.Signal();
+    work_cv_.SignalAll();
   }
 
   absl::Status Shutdown(absl::Duration drain_timeout) {

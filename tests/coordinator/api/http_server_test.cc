@@ -476,6 +476,7 @@ TEST_F(HttpServerTest, ModelsProbesAndMetrics) {
   ASSERT_EQ(list["data"].size(), 1u);
   EXPECT_EQ(list["data"][0]["id"], kModelName);
   EXPECT_EQ(list["data"][0]["max_model_len"], kContext);
+  EXPECT_EQ(list["data"][0]["vocab_size"], model_->spec.vocab_size);
 
   auto health = client_->Get("/health");
   EXPECT_EQ(health->status, 200);

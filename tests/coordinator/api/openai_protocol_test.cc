@@ -841,6 +841,7 @@ TEST(FormatTest, StreamErrorAndModelList) {
   EXPECT_EQ(list["data"][0]["object"], "model");
   EXPECT_EQ(list["data"][0]["owned_by"], "herd");
   EXPECT_EQ(list["data"][0]["max_model_len"], kContext);
+  EXPECT_EQ(list["data"][0]["vocab_size"], IdModel().vocab_size);
 }
 
 }  // namespace
