@@ -269,7 +269,9 @@ absl::Status ServeOnCoordinator(const ServeSettings& s, const Model& model, Step
     HERD_LOG(INFO) << "herd serve: wrote the expert load of " << totals.num_tokens << " tokens to "
                    << s.record_expert_load;
   }
-  if (!drained.ok()) HERD_LOG(WARN) << "herd serve: " << drained.message();
+  if (!drained.ok()) {
+    HERD_LOG(WARN) << "herd serve: " << drained.message();
+  }
   HERD_LOG(INFO) << "herd serve: stopped after " << executor->stats().num_finished << " requests";
   return absl::OkStatus();
 }
