@@ -14,7 +14,17 @@ int32_t ArgMax(const float* logits, int64_t n);
 // most likely tokens whose probability reaches top_p (nucleus sampling).
 // temperature <= 0 means greedy. Deterministic for a given rng state.
 // `scratch` is reused across calls to avoid allocation after the first.
+// Draws one number from `rng` (none when greedy) and returns what
+// SampleTopPWithUniform returns for it.
 int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_p,
                    std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch);
+
+// SampleTopP with its random draw given: u01 in [0, 1). The kept tokens are
+// sorted by probability (descending, ties by lower id), `kept` is their summed
+// (unnormalised) probability in that order, and the first token whose running
+// sum exceeds u01 * kept is chosen (the last kept token if none does).
+// temperature <= 0 means greedy (u01 unused).
+int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature, float top_p,
+                              double u01, std::vector<std::pair<float, int32_t>>& scratch);
 
 }  // namespace herd::cpu

@@ -27,7 +27,8 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
 absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd bench --model PATH ... (RunBenchModelCommand), herd bench comm ...
-// (RunBenchCommCommand) or herd bench serve ... (RunBenchServeCommand).
+// (RunBenchCommCommand), herd bench kernels ... (RunBenchKernelsCommand) or herd bench
+// serve ... (RunBenchServeCommand).
 absl::Status RunBenchCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd bench --model PATH [--threads T] [--prompt 512] [--gen 128] [--repetitions R]
@@ -35,6 +36,10 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
 
 // herd bench comm --backend local|mpi|nccl --tokens T --hidden H --top-k K --experts E
 absl::Status RunBenchCommCommand(const std::vector<std::string>& args, std::ostream& out);
+
+// herd bench kernels [--hidden H --ffn F --experts E --bits 4|8 --group-size G]: each CUDA
+// op's time, the expert GEMM against the GPU's measured ceilings and cuBLAS bf16.
+absl::Status RunBenchKernelsCommand(const std::vector<std::string>& args, std::ostream& out);
 
 // herd bench serve --url URL [--concurrency C] [--requests R] [--prompt-len P] [--gen-len G]
 //   [--api-key K] [--vocab V] [--seed S] [--stream true|false] [--json]: load on an

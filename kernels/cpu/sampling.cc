@@ -2,6 +2,8 @@
 
 #include <algorithm>
 #include <cmath>
+#include <limits>
+#include <random>
 
 namespace herd::cpu {
 
@@ -15,6 +17,15 @@ int32_t ArgMax(const float* logits, int64_t n) {
 
 int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_p,
                    std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch) {
+  if (temperature <= 0.0f) return ArgMax(logits, n);
+  // libstdc++'s uniform_real_distribution<double>(0, kept) returns this draw
+  // times (kept - 0) plus 0, bit for bit the u01 * kept used below.
+  const double u01 = std::generate_canonical<double, std::numeric_limits<double>::digits>(rng);
+  return SampleTopPWithUniform(logits, n, temperature, top_p, u01, scratch);
+}
+
+int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature, float top_p,
+                              double u01, std::vector<std::pair<float, int32_t>>& scratch) {
   if (temperature <= 0.0f) return ArgMax(logits, n);
   scratch.resize(n);
   const float max_logit = *std::max_element(logits, logits + n);
@@ -32,7 +43,7 @@ int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_
   int64_t keep = 0;
   double kept = 0.0;
   while (keep < n && (keep == 0 || kept < keep_mass)) kept += scratch[keep++].first;
-  const double u = std::uniform_real_distribution<double>(0.0, kept)(rng);
+  const double u = u01 * kept;
   double acc = 0.0;
   for (int64_t i = 0; i < keep; ++i) {
     acc += scratch[i].first;

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "absl/status/status.h"
+#include "core/dtype.h"
 
 namespace herd::cuda {
 
@@ -24,6 +25,21 @@ absl::Status RmsNorm(const float* x, const float* weight, int64_t num_rows, int6
 
 // out[i] = silu(gate[i]) * up[i]; F32 [n].
 absl::Status SwiGlu(const float* gate, const float* up, int64_t n, float* out, void* stream);
+
+// out F32 [num_tokens, dim] = rows ids[t] of `table` [vocab, dim] (device
+// bytes, rows packed per RowBytes(dtype, dim)), dequantized bit-identically to
+// DequantizeRow (core/dtype.h); dtype is F32, F16, BF16, Q8_0, Q4_0 or Q4_1.
+// An id outside [0, vocab) gives a row of zeros and adds 1 to *bad_id_count
+// (device I32, nullptr: not counted; the caller zeroes it beforehand), where
+// cpu::EmbeddingLookup fails. The table must be aligned to 4 bytes for F32
+// and 2 bytes otherwise (cudaMalloc'd memory is). InvalidArgument for an I32
+// table, a dim that is not a multiple of BlockSize(dtype), or negative sizes.
+absl::Status EmbeddingLookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
+                             const int32_t* ids, int64_t num_tokens, float* out,
+                             int32_t* bad_id_count, void* stream);
+
+// acc[i] += x[i]; F32 [n]. InvalidArgument if n < 0.
+absl::Status AddInPlace(float* acc, const float* x, int64_t n, void* stream);
 
 // Copies between host and device, and device allocation, for tests and the
 // worker's weight upload. Synchronous.

@@ -1,16 +1,14 @@
 // CUDA element-wise and row-wise ops; see cuda_ops.h.
 #include <cuda_runtime.h>
 
+#include <climits>
+
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_ops.h"
+#include "kernels/cuda/cuda_status.h"
 
 namespace herd::cuda {
 namespace {
-
-absl::Status FromCuda(cudaError_t err, const char* what) {
-  if (err == cudaSuccess) return absl::OkStatus();
-  return absl::InternalError(absl::StrCat(what, ": ", cudaGetErrorString(err)));
-}
 
 // One block per row; a block-wide sum of squares in shared memory.
 __global__ void RmsNormKernel(const float* x, const float* weight, int64_t dim, float eps,
@@ -38,6 +36,83 @@ __global__ void SwiGluKernel(const float* gate, const float* up, int64_t n, floa
   }
 }
 
+// IEEE half bits to float, exactly as F16ToF32 (core/dtype.cc), NaN payloads
+// included.
+__device__ float HalfBitsToFloat(uint32_t h) {
+  const uint32_t sign = (h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1Fu;
+  const uint32_t mantissa = h & 0x3FFu;
+  uint32_t bits;
+  if (exponent == 0) {  // zero or subnormal: mantissa * 2^-24 is exact in float
+    bits = sign | __float_as_uint(__fmul_rn(static_cast<float>(mantissa), 0x1p-24f));
+  } else if (exponent == 0x1F) {
+    bits = sign | 0x7F800000u | (mantissa << 13);
+  } else {
+    bits = sign | ((exponent + 127 - 15) << 23) | (mantissa << 13);
+  }
+  return __uint_as_float(bits);
+}
+
+// Little-endian f16 at a 2-byte aligned address.
+__device__ float LoadHalf(const uint8_t* p) {
+  return HalfBitsToFloat(*reinterpret_cast<const uint16_t*>(p));
+}
+
+// Value i of a table row, as DequantizeRow computes it: products and sums
+// rounded separately (no FMA), so the result is bit-identical.
+__device__ float RowValue(const uint8_t* row, DType dtype, int64_t i) {
+  switch (dtype) {
+    case DType::kF32:
+      return reinterpret_cast<const float*>(row)[i];
+    case DType::kF16:
+      return HalfBitsToFloat(reinterpret_cast<const uint16_t*>(row)[i]);
+    case DType::kBF16:
+      return __uint_as_float(static_cast<uint32_t>(reinterpret_cast<const uint16_t*>(row)[i])
+                             << 16);
+    case DType::kQ8_0: {
+      const uint8_t* block = row + i / 32 * sizeof(BlockQ8_0);
+      const auto q = static_cast<int8_t>(block[2 + i % 32]);
+      return __fmul_rn(LoadHalf(block), static_cast<float>(q));
+    }
+    case DType::kQ4_0: {
+      const uint8_t* block = row + i / 32 * sizeof(BlockQ4_0);
+      const int w = static_cast<int>(i % 32);
+      const uint8_t q = block[2 + w % 16];
+      const int nibble = w < 16 ? q & 0x0F : q >> 4;
+      return __fmul_rn(LoadHalf(block), static_cast<float>(nibble - 8));
+    }
+    case DType::kQ4_1: {
+      const uint8_t* block = row + i / 32 * sizeof(BlockQ4_1);
+      const int w = static_cast<int>(i % 32);
+      const uint8_t q = block[4 + w % 16];
+      const int nibble = w < 16 ? q & 0x0F : q >> 4;
+      return __fadd_rn(__fmul_rn(LoadHalf(block), static_cast<float>(nibble)), LoadHalf(block + 2));
+    }
+    default:  // rejected on the host
+      return 0.0f;
+  }
+}
+
+// One block per token.
+__global__ void EmbeddingLookupKernel(const uint8_t* table, DType dtype, int64_t vocab, int64_t dim,
+                                      int64_t row_bytes, const int32_t* ids, float* out,
+                                      int32_t* bad_id_count) {
+  const int32_t id = ids[blockIdx.x];
+  float* dst = out + blockIdx.x * dim;
+  if (id < 0 || id >= vocab) {
+    for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = 0.0f;
+    if (threadIdx.x == 0 && bad_id_count != nullptr) atomicAdd(bad_id_count, 1);
+    return;
+  }
+  const uint8_t* row = table + id * row_bytes;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) dst[i] = RowValue(row, dtype, i);
+}
+
+__global__ void AddInPlaceKernel(float* acc, const float* x, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) acc[i] += x[i];
+}
+
 }  // namespace
 
 absl::Status DeviceCount(int* count) {
@@ -60,6 +135,36 @@ absl::Status SwiGlu(const float* gate, const float* up, int64_t n, float* out, v
   const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
   SwiGluKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(gate, up, n, out);
   return FromCuda(cudaGetLastError(), "SwiGlu launch");
+}
+
+absl::Status EmbeddingLookup(const void* table, DType dtype, int64_t vocab, int64_t dim,
+                             const int32_t* ids, int64_t num_tokens, float* out,
+                             int32_t* bad_id_count, void* stream) {
+  if (dtype == DType::kI32) {
+    return absl::InvalidArgumentError("EmbeddingLookup: an I32 table has no float values");
+  }
+  if (vocab < 0 || dim < 0 || dim % BlockSize(dtype) != 0 || num_tokens < 0 ||
+      num_tokens > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("EmbeddingLookup: ", DTypeName(dtype),
+                                                   " table [", vocab, ", ", dim, "], ", num_tokens,
+                                                   " tokens"));
+  }
+  if (num_tokens == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  EmbeddingLookupKernel<<<static_cast<unsigned>(num_tokens), kThreads, 0,
+                          static_cast<cudaStream_t>(stream)>>>(
+      static_cast<const uint8_t*>(table), dtype, vocab, dim, RowBytes(dtype, dim), ids, out,
+      bad_id_count);
+  return FromCuda(cudaGetLastError(), "EmbeddingLookup launch");
+}
+
+absl::Status AddInPlace(float* acc, const float* x, int64_t n, void* stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("AddInPlace: n ", n));
+  if (n == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  AddInPlaceKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(acc, x, n);
+  return FromCuda(cudaGetLastError(), "AddInPlace launch");
 }
 
 absl::Status Malloc(void** ptr, size_t bytes) {
