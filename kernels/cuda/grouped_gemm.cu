@@ -18,6 +18,7 @@
 //      add their slices through shared memory in a fixed order, so the result
 //      does not depend on timing.
 #include <cuda_bf16.h>
+#include <cuda_fp16.h>
 #include <cuda_runtime.h>
 
 #include <algorithm>
@@ -202,8 +203,10 @@ __global__ void __launch_bounds__(32 * kWarpsM * kWarpsK, kMinBlocks)
   const uint4* weights = reinterpret_cast<const uint4*>(
       qweight + st.expert * expert_weight_bytes +
       (static_cast<int64_t>(row_tile) * chunks * 32 + lane) * kWordsPerChunk * 4);
-  const uint16_t* row_scales =
-      scales + st.expert * expert_scales + static_cast<int64_t>(row_tile) * groups * 16 + lane / 4;
+  // This lane's rows g and g + 8 have one f16 pair per group, groups in order.
+  const uint32_t* lane_scales =
+      reinterpret_cast<const uint32_t*>(scales + st.expert * expert_scales) +
+      (static_cast<int64_t>(row_tile) * 8 + lane / 4) * groups;
   const uint4* b_base =
       fragments + (static_cast<int64_t>(super_idx) * kTiles * chunks * 32 + lane) * 2;
   const int64_t b_tile_stride = static_cast<int64_t>(chunks) * 32 * 2;  // uint4 per tile
@@ -219,8 +222,7 @@ __global__ void __launch_bounds__(32 * kWarpsM * kWarpsK, kMinBlocks)
   if (active) {
     for (int c = chunk_begin; c < chunk_end; c += kUnroll) {
       uint32_t w[kUnroll][kWordsPerChunk];
-      float s_lo[kUnroll][kGroupsPerChunk];
-      float s_hi[kUnroll][kGroupsPerChunk];
+      uint32_t scale_pairs[kUnroll][kGroupsPerChunk];
 #pragma unroll
       for (int u = 0; u < kUnroll; ++u) {
         if (c + u < chunk_end) {
@@ -233,12 +235,12 @@ __global__ void __launch_bounds__(32 * kWarpsM * kWarpsK, kMinBlocks)
             w[u][4 * v + 2] = q.z;
             w[u][4 * v + 3] = q.w;
           }
-#pragma unroll
-          for (int g = 0; g < kGroupsPerChunk; ++g) {
-            // The group that ends in this chunk (for 128-value groups: the odd chunks).
-            const int group = ((c + u) * 64 + (g + 1) * (64 / kGroupsPerChunk) - 1) / kGroup;
-            s_lo[u][g] = __half2float(__ushort_as_half(__ldg(row_scales + group * 16)));
-            s_hi[u][g] = __half2float(__ushort_as_half(__ldg(row_scales + group * 16 + 8)));
+          if constexpr (kGroupsPerChunk == 2) {  // both groups of the chunk in one load
+            const uint2 pairs = __ldg(reinterpret_cast<const uint2*>(lane_scales + 2 * (c + u)));
+            scale_pairs[u][0] = pairs.x;
+            scale_pairs[u][1] = pairs.y;
+          } else {  // the group that ends in this chunk (for 128-value groups: the odd chunks)
+            scale_pairs[u][0] = __ldg(lane_scales + ((c + u) * 64 + 63) / kGroup);
           }
         }
       }
@@ -268,12 +270,15 @@ __global__ void __launch_bounds__(32 * kWarpsM * kWarpsK, kMinBlocks)
             const int global_step = (c + u) * 4 + step;
             if ((global_step + 1) % kStepsPerGroup == 0) {
               const int g = kGroupsPerChunk > 1 ? step / kStepsPerGroup : 0;
+              const __half2 pair = *reinterpret_cast<const __half2*>(&scale_pairs[u][g]);
+              const float s_lo = __low2float(pair);
+              const float s_hi = __high2float(pair);
 #pragma unroll
               for (int t = 0; t < kTiles; ++t) {
-                acc[t][0] += part[t][0] * s_lo[u][g];
-                acc[t][1] += part[t][1] * s_lo[u][g];
-                acc[t][2] += part[t][2] * s_hi[u][g];
-                acc[t][3] += part[t][3] * s_hi[u][g];
+                acc[t][0] += part[t][0] * s_lo;
+                acc[t][1] += part[t][1] * s_lo;
+                acc[t][2] += part[t][2] * s_hi;
+                acc[t][3] += part[t][3] * s_hi;
 #pragma unroll
                 for (int i = 0; i < 4; ++i) part[t][i] = 0.0f;
               }
@@ -359,10 +364,13 @@ absl::Status Multiply(const Config& config, const GroupedWeights& w, int64_t num
     case 1:
       return LaunchMultiply<kBits, kGroup, 1, 2, 4, 2, 4>(w, num_rows, num_super, supers, fragments,
                                                           out, stream);
-    case 2:
+    case 2: {
       // int8 doubles the weight registers: half the unroll, half the blocks.
-      return LaunchMultiply < kBits, kGroup, 2, 1, 4, kBits == 4 ? 4 : 2,
-             kBits == 4 ? 8 : 4 > (w, num_rows, num_super, supers, fragments, out, stream);
+      constexpr int kUnroll = kBits == 4 ? 4 : 2;
+      constexpr int kMinBlocks = kBits == 4 ? 8 : 4;
+      return LaunchMultiply<kBits, kGroup, 2, 1, 4, kUnroll, kMinBlocks>(
+          w, num_rows, num_super, supers, fragments, out, stream);
+    }
     case 4:
       return LaunchMultiply<kBits, kGroup, 4, 1, 4, 2, 4>(w, num_rows, num_super, supers, fragments,
                                                           out, stream);

@@ -18,7 +18,9 @@
 //           (2j, 2j+1) covers K values c*64 + j*16 .. +15: bytes 0..7 of the
 //           pair are registers 0..3 of the fragment, two values each, as
 //           two's-complement int8.
-//   scales: f16 [row_tiles][K / group_size][16].
+//   scales: f16 [row_tiles][8][K / group_size][2]: entry (r, g, j) holds the
+//           scales of rows g and g + 8 of row tile r for group j, so a lane
+//           fetches the pairs of a chunk's groups with one load.
 // Rows are padded to a multiple of 16 and K to a multiple of 64 (and of the
 // group size) with zero weights. GGUF Q4_0 and Q8_0 keep their exact values
 // and scales (group size 32); float weights are quantized here.

@@ -37,7 +37,9 @@ PackedPosition Locate(const PackedShape& shape, int64_t row, int64_t col) {
 
 int64_t ScaleIndex(const PackedShape& shape, int64_t row, int64_t col) {
   const int64_t groups = shape.padded_cols() / shape.format.group_size;
-  return ((row / 16) * groups + col / shape.format.group_size) * 16 + row % 16;
+  const int64_t tile_row = row % 16;
+  return (((row / 16) * 8 + tile_row % 8) * groups + col / shape.format.group_size) * 2 +
+         tile_row / 8;
 }
 
 void Store(const PackedShape& shape, int64_t row, int64_t col, int q, uint8_t* qweight) {
