@@ -101,11 +101,16 @@ struct HttpServer::Generation {
     --*num_generations;
   }
 
-  // Cancels the request unless the executor finished it, and waits for the
-  // executor to confirm.
+  // Ends the request unless the executor finished it (as stopped when a stop
+  // string ended the output, else as aborted), and waits for the executor to
+  // confirm.
   void Release() {
     if (output.executor_finished()) return;
-    executor->Cancel(id);
+    if (output.finished()) {
+      executor->FinishAsStopped(id);
+    } else {
+      executor->Cancel(id);
+    }
     const absl::Time give_up = absl::Now() + kCancelWait;
     while (absl::Now() < give_up) {
       absl::StatusOr<std::vector<GenerationResponse>> responses =

@@ -52,8 +52,10 @@ struct Sequence {
   absl::Time last_token_time;
   bool scheduled_once = false;
   bool prompt_counted = false;
-  // Set by Cancel; acted upon at the next step boundary.
+  // Set by Cancel (kAbort) or FinishAsStopped (kStop); acted upon at the next
+  // step boundary.
   bool cancel_requested = false;
+  FinishReason cancel_reason = FinishReason::kAbort;
   bool finished = false;
   // Not yet collected by AwaitResponses.
   std::vector<int32_t> pending_tokens;
@@ -151,11 +153,12 @@ class Executor::Impl {
     return responses;
   }
 
-  void Cancel(RequestId id) {
+  void Cancel(RequestId id, FinishReason reason) {
     absl::MutexLock lock(&mu_);
     auto it = sequences_.find(id);
-    if (it == sequences_.end() || it->second->finished) return;
+    if (it == sequences_.end() || it->second->finished || it->second->cancel_requested) return;
     it->second->cancel_requested = true;
+    it->second->cancel_reason = reason;
     work_cv_.SignalAll();
   }
 
@@ -357,7 +360,9 @@ class Executor::Impl {
       if (seq->cancel_requested || now >= seq->request.deadline) done.push_back(seq.get());
     }
     for (Sequence* seq : done) {
-      if (seq->cancel_requested) {
+      if (seq->cancel_requested && seq->cancel_reason == FinishReason::kStop) {
+        Finish(seq, FinishReason::kStop, absl::OkStatus());
+      } else if (seq->cancel_requested) {
         Finish(seq, FinishReason::kAbort, absl::CancelledError("the request was cancelled"));
       } else {
         Finish(seq, FinishReason::kAbort,
@@ -661,7 +666,8 @@ absl::StatusOr<std::vector<GenerationResponse>> Executor::AwaitResponses(Request
   return impl_->AwaitResponses(id, timeout);
 }
 
-void Executor::Cancel(RequestId id) { impl_->Cancel(id); }
+void Executor::Cancel(RequestId id) { impl_->Cancel(id, FinishReason::kAbort); }
+void Executor::FinishAsStopped(RequestId id) { impl_->Cancel(id, FinishReason::kStop); }
 
 absl::Status Executor::Shutdown(absl::Duration drain_timeout) {
   absl::Status status = impl_->Shutdown(drain_timeout);

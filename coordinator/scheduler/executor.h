@@ -128,6 +128,11 @@ class Executor {
   // KV blocks. Unknown or finished ids are ignored.
   void Cancel(RequestId id);
 
+  // Like Cancel, but the request ends as kStop (status OK): the caller found
+  // a stop condition the executor does not see, such as a stop string in the
+  // decoded text, so the request is counted as stopped, not aborted.
+  void FinishAsStopped(RequestId id);
+
   // Stops accepting requests (Enqueue returns Unavailable), lets those
   // accepted finish for up to `drain_timeout`, cancels what remains, tells the
   // other ranks to leave their loops, and stops the step loop. Returns

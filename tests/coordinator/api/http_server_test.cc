@@ -374,6 +374,38 @@ TEST_F(HttpServerTest, ChatWithATokenizer) {
   EXPECT_EQ(StreamedIds(events), ids);
 }
 
+TEST_F(HttpServerTest, StopStringEndsTheRequestAsStopped) {
+  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  HttpServerOptions options;
+  options.tokenizer = tokenizer.get();
+  StartServer(options);
+  // The first generated ASCII byte (ids below 128 are one-byte characters)
+  // becomes the stop string; the tiny model's greedy run has one early.
+  const std::vector<int32_t> greedy = Greedy(kPrompt, 64);
+  size_t stop_at = 0;
+  while (stop_at < greedy.size() && greedy[stop_at] >= 128) ++stop_at;
+  ASSERT_LT(stop_at, greedy.size()) << "no ASCII byte in the first 64 greedy tokens";
+  const std::string stop(1, static_cast<char>(greedy[stop_at]));
+  // A long max_tokens, so the executor is still running when the text matches.
+  auto res = Post("/v1/completions", {{"prompt", kPrompt},
+                                      {"max_tokens", kLongTokens},
+                                      {"temperature", 0},
+                                      {"stop", stop}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const Json body = Json::parse(res->body);
+  EXPECT_EQ(body["choices"][0]["finish_reason"], "stop") << res->body;
+  EXPECT_EQ(body["choices"][0]["text"].get<std::string>().find(stop), std::string::npos);
+  // The executor ended the request as stopped, not aborted (the metric the
+  // operators read), and freed everything.
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(executor_->stats().num_kv_blocks_used, 0);
+  const std::string metrics = metrics_->Serialize();
+  EXPECT_EQ(MetricValue(metrics, "herd:request_success_total{", "finished_reason=\"stop\""), 1);
+  EXPECT_EQ(MetricValue(metrics, "herd:request_success_total{", "finished_reason=\"abort\""), 0);
+}
+
 TEST_F(HttpServerTest, RequestErrorsAreOpenAiJson) {
   StartServer();
   ExpectError(client_->Post("/v1/completions", "{\"prompt\": [1,", "application/json"), 400,

@@ -274,6 +274,21 @@ TEST_F(ExecutorTest, CancelFreesTheSequence) {
   executor_->Cancel(999999);
 }
 
+TEST_F(ExecutorTest, FinishAsStoppedEndsWithStop) {
+  Start(RoomyOptions());
+  const auto id = executor_->Enqueue(Request({5, 6, 7}, 400));
+  ASSERT_TRUE(id.ok());
+  auto first = executor_->AwaitResponses(*id, absl::Seconds(30));
+  ASSERT_TRUE(first.ok());
+  executor_->FinishAsStopped(*id);
+  executor_->Cancel(*id);  // the first request to end it wins
+  const Outcome outcome = Collect(*executor_, *id);
+  EXPECT_EQ(outcome.last.finish_reason, FinishReason::kStop);
+  EXPECT_TRUE(outcome.last.status.ok()) << outcome.last.status;
+  EXPECT_LT(outcome.last.completion_tokens, 400);
+  EXPECT_EQ(executor_->stats().num_kv_blocks_used, 0);
+}
+
 TEST_F(ExecutorTest, DeadlineEndsTheRequest) {
   // The tiny model is too fast to be caught mid-run: one request is past its
   // deadline on arrival, the other's is far away.
