@@ -94,7 +94,8 @@ class StepRunner {
 // until a plan says shutdown (OK) or the channel or a collective fails (that
 // error). A plan that does not decode means the coordinator is broken:
 // Internal. Waiting for the next plan has no deadline (an idle server sends
-// no plans): the loop polls the channel every second. Blocks the caller.
+// no plans); once idle for HERD_COMM_POLL_SLEEP_AFTER_MS the channel sleeps
+// between polls, so an idle rank uses next to no CPU. Blocks the caller.
 absl::Status RunWorkerLoop(StepRunner& runner, comm::ControlChannel& control);
 
 }  // namespace herd
