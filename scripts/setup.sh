@@ -24,6 +24,7 @@ PACKAGES=(
   zlib1g-dev
   libpcre2-dev libicu-dev
   clang-format clang-tidy shellcheck
+  python3 python3-venv
 )
 
 missing=()
@@ -43,6 +44,11 @@ if ((${#missing[@]})); then
 else
   echo "setup: all ${#PACKAGES[@]} packages already installed"
 fi
+
+# Python clients the integration tests drive herd with (pinned), in .venv.
+if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
+.venv/bin/python -m pip install --quiet --disable-pip-version-check \
+  -r tests/integration/requirements.txt
 
 if [ "${1:-}" = "--deps-only" ]; then exit 0; fi
 

@@ -128,13 +128,18 @@ TEST(EplbRuntimeTest, AtLeastTenTimesFasterOnDeepSeekV3Cases) {
       ClusterShape cluster;
       PlannerOptions options;
       CaseSetup(c, &cluster, &options);
-      // Herd's default plan (weighted shares included), best of twenty, CPU
-      // time of the planning thread; EPLB: its best recorded wall time.
+      // Herd's default plan (weighted shares included): the best CPU time of
+      // the planning thread over at least twenty runs and half a second, so
+      // that a sub-millisecond case sees calm moments of a loaded CI machine
+      // too; EPLB: its best recorded wall time.
       double herd = 1e9;
-      for (int rep = 0; rep < 20; ++rep) {
+      double spent = 0.0;
+      for (int rep = 0; rep < 20 || spent < 0.5; ++rep) {
         const double start = ThreadCpuSeconds();
         absl::StatusOr<PlanResult> plan = PlanPlacement(*loads, cluster, options);
-        herd = std::min(herd, ThreadCpuSeconds() - start);
+        const double seconds = ThreadCpuSeconds() - start;
+        herd = std::min(herd, seconds);
+        spent += seconds;
         ASSERT_TRUE(plan.ok());
       }
       const double eplb = c.snapshots[0].runtime_min_seconds;

@@ -1,0 +1,175 @@
+#!/usr/bin/env python3
+"""The official OpenAI Python client (PyPI `openai`, pinned in
+tests/integration/requirements.txt, installed into .venv by scripts/setup.sh)
+talks to `herd serve`. It covers completions and chat completions, streaming
+and not, and a rejected request raised as the client's BadRequestError.
+
+The model is a Hugging Face directory the test writes: a Mixtral config (2
+layers, 4 experts, hidden 64) with random f32 weights sized to the committed
+llama-style tokenizer.json, plus a tokenizer_config.json that carries a
+Mistral chat template. Text goes in and text comes out.
+"""
+
+import array
+import copy
+import json
+import os
+import random
+import shutil
+import struct
+
+import serve_harness as h
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
+TOKENIZER_DIR = os.path.join(ROOT, "tests/data/tokenizers/hf/llama-style")
+CONFIG = os.path.join(ROOT, "tests/data/hf-reference/mixtral/config.json")
+MISTRAL_TEMPLATE = (
+    "{{ bos_token }}{% for message in messages %}{% if message['role'] == 'user' %}"
+    "{{ '[INST] ' + message['content'] + ' [/INST]' }}{% else %}"
+    "{{ message['content'] + eos_token }}{% endif %}{% endfor %}")
+
+
+def vocab_size(tokenizer):
+    ids = list(tokenizer["model"]["vocab"].values())
+    ids += [t["id"] for t in tokenizer.get("added_tokens", [])]
+    return max(ids) + 1
+
+
+def write_model(directory, seed):
+    """A random-weight Mixtral directory whose vocabulary is the tokenizer's."""
+    with open(os.path.join(TOKENIZER_DIR, "tokenizer.json")) as f:
+        tokenizer = json.load(f)
+    with open(CONFIG) as f:
+        config = json.load(f)
+    vocab = vocab_size(tokenizer)
+    config["vocab_size"] = vocab
+    config["max_position_embeddings"] = 512
+    hidden = config["hidden_size"]
+    ffn = config["intermediate_size"]
+    head_dim = config["head_dim"]
+    q = config["num_attention_heads"] * head_dim
+    kv = config["num_key_value_heads"] * head_dim
+    shapes = {"model.embed_tokens.weight": [vocab, hidden], "lm_head.weight": [vocab, hidden],
+              "model.norm.weight": [hidden]}
+    for layer in range(config["num_hidden_layers"]):
+        p = f"model.layers.{layer}."
+        shapes[p + "input_layernorm.weight"] = [hidden]
+        shapes[p + "post_attention_layernorm.weight"] = [hidden]
+        shapes[p + "self_attn.q_proj.weight"] = [q, hidden]
+        shapes[p + "self_attn.k_proj.weight"] = [kv, hidden]
+        shapes[p + "self_attn.v_proj.weight"] = [kv, hidden]
+        shapes[p + "self_attn.o_proj.weight"] = [hidden, q]
+        shapes[p + "block_sparse_moe.gate.weight"] = [config["num_local_experts"], hidden]
+        for e in range(config["num_local_experts"]):
+            x = f"{p}block_sparse_moe.experts.{e}."
+            shapes[x + "w1.weight"] = [ffn, hidden]
+            shapes[x + "w2.weight"] = [hidden, ffn]
+            shapes[x + "w3.weight"] = [ffn, hidden]
+    rng = random.Random(seed)
+    header = {}
+    blobs = []
+    offset = 0
+    for name in sorted(shapes):
+        count = 1
+        for d in shapes[name]:
+            count *= d
+        if name.endswith("norm.weight"):
+            values = array.array("f", [1.0] * count)
+        else:
+            values = array.array("f", (rng.gauss(0.0, 0.1) for _ in range(count)))
+        data = values.tobytes()
+        header[name] = {"dtype": "F32", "shape": shapes[name],
+                        "data_offsets": [offset, offset + len(data)]}
+        blobs.append(data)
+        offset += len(data)
+    header_bytes = json.dumps(header).encode()
+    header_bytes += b" " * (-len(header_bytes) % 8)
+    with open(os.path.join(directory, "model.safetensors"), "wb") as f:
+        f.write(struct.pack("<Q", len(header_bytes)))
+        f.write(header_bytes)
+        for blob in blobs:
+            f.write(blob)
+    with open(os.path.join(directory, "config.json"), "w") as f:
+        json.dump(config, f)
+    shutil.copy(os.path.join(TOKENIZER_DIR, "tokenizer.json"), directory)
+    with open(os.path.join(TOKENIZER_DIR, "tokenizer_config.json")) as f:
+        tokenizer_config = json.load(f)
+    tokenizer_config["chat_template"] = MISTRAL_TEMPLATE
+    with open(os.path.join(directory, "tokenizer_config.json"), "w") as f:
+        json.dump(tokenizer_config, f)
+
+
+def test(args):
+    try:
+        import openai
+    except ImportError as e:
+        raise h.TestFailure(f"the openai package is missing ({e}): run scripts/setup.sh, which "
+                            "installs tests/integration/requirements.txt into .venv")
+    model_dir = h.make_temp_dir("herd-openai-model-")
+    write_model(model_dir, args.seed)
+    server_args = copy.copy(args)
+    server_args.model = model_dir
+    with h.Server(server_args, extra_args=["--model-name", "tiny-mixtral"]) as server:
+        client = openai.OpenAI(base_url=f"http://127.0.0.1:{server.port}/v1", api_key="unused",
+                               max_retries=0, timeout=60)
+        models = [m.id for m in client.models.list().data]
+        h.check(models == ["tiny-mixtral"], f"models.list() gave {models}")
+
+        # Completions: a text prompt, greedy; the stream carries the same text.
+        prompt = "The quick brown fox"
+        done = client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=12,
+                                         temperature=0)
+        choice = done.choices[0]
+        h.log(f"completion: {choice.text!r} ({choice.finish_reason})")
+        h.check(choice.finish_reason in ("length", "stop"), f"finish_reason {choice.finish_reason}")
+        h.check(done.usage.completion_tokens > 0 and done.usage.prompt_tokens > 0,
+                f"usage {done.usage}")
+        h.check(done.usage.total_tokens ==
+                done.usage.prompt_tokens + done.usage.completion_tokens, f"usage {done.usage}")
+        streamed = ""
+        finish = None
+        for chunk in client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=12,
+                                               temperature=0, stream=True):
+            if chunk.choices:
+                streamed += chunk.choices[0].text or ""
+                finish = chunk.choices[0].finish_reason or finish
+        h.check(streamed == choice.text,
+                f"streamed completion {streamed!r} differs from {choice.text!r}")
+        h.check(finish == choice.finish_reason, f"streamed finish_reason {finish}")
+
+        # Chat completions, through the model's chat template.
+        messages = [{"role": "user", "content": "Hello, who are you?"}]
+        chat = client.chat.completions.create(model="tiny-mixtral", messages=messages,
+                                              max_tokens=10, temperature=0)
+        message = chat.choices[0].message
+        h.log(f"chat: {message.content!r} ({chat.choices[0].finish_reason})")
+        h.check(message.role == "assistant", f"chat role {message.role}")
+        h.check(chat.object == "chat.completion", f"chat object {chat.object}")
+        h.check(chat.usage.completion_tokens > 0, f"chat usage {chat.usage}")
+        content = ""
+        roles = set()
+        for chunk in client.chat.completions.create(model="tiny-mixtral", messages=messages,
+                                                    max_tokens=10, temperature=0, stream=True,
+                                                    stream_options={"include_usage": True}):
+            for c in chunk.choices:
+                content += c.delta.content or ""
+                if c.delta.role:
+                    roles.add(c.delta.role)
+            if chunk.usage is not None:
+                h.check(chunk.usage.completion_tokens == chat.usage.completion_tokens,
+                        f"streamed usage {chunk.usage} vs {chat.usage}")
+        h.check(content == message.content,
+                f"streamed chat {content!r} differs from {message.content!r}")
+        h.check(roles == {"assistant"}, f"streamed roles {roles}")
+
+        # A bad request comes back as the client's typed error, with the reason.
+        try:
+            client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=-1)
+            raise h.TestFailure("max_tokens=-1 was accepted")
+        except openai.BadRequestError as e:
+            h.check("max_tokens" in str(e), f"the 400 does not name max_tokens: {e}")
+        server.stop()
+
+
+if __name__ == "__main__":
+    h.run_test(test, __doc__)
