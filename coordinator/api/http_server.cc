@@ -11,6 +11,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/api/peer_socket.h"
 #include "core/logging.h"
 
 namespace herd {
@@ -377,7 +378,7 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
   auto generation = std::make_shared<Generation>(executor_, &num_generations_, *id, *request,
                                                  model_, std::move(meta));
   if (!request->stream) {
-    CompleteNonStreaming(*generation, res);
+    CompleteNonStreaming(*generation, req, res);
     return;
   }
   res.set_header("Cache-Control", "no-cache");
@@ -391,8 +392,17 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
                                    });
 }
 
-void HttpServer::CompleteNonStreaming(Generation& generation, httplib::Response& res) {
+void HttpServer::CompleteNonStreaming(Generation& generation, const httplib::Request& req,
+                                      httplib::Response& res) {
+  // Nothing is written until the completion is done, so the client's socket
+  // is watched instead: a client that gave up cancels the request (the
+  // Generation's destructor) rather than leaving it to run to max_tokens.
+  const PeerSocket peer = PeerSocket::Find(req.local_port, req.remote_addr, req.remote_port);
   while (!generation.output.finished()) {
+    if (peer.PeerClosed()) {
+      HERD_LOG(DEBUG) << "request " << generation.id << ": the client closed its connection";
+      return;
+    }
     if (stopping_) {
       WriteError(res, StoppingError());
       return;

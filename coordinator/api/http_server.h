@@ -122,7 +122,8 @@ class HttpServer {
   bool Admit(const httplib::Request& req, httplib::Response& res) const;
   void HandleGeneration(const httplib::Request& req, httplib::Response& res,
                         const httplib::ContentReader& reader, ApiEndpoint endpoint);
-  void CompleteNonStreaming(Generation& generation, httplib::Response& res);
+  void CompleteNonStreaming(Generation& generation, const httplib::Request& req,
+                            httplib::Response& res);
   // One call of a stream's content provider: waits for the next responses
   // and writes their events. False when the client is gone.
   bool WriteStreamEvents(Generation& generation, httplib::DataSink& sink);

@@ -602,6 +602,25 @@ TEST_F(HttpServerTest, ClientDisconnectCancelsTheStream) {
             1);
 }
 
+TEST_F(HttpServerTest, ClientDisconnectCancelsANonStreamingRequest) {
+  StartServer();
+  // The client gives up long before 30000 tokens could be generated; the
+  // server notices the closed socket and cancels the request.
+  std::unique_ptr<httplib::Client> impatient = Client();
+  impatient->set_read_timeout(0, 300000);  // 0.3 s
+  const absl::Time start = absl::Now();
+  auto res = impatient->Post(
+      "/v1/completions", Json({{"prompt", kPrompt}, {"max_tokens", kLongTokens}}).dump(), "application/json");
+  EXPECT_FALSE(res);
+  impatient.reset();  // closes the connection
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+  EXPECT_EQ(executor_->stats().num_finished, 1);
+  EXPECT_LT(absl::Now() - start, absl::Seconds(5));
+  EXPECT_EQ(MetricValue(metrics_->Serialize(), "herd:request_success_total{",
+                        "finished_reason=\"abort\""),
+            1);
+}
+
 TEST_F(HttpServerTest, StopEndsOpenStreams) {
   StartServer();
   std::atomic<bool> first_chunk{false};
