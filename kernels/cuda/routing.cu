@@ -33,6 +33,7 @@
 #include "core/status.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/routing.h"
+#include "kernels/cuda/warp_argmax.cuh"
 
 namespace herd::cuda {
 namespace {
@@ -47,11 +48,6 @@ __device__ float ExpF(float x) { return __double2float_rn(exp(static_cast<double
 
 constexpr int kRouterWarpsPerBlock = 8;
 constexpr int kRouterPerLane = static_cast<int>(kMaxRouterExperts / 32);
-
-// The CPU's selection order: larger logit first, lower index on ties.
-__device__ bool Beats(float av, int ae, float bv, int be) {
-  return av > bv || (av == bv && ae < be);
-}
 
 __global__ void RouterTopKKernel(const float* logits, int64_t num_tokens, int num_experts,
                                  int top_k, bool softmax, bool renormalize, int32_t* expert_idx,
@@ -83,15 +79,7 @@ __global__ void RouterTopKKernel(const float* logits, int64_t num_tokens, int nu
         be = e;
       }
     }
-#pragma unroll
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const float ov = __shfl_xor_sync(kFullMask, bv, offset);
-      const int oe = __shfl_xor_sync(kFullMask, be, offset);
-      if (Beats(ov, oe, bv, be)) {
-        bv = ov;
-        be = oe;
-      }
-    }
+    WarpArgMax(bv, be);
     // top_k <= num_experts, so be is a real expert here.
     if (be % 32 == lane) taken |= 1u << (be / 32);
     if (lane == j) {

@@ -35,6 +35,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/sampling.h"
+#include "kernels/cuda/warp_argmax.cuh"
 
 namespace herd::cuda {
 namespace {
@@ -48,11 +49,6 @@ constexpr int kBins = 1 << kRadixBits;
 // expf(x) rounded to nearest, as glibc's expf gives it (--use_fast_math
 // leaves double-precision functions alone).
 __device__ float ExpF(float x) { return __double2float_rn(exp(static_cast<double>(x))); }
-
-// cpu::ArgMax's order: larger logit first, lower index on ties.
-__device__ bool Beats(float av, int ai, float bv, int bi) {
-  return av > bv || (av == bv && ai < bi);
-}
 
 // The fixed-point mass of a probability given by its bit pattern.
 __device__ unsigned long long Mass(uint32_t p_bits, double scale) {
@@ -103,14 +99,7 @@ __device__ void BlockArgMax(float* value, int* index, RowShared& sh) {
   const int warp = threadIdx.x / 32;
   float v = *value;
   int i = *index;
-  for (int offset = 16; offset > 0; offset /= 2) {
-    const float ov = __shfl_xor_sync(kFullMask, v, offset);
-    const int oi = __shfl_xor_sync(kFullMask, i, offset);
-    if (Beats(ov, oi, v, i)) {
-      v = ov;
-      i = oi;
-    }
-  }
+  WarpArgMax(v, i);
   if (lane == 0) {
     sh.best_value[warp] = v;
     sh.best_index[warp] = i;
@@ -119,14 +108,7 @@ __device__ void BlockArgMax(float* value, int* index, RowShared& sh) {
   if (warp == 0) {
     v = sh.best_value[lane];
     i = sh.best_index[lane];
-    for (int offset = 16; offset > 0; offset /= 2) {
-      const float ov = __shfl_xor_sync(kFullMask, v, offset);
-      const int oi = __shfl_xor_sync(kFullMask, i, offset);
-      if (Beats(ov, oi, v, i)) {
-        v = ov;
-        i = oi;
-      }
-    }
+    WarpArgMax(v, i);
     if (lane == 0) {
       sh.best_value[0] = v;
       sh.best_index[0] = i;
