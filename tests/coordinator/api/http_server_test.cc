@@ -388,10 +388,9 @@ TEST_F(HttpServerTest, StopStringEndsTheRequestAsStopped) {
   ASSERT_LT(stop_at, greedy.size()) << "no ASCII byte in the first 64 greedy tokens";
   const std::string stop(1, static_cast<char>(greedy[stop_at]));
   // A long max_tokens, so the executor is still running when the text matches.
-  auto res = Post("/v1/completions", {{"prompt", kPrompt},
-                                      {"max_tokens", kLongTokens},
-                                      {"temperature", 0},
-                                      {"stop", stop}});
+  auto res =
+      Post("/v1/completions",
+           {{"prompt", kPrompt}, {"max_tokens", kLongTokens}, {"temperature", 0}, {"stop", stop}});
   ASSERT_TRUE(res);
   ASSERT_EQ(res->status, 200) << res->body;
   const Json body = Json::parse(res->body);
@@ -609,8 +608,9 @@ TEST_F(HttpServerTest, ClientDisconnectCancelsANonStreamingRequest) {
   std::unique_ptr<httplib::Client> impatient = Client();
   impatient->set_read_timeout(0, 300000);  // 0.3 s
   const absl::Time start = absl::Now();
-  auto res = impatient->Post(
-      "/v1/completions", Json({{"prompt", kPrompt}, {"max_tokens", kLongTokens}}).dump(), "application/json");
+  auto res = impatient->Post("/v1/completions",
+                             Json({{"prompt", kPrompt}, {"max_tokens", kLongTokens}}).dump(),
+                             "application/json");
   EXPECT_FALSE(res);
   impatient.reset();  // closes the connection
   EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
