@@ -3,6 +3,7 @@
 
     tests/deploy/check_deploy.py dashboard    # ctest grafana_dashboard_check
     tests/deploy/check_deploy.py prometheus   # ctest prometheus_config_check
+    tests/deploy/check_deploy.py containerfile HERD  # ctest containerfile_check
 
 dashboard: the metric table of docs/metrics.md names exactly the metrics that
 coordinator/metrics/serving_metrics.cc registers; deploy/grafana/
@@ -15,6 +16,12 @@ metric (a typo there would show an empty panel).
 
 prometheus: `promtool check config deploy/prometheus.yml` passes. Exits 77
 (ctest's skip) when promtool is not installed.
+
+containerfile: deploy/Containerfile builds with scripts/setup.sh, runs as a
+non-root user, and its runtime stage installs the Debian package of every
+library the herd binary HERD links directly (its ELF NEEDED entries; their own
+dependencies come with those packages). Libraries outside Debian (a CUDA
+toolkit in /usr/local) are skipped: the image is a CPU build.
 
 Run from the repository root (ctest does). Python 3 standard library only.
 """
@@ -168,7 +175,71 @@ def check_prometheus(errors):
         errors.append(f"promtool check config {PROMETHEUS_CONFIG} exited {result.returncode}")
 
 
+CONTAINERFILE = "deploy/Containerfile"
+# Libraries every Debian image has (libc6, libgcc-s1): no package to name.
+BASE_LIBRARIES = ("libc.so", "libm.so", "libgcc_s.so", "ld-linux")
+
+
+def debian_package_of(path):
+    """The Debian package that installed the file at `path`, or None."""
+    candidates = [path]
+    if path.startswith("/lib/"):
+        candidates.append("/usr" + path)  # merged /usr: dpkg knows one of the two
+    for candidate in candidates:
+        result = subprocess.run(["dpkg", "-S", candidate], capture_output=True, text=True)
+        if result.returncode == 0:
+            return result.stdout.split(":", 1)[0].strip()
+    return None
+
+
+def check_containerfile(errors, herd):
+    with open(CONTAINERFILE) as f:
+        text = f.read()
+    stages = re.split(r"^FROM ", text, flags=re.M)[1:]
+    if len(stages) != 2:
+        errors.append(f"{CONTAINERFILE}: expected a build stage and a runtime stage")
+        return
+    build, runtime = stages
+    if "scripts/setup.sh" not in build:
+        errors.append(f"{CONTAINERFILE}: the build stage must run scripts/setup.sh")
+    if not re.search(r"^USER (?!0\b|root\b)\S+", runtime, flags=re.M):
+        errors.append(f"{CONTAINERFILE}: the runtime stage must switch to a non-root USER")
+    install = re.search(r"apt-get install[^\n]*((?:\n[^\n]*)*?)\n &&", runtime)
+    packages = set(re.findall(r"[a-z0-9][a-z0-9.+-]+", install.group(0))) if install else set()
+    if shutil.which("readelf") is None or shutil.which("dpkg") is None:
+        print("containerfile: readelf or dpkg missing; skipped")
+        sys.exit(77)
+    dynamic = subprocess.run(["readelf", "-d", herd], capture_output=True, text=True, check=True)
+    needed = re.findall(r"\(NEEDED\)\s+Shared library: \[([^\]]+)\]", dynamic.stdout)
+    resolved = {}
+    for line in subprocess.run(["ldd", herd], capture_output=True, text=True).stdout.splitlines():
+        parts = line.split()
+        if len(parts) >= 3 and parts[1] == "=>":
+            resolved[parts[0]] = parts[2]
+    for library in needed:
+        if library.startswith(BASE_LIBRARIES):
+            continue
+        path = resolved.get(library)
+        if path is None or path.startswith("/usr/local/"):
+            continue  # not from Debian (a CUDA toolkit): not in a CPU image
+        package = debian_package_of(path)
+        if package is None:
+            errors.append(f"{library} ({path}) belongs to no Debian package")
+        elif package not in packages:
+            errors.append(f"{CONTAINERFILE}: the runtime stage does not install {package}, "
+                          f"which provides {library} that herd links")
+
+
 def main():
+    if len(sys.argv) == 3 and sys.argv[1] == "containerfile":
+        errors = []
+        check_containerfile(errors, sys.argv[2])
+        for e in errors:
+            print(f"FAIL: {e}")
+        if errors:
+            sys.exit(1)
+        print("containerfile: OK")
+        return
     if len(sys.argv) != 2 or sys.argv[1] not in ("dashboard", "prometheus"):
         print(__doc__, file=sys.stderr)
         return 2
