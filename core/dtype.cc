@@ -25,6 +25,8 @@ const char* DTypeName(DType type) {
       return "Q4_1";
     case DType::kI32:
       return "I32";
+    case DType::kQuant:
+      return "QUANT";
   }
   return "?";
 }
@@ -44,6 +46,7 @@ int64_t BlockSize(DType type) {
     case DType::kQ8_0:
     case DType::kQ4_0:
     case DType::kQ4_1:
+    case DType::kQuant:
       return 32;
     default:
       return 1;
@@ -66,7 +69,10 @@ int64_t BlockBytes(DType type) {
       return sizeof(BlockQ4_1);
     case DType::kI32:
       return 4;
+    case DType::kQuant:
+      break;
   }
+  HERD_CHECK(type != DType::kQuant);  // sizes come from QuantizedSizes
   return 0;
 }
 
@@ -179,7 +185,8 @@ void DequantizeRow(DType type, const void* src, float* dst, int64_t num_values) 
       return;
     }
     case DType::kI32:
-      HERD_CHECK(false && "DequantizeRow does not convert I32");
+    case DType::kQuant:
+      HERD_CHECK(false && "DequantizeRow converts neither I32 nor kQuant");
   }
 }
 
@@ -259,7 +266,8 @@ void QuantizeRow(DType type, const float* src, void* dst, int64_t num_values) {
       return;
     }
     case DType::kI32:
-      HERD_CHECK(false && "QuantizeRow does not convert to I32");
+    case DType::kQuant:
+      HERD_CHECK(false && "QuantizeRow converts to neither I32 nor kQuant");
   }
 }
 

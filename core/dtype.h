@@ -26,16 +26,21 @@ enum class DType : uint8_t {
   kQ4_0,
   kQ4_1,
   kI32,
+  // Herd's own quantized matrices (core/quant_format.h): the format, codes,
+  // scales and mins are in the TensorView; rows are not addressable one by one.
+  kQuant,
 };
 
-// Human-readable name: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "I32".
+// Human-readable name: "F32", "F16", "BF16", "Q8_0", "Q4_0", "Q4_1", "I32", "QUANT".
 const char* DTypeName(DType type);
-// Inverse of DTypeName (case-insensitive); InvalidArgument for unknown names.
+// Inverse of DTypeName (case-insensitive) for every type but kQuant, whose
+// matrices are named by their QuantFormat; InvalidArgument for unknown names.
 absl::StatusOr<DType> ParseDType(const std::string& name);
 
 // Values per block (1 for plain types).
 int64_t BlockSize(DType type);
-// Bytes per block (element size for plain types).
+// Bytes per block (element size for plain types). Not defined for kQuant
+// (its sizes come from QuantizedSizes); aborts if asked.
 int64_t BlockBytes(DType type);
 bool IsQuantized(DType type);
 // Bytes of a row of `num_values` values; num_values must be a multiple of BlockSize.
@@ -73,10 +78,11 @@ inline float BF16ToF32(uint16_t b) {
 }
 uint16_t F32ToBF16(float f);
 
-// Converts one row of `num_values` values of `type` (any type but I32) to float.
+// Converts one row of `num_values` values of `type` (any type but I32 and
+// kQuant) to float.
 void DequantizeRow(DType type, const void* src, float* dst, int64_t num_values);
 
-// Stores one row of floats as `type` (any type but I32) with ggml's reference
+// Stores one row of floats as `type` (any type but I32 and kQuant) with ggml's reference
 // rounding, so files Herd writes hold what llama.cpp's quantizer would write.
 // num_values must be a multiple of BlockSize(type); dst holds RowBytes bytes.
 void QuantizeRow(DType type, const float* src, void* dst, int64_t num_values);

@@ -5,7 +5,8 @@
 namespace herd {
 
 std::string TensorView::DebugString() const {
-  std::string out = absl::StrCat(DTypeName(dtype_), " [");
+  std::string out = absl::StrCat(
+      dtype_ == DType::kQuant ? quant_format_.Name() : std::string(DTypeName(dtype_)), " [");
   for (int i = 0; i < rank_; ++i) absl::StrAppend(&out, i ? ", " : "", shape_[i]);
   return out + "]";
 }

@@ -24,6 +24,16 @@
 //                    nibbles values 16+4s..16+4s+3
 // A group is 16 x 34 B (Q8_0) or 16 x 18 B (Q4_0) per block: exactly the
 // bytes of the source rows.
+//
+// Herd's own quantized matrices (DType::kQuant, core/quant_format.h) are
+// stored in this same 16-row interleaving, so they are used in place from the
+// checkpoint's memory map with no repacking; their scales (and mins) are
+// separate arrays, applied once per group. Codes are unsigned; each block's
+// integer dot product is centred on the format's zero code (subtracting
+// ZeroCode() * sum(activations)), and per group
+//   y += s * sum_blocks(d_a * dot)                      (symmetric)
+//   y += s * sum_blocks(d_a * dot) + (m + s * ZeroCode()) * sum_blocks(d_a * sum(a))
+// (asymmetric), so the float sums never cancel large terms.
 #pragma once
 
 #include <cstddef>
@@ -41,6 +51,7 @@ enum class PackedLayout {
   kRowMajor,  // the source tensor as stored (F32, F16, BF16, Q4_1)
   kQ8_0x16,
   kQ4_0x16,
+  kQuantRows16,  // Herd's quantized formats, in place
 };
 
 constexpr int64_t kPackRows = 16;
@@ -54,6 +65,10 @@ struct PackedMatrix {
   int64_t cols = 0;
   const uint8_t* data = nullptr;  // source bytes, or the repacked groups
   std::shared_ptr<const uint8_t[]> storage;
+  // kQuantRows16: the format and its scales and mins (data = the codes).
+  QuantFormat format;
+  const uint16_t* scales = nullptr;
+  const uint16_t* mins = nullptr;
 
   int64_t num_groups() const { return (rows + kPackRows - 1) / kPackRows; }
   // Bytes of the packed representation (for resident-memory accounting).

@@ -123,6 +123,31 @@ float DotQ4_1(const BlockQ4_1* w, const ActQ8_1* x, int64_t num_blocks) {
   return sum;
 }
 
+// Row `row` of a Herd-quantized matrix against token `t` of the quantized
+// activations: the arithmetic every kernel does (see kernels/matmul.h).
+float DotQuantRow(const QuantFormat& f, const QuantizedMatrixData& w, int64_t cols, int64_t row,
+                  const QuantizedActivations& a, int64_t t) {
+  const int64_t nb = cols / 32;
+  const int64_t blocks_per_group = f.GroupLength(cols) / 32;
+  float acc = 0.0f;
+  for (int64_t b0 = 0; b0 < nb; b0 += blocks_per_group) {
+    float dots = 0.0f;
+    float sums = 0.0f;
+    for (int64_t b = b0; b < b0 + blocks_per_group; ++b) {
+      const int8_t* at = a.qs + t * cols + b * 32;
+      int32_t dot = -f.ZeroCode() * a.sum[t * nb + b];
+      for (int64_t i = 0; i < 32; ++i) dot += ReadCode(f, w.codes, cols, row, b * 32 + i) * at[i];
+      const float d = a.d[t * nb + b];
+      dots += static_cast<float>(dot) * d;
+      sums += d * static_cast<float>(a.sum[t * nb + b]);
+    }
+    const QuantGroupParams p = ReadGroupParams(f, w, cols, row, b0 * 32);
+    acc += p.scale * dots;
+    if (!f.symmetric) acc += (p.min + p.scale * static_cast<float>(f.ZeroCode())) * sums;
+  }
+  return acc;
+}
+
 absl::Status CheckShape(const TensorView& weight) {
   if (weight.rank() != 2) {
     return absl::InvalidArgumentError(
@@ -130,6 +155,9 @@ absl::Status CheckShape(const TensorView& weight) {
   }
   if (weight.dtype() == DType::kI32) {
     return absl::InvalidArgumentError("Matmul: I32 is not a weight dtype");
+  }
+  if (weight.dtype() == DType::kQuant) {
+    return weight.quant_format().ValidateShape(weight.dim(0), weight.dim(1));
   }
   if (weight.dim(1) % BlockSize(weight.dtype()) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("Matmul: row length ", weight.dim(1),
@@ -162,7 +190,9 @@ void RepackGroups(const TensorView& w, int64_t payload_steps, uint8_t* out,
 }  // namespace
 
 int64_t PackedMatrix::num_bytes() const {
-  if (layout == PackedLayout::kRowMajor) return source.num_bytes();
+  if (layout == PackedLayout::kRowMajor || layout == PackedLayout::kQuantRows16) {
+    return source.num_bytes();
+  }
   const int64_t nb = cols / 32;
   const int64_t block_bytes = layout == PackedLayout::kQ8_0x16 ? 8 * 64 + 32 : 4 * 64 + 32;
   return num_groups() * nb * block_bytes;
@@ -176,6 +206,13 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
   p.cols = weight.dim(1);
   p.data = static_cast<const uint8_t*>(weight.data());
   const DType t = weight.dtype();
+  if (t == DType::kQuant) {
+    p.layout = PackedLayout::kQuantRows16;
+    p.format = weight.quant_format();
+    p.scales = weight.quantized().scales;
+    p.mins = weight.quantized().mins;
+    return p;
+  }
   if (t != DType::kQ8_0 && t != DType::kQ4_0) return p;
   p.layout = t == DType::kQ8_0 ? PackedLayout::kQ8_0x16 : PackedLayout::kQ4_0x16;
   auto storage = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<int64_t>(1, p.num_bytes())]);
@@ -236,7 +273,10 @@ void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t gro
       const int64_t r = o - g * kPackRows;
       for (int64_t t = 0; t < args.num_tokens; ++t) {
         float v = 0.0f;
-        if (w.layout == PackedLayout::kRowMajor) {
+        if (w.layout == PackedLayout::kQuantRows16) {
+          v = DotQuantRow(w.format, QuantizedMatrixData{w.data, w.scales, w.mins}, cols, o, *args.a,
+                          t);
+        } else if (w.layout == PackedLayout::kRowMajor) {
           const uint8_t* row = w.source.row(o);
           const float* xt = args.x + t * cols;
           switch (w.source.dtype()) {
@@ -403,6 +443,8 @@ size_t MatmulReferenceWorkspaceBytes(DType weight_type, int64_t num_tokens, int6
       return num_tokens * (in / 32) * sizeof(BlockQ8_0);
     case DType::kQ4_1:
       return num_tokens * (in / 32) * sizeof(ActQ8_1);
+    case DType::kQuant:
+      return QuantizedActivationsBytes(num_tokens, in);
     default:
       return 0;
   }
@@ -419,6 +461,22 @@ absl::Status MatmulReference(const TensorView& weight, const float* bias, const 
     return absl::InvalidArgumentError("Matmul: workspace too small");
   }
   if (num_tokens <= 0 || out == 0) return absl::OkStatus();
+
+  if (type == DType::kQuant) {
+    const QuantizedActivations a = CarveQuantizedActivations(workspace, num_tokens, in);
+    pool.ParallelFor(num_tokens, 1, [&](int64_t begin, int64_t end, int) {
+      QuantizeActivations(x, in, begin, end, a);
+    });
+    pool.ParallelFor(out, 8, [&](int64_t begin, int64_t end, int) {
+      for (int64_t o = begin; o < end; ++o) {
+        for (int64_t t = 0; t < num_tokens; ++t) {
+          y[t * out + o] = DotQuantRow(weight.quant_format(), weight.quantized(), in, o, a, t) +
+                           (bias != nullptr ? bias[o] : 0.0f);
+        }
+      }
+    });
+    return absl::OkStatus();
+  }
 
   const int64_t num_blocks = in / BlockSize(type);
   const int64_t row_bytes = weight.row_bytes();
@@ -467,6 +525,7 @@ absl::Status MatmulReference(const TensorView& weight, const float* bias, const 
                         static_cast<const ActQ8_1*>(workspace) + t * num_blocks, num_blocks);
             break;
           case DType::kI32:
+          case DType::kQuant:
             break;
         }
         y[t * out + o] = v + b;

@@ -138,6 +138,155 @@ HERD_AVX2 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   }
 }
 
+// Half `h` (rows 8h..8h+7) of the 8 steps of one rows16 block, unsigned
+// (core/quant_format.h); as in matmul_avx512.cc.
+HERD_AVX2 inline __m256i LoadSliceHalf(const uint8_t* block, int slice, int h) {
+  return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + slice * 64 + h * 32));
+}
+
+template <int kBits>
+HERD_AVX2 inline void UnpackCodesHalf(const uint8_t* block, int h, __m256i u[8]) {
+  if constexpr (kBits == 8) {
+    for (int s = 0; s < 8; ++s) u[s] = LoadSliceHalf(block, s, h);
+  } else if constexpr (kBits == 4) {
+    const __m256i mask = _mm256_set1_epi8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+      const __m256i v = LoadSliceHalf(block, j, h);
+      u[j] = _mm256_and_si256(v, mask);
+      u[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+    }
+  } else {
+    const __m256i mask = _mm256_set1_epi8(0x03);
+    for (int j = 0; j < 2; ++j) {
+      const __m256i v = LoadSliceHalf(block, j, h);
+      u[j] = _mm256_and_si256(v, mask);
+      u[j + 2] = _mm256_and_si256(_mm256_srli_epi16(v, 2), mask);
+      u[j + 4] = _mm256_and_si256(_mm256_srli_epi16(v, 4), mask);
+      u[j + 6] = _mm256_and_si256(_mm256_srli_epi16(v, 6), mask);
+    }
+    if constexpr (kBits == 3) {
+      const __m256i hi = LoadSliceHalf(block, 2, h);
+      const __m256i bit2 = _mm256_set1_epi8(0x04);
+      u[0] = _mm256_or_si256(u[0], _mm256_and_si256(_mm256_slli_epi16(hi, 2), bit2));
+      u[1] = _mm256_or_si256(u[1], _mm256_and_si256(_mm256_slli_epi16(hi, 1), bit2));
+      u[2] = _mm256_or_si256(u[2], _mm256_and_si256(hi, bit2));
+      for (int s = 3; s < 8; ++s) {
+        u[s] = _mm256_or_si256(
+            u[s], _mm256_and_si256(_mm256_srl_epi16(hi, _mm_cvtsi32_si128(s - 2)), bit2));
+      }
+    }
+  }
+}
+
+HERD_AVX2 inline __m256 LoadScales8(const uint16_t* p, DType type) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if (type == DType::kBF16) {
+    return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+  }
+  return _mm256_cvtph_ps(raw);
+}
+
+// Herd's quantized formats (kQuantRows16), 8 rows per half. Codes of at most
+// 4 bits are small enough for vpmaddubsw to sum all 8 steps in int16
+// (8 x 2 x 15 x 127 < 2^15); int8 codes are flipped to signed and take the
+// |w| x sign(a, w) route of Q8_0, which yields the centred dot directly.
+template <int kBits, bool kSymmetric, int kTokens>
+HERD_AVX2 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  const int64_t blocks_per_group = w.format.GroupLength(cols) / 32;
+  const int64_t groups = nb / blocks_per_group;
+  constexpr int32_t kZero = 1 << (kBits - 1);
+  const uint8_t* codes = w.data + g * nb * 64 * kBits;
+  const uint16_t* scales = w.scales + g * groups * kPackRows;
+  const uint16_t* mins = kSymmetric ? nullptr : w.mins + g * groups * kPackRows;
+  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+  __m256 acc[kTokens][2];
+  for (int j = 0; j < kTokens; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+  for (int64_t k = 0; k < groups; ++k) {
+    __m256 dots[kTokens][2];
+    float sums[kTokens];
+    for (int j = 0; j < kTokens; ++j) {
+      dots[j][0] = dots[j][1] = _mm256_setzero_ps();
+      sums[j] = 0.0f;
+    }
+    for (int64_t b = k * blocks_per_group; b < (k + 1) * blocks_per_group; ++b) {
+      __m256i u[2][8];
+      UnpackCodesHalf<kBits>(codes + b * 64 * kBits, 0, u[0]);
+      UnpackCodesHalf<kBits>(codes + b * 64 * kBits, 1, u[1]);
+      if constexpr (kBits == 8) {
+        for (int h = 0; h < 2; ++h) {
+          for (int s = 0; s < 8; ++s) u[h][s] = _mm256_xor_si256(u[h][s], flip);
+        }
+      }
+      for (int j = 0; j < kTokens; ++j) {
+        const int64_t t = t0 + j;
+        int32_t chunk[8];
+        std::memcpy(chunk, a.qs + t * cols + b * 32, 32);
+        const float d = a.d[t * nb + b];
+        for (int h = 0; h < 2; ++h) {
+          __m256i dot;
+          if constexpr (kBits == 8) {
+            dot = _mm256_setzero_si256();
+            for (int s = 0; s < 8; ++s) {
+              const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(chunk[s]), u[h][s]);
+              dot = _mm256_add_epi32(dot, DotU8S8(_mm256_abs_epi8(u[h][s]), signed_a));
+            }
+          } else {
+            __m256i pairs = _mm256_maddubs_epi16(u[h][0], _mm256_set1_epi32(chunk[0]));
+            for (int s = 1; s < 8; ++s) {
+              pairs = _mm256_add_epi16(pairs,
+                                       _mm256_maddubs_epi16(u[h][s], _mm256_set1_epi32(chunk[s])));
+            }
+            dot = _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
+                                   _mm256_set1_epi32(-kZero * a.sum[t * nb + b]));
+          }
+          dots[j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), dots[j][h]);
+        }
+        if constexpr (!kSymmetric) sums[j] += d * static_cast<float>(a.sum[t * nb + b]);
+      }
+    }
+    for (int h = 0; h < 2; ++h) {
+      const __m256 s = LoadScales8(scales + k * kPackRows + h * 8, w.format.scale_type);
+      __m256 offset = _mm256_setzero_ps();
+      if constexpr (!kSymmetric) {
+        offset = _mm256_fmadd_ps(s, _mm256_set1_ps(static_cast<float>(kZero)),
+                                 LoadScales8(mins + k * kPackRows + h * 8, w.format.scale_type));
+      }
+      for (int j = 0; j < kTokens; ++j) {
+        acc[j][h] = _mm256_fmadd_ps(s, dots[j][h], acc[j][h]);
+        if constexpr (!kSymmetric) {
+          acc[j][h] = _mm256_fmadd_ps(offset, _mm256_set1_ps(sums[j]), acc[j][h]);
+        }
+      }
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) {
+    StoreHalf(args, g, 0, t0 + j, acc[j][0]);
+    StoreHalf(args, g, 1, t0 + j, acc[j][1]);
+  }
+}
+
+template <int kBits, bool kSymmetric>
+HERD_AVX2 void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
+  int64_t t = 0;
+  for (; t + kTokenTile <= args.num_tokens; t += kTokenTile) {
+    QuantGroup<kBits, kSymmetric, kTokenTile>(args, g, t);
+  }
+  for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1>(args, g, t);
+}
+
+template <int kBits>
+HERD_AVX2 void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g) {
+  if (args.w->format.symmetric) {
+    QuantGroupAllTokens<kBits, true>(args, g);
+  } else {
+    QuantGroupAllTokens<kBits, false>(args, g);
+  }
+}
+
 HERD_AVX2 inline __m256 LoadWeights8(DType type, const uint8_t* row, int64_t k, int64_t n) {
   if (n < 8) {
     float tmp[8] = {};
@@ -216,7 +365,22 @@ HERD_AVX2 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int
   const int64_t num_tokens = args.num_tokens;
   for (int64_t g = group_begin; g < group_end; ++g) {
     int64_t t = 0;
-    if (w.layout == PackedLayout::kRowMajor) {
+    if (w.layout == PackedLayout::kQuantRows16) {
+      switch (w.format.bits) {
+        case 8:
+          QuantGroupAnySymmetry<8>(args, g);
+          break;
+        case 4:
+          QuantGroupAnySymmetry<4>(args, g);
+          break;
+        case 3:
+          QuantGroupAnySymmetry<3>(args, g);
+          break;
+        default:
+          QuantGroupAnySymmetry<2>(args, g);
+          break;
+      }
+    } else if (w.layout == PackedLayout::kRowMajor) {
       const int64_t row_begin = g * kPackRows;
       const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
       for (; t + kTokenTile <= num_tokens; t += kTokenTile) {

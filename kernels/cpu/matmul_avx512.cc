@@ -112,6 +112,127 @@ HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
 }
 
+// The 8 steps of one 32-value block of a rows16 payload as unsigned bytes:
+// u[s] holds values 4s..4s+3 of each of the 16 rows (core/quant_format.h).
+// 16-bit shifts are safe: every mask keeps only bits of the byte itself.
+template <int kBits>
+HERD_AVX512 inline void UnpackCodes(const uint8_t* block, __m512i u[8]) {
+  if constexpr (kBits == 8) {
+    for (int s = 0; s < 8; ++s) u[s] = _mm512_loadu_si512(block + s * 64);
+  } else if constexpr (kBits == 4) {
+    const __m512i mask = _mm512_set1_epi8(0x0F);
+    for (int j = 0; j < 4; ++j) {
+      const __m512i v = _mm512_loadu_si512(block + j * 64);
+      u[j] = _mm512_and_si512(v, mask);
+      u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+    }
+  } else {
+    const __m512i mask = _mm512_set1_epi8(0x03);
+    for (int j = 0; j < 2; ++j) {
+      const __m512i v = _mm512_loadu_si512(block + j * 64);
+      u[j] = _mm512_and_si512(v, mask);
+      u[j + 2] = _mm512_and_si512(_mm512_srli_epi16(v, 2), mask);
+      u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+      u[j + 6] = _mm512_and_si512(_mm512_srli_epi16(v, 6), mask);
+    }
+    if constexpr (kBits == 3) {
+      const __m512i h = _mm512_loadu_si512(block + 128);
+      const __m512i bit2 = _mm512_set1_epi8(0x04);
+      u[0] = _mm512_or_si512(u[0], _mm512_and_si512(_mm512_slli_epi16(h, 2), bit2));
+      u[1] = _mm512_or_si512(u[1], _mm512_and_si512(_mm512_slli_epi16(h, 1), bit2));
+      u[2] = _mm512_or_si512(u[2], _mm512_and_si512(h, bit2));
+      u[3] = _mm512_or_si512(u[3], _mm512_and_si512(_mm512_srli_epi16(h, 1), bit2));
+      u[4] = _mm512_or_si512(u[4], _mm512_and_si512(_mm512_srli_epi16(h, 2), bit2));
+      u[5] = _mm512_or_si512(u[5], _mm512_and_si512(_mm512_srli_epi16(h, 3), bit2));
+      u[6] = _mm512_or_si512(u[6], _mm512_and_si512(_mm512_srli_epi16(h, 4), bit2));
+      u[7] = _mm512_or_si512(u[7], _mm512_and_si512(_mm512_srli_epi16(h, 5), bit2));
+    }
+  }
+}
+
+HERD_AVX512 inline __m512 LoadScales16(const uint16_t* p, DType type) {
+  const __m256i raw = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(p));
+  if (type == DType::kBF16) {
+    return _mm512_castsi512_ps(_mm512_slli_epi32(_mm512_cvtepu16_epi32(raw), 16));
+  }
+  return _mm512_cvtph_ps(raw);
+}
+
+// Herd's quantized formats (kQuantRows16): per block, unpack the 8 steps once
+// for 16 rows and run kTokens tokens against them; per group, apply the
+// 16 scales (and mins) to the block sums. See kernels/matmul.h for the math.
+template <int kBits, bool kSymmetric, int kTokens>
+HERD_AVX512 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = w.cols;
+  const int64_t nb = cols / 32;
+  const int64_t blocks_per_group = w.format.GroupLength(cols) / 32;
+  const int64_t groups = nb / blocks_per_group;
+  constexpr int32_t kZero = 1 << (kBits - 1);
+  const uint8_t* codes = w.data + g * nb * 64 * kBits;
+  const uint16_t* scales = w.scales + g * groups * kPackRows;
+  const uint16_t* mins = kSymmetric ? nullptr : w.mins + g * groups * kPackRows;
+  __m512 acc[kTokens];
+  for (int j = 0; j < kTokens; ++j) acc[j] = _mm512_setzero_ps();
+  for (int64_t k = 0; k < groups; ++k) {
+    __m512 dots[kTokens];
+    float sums[kTokens];
+    for (int j = 0; j < kTokens; ++j) {
+      dots[j] = _mm512_setzero_ps();
+      sums[j] = 0.0f;
+    }
+    for (int64_t b = k * blocks_per_group; b < (k + 1) * blocks_per_group; ++b) {
+      __m512i u[8];
+      UnpackCodes<kBits>(codes + b * 64 * kBits, u);
+      for (int j = 0; j < kTokens; ++j) {
+        const int64_t t = t0 + j;
+        int32_t chunk[8];
+        std::memcpy(chunk, a.qs + t * cols + b * 32, 32);
+        __m512i dot = _mm512_set1_epi32(-kZero * a.sum[t * nb + b]);
+        __m512i dot_odd = _mm512_setzero_si512();
+        for (int s = 0; s < 8; s += 2) {
+          dot = _mm512_dpbusd_epi32(dot, u[s], _mm512_set1_epi32(chunk[s]));
+          dot_odd = _mm512_dpbusd_epi32(dot_odd, u[s + 1], _mm512_set1_epi32(chunk[s + 1]));
+        }
+        const float d = a.d[t * nb + b];
+        dots[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot, dot_odd)),
+                                  _mm512_set1_ps(d), dots[j]);
+        if constexpr (!kSymmetric) sums[j] += d * static_cast<float>(a.sum[t * nb + b]);
+      }
+    }
+    const __m512 s = LoadScales16(scales + k * kPackRows, w.format.scale_type);
+    __m512 offset = _mm512_setzero_ps();
+    if constexpr (!kSymmetric) {
+      offset = _mm512_fmadd_ps(s, _mm512_set1_ps(static_cast<float>(kZero)),
+                               LoadScales16(mins + k * kPackRows, w.format.scale_type));
+    }
+    for (int j = 0; j < kTokens; ++j) {
+      acc[j] = _mm512_fmadd_ps(s, dots[j], acc[j]);
+      if constexpr (!kSymmetric) acc[j] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[j]), acc[j]);
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
+}
+
+template <int kBits, bool kSymmetric>
+HERD_AVX512 void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
+  int64_t t = 0;
+  for (; t + kTokenTile <= args.num_tokens; t += kTokenTile) {
+    QuantGroup<kBits, kSymmetric, kTokenTile>(args, g, t);
+  }
+  for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1>(args, g, t);
+}
+
+template <int kBits>
+HERD_AVX512 void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g) {
+  if (args.w->format.symmetric) {
+    QuantGroupAllTokens<kBits, true>(args, g);
+  } else {
+    QuantGroupAllTokens<kBits, false>(args, g);
+  }
+}
+
 template <DType kType>
 HERD_AVX512 inline __m512 LoadWeights(const uint8_t* row, int64_t k) {
   if constexpr (kType == DType::kF16) {
@@ -208,7 +329,22 @@ HERD_AVX512 void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
   const int64_t num_tokens = args.num_tokens;
   for (int64_t g = group_begin; g < group_end; ++g) {
     int64_t t = 0;
-    if (w.layout == PackedLayout::kRowMajor) {
+    if (w.layout == PackedLayout::kQuantRows16) {
+      switch (w.format.bits) {
+        case 8:
+          QuantGroupAnySymmetry<8>(args, g);
+          break;
+        case 4:
+          QuantGroupAnySymmetry<4>(args, g);
+          break;
+        case 3:
+          QuantGroupAnySymmetry<3>(args, g);
+          break;
+        default:
+          QuantGroupAnySymmetry<2>(args, g);
+          break;
+      }
+    } else if (w.layout == PackedLayout::kRowMajor) {
       const int64_t row_begin = g * kPackRows;
       const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
       switch (w.source.dtype()) {

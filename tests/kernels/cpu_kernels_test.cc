@@ -50,6 +50,40 @@ StoredMatrix Store(DType type, int64_t rows, int64_t cols, uint32_t seed) {
   return m;
 }
 
+// The same for one of Herd's quantized formats (round to nearest).
+StoredMatrix StoreQuant(const QuantFormat& format, int64_t rows, int64_t cols, uint32_t seed) {
+  StoredMatrix m;
+  const std::vector<float> w = Random(rows * cols, seed, 0.5f);
+  const QuantizedMatrixSizes sizes = QuantizedSizes(format, rows, cols);
+  m.bytes.resize(sizes.total());
+  uint8_t* codes = m.bytes.data();
+  auto* scales = reinterpret_cast<uint16_t*>(codes + sizes.codes);
+  auto* mins = format.symmetric ? nullptr : scales + sizes.scales / 2;
+  QuantizeMatrixRtn(format, w.data(), rows, cols, codes, scales, mins);
+  m.view = TensorView::Quantized(format, rows, cols, {codes, scales, mins});
+  m.dequantized.resize(rows * cols);
+  for (int64_t r = 0; r < rows; ++r) {
+    DequantizeQuantizedRow(format, m.view.quantized(), cols, r, m.dequantized.data() + r * cols);
+  }
+  return m;
+}
+
+// Every format Herd's checkpoints can hold: 4 widths x 2 symmetries x 4 group
+// sizes x 2 scale types.
+std::vector<QuantFormat> AllQuantFormats() {
+  std::vector<QuantFormat> formats;
+  for (int bits : {8, 4, 3, 2}) {
+    for (bool symmetric : {true, false}) {
+      for (int group : {32, 64, 128, 0}) {
+        for (DType scale : {DType::kF16, DType::kBF16}) {
+          formats.push_back(QuantFormat{bits, symmetric, group, scale});
+        }
+      }
+    }
+  }
+  return formats;
+}
+
 // What the activations become before an integer dot product with `type`.
 std::vector<float> ActivationsAsSeen(DType type, const std::vector<float>& x, int64_t cols) {
   if (!IsQuantized(type)) return x;
@@ -150,6 +184,54 @@ TEST(MatmulTest, EveryDtypeAndIsaMatchesReferenceOverShapes) {
   }
 }
 
+TEST(MatmulTest, EveryQuantFormatAndIsaMatchesReferenceOverShapes) {
+  for (Isa isa : IsasToTest()) {
+    IsaScope scope(isa);
+    for (const QuantFormat& format : AllQuantFormats()) {
+      for (int threads : {1, 2}) {
+        ThreadPool pool(threads);
+        for (int64_t in : {128, 384}) {
+          for (int64_t out : {1, 16, 37}) {
+            for (int64_t tokens : {1, 3, 9}) {
+              if (threads == 1 && (out != 37 || tokens != 9)) continue;
+              SCOPED_TRACE(testing::Message()
+                           << IsaName(isa) << " " << format.Name() << " threads=" << threads
+                           << " in=" << in << " out=" << out << " tokens=" << tokens);
+              StoredMatrix w = StoreQuant(format, out, in, static_cast<uint32_t>(in + out));
+              const std::vector<float> x = Random(tokens * in, 7);
+              const std::vector<float> bias = Random(out, 9);
+              std::vector<uint8_t> ref_ws(MatmulReferenceWorkspaceBytes(DType::kQuant, tokens, in));
+              std::vector<float> y_ref(tokens * out);
+              ASSERT_TRUE(MatmulReference(w.view, bias.data(), x.data(), tokens, y_ref.data(),
+                                          ref_ws.data(), ref_ws.size(), pool)
+                              .ok());
+              auto packed = PackMatrix(w.view);
+              ASSERT_TRUE(packed.ok()) << packed.status();
+              EXPECT_EQ(packed->data, w.view.data());  // used in place, never copied
+              std::vector<uint8_t> ws(MatmulWorkspaceBytes(*packed, tokens));
+              std::vector<float> y(tokens * out, -1.0f);
+              ASSERT_TRUE(Matmul(*packed, bias.data(), x.data(), tokens, y.data(), ws.data(),
+                                 ws.size(), pool)
+                              .ok());
+              const std::vector<float> seen = ActivationsAsSeen(DType::kQuant, x, in);
+              const std::vector<float> ref = ReferenceMatmul(w.dequantized, seen, tokens, out, in);
+              for (int64_t t = 0; t < tokens; ++t) {
+                for (int64_t o = 0; o < out; ++o) {
+                  const float expected = ref[t * out + o] + bias[o];
+                  ASSERT_NEAR(y_ref[t * out + o], expected, 1e-3f * (1.0f + std::fabs(expected)))
+                      << "reference t=" << t << " o=" << o;
+                  ASSERT_NEAR(y[t * out + o], y_ref[t * out + o], 1e-4f * (1 + std::fabs(expected)))
+                      << "kernel t=" << t << " o=" << o;
+                }
+              }
+            }
+          }
+        }
+      }
+    }
+  }
+}
+
 TEST(MatmulTest, ScalarPackedKernelsEqualTheReferenceExactly) {
   IsaScope scope(Isa::kScalar);
   ThreadPool pool(2);
@@ -165,6 +247,23 @@ TEST(MatmulTest, ScalarPackedKernelsEqualTheReferenceExactly) {
     auto packed = PackMatrix(w.view);
     ASSERT_TRUE(packed.ok());
     EXPECT_EQ(packed->num_bytes(), 48 * RowBytes(type, 128));  // 3 groups of 16 rows
+    std::vector<uint8_t> ws(MatmulWorkspaceBytes(*packed, 5));
+    ASSERT_TRUE(Matmul(*packed, nullptr, x.data(), 5, y.data(), ws.data(), ws.size(), pool).ok());
+    EXPECT_EQ(y, y_ref);
+  }
+  for (const QuantFormat& format :
+       {QuantFormat{4, true, 32, DType::kF16}, QuantFormat{3, false, 0, DType::kBF16}}) {
+    SCOPED_TRACE(format.Name());
+    StoredMatrix w = StoreQuant(format, 37, 128, 3);
+    const std::vector<float> x = Random(5 * 128, 4);
+    std::vector<uint8_t> ref_ws(MatmulReferenceWorkspaceBytes(DType::kQuant, 5, 128));
+    std::vector<float> y_ref(5 * 37), y(5 * 37);
+    ASSERT_TRUE(MatmulReference(w.view, nullptr, x.data(), 5, y_ref.data(), ref_ws.data(),
+                                ref_ws.size(), pool)
+                    .ok());
+    auto packed = PackMatrix(w.view);
+    ASSERT_TRUE(packed.ok());
+    EXPECT_EQ(packed->num_bytes(), QuantizedSizes(format, 37, 128).total());
     std::vector<uint8_t> ws(MatmulWorkspaceBytes(*packed, 5));
     ASSERT_TRUE(Matmul(*packed, nullptr, x.data(), 5, y.data(), ws.data(), ws.size(), pool).ok());
     EXPECT_EQ(y, y_ref);
@@ -214,6 +313,13 @@ TEST(MatmulTest, RejectsBadShapesAndSmallWorkspace) {
   EXPECT_FALSE(PackMatrix(three_d).ok());
   const TensorView ints(DType::kI32, {4, 16}, bytes.data());
   EXPECT_FALSE(PackMatrix(ints).ok());
+  // A quantized matrix whose row length is not a multiple of its group size.
+  const TensorView ragged = TensorView::Quantized(QuantFormat{4, true, 128, DType::kF16}, 4, 96,
+                                                  {bytes.data(), nullptr, nullptr});
+  const absl::StatusOr<PackedMatrix> rejected = PackMatrix(ragged);
+  ASSERT_FALSE(rejected.ok());
+  EXPECT_NE(rejected.status().message().find("int4-g128-sym-f16"), std::string::npos)
+      << rejected.status();
 }
 
 TEST(RmsNormTest, MatchesDefinition) {
@@ -446,14 +552,31 @@ TEST(PermuteTest, StableCountingSortWithEmptyExperts) {
 // reference, for routing patterns that stress the grouping.
 TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
   const int64_t hidden = 64, ffn = 96, num_experts = 4;
-  for (DType type : {DType::kF32, DType::kQ8_0, DType::kQ4_0}) {
+  struct WeightFormat {
+    std::string name;
+    DType type;  // kQuant: `quant` below
+    QuantFormat quant;
+  };
+  const std::vector<WeightFormat> formats = {
+      {"F32", DType::kF32, {}},
+      {"Q8_0", DType::kQ8_0, {}},
+      {"Q4_0", DType::kQ4_0, {}},
+      {"int4-g32-asym", DType::kQuant, QuantFormat{4, false, 32, DType::kF16}},
+      {"int2-ch-sym", DType::kQuant, QuantFormat{2, true, 0, DType::kBF16}},
+  };
+  for (const WeightFormat& format : formats) {
+    const DType type = format.type;
+    const auto store = [&](int64_t rows, int64_t cols, uint32_t seed) {
+      return type == DType::kQuant ? StoreQuant(format.quant, rows, cols, seed)
+                                   : Store(type, rows, cols, seed);
+    };
     std::vector<StoredMatrix> gate, up, down;
     std::vector<PackedMatrix> packed;
     std::vector<ExpertFfnView> views;
     for (int e = 0; e < num_experts; ++e) {
-      gate.push_back(Store(type, ffn, hidden, 100 + e));
-      up.push_back(Store(type, ffn, hidden, 200 + e));
-      down.push_back(Store(type, hidden, ffn, 300 + e));
+      gate.push_back(store(ffn, hidden, 100 + e));
+      up.push_back(store(ffn, hidden, 200 + e));
+      down.push_back(store(hidden, ffn, 300 + e));
     }
     for (int e = 0; e < num_experts; ++e) {
       for (const StoredMatrix* m : {&gate[e], &up[e], &down[e]})
@@ -476,8 +599,7 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
     for (int threads : {1, 2}) {
       ThreadPool pool(threads);
       for (const Pattern& p : patterns) {
-        SCOPED_TRACE(testing::Message()
-                     << DTypeName(type) << " threads=" << threads << " " << p.name);
+        SCOPED_TRACE(testing::Message() << format.name << " threads=" << threads << " " << p.name);
         const int64_t slots = p.tokens * p.top_k;
         const auto x = Random(p.tokens * hidden, 11);
         const auto weights = Random(slots, 12);
