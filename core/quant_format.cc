@@ -54,8 +54,8 @@ absl::Status QuantFormat::Validate() const {
         "quantization group size must be 32, 64, 128 or 0 (per channel), got ", group_size));
   }
   if (scale_type != DType::kF16 && scale_type != DType::kBF16) {
-    return absl::InvalidArgumentError(absl::StrCat("quantization scale type must be F16 or BF16, got ",
-                                                   DTypeName(scale_type)));
+    return absl::InvalidArgumentError(
+        absl::StrCat("quantization scale type must be F16 or BF16, got ", DTypeName(scale_type)));
   }
   return absl::OkStatus();
 }
@@ -79,8 +79,8 @@ std::string QuantFormat::Name() const {
 absl::StatusOr<QuantFormat> QuantFormat::Parse(const std::string& name) {
   const std::vector<std::string> parts = absl::StrSplit(name, '-');
   const auto bad = [&](const std::string& why) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "quantization format '", name, "': ", why, " (expected e.g. int4-g128-sym-f16)"));
+    return absl::InvalidArgumentError(absl::StrCat("quantization format '", name, "': ", why,
+                                                   " (expected e.g. int4-g128-sym-f16)"));
   };
   if (parts.size() != 4) return bad("expected four parts separated by '-'");
   QuantFormat f;
@@ -136,7 +136,8 @@ QuantGroupParams ChooseGroupParams(const QuantFormat& format, const float* value
 uint8_t QuantizeValue(const QuantFormat& format, const QuantGroupParams& params, float value) {
   const float offset = format.symmetric ? static_cast<float>(format.ZeroCode()) : 0.0f;
   const float base = format.symmetric ? 0.0f : params.min;
-  float code = params.scale != 0.0f ? std::nearbyint((value - base) / params.scale) + offset : offset;
+  float code =
+      params.scale != 0.0f ? std::nearbyint((value - base) / params.scale) + offset : offset;
   if (!std::isfinite(code)) code = offset;
   return static_cast<uint8_t>(std::clamp(code, 0.0f, static_cast<float>(format.MaxCode())));
 }
@@ -154,7 +155,8 @@ void PackQuantizedMatrix(const QuantFormat& format, int64_t rows, int64_t cols,
       uint8_t* block = codes_out + at.block_offset;
       const uint32_t u = codes[row * cols + col] & static_cast<uint32_t>(format.MaxCode());
       if (format.bits == 3) {
-        block[SliceOf(2, at.step) * 64 + at.byte] |= static_cast<uint8_t>((u & 3) << ShiftOf(2, at.step));
+        block[SliceOf(2, at.step) * 64 + at.byte] |=
+            static_cast<uint8_t>((u & 3) << ShiftOf(2, at.step));
         block[2 * 64 + at.byte] |= static_cast<uint8_t>((u >> 2) << at.step);
       } else {
         block[SliceOf(format.bits, at.step) * 64 + at.byte] |=
@@ -166,7 +168,8 @@ void PackQuantizedMatrix(const QuantFormat& format, int64_t rows, int64_t cols,
   const int64_t groups = cols / group_length;
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t g = 0; g < groups; ++g) {
-      const int64_t at = ((row / kQuantTileRows) * groups + g) * kQuantTileRows + row % kQuantTileRows;
+      const int64_t at =
+          ((row / kQuantTileRows) * groups + g) * kQuantTileRows + row % kQuantTileRows;
       const QuantGroupParams& p = params[row * groups + g];
       scales_out[at] = EncodeScale(format.scale_type, p.scale);
       if (mins_out != nullptr) mins_out[at] = EncodeScale(format.scale_type, p.min);
@@ -211,8 +214,8 @@ QuantGroupParams ReadGroupParams(const QuantFormat& format, const QuantizedMatri
                                  int64_t cols, int64_t row, int64_t col) {
   const int64_t group_length = format.GroupLength(cols);
   const int64_t groups = cols / group_length;
-  const int64_t at =
-      ((row / kQuantTileRows) * groups + col / group_length) * kQuantTileRows + row % kQuantTileRows;
+  const int64_t at = ((row / kQuantTileRows) * groups + col / group_length) * kQuantTileRows +
+                     row % kQuantTileRows;
   QuantGroupParams p;
   p.scale = DecodeScale(format.scale_type, data.scales[at]);
   if (!format.symmetric) p.min = DecodeScale(format.scale_type, data.mins[at]);

@@ -46,9 +46,9 @@ constexpr int64_t kQuantTileRows = 16;
 constexpr int64_t kQuantBlockValues = 32;
 
 struct QuantFormat {
-  int bits = 4;             // 8, 4, 3 or 2
-  bool symmetric = true;    // false: a min per group as well as a scale
-  int group_size = 128;     // 32, 64, 128, or 0 = one group per row (per channel)
+  int bits = 4;                    // 8, 4, 3 or 2
+  bool symmetric = true;           // false: a min per group as well as a scale
+  int group_size = 128;            // 32, 64, 128, or 0 = one group per row (per channel)
   DType scale_type = DType::kF16;  // kF16 or kBF16
 
   // InvalidArgument naming the field when bits, group_size or scale_type is

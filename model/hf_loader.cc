@@ -4,6 +4,7 @@
 #include <cmath>
 #include <filesystem>
 #include <limits>
+#include <optional>
 #include <system_error>
 #include <utility>
 #include <vector>
@@ -13,8 +14,11 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "core/checksum.h"
 #include "core/logging.h"
 #include "core/status.h"
+#include "model/herd_manifest.h"
+#include "model/hf_arch.h"
 #include "model/safetensors_file.h"
 #include "nlohmann/json.hpp"
 
@@ -28,32 +32,6 @@ constexpr char kIndexFile[] = "model.safetensors.index.json";
 constexpr char kSafetensorsSuffix[] = ".safetensors";
 // Larger sizes and counts in config.json are corrupt, not models.
 constexpr uint64_t kMaxConfigInt = std::numeric_limits<int32_t>::max();
-
-// How one Hugging Face architecture names its config keys and MoE tensors.
-struct ArchInfo {
-  const char* hf_name;
-  Architecture arch;
-  const char* num_experts_key;
-  const char* expert_ffn_key;
-  const char* moe_prefix;  // model.layers.L.<moe_prefix>.{gate, experts.E.*}
-  const char* gate_proj;   // expert projection names
-  const char* up_proj;
-  const char* down_proj;
-  bool has_norm_topk_prob_key;  // Mixtral always renormalises; the others read config.json
-  bool default_norm_topk_prob;  // the transformers config class defaults
-  float default_rms_norm_eps;
-};
-
-constexpr ArchInfo kArchs[] = {
-    {"MixtralForCausalLM", Architecture::kMixtral, "num_local_experts", "intermediate_size",
-     "block_sparse_moe", "w1", "w3", "w2", false, true, 1e-5f},
-    {"Qwen2MoeForCausalLM", Architecture::kQwen2Moe, "num_experts", "moe_intermediate_size", "mlp",
-     "gate_proj", "up_proj", "down_proj", true, false, 1e-6f},
-    {"Qwen3MoeForCausalLM", Architecture::kQwen3Moe, "num_experts", "moe_intermediate_size", "mlp",
-     "gate_proj", "up_proj", "down_proj", true, false, 1e-6f},
-    {"OlmoeForCausalLM", Architecture::kOlmoe, "num_experts", "intermediate_size", "mlp",
-     "gate_proj", "up_proj", "down_proj", true, false, 1e-5f},
-};
 
 std::string JoinPath(const std::string& dir, const std::string& name) {
   if (!dir.empty() && dir.back() == '/') return dir + name;
@@ -161,7 +139,7 @@ class Config {
 // o_proj bias that Qwen3-MoE and OLMoE carry when attention_bias is set.
 struct HfLayout {
   ModelSpec spec;
-  const ArchInfo* arch = nullptr;
+  const HfArchInfo* arch = nullptr;
   bool o_bias = false;
 };
 
@@ -207,17 +185,17 @@ absl::StatusOr<HfLayout> ParseConfig(const Config& config, const std::string& di
     return config.Invalid("architectures", "must be a non-empty list of strings");
   }
   const std::string arch_name = config.Get("architectures")[0].get<std::string>();
-  for (const ArchInfo& info : kArchs) {
+  for (const HfArchInfo& info : HfArchitectures()) {
     if (arch_name == info.hf_name) layout.arch = &info;
   }
   if (layout.arch == nullptr) {
     std::vector<std::string> supported;
-    for (const ArchInfo& info : kArchs) supported.push_back(info.hf_name);
+    for (const HfArchInfo& info : HfArchitectures()) supported.push_back(info.hf_name);
     return absl::InvalidArgumentError(
         absl::StrCat(config.path(), ": unsupported architecture '", arch_name,
                      "' (supported: ", absl::StrJoin(supported, ", "), ")"));
   }
-  const ArchInfo& arch = *layout.arch;
+  const HfArchInfo& arch = *layout.arch;
   spec.architecture = arch.arch;
 
   std::string name;
@@ -451,16 +429,25 @@ class TensorStore {
   absl::flat_hash_map<std::string, size_t> file_of_;  // tensor name -> files_ index
 };
 
-// Fetches tensors by their checkpoint names into a Model, checking shapes.
+// Fetches tensors by their checkpoint names into a Model, checking shapes
+// and, in a Herd checkpoint, checksums.
 class Builder {
  public:
-  Builder(const TensorStore* store, Model* model) : store_(store), model_(model) {}
+  // `manifest` is null for a plain Hugging Face checkpoint.
+  Builder(const TensorStore* store, const HerdManifest* manifest, Model* model)
+      : store_(store), manifest_(manifest), model_(model) {}
 
-  // The stored view of `name`, which must be F32/F16/BF16 of exactly `shape`;
-  // recorded in model.tensors under `module`.
+  // The stored view of `name`, which must be F32/F16/BF16 of exactly `shape`
+  // (or, where herd.json says so, a quantized matrix of that shape); recorded
+  // in model.tensors under `module`.
   absl::StatusOr<TensorView> Stored(const std::string& name, const std::vector<int64_t>& shape,
                                     ModuleKind module) {
-    HERD_ASSIGN_OR_RETURN(const Located located, store_->Find(name));
+    if (manifest_ != nullptr && manifest_->quantized.contains(name)) {
+      HERD_ASSIGN_OR_RETURN(const TensorView view, Quantized(name, shape));
+      model_->tensors.push_back(TensorRecord{name, module, view});
+      return view;
+    }
+    HERD_ASSIGN_OR_RETURN(const Located located, Checked(name));
     const SafetensorsTensor& tensor = *located.tensor;
     if (tensor.shape != shape) {
       return absl::InvalidArgumentError(absl::StrCat(located.file->path(), ": tensor ", name,
@@ -475,7 +462,6 @@ class Builder {
     }
     HERD_ASSIGN_OR_RETURN(const TensorView view, MakeTensorView(tensor, located.file->path()));
     model_->tensors.push_back(TensorRecord{name, module, view});
-    used_.insert(name);
     return view;
   }
 
@@ -487,7 +473,14 @@ class Builder {
   }
 
   // Marks `name` as deliberately left out (an expert another rank holds).
-  void Skip(const std::string& name) { used_.insert(name); }
+  void Skip(const std::string& name) {
+    used_.insert(name);
+    if (manifest_ != nullptr && manifest_->quantized.contains(name)) {
+      used_.insert(QuantizedCodesName(name));
+      used_.insert(QuantizedScalesName(name));
+      used_.insert(QuantizedMinsName(name));
+    }
+  }
 
   // Names the checkpoint lists that were neither fetched nor skipped.
   std::vector<std::string> Unused() const {
@@ -500,7 +493,67 @@ class Builder {
   }
 
  private:
+  // Finds `name`; in a Herd checkpoint, first checks its bytes against the
+  // checksum herd.json records (DataLoss naming the file and tensor).
+  absl::StatusOr<Located> Checked(const std::string& name) {
+    HERD_ASSIGN_OR_RETURN(const Located located, store_->Find(name));
+    used_.insert(name);
+    if (manifest_ == nullptr) return located;
+    const auto it = manifest_->checksums.find(name);
+    if (it == manifest_->checksums.end()) {
+      return absl::InvalidArgumentError(absl::StrCat(located.file->path(), ": tensor ", name,
+                                                     " has no checksum in ", kHerdManifestFile));
+    }
+    const uint32_t crc = Crc32c(located.tensor->data, located.tensor->num_bytes);
+    if (crc != it->second) {
+      return absl::DataLossError(absl::StrCat(
+          located.file->path(), ": tensor ", name, " is corrupt: its checksum is ",
+          Crc32cString(crc), ", ", kHerdManifestFile, " records ", Crc32cString(it->second)));
+    }
+    return located;
+  }
+
+  // The array `name` of a quantized weight: `dtype`, exactly `bytes` long.
+  absl::StatusOr<const uint8_t*> QuantizedArray(const std::string& weight, const std::string& name,
+                                                SafetensorsDType dtype, int64_t bytes) {
+    HERD_ASSIGN_OR_RETURN(const Located located, Checked(name));
+    if (located.tensor->dtype != dtype || located.tensor->num_bytes != bytes) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          located.file->path(), ": tensor ", name, " of quantized weight ", weight, " is ",
+          SafetensorsDTypeName(located.tensor->dtype), " of ", located.tensor->num_bytes,
+          " bytes; its format needs ", SafetensorsDTypeName(dtype), " of ", bytes, " bytes"));
+    }
+    return located.tensor->data;
+  }
+
+  absl::StatusOr<TensorView> Quantized(const std::string& name, const std::vector<int64_t>& shape) {
+    const QuantizedTensorEntry& entry = manifest_->quantized.at(name);
+    if (shape.size() != 2 || entry.rows != shape[0] || entry.cols != shape[1]) {
+      return absl::InvalidArgumentError(absl::StrCat(kHerdManifestFile, ": quantized tensor ", name,
+                                                     " has shape [", entry.rows, ", ", entry.cols,
+                                                     "], expected ", ShapeString(shape)));
+    }
+    const QuantFormat& f = entry.format;
+    const QuantizedMatrixSizes sizes = QuantizedSizes(f, entry.rows, entry.cols);
+    const SafetensorsDType scale_type =
+        f.scale_type == DType::kBF16 ? SafetensorsDType::kBF16 : SafetensorsDType::kF16;
+    used_.insert(name);
+    QuantizedMatrixData data;
+    HERD_ASSIGN_OR_RETURN(data.codes, QuantizedArray(name, QuantizedCodesName(name),
+                                                     SafetensorsDType::kU8, sizes.codes));
+    HERD_ASSIGN_OR_RETURN(const uint8_t* scales, QuantizedArray(name, QuantizedScalesName(name),
+                                                                scale_type, sizes.scales));
+    data.scales = reinterpret_cast<const uint16_t*>(scales);
+    if (!f.symmetric) {
+      HERD_ASSIGN_OR_RETURN(const uint8_t* mins,
+                            QuantizedArray(name, QuantizedMinsName(name), scale_type, sizes.mins));
+      data.mins = reinterpret_cast<const uint16_t*>(mins);
+    }
+    return TensorView::Quantized(f, entry.rows, entry.cols, data);
+  }
+
   const TensorStore* store_;
+  const HerdManifest* manifest_;
   Model* model_;
   absl::flat_hash_set<std::string> used_;
 };
@@ -508,7 +561,7 @@ class Builder {
 absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options, int layer_idx,
                        Builder* b, LayerWeights* w) {
   const ModelSpec& s = layout.spec;
-  const ArchInfo& arch = *layout.arch;
+  const HfArchInfo& arch = *layout.arch;
   const int64_t h = s.hidden_size;
   const int64_t q_dim = s.num_heads * s.head_dim;
   const int64_t kv_dim = s.num_kv_heads * s.head_dim;
@@ -589,6 +642,29 @@ absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options, 
   return absl::OkStatus();
 }
 
+// herd.json, when `dir` is a Herd checkpoint; every tensor it lists must be
+// in the safetensors files and every tensor there must be listed in it.
+absl::StatusOr<std::optional<HerdManifest>> ReadManifest(const std::string& dir,
+                                                         const TensorStore& store) {
+  const std::string path = JoinPath(dir, kHerdManifestFile);
+  if (!std::filesystem::exists(path)) return std::nullopt;
+  HERD_ASSIGN_OR_RETURN(const Json root, ReadJsonObject(path));
+  HERD_ASSIGN_OR_RETURN(HerdManifest manifest, HerdManifest::FromJson(root, path));
+  for (const auto& [name, crc] : manifest.checksums) {
+    if (!store.Lists(name)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          path, ": tensor ", name, " is listed but no safetensors file holds it (a lost shard?)"));
+    }
+  }
+  for (const std::string& name : store.Names()) {
+    if (!manifest.checksums.contains(name)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(path, ": tensor ", name, " is stored but has no checksum here"));
+    }
+  }
+  return manifest;
+}
+
 absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
                                             const ModelLoadOptions& options) {
   const std::string config_path = JoinPath(dir, kConfigFile);
@@ -607,7 +683,9 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
   model->source_path = dir;
   TensorStore store;
   HERD_RETURN_IF_ERROR(store.Open(dir, &model->mapped_files));
-  Builder b(&store, model.get());
+  HERD_ASSIGN_OR_RETURN(const std::optional<HerdManifest> manifest, ReadManifest(dir, store));
+  if (manifest.has_value()) model->format = "herd";
+  Builder b(&store, manifest.has_value() ? &*manifest : nullptr, model.get());
 
   const ModelSpec& s = layout.spec;
   HERD_ASSIGN_OR_RETURN(model->token_embedding,
@@ -615,7 +693,8 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
                                  ModuleKind::kEmbeddings));
   HERD_ASSIGN_OR_RETURN(model->output_norm,
                         b.Vector("model.norm.weight", {s.hidden_size}, ModuleKind::kNorms));
-  const bool has_lm_head = store.Lists("lm_head.weight");
+  const bool has_lm_head = store.Lists("lm_head.weight") ||
+                           (manifest.has_value() && manifest->quantized.contains("lm_head.weight"));
   if (s.tied_embeddings || !has_lm_head) {
     model->spec.tied_embeddings = true;
     model->lm_head = model->token_embedding;

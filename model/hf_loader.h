@@ -1,4 +1,8 @@
-// Loads a Hugging Face checkpoint directory: config.json plus safetensors.
+// Loads a Hugging Face checkpoint directory: config.json plus safetensors,
+// and Herd's own checkpoints, which are such directories plus herd.json
+// (model/herd_manifest.h): there every tensor is checked against its
+// checksum before it is used, and weights herd.json lists as quantized
+// become DType::kQuant views of their codes, scales and mins.
 //
 // Supported `architectures[0]` values and what they map to:
 //   MixtralForCausalLM   -> Architecture::kMixtral   (block_sparse_moe.{gate, experts.E.w1/w3/w2})
@@ -37,7 +41,9 @@ namespace herd {
 // config key or tensor: NotFound for a missing config.json, index-listed shard
 // or safetensors file; Unimplemented for the unsupported features listed
 // above; InvalidArgument for everything else malformed (unknown architecture,
-// bad JSON, wrong types or non-positive dims, missing or misshapen tensors).
+// bad JSON, wrong types or non-positive dims, missing or misshapen tensors,
+// a herd.json that disagrees with the safetensors files); DataLoss for a
+// tensor whose bytes do not match its checksum.
 // Thread-compatible: concurrent calls on different directories are fine.
 absl::StatusOr<std::unique_ptr<Model>> LoadHfModel(const std::string& dir,
                                                    const ModelLoadOptions& options = {});

@@ -101,6 +101,11 @@ absl::Status CheckMatrix(const std::string& what, const TensorView& t, int64_t r
     return absl::InvalidArgumentError(
         absl::StrCat("tensor ", what, " has unsupported dtype ", DTypeName(t.dtype())));
   }
+  if (t.dtype() == DType::kQuant) {
+    if (absl::Status fits = t.quant_format().ValidateShape(rows, cols); !fits.ok()) {
+      return absl::InvalidArgumentError(absl::StrCat("tensor ", what, ": ", fits.message()));
+    }
+  }
   if (cols % BlockSize(t.dtype()) != 0) {
     return absl::InvalidArgumentError(absl::StrCat("tensor ", what, " row length ", cols,
                                                    " is not a multiple of the ",

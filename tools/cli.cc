@@ -24,6 +24,7 @@ constexpr Command kCommands[] = {
     {"tokenize", RunTokenizeCommand, "print the token ids of a text (the model's tokenizer)"},
     {"detokenize", RunDetokenizeCommand, "print the text of token ids"},
     {"bench", RunBenchCommand, "measure prefill/decode speed (or: bench comm, the all-to-all)"},
+    {"compress", RunCompressCommand, "quantize a model's weights into a Herd checkpoint"},
     {"synth", RunSynthCommand, "write a random-weight MoE model (GGUF, llama.cpp layout)"},
     {"plan", RunPlanCommand, "place experts on ranks from a routing trace (herd plan --help)"},
 };

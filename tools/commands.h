@@ -26,6 +26,10 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
 // herd synth [shape flags] --dtype D --seed S --out FILE: a random-weight GGUF model.
 absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream& out);
 
+// herd compress --model IN --out OUT [--bits B] [--group-size G] [--asym] [--modules M]
+//   [--report FILE] [--force]: Herd's checkpoint with quantized weights (docs/compression.md).
+absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostream& out);
+
 // herd bench --model PATH ... (RunBenchModelCommand), herd bench comm ...
 // (RunBenchCommCommand), herd bench kernels ... (RunBenchKernelsCommand) or herd bench
 // serve ... (RunBenchServeCommand).

@@ -1,8 +1,6 @@
 // herd plan: expert placement from a routing trace (coordinator/placement).
-#include <unistd.h>
 
 #include <chrono>
-#include <cstdio>
 #include <optional>
 
 #include "absl/strings/ascii.h"
@@ -24,6 +22,7 @@
 #include "model/model_loader.h"
 #include "tools/commands.h"
 #include "tools/flags.h"
+#include "tools/progress_bar.h"
 
 namespace herd {
 namespace {
@@ -101,45 +100,6 @@ absl::StatusOr<int> GetIntFlag(const ParsedFlags& flags, const std::string& name
   }
   return static_cast<int>(v);
 }
-
-// A one-line progress bar on stderr, drawn only when stderr is a terminal and
-// the work has taken more than half a second.
-class ProgressBar {
- public:
-  explicit ProgressBar(std::string what)
-      : what_(std::move(what)),
-        tty_(isatty(STDERR_FILENO) == 1),
-        start_(std::chrono::steady_clock::now()) {}
-  ~ProgressBar() { Finish(); }
-
-  void Update(int done, int total) {
-    if (!tty_ || total <= 0) return;
-    const auto now = std::chrono::steady_clock::now();
-    if (now - start_ < std::chrono::milliseconds(500)) return;
-    if (drawn_ && done < total && now - last_ < std::chrono::milliseconds(100)) return;
-    last_ = now;
-    constexpr int kWidth = 30;
-    const int filled = static_cast<int>(static_cast<int64_t>(kWidth) * done / total);
-    std::string bar(filled, '#');
-    bar.resize(kWidth, '.');
-    std::fprintf(stderr, "\r%s [%s] %d/%d", what_.c_str(), bar.c_str(), done, total);
-    std::fflush(stderr);
-    drawn_ = true;
-  }
-
-  void Finish() {
-    if (!drawn_) return;
-    std::fprintf(stderr, "\r\033[K");
-    std::fflush(stderr);
-    drawn_ = false;
-  }
-
- private:
-  std::string what_;
-  bool tty_;
-  bool drawn_ = false;
-  std::chrono::steady_clock::time_point start_, last_;
-};
 
 std::vector<HeatmapPanel> Panels(const LoadMatrix& loads, const ExpertPlacement& before,
                                  const std::string& before_title, const ExpertPlacement& after,

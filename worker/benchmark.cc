@@ -139,7 +139,8 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
   result.prefill_tokens_per_second = Summarize(prefill);
   result.decode_tokens_per_second = Summarize(decode);
 
-  int64_t bytes = model.lm_head.num_bytes() + model.token_embedding.row_bytes();
+  int64_t bytes =
+      model.lm_head.num_bytes() + model.token_embedding.num_bytes() / model.spec.vocab_size;
   for (const LayerWeights& w : model.layers) {
     for (const TensorView* t :
          {&w.q.weight, &w.k.weight, &w.v.weight, &w.o.weight, &w.router, &w.shared_expert.gate,

@@ -60,7 +60,7 @@ absl::Status Engine::PackWeights() {
 
 void Engine::ReleaseRepackedSources() {
   auto release = [](const cpu::PackedMatrix& m) {
-    if (m.layout != cpu::PackedLayout::kRowMajor) {
+    if (m.storage != nullptr) {  // repacked into a copy; the mapped source is unused now
       ReleaseMappedPages(m.source.data(), m.source.num_bytes());
     }
   };

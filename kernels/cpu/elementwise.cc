@@ -15,7 +15,11 @@ absl::Status EmbeddingLookup(const TensorView& table, const int32_t* ids, int64_
       return absl::InvalidArgumentError(
           absl::StrCat("token id ", ids[t], " is outside the vocabulary [0, ", vocab, ")"));
     }
-    DequantizeRow(table.dtype(), table.row(ids[t]), out + t * dim, dim);
+    if (table.dtype() == DType::kQuant) {
+      DequantizeQuantizedRow(table.quant_format(), table.quantized(), dim, ids[t], out + t * dim);
+    } else {
+      DequantizeRow(table.dtype(), table.row(ids[t]), out + t * dim, dim);
+    }
   }
   return absl::OkStatus();
 }

@@ -85,7 +85,8 @@ TEST(QuantFormatTest, SizesCountTilesGroupsAndMins) {
   EXPECT_EQ(s.total(), s.codes + 2 * s.scales);
   EXPECT_EQ(QuantizedSizes(QuantFormat{8, true, 0, DType::kBF16}, 16, 64).mins, 0);
   // Bits per value of a large int4 g128 matrix: 4 + 16 / 128.
-  const QuantizedMatrixSizes big = QuantizedSizes(QuantFormat{4, true, 128, DType::kF16}, 1024, 4096);
+  const QuantizedMatrixSizes big =
+      QuantizedSizes(QuantFormat{4, true, 128, DType::kF16}, 1024, 4096);
   EXPECT_DOUBLE_EQ(8.0 * big.total() / (1024.0 * 4096.0), 4.125);
 }
 
@@ -101,8 +102,8 @@ TEST(QuantFormatTest, Rows16LayoutPutsEachCodeWhereTheHeaderSays) {
     codes[17 * cols + 37] = code;
     std::vector<QuantGroupParams> params(rows * 2, QuantGroupParams{1.0f, 0.0f});
     Packed p = Allocate(f, rows, cols);
-    PackQuantizedMatrix(f, rows, cols, codes.data(), params.data(), p.codes.data(),
-                        p.scales.data(), nullptr);
+    PackQuantizedMatrix(f, rows, cols, codes.data(), params.data(), p.codes.data(), p.scales.data(),
+                        nullptr);
     const int64_t block = 3 * 64 * bits;
     std::vector<uint8_t> expected(p.codes.size(), 0);
     switch (bits) {

@@ -1,12 +1,15 @@
 // The engine against llama.cpp on the tiny Mixtral-style fixture
 // (tests/data/llamacpp-tiny, see its README): logits of ids ++ greedy (32
 // positions, teacher-forced), the experts llama.cpp chose, and free greedy
-// generation.
+// generation. Each GGUF file also runs converted to Herd's own checkpoint
+// (its Q8_0/Q4_0 blocks become int8/int4-g32-sym exactly, and q/k rows go
+// back to NeoX order), which must match llama.cpp just the same.
 #include <cmath>
 #include <string>
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "model/herd_checkpoint_writer.h"
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/test_support.h"
@@ -24,10 +27,12 @@ struct FixtureCase {
   std::string model;  // manifest key, e.g. "tiny-q8_0"
   float tolerance;    // max abs logit difference the issue allows
   int threads;
+  bool via_herd_checkpoint = false;  // convert the GGUF file to Herd's checkpoint first
 };
 
 std::string CaseName(const ::testing::TestParamInfo<FixtureCase>& info) {
-  std::string name = info.param.model + "_t" + std::to_string(info.param.threads);
+  std::string name = info.param.model + "_t" + std::to_string(info.param.threads) +
+                     (info.param.via_herd_checkpoint ? "_herd" : "");
   for (char& c : name) {
     if (c == '-') c = '_';
   }
@@ -39,8 +44,16 @@ class LlamaCppFixtureTest : public ::testing::TestWithParam<FixtureCase> {
   void SetUp() override {
     manifest_ = nlohmann::json::parse(ReadFileText(TestDataPath("llamacpp-tiny/manifest.json")));
     entry_ = manifest_["models"][GetParam().model];
-    auto model = LoadModel(TestDataPath("llamacpp-tiny/" + entry_["gguf"].get<std::string>()));
+    const std::string gguf = TestDataPath("llamacpp-tiny/" + entry_["gguf"].get<std::string>());
+    auto model = LoadModel(gguf);
     ASSERT_TRUE(model.ok()) << model.status();
+    if (GetParam().via_herd_checkpoint) {
+      const std::string dir = checkpoint_dir_.Join("herd");
+      ASSERT_TRUE(WriteHerdCheckpoint(**model, {}, dir).ok());
+      model = LoadModel(dir);
+      ASSERT_TRUE(model.ok()) << model.status();
+      ASSERT_EQ((*model)->format, "herd");
+    }
     model_ = std::move(*model);
     EngineOptions options;
     options.num_threads = GetParam().threads;
@@ -62,6 +75,7 @@ class LlamaCppFixtureTest : public ::testing::TestWithParam<FixtureCase> {
     return ref;
   }
 
+  testing::TempDir checkpoint_dir_;
   nlohmann::json manifest_;
   nlohmann::json entry_;
   std::unique_ptr<Model> model_;
@@ -196,13 +210,14 @@ TEST_P(LlamaCppFixtureTest, LongBatchesRunInStepsWithTheSameLogits) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(AllFormats, LlamaCppFixtureTest,
-                         ::testing::Values(FixtureCase{"tiny-f32", 1e-4f, 1},
-                                           FixtureCase{"tiny-f32", 1e-4f, 2},
-                                           FixtureCase{"tiny-q8_0", 3e-3f, 2},
-                                           FixtureCase{"tiny-q4_0", 3e-3f, 1},
-                                           FixtureCase{"tiny-q4_0", 3e-3f, 2}),
-                         CaseName);
+INSTANTIATE_TEST_SUITE_P(
+    AllFormats, LlamaCppFixtureTest,
+    ::testing::Values(FixtureCase{"tiny-f32", 1e-4f, 1}, FixtureCase{"tiny-f32", 1e-4f, 2},
+                      FixtureCase{"tiny-q8_0", 3e-3f, 2}, FixtureCase{"tiny-q4_0", 3e-3f, 1},
+                      FixtureCase{"tiny-q4_0", 3e-3f, 2}, FixtureCase{"tiny-f32", 1e-4f, 2, true},
+                      FixtureCase{"tiny-q8_0", 3e-3f, 2, true},
+                      FixtureCase{"tiny-q4_0", 3e-3f, 2, true}),
+    CaseName);
 
 }  // namespace
 }  // namespace herd
