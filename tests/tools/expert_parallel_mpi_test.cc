@@ -15,6 +15,8 @@ TEST_P(MpiExpertParallelTest, MpirunRanksMatchSingleProcess) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, MpiExpertParallelTest, ::testing::ValuesIn(kFixtureModels),
                          FixtureTestName);
+INSTANTIATE_TEST_SUITE_P(HerdCheckpoints, MpiExpertParallelTest,
+                         ::testing::Values(kHerdCheckpointModels.front()), HerdCheckpointTestName);
 
 TEST(MpiExpertParallelMidSizeTest, MpirunRanksMatchSingleProcess) {
   ExpectMidSizeModelMatches(Mpirun(2), Mpirun(4));

@@ -16,6 +16,8 @@ TEST_P(ExpertParallelTest, LocalRanksMatchSingleProcess) {
 
 INSTANTIATE_TEST_SUITE_P(Fixtures, ExpertParallelTest, ::testing::ValuesIn(kFixtureModels),
                          FixtureTestName);
+INSTANTIATE_TEST_SUITE_P(HerdCheckpoints, ExpertParallelTest,
+                         ::testing::ValuesIn(kHerdCheckpointModels), HerdCheckpointTestName);
 
 TEST(ExpertParallelMidSizeTest, LocalRanksMatchSingleProcess) { ExpectMidSizeModelMatches("", ""); }
 

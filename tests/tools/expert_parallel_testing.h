@@ -5,8 +5,10 @@
 
 #include <sys/wait.h>
 
+#include <cctype>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -80,9 +82,40 @@ inline std::string FixtureTestName(const ::testing::TestParamInfo<std::string>& 
   return name;
 }
 
+// The fixtures again, compressed by `herd compress` into Herd checkpoints
+// whose experts (and, for Q4_0, attention) are re-quantized: Herd's own
+// int4/int8 formats under expert parallelism. Names are "<fixture>:<flags>".
+inline const std::vector<std::string> kHerdCheckpointModels = {
+    "tiny-q4_0:--bits 4 --group-size 32 --asym --modules experts,attention",
+    "tiny-f32:--bits 8 --group-size 0 --modules experts",
+    "tiny-f32:--bits 3 --group-size 64 --scale-type bf16 --modules experts",
+};
+inline std::string HerdCheckpointTestName(const ::testing::TestParamInfo<std::string>& info) {
+  std::string name;
+  for (char ch : info.param) {
+    if (std::isalnum(static_cast<unsigned char>(ch))) name += ch;
+  }
+  return name;
+}
+
 class ExpertParallelTest : public ::testing::TestWithParam<std::string> {
  protected:
-  std::string Model() const { return TestDataPath("llamacpp-tiny/" + GetParam() + ".gguf"); }
+  // The model under test: a fixture file, or (for "<fixture>:<flags>") that
+  // fixture compressed into a Herd checkpoint with those flags.
+  std::string Model() {
+    const size_t colon = GetParam().find(':');
+    const std::string fixture =
+        TestDataPath("llamacpp-tiny/" + GetParam().substr(0, colon) + ".gguf");
+    if (colon == std::string::npos) return fixture;
+    const std::string out = dir_.Join("herd-checkpoint");
+    if (!std::filesystem::exists(out)) {
+      const ShellRun compress =
+          Shell(std::string(HERD_CLI_PATH) + " compress --model " + fixture + " --out " + out +
+                " " + GetParam().substr(colon + 1) + " >/dev/null 2>&1");
+      EXPECT_EQ(compress.exit_code, 0) << GetParam();
+    }
+    return out;
+  }
 
   // The single-process reference: ids line and logits.
   void SetUp() override {
