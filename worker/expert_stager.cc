@@ -26,8 +26,7 @@ void ExpertStager::Start(uint64_t version, std::shared_ptr<const ExpertPlacement
     staged_ = StagedPlacement();
   }
   thread_ = std::thread([this, version, placement = std::move(placement),
-                         current = std::move(current), rank,
-                         model_path = std::move(model_path)] {
+                         current = std::move(current), rank, model_path = std::move(model_path)] {
     absl::StatusOr<LoadedExperts> loaded =
         LoadExpertsForPlacement(*current, *placement, rank, model_path);
     absl::MutexLock lock(&mu_);
@@ -51,9 +50,8 @@ absl::StatusOr<StagedPlacement> ExpertStager::Take(uint64_t version, absl::Durat
   {
     absl::MutexLock lock(&mu_);
     if (version_ == 0 || version_ != version) {
-      return absl::FailedPreconditionError(
-          absl::StrCat("placement version ", version, " was not staged on this rank (staged: ",
-                       version_, ")"));
+      return absl::FailedPreconditionError(absl::StrCat(
+          "placement version ", version, " was not staged on this rank (staged: ", version_, ")"));
     }
     done = done_;
   }

@@ -105,8 +105,8 @@ absl::StatusOr<LoadedExperts> LoadExpertsForPlacement(const ExpertTable& current
                                                       const std::string& model_path) {
   const int num_layers = current.num_layers();
   const int num_experts = ExpertTableBuilder::NumExperts(current);
-  if (placement.num_layers() != num_layers || placement.num_experts() != num_experts ||
-      rank < 0 || rank >= placement.num_ranks()) {
+  if (placement.num_layers() != num_layers || placement.num_experts() != num_experts || rank < 0 ||
+      rank >= placement.num_ranks()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "a placement of ", placement.num_layers(), " layers x ", placement.num_experts(),
         " experts on ", placement.num_ranks(), " ranks cannot place rank ", rank,

@@ -69,8 +69,8 @@ class ExpertTable {
 // What LoadExpertsForPlacement built.
 struct LoadedExperts {
   std::shared_ptr<const ExpertTable> table;
-  int num_loaded = 0;          // experts read from the checkpoint
-  int64_t loaded_bytes = 0;    // their bytes as stored in the checkpoint
+  int num_loaded = 0;        // experts read from the checkpoint
+  int64_t loaded_bytes = 0;  // their bytes as stored in the checkpoint
 };
 
 // The table `placement` gives `rank`: the entries of `current` it keeps, and

@@ -59,8 +59,8 @@ void ExpertLoadWindow::Push(const std::vector<int64_t>& counts) {
   }
 }
 
-absl::StatusOr<RebalancePlan> PlanRebalance(const ExpertPlacement& current,
-                                            const LoadMatrix& loads, int64_t max_experts_moved) {
+absl::StatusOr<RebalancePlan> PlanRebalance(const ExpertPlacement& current, const LoadMatrix& loads,
+                                            int64_t max_experts_moved) {
   const int slots_per_rank = current.UniformSlotsPerRank();
   if (slots_per_rank < 1) {
     return absl::InvalidArgumentError(
@@ -228,13 +228,13 @@ void Rebalancer::EndStep(const RebalanceStepReport& report, absl::Time now) {
         last_end_ = now;
         return;
       }
-      const bool all_ready =
-          std::all_of(report.ready_version.begin(), report.ready_version.end(),
-                      [this](uint64_t v) { return v == pending_version_; });
+      const bool all_ready = std::all_of(report.ready_version.begin(), report.ready_version.end(),
+                                         [this](uint64_t v) { return v == pending_version_; });
       if (!all_ready) break;
       pending_bytes_ =
           std::accumulate(report.staged_bytes.begin(), report.staged_bytes.end(), int64_t{0});
-      if (metrics_ != nullptr) metrics_->ObserveRebalanceSeconds(absl::ToDoubleSeconds(now - staged_at_));
+      if (metrics_ != nullptr)
+        metrics_->ObserveRebalanceSeconds(absl::ToDoubleSeconds(now - staged_at_));
       state_ = State::kReady;
       break;
     }

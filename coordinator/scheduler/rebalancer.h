@@ -92,8 +92,8 @@ struct RebalancePlan {
 // `max_experts_moved` moves (0 = no limit) by taking the new plan only for
 // the layers that lower imbalance most per move. InvalidArgument when the
 // current placement's ranks hold different slot counts; the planner's errors.
-absl::StatusOr<RebalancePlan> PlanRebalance(const ExpertPlacement& current,
-                                            const LoadMatrix& loads, int64_t max_experts_moved);
+absl::StatusOr<RebalancePlan> PlanRebalance(const ExpertPlacement& current, const LoadMatrix& loads,
+                                            int64_t max_experts_moved);
 
 class Rebalancer {
  public:

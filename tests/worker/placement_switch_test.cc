@@ -177,12 +177,14 @@ TEST_F(PlacementSwitchTest, SwitchingAtAStepBoundaryKeepsGreedyTokens) {
           }
           if (ready && switch_step == 0) switch_step = step_idx;
           for (int r = 1; r < kNumRanks; ++r) {
-            HERD_RETURN_IF_ERROR(control->Send(r, kStepPlanTag, EncodeStepPlan(plans[r]), deadline));
+            HERD_RETURN_IF_ERROR(
+                control->Send(r, kStepPlanTag, EncodeStepPlan(plans[r]), deadline));
           }
           std::vector<RankStepResult> results(kNumRanks);
           HERD_ASSIGN_OR_RETURN(results[0], runner->Run(plans[0]));
           for (int r = 1; r < kNumRanks; ++r) {
-            HERD_ASSIGN_OR_RETURN(comm::ControlMessage m, control->Recv(r, kStepResultTag, deadline));
+            HERD_ASSIGN_OR_RETURN(comm::ControlMessage m,
+                                  control->Recv(r, kStepResultTag, deadline));
             HERD_ASSIGN_OR_RETURN(results[r], DecodeStepResult(m.payload));
           }
           bool all_ready = true;

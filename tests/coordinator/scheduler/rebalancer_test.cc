@@ -226,10 +226,10 @@ TEST(RebalancerTest, CreateRejectsWhatItCannotRebalance) {
   ASSERT_TRUE(single.ok());
   EXPECT_EQ(Rebalancer::Create(Config(), *single, nullptr, t0).status().code(),
             absl::StatusCode::kInvalidArgument);
-  auto uneven = ExpertPlacement::Create(
-      kNumExperts, 2, 1,
-      {LayerPlacementSpec::FromRanks({{0, 1, 2}, {3, 4, 5, 6, 7}}),
-       LayerPlacementSpec::FromRanks({{0, 1, 2}, {3, 4, 5, 6, 7}})});
+  auto uneven =
+      ExpertPlacement::Create(kNumExperts, 2, 1,
+                              {LayerPlacementSpec::FromRanks({{0, 1, 2}, {3, 4, 5, 6, 7}}),
+                               LayerPlacementSpec::FromRanks({{0, 1, 2}, {3, 4, 5, 6, 7}})});
   ASSERT_TRUE(uneven.ok());
   EXPECT_EQ(Rebalancer::Create(Config(), *uneven, nullptr, t0).status().code(),
             absl::StatusCode::kInvalidArgument);
@@ -245,8 +245,7 @@ TEST(RebalanceConfigTest, ValidateNamesTheField) {
   EXPECT_NE(config.Validate().message().find("serve.rebalance.threshold"), std::string::npos);
   config = RebalanceConfig();
   config.min_interval_s = -1;
-  EXPECT_NE(config.Validate().message().find("serve.rebalance.min_interval_s"),
-            std::string::npos);
+  EXPECT_NE(config.Validate().message().find("serve.rebalance.min_interval_s"), std::string::npos);
   config = RebalanceConfig();
   config.max_experts_moved = -1;
   EXPECT_NE(config.Validate().message().find("serve.rebalance.max_experts_moved"),
