@@ -1,5 +1,6 @@
 #include "core/config.h"
 
+#include <cmath>
 #include <fstream>
 #include <sstream>
 
@@ -43,11 +44,11 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
   }
   if (const YAML::Node serve = root["serve"]) {
     ServeConfig& c = config.serve;
-    HERD_RETURN_IF_ERROR(
-        CheckYamlKeys(source, serve, "'serve'",
-                      {"host", "port", "api_key", "model_name", "kv_cache_bytes", "kv_block_tokens",
-                       "max_step_tokens", "max_waiting", "max_running", "max_body_bytes",
-                       "drain_timeout_s", "request_timeout_s", "detailed_expert_metrics"}));
+    HERD_RETURN_IF_ERROR(CheckYamlKeys(
+        source, serve, "'serve'",
+        {"host", "port", "api_key", "model_name", "kv_cache_bytes", "kv_block_tokens",
+         "max_step_tokens", "max_waiting", "max_running", "max_body_bytes", "drain_timeout_s",
+         "request_timeout_s", "detailed_expert_metrics", "rebalance"}));
     HERD_RETURN_IF_ERROR(Read(source, serve, "host", "serve.host", &c.host));
     HERD_RETURN_IF_ERROR(Read(source, serve, "port", "serve.port", &c.port));
     HERD_RETURN_IF_ERROR(Read(source, serve, "api_key", "serve.api_key", &c.api_key));
@@ -68,6 +69,22 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
         Read(source, serve, "request_timeout_s", "serve.request_timeout_s", &c.request_timeout_s));
     HERD_RETURN_IF_ERROR(Read(source, serve, "detailed_expert_metrics",
                               "serve.detailed_expert_metrics", &c.detailed_expert_metrics));
+    if (const YAML::Node rebalance = serve["rebalance"]) {
+      RebalanceConfig& r = c.rebalance;
+      HERD_RETURN_IF_ERROR(CheckYamlKeys(
+          source, rebalance, "'serve.rebalance'",
+          {"enabled", "window_steps", "threshold", "min_interval_s", "max_experts_moved"}));
+      HERD_RETURN_IF_ERROR(
+          Read(source, rebalance, "enabled", "serve.rebalance.enabled", &r.enabled));
+      HERD_RETURN_IF_ERROR(
+          Read(source, rebalance, "window_steps", "serve.rebalance.window_steps", &r.window_steps));
+      HERD_RETURN_IF_ERROR(
+          Read(source, rebalance, "threshold", "serve.rebalance.threshold", &r.threshold));
+      HERD_RETURN_IF_ERROR(Read(source, rebalance, "min_interval_s",
+                                "serve.rebalance.min_interval_s", &r.min_interval_s));
+      HERD_RETURN_IF_ERROR(Read(source, rebalance, "max_experts_moved",
+                                "serve.rebalance.max_experts_moved", &r.max_experts_moved));
+    }
   }
   return config;
 }
@@ -121,6 +138,27 @@ absl::Status ServeConfig::Validate() const {
   if (!(request_timeout_s >= 0)) {
     return absl::InvalidArgumentError(
         absl::StrCat("serve.request_timeout_s must be >= 0, got ", request_timeout_s));
+  }
+  return rebalance.Validate();
+}
+
+absl::Status RebalanceConfig::Validate() const {
+  if (window_steps < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("serve.rebalance.window_steps must be >= 1, got ", window_steps));
+  }
+  if (!(std::isfinite(threshold) && threshold >= 1.0)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "serve.rebalance.threshold must be >= 1 (max/mean rank load; 1 is perfect), got ",
+        threshold));
+  }
+  if (!(std::isfinite(min_interval_s) && min_interval_s >= 0)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("serve.rebalance.min_interval_s must be >= 0, got ", min_interval_s));
+  }
+  if (max_experts_moved < 0) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "serve.rebalance.max_experts_moved must be >= 0 (0 = no limit), got ", max_experts_moved));
   }
   return absl::OkStatus();
 }

@@ -12,6 +12,7 @@
 //   serve:
 //     port: 8000
 //     kv_cache_bytes: 1073741824
+//     rebalance: {enabled: true, window_steps: 500, threshold: 1.25}
 //   log_level: info
 #pragma once
 
@@ -30,6 +31,34 @@ struct EngineConfig {
   // Tokens of context a sequence may hold (prompt + generated). 0 = the
   // model's own context length. Sizes the KV cache.
   int64_t max_context_tokens = 0;
+};
+
+// `herd serve --rebalance`: online expert rebalancing (docs/placement.md).
+// The coordinator sums the tokens routed to each expert over the last
+// window_steps steps; when the current placement's imbalance over them (max /
+// mean rank load, mean over layers) exceeds `threshold`, it re-plans in
+// migration-aware mode, the ranks load the new experts in the background, and
+// all switch at one step boundary.
+struct RebalanceConfig {
+  bool enabled = false;
+  // Steps of expert load the trigger and the planner look at; no rebalance
+  // before the window is full. Long enough to average over many requests,
+  // short enough to follow a change of traffic.
+  int64_t window_steps = 500;
+  // Imbalance (>= 1; 1 is perfect) above which a rebalance is planned.
+  double threshold = 1.25;
+  // Seconds from startup, and from the end of one rebalance (or a plan that
+  // did not help), before the next may start: moving experts costs memory
+  // bandwidth, so traffic swings must not make the placement thrash.
+  double min_interval_s = 60;
+  // Most expert replicas one rebalance may copy onto ranks (summed over
+  // layers; the layers that gain most per move go first); 0 = no limit.
+  int64_t max_experts_moved = 0;
+
+  // InvalidArgument naming the field (serve.rebalance.*) for window_steps < 1,
+  // a threshold that is not finite and >= 1, min_interval_s < 0 or not
+  // finite, or max_experts_moved < 0.
+  absl::Status Validate() const;
 };
 
 // `herd serve`: the HTTP server, the request queue and the paged KV cache.
@@ -60,6 +89,7 @@ struct ServeConfig {
   double request_timeout_s = 0;
   // herd:expert_tokens_total{layer,expert} (layers x experts series).
   bool detailed_expert_metrics = false;
+  RebalanceConfig rebalance;
 
   // Checks ranges; InvalidArgument naming the field.
   absl::Status Validate() const;

@@ -52,4 +52,13 @@ void ReleaseMappedPages(const void* data, size_t bytes) {
   if (end > begin) ::madvise(reinterpret_cast<void*>(begin), end - begin, MADV_DONTNEED);
 }
 
+void PrefaultMappedPages(const void* data, size_t bytes) {
+  const size_t page = static_cast<size_t>(::sysconf(_SC_PAGESIZE));
+  const volatile uint8_t* p = static_cast<const uint8_t*>(data);
+  uint8_t sink = 0;
+  for (size_t offset = 0; offset < bytes; offset += page) sink ^= p[offset];
+  if (bytes > 0) sink ^= p[bytes - 1];
+  static_cast<void>(sink);
+}
+
 }  // namespace herd

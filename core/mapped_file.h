@@ -42,4 +42,9 @@ class MappedFile {
 // Used after weights have been repacked into memory of their own.
 void ReleaseMappedPages(const void* data, size_t bytes);
 
+// Reads one byte of every page of [data, data + bytes), so that the pages are
+// resident before a time-critical reader needs them (a page fault on a cold
+// mapping reads the disk). Blocks for as long as that takes.
+void PrefaultMappedPages(const void* data, size_t bytes);
+
 }  // namespace herd

@@ -127,6 +127,14 @@ absl::Status SynthOptions::Validate() const {
   if (num_experts_per_token > num_experts) {
     return absl::InvalidArgumentError("--top-k must not exceed --experts");
   }
+  if (hot_experts < 0 || hot_experts > num_experts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--hot-experts must be in [0, --experts], got ", hot_experts));
+  }
+  if (!(std::isfinite(hot_expert_scale) && hot_expert_scale > 0.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--hot-expert-scale must be finite and > 0, got ", hot_expert_scale));
+  }
   if (dtype == DType::kI32) return absl::InvalidArgumentError("--dtype i32 is not a weight type");
   for (int64_t cols : {hidden_size, expert_ffn_size}) {
     if (cols % BlockSize(dtype) != 0) {
@@ -183,10 +191,14 @@ absl::Status SynthesizeModel(const SynthOptions& o, const std::string& path) {
     HERD_RETURN_IF_ERROR(matrix(p + "attn_output.weight", {o.hidden_size, o.hidden_size}));
     HERD_RETURN_IF_ERROR(norm(p + "ffn_norm.weight", o.hidden_size));
     // The router stays F32, as llama.cpp's quantizer leaves ffn_gate_inp.
+    std::vector<uint8_t> router =
+        RandomMatrix(p + "ffn_gate_inp.weight", o.num_experts, o.hidden_size, DType::kF32, o, pool);
+    float* router_rows = reinterpret_cast<float*>(router.data());
+    for (int64_t i = 0; i < o.hot_experts * o.hidden_size; ++i) {
+      router_rows[i] *= o.hot_expert_scale;
+    }
     HERD_RETURN_IF_ERROR(w.AddTensor(p + "ffn_gate_inp.weight", DType::kF32,
-                                     {o.num_experts, o.hidden_size},
-                                     RandomMatrix(p + "ffn_gate_inp.weight", o.num_experts,
-                                                  o.hidden_size, DType::kF32, o, pool)));
+                                     {o.num_experts, o.hidden_size}, std::move(router)));
     HERD_RETURN_IF_ERROR(
         matrix(p + "ffn_gate_exps.weight", {o.num_experts, o.expert_ffn_size, o.hidden_size}));
     HERD_RETURN_IF_ERROR(

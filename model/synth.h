@@ -33,13 +33,20 @@ struct SynthOptions {
   // `llama-quantize --pure` does); norms stay F32.
   DType dtype = DType::kF32;
   bool outliers = false;
+  // A skewed router, for load-balancing tests: the router rows of experts
+  // [0, hot_experts) of every layer are multiplied by hot_expert_scale, so
+  // their logits spread wider and top-k picks them far more often than the
+  // others. 0 hot experts (the default) leaves the router untouched.
+  int64_t hot_experts = 0;
+  float hot_expert_scale = 8.0f;
   uint64_t seed = 1;
   // Threads that generate weights (0 = all cores); the bytes do not depend on it.
   int num_threads = 0;
 
   // InvalidArgument naming the field when a dimension is non-positive, heads
-  // do not divide, top-k exceeds experts, or a row length does not fit the
-  // dtype's block size.
+  // do not divide, top-k exceeds experts, a row length does not fit the
+  // dtype's block size, or hot experts are outside [0, experts] or their
+  // scale is not finite and > 0.
   absl::Status Validate() const;
 };
 

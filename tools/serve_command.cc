@@ -60,6 +60,13 @@ const std::vector<FlagSpec> kServeFlags = {
     {"detailed-expert-metrics", false, "export herd:expert_tokens_total{layer,expert}"},
     {"record-expert-load", true,
      "on shutdown, write the tokens routed to each expert as a herd plan trace (JSON)"},
+    {"rebalance", false, "move experts between ranks while serving when load is unbalanced"},
+    {"rebalance-window-steps", true, "steps of expert load the rebalancer looks at (default 500)"},
+    {"rebalance-threshold", true,
+     "rebalance when max/mean rank load, mean over layers, exceeds this (default 1.25)"},
+    {"rebalance-min-interval-s", true, "seconds from startup and between rebalances (default 60)"},
+    {"rebalance-max-experts-moved", true,
+     "most expert replicas one rebalance copies; 0 = no limit (default 0)"},
     {"help", false, "show this help"},
 };
 
@@ -132,6 +139,14 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
   HERD_ASSIGN_OR_RETURN(c.request_timeout_s,
                         flags.GetDouble("request-timeout-s", c.request_timeout_s));
   if (flags.Has("detailed-expert-metrics")) c.detailed_expert_metrics = true;
+  RebalanceConfig& r = c.rebalance;
+  if (flags.Has("rebalance")) r.enabled = true;
+  HERD_ASSIGN_OR_RETURN(r.window_steps, flags.GetInt("rebalance-window-steps", r.window_steps));
+  HERD_ASSIGN_OR_RETURN(r.threshold, flags.GetDouble("rebalance-threshold", r.threshold));
+  HERD_ASSIGN_OR_RETURN(r.min_interval_s,
+                        flags.GetDouble("rebalance-min-interval-s", r.min_interval_s));
+  HERD_ASSIGN_OR_RETURN(r.max_experts_moved,
+                        flags.GetInt("rebalance-max-experts-moved", r.max_experts_moved));
   HERD_RETURN_IF_ERROR(c.Validate());
   HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", config.engine.threads));
   if (threads < 0 || threads > 1024) {
@@ -156,6 +171,11 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
         absl::StrCat("--local-ranks must be in [1, 256], got ", local_ranks));
   }
   s.group.local_ranks = static_cast<int>(local_ranks);
+  if (c.rebalance.enabled && PlannedWorldSize(s.group) < 2) {
+    return absl::InvalidArgumentError(
+        "--rebalance moves experts between ranks: run several (mpirun -np N or --local-ranks N, "
+        "N >= 2)");
+  }
   if (s.threads == 0 && s.group.local_ranks > 1) {
     s.threads = std::max(1, ThreadPool::DefaultNumThreads() / s.group.local_ranks);
   }
@@ -179,7 +199,8 @@ int64_t KvBlocks(const ServeSettings& s, const ModelSpec& spec, int64_t max_cont
 // Rank 0: the executor and the HTTP server, until SIGTERM/SIGINT (drain) or
 // the step loop fails.
 absl::Status ServeOnCoordinator(const ServeSettings& s, const Model& model, StepRunner& runner,
-                                comm::ControlChannel* control, int64_t max_context_tokens) {
+                                comm::ControlChannel* control, const ExpertPlacement* placement,
+                                int64_t max_context_tokens) {
   const ModelSpec& spec = model.spec;
   std::string model_name = s.serve.model_name;
   if (model_name.empty()) model_name = std::filesystem::path(s.model_path).filename().string();
@@ -200,6 +221,8 @@ absl::Status ServeOnCoordinator(const ServeSettings& s, const Model& model, Step
   options.kv_block_tokens = runner.options().kv_block_tokens;
   options.max_context_tokens = max_context_tokens;
   options.vocab_size = spec.vocab_size;
+  options.rebalance = s.serve.rebalance;
+  options.placement = placement;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Executor> executor,
                         Executor::Create(&runner, control, options, &metrics));
 
@@ -314,8 +337,9 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
                                                : std::max<int64_t>(model.spec.context_length, 1);
         StepRunnerOptions runner_options;
         runner_options.kv_block_tokens = settings.serve.kv_block_tokens;
-        runner_options.count_expert_tokens =
-            settings.serve.detailed_expert_metrics || !settings.record_expert_load.empty();
+        runner_options.count_expert_tokens = settings.serve.detailed_expert_metrics ||
+                                             !settings.record_expert_load.empty() ||
+                                             settings.serve.rebalance.enabled;
         runner_options.num_kv_blocks = KvBlocks(settings, model.spec, max_context_tokens);
         if (runner_options.num_kv_blocks < 1) {
           return absl::InvalidArgumentError(
@@ -333,7 +357,9 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
                        << "), resident expert weights "
                        << HumanBytes(engine->resident_expert_bytes());
         if (rank != 0) return RunWorkerLoop(*runner, *control);
-        return ServeOnCoordinator(settings, model, *runner, control, max_context_tokens);
+        return ServeOnCoordinator(settings, model, *runner, control,
+                                  rank_model.placement ? &*rank_model.placement : nullptr,
+                                  max_context_tokens);
       });
 }
 

@@ -20,6 +20,9 @@ const std::vector<FlagSpec> kSynthFlags = {
     {"context", true, "context length recorded in the file (default 4096)"},
     {"dtype", true, "f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 for every matrix (default f32)"},
     {"outliers", false, "heavy-tailed weights with outlier input channels"},
+    {"hot-experts", true,
+     "skewed router: experts [0, N) of every layer get most tokens (default 0)"},
+    {"hot-expert-scale", true, "router row scale of the hot experts (default 8)"},
     {"seed", true, "random seed (default 1)"},
     {"threads", true, "generator threads, 0 = all cores (default 0)"},
     {"out", true, "output GGUF path (required)"},
@@ -52,6 +55,9 @@ absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream&
   HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
   o.num_threads = static_cast<int>(threads);
   o.outliers = flags.Has("outliers");
+  HERD_ASSIGN_OR_RETURN(o.hot_experts, flags.GetInt("hot-experts", o.hot_experts));
+  HERD_ASSIGN_OR_RETURN(double hot_scale, flags.GetDouble("hot-expert-scale", o.hot_expert_scale));
+  o.hot_expert_scale = static_cast<float>(hot_scale);
   const std::string path = flags.GetString("out");
   HERD_RETURN_IF_ERROR(SynthesizeModel(o, path));
   out << "wrote " << path << "\n";

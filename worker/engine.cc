@@ -36,18 +36,6 @@ absl::Status Engine::PackWeights() {
     HERD_ASSIGN_OR_RETURN(p.v, cpu::PackMatrix(w.v.weight));
     HERD_ASSIGN_OR_RETURN(p.o, cpu::PackMatrix(w.o.weight));
     HERD_ASSIGN_OR_RETURN(p.router, cpu::PackMatrix(w.router));
-    const size_t num_experts = w.experts.size();
-    p.gate.resize(num_experts);
-    p.up.resize(num_experts);
-    p.down.resize(num_experts);
-    p.experts.resize(num_experts);
-    for (size_t e = 0; e < num_experts; ++e) {
-      if (!w.experts[e].resident()) continue;  // held by another rank
-      HERD_ASSIGN_OR_RETURN(p.gate[e], cpu::PackMatrix(w.experts[e].gate));
-      HERD_ASSIGN_OR_RETURN(p.up[e], cpu::PackMatrix(w.experts[e].up));
-      HERD_ASSIGN_OR_RETURN(p.down[e], cpu::PackMatrix(w.experts[e].down));
-      p.experts[e] = {&p.gate[e], &p.up[e], &p.down[e]};
-    }
     if (w.shared_expert.resident()) {
       HERD_ASSIGN_OR_RETURN(p.shared_gate, cpu::PackMatrix(w.shared_expert.gate));
       HERD_ASSIGN_OR_RETURN(p.shared_up, cpu::PackMatrix(w.shared_expert.up));
@@ -55,6 +43,8 @@ absl::Status Engine::PackWeights() {
       p.shared = {{&p.shared_gate, &p.shared_up, &p.shared_down}};
     }
   }
+  // The engine's own model outlives the engine: its experts need no owner.
+  HERD_ASSIGN_OR_RETURN(experts_, ExpertTable::FromModel(model_, nullptr));
   return absl::OkStatus();
 }
 
@@ -70,23 +60,10 @@ void Engine::ReleaseRepackedSources() {
          {&p.q, &p.k, &p.v, &p.o, &p.router, &p.shared_gate, &p.shared_up, &p.shared_down}) {
       release(*m);
     }
-    for (size_t e = 0; e < p.gate.size(); ++e) {
-      release(p.gate[e]);
-      release(p.up[e]);
-      release(p.down[e]);
-    }
   }
 }
 
-int64_t Engine::resident_expert_bytes() const {
-  int64_t bytes = 0;
-  for (const PackedLayer& p : packed_layers_) {
-    for (size_t e = 0; e < p.gate.size(); ++e) {
-      bytes += p.gate[e].num_bytes() + p.up[e].num_bytes() + p.down[e].num_bytes();
-    }
-  }
-  return bytes;
-}
+int64_t Engine::resident_expert_bytes() const { return experts_->num_bytes(); }
 
 int64_t Engine::packed_weight_bytes() const {
   int64_t bytes = packed_lm_head_.num_bytes() + model_.token_embedding.num_bytes();
@@ -95,11 +72,46 @@ int64_t Engine::packed_weight_bytes() const {
          {&p.q, &p.k, &p.v, &p.o, &p.router, &p.shared_gate, &p.shared_up, &p.shared_down}) {
       bytes += m->num_bytes();
     }
-    for (size_t e = 0; e < p.gate.size(); ++e) {
-      bytes += p.gate[e].num_bytes() + p.up[e].num_bytes() + p.down[e].num_bytes();
+  }
+  return bytes + resident_expert_bytes();
+}
+
+absl::Status Engine::CheckPlacement(const ExpertPlacement& p, const ExpertTable* experts) const {
+  if (p.num_layers() != model_.spec.num_layers || p.num_experts() != model_.spec.num_experts ||
+      p.num_ranks() != ep_.comm->world_size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "the placement has ", p.num_layers(), " layers x ", p.num_experts(), " experts on ",
+        p.num_ranks(), " ranks, but the model has ", model_.spec.num_layers, " x ",
+        model_.spec.num_experts, " and the group ", ep_.comm->world_size(), " ranks"));
+  }
+  if (experts == nullptr) return absl::OkStatus();
+  for (int l = 0; l < p.num_layers(); ++l) {
+    for (int32_t e : p.RankExperts(l, ep_.comm->rank())) {
+      if (!experts->Holds(l, e)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("the placement gives rank ", ep_.comm->rank(), " expert ", e, " of layer ",
+                         l, ", which its expert table does not hold"));
+      }
     }
   }
-  return bytes;
+  return absl::OkStatus();
+}
+
+absl::Status Engine::SwapPlacement(std::shared_ptr<const ExpertPlacement> placement,
+                                   std::shared_ptr<const ExpertTable> experts) {
+  if (!expert_parallel()) {
+    return absl::InvalidArgumentError("a single-rank engine has no placement to swap");
+  }
+  if (placement == nullptr || experts == nullptr) {
+    return absl::InvalidArgumentError("SwapPlacement needs a placement and an expert table");
+  }
+  HERD_RETURN_IF_ERROR(CheckPlacement(*placement, experts.get()));
+  placement_ = std::move(placement);
+  experts_ = std::move(experts);
+  // The workspace was sized for the previous experts' shapes.
+  reserved_tokens_ = 0;
+  reserved_context_ = 0;
+  return absl::OkStatus();
 }
 
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
@@ -108,14 +120,6 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   if (ep.comm != nullptr) {
     if (ep.placement == nullptr) {
       return absl::InvalidArgumentError("expert parallelism needs a placement");
-    }
-    const ExpertPlacement& p = *ep.placement;
-    if (p.num_layers() != model.spec.num_layers || p.num_experts() != model.spec.num_experts ||
-        p.num_ranks() != ep.comm->world_size()) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "the placement has ", p.num_layers(), " layers x ", p.num_experts(), " experts on ",
-          p.num_ranks(), " ranks, but the model has ", model.spec.num_layers, " x ",
-          model.spec.num_experts, " and the group ", ep.comm->world_size(), " ranks"));
     }
   }
   for (size_t l = 0; l < model.layers.size(); ++l) {
@@ -140,6 +144,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
     return absl::InvalidArgumentError("EngineOptions.max_step_tokens must be >= 1");
   }
   std::unique_ptr<Engine> engine(new Engine(model, options, threads));
+  if (ep.comm != nullptr) {
+    HERD_RETURN_IF_ERROR(engine->CheckPlacement(*ep.placement, nullptr));
+    engine->placement_ = std::make_shared<const ExpertPlacement>(*ep.placement);
+  }
   HERD_RETURN_IF_ERROR(engine->PackWeights());
   engine->ReleaseRepackedSources();
   return engine;
@@ -252,11 +260,12 @@ void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
     if (!p.shared.empty()) {
       bytes = std::max(bytes, cpu::GroupedExpertFfnWorkspaceBytes(p.shared[0], num_tokens));
     }
-    for (const cpu::ExpertFfnView& e : p.experts) {
+  }
+  for (int l = 0; l < experts_->num_layers(); ++l) {
+    for (const cpu::ExpertFfnView& e : experts_->LayerViews(l)) {
       if (e.gate == nullptr) continue;
       bytes = std::max(
           bytes, cpu::GroupedExpertFfnWorkspaceBytes(e, num_tokens * s.num_experts_per_token));
-      break;
     }
   }
   workspace_.resize(bytes);
@@ -472,7 +481,7 @@ absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
     std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
                 hidden * sizeof(float));
   }
-  return cpu::GroupedExpertFfn(packed_layers_[layer_idx].experts, expert_offsets_.data(),
+  return cpu::GroupedExpertFfn(experts_->LayerViews(layer_idx), expert_offsets_.data(),
                                expert_in_.data(), expert_out_.data(), workspace_.data(),
                                workspace_.size(), pool_);
 }
@@ -493,7 +502,7 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
     // The replica is a pure function of (layer, expert, rank, slot): the same
     // batch always takes the same route.
     const uint64_t token_key = (static_cast<uint64_t>(rank) << 32) | static_cast<uint64_t>(slot);
-    dest_rank_[slot] = ep_.placement->PickReplicaRank(layer_idx, expert_idx_[slot], token_key);
+    dest_rank_[slot] = placement_->PickReplicaRank(layer_idx, expert_idx_[slot], token_key);
     identity_[slot] = static_cast<int32_t>(slot);
   }
   comm::DispatchArgs args;
@@ -528,7 +537,7 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
     std::memcpy(recv_in_.data() + r * hidden, handle.recv_x() + recv_row_to_row_[r] * hidden,
                 hidden * sizeof(float));
   }
-  const std::vector<cpu::ExpertFfnView>& experts = packed_layers_[layer_idx].experts;
+  const std::vector<cpu::ExpertFfnView>& experts = experts_->LayerViews(layer_idx);
   for (const cpu::ExpertFfnView& e : experts) {
     if (e.gate == nullptr) continue;
     const size_t bytes = cpu::GroupedExpertFfnWorkspaceBytes(e, num_recv);

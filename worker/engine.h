@@ -17,6 +17,7 @@
 #include <functional>
 #include <memory>
 #include <span>
+#include <string>
 #include <vector>
 
 #include "absl/status/status.h"
@@ -29,6 +30,7 @@
 #include "kernels/attention.h"
 #include "kernels/moe.h"
 #include "model/model.h"
+#include "worker/expert_table.h"
 #include "worker/kv_cache.h"
 
 namespace herd {
@@ -38,8 +40,10 @@ namespace herd {
 // `placement` puts on its rank; every token's hidden state travels to the
 // ranks holding its chosen experts (dispatch) and back (combine).
 struct ExpertParallelism {
-  comm::Communicator* comm = nullptr;          // borrowed; nullptr = single rank
-  const ExpertPlacement* placement = nullptr;  // borrowed; as many ranks as comm
+  comm::Communicator* comm = nullptr;  // borrowed; nullptr = single rank
+  // The initial placement, copied by Engine::Create; as many ranks as comm.
+  // SwapPlacement replaces it while serving.
+  const ExpertPlacement* placement = nullptr;
   // Deadline of each collective, from the moment it starts: a dead or stopped
   // peer turns into DeadlineExceeded naming it, never a hang.
   absl::Duration timeout = absl::Seconds(120);
@@ -132,7 +136,27 @@ class Engine {
   int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
   // Bytes of expert weights this rank holds (as the kernels read them).
   int64_t resident_expert_bytes() const;
+
+  // Expert parallelism: the placement in force and the experts this rank
+  // holds for it. Valid until the next SwapPlacement; a caller that keeps a
+  // shared_ptr keeps what it points to alive.
+  const ExpertPlacement& placement() const { return *placement_; }
+  std::shared_ptr<const ExpertTable> experts() const { return experts_; }
+
+  // Expert parallelism: runs the following Forward calls with `placement`
+  // (dispatch routes by it) and `experts` (built for it, off this thread, by
+  // LoadExpertsForPlacement). Cheap: two pointer swaps; the previous table's
+  // experts that `experts` does not share are freed when no one else holds
+  // them. Call between Forward calls, on the thread that drives the engine.
+  // NOTE: every rank must swap before the same Forward call, or tokens go to
+  // ranks that no longer hold their experts. InvalidArgument (nothing
+  // changed) without expert parallelism, for a placement of another shape, or
+  // when `experts` lacks an expert the placement gives this rank.
+  absl::Status SwapPlacement(std::shared_ptr<const ExpertPlacement> placement,
+                             std::shared_ptr<const ExpertTable> experts);
   const ModelSpec& spec() const { return model_.spec; }
+  // The checkpoint the model was loaded from (rebalancing reads experts from it).
+  const std::string& model_path() const { return model_.source_path; }
   int num_threads() const { return pool_.num_threads(); }
   // Bytes of weights as the kernels read them (repacked copies included).
   int64_t packed_weight_bytes() const;
@@ -149,14 +173,16 @@ class Engine {
   absl::Status DispatchedExperts(int layer_idx, int64_t num_tokens);
   absl::Status SharedExpert(int layer_idx, int64_t num_tokens);
 
-  // Every matrix of one layer, prepared for the CPU kernels.
+  // Every matrix of one layer but the routed experts (experts_), prepared
+  // for the CPU kernels.
   struct PackedLayer {
     cpu::PackedMatrix q, k, v, o, router;
-    std::vector<cpu::PackedMatrix> gate, up, down;  // per expert
     cpu::PackedMatrix shared_gate, shared_up, shared_down;
-    std::vector<cpu::ExpertFfnView> experts;  // views of gate/up/down
-    std::vector<cpu::ExpertFfnView> shared;   // one view, or none
+    std::vector<cpu::ExpertFfnView> shared;  // one view, or none
   };
+  // InvalidArgument unless `placement` fits the model and the group and
+  // `experts` holds every expert it gives this rank.
+  absl::Status CheckPlacement(const ExpertPlacement& placement, const ExpertTable* experts) const;
   absl::Status PackWeights();
   // Drops the mapped pages of matrices that were repacked, so a loaded model
   // stays resident once, not twice.
@@ -165,8 +191,12 @@ class Engine {
   const Model& model_;
   ThreadPool pool_;
   const int64_t max_step_tokens_;
-  const ExpertParallelism ep_;
+  const ExpertParallelism ep_;  // ep_.placement is not used after Create
   std::unique_ptr<comm::ExpertExchange> exchange_;
+  // Expert parallelism: the placement in force (null for a single rank).
+  std::shared_ptr<const ExpertPlacement> placement_;
+  // The routed experts this rank holds (every expert for a single rank).
+  std::shared_ptr<const ExpertTable> experts_;
   EngineStats stats_;
   RoutingObserver routing_observer_;
   std::vector<PackedLayer> packed_layers_;

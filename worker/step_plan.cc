@@ -14,7 +14,8 @@ namespace {
 // elements; strings are a U32 length and the bytes.
 //
 //   plan:   U32 magic "HRSP" | U32 version | U64 step_idx | U8 shutdown |
-//           U32 num_chunks | chunk...
+//           U32 num_chunks | chunk... | U64 placement_version |
+//           U64 stage_version | string stage_placement
 //   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
 //           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
 //           F32 top_p | U64 seed | I64 sample_idx
@@ -22,13 +23,15 @@ namespace {
 //           string error | U32 n | (U64 sequence_id, I32 token_id)[n] |
 //           I64 num_tokens | U32 l | I64 layer_expert_rows[l] |
 //           U32 e | I64 expert_tokens[e] | F64 forward_seconds |
-//           F64 dispatch_seconds | F64 combine_seconds | I64 all_to_all_bytes
+//           F64 dispatch_seconds | F64 combine_seconds | I64 all_to_all_bytes |
+//           U64 placement_version | U64 ready_version | I64 staged_bytes |
+//           string stage_error | F64 load_wait_seconds
 //
 // A new field bumps the version; a reader rejects versions it does not know
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 1;
+constexpr uint32_t kVersion = 2;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
@@ -201,6 +204,9 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.U64(c.sampling.seed);
     w.I64(c.sample_idx);
   }
+  w.U64(plan.placement_version);
+  w.U64(plan.stage_version);
+  w.String(plan.stage_placement);
   return w.Take();
 }
 
@@ -222,6 +228,9 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.sampling.seed = r.U64();
     c.sample_idx = r.I64();
   }
+  plan.placement_version = r.U64();
+  plan.stage_version = r.U64();
+  plan.stage_placement = r.String();
   HERD_RETURN_IF_ERROR(r.Finish());
   return plan;
 }
@@ -245,6 +254,11 @@ std::string EncodeStepResult(const RankStepResult& result) {
   w.F64(result.dispatch_seconds);
   w.F64(result.combine_seconds);
   w.I64(result.all_to_all_bytes);
+  w.U64(result.placement_version);
+  w.U64(result.ready_version);
+  w.I64(result.staged_bytes);
+  w.String(result.stage_error);
+  w.F64(result.load_wait_seconds);
   return w.Take();
 }
 
@@ -267,6 +281,11 @@ absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes) {
   result.dispatch_seconds = r.F64();
   result.combine_seconds = r.F64();
   result.all_to_all_bytes = r.I64();
+  result.placement_version = r.U64();
+  result.ready_version = r.U64();
+  result.staged_bytes = r.I64();
+  result.stage_error = r.String();
+  result.load_wait_seconds = r.F64();
   HERD_RETURN_IF_ERROR(r.Finish());
   return result;
 }

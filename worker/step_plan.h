@@ -56,6 +56,16 @@ struct RankStepPlan {
   // The serving loop ends: the rank returns from its worker loop.
   bool shutdown = false;
   std::vector<PlannedChunk> chunks;
+  // Expert parallelism: the placement version every rank runs the step with.
+  // Versions start at 1 (the placement the ranks started with); a rank whose
+  // version differs switches to the placement it staged under this version
+  // before the step, so all ranks switch at the same step boundary.
+  uint64_t placement_version = 1;
+  // Online rebalancing: when stage_version > 0, a placement (PlacementToJson
+  // text) the rank starts loading in the background, replacing any earlier
+  // staged one; steps keep running on the current placement meanwhile.
+  uint64_t stage_version = 0;
+  std::string stage_placement;
 };
 
 struct SampledToken {
@@ -84,6 +94,18 @@ struct RankStepResult {
   double combine_seconds = 0;
   // Bytes this rank sent to other ranks in the step's all-to-alls.
   int64_t all_to_all_bytes = 0;
+  // The placement version the step ran with.
+  uint64_t placement_version = 1;
+  // Online rebalancing: the staged version whose experts are loaded and ready
+  // to switch to (0: none), the bytes that load read from the checkpoint, and
+  // why it failed (empty: it did not).
+  uint64_t ready_version = 0;
+  int64_t staged_bytes = 0;
+  std::string stage_error;
+  // Seconds the step waited for a staged load to finish before it could
+  // switch placements. Always 0 when the coordinator switches only after
+  // every rank reported ready; exported so that this stays true.
+  double load_wait_seconds = 0;
 };
 
 // Binary encodings for the control channel: little-endian, with a magic and

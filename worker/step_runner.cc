@@ -6,6 +6,7 @@
 #include <random>
 
 #include "absl/strings/str_cat.h"
+#include "core/placement.h"
 #include "core/status.h"
 #include "kernels/sampling.h"
 
@@ -101,11 +102,55 @@ absl::Status StepRunner::BuildBatch(const RankStepPlan& plan, Batch& batch,
   return engine_->ValidateBatch(batch);
 }
 
+absl::Status StepRunner::StartStaging(const RankStepPlan& plan) {
+  if (!engine_->expert_parallel()) {
+    return absl::InvalidArgumentError("a single rank has no placement to rebalance");
+  }
+  HERD_ASSIGN_OR_RETURN(
+      ExpertPlacement placement,
+      ParsePlacement(plan.stage_placement, absl::StrCat("staged placement ", plan.stage_version)));
+  const ModelSpec& s = engine_->spec();
+  const ExpertPlacement& current = engine_->placement();
+  if (placement.num_layers() != s.num_layers || placement.num_experts() != s.num_experts ||
+      placement.num_ranks() != current.num_ranks()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "staged placement ", plan.stage_version, " has ", placement.num_layers(), " layers x ",
+        placement.num_experts(), " experts on ", placement.num_ranks(), " ranks; the model has ",
+        s.num_layers, " x ", s.num_experts, " on ", current.num_ranks()));
+  }
+  stager_.Start(plan.stage_version, std::make_shared<const ExpertPlacement>(std::move(placement)),
+                engine_->experts(), engine_->rank(), engine_->model_path());
+  return absl::OkStatus();
+}
+
+absl::Status StepRunner::SwitchPlacement(uint64_t version, RankStepResult& result) {
+  absl::Duration waited;
+  absl::StatusOr<StagedPlacement> staged = stager_.Take(version, &waited);
+  result.load_wait_seconds = absl::ToDoubleSeconds(waited);
+  if (!staged.ok()) {
+    return absl::InternalError(absl::StrCat("rank ", engine_->rank(),
+                                            " cannot switch to placement version ", version, ": ",
+                                            staged.status().message()));
+  }
+  HERD_RETURN_IF_ERROR(engine_->SwapPlacement(staged->placement, staged->experts));
+  placement_version_ = version;
+  return absl::OkStatus();
+}
+
 absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
   const ModelSpec& s = engine_->spec();
   RankStepResult result;
   result.step_idx = plan.step_idx;
   result.rank = engine_->rank();
+  if (plan.stage_version > 0) {
+    if (absl::Status staging = StartStaging(plan); !staging.ok()) {
+      result.stage_error = std::string(staging.message());
+    }
+  }
+  if (plan.placement_version != placement_version_) {
+    HERD_RETURN_IF_ERROR(SwitchPlacement(plan.placement_version, result));
+  }
+  result.placement_version = placement_version_;
 
   Batch batch;
   std::vector<const PlannedChunk*> to_sample;
@@ -147,6 +192,15 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
   result.dispatch_seconds = after.dispatch_seconds - before.dispatch_seconds;
   result.combine_seconds = after.combine_seconds - before.combine_seconds;
   result.all_to_all_bytes = after.all_to_all_bytes - before.all_to_all_bytes;
+  const ExpertStager::Progress staging = stager_.progress();
+  if (staging.version > 0 && staging.done) {
+    if (staging.status.ok()) {
+      result.ready_version = staging.version;
+      result.staged_bytes = staging.loaded_bytes;
+    } else if (result.stage_error.empty()) {
+      result.stage_error = std::string(staging.status.message());
+    }
+  }
   return result;
 }
 

@@ -19,6 +19,7 @@
 #include "absl/time/time.h"
 #include "comm/control_channel.h"
 #include "worker/engine.h"
+#include "worker/expert_stager.h"
 #include "worker/kv_cache.h"
 #include "worker/step_plan.h"
 
@@ -62,10 +63,23 @@ class StepRunner {
   // sample_idx < 0) gives a result whose `error` says why, with nothing
   // written to the cache and nothing sampled; the rank still takes part in
   // the step's collectives (an empty batch) so its peers do not hang.
+  //
+  // Online rebalancing (expert parallelism): a plan with stage_version > 0
+  // starts loading that placement's experts in the background (a placement
+  // that does not parse or fit is reported in the result's stage_error); a
+  // plan whose placement_version differs from the one in force switches to
+  // the placement staged under that version before the forward pass (waiting
+  // for its load if it has not ended: load_wait_seconds), and the result
+  // reports the staged version once its experts are ready.
+  //
   // Returns an error only when the forward pass failed (with expert
-  // parallelism: a collective, a peer is gone), after which the group
-  // cannot continue.
+  // parallelism: a collective, a peer is gone) or the rank cannot switch to
+  // the placement the plan names (it was not staged, or its load failed),
+  // after which the group cannot continue.
   absl::StatusOr<RankStepResult> Run(const RankStepPlan& plan);
+
+  // The placement version in force (1 until the first switch).
+  uint64_t placement_version() const { return placement_version_; }
 
   Engine& engine() { return *engine_; }
   const StepRunnerOptions& options() const { return options_; }
@@ -77,10 +91,16 @@ class StepRunner {
   // the chunks to sample, in order; an error when the plan cannot run.
   absl::Status BuildBatch(const RankStepPlan& plan, Batch& batch,
                           std::vector<const PlannedChunk*>& to_sample) const;
+  // Starts loading the plan's staged placement; why it cannot, if so.
+  absl::Status StartStaging(const RankStepPlan& plan);
+  // Swaps in the placement staged as `version`; its wait goes into `result`.
+  absl::Status SwitchPlacement(uint64_t version, RankStepResult& result);
 
   Engine* engine_;
   StepRunnerOptions options_;
   std::unique_ptr<KvCache> cache_;
+  uint64_t placement_version_ = 1;
+  ExpertStager stager_;
   // Routing counts of the current step, [layer * num_experts + expert],
   // filled by the engine's routing observer (count_expert_tokens).
   std::vector<int64_t> expert_tokens_;

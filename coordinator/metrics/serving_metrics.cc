@@ -49,6 +49,14 @@ const prometheus::Histogram::BucketBoundaries& ExchangeBuckets() {
   return *buckets;
 }
 
+// Background expert migrations: 10 ms (a few experts from the page cache) to
+// 10 minutes (a large model's experts from a cold disk).
+const prometheus::Histogram::BucketBoundaries& RebalanceBuckets() {
+  static const auto* buckets = new prometheus::Histogram::BucketBoundaries{
+      0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 25.0, 50.0, 100.0, 250.0, 600.0};
+  return *buckets;
+}
+
 // The reasons AddRequestSuccess documents; their series exist from the start.
 constexpr const char* kFinishedReasons[] = {"stop", "length", "abort", "error"};
 
@@ -98,12 +106,17 @@ struct ServingMetrics::Impl {
   prometheus::Counter& num_preemptions;
   prometheus::Counter& all_to_all_bytes;
   prometheus::Gauge& placement_version;
+  prometheus::Gauge& placement_imbalance;
+  prometheus::Histogram& rebalance_seconds;
+  prometheus::Counter& expert_bytes_moved;
+  prometheus::Counter& rebalance_blocked_steps;
 
-  std::vector<prometheus::Gauge*> ep_balancedness;       // [layer]
-  std::vector<prometheus::Counter*> ep_rank_tokens;      // [rank]
-  std::vector<prometheus::Histogram*> dispatch_seconds;  // [rank]
-  std::vector<prometheus::Histogram*> combine_seconds;   // [rank]
-  std::vector<prometheus::Counter*> expert_tokens;       // [layer * num_experts + expert]
+  std::vector<prometheus::Gauge*> ep_balancedness;        // [layer]
+  std::vector<prometheus::Counter*> ep_rank_tokens;       // [rank]
+  std::vector<prometheus::Counter*> ep_rank_expert_rows;  // [rank]
+  std::vector<prometheus::Histogram*> dispatch_seconds;   // [rank]
+  std::vector<prometheus::Histogram*> combine_seconds;    // [rank]
+  std::vector<prometheus::Counter*> expert_tokens;        // [layer * num_experts + expert]
 
   absl::Mutex window_mu;
   // The last <= balance_window_steps steps' rows, each [layer * world_size +
@@ -199,8 +212,27 @@ ServingMetrics::Impl::Impl(const ServingMetricsOptions& opts)
       placement_version(GaugeFamily(*registry, options, "herd:placement_version",
                                     "Version of the expert placement in use.")
                             .Add({})),
+      placement_imbalance(
+          GaugeFamily(*registry, options, "herd:placement_imbalance",
+                      "Max over mean rank load of the placement in use over the rebalancing "
+                      "window, mean over layers. 1 is perfect.")
+              .Add({})),
+      rebalance_seconds(
+          HistogramFamily(*registry, options, "herd:rebalance_seconds",
+                          "Time from staging a new expert placement until every rank had its "
+                          "experts loaded in the background, in seconds.")
+              .Add({}, RebalanceBuckets())),
+      expert_bytes_moved(CounterFamily(*registry, options, "herd:expert_bytes_moved_total",
+                                       "Expert weight bytes ranks loaded for new placements.")
+                             .Add({})),
+      rebalance_blocked_steps(
+          CounterFamily(*registry, options, "herd:rebalance_blocked_steps_total",
+                        "Steps in which a rank waited for expert weights to load before "
+                        "switching placements.")
+              .Add({})),
       window_rows(static_cast<size_t>(opts.num_layers) * opts.world_size, 0) {
   for (const char* reason : kFinishedReasons) request_success.Add({{"finished_reason", reason}});
+  placement_imbalance.Set(1.0);
 
   auto& balancedness_family = GaugeFamily(
       *registry, options, "herd:ep_balancedness",
@@ -213,6 +245,9 @@ ServingMetrics::Impl::Impl(const ServingMetricsOptions& opts)
 
   auto& rank_tokens_family = CounterFamily(*registry, options, "herd:ep_rank_tokens_total",
                                            "Tokens of each rank's sequences processed.");
+  auto& rank_rows_family =
+      CounterFamily(*registry, options, "herd:ep_rank_expert_rows_total",
+                    "Token rows each rank's routed experts computed, all layers together.");
   auto& dispatch_family = HistogramFamily(*registry, options, "herd:dispatch_seconds",
                                           "Time a rank waited in expert dispatch per step.");
   auto& combine_family = HistogramFamily(*registry, options, "herd:combine_seconds",
@@ -220,6 +255,7 @@ ServingMetrics::Impl::Impl(const ServingMetricsOptions& opts)
   for (int rank = 0; rank < options.world_size; ++rank) {
     const prometheus::Labels labels = {{"rank", std::to_string(rank)}};
     ep_rank_tokens.push_back(&rank_tokens_family.Add(labels));
+    ep_rank_expert_rows.push_back(&rank_rows_family.Add(labels));
     dispatch_seconds.push_back(&dispatch_family.Add(labels, ExchangeBuckets()));
     combine_seconds.push_back(&combine_family.Add(labels, ExchangeBuckets()));
   }
@@ -340,6 +376,11 @@ void ServingMetrics::RecordExpertStep(const ExpertStepLoad& load) {
   HERD_CHECK(per_rank(load.combine_seconds_by_rank.size()));
 
   if (!load.layer_rows_by_rank.empty()) impl_->PushBalanceStep(load.layer_rows_by_rank);
+  for (size_t rank = 0; rank < load.layer_rows_by_rank.size(); ++rank) {
+    int64_t rows = 0;
+    for (int64_t r : load.layer_rows_by_rank[rank]) rows += r;
+    impl_->ep_rank_expert_rows[rank]->Increment(static_cast<double>(rows));
+  }
   for (size_t rank = 0; rank < load.tokens_by_rank.size(); ++rank) {
     impl_->ep_rank_tokens[rank]->Increment(static_cast<double>(load.tokens_by_rank[rank]));
   }
@@ -361,6 +402,22 @@ void ServingMetrics::RecordExpertStep(const ExpertStepLoad& load) {
 
 void ServingMetrics::SetPlacementVersion(int64_t version) {
   impl_->placement_version.Set(static_cast<double>(version));
+}
+
+void ServingMetrics::SetPlacementImbalance(double imbalance) {
+  impl_->placement_imbalance.Set(imbalance);
+}
+
+void ServingMetrics::ObserveRebalanceSeconds(double seconds) {
+  impl_->rebalance_seconds.Observe(seconds);
+}
+
+void ServingMetrics::AddExpertBytesMoved(int64_t num_bytes) {
+  impl_->expert_bytes_moved.Increment(static_cast<double>(num_bytes));
+}
+
+void ServingMetrics::AddRebalanceBlockedSteps(int64_t num_steps) {
+  impl_->rebalance_blocked_steps.Increment(static_cast<double>(num_steps));
 }
 
 }  // namespace herd

@@ -102,6 +102,19 @@ class ServingMetrics {
   void RecordExpertStep(const ExpertStepLoad& load);
   void SetPlacementVersion(int64_t version);
 
+  // Online rebalancing (coordinator/scheduler/rebalancer.h).
+  // Imbalance (max / mean rank load, mean over layers) of the placement in
+  // use over the rebalancer's window.
+  void SetPlacementImbalance(double imbalance);
+  // Seconds from staging a new placement until every rank had its experts
+  // loaded (the background migration).
+  void ObserveRebalanceSeconds(double seconds);
+  // Expert weight bytes the ranks loaded for a placement they switched to.
+  void AddExpertBytesMoved(int64_t num_bytes);
+  // Steps in which some rank had to wait for expert weights to finish
+  // loading before it could switch placements (0 by design).
+  void AddRebalanceBlockedSteps(int64_t num_steps);
+
  private:
   struct Impl;
   std::unique_ptr<Impl> impl_;

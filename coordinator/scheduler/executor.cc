@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "coordinator/scheduler/rebalancer.h"
 #include "core/logging.h"
 #include "core/status.h"
 
@@ -78,11 +79,12 @@ struct Sequence {
 class Executor::Impl {
  public:
   Impl(StepRunner* runner, comm::ControlChannel* control, const ExecutorOptions& options,
-       ServingMetrics* metrics)
+       ServingMetrics* metrics, std::unique_ptr<Rebalancer> rebalancer)
       : runner_(runner),
         control_(control),
         options_(options),
         metrics_(metrics),
+        rebalancer_(std::move(rebalancer)),
         world_size_(control != nullptr ? control->world_size() : 1),
         free_blocks_(world_size_),
         running_count_(world_size_, 0) {
@@ -441,6 +443,13 @@ class Executor::Impl {
                                                 " to step ", plans[r].step_idx));
       }
     }
+    for (int r = 0; r < world_size_; ++r) {
+      if (results[r].placement_version != plans[r].placement_version) {
+        return absl::InternalError(
+            absl::StrCat("rank ", r, " ran step ", plans[r].step_idx, " with placement version ",
+                         results[r].placement_version, ", not ", plans[r].placement_version));
+      }
+    }
     return results;
   }
 
@@ -541,6 +550,36 @@ class Executor::Impl {
     return load;
   }
 
+  // Sets every plan's placement fields from the rebalancer (if any).
+  void DirectPlacement(std::vector<RankStepPlan>& plans) {
+    if (rebalancer_ == nullptr) return;
+    const PlacementDirective directive = rebalancer_->BeginStep(absl::Now());
+    for (RankStepPlan& plan : plans) {
+      plan.placement_version = directive.placement_version;
+      plan.stage_version = directive.stage_version;
+      plan.stage_placement = directive.stage_placement;
+    }
+  }
+
+  // Hands the step's results to the rebalancer (if any).
+  void ReportPlacement(const std::vector<RankStepResult>& results) {
+    if (rebalancer_ == nullptr) return;
+    RebalanceStepReport report;
+    for (const RankStepResult& result : results) {
+      if (!result.expert_tokens.empty()) {
+        report.expert_tokens.resize(result.expert_tokens.size(), 0);
+        for (size_t i = 0; i < result.expert_tokens.size(); ++i) {
+          report.expert_tokens[i] += result.expert_tokens[i];
+        }
+      }
+      report.ready_version.push_back(result.ready_version);
+      report.staged_bytes.push_back(result.staged_bytes);
+      report.stage_error.push_back(result.stage_error);
+      report.load_wait_seconds.push_back(result.load_wait_seconds);
+    }
+    rebalancer_->EndStep(report, absl::Now());
+  }
+
   // Ends every request with `status` after the loop failed.
   void FailAll(const absl::Status& status) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     loop_status_ = status;
@@ -565,7 +604,10 @@ class Executor::Impl {
         plans = PlanStep(scheduled);
         UpdateQueueGauges();
       }
+      // Outside mu_: a rebalance may plan, and requests keep arriving.
+      DirectPlacement(plans);
       absl::StatusOr<std::vector<RankStepResult>> results = RunStep(plans);
+      if (results.ok()) ReportPlacement(*results);
       absl::MutexLock lock(&mu_);
       ++num_steps_;
       if (!results.ok()) {
@@ -599,6 +641,8 @@ class Executor::Impl {
   comm::ControlChannel* const control_;
   const ExecutorOptions options_;
   ServingMetrics* const metrics_;
+  // Only the step loop uses it.
+  const std::unique_ptr<Rebalancer> rebalancer_;
   const int world_size_;
 
   mutable absl::Mutex mu_;
@@ -650,8 +694,26 @@ absl::StatusOr<std::unique_ptr<Executor>> Executor::Create(StepRunner* runner,
   if (options.step_timeout <= absl::ZeroDuration()) {
     return absl::InvalidArgumentError("step_timeout must be positive");
   }
-  return std::unique_ptr<Executor>(
-      new Executor(std::make_unique<Impl>(runner, control, options, metrics)));
+  std::unique_ptr<Rebalancer> rebalancer;
+  if (options.rebalance.enabled) {
+    if (options.placement == nullptr || control == nullptr) {
+      return absl::InvalidArgumentError(
+          "rebalancing needs expert parallelism: run several ranks (mpirun -np N or "
+          "--local-ranks N, N >= 2)");
+    }
+    if (!runner->options().count_expert_tokens) {
+      return absl::InvalidArgumentError("rebalancing needs runners that count expert tokens");
+    }
+    if (options.placement->num_ranks() != control->world_size()) {
+      return absl::InvalidArgumentError(absl::StrCat("the placement has ",
+                                                     options.placement->num_ranks(),
+                                                     " ranks, the group ", control->world_size()));
+    }
+    HERD_ASSIGN_OR_RETURN(rebalancer, Rebalancer::Create(options.rebalance, *options.placement,
+                                                         metrics, absl::Now()));
+  }
+  return std::unique_ptr<Executor>(new Executor(
+      std::make_unique<Impl>(runner, control, options, metrics, std::move(rebalancer))));
 }
 
 Executor::Executor(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}

@@ -29,6 +29,8 @@
 #include "absl/time/time.h"
 #include "comm/control_channel.h"
 #include "coordinator/metrics/serving_metrics.h"
+#include "core/config.h"
+#include "core/placement.h"
 #include "worker/step_plan.h"
 #include "worker/step_runner.h"
 
@@ -79,6 +81,13 @@ struct ExecutorOptions {
   int64_t vocab_size = 0;
   // Longest a step may take on any rank before the group counts as broken.
   absl::Duration step_timeout = absl::Seconds(300);
+  // Online expert rebalancing (rebalancer.h); needs several ranks, runners
+  // that count expert tokens (StepRunnerOptions::count_expert_tokens) and
+  // `placement`.
+  RebalanceConfig rebalance;
+  // The placement the ranks start with (borrowed, read by Create only);
+  // nullptr without expert parallelism.
+  const ExpertPlacement* placement = nullptr;
 };
 
 struct ExecutorStats {
@@ -103,7 +112,8 @@ class Executor {
  public:
   // `runner` is rank 0's (borrowed); `control` reaches the other ranks (nullptr
   // for one rank), which run RunWorkerLoop; `metrics` may be nullptr. Starts the
-  // step loop.
+  // step loop. InvalidArgument for bad limits, and for rebalancing without
+  // what it needs (see ExecutorOptions::rebalance).
   static absl::StatusOr<std::unique_ptr<Executor>> Create(StepRunner* runner,
                                                           comm::ControlChannel* control,
                                                           const ExecutorOptions& options,

@@ -36,6 +36,9 @@ RankStepPlan FullPlan() {
   decode.sample_idx = 99;
   PlannedChunk empty;  // no tokens, no blocks: still encodes
   plan.chunks = {prefill, decode, empty};
+  plan.placement_version = 7;
+  plan.stage_version = 8;
+  plan.stage_placement = "{\"format\": \"herd-placement/v1\"}";
   return plan;
 }
 
@@ -52,6 +55,11 @@ RankStepResult FullResult() {
   result.dispatch_seconds = 1e-9;
   result.combine_seconds = -0.0;
   result.all_to_all_bytes = int64_t{1} << 40;
+  result.placement_version = 7;
+  result.ready_version = 8;
+  result.staged_bytes = int64_t{3} << 33;
+  result.stage_error = "rank 3: cannot open model.gguf";
+  result.load_wait_seconds = 0.5;
   return result;
 }
 
@@ -73,6 +81,9 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     EXPECT_EQ(x.sampling.seed, y.sampling.seed);
     EXPECT_EQ(x.sample_idx, y.sample_idx);
   }
+  EXPECT_EQ(a.placement_version, b.placement_version);
+  EXPECT_EQ(a.stage_version, b.stage_version);
+  EXPECT_EQ(a.stage_placement, b.stage_placement);
 }
 
 void ExpectSameResult(const RankStepResult& a, const RankStepResult& b) {
@@ -92,6 +103,11 @@ void ExpectSameResult(const RankStepResult& a, const RankStepResult& b) {
   EXPECT_EQ(std::signbit(a.combine_seconds), std::signbit(b.combine_seconds));
   EXPECT_EQ(a.combine_seconds, b.combine_seconds);
   EXPECT_EQ(a.all_to_all_bytes, b.all_to_all_bytes);
+  EXPECT_EQ(a.placement_version, b.placement_version);
+  EXPECT_EQ(a.ready_version, b.ready_version);
+  EXPECT_EQ(a.staged_bytes, b.staged_bytes);
+  EXPECT_EQ(a.stage_error, b.stage_error);
+  EXPECT_EQ(a.load_wait_seconds, b.load_wait_seconds);
 }
 
 TEST(StepPlanTest, PlanRoundTripsEveryField) {
@@ -125,7 +141,7 @@ TEST(StepPlanTest, MessagesOfTheOtherKindOrAnotherVersionAreRefused) {
   EXPECT_EQ(DecodeStepPlan(result).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecodeStepResult(plan).status().code(), absl::StatusCode::kInvalidArgument);
   std::string other_version = plan;
-  other_version[4] = 2;  // the version's low byte
+  other_version[4] = 3;  // the version's low byte
   EXPECT_EQ(DecodeStepPlan(other_version).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecodeStepPlan("").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecodeStepPlan(plan + "x").status().code(), absl::StatusCode::kInvalidArgument);

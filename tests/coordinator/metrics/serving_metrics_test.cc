@@ -154,6 +154,11 @@ TEST(ServingMetricsTest, ExposesEveryMetricWithExactNamesAndTypes) {
       {"herd:combine_seconds", "histogram"},
       {"herd:all_to_all_bytes_total", "counter"},
       {"herd:placement_version", "gauge"},
+      {"herd:ep_rank_expert_rows_total", "counter"},
+      {"herd:placement_imbalance", "gauge"},
+      {"herd:rebalance_seconds", "histogram"},
+      {"herd:expert_bytes_moved_total", "counter"},
+      {"herd:rebalance_blocked_steps_total", "counter"},
   };
   EXPECT_EQ(e.types, expected);
   EXPECT_EQ(text.find("_total_total"), std::string::npos);
@@ -351,14 +356,15 @@ TEST(ServingMetricsTest, NoExpertSeriesByDefault) {
   metrics.RecordExpertStep(load);
   const std::string text = metrics.Serialize();
   EXPECT_EQ(text.find("expert_tokens"), std::string::npos);
-  // Series grow with layers and ranks only, never layers * experts: 107 for
-  // the model (docs/metrics.md), one balancedness per layer, and per rank one
-  // token counter plus two histograms of 19 buckets + +Inf, _sum, _count.
+  // Series grow with layers and ranks only, never layers * experts: 128 for
+  // the model (docs/metrics.md), one balancedness per layer, and per rank two
+  // counters (tokens, expert rows) plus two histograms of 19 buckets + +Inf,
+  // _sum, _count.
   const Exposition e = Parse(text);
   std::set<std::string> names;
   for (const Sample& s : e.samples) names.insert(s.name);
   EXPECT_EQ(names.count("herd:expert_tokens_total"), 0u);
-  EXPECT_EQ(e.samples.size(), 107u + 4 * 1 + 2 * (1 + 2 * 22));
+  EXPECT_EQ(e.samples.size(), 128u + 4 * 1 + 2 * (2 + 2 * 22));
 }
 
 TEST(ServingMetricsTest, DetailedExpertSeriesWhenAsked) {

@@ -362,12 +362,13 @@ def greedy_reference(args, prompt, max_new_tokens):
 
 
 class Server:
-    """`herd serve` on 127.0.0.1, alone or under mpirun -np 2. Use as a
-    context manager: the exit stops it (SIGTERM, checked to exit 0) unless the
-    test already did, and kills whatever is left of it."""
+    """`herd serve` on 127.0.0.1, alone or under mpirun -np 2 (num_ranks). Use
+    as a context manager: the exit stops it (SIGTERM, checked to exit 0) unless
+    the test already did, and kills whatever is left of it."""
 
-    def __init__(self, args, extra_args=(), env=None, name="serve"):
+    def __init__(self, args, extra_args=(), env=None, name="serve", num_ranks=2):
         self.args = args
+        self.num_ranks = num_ranks
         self.extra_args = list(extra_args)
         self.env = dict(env or {})
         self.name = name
@@ -385,7 +386,8 @@ class Server:
                "--port", "0", "--port-file", self.port_file, "--threads", "1"]
         cmd += self.extra_args
         if self.args.mode == "mpi":
-            cmd = [self.args.mpirun, "-np", "2", "--allow-run-as-root", "--oversubscribe",
+            cmd = [self.args.mpirun, "-np", str(self.num_ranks), "--allow-run-as-root",
+                   "--oversubscribe",
                    "--mca", "btl", "self,vader,tcp", "--mca", "btl_tcp_if_include", "lo",
                    "--mca", "oob_tcp_if_include", "lo", "--mca", "mpi_yield_when_idle", "1",
                    "-x", "HERD_TEST_TAG"] + cmd
