@@ -38,6 +38,7 @@
 
 #include <cstddef>
 #include <cstdint>
+#include <functional>
 #include <memory>
 
 #include "absl/status/status.h"
@@ -71,6 +72,10 @@ struct PackedMatrix {
   const uint16_t* mins = nullptr;
 
   int64_t num_groups() const { return (rows + kPackRows - 1) / kPackRows; }
+  // Calls fn(data, bytes) for each range of the source the kernels read in
+  // place (the row-major tensor, or a quantized matrix's codes, scales and
+  // mins); nothing when the matrix was repacked into `storage`.
+  void ForEachInPlaceRange(const std::function<void(const void*, size_t)>& fn) const;
   // Bytes of the packed representation (for resident-memory accounting).
   int64_t num_bytes() const;
 };

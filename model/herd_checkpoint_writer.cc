@@ -42,8 +42,8 @@ absl::Status CheckExpressible(const ModelSpec& s) {
     return absl::UnimplementedError("Herd checkpoints hold softmax-routed models only");
   }
   if (s.rope_dim != s.head_dim) {
-    return absl::UnimplementedError(
-        absl::StrCat("partial RoPE (", s.rope_dim, " of ", s.head_dim, " dims) is not expressible"));
+    return absl::UnimplementedError(absl::StrCat("partial RoPE (", s.rope_dim, " of ", s.head_dim,
+                                                 " dims) is not expressible"));
   }
   if (s.architecture == Architecture::kMixtral && s.attention_bias) {
     return absl::UnimplementedError("Mixtral checkpoints have no attention biases");
@@ -161,9 +161,9 @@ class CheckpointBuilder {
   absl::Status Matrix(WeightInfo info, const TensorView& w, const std::vector<int64_t>& order) {
     info.source = &w;
     if (w.empty()) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("weight ", info.name, " is not loaded (load every expert to write a "
-                       "checkpoint)"));
+      return absl::InvalidArgumentError(absl::StrCat("weight ", info.name,
+                                                     " is not loaded (load every expert to write a "
+                                                     "checkpoint)"));
     }
     const int64_t rows = w.dim(0), cols = w.dim(1);
     std::optional<QuantFormat> format;
@@ -196,8 +196,8 @@ class CheckpointBuilder {
   absl::Status Write(const std::string& dir) {
     HERD_RETURN_IF_ERROR(writer_.WriteFile(dir + "/model.safetensors"));
     manifest_.compression = options_.compression;
-    HERD_RETURN_IF_ERROR(WriteFileAtomically(dir + "/" + kHerdManifestFile,
-                                             manifest_.ToJson().dump(2) + "\n"));
+    HERD_RETURN_IF_ERROR(
+        WriteFileAtomically(dir + "/" + kHerdManifestFile, manifest_.ToJson().dump(2) + "\n"));
     return WriteFileAtomically(dir + "/config.json", ConfigJson(model_.spec).dump(2) + "\n");
   }
 
@@ -267,8 +267,8 @@ class CheckpointBuilder {
     const int64_t tiles = (rows + kQuantTileRows - 1) / kQuantTileRows;
     HERD_RETURN_IF_ERROR(Add(QuantizedCodesName(name), SafetensorsDType::kU8, {sizes.codes},
                              packed.data(), packed.size()));
-    HERD_RETURN_IF_ERROR(Add(QuantizedScalesName(name), scale_type,
-                             {tiles, groups, kQuantTileRows}, scales.data(), sizes.scales));
+    HERD_RETURN_IF_ERROR(Add(QuantizedScalesName(name), scale_type, {tiles, groups, kQuantTileRows},
+                             scales.data(), sizes.scales));
     if (!format.symmetric) {
       HERD_RETURN_IF_ERROR(Add(QuantizedMinsName(name), scale_type, {tiles, groups, kQuantTileRows},
                                mins.data(), sizes.mins));
@@ -304,14 +304,14 @@ absl::Status AddLayer(const Model& model, int l, CheckpointBuilder* b) {
   const auto info = [&](const std::string& name, ModuleKind module, int expert = -1) {
     return WeightInfo{name, module, l, expert, nullptr};
   };
-  HERD_RETURN_IF_ERROR(b->Matrix(info(attn + "q_proj.weight", ModuleKind::kAttention), w.q.weight,
-                                 q_order));
-  HERD_RETURN_IF_ERROR(b->Matrix(info(attn + "k_proj.weight", ModuleKind::kAttention), w.k.weight,
-                                 k_order));
-  HERD_RETURN_IF_ERROR(b->Matrix(info(attn + "v_proj.weight", ModuleKind::kAttention), w.v.weight,
-                                 kv_rows));
-  HERD_RETURN_IF_ERROR(b->Matrix(info(attn + "o_proj.weight", ModuleKind::kAttention), w.o.weight,
-                                 hidden_rows));
+  HERD_RETURN_IF_ERROR(
+      b->Matrix(info(attn + "q_proj.weight", ModuleKind::kAttention), w.q.weight, q_order));
+  HERD_RETURN_IF_ERROR(
+      b->Matrix(info(attn + "k_proj.weight", ModuleKind::kAttention), w.k.weight, k_order));
+  HERD_RETURN_IF_ERROR(
+      b->Matrix(info(attn + "v_proj.weight", ModuleKind::kAttention), w.v.weight, kv_rows));
+  HERD_RETURN_IF_ERROR(
+      b->Matrix(info(attn + "o_proj.weight", ModuleKind::kAttention), w.o.weight, hidden_rows));
   HERD_RETURN_IF_ERROR(b->Vector(attn + "q_proj.bias", w.q.bias, q_order));
   HERD_RETURN_IF_ERROR(b->Vector(attn + "k_proj.bias", w.k.bias, k_order));
   HERD_RETURN_IF_ERROR(b->Vector(attn + "v_proj.bias", w.v.bias, kv_rows));
@@ -326,20 +326,20 @@ absl::Status AddLayer(const Model& model, int l, CheckpointBuilder* b) {
   }
 
   const std::string moe = absl::StrCat(p, arch.moe_prefix, ".");
-  HERD_RETURN_IF_ERROR(b->Matrix(info(moe + "gate.weight", ModuleKind::kRouter), w.router,
-                                 Identity(s.num_experts)));
+  HERD_RETURN_IF_ERROR(
+      b->Matrix(info(moe + "gate.weight", ModuleKind::kRouter), w.router, Identity(s.num_experts)));
   const std::vector<int64_t> ffn_rows = Identity(s.expert_ffn_size);
   for (int e = 0; e < static_cast<int>(s.num_experts); ++e) {
     const ExpertFfnWeights& x = w.experts[e];
     const std::string n = absl::StrCat(moe, "experts.", e, ".");
+    HERD_RETURN_IF_ERROR(
+        b->Matrix(info(absl::StrCat(n, arch.gate_proj, ".weight"), ModuleKind::kExperts, e), x.gate,
+                  ffn_rows));
     HERD_RETURN_IF_ERROR(b->Matrix(
-        info(absl::StrCat(n, arch.gate_proj, ".weight"), ModuleKind::kExperts, e), x.gate, ffn_rows));
-    HERD_RETURN_IF_ERROR(b->Matrix(info(absl::StrCat(n, arch.up_proj, ".weight"),
-                                        ModuleKind::kExperts, e),
-                                   x.up, ffn_rows));
-    HERD_RETURN_IF_ERROR(b->Matrix(info(absl::StrCat(n, arch.down_proj, ".weight"),
-                                        ModuleKind::kExperts, e),
-                                   x.down, hidden_rows));
+        info(absl::StrCat(n, arch.up_proj, ".weight"), ModuleKind::kExperts, e), x.up, ffn_rows));
+    HERD_RETURN_IF_ERROR(
+        b->Matrix(info(absl::StrCat(n, arch.down_proj, ".weight"), ModuleKind::kExperts, e), x.down,
+                  hidden_rows));
   }
   if (s.shared_expert_ffn_size > 0) {
     const std::string n = moe + "shared_expert.";
@@ -363,7 +363,8 @@ absl::Status Build(const Model& model, const HerdCheckpointOptions& options,
   const std::vector<int64_t> vocab_rows = Identity(s.vocab_size);
   HERD_RETURN_IF_ERROR(b.Matrix(WeightInfo{"model.embed_tokens.weight", ModuleKind::kEmbeddings},
                                 model.token_embedding, vocab_rows));
-  for (int l = 0; l < static_cast<int>(s.num_layers); ++l) HERD_RETURN_IF_ERROR(AddLayer(model, l, &b));
+  for (int l = 0; l < static_cast<int>(s.num_layers); ++l)
+    HERD_RETURN_IF_ERROR(AddLayer(model, l, &b));
   HERD_RETURN_IF_ERROR(b.Vector("model.norm.weight", model.output_norm, Identity(s.hidden_size)));
   if (!s.tied_embeddings) {
     HERD_RETURN_IF_ERROR(
@@ -408,13 +409,14 @@ absl::Status WriteHerdCheckpoint(const Model& model, const HerdCheckpointOptions
     // Load it back: every checksum and shape checked before the rename.
     status = LoadHfModel(tmp).status();
     if (!status.ok()) {
-      status = absl::InternalError(absl::StrCat("the written checkpoint does not load back: ",
-                                                status.message()));
+      status = absl::InternalError(
+          absl::StrCat("the written checkpoint does not load back: ", status.message()));
     }
   }
   if (status.ok() && exists) {
     fs::remove_all(out_dir, ec);
-    if (ec) status = absl::InternalError(absl::StrCat("cannot replace ", out_dir, ": ", ec.message()));
+    if (ec)
+      status = absl::InternalError(absl::StrCat("cannot replace ", out_dir, ": ", ec.message()));
   }
   if (status.ok()) {
     fs::rename(tmp, out_dir, ec);

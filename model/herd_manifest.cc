@@ -21,9 +21,9 @@ absl::StatusOr<uint32_t> ParseChecksum(const Json& value, const std::string& pat
   if (!value.is_string() || value.get<std::string>().size() != 15 ||
       value.get<std::string>().rfind(kPrefix, 0) != 0 ||
       !absl::SimpleHexAtoi(value.get<std::string>().substr(7), &crc)) {
-    return Malformed(path, absl::StrCat("tensor ", tensor,
-                                        ": checksum must be \"crc32c:\" and 8 hex digits, got ",
-                                        value.dump()));
+    return Malformed(
+        path, absl::StrCat("tensor ", tensor,
+                           ": checksum must be \"crc32c:\" and 8 hex digits, got ", value.dump()));
   }
   return crc;
 }
@@ -39,12 +39,14 @@ Json HerdManifest::ToJson() const {
   for (const auto& [name, crc] : checksums) tensors[name] = {{"checksum", Crc32cString(crc)}};
   Json quant = Json::object();
   for (const auto& [name, entry] : quantized) {
-    quant[name] = {{"format", entry.format.Name()},
-                   {"shape", {entry.rows, entry.cols}},
-                   {"layout", "rows16"}};
+    quant[name] = {
+        {"format", entry.format.Name()}, {"shape", {entry.rows, entry.cols}}, {"layout", "rows16"}};
   }
-  return Json{{"format", "herd"},     {"version", version},      {"tensors", tensors},
-              {"quantized", quant},   {"compression", compression}};
+  return Json{{"format", "herd"},
+              {"version", version},
+              {"tensors", tensors},
+              {"quantized", quant},
+              {"compression", compression}};
 }
 
 absl::StatusOr<HerdManifest> HerdManifest::FromJson(const Json& root, const std::string& path) {

@@ -39,7 +39,7 @@ struct QuantizedTensorEntry {
 
 struct HerdManifest {
   int version = kHerdCheckpointVersion;
-  std::map<std::string, uint32_t> checksums;  // safetensors tensor name -> CRC-32C
+  std::map<std::string, uint32_t> checksums;              // safetensors tensor name -> CRC-32C
   std::map<std::string, QuantizedTensorEntry> quantized;  // weight name -> format
   nlohmann::json compression = nlohmann::json::object();
 

@@ -55,8 +55,8 @@ absl::StatusOr<std::set<ModuleKind>> ParseModules(const std::string& list) {
     if (it == kModuleNames.end()) {
       std::vector<std::string> known;
       for (const auto& [k, v] : kModuleNames) known.push_back(k);
-      return absl::InvalidArgumentError(absl::StrCat("--modules: unknown module '", name,
-                                                     "' (known: ", absl::StrJoin(known, ", "), ")"));
+      return absl::InvalidArgumentError(absl::StrCat(
+          "--modules: unknown module '", name, "' (known: ", absl::StrJoin(known, ", "), ")"));
     }
     modules.insert(it->second);
   }
@@ -146,7 +146,8 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   format.symmetric = !flags.Has("asym");
   const std::string scale = flags.GetString("scale-type", "f16");
   if (scale != "f16" && scale != "bf16") {
-    return absl::InvalidArgumentError(absl::StrCat("--scale-type must be f16 or bf16, got ", scale));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--scale-type must be f16 or bf16, got ", scale));
   }
   format.scale_type = scale == "bf16" ? DType::kBF16 : DType::kF16;
   if (bits != format.bits || group != format.group_size) {
@@ -191,8 +192,8 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   Json report = options.compression;
   report["output"] = out_dir;
   report["size"] = SizeReport(SizesByModule(*model), SizesByModule(*written));
-  out << "wrote " << out_dir << " (" << format.Name() << " for " << absl::StrJoin(module_names, ", ")
-      << ")\n";
+  out << "wrote " << out_dir << " (" << format.Name() << " for "
+      << absl::StrJoin(module_names, ", ") << ")\n";
   PrintReport(report, out);
   if (flags.Has("report")) {
     std::ofstream file(flags.GetString("report"));

@@ -10,20 +10,15 @@
 namespace herd {
 namespace {
 
-// Mapped pages of a matrix the kernels read in place (row-major); repacked
-// matrices own their bytes and released their sources when packed.
+// Mapped pages the kernels read in place (row-major and Herd-quantized
+// matrices); repacked matrices own their bytes and released their sources
+// when packed.
 void ForEachMappedMatrix(const PackedExpert& e, void (*fn)(const void*, size_t)) {
-  for (const cpu::PackedMatrix* m : {&e.gate, &e.up, &e.down}) {
-    if (m->layout == cpu::PackedLayout::kRowMajor && !m->source.empty()) {
-      fn(m->source.data(), m->source.num_bytes());
-    }
-  }
+  for (const cpu::PackedMatrix* m : {&e.gate, &e.up, &e.down}) m->ForEachInPlaceRange(fn);
 }
 
 void ReleaseRepackedSource(const cpu::PackedMatrix& m) {
-  if (m.layout != cpu::PackedLayout::kRowMajor) {
-    ReleaseMappedPages(m.source.data(), m.source.num_bytes());
-  }
+  if (m.storage != nullptr) ReleaseMappedPages(m.source.data(), m.source.num_bytes());
 }
 
 absl::StatusOr<std::shared_ptr<const PackedExpert>> PackExpert(

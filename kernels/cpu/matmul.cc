@@ -198,6 +198,18 @@ int64_t PackedMatrix::num_bytes() const {
   return num_groups() * nb * block_bytes;
 }
 
+void PackedMatrix::ForEachInPlaceRange(const std::function<void(const void*, size_t)>& fn) const {
+  if (storage != nullptr || source.empty()) return;
+  if (layout != PackedLayout::kQuantRows16) {
+    fn(source.data(), source.num_bytes());
+    return;
+  }
+  const QuantizedMatrixSizes sizes = QuantizedSizes(format, rows, cols);
+  fn(data, sizes.codes);
+  fn(scales, sizes.scales);
+  if (mins != nullptr) fn(mins, sizes.mins);
+}
+
 absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
   HERD_RETURN_IF_ERROR(CheckShape(weight));
   PackedMatrix p;

@@ -6,9 +6,9 @@
 // tensor. Writing never leaves a partial checkpoint behind.
 #include <cstdio>
 #include <cstring>
-#include <functional>
 #include <filesystem>
 #include <fstream>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -187,11 +187,12 @@ TEST_F(HerdCheckpointTest, ManifestThatDisagreesWithTheTensorsIsRefused) {
     const char* message;
   };
   const std::vector<Damage> damages = {
-      {"missing checksum",
-       [](nlohmann::json& m) { m["tensors"].erase("model.norm.weight"); },
+      {"missing checksum", [](nlohmann::json& m) { m["tensors"].erase("model.norm.weight"); },
        absl::StatusCode::kInvalidArgument, "model.norm.weight"},
       {"listed but absent",
-       [](nlohmann::json& m) { m["tensors"]["ghost.weight"] = {{"checksum", "crc32c:00000000"}}; },
+       [](nlohmann::json& m) {
+         m["tensors"]["ghost.weight"] = {{"checksum", "crc32c:00000000"}};
+       },
        absl::StatusCode::kInvalidArgument, "ghost.weight"},
       {"wrong checksum",
        [](nlohmann::json& m) { m["tensors"]["model.norm.weight"]["checksum"] = "crc32c:00000001"; },
@@ -208,7 +209,9 @@ TEST_F(HerdCheckpointTest, ManifestThatDisagreesWithTheTensorsIsRefused) {
        [](nlohmann::json& m) { m["quantized"][kExpertWeight]["format"] = "int8-g64-asym-bf16"; },
        absl::StatusCode::kInvalidArgument, "bytes"},
       {"wrong shape",
-       [](nlohmann::json& m) { m["quantized"][kExpertWeight]["shape"] = {64, 128}; },
+       [](nlohmann::json& m) {
+         m["quantized"][kExpertWeight]["shape"] = {64, 128};
+       },
        absl::StatusCode::kInvalidArgument, kExpertWeight},
       {"not a herd manifest", [](nlohmann::json& m) { m["format"] = "other"; },
        absl::StatusCode::kInvalidArgument, "format"},
