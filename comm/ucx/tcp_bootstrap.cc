@@ -182,9 +182,8 @@ absl::StatusOr<Socket> Listen(int port) {
     rc = bind(s.fd(), reinterpret_cast<sockaddr*>(&addr), sizeof(addr));
   }
   if (rc != 0) {
-    return absl::UnavailableError(
-        absl::StrCat("ucx bootstrap on rank 0: cannot listen on port ", port,
-                     " (HERD_LEADER_PORT): ", Errno("bind")));
+    return absl::UnavailableError(absl::StrCat("ucx bootstrap on rank 0: cannot listen on port ",
+                                               port, " (HERD_LEADER_PORT): ", Errno("bind")));
   }
   if (listen(s.fd(), 128) != 0) return absl::UnavailableError(Errno("listen"));
   SetNonBlocking(s.fd());
@@ -201,10 +200,10 @@ absl::StatusOr<std::vector<std::string>> RunLeader(const UcxBootstrapEnv& env,
   for (int r = 1; r < env.world_size; ++r) missing.insert(r);
   while (!missing.empty()) {
     if (!WaitFor(listener.fd(), POLLIN, deadline)) {
-      return absl::DeadlineExceededError(absl::StrCat(
-          "ucx bootstrap on rank 0: rank(s) ", absl::StrJoin(missing, ", "),
-          " did not join by the deadline (rank 0 listens on port ", env.leader_port,
-          ", HERD_LEADER_PORT; check their HERD_LEADER_ADDRESS and HERD_RANK)"));
+      return absl::DeadlineExceededError(
+          absl::StrCat("ucx bootstrap on rank 0: rank(s) ", absl::StrJoin(missing, ", "),
+                       " did not join by the deadline (rank 0 listens on port ", env.leader_port,
+                       ", HERD_LEADER_PORT; check their HERD_LEADER_ADDRESS and HERD_RANK)"));
     }
     Socket peer(accept(listener.fd(), nullptr, nullptr));
     if (peer.fd() < 0) continue;  // EAGAIN, or a connection reset before accept
@@ -215,13 +214,13 @@ absl::StatusOr<std::vector<std::string>> RunLeader(const UcxBootstrapEnv& env,
         ReadHello(peer.fd(), std::min(deadline, absl::Now() + absl::Seconds(5)));
     if (!hello.ok()) continue;
     if (hello->world_size != env.world_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "ucx bootstrap: rank ", hello->rank, " has world size ", hello->world_size,
-          " but rank 0 has ", env.world_size, " (", env.world_size_source, ")"));
+      return absl::InvalidArgumentError(
+          absl::StrCat("ucx bootstrap: rank ", hello->rank, " has world size ", hello->world_size,
+                       " but rank 0 has ", env.world_size, " (", env.world_size_source, ")"));
     }
     if (hello->rank <= 0 || hello->rank >= env.world_size) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "ucx bootstrap: a second rank ", hello->rank, " joined (check each rank's HERD_RANK)"));
+      return absl::InvalidArgumentError(absl::StrCat("ucx bootstrap: a second rank ", hello->rank,
+                                                     " joined (check each rank's HERD_RANK)"));
     }
     // A rank that joins again (its pod restarted) replaces its earlier self.
     missing.erase(hello->rank);
@@ -284,19 +283,18 @@ absl::StatusOr<Socket> ConnectOnce(const UcxBootstrapEnv& env, absl::Time deadli
 }
 
 absl::StatusOr<std::vector<std::string>> RunFollower(const UcxBootstrapEnv& env,
-                                                     absl::string_view blob,
-                                                     absl::Time deadline) {
+                                                     absl::string_view blob, absl::Time deadline) {
   const std::string leader = absl::StrCat(env.leader_address, ":", env.leader_port);
-  const std::string what = absl::StrCat("ucx bootstrap on rank ", env.rank, ": leader (rank 0) at ",
-                                        leader);
+  const std::string what =
+      absl::StrCat("ucx bootstrap on rank ", env.rank, ": leader (rank 0) at ", leader);
   absl::StatusOr<Socket> connected = absl::UnavailableError("not tried");
   while (true) {
     connected = ConnectOnce(env, deadline);
     if (connected.ok()) break;
     if (absl::Now() >= deadline) {
       return absl::DeadlineExceededError(absl::StrCat(
-          what, " (", env.leader_address_source, ", HERD_LEADER_PORT) not reachable by the deadline: ",
-          connected.status().message()));
+          what, " (", env.leader_address_source,
+          ", HERD_LEADER_PORT) not reachable by the deadline: ", connected.status().message()));
     }
     absl::SleepFor(std::min(absl::Milliseconds(200), deadline - absl::Now()));
   }

@@ -51,9 +51,9 @@ class UcxCommunicator final : public Communicator {
       const AllToAllVArgs& a = ops[i];
       for (int p = 0; p < world_size_; ++p) {
         if (p == rank_) continue;
-        HERD_RETURN_IF_ERROR(Fail(requests.PostRecv(p, SeqAt(first_seq, i),
-                                                    static_cast<uint8_t*>(a.recv) + a.recv_offsets[p],
-                                                    a.recv_bytes[p])));
+        HERD_RETURN_IF_ERROR(Fail(
+            requests.PostRecv(p, SeqAt(first_seq, i),
+                              static_cast<uint8_t*>(a.recv) + a.recv_offsets[p], a.recv_bytes[p])));
       }
     }
     for (size_t i = 0; i < ops.size(); ++i) {

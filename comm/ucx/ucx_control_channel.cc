@@ -38,9 +38,9 @@ class UcxControlChannel final : public ControlChannel {
     auto copy = std::make_unique<std::string>(payload);
     absl::Status status;
     {
-      UcxRequests requests(world_, channel_,
-                           absl::StrCat("ucx control send to rank ", dest_rank, " tag ", tag,
-                                        " on rank ", rank()));
+      UcxRequests requests(
+          world_, channel_,
+          absl::StrCat("ucx control send to rank ", dest_rank, " tag ", tag, " on rank ", rank()));
       status = requests.PostSend(dest_rank, static_cast<uint32_t>(tag), copy->data(),
                                  static_cast<int64_t>(copy->size()), /*post_empty=*/true);
       if (status.ok()) status = requests.WaitAll(deadline);
@@ -57,8 +57,8 @@ class UcxControlChannel final : public ControlChannel {
     const std::string what = absl::StrCat(
         "ucx control recv on rank ", rank(), " (tag ", tag, ", from ",
         src_rank == kAnySource ? std::string("any rank") : absl::StrCat("rank ", src_rank), ")");
-    const uint64_t want = MakeUcxTag(channel_, src_rank == kAnySource ? 0 : src_rank,
-                                     static_cast<uint32_t>(tag));
+    const uint64_t want =
+        MakeUcxTag(channel_, src_rank == kAnySource ? 0 : src_rank, static_cast<uint32_t>(tag));
     const uint64_t mask = src_rank == kAnySource ? kUcxAnySourceMask : kUcxExactMask;
     const absl::Time start = absl::Now();
     PollPacer pacer(GetCommEnv());

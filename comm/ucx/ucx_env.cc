@@ -30,9 +30,8 @@ std::optional<Found> FirstSet(const std::function<const char*(const char*)>& loo
 absl::StatusOr<int> ParseInRange(const Found& found, int min, int max) {
   int value = 0;
   if (!absl::SimpleAtoi(found.value, &value) || value < min || value > max) {
-    return absl::InvalidArgumentError(absl::StrCat(found.name, "='", found.value,
-                                                   "' is not an integer in [", min, ", ", max,
-                                                   "]"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        found.name, "='", found.value, "' is not an integer in [", min, ", ", max, "]"));
   }
   return value;
 }
@@ -77,8 +76,8 @@ absl::StatusOr<UcxBootstrapEnv> ParseUcxBootstrapEnv(
   if (!rank_value.ok()) return rank_value.status();
   if (*rank_value >= env.world_size) {
     return absl::InvalidArgumentError(absl::StrCat("ucx: rank ", *rank_value, " from ", rank->name,
-                                                   " is not below the world size ",
-                                                   env.world_size, " from ", world->name));
+                                                   " is not below the world size ", env.world_size,
+                                                   " from ", world->name));
   }
   env.rank = *rank_value;
   env.rank_source = rank->name;
@@ -93,9 +92,10 @@ absl::StatusOr<UcxBootstrapEnv> ParseUcxBootstrapEnv(
     env.leader_address = address->value;
     env.leader_address_source = address->name;
   } else if (env.rank != 0 && env.world_size > 1) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "ucx: rank ", env.rank, " needs HERD_LEADER_ADDRESS (or LWS_LEADER_ADDRESS): the host "
-        "name or address of rank 0"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("ucx: rank ", env.rank,
+                     " needs HERD_LEADER_ADDRESS (or LWS_LEADER_ADDRESS): the host "
+                     "name or address of rank 0"));
   }
   return env;
 }

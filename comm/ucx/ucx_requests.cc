@@ -80,8 +80,8 @@ absl::Status UcxRequests::CheckDone(const Op& op) const {
                                               " (the ranks disagree on counts)"));
     }
     return absl::InternalError(absl::StrCat(what_, ": ", op.is_recv ? "receive from" : "send to",
-                                            " rank(s) ", op.peer, " failed: ",
-                                            UcxStatusString(op.status)));
+                                            " rank(s) ", op.peer,
+                                            " failed: ", UcxStatusString(op.status)));
   }
   if (op.is_recv && static_cast<int64_t>(op.info.length) != op.bytes) {
     return absl::InternalError(absl::StrCat(what_, ": expected ", op.bytes, " bytes from rank ",
@@ -152,7 +152,8 @@ absl::Status UcxRequests::WaitAll(absl::Time deadline) {
       std::string message = absl::StrCat(what_, ": deadline exceeded after ",
                                          absl::ToInt64Milliseconds(absl::Now() - start_), " ms;");
       if (!silent.empty()) absl::StrAppend(&message, " no data from ", PeerList(silent), ";");
-      if (!stalled.empty()) absl::StrAppend(&message, " data not taken by ", PeerList(stalled), ";");
+      if (!stalled.empty())
+        absl::StrAppend(&message, " data not taken by ", PeerList(stalled), ";");
       message.pop_back();
       Abandon();
       return absl::DeadlineExceededError(message);

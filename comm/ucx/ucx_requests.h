@@ -39,8 +39,7 @@ class UcxRequests {
                         bool post_empty = false);
   // Receives exactly `bytes` from `peer` with sequence `tag`; a message of
   // another size fails WaitAll naming the peer.
-  absl::Status PostRecv(int peer, uint32_t tag, void* data, int64_t bytes,
-                        bool post_empty = false);
+  absl::Status PostRecv(int peer, uint32_t tag, void* data, int64_t bytes, bool post_empty = false);
   // Receives a message already taken off UCP's queue by ucp_tag_probe_nb
   // (the control channel), `bytes` long, from `peer`.
   absl::Status PostProbedRecv(ucp_tag_message_h message, int peer, void* data, int64_t bytes);

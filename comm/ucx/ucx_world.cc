@@ -138,8 +138,8 @@ uint16_t UcxWorld::NewChannelId() {
 absl::Status UcxWorld::ChannelAbortStatus(uint16_t channel) {
   if (auto it = channel_aborts_.find(channel); it != channel_aborts_.end()) return it->second;
   ucp_tag_recv_info_t info{};
-  ucp_tag_message_h message = ucp_tag_probe_nb(
-      worker_, MakeUcxTag(channel, 0, kUcxAbortTag), kUcxAnySourceMask, /*remove=*/1, &info);
+  ucp_tag_message_h message = ucp_tag_probe_nb(worker_, MakeUcxTag(channel, 0, kUcxAbortTag),
+                                               kUcxAnySourceMask, /*remove=*/1, &info);
   if (message == nullptr) return absl::OkStatus();
   const int from = UcxTagSource(info.sender_tag);
   std::string reason(std::min(info.length, kMaxReasonBytes), '\0');

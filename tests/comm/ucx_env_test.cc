@@ -92,9 +92,8 @@ TEST(UcxEnvTest, InvalidValuesAreNamed) {
               HasSubstr("HERD_RANK='x'"));
   EXPECT_THAT(ErrorOf(FakeEnv{{{"HERD_RANK", "0"}, {"HERD_WORLD_SIZE", "0"}}}),
               HasSubstr("HERD_WORLD_SIZE='0'"));
-  EXPECT_THAT(ErrorOf(FakeEnv{{{"HERD_RANK", "0"},
-                               {"HERD_WORLD_SIZE", "2"},
-                               {"HERD_LEADER_PORT", "70000"}}}),
+  EXPECT_THAT(ErrorOf(FakeEnv{
+                  {{"HERD_RANK", "0"}, {"HERD_WORLD_SIZE", "2"}, {"HERD_LEADER_PORT", "70000"}}}),
               HasSubstr("HERD_LEADER_PORT='70000'"));
   const std::string too_big = ErrorOf(FakeEnv{{{"HERD_RANK", "3"}, {"HERD_WORLD_SIZE", "3"}}});
   EXPECT_THAT(too_big, HasSubstr("HERD_RANK"));
