@@ -20,8 +20,11 @@ class UcxControlChannel final : public ControlChannel {
   UcxControlChannel(UcxWorld& world, uint16_t channel) : world_(world), channel_(channel) {}
 
   // What this rank sent last should reach its peers even if the process
-  // exits right after.
-  ~UcxControlChannel() override { world_.Flush(absl::Now() + absl::Seconds(5)); }
+  // exits right after. A failed channel has a peer that may never take its
+  // data, so it does not wait.
+  ~UcxControlChannel() override {
+    if (CheckUsable().ok()) world_.Flush(absl::Now() + absl::Seconds(5));
+  }
 
   const char* backend_name() const override { return "ucx"; }
   int rank() const override { return world_.rank(); }
