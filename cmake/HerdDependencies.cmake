@@ -10,6 +10,10 @@ find_package(nlohmann_json CONFIG REQUIRED)
 find_package(GTest CONFIG REQUIRED)
 # Open MPI (Debian): the mpi comm backends; MPIEXEC_EXECUTABLE runs the mpi tests.
 find_package(MPI REQUIRED COMPONENTS C)
+# UCX (Debian libucx-dev): the ucx comm backends. Through pkg-config, whose
+# target links ucp, uct, ucs and ucm (UCX's CMake config's ucx::ucp lacks ucs).
+find_package(PkgConfig REQUIRED)
+pkg_check_modules(UCX REQUIRED IMPORTED_TARGET ucx)
 
 if(HERD_WITH_CUDA)
   find_package(CUDAToolkit REQUIRED)
@@ -32,5 +36,4 @@ endif()
 # Serving: prometheus-cpp's registry and text serializer; cpp-httplib (Debian
 # builds it as a shared library with a .pc file, no CMake config).
 find_package(prometheus-cpp CONFIG REQUIRED)
-find_package(PkgConfig REQUIRED)
 pkg_check_modules(HTTPLIB REQUIRED IMPORTED_TARGET cpp-httplib)

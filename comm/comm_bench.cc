@@ -13,7 +13,6 @@
 #include "absl/time/clock.h"
 #include "comm/env.h"
 #include "comm/expert_exchange.h"
-#include "comm/mpi_control_channel.h"
 #include "comm/mpi_runtime.h"
 #include "comm/registry.h"
 #include "core/status.h"
@@ -263,10 +262,12 @@ absl::StatusOr<CommBenchResult> RunCommBench(const CommBenchOptions& o) {
   CommBenchResult result;
   result.backend = o.backend;
   const absl::Time deadline = DeadlineAfterMs(o.timeout_ms);
+  // One process per rank: mpi (and nccl) under mpirun, ucx from its env.
   const bool use_mpi_job = o.backend == "mpi" || (o.backend == "nccl" && LaunchedByMpirun());
-  if (use_mpi_job) {
-    HERD_ASSIGN_OR_RETURN(std::unique_ptr<ControlChannel> control,
-                          CreateMpiControlChannel(deadline));
+  if (use_mpi_job || o.backend == "ucx") {
+    HERD_ASSIGN_OR_RETURN(
+        std::unique_ptr<ControlChannel> control,
+        CreateControlChannel(use_mpi_job ? "mpi" : "ucx", CommContext{}, deadline));
     CommContext context;
     context.control = control.get();
     HERD_ASSIGN_OR_RETURN(std::unique_ptr<Communicator> comm,

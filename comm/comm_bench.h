@@ -26,7 +26,7 @@
 namespace herd::comm {
 
 struct CommBenchOptions {
-  // local | mpi | nccl (registry names).
+  // local | mpi | ucx | nccl (registry names).
   std::string backend = "local";
   // Ranks as threads for local and nccl (nccl under mpirun uses the job).
   int num_local_ranks = 2;
@@ -64,7 +64,8 @@ struct CommBenchResult {
 };
 
 // Runs the bench. local / nccl without mpirun: spawns the ranks as threads and
-// returns rank 0's view. mpi (and nccl under mpirun): collective over the job;
+// returns rank 0's view. mpi (and nccl under mpirun), ucx (processes that
+// join from HERD_RANK etc., comm/ucx/ucx_env.h): collective over the group;
 // every process gets the same rows. Blocks for the whole run; every call has
 // a deadline of options.timeout_ms. Errors: InvalidArgument, then the
 // backends' errors.

@@ -4,6 +4,8 @@
 #include "absl/strings/str_join.h"
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_control_channel.h"
+#include "comm/ucx/ucx_communicator.h"
+#include "comm/ucx/ucx_control_channel.h"
 #ifdef HERD_COMM_WITH_NCCL
 #include "comm/nccl_communicator.h"
 #endif
@@ -29,6 +31,11 @@ absl::StatusOr<std::unique_ptr<ControlChannel>> MpiControl(const CommContext&,
   return CreateMpiControlChannel(deadline);
 }
 
+absl::StatusOr<std::unique_ptr<ControlChannel>> UcxControl(const CommContext&,
+                                                           absl::Time deadline) {
+  return CreateUcxControlChannel(deadline);
+}
+
 absl::StatusOr<std::unique_ptr<Communicator>> LocalComm(const CommContext& context, absl::Time) {
   if (absl::Status s = NeedLocalWorld(context); !s.ok()) return s;
   return context.local_world->CreateCommunicator(context.local_rank);
@@ -36,6 +43,10 @@ absl::StatusOr<std::unique_ptr<Communicator>> LocalComm(const CommContext& conte
 
 absl::StatusOr<std::unique_ptr<Communicator>> MpiComm(const CommContext&, absl::Time deadline) {
   return CreateMpiCommunicator(deadline);
+}
+
+absl::StatusOr<std::unique_ptr<Communicator>> UcxComm(const CommContext&, absl::Time deadline) {
+  return CreateUcxCommunicator(deadline);
 }
 
 #ifdef HERD_COMM_WITH_NCCL
@@ -52,11 +63,15 @@ absl::StatusOr<std::unique_ptr<Communicator>> NcclComm(const CommContext& contex
 constexpr ControlChannelBackend kControlChannelBackends[] = {
     {"local", "threads of one process", LocalControl},
     {"mpi", "processes of an mpirun job (Open MPI)", MpiControl},
+    {"ucx", "processes that join from HERD_RANK/HERD_WORLD_SIZE/HERD_LEADER_ADDRESS (UCP)",
+     UcxControl},
 };
 
 constexpr CommunicatorBackend kCommunicatorBackends[] = {
     {"local", "threads of one process, host memory", MemorySpace::kHost, LocalComm},
     {"mpi", "Open MPI point-to-point, host memory", MemorySpace::kHost, MpiComm},
+    {"ucx", "UCP tag messages without MPI (shared memory, TCP), host memory", MemorySpace::kHost,
+     UcxComm},
 #ifdef HERD_COMM_WITH_NCCL
     {"nccl", "NCCL on CUDA devices, bootstrapped over the control channel", MemorySpace::kDevice,
      NcclComm},

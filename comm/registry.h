@@ -1,7 +1,7 @@
 // The one explicit list of comm backends: name -> factory.
 //
-//   control channels: local, mpi
-//   communicators:    local, mpi, nccl (when built with HERD_WITH_NCCL)
+//   control channels: local, mpi, ucx
+//   communicators:    local, mpi, ucx, nccl (when built with HERD_WITH_NCCL)
 //
 // A rank first creates its ControlChannel, then its Communicator(s) with the
 // channel in the CommContext (nccl bootstraps over it). Adding a backend means
@@ -53,7 +53,7 @@ struct CommunicatorBackend {
 absl::Span<const ControlChannelBackend> ControlChannelBackends();
 absl::Span<const CommunicatorBackend> CommunicatorBackends();
 
-// "local, mpi, nccl": the names, for usage messages.
+// "local, mpi, ucx, nccl": the names, for usage messages.
 std::string CommunicatorBackendNames();
 
 // Finds a backend by name and creates this rank's endpoint. Errors: NotFound

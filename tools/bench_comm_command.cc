@@ -19,7 +19,9 @@ const std::vector<FlagSpec> kBenchCommFlags = {
     {"hidden", true, "hidden size in floats (default 1024)"},
     {"top-k", true, "experts per token (default 2)"},
     {"experts", true, "experts, placed in contiguous blocks over the ranks (default 8)"},
-    {"ranks", true, "local/nccl: ranks as threads of this process (default 2); mpi: set by mpirun"},
+    {"ranks", true,
+     "local/nccl: ranks as threads of this process (default 2); mpi: set by mpirun; ucx: by "
+     "HERD_WORLD_SIZE"},
     {"iterations", true, "timed iterations per row; the median is reported (default 50)"},
     {"warmup", true, "untimed iterations before those (default 5)"},
     {"seed", true, "routing seed (default 1)"},
@@ -35,6 +37,8 @@ absl::Status RunBenchCommCommand(const std::vector<std::string>& args, std::ostr
     out << "usage: herd bench comm --backend B [--tokens 1,8,64,512] [--hidden 1024] [--top-k 2]\n"
         << "                       [--experts 8] [--ranks N] [--iterations 50]\n"
         << "  mpi: mpirun -n 4 herd bench comm --backend mpi ...\n"
+        << "  ucx: one process per rank, each with HERD_RANK, HERD_WORLD_SIZE,\n"
+        << "       HERD_LEADER_ADDRESS (and HERD_LEADER_PORT) set: herd bench comm --backend ucx\n"
         << FlagsHelp(kBenchCommFlags) << "backends built: " << comm::CommunicatorBackendNames()
         << "\n";
     return absl::OkStatus();
@@ -68,8 +72,9 @@ absl::Status RunBenchCommCommand(const std::vector<std::string>& args, std::ostr
     return absl::InvalidArgumentError(
         "--ranks must be in [1, 256], --iterations in [1, 10^6], --warmup in [0, 10^6]");
   }
-  if (options.backend == "mpi" && flags.Has("ranks")) {
-    return absl::InvalidArgumentError("--ranks is for local/nccl; with mpi, mpirun -n sets it");
+  if ((options.backend == "mpi" || options.backend == "ucx") && flags.Has("ranks")) {
+    return absl::InvalidArgumentError(
+        "--ranks is for local/nccl; mpirun -n (mpi) or HERD_WORLD_SIZE (ucx) sets it");
   }
   options.num_local_ranks = static_cast<int>(ranks);
   options.iterations = static_cast<int>(iterations);

@@ -31,6 +31,9 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"json", false, "print one JSON object instead of the table"},
     {"local-ranks", true,
      "expert parallelism: N ranks as threads, each running the tests on its own sequence"},
+    {"comm", true,
+     "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
+     "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
     {"placement", true, "expert placement file for --local-ranks or mpirun"},
     {"help", false, "show this help"},
 };
@@ -56,7 +59,7 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   HERD_RETURN_IF_ERROR(
       RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
         const int rank = comm->rank();
-        if (comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
+        if (comm->backend_name() != std::string("local")) output_rank = rank == 0;
         HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
         EngineOptions engine_options;
         engine_options.num_threads = threads;
@@ -140,6 +143,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     return absl::InvalidArgumentError("--local-ranks must be in [1, 256]");
   }
   group.local_ranks = static_cast<int>(local_ranks);
+  if (flags.Has("comm")) group.comm = flags.GetString("comm");
   if (PlannedWorldSize(group) > 1) {
     std::optional<ExpertPlacement> placement;
     if (flags.Has("placement")) {

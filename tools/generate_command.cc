@@ -40,6 +40,9 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"dump-logits", true, "write F32 logits [prompt + new tokens, vocab] to this file"},
     {"config", true, "YAML config file (flags override it)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
+    {"comm", true,
+     "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
+     "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"record-expert-load", true,
      "write the tokens routed to each expert of each layer as a herd plan trace (JSON)"},
@@ -106,6 +109,7 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
         absl::StrCat("--local-ranks must be in [1, 256], got ", local_ranks));
   }
   group.local_ranks = static_cast<int>(local_ranks);
+  if (flags.Has("comm")) group.comm = flags.GetString("comm");
   const int world_size = PlannedWorldSize(group);
   if (threads == 0 && group.local_ranks > 1) {
     threads = std::max(1, ThreadPool::DefaultNumThreads() / group.local_ranks);
@@ -122,7 +126,8 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
   const absl::Status status =
       RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
         const int rank = comm != nullptr ? comm->rank() : 0;
-        if (comm != nullptr && comm->backend_name() == std::string("mpi")) output_rank = rank == 0;
+        if (comm != nullptr && comm->backend_name() != std::string("local"))
+          output_rank = rank == 0;
         const absl::Time load_start = absl::Now();
         HERD_ASSIGN_OR_RETURN(RankModel rank_model,
                               LoadModelForRank(model_path, comm, placement_file));

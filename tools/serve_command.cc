@@ -47,6 +47,9 @@ const std::vector<FlagSpec> kServeFlags = {
     {"model-name", true, "model id reported by /v1/models (default: the file name)"},
     {"threads", true, "kernel threads per rank; 0 = all cores (split among local ranks)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
+    {"comm", true,
+     "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
+     "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"kv-cache-bytes", true, "KV cache per rank in bytes (default: max-running full contexts)"},
     {"kv-block-tokens", true, "tokens per KV cache block (default 16)"},
@@ -171,10 +174,11 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
         absl::StrCat("--local-ranks must be in [1, 256], got ", local_ranks));
   }
   s.group.local_ranks = static_cast<int>(local_ranks);
+  if (flags.Has("comm")) s.group.comm = flags.GetString("comm");
   if (c.rebalance.enabled && PlannedWorldSize(s.group) < 2) {
     return absl::InvalidArgumentError(
-        "--rebalance moves experts between ranks: run several (mpirun -np N or --local-ranks N, "
-        "N >= 2)");
+        "--rebalance moves experts between ranks: run several (mpirun -np N, --local-ranks N or "
+        "--comm ucx, N >= 2)");
   }
   if (s.threads == 0 && s.group.local_ranks > 1) {
     s.threads = std::max(1, ThreadPool::DefaultNumThreads() / s.group.local_ranks);

@@ -9,6 +9,7 @@
 #include "comm/local_world.h"
 #include "comm/mpi_runtime.h"
 #include "comm/registry.h"
+#include "comm/ucx/ucx_env.h"
 #include "core/logging.h"
 #include "core/status.h"
 
@@ -22,26 +23,45 @@ int MpiWorldSizeFromEnvironment() {
   return 1;
 }
 
-absl::Status RunMpiRank(const RankGroupOptions& options, const RankBody& body) {
-  HERD_RETURN_IF_ERROR(comm::InitializeMpi());
+// "ucx" or "" (decided by the launch), from the option or else HERD_COMM.
+absl::StatusOr<std::string> ProcessBackend(const RankGroupOptions& options) {
+  std::string comm = options.comm;
+  if (comm.empty()) {
+    if (const char* value = std::getenv("HERD_COMM")) comm = value;
+  }
+  if (!comm.empty() && comm != "ucx") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--comm (or HERD_COMM) must be ucx, or unset to let the launch decide "
+                     "(mpirun: mpi; else --local-ranks threads); got '",
+                     comm, "'"));
+  }
+  return comm;
+}
+
+// This process is one rank of `backend` ("mpi" or "ucx").
+absl::Status RunProcessRank(const std::string& backend, const RankGroupOptions& options,
+                            const RankBody& body) {
+  if (backend == "mpi") HERD_RETURN_IF_ERROR(comm::InitializeMpi());
   const absl::Time deadline = absl::Now() + options.join_timeout;
   comm::CommContext context;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::ControlChannel> control,
-                        comm::CreateControlChannel("mpi", context, deadline));
+                        comm::CreateControlChannel(backend, context, deadline));
   context.control = control.get();
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
-                        comm::CreateCommunicator("mpi", context, deadline));
+                        comm::CreateCommunicator(backend, context, deadline));
   SetLogPrefix(absl::StrCat("rank ", communicator->rank()));
   absl::Status status = body(communicator.get(), control.get());
   if (!status.ok()) {
-    // The peers may be blocked in a collective this rank will never join:
-    // end the job now rather than let each of them wait for its deadline.
+    // The peers may be blocked in a collective or a control receive this
+    // rank will never join: fail them now rather than let each of them wait
+    // for its deadline (mpi: MPI_Abort ends the job and does not return).
     HERD_LOG(ERROR) << status;
     communicator->Abort(status.message());
+    control->Abort(status.message());
   }
   communicator.reset();
   control.reset();
-  HERD_RETURN_IF_ERROR(comm::FinalizeMpi());
+  if (backend == "mpi") HERD_RETURN_IF_ERROR(comm::FinalizeMpi());
   return status;
 }
 
@@ -75,6 +95,11 @@ absl::Status RunLocalRanks(int num_ranks, const RankBody& body) {
 }  // namespace
 
 int PlannedWorldSize(const RankGroupOptions& options) {
+  const absl::StatusOr<std::string> backend = ProcessBackend(options);
+  if (backend.ok() && *backend == "ucx") {
+    const absl::StatusOr<comm::UcxBootstrapEnv> env = comm::UcxBootstrapEnvFromProcess();
+    return env.ok() ? env->world_size : 1;
+  }
   if (comm::LaunchedByMpirun()) return MpiWorldSizeFromEnvironment();
   return options.local_ranks;
 }
@@ -84,11 +109,18 @@ absl::Status RunRanks(const RankGroupOptions& options, const RankBody& body) {
     return absl::InvalidArgumentError(
         absl::StrCat("--local-ranks must be >= 1, got ", options.local_ranks));
   }
+  HERD_ASSIGN_OR_RETURN(const std::string backend, ProcessBackend(options));
+  if (backend == "ucx") {
+    if (options.local_ranks > 1) {
+      return absl::InvalidArgumentError("--local-ranks cannot be combined with --comm ucx");
+    }
+    return RunProcessRank("ucx", options, body);
+  }
   if (comm::LaunchedByMpirun() && MpiWorldSizeFromEnvironment() > 1) {
     if (options.local_ranks > 1) {
       return absl::InvalidArgumentError("--local-ranks cannot be combined with mpirun");
     }
-    return RunMpiRank(options, body);
+    return RunProcessRank("mpi", options, body);
   }
   if (options.local_ranks > 1) return RunLocalRanks(options.local_ranks, body);
   return body(nullptr, nullptr);

@@ -18,14 +18,14 @@ TEST(RegistryTest, ListsTheBuiltBackends) {
   std::vector<std::string> names;
   for (const CommunicatorBackend& b : CommunicatorBackends()) names.push_back(b.name);
 #ifdef HERD_COMM_WITH_NCCL
-  EXPECT_EQ(names, (std::vector<std::string>{"local", "mpi", "nccl"}));
-  EXPECT_EQ(CommunicatorBackendNames(), "local, mpi, nccl");
+  EXPECT_EQ(names, (std::vector<std::string>{"local", "mpi", "ucx", "nccl"}));
+  EXPECT_EQ(CommunicatorBackendNames(), "local, mpi, ucx, nccl");
 #else
-  EXPECT_EQ(names, (std::vector<std::string>{"local", "mpi"}));
+  EXPECT_EQ(names, (std::vector<std::string>{"local", "mpi", "ucx"}));
 #endif
   std::vector<std::string> control;
   for (const ControlChannelBackend& b : ControlChannelBackends()) control.push_back(b.name);
-  EXPECT_EQ(control, (std::vector<std::string>{"local", "mpi"}));
+  EXPECT_EQ(control, (std::vector<std::string>{"local", "mpi", "ucx"}));
   for (const CommunicatorBackend& b : CommunicatorBackends()) {
     EXPECT_EQ(b.memory_space,
               std::string(b.name) == "nccl" ? MemorySpace::kDevice : MemorySpace::kHost);
@@ -33,10 +33,10 @@ TEST(RegistryTest, ListsTheBuiltBackends) {
 }
 
 TEST(RegistryTest, UnknownNamesListTheKnownOnes) {
-  const auto status = CreateCommunicator("ucx", CommContext{}, DeadlineAfterMs(1000)).status();
+  const auto status = CreateCommunicator("gloo", CommContext{}, DeadlineAfterMs(1000)).status();
   EXPECT_EQ(status.code(), absl::StatusCode::kNotFound);
-  EXPECT_THAT(std::string(status.message()), HasSubstr("'ucx'"));
-  EXPECT_THAT(std::string(status.message()), HasSubstr("local, mpi"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("'gloo'"));
+  EXPECT_THAT(std::string(status.message()), HasSubstr("local, mpi, ucx"));
   EXPECT_EQ(CreateControlChannel("nccl", CommContext{}, DeadlineAfterMs(1000)).status().code(),
             absl::StatusCode::kNotFound);
 }

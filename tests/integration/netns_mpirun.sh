@@ -1,13 +1,21 @@
 #!/usr/bin/env bash
 # Runs an MPI command across several "hosts" on one machine: Linux network
 # namespaces joined by veths to a bridge, MPI over TCP (or UCX over TCP)
-# between them. The recipe is ENVIRONMENT.md §3; this script makes it
+# between them; or, with --launch env, ranks of the ucx backend started
+# without mpirun, each from its environment. The recipe is ENVIRONMENT.md §3; this script makes it
 # reusable and safe to run in parallel (namespace names carry this script's
 # PID) and always removes what it created (trap), whatever happens.
 #
 #   netns_mpirun.sh [options] -- COMMAND [ARGS...]
 #
 # Options:
+#   --launch mpirun|env   start the ranks with mpirun (default), or without it:
+#                         each rank is started in its host's namespace with only
+#                         the ucx backend's variables (HERD_RANK, HERD_WORLD_SIZE,
+#                         HERD_LEADER_ADDRESS=10.200.0.1, HERD_LEADER_PORT;
+#                         comm/ucx/ucx_env.h), UCX_NET_DEVICES=ec0 and
+#                         UCX_TLS=tcp,sm,self; rank 0's stdout is this script's,
+#                         the others' goes to stderr; implies --transport ucx
 #   --transport tcp|ucx   pml ob1 + btl tcp (default), or pml ucx with UCX_TLS=tcp,sm,self
 #   --np N                MPI ranks (default 3), spread over the hosts round-robin
 #   --hosts H             namespaces (default 3)
@@ -23,10 +31,11 @@
 # others through a plm_rsh_agent that enters the host's namespace in a new UTS
 # namespace named after it (so that Open MPI sees distinct nodes).
 #
-# Exit code: mpirun's; 77 when not root or iproute2/unshare are missing
+# Exit code: mpirun's (env: the first nonzero rank's); 77 when not root or iproute2/unshare are missing
 # (ctest: SKIP_RETURN_CODE 77); 2 for bad usage.
 set -uo pipefail
 
+launch=mpirun
 transport=tcp
 np=3
 num_hosts=3
@@ -36,6 +45,7 @@ timeout_s=600
 env_names=()
 while [ $# -gt 0 ]; do
   case "$1" in
+    --launch) launch=$2; shift 2 ;;
     --transport) transport=$2; shift 2 ;;
     --np) np=$2; shift 2 ;;
     --hosts) num_hosts=$2; shift 2 ;;
@@ -49,6 +59,11 @@ while [ $# -gt 0 ]; do
 done
 if [ $# -eq 0 ]; then echo "netns_mpirun: no command after --" >&2; exit 2; fi
 case "$transport" in tcp|ucx) ;; *) echo "netns_mpirun: --transport tcp|ucx" >&2; exit 2 ;; esac
+case "$launch" in
+  mpirun) ;;
+  env) transport=ucx ;;
+  *) echo "netns_mpirun: --launch mpirun|env" >&2; exit 2 ;;
+esac
 if [ "$num_hosts" -lt 1 ] || [ "$num_hosts" -gt 200 ]; then
   echo "netns_mpirun: --hosts must be 1..200" >&2; exit 2
 fi
@@ -61,10 +76,12 @@ for tool in ip unshare timeout; do
     echo "netns_mpirun: SKIP: '$tool' not found (install iproute2 / util-linux)" >&2; exit 77
   fi
 done
-if ! command -v "$mpirun" >/dev/null; then
-  echo "netns_mpirun: mpirun '$mpirun' not found" >&2; exit 2
+if [ "$launch" = mpirun ]; then
+  if ! command -v "$mpirun" >/dev/null; then
+    echo "netns_mpirun: mpirun '$mpirun' not found" >&2; exit 2
+  fi
+  mpirun=$(command -v "$mpirun")
 fi
-mpirun=$(command -v "$mpirun")
 
 prefix="hn$$"
 switch="${prefix}s"
@@ -138,11 +155,41 @@ rx_bytes() { ip netns exec "$1" cat /sys/class/net/ec0/statistics/rx_bytes; }
 declare -A rx_before
 for ns in "${hosts[@]}"; do rx_before[$ns]=$(rx_bytes "$ns"); done
 
-command_line=$(printf '%q ' timeout -s KILL "$timeout_s" "$mpirun" "${args[@]}" "$@")
-echo "netns_mpirun: $np ranks on ${num_hosts} namespaces (${hosts[*]}), transport $transport" >&2
-ip netns exec "${hosts[0]}" unshare --uts /bin/sh -c "hostname ${hosts[0]}; $command_line"
-rc=$?
-[ "$rc" -eq 137 ] && echo "netns_mpirun: mpirun killed after ${timeout_s} s" >&2
+if [ "$launch" = mpirun ]; then
+  command_line=$(printf '%q ' timeout -s KILL "$timeout_s" "$mpirun" "${args[@]}" "$@")
+  echo "netns_mpirun: $np ranks on ${num_hosts} namespaces (${hosts[*]}), transport $transport" >&2
+  ip netns exec "${hosts[0]}" unshare --uts /bin/sh -c "hostname ${hosts[0]}; $command_line"
+  rc=$?
+  [ "$rc" -eq 137 ] && echo "netns_mpirun: mpirun killed after ${timeout_s} s" >&2
+else
+  # No mpirun: rank r runs in host r mod num_hosts, in a UTS namespace named
+  # after it, and finds the others through rank 0 on host 1 (10.200.0.1).
+  echo "netns_mpirun: $np ranks on ${num_hosts} namespaces (${hosts[*]}), launched from env" >&2
+  rank_pids=()
+  for rank in $(seq 0 $((np - 1))); do
+    ns=${hosts[$((rank % num_hosts))]}
+    # shellcheck disable=SC2054  # the commas separate UCX_TLS values, not array items
+    rank_env=(HERD_RANK="$rank" HERD_WORLD_SIZE="$np" HERD_LEADER_ADDRESS=10.200.0.1
+              HERD_LEADER_PORT=29500 UCX_NET_DEVICES=ec0 UCX_TLS=tcp,sm,self)
+    for name in "${env_names[@]}"; do rank_env+=("$name=${!name-}"); done
+    command_line=$(printf '%q ' env "${rank_env[@]}" timeout -s KILL "$timeout_s" "$@")
+    if [ "$rank" -eq 0 ]; then
+      ip netns exec "$ns" unshare --uts /bin/sh -c "hostname $ns; exec $command_line" &
+    else
+      ip netns exec "$ns" unshare --uts /bin/sh -c "hostname $ns; exec $command_line" >&2 &
+    fi
+    rank_pids+=($!)
+  done
+  rc=0
+  for rank in $(seq 0 $((np - 1))); do
+    wait "${rank_pids[$rank]}"
+    status=$?
+    if [ "$status" -ne 0 ]; then
+      echo "netns_mpirun: rank $rank exited $status" >&2
+      [ "$rc" -eq 0 ] && rc=$status
+    fi
+  done
+fi
 
 for ns in "${hosts[@]}"; do
   received=$(($(rx_bytes "$ns") - rx_before[$ns]))
