@@ -352,6 +352,9 @@ def check_overlay(overlay, objects, errors):
         for t in templates:
             if t.owner["spec"].get("serviceName") != service["metadata"]["name"]:
                 fail(f"{name_of(t.owner)}: serviceName is not {service['metadata']['name']}")
+            if t.owner["spec"].get("updateStrategy", {}).get("type") != "OnDelete":
+                fail(f"{name_of(t.owner)}: updateStrategy must be OnDelete (a rolling update "
+                     "would mix old and new ranks in the group)")
             if t.owner["spec"].get("podManagementPolicy") != "Parallel":
                 fail(f"{name_of(t.owner)}: podManagementPolicy must be Parallel (rank 0 is "
                      "ready only once all ranks run)")
