@@ -45,10 +45,11 @@ else
   echo "setup: all ${#PACKAGES[@]} packages already installed"
 fi
 
-# Python clients the integration tests drive herd with (pinned), in .venv.
+# Python clients the integration tests drive herd with, and the offline
+# Kubernetes schema validator of the deploy checks (both pinned), in .venv.
 if [ ! -x .venv/bin/python ]; then python3 -m venv .venv; fi
 .venv/bin/python -m pip install --quiet --disable-pip-version-check \
-  -r tests/integration/requirements.txt
+  -r tests/integration/requirements.txt -r tests/deploy/requirements.txt
 
 if [ "${1:-}" = "--deps-only" ]; then exit 0; fi
 

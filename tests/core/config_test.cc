@@ -1,5 +1,5 @@
 // The typed YAML config: defaults, overrides, every kind of bad input, and
-// every example under configs/ loads and validates.
+// every example under configs/ (and the Kubernetes one) loads and validates.
 #include "core/config.h"
 
 #include <filesystem>
@@ -103,6 +103,14 @@ TEST(ConfigTest, EveryExampleInConfigsValidates) {
     ++checked;
   }
   EXPECT_GT(checked, 0);
+}
+
+// The config the Kubernetes manifests mount from a ConfigMap (deploy/k8s/).
+TEST(ConfigTest, KubernetesConfigValidates) {
+  auto config = LoadConfigFile(std::string(HERD_SOURCE_DIR) + "/deploy/k8s/base/herd-config.yaml");
+  ASSERT_TRUE(config.ok()) << config.status();
+  EXPECT_EQ(config->serve.host, "0.0.0.0");  // reachable by the Service and the probes
+  EXPECT_EQ(config->serve.api_key, "");      // from a Secret, on the command line
 }
 
 }  // namespace
