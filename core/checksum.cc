@@ -21,8 +21,8 @@ std::array<uint32_t, 256> MakeTable() {
 }
 
 uint32_t Crc32cTable(const uint8_t* p, size_t size, uint32_t crc) {
-  static const std::array<uint32_t, 256> table = MakeTable();
-  for (size_t i = 0; i < size; ++i) crc = table[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
+  static const std::array<uint32_t, 256> kTable = MakeTable();
+  for (size_t i = 0; i < size; ++i) crc = kTable[(crc ^ p[i]) & 0xFF] ^ (crc >> 8);
   return crc;
 }
 
@@ -42,10 +42,10 @@ __attribute__((target("sse4.2"))) uint32_t Crc32cSse42(const uint8_t* p, size_t 
 }  // namespace
 
 uint32_t Crc32c(const void* data, size_t size, uint32_t crc) {
-  static const bool has_sse42 = __builtin_cpu_supports("sse4.2");
+  static const bool kHasSse42 = __builtin_cpu_supports("sse4.2");
   const auto* p = static_cast<const uint8_t*>(data);
   crc = ~crc;
-  crc = has_sse42 ? Crc32cSse42(p, size, crc) : Crc32cTable(p, size, crc);
+  crc = kHasSse42 ? Crc32cSse42(p, size, crc) : Crc32cTable(p, size, crc);
   return ~crc;
 }
 

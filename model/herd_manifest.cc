@@ -77,7 +77,9 @@ absl::StatusOr<HerdManifest> HerdManifest::FromJson(const Json& root, const std:
   }
   if (root.contains("quantized")) {
     if (!root["quantized"].is_object()) return Malformed(path, "key 'quantized' must be an object");
-    for (const auto& [name, entry] : root["quantized"].items()) {
+    for (const auto& item : root["quantized"].items()) {
+      const std::string& name = item.key();
+      const Json& entry = item.value();
       const auto bad = [&](const std::string& why) {
         return Malformed(path, absl::StrCat("quantized tensor ", name, ": ", why));
       };
