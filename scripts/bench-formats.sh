@@ -62,7 +62,7 @@ for round in $(seq 1 "$ROUNDS"); do
     IFS='|' read -r name path <<< "$entry"
     json=$("$HERD" bench --model "$path" --threads "$THREADS" --prompt "$PROMPT" --gen "$GEN" \
       --repetitions "$REPS" --json 2>/dev/null)
-    python3 - "$round" "$name" "$(du -sb "$path" | cut -f1)" "$json" <<'PY'
+    python3 - "$round" "$name" "$(du -sbL "$path" | cut -f1)" "$json" <<'PY'
 import json, sys
 round_, name, size, text = sys.argv[1], sys.argv[2], int(sys.argv[3]), sys.argv[4]
 r = json.loads(text)

@@ -2,6 +2,7 @@
 // checkpoint (model/herd_checkpoint_writer.h), with a report of the bytes and
 // bits each module takes before and after.
 
+#include <filesystem>
 #include <fstream>
 #include <map>
 #include <set>
@@ -159,6 +160,10 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
 
   const std::string in_path = flags.GetString("model");
   const std::string out_dir = flags.GetString("out");
+  if (std::error_code ec; std::filesystem::exists(out_dir, ec) && !flags.Has("force")) {
+    return absl::AlreadyExistsError(
+        absl::StrCat(out_dir, " already exists (pass --force to replace it)"));
+  }
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(in_path));
   for (const TensorRecord& t : model->tensors) {
     if (t.view.rank() >= 2 && modules.contains(t.module)) {

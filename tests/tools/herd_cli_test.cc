@@ -5,6 +5,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
+#include <filesystem>
 #include <string>
 #include <vector>
 
@@ -228,6 +229,41 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
     EXPECT_EQ(r.out, "");
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
   }
+}
+
+TEST(HerdCliTest, CompressWritesACheckpointThatRunsAndReportsItsBits) {
+  TempDir tmp;
+  const std::string out = tmp.Join("int4");
+  const std::string report = tmp.Join("report.json");
+  const RunResult run =
+      RunHerd("compress --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") + " --out " + out +
+              " --bits 4 --group-size 32 --asym --modules experts,attention --report " + report);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.out.find("int4-g32-asym-f16 for attention, experts"), std::string::npos) << run.out;
+  const nlohmann::json r = nlohmann::json::parse(testing::ReadFileText(report));
+  // Experts and attention at 4 + 32/32 bits, the F32 router and embeddings unchanged.
+  EXPECT_DOUBLE_EQ(r["size"]["by_module"]["experts"]["bits_after"].get<double>(), 5.0);
+  EXPECT_DOUBLE_EQ(r["size"]["by_module"]["attention"]["bits_after"].get<double>(), 5.0);
+  EXPECT_DOUBLE_EQ(r["size"]["by_module"]["router"]["bits_after"].get<double>(), 32.0);
+  EXPECT_LT(r["size"]["average_bits"].get<double>(),
+            r["size"]["average_bits_before"].get<double>());
+  const RunResult generated =
+      RunHerd("generate --model " + out + " --prompt-ids 1,2,3 --max-new-tokens 4");
+  EXPECT_EQ(generated.exit_code, 0) << generated.err;
+
+  // Refuses to overwrite, bad bits, groups that do not divide, unknown modules.
+  const std::string base = "compress --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf");
+  const RunResult exists = RunHerd(base + " --out " + out);
+  EXPECT_NE(exists.exit_code, 0);
+  EXPECT_NE(exists.err.find("--force"), std::string::npos) << exists.err;
+  EXPECT_EQ(RunHerd(base + " --out " + out + " --force --bits 8 --group-size 0").exit_code, 0);
+  const RunResult bits = RunHerd(base + " --out " + tmp.Join("b") + " --bits 5");
+  EXPECT_NE(bits.err.find("bits"), std::string::npos) << bits.err;
+  const RunResult group = RunHerd(base + " --out " + tmp.Join("g") + " --group-size 128");
+  EXPECT_NE(group.err.find("int4-g128-sym-f16"), std::string::npos) << group.err;
+  const RunResult module = RunHerd(base + " --out " + tmp.Join("m") + " --modules expert");
+  EXPECT_NE(module.err.find("unknown module 'expert'"), std::string::npos) << module.err;
+  for (const char* name : {"b", "g", "m"}) EXPECT_FALSE(std::filesystem::exists(tmp.Join(name)));
 }
 
 }  // namespace
