@@ -69,7 +69,12 @@ struct QuantFormat {
   int32_t ZeroCode() const { return 1 << (bits - 1); }
   int32_t MaxCode() const { return (1 << bits) - 1; }
 
-  bool operator==(const QuantFormat& other) const = default;
+  // Spelled out: nvcc (which compiles this header into the CUDA sources) has
+  // no defaulted comparisons.
+  bool operator==(const QuantFormat& other) const {
+    return bits == other.bits && symmetric == other.symmetric && group_size == other.group_size &&
+           scale_type == other.scale_type;
+  }
 };
 
 // Sizes in bytes of the three arrays of a [rows, cols] matrix.

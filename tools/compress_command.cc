@@ -5,8 +5,12 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <random>
 #include <set>
+#include <sstream>
 
+#include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
 #include "absl/strings/str_join.h"
@@ -14,12 +18,16 @@
 #include "core/human_format.h"
 #include "core/quant_format.h"
 #include "core/status.h"
+#include "model/bit_allocation.h"
 #include "model/herd_checkpoint_writer.h"
+#include "model/hf_arch.h"
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tools/commands.h"
 #include "tools/flags.h"
 #include "tools/progress_bar.h"
+#include "worker/benchmark.h"
+#include "worker/fidelity.h"
 
 namespace herd {
 namespace {
@@ -37,6 +45,24 @@ const std::vector<FlagSpec> kCompressFlags = {
     {"modules", true,
      "comma-separated modules to quantize: experts, shared, attention, router, embeddings "
      "(default experts)"},
+    {"eval-tokens", true,
+     "held-out token ids for the fidelity check, one sequence per line (default: random ids)"},
+    {"eval-sequences", true,
+     "random held-out sequences when --eval-tokens is not given (default 8)"},
+    {"eval-length", true, "tokens per random held-out sequence (default 64)"},
+    {"no-speed", false, "skip measuring prefill/decode speed before and after"},
+    {"threads", true, "threads for the fidelity and speed runs, 0 = all cores (default 0)"},
+    {"bits-map", true,
+     "mixed precision: comma-separated rules applied after --modules/--bits, later ones win: "
+     "main_B, attn_B, shared_B, embed_B, layer_L_B, exp_lLeE_B, keyword__TEXT__B (B = 2, 3, 4, "
+     "8, 16 = keep)"},
+    {"policy", true,
+     "raise routed-expert matrices to --high-bits in this order: outlier (outlier score), "
+     "first-blocks (earliest layers first)"},
+    {"high-bits", true, "the width --policy raises matrices to (default 4)"},
+    {"avg-bits", true,
+     "with --policy: raise until the average bits of the quantized matrices reach this (default: "
+     "raise the top 25% of routed-expert matrices)"},
     {"report", true, "write the report as JSON to this file"},
     {"force", false, "replace --out if it exists"},
     {"help", false, "show this help"},
@@ -120,6 +146,139 @@ void PrintReport(const Json& report, std::ostream& out) {
                          HumanBytes(size["bytes_after"].get<int64_t>()),
                          size["average_bits_before"].get<double>(),
                          size["average_bits"].get<double>());
+  out << absl::StrFormat("nominal bits of the quantized matrices: %.3f\n",
+                         report["nominal_average_bits"].get<double>());
+  const Json& f = report["fidelity"];
+  out << absl::StrFormat(
+      "fidelity on %d held-out positions: mean KL %.3g (max %.3g), top-1 agreement %.1f%%, "
+      "logits relative error %.3g\n",
+      f["positions"].get<int64_t>(), f["mean_kl"].get<double>(), f["max_kl"].get<double>(),
+      100.0 * f["top1_agreement"].get<double>(), f["logits_relative_error"].get<double>());
+  if (report.contains("speed")) {
+    const Json& sp = report["speed"];
+    out << absl::StrFormat(
+        "speed: decode %.1f -> %.1f tokens/s (%.2fx), prefill %.1f -> %.1f (%.2fx)\n",
+        sp["before"]["decode_tokens_per_second"].get<double>(),
+        sp["after"]["decode_tokens_per_second"].get<double>(), sp["decode_speedup"].get<double>(),
+        sp["before"]["prefill_tokens_per_second"].get<double>(),
+        sp["after"]["prefill_tokens_per_second"].get<double>(),
+        sp["prefill_speedup"].get<double>());
+  }
+}
+
+// Token id sequences from a file: one sequence per line, ids separated by
+// commas or whitespace. InvalidArgument naming the line for anything that is
+// not an id of the vocabulary.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ReadTokenFile(const std::string& path,
+                                                                int64_t vocab) {
+  std::ifstream in(path);
+  if (!in) return absl::NotFoundError(absl::StrCat("cannot read token file ", path));
+  std::vector<std::vector<int32_t>> sequences;
+  std::string line;
+  for (int line_no = 1; std::getline(in, line); ++line_no) {
+    std::vector<int32_t> ids;
+    for (absl::string_view word :
+         absl::StrSplit(line, absl::ByAnyChar(", \t\r"), absl::SkipEmpty())) {
+      int64_t id = 0;
+      if (!absl::SimpleAtoi(word, &id) || id < 0 || id >= vocab) {
+        return absl::InvalidArgumentError(absl::StrCat(path, ":", line_no, ": '", word,
+                                                       "' is not a token id in [0, ", vocab, ")"));
+      }
+      ids.push_back(static_cast<int32_t>(id));
+    }
+    if (!ids.empty()) sequences.push_back(std::move(ids));
+  }
+  if (sequences.empty()) return absl::InvalidArgumentError(absl::StrCat(path, ": no token ids"));
+  return sequences;
+}
+
+std::vector<std::vector<int32_t>> RandomSequences(int64_t count, int64_t length, int64_t vocab) {
+  std::mt19937 rng(20261122);
+  std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(vocab - 1));
+  std::vector<std::vector<int32_t>> sequences(count, std::vector<int32_t>(length));
+  for (auto& s : sequences) {
+    for (int32_t& t : s) t = id(rng);
+  }
+  return sequences;
+}
+
+// --policy: ranks the routed-expert matrices and raises them to --high-bits,
+// up to --avg-bits or the top 25%. Returns what it did, for the report.
+absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
+                                 std::vector<BitUnit>* units) {
+  const std::string policy = flags.GetString("policy");
+  HERD_ASSIGN_OR_RETURN(const int64_t high, flags.GetInt("high-bits", 4));
+  if (high != 2 && high != 3 && high != 4 && high != 8) {
+    return absl::InvalidArgumentError(absl::StrCat("--high-bits must be 2, 3, 4 or 8, got ", high));
+  }
+  std::vector<size_t> candidates;
+  for (size_t i = 0; i < units->size(); ++i) {
+    if ((*units)[i].module == ModuleKind::kExperts && (*units)[i].bits < 16)
+      candidates.push_back(i);
+  }
+  std::vector<double> score(units->size(), 0.0);
+  if (policy == "outlier") {
+    // Scores come from the weights as loaded (GGUF experts are per-expert views).
+    std::map<std::string, const TensorView*> views;
+    const HfArchInfo& arch = HfArchitecture(model.spec.architecture);
+    for (size_t i : candidates) {
+      const BitUnit& u = (*units)[i];
+      const ExpertFfnWeights& e = model.layers[u.layer].experts[u.expert];
+      const TensorView* w =
+          absl::EndsWith(u.name, absl::StrCat(arch.gate_proj, ".weight")) ? &e.gate
+          : absl::EndsWith(u.name, absl::StrCat(arch.up_proj, ".weight")) ? &e.up
+                                                                          : &e.down;
+      score[i] = OutlierScore(*w);
+    }
+  } else if (policy == "first-blocks") {
+    for (size_t i : candidates) score[i] = -static_cast<double>((*units)[i].layer);
+  } else {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--policy: '", policy, "' is not a policy (outlier, first-blocks)"));
+  }
+  std::stable_sort(candidates.begin(), candidates.end(),
+                   [&](size_t a, size_t b) { return score[a] > score[b]; });
+  int raised = 0;
+  double target = 0.0;
+  if (flags.Has("avg-bits")) {
+    const std::string text = flags.GetString("avg-bits");
+    if (!absl::SimpleAtod(text, &target) || target <= 0 || target > 16) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--avg-bits must be a number in (0, 16], got ", text));
+    }
+    raised = RaiseUntilAverage(candidates, static_cast<int>(high), target, units);
+  } else {
+    const size_t quarter = candidates.size() / 4;
+    for (size_t k = 0; k < quarter; ++k) {
+      if ((*units)[candidates[k]].bits < high) {
+        (*units)[candidates[k]].bits = static_cast<int>(high);
+        ++raised;
+      }
+    }
+  }
+  Json top = Json::array();
+  for (size_t k = 0; k < candidates.size() && k < 8; ++k) {
+    top.push_back({{"name", (*units)[candidates[k]].name}, {"score", score[candidates[k]]}});
+  }
+  Json report = {{"name", policy}, {"high_bits", high}, {"raised", raised}, {"top_ranked", top}};
+  if (target > 0) report["target_average_bits"] = target;
+  return report;
+}
+
+absl::StatusOr<Json> MeasureSpeed(const Model& model, int threads) {
+  EngineOptions engine_options;
+  engine_options.num_threads = threads;
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, engine_options));
+  ModelBenchOptions options;
+  options.prompt_tokens = std::min<int64_t>(128, model.spec.context_length / 2);
+  options.gen_tokens = std::min<int64_t>(32, model.spec.context_length / 2);
+  options.repetitions = 3;
+  HERD_ASSIGN_OR_RETURN(const ModelBenchResult r, RunModelBenchmark(*engine, model, options));
+  return Json{{"prefill_tokens", options.prompt_tokens},
+              {"prefill_tokens_per_second", r.prefill_tokens_per_second.median},
+              {"decode_tokens", options.gen_tokens},
+              {"decode_tokens_per_second", r.decode_tokens_per_second.median},
+              {"decode_weight_bytes_per_token", r.decode_weight_bytes}};
 }
 
 }  // namespace
@@ -178,16 +337,40 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   for (const auto& [name, kind] : kModuleNames) {
     if (modules.contains(kind)) module_names.push_back(name);
   }
+
+  // The bits of every weight matrix: --modules at --bits, then --bits-map
+  // rules, then a policy's ranked raises.
+  std::vector<BitUnit> units = WeightUnits(*model);
+  for (BitUnit& u : units) {
+    if (modules.contains(u.module)) u.bits = format.bits;
+  }
+  if (flags.Has("bits-map"))
+    HERD_RETURN_IF_ERROR(ApplyBitRules(flags.GetString("bits-map"), &units));
+  Json policy_report;
+  if (flags.Has("policy")) {
+    HERD_ASSIGN_OR_RETURN(policy_report, ApplyPolicy(flags, *model, &units));
+  }
+  std::map<std::string, int> bits_of;
+  Json bit_map = Json::object();
+  for (const BitUnit& u : units) {
+    bits_of[u.name] = u.bits;
+    bit_map[u.name] = u.bits;
+  }
   HerdCheckpointOptions options;
   options.overwrite = flags.Has("force");
   options.choose_format = [&](const WeightInfo& w) -> std::optional<QuantFormat> {
-    if (modules.contains(w.module)) return format;
-    return std::nullopt;
+    const auto it = bits_of.find(w.name);
+    if (it == bits_of.end() || it->second == 16) return std::nullopt;
+    QuantFormat f = format;
+    f.bits = it->second;
+    return f;
   };
-  options.compression = {{"method", method},
-                         {"format", format.Name()},
-                         {"modules", module_names},
-                         {"source", in_path}};
+  options.compression = {
+      {"method", method},        {"format", format.Name()},
+      {"modules", module_names}, {"source", in_path},
+      {"bit_map", bit_map},      {"nominal_average_bits", QuantizedAverageBits(units)}};
+  if (flags.Has("bits-map")) options.compression["bits_map_rules"] = flags.GetString("bits-map");
+  if (!policy_report.is_null()) options.compression["policy"] = policy_report;
   ProgressBar bar("herd compress: quantize and write");
   options.progress = [&](int64_t done, int64_t total) { bar.Update(done, total); };
   HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*model, options, out_dir));
@@ -197,6 +380,50 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   Json report = options.compression;
   report["output"] = out_dir;
   report["size"] = SizeReport(SizesByModule(*model), SizesByModule(*written));
+
+  // Fidelity on held-out tokens, then speed, of the original and the result.
+  HERD_ASSIGN_OR_RETURN(const int64_t threads64, flags.GetInt("threads", 0));
+  const int threads = static_cast<int>(threads64);
+  std::vector<std::vector<int32_t>> eval;
+  std::string eval_source;
+  if (flags.Has("eval-tokens")) {
+    HERD_ASSIGN_OR_RETURN(eval,
+                          ReadTokenFile(flags.GetString("eval-tokens"), model->spec.vocab_size));
+    eval_source = flags.GetString("eval-tokens");
+  } else {
+    HERD_ASSIGN_OR_RETURN(const int64_t count, flags.GetInt("eval-sequences", 8));
+    HERD_ASSIGN_OR_RETURN(const int64_t length, flags.GetInt("eval-length", 64));
+    if (count < 1 || length < 1) {
+      return absl::InvalidArgumentError("--eval-sequences and --eval-length must be >= 1");
+    }
+    eval = RandomSequences(count, length, model->spec.vocab_size);
+    eval_source = absl::StrCat("synthetic: ", count, " sequences of ", length,
+                               " uniformly random token ids (no --eval-tokens given)");
+  }
+  ProgressBar eval_bar("herd compress: fidelity");
+  eval_bar.Update(0, 2);
+  HERD_ASSIGN_OR_RETURN(const std::vector<float> before, SequenceLogits(*model, eval, threads));
+  eval_bar.Update(1, 2);
+  HERD_ASSIGN_OR_RETURN(const std::vector<float> after, SequenceLogits(*written, eval, threads));
+  eval_bar.Finish();
+  const FidelityResult fidelity = CompareLogits(before, after, model->spec.vocab_size);
+  report["fidelity"] = {{"eval_tokens", eval_source},
+                        {"positions", fidelity.positions},
+                        {"mean_kl", fidelity.mean_kl},
+                        {"max_kl", fidelity.max_kl},
+                        {"top1_agreement", fidelity.top1_agreement},
+                        {"logits_relative_error", fidelity.logits_relative_error}};
+  if (!flags.Has("no-speed")) {
+    HERD_ASSIGN_OR_RETURN(const Json speed_before, MeasureSpeed(*model, threads));
+    HERD_ASSIGN_OR_RETURN(const Json speed_after, MeasureSpeed(*written, threads));
+    report["speed"] = {
+        {"before", speed_before},
+        {"after", speed_after},
+        {"decode_speedup", speed_after["decode_tokens_per_second"].get<double>() /
+                               speed_before["decode_tokens_per_second"].get<double>()},
+        {"prefill_speedup", speed_after["prefill_tokens_per_second"].get<double>() /
+                                speed_before["prefill_tokens_per_second"].get<double>()}};
+  }
   out << "wrote " << out_dir << " (" << format.Name() << " for "
       << absl::StrJoin(module_names, ", ") << ")\n";
   PrintReport(report, out);
