@@ -177,7 +177,7 @@ class CheckpointBuilder {
       if (absl::Status fits = format->ValidateShape(rows, cols); !fits.ok()) {
         return absl::InvalidArgumentError(absl::StrCat("weight ", info.name, ": ", fits.message()));
       }
-      HERD_RETURN_IF_ERROR(QuantizedRows(info.name, w, order, *format, format == exact));
+      HERD_RETURN_IF_ERROR(QuantizedRows(info, w, order, *format, format == exact));
     }
     if (options_.progress) options_.progress(++done_, total_);
     return absl::OkStatus();
@@ -224,15 +224,22 @@ class CheckpointBuilder {
         absl::StrCat("weight ", name, ": ", DTypeName(w.dtype()), " has no float form to keep"));
   }
 
-  absl::Status QuantizedRows(const std::string& name, const TensorView& w,
+  absl::Status QuantizedRows(const WeightInfo& info, const TensorView& w,
                              const std::vector<int64_t>& order, const QuantFormat& format,
                              bool exact) {
+    const std::string& name = info.name;
     const int64_t rows = w.dim(0), cols = w.dim(1);
     const int64_t groups = cols / format.GroupLength(cols);
     std::vector<uint8_t> codes(rows * cols);
     std::vector<QuantGroupParams> params(rows * groups);
     std::vector<float> values(cols);
-    for (int64_t r = 0; r < rows; ++r) {
+    if (!exact && options_.quantize) {
+      std::vector<float> all(rows * cols);
+      for (int64_t r = 0; r < rows; ++r) SourceRow(w, order[r], all.data() + r * cols);
+      HERD_RETURN_IF_ERROR(
+          options_.quantize(info, format, all.data(), rows, cols, codes.data(), params.data()));
+    }
+    for (int64_t r = 0; r < rows && (exact || !options_.quantize); ++r) {
       uint8_t* row_codes = codes.data() + r * cols;
       QuantGroupParams* row_params = params.data() + r * groups;
       if (exact && w.dtype() == DType::kQuant) {

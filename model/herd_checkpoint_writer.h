@@ -40,6 +40,13 @@ struct HerdCheckpointOptions {
   // The format of a weight matrix; nullopt keeps it as it is (float dtypes
   // stay, GGUF block types become their exact equivalents). Unset: keep all.
   std::function<std::optional<QuantFormat>(const WeightInfo&)> choose_format;
+  // Chooses the codes of a weight quantized to a format that is not its exact
+  // equivalent, from its values W F32 [rows, cols] (Hugging Face row order):
+  // codes U8 [rows, cols], params [rows, cols / group length]. Unset: round to
+  // nearest. `herd compress --method gptq` sets it.
+  std::function<absl::Status(const WeightInfo&, const QuantFormat&, const float* w, int64_t rows,
+                             int64_t cols, uint8_t* codes, QuantGroupParams* params)>
+      quantize;
   // Stored as herd.json's "compression".
   nlohmann::json compression = nlohmann::json::object();
   // Replace an existing `out_dir` (else AlreadyExists).

@@ -388,6 +388,10 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
 
   cpu::RmsNorm(x_.data(), w.attn_norm.as<float>(), num_tokens, s.hidden_size, s.rms_norm_eps,
                h_.data());
+  if (linear_input_observer_) {
+    linear_input_observer_(layer_idx, LinearInput::kAttention, h_.data(), num_tokens,
+                           s.hidden_size, nullptr);
+  }
   // q, k and v read the same input: one quantization, one parallel loop.
   const cpu::MatmulTask qkv[3] = {{&p.q, w.q.bias.as<float>(), h_.data(), num_tokens, q_.data()},
                                   {&p.k, w.k.bias.as<float>(), h_.data(), num_tokens, k_.data()},
@@ -428,6 +432,10 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
                            cache.block_floats(), block_tokens};
     cpu::Attention({s.num_heads, s.num_kv_heads, s.head_dim}, kv, attention_sequences_.data(),
                    static_cast<int64_t>(attention_sequences_.size()), ws, ws_bytes, pool_);
+  }
+  if (linear_input_observer_) {
+    linear_input_observer_(layer_idx, LinearInput::kAttentionOutput, attn_.data(), num_tokens,
+                           q_dim, nullptr);
   }
   HERD_RETURN_IF_ERROR(cpu::Matmul(p.o, w.o.bias.as<float>(), attn_.data(), num_tokens,
                                    proj_.data(), ws, ws_bytes, pool_));
@@ -480,6 +488,10 @@ absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
     slot_to_row_[slot] = static_cast<int32_t>(r);
     std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
                 hidden * sizeof(float));
+  }
+  if (linear_input_observer_) {
+    linear_input_observer_(layer_idx, LinearInput::kExperts, expert_in_.data(), num_slots, hidden,
+                           expert_offsets_.data());
   }
   return cpu::GroupedExpertFfn(experts_->LayerViews(layer_idx), expert_offsets_.data(),
                                expert_in_.data(), expert_out_.data(), workspace_.data(),
@@ -566,6 +578,10 @@ absl::Status Engine::SharedExpert(int layer_idx, int64_t num_tokens) {
   const LayerWeights& w = model_.layers[layer_idx];
   const int64_t hidden = s.hidden_size;
   const int32_t offsets[2] = {0, static_cast<int32_t>(num_tokens)};
+  if (linear_input_observer_) {
+    linear_input_observer_(layer_idx, LinearInput::kSharedExpert, h_.data(), num_tokens, hidden,
+                           nullptr);
+  }
   // expert_in_/expert_out_ hold num_tokens * top_k >= num_tokens rows.
   HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(packed_layers_[layer_idx].shared, offsets, h_.data(),
                                              expert_out_.data(), workspace_.data(),

@@ -88,6 +88,19 @@ struct Batch {
 using RoutingObserver = std::function<void(int layer_idx, int64_t num_tokens, int64_t top_k,
                                            const int32_t* expert_idx, const float* weights)>;
 
+// Which input of a layer's linear projections a LinearInputObserver sees.
+enum class LinearInput {
+  kAttention,        // F32 [tokens, hidden], normed: what q, k and v read
+  kAttentionOutput,  // F32 [tokens, heads * head_dim]: what o reads
+  kExperts,          // F32 [slots, hidden] grouped by expert, with the offsets: what gate/up read
+  kSharedExpert,     // F32 [tokens, hidden], normed: what the shared expert reads
+};
+// Called during Forward with each projection input (single rank only), for
+// calibration; expert_offsets I32 [num_experts + 1] for kExperts, else null.
+using LinearInputObserver =
+    std::function<void(int layer_idx, LinearInput input, const float* x, int64_t rows,
+                        int64_t cols, const int32_t* expert_offsets)>;
+
 // Where an engine's time went, accumulated over its Forward calls.
 struct EngineStats {
   int64_t forward_calls = 0;
@@ -131,6 +144,9 @@ class Engine {
   absl::Status ValidateBatch(const Batch& batch) const;
 
   void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
+  void SetLinearInputObserver(LinearInputObserver observer) {
+    linear_input_observer_ = std::move(observer);
+  }
   bool expert_parallel() const { return ep_.comm != nullptr; }
   const EngineStats& stats() const { return stats_; }
   int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
@@ -199,6 +215,7 @@ class Engine {
   std::shared_ptr<const ExpertTable> experts_;
   EngineStats stats_;
   RoutingObserver routing_observer_;
+  LinearInputObserver linear_input_observer_;
   std::vector<PackedLayer> packed_layers_;
   cpu::PackedMatrix packed_lm_head_;
 
