@@ -177,12 +177,10 @@ void PackQuantizedMatrix(const QuantFormat& format, int64_t rows, int64_t cols,
   }
 }
 
-void QuantizeMatrixRtn(const QuantFormat& format, const float* w, int64_t rows, int64_t cols,
-                       uint8_t* codes_out, uint16_t* scales_out, uint16_t* mins_out) {
+void QuantizeCodesRtn(const QuantFormat& format, const float* w, int64_t rows, int64_t cols,
+                      uint8_t* codes, QuantGroupParams* params) {
   const int64_t group_length = format.GroupLength(cols);
   const int64_t groups = cols / group_length;
-  std::vector<uint8_t> codes(rows * cols);
-  std::vector<QuantGroupParams> params(rows * groups);
   for (int64_t row = 0; row < rows; ++row) {
     for (int64_t g = 0; g < groups; ++g) {
       const float* values = w + row * cols + g * group_length;
@@ -193,6 +191,13 @@ void QuantizeMatrixRtn(const QuantFormat& format, const float* w, int64_t rows, 
       }
     }
   }
+}
+
+void QuantizeMatrixRtn(const QuantFormat& format, const float* w, int64_t rows, int64_t cols,
+                       uint8_t* codes_out, uint16_t* scales_out, uint16_t* mins_out) {
+  std::vector<uint8_t> codes(rows * cols);
+  std::vector<QuantGroupParams> params(rows * (cols / format.GroupLength(cols)));
+  QuantizeCodesRtn(format, w, rows, cols, codes.data(), params.data());
   PackQuantizedMatrix(format, rows, cols, codes.data(), params.data(), codes_out, scales_out,
                       mins_out);
 }

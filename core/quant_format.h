@@ -122,6 +122,11 @@ void PackQuantizedMatrix(const QuantFormat& format, int64_t rows, int64_t cols,
                          const uint8_t* codes, const QuantGroupParams* params, uint8_t* codes_out,
                          uint16_t* scales_out, uint16_t* mins_out);
 
+// Round-to-nearest codes U8 [rows, cols] and params [rows, groups_per_row] of
+// W F32 [rows, cols], before packing.
+void QuantizeCodesRtn(const QuantFormat& format, const float* w, int64_t rows, int64_t cols,
+                      uint8_t* codes, QuantGroupParams* params);
+
 // Round-to-nearest quantization of W F32 [rows, cols] into the three arrays.
 void QuantizeMatrixRtn(const QuantFormat& format, const float* w, int64_t rows, int64_t cols,
                        uint8_t* codes_out, uint16_t* scales_out, uint16_t* mins_out);

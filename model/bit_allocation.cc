@@ -55,9 +55,11 @@ std::vector<BitUnit> WeightUnits(const Model& model) {
     const std::string moe = absl::StrCat("model.layers.", l, ".", arch.moe_prefix, ".");
     for (int e = 0; e < static_cast<int>(w.experts.size()); ++e) {
       const std::string x = absl::StrCat(moe, "experts.", e, ".");
-      add(absl::StrCat(x, arch.gate_proj, ".weight"), ModuleKind::kExperts, l, e, w.experts[e].gate);
+      add(absl::StrCat(x, arch.gate_proj, ".weight"), ModuleKind::kExperts, l, e,
+          w.experts[e].gate);
       add(absl::StrCat(x, arch.up_proj, ".weight"), ModuleKind::kExperts, l, e, w.experts[e].up);
-      add(absl::StrCat(x, arch.down_proj, ".weight"), ModuleKind::kExperts, l, e, w.experts[e].down);
+      add(absl::StrCat(x, arch.down_proj, ".weight"), ModuleKind::kExperts, l, e,
+          w.experts[e].down);
     }
     const std::string shared = moe + "shared_expert.";
     add(shared + "gate_proj.weight", ModuleKind::kSharedExpert, l, -1, w.shared_expert.gate);

@@ -232,36 +232,30 @@ class CheckpointBuilder {
     const int64_t groups = cols / format.GroupLength(cols);
     std::vector<uint8_t> codes(rows * cols);
     std::vector<QuantGroupParams> params(rows * groups);
-    std::vector<float> values(cols);
-    if (!exact && options_.quantize) {
-      std::vector<float> all(rows * cols);
-      for (int64_t r = 0; r < rows; ++r) SourceRow(w, order[r], all.data() + r * cols);
-      HERD_RETURN_IF_ERROR(
-          options_.quantize(info, format, all.data(), rows, cols, codes.data(), params.data()));
-    }
-    for (int64_t r = 0; r < rows && (exact || !options_.quantize); ++r) {
-      uint8_t* row_codes = codes.data() + r * cols;
-      QuantGroupParams* row_params = params.data() + r * groups;
-      if (exact && w.dtype() == DType::kQuant) {
-        for (int64_t c = 0; c < cols; ++c) {
-          row_codes[c] = ReadCode(format, w.quantized().codes, cols, order[r], c);
-        }
-        for (int64_t g = 0; g < groups; ++g) {
-          row_params[g] =
-              ReadGroupParams(format, w.quantized(), cols, order[r], g * format.GroupLength(cols));
-        }
-      } else if (exact) {
-        ExactCodes(w, order[r], row_codes, row_params);
-      } else {
-        SourceRow(w, order[r], values.data());
-        const int64_t length = format.GroupLength(cols);
-        for (int64_t g = 0; g < groups; ++g) {
-          const float* group = values.data() + g * length;
-          row_params[g] = ChooseGroupParams(format, group, length);
-          for (int64_t i = 0; i < length; ++i) {
-            row_codes[g * length + i] = QuantizeValue(format, row_params[g], group[i]);
+    if (exact) {
+      for (int64_t r = 0; r < rows; ++r) {
+        uint8_t* row_codes = codes.data() + r * cols;
+        QuantGroupParams* row_params = params.data() + r * groups;
+        if (w.dtype() == DType::kQuant) {
+          for (int64_t c = 0; c < cols; ++c) {
+            row_codes[c] = ReadCode(format, w.quantized().codes, cols, order[r], c);
           }
+          for (int64_t g = 0; g < groups; ++g) {
+            row_params[g] = ReadGroupParams(format, w.quantized(), cols, order[r],
+                                            g * format.GroupLength(cols));
+          }
+        } else {
+          ExactCodes(w, order[r], row_codes, row_params);
         }
+      }
+    } else {
+      std::vector<float> values(rows * cols);
+      for (int64_t r = 0; r < rows; ++r) SourceRow(w, order[r], values.data() + r * cols);
+      if (options_.quantize) {
+        HERD_RETURN_IF_ERROR(options_.quantize(info, format, values.data(), rows, cols,
+                                               codes.data(), params.data()));
+      } else {
+        QuantizeCodesRtn(format, values.data(), rows, cols, codes.data(), params.data());
       }
     }
     const QuantizedMatrixSizes sizes = QuantizedSizes(format, rows, cols);

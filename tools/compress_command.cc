@@ -5,6 +5,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <random>
 #include <set>
 #include <sstream>
@@ -19,6 +20,7 @@
 #include "core/quant_format.h"
 #include "core/status.h"
 #include "model/bit_allocation.h"
+#include "model/gptq.h"
 #include "model/herd_checkpoint_writer.h"
 #include "model/hf_arch.h"
 #include "model/model_loader.h"
@@ -27,6 +29,7 @@
 #include "tools/flags.h"
 #include "tools/progress_bar.h"
 #include "worker/benchmark.h"
+#include "worker/calibration.h"
 #include "worker/fidelity.h"
 
 namespace herd {
@@ -37,7 +40,14 @@ using Json = nlohmann::json;
 const std::vector<FlagSpec> kCompressFlags = {
     {"model", true, "input model: GGUF file, Hugging Face or Herd checkpoint directory (required)"},
     {"out", true, "output checkpoint directory (required; must not exist unless --force)"},
-    {"method", true, "rtn: round to nearest (default rtn)"},
+    {"method", true,
+     "rtn: round to nearest; gptq: GPTQ with calibration (an expert's Hessian from the tokens "
+     "routed to it) (default rtn)"},
+    {"calib", true,
+     "calibration token ids for gptq, one sequence per line (default: random ids, reported)"},
+    {"calib-sequences", true, "random calibration sequences without --calib (default 16)"},
+    {"calib-length", true, "tokens per random calibration sequence (default 128)"},
+    {"act-order", false, "gptq: quantize columns by descending Hessian diagonal"},
     {"bits", true, "8 | 4 | 3 | 2 (default 4)"},
     {"group-size", true, "32 | 64 | 128 | 0 = per output channel (default 128)"},
     {"asym", false, "asymmetric: a min per group as well as a scale"},
@@ -154,6 +164,15 @@ void PrintReport(const Json& report, std::ostream& out) {
       "logits relative error %.3g\n",
       f["positions"].get<int64_t>(), f["mean_kl"].get<double>(), f["max_kl"].get<double>(),
       100.0 * f["top1_agreement"].get<double>(), f["logits_relative_error"].get<double>());
+  if (report.contains("gptq")) {
+    const Json& g = report["gptq"];
+    out << absl::StrFormat(
+        "gptq: %d matrices on %d calibration tokens, layer-output error %.4g (round to nearest: "
+        "%.4g), %d without calibration rows (round to nearest)\n",
+        g["matrices"].get<int64_t>(), g["calibration_tokens"].get<int64_t>(),
+        g["output_error"].get<double>(), g["rtn_output_error"].get<double>(),
+        g["rtn_fallbacks"].get<int64_t>());
+  }
   if (report.contains("speed")) {
     const Json& sp = report["speed"];
     out << absl::StrFormat(
@@ -192,8 +211,9 @@ absl::StatusOr<std::vector<std::vector<int32_t>>> ReadTokenFile(const std::strin
   return sequences;
 }
 
-std::vector<std::vector<int32_t>> RandomSequences(int64_t count, int64_t length, int64_t vocab) {
-  std::mt19937 rng(20261122);
+std::vector<std::vector<int32_t>> RandomSequences(int64_t count, int64_t length, int64_t vocab,
+                                                  uint32_t seed) {
+  std::mt19937 rng(seed);
   std::uniform_int_distribution<int32_t> id(0, static_cast<int32_t>(vocab - 1));
   std::vector<std::vector<int32_t>> sequences(count, std::vector<int32_t>(length));
   for (auto& s : sequences) {
@@ -294,9 +314,9 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   if (!flags.Has("model")) return absl::InvalidArgumentError("--model is required");
   if (!flags.Has("out")) return absl::InvalidArgumentError("--out is required");
   const std::string method = flags.GetString("method", "rtn");
-  if (method != "rtn") {
+  if (method != "rtn" && method != "gptq") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--method: '", method, "' is not a method herd compress has (rtn)"));
+        absl::StrCat("--method: '", method, "' is not a method herd compress has (rtn, gptq)"));
   }
   QuantFormat format;
   HERD_ASSIGN_OR_RETURN(const int64_t bits, flags.GetInt("bits", 4));
@@ -371,19 +391,101 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
       {"bit_map", bit_map},      {"nominal_average_bits", QuantizedAverageBits(units)}};
   if (flags.Has("bits-map")) options.compression["bits_map_rules"] = flags.GetString("bits-map");
   if (!policy_report.is_null()) options.compression["policy"] = policy_report;
+  // GPTQ: calibrate on the original model, then quantize each matrix with
+  // the Hessian of exactly its inputs.
+  std::optional<Calibration> calibration;
+  HERD_ASSIGN_OR_RETURN(const int64_t threads64, flags.GetInt("threads", 0));
+  const int threads = static_cast<int>(threads64);
+  ThreadPool pool(threads);
+  Json gptq_report;
+  double gptq_error = 0, rtn_error = 0;
+  int64_t gptq_fallbacks = 0, gptq_matrices = 0;
+  if (method == "gptq") {
+    std::vector<std::vector<int32_t>> calib;
+    std::string calib_source;
+    if (flags.Has("calib")) {
+      HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), model->spec.vocab_size));
+      calib_source = flags.GetString("calib");
+    } else {
+      HERD_ASSIGN_OR_RETURN(const int64_t count, flags.GetInt("calib-sequences", 16));
+      HERD_ASSIGN_OR_RETURN(const int64_t length, flags.GetInt("calib-length", 128));
+      if (count < 1 || length < 1) {
+        return absl::InvalidArgumentError("--calib-sequences and --calib-length must be >= 1");
+      }
+      calib = RandomSequences(count, length, model->spec.vocab_size, /*seed=*/7);
+      calib_source = absl::StrCat("synthetic: ", count, " sequences of ", length,
+                                  " uniformly random token ids (no --calib given)");
+    }
+    ProgressBar calib_bar("herd compress: calibrate");
+    calib_bar.Update(0, 1);
+    HERD_ASSIGN_OR_RETURN(Calibration c, Calibration::Run(*model, calib, threads));
+    calib_bar.Finish();
+    calibration = std::move(c);
+    gptq_report = {{"calibration_tokens", calibration->num_tokens()},
+                   {"calibration_source", calib_source}};
+    GptqOptions gptq_options;
+    gptq_options.act_order = flags.Has("act-order");
+    const HfArchInfo& arch = HfArchitecture(model->spec.architecture);
+    options.quantize = [&, gptq_options](const WeightInfo& w, const QuantFormat& f,
+                                         const float* values, int64_t rows, int64_t cols,
+                                         uint8_t* codes, QuantGroupParams* params) -> absl::Status {
+      const bool down = absl::EndsWith(w.name, absl::StrCat(arch.down_proj, ".weight"));
+      const LayerCalibration* l = w.layer >= 0 ? &calibration->layer(w.layer) : nullptr;
+      InputRows computed;
+      const InputRows* inputs = nullptr;
+      if (w.module == ModuleKind::kAttention) {
+        inputs = absl::EndsWith(w.name, "o_proj.weight") ? &l->attention_output : &l->attention;
+      } else if (w.module == ModuleKind::kExperts || w.module == ModuleKind::kSharedExpert) {
+        const int expert = w.module == ModuleKind::kExperts ? w.expert : -1;
+        if (down) {
+          HERD_ASSIGN_OR_RETURN(computed, calibration->DownInputs(*model, w.layer, expert, pool));
+          inputs = &computed;
+        } else {
+          inputs = expert >= 0 ? &l->experts[expert] : &l->shared_expert;
+        }
+      }
+      if (inputs == nullptr) {  // embeddings and lm head: no inputs kept, round to nearest
+        QuantizeCodesRtn(f, values, rows, cols, codes, params);
+        return absl::OkStatus();
+      }
+      HessianAccumulator hessian(cols);
+      if (inputs->rows() > 0) hessian.Add(inputs->values.data(), inputs->rows());
+      HERD_ASSIGN_OR_RETURN(
+          const GptqResult result,
+          GptqQuantize(f, values, rows, cols, hessian, gptq_options, codes, params, &pool));
+      ++gptq_matrices;
+      if (result.used_rtn_fallback) {
+        ++gptq_fallbacks;
+        return absl::OkStatus();
+      }
+      // The same layer-output error for round to nearest, for the report.
+      std::vector<uint8_t> rtn_codes(rows * cols);
+      std::vector<QuantGroupParams> rtn_params(rows * (cols / f.GroupLength(cols)));
+      QuantizeCodesRtn(f, values, rows, cols, rtn_codes.data(), rtn_params.data());
+      gptq_error += result.reconstruction_error;
+      rtn_error +=
+          OutputError(f, values, rows, cols, rtn_codes.data(), rtn_params.data(), hessian, &pool);
+      return absl::OkStatus();
+    };
+  }
   ProgressBar bar("herd compress: quantize and write");
   options.progress = [&](int64_t done, int64_t total) { bar.Update(done, total); };
   HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*model, options, out_dir));
   bar.Finish();
+  if (method == "gptq") {
+    gptq_report["matrices"] = gptq_matrices;
+    gptq_report["rtn_fallbacks"] = gptq_fallbacks;
+    gptq_report["output_error"] = gptq_error;
+    gptq_report["rtn_output_error"] = rtn_error;
+  }
 
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> written, LoadModel(out_dir));
   Json report = options.compression;
   report["output"] = out_dir;
+  if (!gptq_report.is_null()) report["gptq"] = gptq_report;
   report["size"] = SizeReport(SizesByModule(*model), SizesByModule(*written));
 
   // Fidelity on held-out tokens, then speed, of the original and the result.
-  HERD_ASSIGN_OR_RETURN(const int64_t threads64, flags.GetInt("threads", 0));
-  const int threads = static_cast<int>(threads64);
   std::vector<std::vector<int32_t>> eval;
   std::string eval_source;
   if (flags.Has("eval-tokens")) {
@@ -396,7 +498,7 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
     if (count < 1 || length < 1) {
       return absl::InvalidArgumentError("--eval-sequences and --eval-length must be >= 1");
     }
-    eval = RandomSequences(count, length, model->spec.vocab_size);
+    eval = RandomSequences(count, length, model->spec.vocab_size, /*seed=*/20261122);
     eval_source = absl::StrCat("synthetic: ", count, " sequences of ", length,
                                " uniformly random token ids (no --eval-tokens given)");
   }

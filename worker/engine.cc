@@ -389,8 +389,8 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   cpu::RmsNorm(x_.data(), w.attn_norm.as<float>(), num_tokens, s.hidden_size, s.rms_norm_eps,
                h_.data());
   if (linear_input_observer_) {
-    linear_input_observer_(layer_idx, LinearInput::kAttention, h_.data(), num_tokens,
-                           s.hidden_size, nullptr);
+    linear_input_observer_(layer_idx, LinearInput::kAttention, h_.data(), num_tokens, s.hidden_size,
+                           nullptr);
   }
   // q, k and v read the same input: one quantization, one parallel loop.
   const cpu::MatmulTask qkv[3] = {{&p.q, w.q.bias.as<float>(), h_.data(), num_tokens, q_.data()},

@@ -98,8 +98,8 @@ enum class LinearInput {
 // Called during Forward with each projection input (single rank only), for
 // calibration; expert_offsets I32 [num_experts + 1] for kExperts, else null.
 using LinearInputObserver =
-    std::function<void(int layer_idx, LinearInput input, const float* x, int64_t rows,
-                        int64_t cols, const int32_t* expert_offsets)>;
+    std::function<void(int layer_idx, LinearInput input, const float* x, int64_t rows, int64_t cols,
+                       const int32_t* expert_offsets)>;
 
 // Where an engine's time went, accumulated over its Forward calls.
 struct EngineStats {

@@ -26,9 +26,8 @@ void LogSoftmax(const float* logits, int64_t vocab, std::vector<double>* out) {
 
 }  // namespace
 
-absl::StatusOr<std::vector<float>> SequenceLogits(const Model& model,
-                                                  const std::vector<std::vector<int32_t>>& sequences,
-                                                  int num_threads) {
+absl::StatusOr<std::vector<float>> SequenceLogits(
+    const Model& model, const std::vector<std::vector<int32_t>>& sequences, int num_threads) {
   EngineOptions options;
   options.num_threads = num_threads;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
@@ -36,9 +35,8 @@ absl::StatusOr<std::vector<float>> SequenceLogits(const Model& model,
   int64_t longest = 0;
   for (const auto& s : sequences) longest = std::max<int64_t>(longest, s.size());
   if (longest > model.spec.context_length) {
-    return absl::InvalidArgumentError(absl::StrCat("a sequence of ", longest,
-                                                   " tokens exceeds the context of ",
-                                                   model.spec.context_length));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "a sequence of ", longest, " tokens exceeds the context of ", model.spec.context_length));
   }
   const int64_t blocks = std::max<int64_t>(1, (longest + kBlockTokens - 1) / kBlockTokens);
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,

@@ -19,9 +19,9 @@ namespace herd {
 
 struct FidelityResult {
   int64_t positions = 0;
-  double mean_kl = 0;          // mean over positions of KL(P || Q)
+  double mean_kl = 0;  // mean over positions of KL(P || Q)
   double max_kl = 0;
-  double top1_agreement = 0;   // fraction of positions whose argmax agrees
+  double top1_agreement = 0;  // fraction of positions whose argmax agrees
   // ||logits_Q - logits_P|| / ||logits_P|| over every logit of every position.
   double logits_relative_error = 0;
 };
@@ -29,9 +29,8 @@ struct FidelityResult {
 // Logits F32 [positions, vocab] of `model` for each sequence, concatenated.
 // InvalidArgument for ids outside the vocabulary or a sequence longer than
 // the context.
-absl::StatusOr<std::vector<float>> SequenceLogits(const Model& model,
-                                                  const std::vector<std::vector<int32_t>>& sequences,
-                                                  int num_threads);
+absl::StatusOr<std::vector<float>> SequenceLogits(
+    const Model& model, const std::vector<std::vector<int32_t>>& sequences, int num_threads);
 
 // Compares two logit sets of the same shape (from SequenceLogits).
 FidelityResult CompareLogits(const std::vector<float>& reference,

@@ -266,5 +266,39 @@ TEST(HerdCliTest, CompressWritesACheckpointThatRunsAndReportsItsBits) {
   for (const char* name : {"b", "g", "m"}) EXPECT_FALSE(std::filesystem::exists(tmp.Join(name)));
 }
 
+TEST(HerdCliTest, CompressGptqBeatsRoundToNearestAndMixedBitsMeetTheirBudget) {
+  TempDir tmp;
+  const std::string base = "compress --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
+                           " --bits 3 --group-size 32 --modules experts,attention --no-speed";
+  auto kl = [&](const std::string& flags, const std::string& name) {
+    const std::string report = tmp.Join(name + ".json");
+    const RunResult run =
+        RunHerd(base + " --out " + tmp.Join(name) + " --report " + report + " " + flags);
+    EXPECT_EQ(run.exit_code, 0) << run.err;
+    return nlohmann::json::parse(testing::ReadFileText(report));
+  };
+  const nlohmann::json rtn = kl("", "rtn");
+  const nlohmann::json gptq = kl("--method gptq", "gptq");
+  EXPECT_LT(gptq["fidelity"]["mean_kl"].get<double>(), rtn["fidelity"]["mean_kl"].get<double>());
+  EXPECT_LT(gptq["gptq"]["output_error"].get<double>(),
+            gptq["gptq"]["rtn_output_error"].get<double>());
+  EXPECT_EQ(gptq["gptq"]["matrices"].get<int64_t>(), 2 * (4 + 8 * 3));
+  EXPECT_NE(gptq["gptq"]["calibration_source"].get<std::string>().find("synthetic"),
+            std::string::npos);
+
+  // Experts at 2 bits, attention at 4, outlier-ranked experts raised to 4 until 3 bits on average.
+  const nlohmann::json mixed =
+      kl("--bits 2 --bits-map attn_4 --policy outlier --avg-bits 3", "mixed");
+  EXPECT_GE(mixed["nominal_average_bits"].get<double>(), 3.0);
+  EXPECT_LT(mixed["nominal_average_bits"].get<double>(), 3.3);
+  EXPECT_GT(mixed["policy"]["raised"].get<int64_t>(), 0);
+  EXPECT_EQ(mixed["bit_map"]["model.layers.0.self_attn.q_proj.weight"].get<int>(), 4);
+
+  const RunResult bad_calib = RunHerd(base + " --out " + tmp.Join("x") + " --method gptq --calib " +
+                                      TestDataPath("llamacpp-tiny/manifest.json"));
+  EXPECT_NE(bad_calib.exit_code, 0);
+  EXPECT_NE(bad_calib.err.find("is not a token id"), std::string::npos) << bad_calib.err;
+}
+
 }  // namespace
 }  // namespace herd

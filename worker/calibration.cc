@@ -1,0 +1,107 @@
+#include "worker/calibration.h"
+
+#include <numeric>
+
+#include "absl/strings/str_cat.h"
+#include "core/status.h"
+#include "kernels/elementwise.h"
+#include "kernels/matmul.h"
+#include "worker/engine.h"
+#include "worker/kv_cache.h"
+
+namespace herd {
+namespace {
+
+constexpr int64_t kBlockTokens = 16;
+
+void Append(InputRows* rows, const float* x, int64_t n, int64_t cols) {
+  rows->cols = cols;
+  rows->values.insert(rows->values.end(), x, x + n * cols);
+}
+
+}  // namespace
+
+absl::StatusOr<Calibration> Calibration::Run(const Model& model,
+                                             const std::vector<std::vector<int32_t>>& sequences,
+                                             int num_threads) {
+  EngineOptions options;
+  options.num_threads = num_threads;
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
+  Calibration c;
+  c.layers_.resize(model.spec.num_layers);
+  for (LayerCalibration& l : c.layers_) {
+    l.experts.resize(model.spec.num_experts);
+    l.expert_tokens.assign(model.spec.num_experts, 0);
+  }
+  engine->SetLinearInputObserver([&c](int layer, LinearInput input, const float* x, int64_t rows,
+                                      int64_t cols, const int32_t* offsets) {
+    LayerCalibration& l = c.layers_[layer];
+    switch (input) {
+      case LinearInput::kAttention:
+        Append(&l.attention, x, rows, cols);
+        break;
+      case LinearInput::kAttentionOutput:
+        Append(&l.attention_output, x, rows, cols);
+        break;
+      case LinearInput::kSharedExpert:
+        Append(&l.shared_expert, x, rows, cols);
+        break;
+      case LinearInput::kExperts:
+        for (size_t e = 0; e < l.experts.size(); ++e) {
+          const int64_t n = offsets[e + 1] - offsets[e];
+          Append(&l.experts[e], x + offsets[e] * cols, n, cols);
+          l.expert_tokens[e] += n;
+        }
+        break;
+    }
+  });
+  int64_t longest = 0;
+  for (const auto& s : sequences) longest = std::max<int64_t>(longest, s.size());
+  if (longest > model.spec.context_length) {
+    return absl::InvalidArgumentError(absl::StrCat("a calibration sequence of ", longest,
+                                                   " tokens exceeds the context of ",
+                                                   model.spec.context_length));
+  }
+  const int64_t blocks = std::max<int64_t>(1, (longest + kBlockTokens - 1) / kBlockTokens);
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
+                        KvCache::Create(model.spec, blocks, kBlockTokens));
+  std::vector<int32_t> block_table(blocks);
+  std::iota(block_table.begin(), block_table.end(), 0);
+  std::vector<float> logits(model.spec.vocab_size);
+  for (const std::vector<int32_t>& sequence : sequences) {
+    if (sequence.empty()) continue;
+    Batch batch;
+    batch.cache = cache.get();
+    batch.token_ids = sequence;
+    batch.chunks = {{block_table, 0, static_cast<int64_t>(sequence.size())}};
+    batch.logit_rows = {static_cast<int64_t>(sequence.size()) - 1};
+    HERD_RETURN_IF_ERROR(engine->Forward(batch, logits.data()));
+    c.num_tokens_ += static_cast<int64_t>(sequence.size());
+  }
+  return c;
+}
+
+absl::StatusOr<InputRows> Calibration::DownInputs(const Model& model, int layer_idx, int expert,
+                                                  ThreadPool& pool) const {
+  const LayerCalibration& l = layers_[layer_idx];
+  const ExpertFfnWeights& w =
+      expert < 0 ? model.layers[layer_idx].shared_expert : model.layers[layer_idx].experts[expert];
+  const InputRows& x = expert < 0 ? l.shared_expert : l.experts[expert];
+  InputRows out;
+  out.cols = w.gate.dim(0);
+  const int64_t n = x.rows();
+  if (n == 0) return out;
+  HERD_ASSIGN_OR_RETURN(const cpu::PackedMatrix gate, cpu::PackMatrix(w.gate));
+  HERD_ASSIGN_OR_RETURN(const cpu::PackedMatrix up, cpu::PackMatrix(w.up));
+  std::vector<float> g(n * out.cols), u(n * out.cols);
+  std::vector<uint8_t> ws(cpu::MatmulWorkspaceBytes(gate, n));
+  HERD_RETURN_IF_ERROR(
+      cpu::Matmul(gate, nullptr, x.values.data(), n, g.data(), ws.data(), ws.size(), pool));
+  HERD_RETURN_IF_ERROR(
+      cpu::Matmul(up, nullptr, x.values.data(), n, u.data(), ws.data(), ws.size(), pool));
+  out.values.resize(n * out.cols);
+  cpu::SwiGlu(g.data(), u.data(), n * out.cols, out.values.data());
+  return out;
+}
+
+}  // namespace herd

@@ -1,0 +1,56 @@
+// Calibration for `herd compress`: runs token sequences through the original
+// model on one rank and keeps the input of every linear projection, so that
+// GPTQ can build each weight's Hessian from exactly the inputs it sees. An
+// expert keeps only the rows of the tokens the router sent to it; its down
+// projection's input (silu(gate x) * up x) is computed from those rows when
+// asked for. Inputs are kept rather than Hessians: a few thousand rows of
+// activations are far smaller than one cols x cols matrix per expert.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "core/thread_pool.h"
+#include "model/model.h"
+
+namespace herd {
+
+// Rows F32 [rows, cols], row-major.
+struct InputRows {
+  int64_t cols = 0;
+  std::vector<float> values;
+  int64_t rows() const { return cols > 0 ? static_cast<int64_t>(values.size()) / cols : 0; }
+};
+
+struct LayerCalibration {
+  InputRows attention;                 // q, k, v
+  InputRows attention_output;          // o
+  std::vector<InputRows> experts;      // [num_experts]: gate and up of each routed expert
+  InputRows shared_expert;             // gate and up of the shared expert
+  std::vector<int64_t> expert_tokens;  // [num_experts]: routed tokens (the frequency of B3)
+};
+
+class Calibration {
+ public:
+  // Runs `sequences` (token ids, each at most the model's context) through
+  // `model`, which must hold every expert. InvalidArgument for bad ids.
+  static absl::StatusOr<Calibration> Run(const Model& model,
+                                         const std::vector<std::vector<int32_t>>& sequences,
+                                         int num_threads);
+
+  const LayerCalibration& layer(int layer_idx) const { return layers_[layer_idx]; }
+  int64_t num_tokens() const { return num_tokens_; }
+
+  // The down projection's inputs of routed expert `expert` (shared expert when
+  // expert < 0) of layer `layer_idx`: silu(gate x) * up x over its rows, with
+  // the model's own weights.
+  absl::StatusOr<InputRows> DownInputs(const Model& model, int layer_idx, int expert,
+                                       ThreadPool& pool) const;
+
+ private:
+  std::vector<LayerCalibration> layers_;
+  int64_t num_tokens_ = 0;
+};
+
+}  // namespace herd
