@@ -154,7 +154,8 @@ class CheckpointBuilder {
   CheckpointBuilder(const Model& model, const HerdCheckpointOptions& options)
       : model_(model), options_(options) {
     const ModelSpec& s = model.spec;
-    total_ = 2 + s.num_layers * (5 + 3 * s.num_experts + (s.shared_expert_ffn_size > 0 ? 3 : 0));
+    const int64_t layers = s.num_layers - static_cast<int64_t>(options.drop_blocks.size());
+    total_ = 2 + layers * (5 + 3 * s.num_experts + (s.shared_expert_ffn_size > 0 ? 3 : 0));
   }
 
   // A weight matrix, rows taken from the source in `order`.
@@ -198,7 +199,9 @@ class CheckpointBuilder {
     manifest_.compression = options_.compression;
     HERD_RETURN_IF_ERROR(
         WriteFileAtomically(dir + "/" + kHerdManifestFile, manifest_.ToJson().dump(2) + "\n"));
-    return WriteFileAtomically(dir + "/config.json", ConfigJson(model_.spec).dump(2) + "\n");
+    ModelSpec spec = model_.spec;
+    spec.num_layers -= static_cast<int64_t>(options_.drop_blocks.size());
+    return WriteFileAtomically(dir + "/config.json", ConfigJson(spec).dump(2) + "\n");
   }
 
  private:
@@ -286,9 +289,10 @@ class CheckpointBuilder {
   int64_t total_ = 0;
 };
 
-absl::Status AddLayer(const Model& model, int l, CheckpointBuilder* b) {
+// Writes layer `src` of `model` as layer `l` of the checkpoint.
+absl::Status AddLayer(const Model& model, int src, int l, CheckpointBuilder* b) {
   const ModelSpec& s = model.spec;
-  const LayerWeights& w = model.layers[l];
+  const LayerWeights& w = model.layers[src];
   const HfArchInfo& arch = HfArchitecture(s.architecture);
   const std::string p = absl::StrCat("model.layers.", l, ".");
   const std::string attn = p + "self_attn.";
@@ -360,12 +364,25 @@ absl::Status AddLayer(const Model& model, int l, CheckpointBuilder* b) {
 absl::Status Build(const Model& model, const HerdCheckpointOptions& options,
                    const std::string& dir) {
   const ModelSpec& s = model.spec;
+  std::vector<bool> dropped(s.num_layers, false);
+  for (int l : options.drop_blocks) {
+    if (l < 0 || l >= s.num_layers || dropped[l]) {
+      return absl::InvalidArgumentError(absl::StrCat("cannot drop block ", l, " of a model with ",
+                                                     s.num_layers, " blocks (or twice)"));
+    }
+    dropped[l] = true;
+  }
+  if (static_cast<int64_t>(options.drop_blocks.size()) >= s.num_layers) {
+    return absl::InvalidArgumentError("dropping every block leaves no model");
+  }
   CheckpointBuilder b(model, options);
   const std::vector<int64_t> vocab_rows = Identity(s.vocab_size);
   HERD_RETURN_IF_ERROR(b.Matrix(WeightInfo{"model.embed_tokens.weight", ModuleKind::kEmbeddings},
                                 model.token_embedding, vocab_rows));
-  for (int l = 0; l < static_cast<int>(s.num_layers); ++l)
-    HERD_RETURN_IF_ERROR(AddLayer(model, l, &b));
+  int written = 0;
+  for (int l = 0; l < static_cast<int>(s.num_layers); ++l) {
+    if (!dropped[l]) HERD_RETURN_IF_ERROR(AddLayer(model, l, written++, &b));
+  }
   HERD_RETURN_IF_ERROR(b.Vector("model.norm.weight", model.output_norm, Identity(s.hidden_size)));
   if (!s.tied_embeddings) {
     HERD_RETURN_IF_ERROR(

@@ -19,6 +19,7 @@
 #include <functional>
 #include <optional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "core/quant_format.h"
@@ -47,6 +48,9 @@ struct HerdCheckpointOptions {
   std::function<absl::Status(const WeightInfo&, const QuantFormat&, const float* w, int64_t rows,
                              int64_t cols, uint8_t* codes, QuantGroupParams* params)>
       quantize;
+  // Blocks (transformer layers) to leave out, by index in `model`; the rest
+  // are renumbered in order (block drop).
+  std::vector<int> drop_blocks;
   // Stored as herd.json's "compression".
   nlohmann::json compression = nlohmann::json::object();
   // Replace an existing `out_dir` (else AlreadyExists).

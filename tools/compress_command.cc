@@ -5,11 +5,13 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <numeric>
 #include <optional>
 #include <random>
 #include <set>
 #include <sstream>
 
+#include "absl/cleanup/cleanup.h"
 #include "absl/strings/match.h"
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -73,6 +75,15 @@ const std::vector<FlagSpec> kCompressFlags = {
     {"avg-bits", true,
      "with --policy: raise until the average bits of the quantized matrices reach this (default: "
      "raise the top 25% of routed-expert matrices)"},
+    {"drop-blocks", true,
+     "block drop: remove this many transformer blocks, those whose input and output are most "
+     "alike on calibration tokens (default 0)"},
+    {"drop-mode", true,
+     "discrete (the most alike blocks) or consecutive (the most alike span) "
+     "(default discrete)"},
+    {"drop-scores", true,
+     "score blocks on the quantized model (quantized: quantize, then drop) or on the original "
+     "(original) (default quantized)"},
     {"report", true, "write the report as JSON to this file"},
     {"force", false, "replace --out if it exists"},
     {"help", false, "show this help"},
@@ -172,6 +183,11 @@ void PrintReport(const Json& report, std::ostream& out) {
         g["matrices"].get<int64_t>(), g["calibration_tokens"].get<int64_t>(),
         g["output_error"].get<double>(), g["rtn_output_error"].get<double>(),
         g["rtn_fallbacks"].get<int64_t>());
+  }
+  if (report.contains("trimming")) {
+    out << "dropped blocks " << report["trimming"]["dropped_blocks"].dump() << " ("
+        << report["trimming"]["mode"].get<std::string>() << ", scored on the "
+        << report["trimming"]["scores_from"].get<std::string>() << " model)\n";
   }
   if (report.contains("speed")) {
     const Json& sp = report["speed"];
@@ -283,6 +299,51 @@ absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
   Json report = {{"name", policy}, {"high_bits", high}, {"raised", raised}, {"top_ranked", top}};
   if (target > 0) report["target_average_bits"] = target;
   return report;
+}
+
+// Block drop (seeds-methods.md §3.3): calibrates `scored` and picks the
+// blocks whose input and output are most alike: the `n` highest cos(h_l,
+// h_l+1) (discrete), or the span i..i+n-1 maximising cos(h_i, h_i+n)
+// (consecutive).
+absl::StatusOr<Json> DropBlocks(const ParsedFlags& flags, const Model& scored,
+                                const std::string& mode, int n, int threads) {
+  std::vector<std::vector<int32_t>> calib;
+  if (flags.Has("calib")) {
+    HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), scored.spec.vocab_size));
+  } else {
+    calib = RandomSequences(16, 128, scored.spec.vocab_size, /*seed=*/7);
+  }
+  HERD_ASSIGN_OR_RETURN(const Calibration c, Calibration::Run(scored, calib, threads));
+  const int layers = c.num_layers();
+  std::vector<double> block(layers), moe(layers);
+  for (int l = 0; l < layers; ++l) {
+    block[l] = c.layer(l).block_similarity;
+    moe[l] = c.layer(l).moe_similarity;
+  }
+  std::vector<int> dropped;
+  if (mode == "discrete") {
+    std::vector<int> order(layers);
+    std::iota(order.begin(), order.end(), 0);
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return block[a] > block[b]; });
+    dropped.assign(order.begin(), order.begin() + n);
+    std::sort(dropped.begin(), dropped.end());
+  } else {
+    int best = 0;
+    double best_similarity = -2.0;
+    for (int i = 0; i + n <= layers; ++i) {
+      const double similarity = c.SpanSimilarity(i, i + n);
+      if (similarity > best_similarity) {
+        best_similarity = similarity;
+        best = i;
+      }
+    }
+    for (int l = best; l < best + n; ++l) dropped.push_back(l);
+  }
+  return Json{{"mode", mode},
+              {"dropped_blocks", dropped},
+              {"block_similarity", block},
+              {"moe_similarity", moe},
+              {"calibration_tokens", c.num_tokens()}};
 }
 
 absl::StatusOr<Json> MeasureSpeed(const Model& model, int threads) {
@@ -468,10 +529,45 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
       return absl::OkStatus();
     };
   }
+  HERD_ASSIGN_OR_RETURN(const int64_t drop_blocks, flags.GetInt("drop-blocks", 0));
+  const std::string drop_mode = flags.GetString("drop-mode", "discrete");
+  const std::string drop_scores = flags.GetString("drop-scores", "quantized");
+  if (drop_blocks < 0 || drop_blocks >= model->spec.num_layers) {
+    return absl::InvalidArgumentError(absl::StrCat("--drop-blocks must be in [0, ",
+                                                   model->spec.num_layers, "), got ", drop_blocks));
+  }
+  if (drop_mode != "discrete" && drop_mode != "consecutive") {
+    return absl::InvalidArgumentError("--drop-mode must be discrete or consecutive");
+  }
+  if (drop_scores != "quantized" && drop_scores != "original") {
+    return absl::InvalidArgumentError("--drop-scores must be quantized or original");
+  }
+  // With block drop, the quantized model is written to a temporary first and
+  // the final checkpoint copies it (exactly) without the dropped blocks.
+  const std::string quantized_dir = drop_blocks > 0 ? out_dir + ".quantized-tmp" : out_dir;
+  if (drop_blocks > 0) options.overwrite = true;
   ProgressBar bar("herd compress: quantize and write");
   options.progress = [&](int64_t done, int64_t total) { bar.Update(done, total); };
-  HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*model, options, out_dir));
+  HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*model, options, quantized_dir));
   bar.Finish();
+  Json trimming;
+  if (drop_blocks > 0) {
+    absl::Cleanup remove_tmp = [&] {
+      std::error_code ec;
+      std::filesystem::remove_all(quantized_dir, ec);
+    };
+    HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> quantized, LoadModel(quantized_dir));
+    HERD_ASSIGN_OR_RETURN(
+        trimming, DropBlocks(flags, drop_scores == "quantized" ? *quantized : *model, drop_mode,
+                             static_cast<int>(drop_blocks), threads));
+    HerdCheckpointOptions drop;
+    drop.overwrite = flags.Has("force");
+    drop.compression = options.compression;
+    drop.compression["trimming"] = trimming;
+    trimming["scores_from"] = drop_scores;
+    drop.drop_blocks = trimming["dropped_blocks"].get<std::vector<int>>();
+    HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*quantized, drop, out_dir));
+  }
   if (method == "gptq") {
     gptq_report["matrices"] = gptq_matrices;
     gptq_report["rtn_fallbacks"] = gptq_fallbacks;
@@ -483,6 +579,7 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   Json report = options.compression;
   report["output"] = out_dir;
   if (!gptq_report.is_null()) report["gptq"] = gptq_report;
+  if (!trimming.is_null()) report["trimming"] = trimming;
   report["size"] = SizeReport(SizesByModule(*model), SizesByModule(*written));
 
   // Fidelity on held-out tokens, then speed, of the original and the result.

@@ -1,5 +1,6 @@
 #include "worker/calibration.h"
 
+#include <cmath>
 #include <numeric>
 
 #include "absl/strings/str_cat.h"
@@ -17,6 +18,22 @@ constexpr int64_t kBlockTokens = 16;
 void Append(InputRows* rows, const float* x, int64_t n, int64_t cols) {
   rows->cols = cols;
   rows->values.insert(rows->values.end(), x, x + n * cols);
+}
+
+// Sum over rows of cos(a_t, b_t); rows that are all zero count as 0.
+double SumCosines(const float* a, const float* b, int64_t rows, int64_t cols) {
+  double total = 0.0;
+  for (int64_t t = 0; t < rows; ++t) {
+    double ab = 0, aa = 0, bb = 0;
+    for (int64_t i = 0; i < cols; ++i) {
+      const double x = a[t * cols + i], y = b[t * cols + i];
+      ab += x * y;
+      aa += x * x;
+      bb += y * y;
+    }
+    if (aa > 0 && bb > 0) total += ab / std::sqrt(aa * bb);
+  }
+  return total;
 }
 
 }  // namespace
@@ -55,6 +72,25 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
         break;
     }
   });
+  // The residual stream: every block's input (and the last output) is kept;
+  // the MoE similarity needs the attention-added stream of the same step.
+  c.block_inputs_.resize(model.spec.num_layers + 1);
+  std::vector<float> moe_input;
+  engine->SetResidualObserver(
+      [&c, &moe_input](int layer, ResidualPoint point, const float* x, int64_t rows, int64_t cols) {
+        switch (point) {
+          case ResidualPoint::kBlockInput:
+            Append(&c.block_inputs_[layer], x, rows, cols);
+            break;
+          case ResidualPoint::kMoeInput:
+            moe_input.assign(x, x + rows * cols);
+            break;
+          case ResidualPoint::kBlockOutput:
+            c.layers_[layer].moe_similarity += SumCosines(moe_input.data(), x, rows, cols);
+            if (layer + 1 == c.num_layers()) Append(&c.block_inputs_[layer + 1], x, rows, cols);
+            break;
+        }
+      });
   int64_t longest = 0;
   for (const auto& s : sequences) longest = std::max<int64_t>(longest, s.size());
   if (longest > model.spec.context_length) {
@@ -78,7 +114,20 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
     HERD_RETURN_IF_ERROR(engine->Forward(batch, logits.data()));
     c.num_tokens_ += static_cast<int64_t>(sequence.size());
   }
+  for (int l = 0; l < c.num_layers(); ++l) {
+    LayerCalibration& layer = c.layers_[l];
+    layer.moe_similarity = c.num_tokens_ > 0 ? layer.moe_similarity / c.num_tokens_ : 0.0;
+    layer.block_similarity = c.SpanSimilarity(l, l + 1);
+  }
   return c;
+}
+
+double Calibration::SpanSimilarity(int i, int j) const {
+  const InputRows& a = block_inputs_[i];
+  const InputRows& b = block_inputs_[j];
+  if (a.rows() == 0) return 0.0;
+  return SumCosines(a.values.data(), b.values.data(), a.rows(), a.cols) /
+         static_cast<double>(a.rows());
 }
 
 absl::StatusOr<InputRows> Calibration::DownInputs(const Model& model, int layer_idx, int expert,

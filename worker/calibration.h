@@ -29,6 +29,12 @@ struct LayerCalibration {
   std::vector<InputRows> experts;      // [num_experts]: gate and up of each routed expert
   InputRows shared_expert;             // gate and up of the shared expert
   std::vector<int64_t> expert_tokens;  // [num_experts]: routed tokens (the frequency of B3)
+  // Mean over calibration tokens of cosine similarities of the residual
+  // stream (seeds-methods.md §3.3): the block's input and output (block
+  // drop, S_l = cos(h_l, h_l+1)), and the MoE sublayer's input and output
+  // (layer drop, cos(x', x' + MoE(Norm(x')))).
+  double block_similarity = 0;
+  double moe_similarity = 0;
 };
 
 class Calibration {
@@ -40,6 +46,11 @@ class Calibration {
                                          int num_threads);
 
   const LayerCalibration& layer(int layer_idx) const { return layers_[layer_idx]; }
+  int num_layers() const { return static_cast<int>(layers_.size()); }
+  // Mean over tokens of cos(h_i, h_j), h_i the residual stream entering block
+  // i (h_L: the last block's output), 0 <= i < j <= num_layers: the
+  // consecutive block drop's criterion for dropping blocks i..j-1.
+  double SpanSimilarity(int i, int j) const;
   int64_t num_tokens() const { return num_tokens_; }
 
   // The down projection's inputs of routed expert `expert` (shared expert when
@@ -50,6 +61,7 @@ class Calibration {
 
  private:
   std::vector<LayerCalibration> layers_;
+  std::vector<InputRows> block_inputs_;  // [num_layers + 1]: h_0 .. h_L over all tokens
   int64_t num_tokens_ = 0;
 };
 

@@ -362,8 +362,15 @@ absl::Status Engine::ForwardStep(const Batch& batch, float* logits) {
   HERD_RETURN_IF_ERROR(
       cpu::EmbeddingLookup(model_.token_embedding, batch.token_ids.data(), num_tokens, x_.data()));
   for (int layer_idx = 0; layer_idx < s.num_layers; ++layer_idx) {
+    const auto observe = [&](ResidualPoint point) {
+      if (residual_observer_)
+        residual_observer_(layer_idx, point, x_.data(), num_tokens, s.hidden_size);
+    };
+    observe(ResidualPoint::kBlockInput);
     HERD_RETURN_IF_ERROR(AttentionBlock(layer_idx, batch, num_tokens));
+    observe(ResidualPoint::kMoeInput);
     HERD_RETURN_IF_ERROR(MoeBlock(layer_idx, num_tokens));
+    observe(ResidualPoint::kBlockOutput);
   }
 
   // Final norm and lm head for the requested rows only.

@@ -101,6 +101,17 @@ using LinearInputObserver =
     std::function<void(int layer_idx, LinearInput input, const float* x, int64_t rows, int64_t cols,
                        const int32_t* expert_offsets)>;
 
+// Points of the residual stream a ResidualObserver sees, per layer.
+enum class ResidualPoint {
+  kBlockInput,   // entering the block (before the attention norm)
+  kMoeInput,     // after the attention residual add, entering the MoE norm
+  kBlockOutput,  // after the MoE residual add
+};
+// Called during Forward with the residual stream x F32 [tokens, hidden], for
+// calibration (block and layer similarities).
+using ResidualObserver = std::function<void(int layer_idx, ResidualPoint point, const float* x,
+                                            int64_t num_tokens, int64_t hidden)>;
+
 // Where an engine's time went, accumulated over its Forward calls.
 struct EngineStats {
   int64_t forward_calls = 0;
@@ -147,6 +158,7 @@ class Engine {
   void SetLinearInputObserver(LinearInputObserver observer) {
     linear_input_observer_ = std::move(observer);
   }
+  void SetResidualObserver(ResidualObserver observer) { residual_observer_ = std::move(observer); }
   bool expert_parallel() const { return ep_.comm != nullptr; }
   const EngineStats& stats() const { return stats_; }
   int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
@@ -216,6 +228,7 @@ class Engine {
   EngineStats stats_;
   RoutingObserver routing_observer_;
   LinearInputObserver linear_input_observer_;
+  ResidualObserver residual_observer_;
   std::vector<PackedLayer> packed_layers_;
   cpu::PackedMatrix packed_lm_head_;
 

@@ -1,0 +1,60 @@
+#!/usr/bin/env bash
+# The compression table of docs/compression.md: the mid-size synthetic model
+# with outlier weights (`herd synth --outliers`) in F16, compressed by `herd
+# compress` in several ways; for each, bytes, average bits, fidelity against
+# the F16 model on held-out tokens (mean KL, top-1 agreement) and decode
+# speed against F16 (as `herd bench` measures, inside `herd compress`).
+#
+#   scripts/bench-compression.sh
+#
+# Variables: THREADS (default 2), MODELS_DIR (default /tmp/herd-bench-models),
+# BUILD_DIR (build).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+BUILD_DIR=${BUILD_DIR:-build}
+THREADS=${THREADS:-2}
+MODELS_DIR=${MODELS_DIR:-/tmp/herd-bench-models}
+HERD="$BUILD_DIR/tools/herd"
+mkdir -p "$MODELS_DIR"
+source_model="$MODELS_DIR/mid-f16-outliers.gguf"
+if [ ! -f "$source_model" ]; then
+  "$HERD" synth --layers 8 --hidden 1024 --heads 16 --kv-heads 4 --experts 8 --top-k 2 \
+    --ffn 2816 --vocab 32000 --dtype f16 --outliers --seed 1 --out "$source_model" > /dev/null
+fi
+
+# name | herd compress flags (--modules experts,attention for every row)
+ROWS=(
+  "int8 g128 RTN|--bits 8 --group-size 128"
+  "int4 g128 RTN|--bits 4 --group-size 128"
+  "int4 g128 GPTQ|--bits 4 --group-size 128 --method gptq"
+  "int3 g128 RTN|--bits 3 --group-size 128"
+  "int2 g128 RTN|--bits 2 --group-size 128"
+  "mixed (outlier-scored) at 3 bits|--bits 2 --group-size 128 --bits-map attn_4,shared_4 --policy outlier --avg-bits 3"
+  "block drop 25% (2 of 8), F16|--bits-map main_16,attn_16 --drop-blocks 2"
+  "int4 g128 GPTQ, then block drop 25%|--bits 4 --group-size 128 --method gptq --drop-blocks 2"
+)
+echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"
+echo "source: $source_model"
+echo
+echo "| method | bytes | average bits (quantized) | mean KL | top-1 agreement | logits rel. error | decode t/s (F16 -> this) | decode speedup |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+for row in "${ROWS[@]}"; do
+  IFS='|' read -r name flags <<< "$row"
+  out="$MODELS_DIR/compressed-$(echo "$name" | tr -c 'a-z0-9\n' '-')"
+  report="$out.json"
+  # shellcheck disable=SC2086  # flags are words
+  "$HERD" compress --model "$source_model" --out "$out" --force --threads "$THREADS" \
+    --modules experts,attention $flags --report "$report" > /dev/null
+  python3 - "$name" "$report" <<'PY'
+import json, sys
+name, path = sys.argv[1], sys.argv[2]
+r = json.load(open(path))
+f, s, sp = r["fidelity"], r["size"], r["speed"]
+bits = r['nominal_average_bits']
+print(f"| {name} | {s['bytes_after'] / 2**20:.0f} MiB | {bits if bits else 16:.2f} "
+      f"({s['average_bits']:.2f} stored, all weights) | {f['mean_kl']:.4f} | "
+      f"{100 * f['top1_agreement']:.1f}% | {f['logits_relative_error']:.3f} | "
+      f"{sp['before']['decode_tokens_per_second']:.0f} -> {sp['after']['decode_tokens_per_second']:.0f} | "
+      f"{sp['decode_speedup']:.2f}x |")
+PY
+done
