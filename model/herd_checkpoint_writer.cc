@@ -2,6 +2,7 @@
 
 #include <unistd.h>
 
+#include <algorithm>
 #include <cstring>
 #include <filesystem>
 #include <numeric>
@@ -194,6 +195,9 @@ class CheckpointBuilder {
     return Add(name, SafetensorsDType::kF32, shape, values.data(), values.size() * sizeof(float));
   }
 
+  void DropMoe(int layer) { manifest_.dropped_moe_layers.push_back(layer); }
+  void DropExpert(int layer, int expert) { manifest_.dropped_experts[layer].push_back(expert); }
+
   absl::Status Write(const std::string& dir) {
     HERD_RETURN_IF_ERROR(writer_.WriteFile(dir + "/model.safetensors"));
     manifest_.compression = options_.compression;
@@ -290,7 +294,8 @@ class CheckpointBuilder {
 };
 
 // Writes layer `src` of `model` as layer `l` of the checkpoint.
-absl::Status AddLayer(const Model& model, int src, int l, CheckpointBuilder* b) {
+absl::Status AddLayer(const Model& model, const HerdCheckpointOptions& options, int src, int l,
+                      CheckpointBuilder* b) {
   const ModelSpec& s = model.spec;
   const LayerWeights& w = model.layers[src];
   const HfArchInfo& arch = HfArchitecture(s.architecture);
@@ -304,8 +309,14 @@ absl::Status AddLayer(const Model& model, int src, int l, CheckpointBuilder* b) 
   const std::vector<int64_t> kv_rows = Identity(s.num_kv_heads * s.head_dim);
   const std::vector<int64_t> hidden_rows = Identity(s.hidden_size);
 
+  const auto listed = [](const std::vector<int>& list, int x) {
+    return std::find(list.begin(), list.end(), x) != list.end();
+  };
+  const bool moe_dropped = w.moe_dropped || listed(options.drop_moe_layers, src);
   HERD_RETURN_IF_ERROR(b->Vector(p + "input_layernorm.weight", w.attn_norm, hidden_rows));
-  HERD_RETURN_IF_ERROR(b->Vector(p + "post_attention_layernorm.weight", w.ffn_norm, hidden_rows));
+  if (!moe_dropped) {
+    HERD_RETURN_IF_ERROR(b->Vector(p + "post_attention_layernorm.weight", w.ffn_norm, hidden_rows));
+  }
   const auto info = [&](const std::string& name, ModuleKind module, int expert = -1) {
     return WeightInfo{name, module, l, expert, nullptr};
   };
@@ -330,11 +341,23 @@ absl::Status AddLayer(const Model& model, int src, int l, CheckpointBuilder* b) 
         b->Vector(attn + "k_norm.weight", w.k_norm, Identity(w.k_norm.num_elements())));
   }
 
+  if (moe_dropped) {
+    b->DropMoe(l);
+    return absl::OkStatus();
+  }
   const std::string moe = absl::StrCat(p, arch.moe_prefix, ".");
   HERD_RETURN_IF_ERROR(
       b->Matrix(info(moe + "gate.weight", ModuleKind::kRouter), w.router, Identity(s.num_experts)));
   const std::vector<int64_t> ffn_rows = Identity(s.expert_ffn_size);
+  const auto drop_it = options.drop_experts.find(src);
+  int kept = 0;
   for (int e = 0; e < static_cast<int>(s.num_experts); ++e) {
+    if (!w.ExpertExists(e) ||
+        (drop_it != options.drop_experts.end() && listed(drop_it->second, e))) {
+      b->DropExpert(l, e);
+      continue;
+    }
+    ++kept;
     const ExpertFfnWeights& x = w.experts[e];
     const std::string n = absl::StrCat(moe, "experts.", e, ".");
     HERD_RETURN_IF_ERROR(
@@ -345,6 +368,11 @@ absl::Status AddLayer(const Model& model, int src, int l, CheckpointBuilder* b) 
     HERD_RETURN_IF_ERROR(
         b->Matrix(info(absl::StrCat(n, arch.down_proj, ".weight"), ModuleKind::kExperts, e), x.down,
                   hidden_rows));
+  }
+  if (kept < s.num_experts_per_token) {
+    return absl::InvalidArgumentError(absl::StrCat("layer ", src, " would keep ", kept,
+                                                   " experts, fewer than top-k ",
+                                                   s.num_experts_per_token));
   }
   if (s.shared_expert_ffn_size > 0) {
     const std::string n = moe + "shared_expert.";
@@ -381,7 +409,7 @@ absl::Status Build(const Model& model, const HerdCheckpointOptions& options,
                                 model.token_embedding, vocab_rows));
   int written = 0;
   for (int l = 0; l < static_cast<int>(s.num_layers); ++l) {
-    if (!dropped[l]) HERD_RETURN_IF_ERROR(AddLayer(model, l, written++, &b));
+    if (!dropped[l]) HERD_RETURN_IF_ERROR(AddLayer(model, options, l, written++, &b));
   }
   HERD_RETURN_IF_ERROR(b.Vector("model.norm.weight", model.output_norm, Identity(s.hidden_size)));
   if (!s.tied_embeddings) {

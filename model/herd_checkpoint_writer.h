@@ -17,6 +17,7 @@
 
 #include <cstdint>
 #include <functional>
+#include <map>
 #include <optional>
 #include <string>
 #include <vector>
@@ -51,6 +52,11 @@ struct HerdCheckpointOptions {
   // Blocks (transformer layers) to leave out, by index in `model`; the rest
   // are renumbered in order (block drop).
   std::vector<int> drop_blocks;
+  // MoE sublayers to leave out (layer drop) and experts to leave out, per
+  // layer (expert drop), by index in `model`. What the model had dropped
+  // already stays dropped.
+  std::vector<int> drop_moe_layers;
+  std::map<int, std::vector<int>> drop_experts;
   // Stored as herd.json's "compression".
   nlohmann::json compression = nlohmann::json::object();
   // Replace an existing `out_dir` (else AlreadyExists).

@@ -42,11 +42,18 @@ Json HerdManifest::ToJson() const {
     quant[name] = {
         {"format", entry.format.Name()}, {"shape", {entry.rows, entry.cols}}, {"layout", "rows16"}};
   }
-  return Json{{"format", "herd"},
-              {"version", version},
-              {"tensors", tensors},
-              {"quantized", quant},
-              {"compression", compression}};
+  Json root = {{"format", "herd"},
+               {"version", version},
+               {"tensors", tensors},
+               {"quantized", quant},
+               {"compression", compression}};
+  if (!dropped_moe_layers.empty()) root["dropped_moe_layers"] = dropped_moe_layers;
+  if (!dropped_experts.empty()) {
+    Json experts = Json::object();
+    for (const auto& [layer, list] : dropped_experts) experts[std::to_string(layer)] = list;
+    root["dropped_experts"] = experts;
+  }
+  return root;
 }
 
 absl::StatusOr<HerdManifest> HerdManifest::FromJson(const Json& root, const std::string& path) {
@@ -101,6 +108,37 @@ absl::StatusOr<HerdManifest> HerdManifest::FromJson(const Json& root, const std:
         return bad(std::string(fits.message()));
       }
       m.quantized[name] = q;
+    }
+  }
+  const auto index_list = [&](const Json& list,
+                              const std::string& what) -> absl::StatusOr<std::vector<int>> {
+    std::vector<int> out;
+    if (!list.is_array()) return Malformed(path, absl::StrCat(what, " must be a list"));
+    for (const Json& v : list) {
+      if (!v.is_number_integer() || v.get<int64_t>() < 0 || v.get<int64_t>() > (1 << 20)) {
+        return Malformed(path, absl::StrCat(what, " holds ", v.dump(), ", not an index"));
+      }
+      out.push_back(static_cast<int>(v.get<int64_t>()));
+    }
+    return out;
+  };
+  if (root.contains("dropped_moe_layers")) {
+    HERD_ASSIGN_OR_RETURN(m.dropped_moe_layers,
+                          index_list(root["dropped_moe_layers"], "'dropped_moe_layers'"));
+  }
+  if (root.contains("dropped_experts")) {
+    if (!root["dropped_experts"].is_object()) {
+      return Malformed(path, "'dropped_experts' must be an object of layer -> experts");
+    }
+    for (const auto& item : root["dropped_experts"].items()) {
+      int layer = 0;
+      if (!absl::SimpleAtoi(item.key(), &layer) || layer < 0) {
+        return Malformed(path,
+                         absl::StrCat("'dropped_experts' key '", item.key(), "' is not a layer"));
+      }
+      HERD_ASSIGN_OR_RETURN(
+          m.dropped_experts[layer],
+          index_list(item.value(), absl::StrCat("dropped_experts of layer ", layer)));
     }
   }
   if (root.contains("compression")) m.compression = root["compression"];

@@ -558,8 +558,10 @@ class Builder {
   absl::flat_hash_set<std::string> used_;
 };
 
-absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options, int layer_idx,
-                       Builder* b, LayerWeights* w) {
+// `manifest` (null for a plain Hugging Face checkpoint) says which MoE
+// sublayers and experts were dropped.
+absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options,
+                       const HerdManifest* manifest, int layer_idx, Builder* b, LayerWeights* w) {
   const ModelSpec& s = layout.spec;
   const HfArchInfo& arch = *layout.arch;
   const int64_t h = s.hidden_size;
@@ -570,8 +572,14 @@ absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options, 
 
   HERD_ASSIGN_OR_RETURN(w->attn_norm,
                         b->Vector(p + "input_layernorm.weight", {h}, ModuleKind::kNorms));
-  HERD_ASSIGN_OR_RETURN(w->ffn_norm,
-                        b->Vector(p + "post_attention_layernorm.weight", {h}, ModuleKind::kNorms));
+  const bool moe_dropped =
+      manifest != nullptr &&
+      std::find(manifest->dropped_moe_layers.begin(), manifest->dropped_moe_layers.end(),
+                layer_idx) != manifest->dropped_moe_layers.end();
+  if (!moe_dropped) {
+    HERD_ASSIGN_OR_RETURN(
+        w->ffn_norm, b->Vector(p + "post_attention_layernorm.weight", {h}, ModuleKind::kNorms));
+  }
   HERD_ASSIGN_OR_RETURN(w->q.weight,
                         b->Stored(attn + "q_proj.weight", {q_dim, h}, ModuleKind::kAttention));
   HERD_ASSIGN_OR_RETURN(w->k.weight,
@@ -601,12 +609,31 @@ absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options, 
                                     ModuleKind::kAttention));
   }
 
+  w->experts.resize(s.num_experts);
+  if (manifest != nullptr) {
+    if (moe_dropped) {
+      w->moe_dropped = true;
+      return absl::OkStatus();
+    }
+    if (const auto it = manifest->dropped_experts.find(layer_idx);
+        it != manifest->dropped_experts.end()) {
+      w->expert_dropped.assign(s.num_experts, false);
+      for (int e : it->second) {
+        if (e >= s.num_experts) {
+          return absl::InvalidArgumentError(absl::StrCat(kHerdManifestFile, ": dropped expert ", e,
+                                                         " of layer ", layer_idx,
+                                                         " does not exist"));
+        }
+        w->expert_dropped[e] = true;
+      }
+    }
+  }
   const std::string moe = absl::StrCat(p, arch.moe_prefix, ".");
   HERD_ASSIGN_OR_RETURN(w->router,
                         b->Stored(moe + "gate.weight", {s.num_experts, h}, ModuleKind::kRouter));
   const int64_t f = s.expert_ffn_size;
-  w->experts.resize(s.num_experts);
   for (int64_t e = 0; e < s.num_experts; ++e) {
+    if (!w->ExpertExists(static_cast<int>(e))) continue;  // dropped: no weights stored
     const std::string x = absl::StrCat(moe, "experts.", e, ".");
     const std::string gate = absl::StrCat(x, arch.gate_proj, ".weight");
     const std::string up = absl::StrCat(x, arch.up_proj, ".weight");
@@ -684,7 +711,18 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
   TensorStore store;
   HERD_RETURN_IF_ERROR(store.Open(dir, &model->mapped_files));
   HERD_ASSIGN_OR_RETURN(const std::optional<HerdManifest> manifest, ReadManifest(dir, store));
-  if (manifest.has_value()) model->format = "herd";
+  if (manifest.has_value()) {
+    model->format = "herd";
+    std::vector<int> layers = manifest->dropped_moe_layers;
+    for (const auto& [layer, experts] : manifest->dropped_experts) layers.push_back(layer);
+    for (int layer : layers) {
+      if (layer >= layout.spec.num_layers) {
+        return absl::InvalidArgumentError(absl::StrCat(kHerdManifestFile, ": drops part of layer ",
+                                                       layer, ", but the model has ",
+                                                       layout.spec.num_layers, " layers"));
+      }
+    }
+  }
   Builder b(&store, manifest.has_value() ? &*manifest : nullptr, model.get());
 
   const ModelSpec& s = layout.spec;
@@ -706,7 +744,8 @@ absl::StatusOr<std::unique_ptr<Model>> Load(const std::string& dir,
 
   model->layers.resize(s.num_layers);
   for (int64_t l = 0; l < s.num_layers; ++l) {
-    HERD_RETURN_IF_ERROR(LoadLayer(layout, options, static_cast<int>(l), &b, &model->layers[l]));
+    HERD_RETURN_IF_ERROR(LoadLayer(layout, options, manifest.has_value() ? &*manifest : nullptr,
+                                   static_cast<int>(l), &b, &model->layers[l]));
   }
 
   const std::vector<std::string> unused = b.Unused();

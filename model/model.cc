@@ -159,6 +159,18 @@ absl::Status ValidateModelWeights(const Model& model) {
       HERD_RETURN_IF_ERROR(CheckVector(p + "q_norm", w.q_norm, per_head ? s.head_dim : q_dim));
       HERD_RETURN_IF_ERROR(CheckVector(p + "k_norm", w.k_norm, per_head ? s.head_dim : kv_dim));
     }
+    if (w.moe_dropped) continue;  // layer drop: attention only
+    if (!w.expert_dropped.empty() &&
+        static_cast<int64_t>(w.expert_dropped.size()) != s.num_experts) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          p, "has ", w.expert_dropped.size(), " expert-drop flags, expected ", s.num_experts));
+    }
+    int64_t kept = 0;
+    for (int64_t e = 0; e < s.num_experts; ++e) kept += w.ExpertExists(static_cast<int>(e));
+    if (kept < s.num_experts_per_token) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(p, "keeps ", kept, " experts, fewer than top-k ", s.num_experts_per_token));
+    }
     HERD_RETURN_IF_ERROR(CheckVector(p + "ffn_norm", w.ffn_norm, h));
     HERD_RETURN_IF_ERROR(CheckMatrix(p + "router", w.router, s.num_experts, h));
     if (static_cast<int64_t>(w.experts.size()) != s.num_experts) {

@@ -102,6 +102,18 @@ struct LayerWeights {
   std::vector<ExpertFfnWeights> experts;
   ExpertFfnWeights shared_expert;  // empty when spec.shared_expert_ffn_size == 0
   TensorView shared_expert_gate;   // F32 [hidden] or empty
+
+  // Trimming by `herd compress` (Herd checkpoints only). Layer drop: the MoE
+  // sublayer and its norm are gone, the block is attention only. Expert drop:
+  // [num_experts] (or empty = none), true for experts that are gone; the
+  // router never picks them (their scores are masked before top-k).
+  bool moe_dropped = false;
+  std::vector<bool> expert_dropped;
+  // Whether expert `e` exists at all (on some rank), i.e. is neither dropped
+  // nor in a dropped MoE sublayer.
+  bool ExpertExists(int e) const {
+    return !moe_dropped && !(e < static_cast<int>(expert_dropped.size()) && expert_dropped[e]);
+  }
 };
 
 // What a tensor belongs to, for byte accounting in `herd inspect`.

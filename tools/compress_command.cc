@@ -78,6 +78,15 @@ const std::vector<FlagSpec> kCompressFlags = {
     {"drop-blocks", true,
      "block drop: remove this many transformer blocks, those whose input and output are most "
      "alike on calibration tokens (default 0)"},
+    {"drop-layers", true,
+     "layer drop: remove this many MoE sublayers, those whose input and output are most alike "
+     "on calibration tokens; their attention stays (default 0)"},
+    {"drop-experts", true,
+     "expert drop: remove this many routed experts per layer, those with the lowest mean router "
+     "probability on calibration tokens (default 0)"},
+    {"expert-drop", true,
+     "layerwise (every layer drops --drop-experts) or global (--drop-experts x layers, lowest "
+     "scores anywhere; each layer keeps at least top-k) (default layerwise)"},
     {"drop-mode", true,
      "discrete (the most alike blocks) or consecutive (the most alike span) "
      "(default discrete)"},
@@ -185,9 +194,10 @@ void PrintReport(const Json& report, std::ostream& out) {
         g["rtn_fallbacks"].get<int64_t>());
   }
   if (report.contains("trimming")) {
-    out << "dropped blocks " << report["trimming"]["dropped_blocks"].dump() << " ("
-        << report["trimming"]["mode"].get<std::string>() << ", scored on the "
-        << report["trimming"]["scores_from"].get<std::string>() << " model)\n";
+    const Json& t = report["trimming"];
+    out << "dropped: blocks " << t["dropped_blocks"].dump() << ", MoE sublayers "
+        << t["dropped_moe_layers"].dump() << ", experts " << t["dropped_experts"].dump()
+        << " (scored on the " << t["scores_from"].get<std::string>() << " model)\n";
   }
   if (report.contains("speed")) {
     const Json& sp = report["speed"];
@@ -301,12 +311,24 @@ absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
   return report;
 }
 
-// Block drop (seeds-methods.md §3.3): calibrates `scored` and picks the
-// blocks whose input and output are most alike: the `n` highest cos(h_l,
-// h_l+1) (discrete), or the span i..i+n-1 maximising cos(h_i, h_i+n)
-// (consecutive).
-absl::StatusOr<Json> DropBlocks(const ParsedFlags& flags, const Model& scored,
-                                const std::string& mode, int n, int threads) {
+// What to trim (seeds-methods.md §3.3, §7.4).
+struct TrimRequest {
+  int blocks = 0;  // block drop
+  std::string block_mode = "discrete";
+  int moe_layers = 0;  // layer drop
+  int experts = 0;     // expert drop, per layer
+  std::string expert_mode = "layerwise";
+};
+
+// Calibrates `scored` and fills `options`' drop lists:
+//   block drop: the `blocks` highest cos(h_l, h_l+1) (discrete), or the span
+//     i..i+n-1 maximising cos(h_i, h_i+n) (consecutive);
+//   layer drop: the `moe_layers` highest cos(x', x' + MoE(Norm(x')));
+//   expert drop: the lowest mean router probabilities, `experts` per layer
+//     (layerwise) or experts x layers overall (global, each layer keeping top-k).
+// Returns the scores and choices for the report.
+absl::StatusOr<Json> Trim(const ParsedFlags& flags, const Model& scored, const TrimRequest& request,
+                          int threads, HerdCheckpointOptions* options) {
   std::vector<std::vector<int32_t>> calib;
   if (flags.Has("calib")) {
     HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), scored.spec.vocab_size));
@@ -316,33 +338,89 @@ absl::StatusOr<Json> DropBlocks(const ParsedFlags& flags, const Model& scored,
   HERD_ASSIGN_OR_RETURN(const Calibration c, Calibration::Run(scored, calib, threads));
   const int layers = c.num_layers();
   std::vector<double> block(layers), moe(layers);
+  Json expert_scores = Json::array(), frequencies = Json::array();
   for (int l = 0; l < layers; ++l) {
     block[l] = c.layer(l).block_similarity;
     moe[l] = c.layer(l).moe_similarity;
+    expert_scores.push_back(c.layer(l).expert_scores);
+    frequencies.push_back(c.layer(l).expert_tokens);
   }
-  std::vector<int> dropped;
-  if (mode == "discrete") {
-    std::vector<int> order(layers);
-    std::iota(order.begin(), order.end(), 0);
-    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return block[a] > block[b]; });
-    dropped.assign(order.begin(), order.begin() + n);
-    std::sort(dropped.begin(), dropped.end());
-  } else {
+  const auto highest = [](const std::vector<double>& score, int n, const std::vector<bool>& skip) {
+    std::vector<int> order;
+    for (int i = 0; i < static_cast<int>(score.size()); ++i) {
+      if (!skip[i]) order.push_back(i);
+    }
+    std::stable_sort(order.begin(), order.end(), [&](int a, int b) { return score[a] > score[b]; });
+    order.resize(std::min<size_t>(order.size(), n));
+    std::sort(order.begin(), order.end());
+    return order;
+  };
+  // Blocks.
+  std::vector<int>& dropped_blocks = options->drop_blocks;
+  if (request.blocks > 0 && request.block_mode == "discrete") {
+    dropped_blocks = highest(block, request.blocks, std::vector<bool>(layers, false));
+  } else if (request.blocks > 0) {
     int best = 0;
     double best_similarity = -2.0;
-    for (int i = 0; i + n <= layers; ++i) {
-      const double similarity = c.SpanSimilarity(i, i + n);
+    for (int i = 0; i + request.blocks <= layers; ++i) {
+      const double similarity = c.SpanSimilarity(i, i + request.blocks);
       if (similarity > best_similarity) {
         best_similarity = similarity;
         best = i;
       }
     }
-    for (int l = best; l < best + n; ++l) dropped.push_back(l);
+    for (int l = best; l < best + request.blocks; ++l) dropped_blocks.push_back(l);
   }
-  return Json{{"mode", mode},
-              {"dropped_blocks", dropped},
+  std::vector<bool> gone(layers, false);
+  for (int l : dropped_blocks) gone[l] = true;
+  for (int l = 0; l < layers; ++l) gone[l] = gone[l] || scored.layers[l].moe_dropped;
+  // MoE sublayers, among the blocks that stay.
+  options->drop_moe_layers = highest(moe, request.moe_layers, gone);
+  for (int l : options->drop_moe_layers) gone[l] = true;
+  // Experts, in the MoE sublayers that stay.
+  const int num_experts = static_cast<int>(scored.spec.num_experts);
+  const int top_k = static_cast<int>(scored.spec.num_experts_per_token);
+  if (request.experts > 0) {
+    std::vector<std::pair<double, std::pair<int, int>>> candidates;  // score, (layer, expert)
+    for (int l = 0; l < layers; ++l) {
+      if (gone[l]) continue;
+      for (int e = 0; e < num_experts; ++e) {
+        if (scored.layers[l].ExpertExists(e))
+          candidates.push_back({c.layer(l).expert_scores[e], {l, e}});
+      }
+    }
+    std::stable_sort(candidates.begin(), candidates.end(),
+                     [](const auto& a, const auto& b) { return a.first < b.first; });
+    std::vector<int> kept(layers, 0), dropped(layers, 0);
+    for (const auto& cand : candidates) ++kept[cand.second.first];
+    const int budget =
+        request.expert_mode == "global"
+            ? request.experts * static_cast<int>(std::count(gone.begin(), gone.end(), false))
+            : 0;
+    int taken = 0;
+    for (const auto& [score, at] : candidates) {
+      const auto [l, e] = at;
+      const bool room =
+          request.expert_mode == "global" ? taken < budget : dropped[l] < request.experts;
+      if (!room || kept[l] - 1 < top_k) continue;
+      options->drop_experts[l].push_back(e);
+      --kept[l];
+      ++dropped[l];
+      ++taken;
+    }
+    for (auto& [l, list] : options->drop_experts) std::sort(list.begin(), list.end());
+  }
+  Json dropped_experts = Json::object();
+  for (const auto& [l, list] : options->drop_experts) dropped_experts[std::to_string(l)] = list;
+  return Json{{"block_mode", request.block_mode},
+              {"expert_mode", request.expert_mode},
+              {"dropped_blocks", dropped_blocks},
+              {"dropped_moe_layers", options->drop_moe_layers},
+              {"dropped_experts", dropped_experts},
               {"block_similarity", block},
               {"moe_similarity", moe},
+              {"expert_scores", expert_scores},
+              {"expert_frequencies", frequencies},
               {"calibration_tokens", c.num_tokens()}};
 }
 
@@ -482,8 +560,13 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
     HERD_ASSIGN_OR_RETURN(Calibration c, Calibration::Run(*model, calib, threads));
     calib_bar.Finish();
     calibration = std::move(c);
+    Json frequencies = Json::array();
+    for (int l = 0; l < calibration->num_layers(); ++l) {
+      frequencies.push_back(calibration->layer(l).expert_tokens);
+    }
     gptq_report = {{"calibration_tokens", calibration->num_tokens()},
-                   {"calibration_source", calib_source}};
+                   {"calibration_source", calib_source},
+                   {"expert_frequencies", frequencies}};
     GptqOptions gptq_options;
     gptq_options.act_order = flags.Has("act-order");
     const HfArchInfo& arch = HfArchitecture(model->spec.architecture);
@@ -530,11 +613,22 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
     };
   }
   HERD_ASSIGN_OR_RETURN(const int64_t drop_blocks, flags.GetInt("drop-blocks", 0));
+  HERD_ASSIGN_OR_RETURN(const int64_t drop_layers, flags.GetInt("drop-layers", 0));
+  HERD_ASSIGN_OR_RETURN(const int64_t drop_experts, flags.GetInt("drop-experts", 0));
   const std::string drop_mode = flags.GetString("drop-mode", "discrete");
   const std::string drop_scores = flags.GetString("drop-scores", "quantized");
-  if (drop_blocks < 0 || drop_blocks >= model->spec.num_layers) {
-    return absl::InvalidArgumentError(absl::StrCat("--drop-blocks must be in [0, ",
-                                                   model->spec.num_layers, "), got ", drop_blocks));
+  const std::string expert_drop = flags.GetString("expert-drop", "layerwise");
+  if (drop_blocks < 0 || drop_blocks >= model->spec.num_layers || drop_layers < 0 ||
+      drop_layers > model->spec.num_layers) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--drop-blocks must be in [0, ", model->spec.num_layers,
+                     ") and --drop-layers in [0, ", model->spec.num_layers, "]"));
+  }
+  if (drop_experts < 0 ||
+      model->spec.num_experts - drop_experts < model->spec.num_experts_per_token) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--drop-experts must leave at least top-k (", model->spec.num_experts_per_token,
+        ") of the ", model->spec.num_experts, " experts per layer, got ", drop_experts));
   }
   if (drop_mode != "discrete" && drop_mode != "consecutive") {
     return absl::InvalidArgumentError("--drop-mode must be discrete or consecutive");
@@ -542,30 +636,38 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   if (drop_scores != "quantized" && drop_scores != "original") {
     return absl::InvalidArgumentError("--drop-scores must be quantized or original");
   }
-  // With block drop, the quantized model is written to a temporary first and
-  // the final checkpoint copies it (exactly) without the dropped blocks.
-  const std::string quantized_dir = drop_blocks > 0 ? out_dir + ".quantized-tmp" : out_dir;
-  if (drop_blocks > 0) options.overwrite = true;
+  if (expert_drop != "layerwise" && expert_drop != "global") {
+    return absl::InvalidArgumentError("--expert-drop must be layerwise or global");
+  }
+  const bool trim = drop_blocks > 0 || drop_layers > 0 || drop_experts > 0;
+  // With trimming, the quantized model is written to a temporary first and
+  // the final checkpoint copies it (exactly) without the dropped parts.
+  const std::string quantized_dir = trim ? out_dir + ".quantized-tmp" : out_dir;
+  if (trim) options.overwrite = true;
   ProgressBar bar("herd compress: quantize and write");
   options.progress = [&](int64_t done, int64_t total) { bar.Update(done, total); };
   HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*model, options, quantized_dir));
   bar.Finish();
   Json trimming;
-  if (drop_blocks > 0) {
+  if (trim) {
     absl::Cleanup remove_tmp = [&] {
       std::error_code ec;
       std::filesystem::remove_all(quantized_dir, ec);
     };
     HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> quantized, LoadModel(quantized_dir));
-    HERD_ASSIGN_OR_RETURN(
-        trimming, DropBlocks(flags, drop_scores == "quantized" ? *quantized : *model, drop_mode,
-                             static_cast<int>(drop_blocks), threads));
+    TrimRequest request;
+    request.blocks = static_cast<int>(drop_blocks);
+    request.block_mode = drop_mode;
+    request.moe_layers = static_cast<int>(drop_layers);
+    request.experts = static_cast<int>(drop_experts);
+    request.expert_mode = expert_drop;
     HerdCheckpointOptions drop;
+    HERD_ASSIGN_OR_RETURN(trimming, Trim(flags, drop_scores == "quantized" ? *quantized : *model,
+                                         request, threads, &drop));
+    trimming["scores_from"] = drop_scores;
     drop.overwrite = flags.Has("force");
     drop.compression = options.compression;
     drop.compression["trimming"] = trimming;
-    trimming["scores_from"] = drop_scores;
-    drop.drop_blocks = trimming["dropped_blocks"].get<std::vector<int>>();
     HERD_RETURN_IF_ERROR(WriteHerdCheckpoint(*quantized, drop, out_dir));
   }
   if (method == "gptq") {

@@ -45,13 +45,26 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
   options.num_threads = num_threads;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
   Calibration c;
+  const int64_t num_experts = model.spec.num_experts;
   c.layers_.resize(model.spec.num_layers);
-  for (LayerCalibration& l : c.layers_) {
-    l.experts.resize(model.spec.num_experts);
-    l.expert_tokens.assign(model.spec.num_experts, 0);
+  // Each layer's router as floats, for the expert scores.
+  std::vector<std::vector<float>> routers(model.spec.num_layers);
+  for (int64_t l = 0; l < model.spec.num_layers; ++l) {
+    LayerCalibration& layer = c.layers_[l];
+    layer.experts.resize(num_experts);
+    layer.expert_tokens.assign(num_experts, 0);
+    layer.expert_scores.assign(num_experts, 0.0);
+    const TensorView& router = model.layers[l].router;
+    if (router.empty()) continue;  // layer drop
+    routers[l].resize(num_experts * model.spec.hidden_size);
+    for (int64_t e = 0; e < num_experts; ++e) {
+      DequantizeRow(router.dtype(), router.row(e), routers[l].data() + e * model.spec.hidden_size,
+                    model.spec.hidden_size);
+    }
   }
-  engine->SetLinearInputObserver([&c](int layer, LinearInput input, const float* x, int64_t rows,
-                                      int64_t cols, const int32_t* offsets) {
+  const bool has_shared = model.spec.shared_expert_ffn_size > 0;
+  engine->SetLinearInputObserver([&](int layer, LinearInput input, const float* x, int64_t rows,
+                                     int64_t cols, const int32_t* offsets) {
     LayerCalibration& l = c.layers_[layer];
     switch (input) {
       case LinearInput::kAttention:
@@ -60,9 +73,28 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
       case LinearInput::kAttentionOutput:
         Append(&l.attention_output, x, rows, cols);
         break;
-      case LinearInput::kSharedExpert:
-        Append(&l.shared_expert, x, rows, cols);
+      case LinearInput::kMoe: {
+        if (has_shared) Append(&l.shared_expert, x, rows, cols);
+        const LayerWeights& w = model.layers[layer];
+        std::vector<double> p(num_experts);
+        for (int64_t t = 0; t < rows; ++t) {
+          double max = -1e300, sum = 0.0;
+          for (int64_t e = 0; e < num_experts; ++e) {
+            if (!w.ExpertExists(static_cast<int>(e))) continue;
+            double dot = 0.0;
+            const float* r = routers[layer].data() + e * cols;
+            for (int64_t i = 0; i < cols; ++i) dot += static_cast<double>(r[i]) * x[t * cols + i];
+            p[e] = dot;
+            max = std::max(max, dot);
+          }
+          for (int64_t e = 0; e < num_experts; ++e) {
+            p[e] = w.ExpertExists(static_cast<int>(e)) ? std::exp(p[e] - max) : 0.0;
+            sum += p[e];
+          }
+          for (int64_t e = 0; e < num_experts; ++e) l.expert_scores[e] += p[e] / sum;
+        }
         break;
+      }
       case LinearInput::kExperts:
         for (size_t e = 0; e < l.experts.size(); ++e) {
           const int64_t n = offsets[e + 1] - offsets[e];
@@ -117,6 +149,7 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
   for (int l = 0; l < c.num_layers(); ++l) {
     LayerCalibration& layer = c.layers_[l];
     layer.moe_similarity = c.num_tokens_ > 0 ? layer.moe_similarity / c.num_tokens_ : 0.0;
+    for (double& score : layer.expert_scores) score = c.num_tokens_ > 0 ? score / c.num_tokens_ : 0;
     layer.block_similarity = c.SpanSimilarity(l, l + 1);
   }
   return c;

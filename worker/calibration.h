@@ -29,6 +29,9 @@ struct LayerCalibration {
   std::vector<InputRows> experts;      // [num_experts]: gate and up of each routed expert
   InputRows shared_expert;             // gate and up of the shared expert
   std::vector<int64_t> expert_tokens;  // [num_experts]: routed tokens (the frequency of B3)
+  // [num_experts]: the expert-drop score S(E_i), the mean over tokens of the
+  // full softmax of the router logits (no top-k mask), 0 for dropped experts.
+  std::vector<double> expert_scores;
   // Mean over calibration tokens of cosine similarities of the residual
   // stream (seeds-methods.md §3.3): the block's input and output (block
   // drop, S_l = cos(h_l, h_l+1)), and the MoE sublayer's input and output

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <limits>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -35,6 +36,7 @@ absl::Status Engine::PackWeights() {
     HERD_ASSIGN_OR_RETURN(p.k, cpu::PackMatrix(w.k.weight));
     HERD_ASSIGN_OR_RETURN(p.v, cpu::PackMatrix(w.v.weight));
     HERD_ASSIGN_OR_RETURN(p.o, cpu::PackMatrix(w.o.weight));
+    if (w.moe_dropped) continue;  // layer drop: no router, no experts
     HERD_ASSIGN_OR_RETURN(p.router, cpu::PackMatrix(w.router));
     if (w.shared_expert.resident()) {
       HERD_ASSIGN_OR_RETURN(p.shared_gate, cpu::PackMatrix(w.shared_expert.gate));
@@ -87,7 +89,7 @@ absl::Status Engine::CheckPlacement(const ExpertPlacement& p, const ExpertTable*
   if (experts == nullptr) return absl::OkStatus();
   for (int l = 0; l < p.num_layers(); ++l) {
     for (int32_t e : p.RankExperts(l, ep_.comm->rank())) {
-      if (!experts->Holds(l, e)) {
+      if (!experts->Holds(l, e) && model_.layers[l].ExpertExists(e)) {
         return absl::InvalidArgumentError(
             absl::StrCat("the placement gives rank ", ep_.comm->rank(), " expert ", e, " of layer ",
                          l, ", which its expert table does not hold"));
@@ -130,7 +132,8 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
       }
     }
     for (size_t e = 0; e < needed.size(); ++e) {
-      if (needed[e] && !model.layers[l].experts[e].resident()) {
+      if (needed[e] && model.layers[l].ExpertExists(static_cast<int>(e)) &&
+          !model.layers[l].experts[e].resident()) {
         return absl::InvalidArgumentError(absl::StrCat(
             ep.comm == nullptr ? "the single-rank engine needs every expert; "
                                : "this rank's placement needs an expert that was not loaded: ",
@@ -459,11 +462,23 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   void* ws = workspace_.data();
   const size_t ws_bytes = workspace_.size();
 
+  if (w.moe_dropped) return absl::OkStatus();  // layer drop: every rank skips it alike
   const absl::Time start = absl::Now();
   absl::Cleanup account = [&] { stats_.moe_seconds += absl::ToDoubleSeconds(absl::Now() - start); };
   cpu::RmsNorm(x_.data(), w.ffn_norm.as<float>(), num_tokens, hidden, s.rms_norm_eps, h_.data());
+  if (linear_input_observer_) {
+    linear_input_observer_(layer_idx, LinearInput::kMoe, h_.data(), num_tokens, hidden, nullptr);
+  }
   HERD_RETURN_IF_ERROR(cpu::Matmul(p.router, nullptr, h_.data(), num_tokens, router_logits_.data(),
                                    ws, ws_bytes, pool_));
+  // Expert drop: dropped experts can never be chosen (with softmax scoring,
+  // the others' probabilities are those of a router without their rows).
+  for (int e = 0; e < static_cast<int>(w.expert_dropped.size()); ++e) {
+    if (!w.expert_dropped[e]) continue;
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      router_logits_[t * s.num_experts + e] = -std::numeric_limits<float>::infinity();
+    }
+  }
   cpu::RouterTopK(router_logits_.data(), num_tokens, s.num_experts, top_k, s.router_scoring,
                   s.norm_topk_prob, expert_idx_.data(), expert_weights_.data());
   if (routing_observer_) {
@@ -585,10 +600,6 @@ absl::Status Engine::SharedExpert(int layer_idx, int64_t num_tokens) {
   const LayerWeights& w = model_.layers[layer_idx];
   const int64_t hidden = s.hidden_size;
   const int32_t offsets[2] = {0, static_cast<int32_t>(num_tokens)};
-  if (linear_input_observer_) {
-    linear_input_observer_(layer_idx, LinearInput::kSharedExpert, h_.data(), num_tokens, hidden,
-                           nullptr);
-  }
   // expert_in_/expert_out_ hold num_tokens * top_k >= num_tokens rows.
   HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(packed_layers_[layer_idx].shared, offsets, h_.data(),
                                              expert_out_.data(), workspace_.data(),

@@ -93,7 +93,7 @@ enum class LinearInput {
   kAttention,        // F32 [tokens, hidden], normed: what q, k and v read
   kAttentionOutput,  // F32 [tokens, heads * head_dim]: what o reads
   kExperts,          // F32 [slots, hidden] grouped by expert, with the offsets: what gate/up read
-  kSharedExpert,     // F32 [tokens, hidden], normed: what the shared expert reads
+  kMoe,              // F32 [tokens, hidden], normed: what the router and shared expert read
 };
 // Called during Forward with each projection input (single rank only), for
 // calibration; expert_offsets I32 [num_experts + 1] for kExperts, else null.

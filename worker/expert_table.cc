@@ -135,7 +135,7 @@ absl::StatusOr<LoadedExperts> LoadExpertsForPlacement(const ExpertTable& current
   }
   for (int l = 0; l < num_layers; ++l) {
     for (int e = 0; e < num_experts; ++e) {
-      if (!needed[l][e]) continue;
+      if (!needed[l][e] || !model->layers[l].ExpertExists(e)) continue;  // none, or dropped
       std::shared_ptr<const PackedExpert>& entry = ExpertTableBuilder::Entry(*table, l, e);
       if (current.Holds(l, e)) {
         entry = ExpertTableBuilder::Entry(current, l, e);

@@ -4,6 +4,7 @@
 // failure through SCOPED_TRACE.
 #include <algorithm>
 #include <cmath>
+#include <limits>
 #include <numeric>
 #include <random>
 #include <vector>
@@ -535,6 +536,33 @@ TEST(RouterTest, SigmoidTiesAndTopKEqualsNumExperts) {
   EXPECT_EQ(idx, (std::vector<int32_t>{0, 1, 2}));  // ties keep the lower index first
   EXPECT_NEAR(w[0], 1.0 / (1.0 + std::exp(-1.0)), 1e-6);
   EXPECT_NEAR(w[2], 0.5, 1e-6);
+}
+
+// Expert drop masks dropped experts' logits to -inf: the same choice and
+// weights as a router whose rows for them were deleted.
+TEST(RouterTest, MaskedExpertsActLikeDeletedRouterRows) {
+  const int64_t tokens = 7, experts = 6, top_k = 2;
+  const std::vector<int32_t> kept = {0, 2, 3, 5};
+  std::vector<float> logits = Random(tokens * experts, 21);
+  std::vector<float> compact(tokens * kept.size());
+  for (int64_t t = 0; t < tokens; ++t) {
+    for (size_t j = 0; j < kept.size(); ++j)
+      compact[t * kept.size() + j] = logits[t * experts + kept[j]];
+    for (int e : {1, 4}) logits[t * experts + e] = -std::numeric_limits<float>::infinity();
+  }
+  for (bool renorm : {true, false}) {
+    for (RouterScoring scoring : {RouterScoring::kSoftmax, RouterScoring::kSigmoid}) {
+      std::vector<int32_t> idx(tokens * top_k), idx_compact(tokens * top_k);
+      std::vector<float> w(tokens * top_k), w_compact(tokens * top_k);
+      RouterTopK(logits.data(), tokens, experts, top_k, scoring, renorm, idx.data(), w.data());
+      RouterTopK(compact.data(), tokens, static_cast<int64_t>(kept.size()), top_k, scoring, renorm,
+                 idx_compact.data(), w_compact.data());
+      for (int64_t i = 0; i < tokens * top_k; ++i) {
+        EXPECT_EQ(idx[i], kept[idx_compact[i]]) << i;
+        EXPECT_NEAR(w[i], w_compact[i], 1e-6f) << i;
+      }
+    }
+  }
 }
 
 TEST(PermuteTest, StableCountingSortWithEmptyExperts) {
