@@ -199,22 +199,6 @@ absl::Status ValidateGptqArguments(const QuantFormat& format, const float* w, in
   return absl::OkStatus();
 }
 
-void QuantizeRtn(const QuantFormat& format, const float* w, int64_t rows, int64_t cols,
-                 uint8_t* codes, QuantGroupParams* params) {
-  const int64_t group_length = format.GroupLength(cols);
-  const int64_t groups = cols / group_length;
-  for (int64_t r = 0; r < rows; ++r) {
-    for (int64_t g = 0; g < groups; ++g) {
-      const float* values = w + r * cols + g * group_length;
-      const QuantGroupParams p = ChooseGroupParams(format, values, group_length);
-      params[r * groups + g] = p;
-      for (int64_t i = 0; i < group_length; ++i) {
-        codes[r * cols + g * group_length + i] = QuantizeValue(format, p, values[i]);
-      }
-    }
-  }
-}
-
 }  // namespace
 
 HessianAccumulator::HessianAccumulator(int64_t cols)
@@ -266,7 +250,7 @@ absl::StatusOr<GptqResult> GptqQuantize(const QuantFormat& format, const float* 
   HERD_RETURN_IF_ERROR(ValidateGptqArguments(format, w, rows, cols, hessian, options));
   GptqResult result;
   if (hessian.num_rows() == 0) {
-    QuantizeRtn(format, w, rows, cols, codes, params);
+    QuantizeCodesRtn(format, w, rows, cols, codes, params);
     result.used_rtn_fallback = true;
     return result;
   }

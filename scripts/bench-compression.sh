@@ -8,18 +8,29 @@
 #   scripts/bench-compression.sh
 #
 # Variables: THREADS (default 2), MODELS_DIR (default /tmp/herd-bench-models),
-# BUILD_DIR (build).
+# BUILD_DIR (build), OUTLIERS (1: the --outliers model; 0: the plain one),
+# SPEED (1: measure decode speed; 0: skip it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 THREADS=${THREADS:-2}
 MODELS_DIR=${MODELS_DIR:-/tmp/herd-bench-models}
+OUTLIERS=${OUTLIERS:-1}
+SPEED=${SPEED:-1}
 HERD="$BUILD_DIR/tools/herd"
 mkdir -p "$MODELS_DIR"
-source_model="$MODELS_DIR/mid-f16-outliers.gguf"
+outlier_flag=""
+source_model="$MODELS_DIR/mid-f16.gguf"
+if [ "$OUTLIERS" = 1 ]; then
+  outlier_flag="--outliers"
+  source_model="$MODELS_DIR/mid-f16-outliers.gguf"
+fi
+speed_flag=""
+[ "$SPEED" = 1 ] || speed_flag="--no-speed"
 if [ ! -f "$source_model" ]; then
+  # shellcheck disable=SC2086  # an optional word
   "$HERD" synth --layers 8 --hidden 1024 --heads 16 --kv-heads 4 --experts 8 --top-k 2 \
-    --ffn 2816 --vocab 32000 --dtype f16 --outliers --seed 1 --out "$source_model" > /dev/null
+    --ffn 2816 --vocab 32000 --dtype f16 $outlier_flag --seed 1 --out "$source_model" > /dev/null
 fi
 
 # name | herd compress flags (--modules experts,attention for every row)
@@ -42,21 +53,23 @@ echo "| method | bytes | average bits (quantized) | mean KL | top-1 agreement | 
 echo "|---|---:|---:|---:|---:|---:|---:|---:|"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name flags <<< "$row"
-  out="$MODELS_DIR/compressed-$(echo "$name" | tr -c 'a-z0-9\n' '-')"
+  out="$MODELS_DIR/compressed-$OUTLIERS-$(echo "$name" | tr -c 'a-z0-9\n' '-')"
   report="$out.json"
   # shellcheck disable=SC2086  # flags are words
   "$HERD" compress --model "$source_model" --out "$out" --force --threads "$THREADS" \
-    --modules experts,attention $flags --report "$report" > /dev/null
+    --modules experts,attention $flags $speed_flag --report "$report" > /dev/null
   python3 - "$name" "$report" <<'PY'
 import json, sys
 name, path = sys.argv[1], sys.argv[2]
 r = json.load(open(path))
-f, s, sp = r["fidelity"], r["size"], r["speed"]
+f, s = r["fidelity"], r["size"]
+sp = r.get("speed")
 bits = r['nominal_average_bits']
 print(f"| {name} | {s['bytes_after'] / 2**20:.0f} MiB | {bits if bits else 16:.2f} "
       f"({s['average_bits']:.2f} stored, all weights) | {f['mean_kl']:.4f} | "
       f"{100 * f['top1_agreement']:.1f}% | {f['logits_relative_error']:.3f} | "
-      f"{sp['before']['decode_tokens_per_second']:.0f} -> {sp['after']['decode_tokens_per_second']:.0f} | "
-      f"{sp['decode_speedup']:.2f}x |")
+      + (f"{sp['before']['decode_tokens_per_second']:.0f} -> "
+         f"{sp['after']['decode_tokens_per_second']:.0f} | {sp['decode_speedup']:.2f}x |"
+         if sp else "not measured | |"))
 PY
 done
