@@ -192,6 +192,13 @@ void PrintReport(const Json& report, std::ostream& out) {
         g["matrices"].get<int64_t>(), g["calibration_tokens"].get<int64_t>(),
         g["output_error"].get<double>(), g["rtn_output_error"].get<double>(),
         g["rtn_fallbacks"].get<int64_t>());
+    if (const int64_t few = g["matrices_with_fewer_rows_than_inputs"].get<int64_t>(); few > 0) {
+      out << absl::StrFormat(
+          "gptq: warning: %d matrices saw fewer calibration rows than they have inputs; their "
+          "Hessians are rank-deficient and GPTQ can fit the calibration tokens at the expense of "
+          "others: use more calibration tokens (--calib)\n",
+          few);
+    }
   }
   if (report.contains("trimming")) {
     const Json& t = report["trimming"];
@@ -538,7 +545,7 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   ThreadPool pool(threads);
   Json gptq_report;
   double gptq_error = 0, rtn_error = 0;
-  int64_t gptq_fallbacks = 0, gptq_matrices = 0;
+  int64_t gptq_fallbacks = 0, gptq_matrices = 0, gptq_few_rows = 0;
   if (method == "gptq") {
     std::vector<std::vector<int32_t>> calib;
     std::string calib_source;
@@ -592,6 +599,7 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
         QuantizeCodesRtn(f, values, rows, cols, codes, params);
         return absl::OkStatus();
       }
+      if (inputs->rows() < cols) ++gptq_few_rows;  // rank-deficient Hessian: GPTQ may overfit
       HessianAccumulator hessian(cols);
       if (inputs->rows() > 0) hessian.Add(inputs->values.data(), inputs->rows());
       HERD_ASSIGN_OR_RETURN(
@@ -673,6 +681,7 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   if (method == "gptq") {
     gptq_report["matrices"] = gptq_matrices;
     gptq_report["rtn_fallbacks"] = gptq_fallbacks;
+    gptq_report["matrices_with_fewer_rows_than_inputs"] = gptq_few_rows;
     gptq_report["output_error"] = gptq_error;
     gptq_report["rtn_output_error"] = rtn_error;
   }
