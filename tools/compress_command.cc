@@ -70,7 +70,8 @@ const std::vector<FlagSpec> kCompressFlags = {
      "8, 16 = keep)"},
     {"policy", true,
      "raise routed-expert matrices to --high-bits in this order: outlier (outlier score), "
-     "first-blocks (earliest layers first)"},
+     "frequency (experts the router picks most on calibration tokens), first-blocks (earliest "
+     "layers first)"},
     {"high-bits", true, "the width --policy raises matrices to (default 4)"},
     {"avg-bits", true,
      "with --policy: raise until the average bits of the quantized matrices reach this (default: "
@@ -272,7 +273,6 @@ absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
   std::vector<double> score(units->size(), 0.0);
   if (policy == "outlier") {
     // Scores come from the weights as loaded (GGUF experts are per-expert views).
-    std::map<std::string, const TensorView*> views;
     const HfArchInfo& arch = HfArchitecture(model.spec.architecture);
     for (size_t i : candidates) {
       const BitUnit& u = (*units)[i];
@@ -285,9 +285,24 @@ absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
     }
   } else if (policy == "first-blocks") {
     for (size_t i : candidates) score[i] = -static_cast<double>((*units)[i].layer);
+  } else if (policy == "frequency") {
+    // How often the router picks each expert (top-k) on calibration tokens.
+    std::vector<std::vector<int32_t>> calib;
+    if (flags.Has("calib")) {
+      HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), model.spec.vocab_size));
+    } else {
+      calib = RandomSequences(16, 128, model.spec.vocab_size, /*seed=*/7);
+    }
+    HERD_ASSIGN_OR_RETURN(const int64_t threads, flags.GetInt("threads", 0));
+    HERD_ASSIGN_OR_RETURN(const Calibration c,
+                          Calibration::Run(model, calib, static_cast<int>(threads)));
+    for (size_t i : candidates) {
+      const BitUnit& u = (*units)[i];
+      score[i] = static_cast<double>(c.layer(u.layer).expert_tokens[u.expert]);
+    }
   } else {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--policy: '", policy, "' is not a policy (outlier, first-blocks)"));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--policy: '", policy, "' is not a policy (outlier, frequency, first-blocks)"));
   }
   std::stable_sort(candidates.begin(), candidates.end(),
                    [&](size_t a, size_t b) { return score[a] > score[b]; });

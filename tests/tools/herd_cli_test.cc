@@ -293,6 +293,12 @@ TEST(HerdCliTest, CompressGptqBeatsRoundToNearestAndMixedBitsMeetTheirBudget) {
   EXPECT_LT(mixed["nominal_average_bits"].get<double>(), 3.3);
   EXPECT_GT(mixed["policy"]["raised"].get<int64_t>(), 0);
   EXPECT_EQ(mixed["bit_map"]["model.layers.0.self_attn.q_proj.weight"].get<int>(), 4);
+  // By routing frequency: the raised experts are among the most picked.
+  const nlohmann::json frequent = kl("--bits 2 --policy frequency --avg-bits 2.5", "frequent");
+  EXPECT_GE(frequent["nominal_average_bits"].get<double>(), 2.5);
+  EXPECT_EQ(frequent["policy"]["name"], "frequency");
+  EXPECT_GT(frequent["policy"]["top_ranked"][0]["score"].get<double>(),
+            frequent["policy"]["top_ranked"][7]["score"].get<double>() - 1e-9);
 
   const RunResult bad_calib = RunHerd(base + " --out " + tmp.Join("x") + " --method gptq --calib " +
                                       TestDataPath("llamacpp-tiny/manifest.json"));
