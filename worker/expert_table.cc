@@ -135,12 +135,13 @@ absl::StatusOr<LoadedExperts> LoadExpertsForPlacement(const ExpertTable& current
   }
   for (int l = 0; l < num_layers; ++l) {
     for (int e = 0; e < num_experts; ++e) {
-      if (!needed[l][e] || !model->layers[l].ExpertExists(e)) continue;  // none, or dropped
+      if (!needed[l][e]) continue;
       std::shared_ptr<const PackedExpert>& entry = ExpertTableBuilder::Entry(*table, l, e);
       if (current.Holds(l, e)) {
         entry = ExpertTableBuilder::Entry(current, l, e);
         continue;
       }
+      if (!model->layers[l].ExpertExists(e)) continue;  // dropped by expert drop: no weights
       const ExpertFfnWeights& weights = model->layers[l].experts[e];
       HERD_ASSIGN_OR_RETURN(entry, PackExpert(weights, model));
       ForEachMappedMatrix(*entry, &PrefaultMappedPages);
