@@ -1,6 +1,9 @@
 #include <map>
+#include <string>
+#include <vector>
 
 #include "absl/strings/str_format.h"
+#include "absl/strings/str_join.h"
 #include "core/human_format.h"
 #include "core/placement.h"
 #include "core/status.h"
@@ -12,8 +15,13 @@
 namespace herd {
 namespace {
 
+// "F16", "Q4_0", or a Herd format's name ("int4-g128-sym-f16").
+std::string TypeName(const TensorView& t) {
+  return t.dtype() == DType::kQuant ? t.quant_format().Name() : DTypeName(t.dtype());
+}
+
 const std::vector<FlagSpec> kInspectFlags = {
-    {"model", true, "GGUF file or Hugging Face directory (required)"},
+    {"model", true, "GGUF file, Hugging Face or Herd checkpoint directory (required)"},
     {"json", false, "print one JSON object instead of text"},
     {"tensors", false, "also list every tensor"},
     {"placement", true, "expert placement file: print what each rank holds"},
@@ -116,12 +124,27 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
     m.bytes += t.view.num_bytes();
     total.parameters += t.view.num_elements();
     total.bytes += t.view.num_bytes();
-    ++by_dtype[DTypeName(t.view.dtype())];
+    ++by_dtype[TypeName(t.view)];
   }
-  // Active parameters per token: everything but the experts, plus top-k of them.
+  // Trimming (Herd checkpoints): experts and MoE sublayers that are gone.
+  int64_t stored_experts = 0, moe_layers = 0;
+  std::vector<int> dropped_moe_layers;
+  for (int l = 0; l < static_cast<int>(model->layers.size()); ++l) {
+    const LayerWeights& w = model->layers[l];
+    if (w.moe_dropped) {
+      dropped_moe_layers.push_back(l);
+      continue;
+    }
+    ++moe_layers;
+    for (int e = 0; e < s.num_experts; ++e) stored_experts += w.ExpertExists(e);
+  }
+  const int64_t dropped_experts = moe_layers * s.num_experts - stored_experts;
+  // Active parameters per token: everything but the experts, plus top-k of
+  // them in every layer that has experts.
   const int64_t expert_params = by_module["experts"].parameters;
+  const int64_t per_expert = stored_experts > 0 ? expert_params / stored_experts : 0;
   const int64_t active =
-      total.parameters - expert_params + expert_params / s.num_experts * s.num_experts_per_token;
+      total.parameters - expert_params + per_expert * s.num_experts_per_token * moe_layers;
 
   if (flags.Has("placement")) {
     HERD_ASSIGN_OR_RETURN(ExpertPlacement placement,
@@ -157,12 +180,14 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
       j["modules"][name] = {{"parameters", m.parameters}, {"bytes", m.bytes}};
     }
     for (const auto& [name, count] : by_dtype) j["tensor_types"][name] = count;
+    j["dropped_experts"] = dropped_experts;
+    j["dropped_moe_layers"] = dropped_moe_layers;
     if (flags.Has("tensors")) {
       for (const TensorRecord& t : model->tensors) {
         nlohmann::json shape = nlohmann::json::array();
         for (int i = 0; i < t.view.rank(); ++i) shape.push_back(t.view.dim(i));
         j["tensors"].push_back({{"name", t.name},
-                                {"dtype", DTypeName(t.view.dtype())},
+                                {"dtype", TypeName(t.view)},
                                 {"shape", shape},
                                 {"module", ModuleKindName(t.module)},
                                 {"bytes", t.view.num_bytes()}});
@@ -182,6 +207,11 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
                          s.num_experts_per_token, s.expert_ffn_size,
                          RouterScoringName(s.router_scoring),
                          s.norm_topk_prob ? " (top-k renormalised)" : "");
+  if (dropped_experts > 0 || !dropped_moe_layers.empty()) {
+    out << absl::StrFormat(
+        "trimmed       %d experts dropped; MoE sublayers dropped in layers [%s]\n", dropped_experts,
+        absl::StrJoin(dropped_moe_layers, ", "));
+  }
   if (s.shared_expert_ffn_size > 0) {
     out << absl::StrFormat("shared expert ffn %d%s\n", s.shared_expert_ffn_size,
                            s.shared_expert_gated ? ", sigmoid-gated" : "");
@@ -208,7 +238,7 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
   if (flags.Has("tensors")) {
     out << "tensors\n";
     for (const TensorRecord& t : model->tensors) {
-      out << absl::StrFormat("  %-40s %-5s %-18s %-13s %s\n", t.name, DTypeName(t.view.dtype()),
+      out << absl::StrFormat("  %-40s %-5s %-18s %-13s %s\n", t.name, TypeName(t.view),
                              ShapeString(t.view), ModuleKindName(t.module),
                              HumanBytes(static_cast<double>(t.view.num_bytes())));
     }

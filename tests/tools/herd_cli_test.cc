@@ -250,6 +250,8 @@ TEST(HerdCliTest, CompressWritesACheckpointThatRunsAndReportsItsBits) {
   const RunResult generated =
       RunHerd("generate --model " + out + " --prompt-ids 1,2,3 --max-new-tokens 4");
   EXPECT_EQ(generated.exit_code, 0) << generated.err;
+  const RunResult inspected = RunHerd("inspect --model " + out);
+  EXPECT_NE(inspected.out.find("int4-g32-asym-f16 x"), std::string::npos) << inspected.out;
 
   // Refuses to overwrite, bad bits, groups that do not divide, unknown modules.
   const std::string base = "compress --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf");
@@ -293,6 +295,15 @@ TEST(HerdCliTest, CompressGptqBeatsRoundToNearestAndMixedBitsMeetTheirBudget) {
   EXPECT_LT(mixed["nominal_average_bits"].get<double>(), 3.3);
   EXPECT_GT(mixed["policy"]["raised"].get<int64_t>(), 0);
   EXPECT_EQ(mixed["bit_map"]["model.layers.0.self_attn.q_proj.weight"].get<int>(), 4);
+
+  // A trimmed checkpoint says what it lacks.
+  ASSERT_EQ(
+      RunHerd(base + " --out " + tmp.Join("trim") + " --drop-experts 3 --drop-layers 1").exit_code,
+      0);
+  const RunResult trimmed = RunHerd("inspect --model " + tmp.Join("trim"));
+  EXPECT_NE(trimmed.out.find("trimmed       3 experts dropped; MoE sublayers dropped in layers ["),
+            std::string::npos)
+      << trimmed.out;
   // By routing frequency: the raised experts are among the most picked.
   const nlohmann::json frequent = kl("--bits 2 --policy frequency --avg-bits 2.5", "frequent");
   EXPECT_GE(frequent["nominal_average_bits"].get<double>(), 2.5);
