@@ -3,8 +3,6 @@
 // network namespaces over TCP and UCX. Every rank runs every test in the same
 // order; each rank exits with its own gtest result, so mpirun fails when any
 // rank fails. Ranks other than 0 print only their failures, prefixed.
-#include <unistd.h>
-
 #include <cstdio>
 #include <memory>
 
@@ -12,57 +10,19 @@
 #include "comm/mpi_communicator.h"
 #include "comm/mpi_control_channel.h"
 #include "comm/mpi_runtime.h"
-#include "core/logging.h"
 #include "gtest/gtest.h"
 #include "tests/comm/conformance.h"
+#include "tests/comm/process_ranks.h"
 
 namespace herd::comm::testing {
 namespace {
 
-class MpiRankContext final : public RankContext {
- public:
-  explicit MpiRankContext(ControlChannel* control) : control_(control) {}
-  int rank() const override { return control_->rank(); }
-  int world_size() const override { return control_->world_size(); }
-  std::unique_ptr<Communicator> NewCommunicator() override {
-    auto comm = CreateMpiCommunicator(DeadlineAfterMs(60000));
-    EXPECT_TRUE(comm.ok()) << comm.status();
-    return comm.ok() ? std::move(comm).value() : nullptr;
-  }
-  ControlChannel& control() override { return *control_; }
-  bool abort_returns() const override { return false; }
-  bool names_missing_peer() const override { return true; }
-
- private:
-  ControlChannel* const control_;
-};
-
-MpiRankContext* g_context = nullptr;
+ProcessRankContext* g_context = nullptr;
 
 #define HERD_COMM_MPI_CASE(name) \
   TEST(MpiConformance, name) { name(*g_context); }
 HERD_COMM_CONFORMANCE_CASES(HERD_COMM_MPI_CASE)
 #undef HERD_COMM_MPI_CASE
-
-// Failures of ranks other than 0, one line each.
-class RankFailurePrinter final : public ::testing::EmptyTestEventListener {
- public:
-  explicit RankFailurePrinter(int rank) : rank_(rank) {}
-  void OnTestPartResult(const ::testing::TestPartResult& result) override {
-    if (!result.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s:%d: Failure\n%s\n", rank_,
-                 result.file_name() ? result.file_name() : "?", result.line_number(),
-                 result.message());
-  }
-  void OnTestEnd(const ::testing::TestInfo& info) override {
-    if (info.result()->Failed()) {
-      std::fprintf(stderr, "[rank %d] FAILED %s.%s\n", rank_, info.test_suite_name(), info.name());
-    }
-  }
-
- private:
-  const int rank_;
-};
 
 }  // namespace
 }  // namespace herd::comm::testing
@@ -81,17 +41,9 @@ int main(int argc, char** argv) {
     return 1;
   }
   const int rank = (*control)->rank();
-  herd::SetLogPrefix("rank " + std::to_string(rank));
-  char host[256] = "?";
-  gethostname(host, sizeof(host) - 1);
-  std::fprintf(stderr, "comm_mpi_conformance: rank %d of %d on host %s, pid %d\n", rank,
-               (*control)->world_size(), host, static_cast<int>(getpid()));
-  if (rank != 0) {
-    ::testing::TestEventListeners& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new herd::comm::testing::RankFailurePrinter(rank));
-  }
-  herd::comm::testing::MpiRankContext context(control->get());
+  herd::comm::testing::PrepareProcessRank("comm_mpi_conformance", **control);
+  herd::comm::testing::ProcessRankContext context(control->get(), &CreateMpiCommunicator,
+                                                  /*abort_returns=*/false);
   herd::comm::testing::g_context = &context;
   const int result = RUN_ALL_TESTS();
   control->reset();
