@@ -20,9 +20,12 @@
 namespace herd::cpu {
 
 // Counting sort of slots by expert, stable in slot order.
-// expert_idx I32 [num_slots] (values in [0, num_experts)); row_to_slot I32
-// [num_slots] receives the slots ordered by expert; expert_offsets I32
-// [num_experts + 1]: expert e owns rows [offsets[e], offsets[e+1]).
+// expert_idx I32 [num_slots]; row_to_slot I32 [num_slots] receives the slots
+// ordered by expert; expert_offsets I32 [num_experts + 1]: expert e owns rows
+// [offsets[e], offsets[e+1]). Slots whose expert is outside [0, num_experts)
+// (-1: skipped, see SkipMinorExperts) belong to no expert and get no row:
+// offsets[num_experts] counts only the others, and row_to_slot's entries
+// from there on are left as they were (cuda::PermuteByExpert agrees).
 void PermuteByExpert(const int32_t* expert_idx, int64_t num_slots, int64_t num_experts,
                      int32_t* row_to_slot, int32_t* expert_offsets);
 
@@ -48,7 +51,8 @@ absl::Status GroupedExpertFfn(const std::vector<ExpertFfnView>& experts, const i
                               ThreadPool& pool);
 
 // out F32 [num_tokens, hidden] += sum_j weights[t*top_k+j] * expert_out[slot_to_row[t*top_k+j]],
-// j ascending. expert_out F32 [num_slots, hidden] in row order.
+// j ascending. expert_out F32 [num_rows, hidden] in row order; slots whose
+// slot_to_row is negative (no row) add nothing.
 void CombineWeighted(const float* expert_out, const int32_t* slot_to_row, const float* weights,
                      int64_t num_tokens, int64_t top_k, int64_t hidden, float* out);
 

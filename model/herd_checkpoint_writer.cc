@@ -197,6 +197,7 @@ class CheckpointBuilder {
 
   void DropMoe(int layer) { manifest_.dropped_moe_layers.push_back(layer); }
   void DropExpert(int layer, int expert) { manifest_.dropped_experts[layer].push_back(expert); }
+  void SkipThreshold(int layer, float beta) { manifest_.expert_skip_thresholds[layer] = beta; }
 
   absl::Status Write(const std::string& dir) {
     HERD_RETURN_IF_ERROR(writer_.WriteFile(dir + "/model.safetensors"));
@@ -349,6 +350,10 @@ absl::Status AddLayer(const Model& model, const HerdCheckpointOptions& options, 
   HERD_RETURN_IF_ERROR(
       b->Matrix(info(moe + "gate.weight", ModuleKind::kRouter), w.router, Identity(s.num_experts)));
   const std::vector<int64_t> ffn_rows = Identity(s.expert_ffn_size);
+  const auto skip_it = options.expert_skip_thresholds.find(src);
+  const float skip_threshold =
+      skip_it != options.expert_skip_thresholds.end() ? skip_it->second : w.expert_skip_threshold;
+  if (skip_threshold > 0.0f) b->SkipThreshold(l, skip_threshold);
   const auto drop_it = options.drop_experts.find(src);
   int kept = 0;
   for (int e = 0; e < static_cast<int>(s.num_experts); ++e) {
@@ -402,6 +407,14 @@ absl::Status Build(const Model& model, const HerdCheckpointOptions& options,
   }
   if (static_cast<int64_t>(options.drop_blocks.size()) >= s.num_layers) {
     return absl::InvalidArgumentError("dropping every block leaves no model");
+  }
+  for (const auto& [l, beta] : options.expert_skip_thresholds) {
+    if (l < 0 || l >= s.num_layers || !(beta > 0.0f && beta <= 1.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("expert skip threshold ", beta, " for layer ",
+                                                     l,
+                                                     ": needs a layer of the model and a "
+                                                     "threshold in (0, 1]"));
+    }
   }
   CheckpointBuilder b(model, options);
   const std::vector<int64_t> vocab_rows = Identity(s.vocab_size);

@@ -57,6 +57,10 @@ struct HerdCheckpointOptions {
   // already stays dropped.
   std::vector<int> drop_moe_layers;
   std::map<int, std::vector<int>> drop_experts;
+  // Dynamic expert skipping thresholds to store, per layer by index in
+  // `model`, each in (0, 1]; a layer not listed keeps the model's own
+  // LayerWeights::expert_skip_threshold (0: none).
+  std::map<int, float> expert_skip_thresholds;
   // Stored as herd.json's "compression".
   nlohmann::json compression = nlohmann::json::object();
   // Replace an existing `out_dir` (else AlreadyExists).

@@ -53,6 +53,12 @@ Json HerdManifest::ToJson() const {
     for (const auto& [layer, list] : dropped_experts) experts[std::to_string(layer)] = list;
     root["dropped_experts"] = experts;
   }
+  if (!expert_skip_thresholds.empty()) {
+    Json thresholds = Json::object();
+    for (const auto& [layer, beta] : expert_skip_thresholds)
+      thresholds[std::to_string(layer)] = beta;
+    root["expert_skip_thresholds"] = thresholds;
+  }
   return root;
 }
 
@@ -139,6 +145,25 @@ absl::StatusOr<HerdManifest> HerdManifest::FromJson(const Json& root, const std:
       HERD_ASSIGN_OR_RETURN(
           m.dropped_experts[layer],
           index_list(item.value(), absl::StrCat("dropped_experts of layer ", layer)));
+    }
+  }
+  if (root.contains("expert_skip_thresholds")) {
+    const Json& thresholds = root["expert_skip_thresholds"];
+    if (!thresholds.is_object()) {
+      return Malformed(path, "'expert_skip_thresholds' must be an object of layer -> threshold");
+    }
+    for (const auto& item : thresholds.items()) {
+      int layer = 0;
+      if (!absl::SimpleAtoi(item.key(), &layer) || layer < 0) {
+        return Malformed(
+            path, absl::StrCat("'expert_skip_thresholds' key '", item.key(), "' is not a layer"));
+      }
+      const Json& beta = item.value();
+      if (!beta.is_number() || !(beta.get<double>() > 0.0 && beta.get<double>() <= 1.0)) {
+        return Malformed(path, absl::StrCat("expert skip threshold of layer ", layer, " is ",
+                                            beta.dump(), ", not in (0, 1]"));
+      }
+      m.expert_skip_thresholds[layer] = beta.get<float>();
     }
   }
   if (root.contains("compression")) m.compression = root["compression"];

@@ -10,6 +10,7 @@
 //                                    "shape": [rows, cols], "layout": "rows16"}, ...},
 //    "dropped_moe_layers": [3, 5],
 //    "dropped_experts": {"0": [2, 7], ...},
+//    "expert_skip_thresholds": {"0": 0.41, ...},
 //    "compression": {...}}
 //
 // Every tensor of the safetensors files has a checksum. A quantized weight
@@ -20,6 +21,8 @@
 // experts) was removed by layer drop: those blocks are attention only.
 // "dropped_experts" lists, per layer, the experts removed by expert drop: the
 // checkpoint holds no weights for them and the router never picks them.
+// "expert_skip_thresholds" gives, per layer, the dynamic skipping threshold
+// beta in (0, 1] (LayerWeights::expert_skip_threshold); absent: no skipping.
 // "compression" is free-form: what `herd compress` chose and measured.
 #pragma once
 
@@ -49,12 +52,14 @@ struct HerdManifest {
   std::map<std::string, QuantizedTensorEntry> quantized;  // weight name -> format
   std::vector<int> dropped_moe_layers;
   std::map<int, std::vector<int>> dropped_experts;  // layer -> experts
+  std::map<int, float> expert_skip_thresholds;      // layer -> beta
   nlohmann::json compression = nlohmann::json::object();
 
   nlohmann::json ToJson() const;
   // Parses herd.json's root. InvalidArgument naming `path` and the key for
   // anything malformed (unknown format name, bad shape, bad checksum spelling,
-  // a dropped layer or expert that is not a non-negative integer);
+  // a dropped layer or expert that is not a non-negative integer, a skip
+  // threshold outside (0, 1]);
   // Unimplemented for a version newer than this build reads.
   static absl::StatusOr<HerdManifest> FromJson(const nlohmann::json& root, const std::string& path);
 };

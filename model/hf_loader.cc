@@ -627,6 +627,10 @@ absl::Status LoadLayer(const HfLayout& layout, const ModelLoadOptions& options,
         w->expert_dropped[e] = true;
       }
     }
+    if (const auto it = manifest->expert_skip_thresholds.find(layer_idx);
+        it != manifest->expert_skip_thresholds.end()) {
+      w->expert_skip_threshold = it->second;
+    }
   }
   const std::string moe = absl::StrCat(p, arch.moe_prefix, ".");
   HERD_ASSIGN_OR_RETURN(w->router,

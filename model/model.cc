@@ -165,6 +165,10 @@ absl::Status ValidateModelWeights(const Model& model) {
       return absl::InvalidArgumentError(absl::StrCat(
           p, "has ", w.expert_dropped.size(), " expert-drop flags, expected ", s.num_experts));
     }
+    if (!(w.expert_skip_threshold >= 0.0f && w.expert_skip_threshold <= 1.0f)) {
+      return absl::InvalidArgumentError(
+          absl::StrCat(p, "expert skip threshold ", w.expert_skip_threshold, " is not in [0, 1]"));
+    }
     int64_t kept = 0;
     for (int64_t e = 0; e < s.num_experts; ++e) kept += w.ExpertExists(static_cast<int>(e));
     if (kept < s.num_experts_per_token) {

@@ -109,6 +109,9 @@ struct LayerWeights {
   // router never picks them (their scores are masked before top-k).
   bool moe_dropped = false;
   std::vector<bool> expert_dropped;
+  // Dynamic expert skipping (cpu::SkipMinorExperts): a token skips a routed
+  // expert whose weight is below this fraction of its top expert's. 0: never.
+  float expert_skip_threshold = 0.0f;
   // Whether expert `e` exists at all (on some rank), i.e. is neither dropped
   // nor in a dropped MoE sublayer.
   bool ExpertExists(int e) const {

@@ -35,6 +35,8 @@ const std::vector<FlagSpec> kBenchFlags = {
      "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
      "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
     {"placement", true, "expert placement file for --local-ranks or mpirun"},
+    {"no-expert-skip", false,
+     "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
     {"help", false, "show this help"},
 };
 
@@ -50,7 +52,8 @@ std::string HostName() {
 // dispatch and combine.
 absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::string& path,
                                     const std::optional<ExpertPlacement>& placement, int threads,
-                                    const ModelBenchOptions& options, std::ostream& out) {
+                                    bool expert_skipping, const ModelBenchOptions& options,
+                                    std::ostream& out) {
   const int world_size = PlannedWorldSize(group);
   std::vector<EngineStats> stats(world_size);
   ModelBenchResult rank0;
@@ -63,6 +66,7 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
         HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
         EngineOptions engine_options;
         engine_options.num_threads = threads;
+        engine_options.expert_skipping = expert_skipping;
         engine_options.expert_parallelism = {comm, &*rank_model.placement,
                                              absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
         HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
@@ -152,11 +156,13 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     if (threads == 0 && group.local_ranks > 1) {
       threads = std::max(1, ThreadPool::DefaultNumThreads() / group.local_ranks);
     }
-    return RunExpertParallelBench(group, path, placement, static_cast<int>(threads), options, out);
+    return RunExpertParallelBench(group, path, placement, static_cast<int>(threads),
+                                  !flags.Has("no-expert-skip"), options, out);
   }
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(path));
   EngineOptions engine_options;
   engine_options.num_threads = static_cast<int>(threads);
+  engine_options.expert_skipping = !flags.Has("no-expert-skip");
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
   const int num_threads = engine->num_threads();
 
@@ -186,6 +192,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
                    {"samples", r.decode_tokens_per_second.samples},
                    {"weight_bytes_per_token", r.decode_weight_bytes},
                    {"weight_gbps", r.decode_weight_gbps},
+                   {"skipped_expert_fraction", r.decode_skipped_fraction},
                    {"percent_of_read_bandwidth", decode_share}};
     j["bandwidth"] = {{"read_gbps", bw.read_gbps}, {"copy_gbps", bw.copy_gbps}};
     j["memory"] = {{"resident_bytes", resident},
@@ -215,6 +222,12 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
                            r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
                            r.decode_weight_gbps, decode_share);
+  }
+  if (r.decode_skipped_fraction > 0) {
+    out << absl::StrFormat(
+        "\ndynamic skipping left out %.1f%% of routed expert calls while decoding "
+        "(--no-expert-skip runs them all)\n",
+        100.0 * r.decode_skipped_fraction);
   }
   return absl::OkStatus();
 }

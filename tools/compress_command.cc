@@ -94,6 +94,10 @@ const std::vector<FlagSpec> kCompressFlags = {
     {"drop-scores", true,
      "score blocks on the quantized model (quantized: quantize, then drop) or on the original "
      "(original) (default quantized)"},
+    {"skip-threshold", true,
+     "dynamic expert skipping: a token skips a routed expert whose weight is below beta x its "
+     "top expert's; auto = per layer, the median over calibration tokens of w2/w1; or one beta "
+     "in (0, 1] for every layer (default: no skipping)"},
     {"report", true, "write the report as JSON to this file"},
     {"force", false, "replace --out if it exists"},
     {"help", false, "show this help"},
@@ -207,6 +211,14 @@ void PrintReport(const Json& report, std::ostream& out) {
         << t["dropped_moe_layers"].dump() << ", experts " << t["dropped_experts"].dump()
         << " (scored on the " << t["scores_from"].get<std::string>() << " model)\n";
   }
+  if (report.contains("skipping")) {
+    const Json& k = report["skipping"];
+    out << absl::StrFormat(
+        "dynamic skipping (--skip-threshold %s): thresholds by layer %s; %.1f%% of routed expert "
+        "calls skipped on the held-out tokens\n",
+        k["skip_threshold"].get<std::string>(), k["thresholds"].dump(),
+        100.0 * k["skipped_fraction"].get<double>());
+  }
   if (report.contains("speed")) {
     const Json& sp = report["speed"];
     out << absl::StrFormat(
@@ -256,6 +268,31 @@ std::vector<std::vector<int32_t>> RandomSequences(int64_t count, int64_t length,
   return sequences;
 }
 
+// The calibration tokens every stage that calibrates uses: --calib's, or
+// --calib-sequences x --calib-length random ids; `source` says which.
+struct CalibrationTokens {
+  std::vector<std::vector<int32_t>> sequences;
+  std::string source;
+};
+
+absl::StatusOr<CalibrationTokens> ChooseCalibrationTokens(const ParsedFlags& flags, int64_t vocab) {
+  CalibrationTokens tokens;
+  if (flags.Has("calib")) {
+    HERD_ASSIGN_OR_RETURN(tokens.sequences, ReadTokenFile(flags.GetString("calib"), vocab));
+    tokens.source = flags.GetString("calib");
+    return tokens;
+  }
+  HERD_ASSIGN_OR_RETURN(const int64_t count, flags.GetInt("calib-sequences", 16));
+  HERD_ASSIGN_OR_RETURN(const int64_t length, flags.GetInt("calib-length", 128));
+  if (count < 1 || length < 1) {
+    return absl::InvalidArgumentError("--calib-sequences and --calib-length must be >= 1");
+  }
+  tokens.sequences = RandomSequences(count, length, vocab, /*seed=*/7);
+  tokens.source = absl::StrCat("synthetic: ", count, " sequences of ", length,
+                               " uniformly random token ids (no --calib given)");
+  return tokens;
+}
+
 // --policy: ranks the routed-expert matrices and raises them to --high-bits,
 // up to --avg-bits or the top 25%. Returns what it did, for the report.
 absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
@@ -287,15 +324,11 @@ absl::StatusOr<Json> ApplyPolicy(const ParsedFlags& flags, const Model& model,
     for (size_t i : candidates) score[i] = -static_cast<double>((*units)[i].layer);
   } else if (policy == "frequency") {
     // How often the router picks each expert (top-k) on calibration tokens.
-    std::vector<std::vector<int32_t>> calib;
-    if (flags.Has("calib")) {
-      HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), model.spec.vocab_size));
-    } else {
-      calib = RandomSequences(16, 128, model.spec.vocab_size, /*seed=*/7);
-    }
+    HERD_ASSIGN_OR_RETURN(const CalibrationTokens calib,
+                          ChooseCalibrationTokens(flags, model.spec.vocab_size));
     HERD_ASSIGN_OR_RETURN(const int64_t threads, flags.GetInt("threads", 0));
     HERD_ASSIGN_OR_RETURN(const Calibration c,
-                          Calibration::Run(model, calib, static_cast<int>(threads)));
+                          Calibration::Run(model, calib.sequences, static_cast<int>(threads)));
     for (size_t i : candidates) {
       const BitUnit& u = (*units)[i];
       score[i] = static_cast<double>(c.layer(u.layer).expert_tokens[u.expert]);
@@ -351,13 +384,9 @@ struct TrimRequest {
 // Returns the scores and choices for the report.
 absl::StatusOr<Json> Trim(const ParsedFlags& flags, const Model& scored, const TrimRequest& request,
                           int threads, HerdCheckpointOptions* options) {
-  std::vector<std::vector<int32_t>> calib;
-  if (flags.Has("calib")) {
-    HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), scored.spec.vocab_size));
-  } else {
-    calib = RandomSequences(16, 128, scored.spec.vocab_size, /*seed=*/7);
-  }
-  HERD_ASSIGN_OR_RETURN(const Calibration c, Calibration::Run(scored, calib, threads));
+  HERD_ASSIGN_OR_RETURN(const CalibrationTokens calib,
+                        ChooseCalibrationTokens(flags, scored.spec.vocab_size));
+  HERD_ASSIGN_OR_RETURN(const Calibration c, Calibration::Run(scored, calib.sequences, threads));
   const int layers = c.num_layers();
   std::vector<double> block(layers), moe(layers);
   Json expert_scores = Json::array(), frequencies = Json::array();
@@ -446,6 +475,59 @@ absl::StatusOr<Json> Trim(const ParsedFlags& flags, const Model& scored, const T
               {"calibration_tokens", c.num_tokens()}};
 }
 
+// --skip-threshold: "auto" or one beta in (0, 1].
+absl::StatusOr<std::optional<float>> ParseSkipThreshold(const std::string& value) {
+  if (value == "auto") return std::optional<float>();
+  float beta = 0;
+  if (!absl::SimpleAtof(value, &beta) || !(beta > 0.0f && beta <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("--skip-threshold must be auto or a number in (0, 1], got '", value, "'"));
+  }
+  return std::optional<float>(beta);
+}
+
+// Sets the thresholds `value` asks for (empty: none) on every MoE layer;
+// auto takes each layer's median w2/w1 from `calibration`. InvalidArgument
+// for auto with top-1 routing, which has no second expert to skip.
+absl::Status ChooseSkipThresholds(const std::string& value, const Model& model,
+                                  const Calibration* calibration, HerdCheckpointOptions* options) {
+  if (value.empty()) return absl::OkStatus();
+  if (model.spec.num_experts_per_token < 2) {
+    return absl::InvalidArgumentError(
+        "--skip-threshold needs top-k >= 2 routing: with one expert per token there is nothing "
+        "to skip");
+  }
+  HERD_ASSIGN_OR_RETURN(const std::optional<float> fixed, ParseSkipThreshold(value));
+  for (int l = 0; l < static_cast<int>(model.spec.num_layers); ++l) {
+    if (model.layers[l].moe_dropped) continue;
+    const float beta =
+        fixed.has_value() ? *fixed : static_cast<float>(calibration->layer(l).skip_threshold);
+    if (beta > 0.0f) options->expert_skip_thresholds[l] = std::min(beta, 1.0f);
+  }
+  return absl::OkStatus();
+}
+
+// What dynamic skipping chose and did, for the report: the written model's
+// thresholds per layer and the share of routed expert calls it left out on
+// the held-out tokens.
+Json SkippingReport(const std::string& value, const Model& written, const EngineStats& eval,
+                    const std::string& calib_source) {
+  Json thresholds = Json::object();
+  for (size_t l = 0; l < written.layers.size(); ++l) {
+    const float beta = written.layers[l].expert_skip_threshold;
+    if (beta > 0.0f) thresholds[std::to_string(l)] = beta;
+  }
+  Json report = {
+      {"skip_threshold", value},
+      {"thresholds", thresholds},
+      {"routed_expert_calls", eval.routed_slots},
+      {"skipped_expert_calls", eval.skipped_slots},
+      {"skipped_fraction",
+       eval.routed_slots > 0 ? static_cast<double>(eval.skipped_slots) / eval.routed_slots : 0.0}};
+  if (value == "auto") report["calibration_source"] = calib_source;
+  return report;
+}
+
 absl::StatusOr<Json> MeasureSpeed(const Model& model, int threads) {
   EngineOptions engine_options;
   engine_options.num_threads = threads;
@@ -459,7 +541,8 @@ absl::StatusOr<Json> MeasureSpeed(const Model& model, int threads) {
               {"prefill_tokens_per_second", r.prefill_tokens_per_second.median},
               {"decode_tokens", options.gen_tokens},
               {"decode_tokens_per_second", r.decode_tokens_per_second.median},
-              {"decode_weight_bytes_per_token", r.decode_weight_bytes}};
+              {"decode_weight_bytes_per_token", r.decode_weight_bytes},
+              {"decode_skipped_expert_fraction", r.decode_skipped_fraction}};
 }
 
 }  // namespace
@@ -497,6 +580,8 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   HERD_RETURN_IF_ERROR(format.Validate());
   HERD_ASSIGN_OR_RETURN(const std::set<ModuleKind> modules,
                         ParseModules(flags.GetString("modules", "experts")));
+  const std::string skip_threshold = flags.GetString("skip-threshold", "");
+  if (!skip_threshold.empty()) HERD_RETURN_IF_ERROR(ParseSkipThreshold(skip_threshold).status());
 
   const std::string in_path = flags.GetString("model");
   const std::string out_dir = flags.GetString("out");
@@ -552,6 +637,7 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
       {"bit_map", bit_map},      {"nominal_average_bits", QuantizedAverageBits(units)}};
   if (flags.Has("bits-map")) options.compression["bits_map_rules"] = flags.GetString("bits-map");
   if (!policy_report.is_null()) options.compression["policy"] = policy_report;
+  if (!skip_threshold.empty()) options.compression["skip_threshold"] = skip_threshold;
   // GPTQ: calibrate on the original model, then quantize each matrix with
   // the Hessian of exactly its inputs.
   std::optional<Calibration> calibration;
@@ -561,27 +647,21 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   Json gptq_report;
   double gptq_error = 0, rtn_error = 0;
   int64_t gptq_fallbacks = 0, gptq_matrices = 0, gptq_few_rows = 0;
-  if (method == "gptq") {
-    std::vector<std::vector<int32_t>> calib;
-    std::string calib_source;
-    if (flags.Has("calib")) {
-      HERD_ASSIGN_OR_RETURN(calib, ReadTokenFile(flags.GetString("calib"), model->spec.vocab_size));
-      calib_source = flags.GetString("calib");
-    } else {
-      HERD_ASSIGN_OR_RETURN(const int64_t count, flags.GetInt("calib-sequences", 16));
-      HERD_ASSIGN_OR_RETURN(const int64_t length, flags.GetInt("calib-length", 128));
-      if (count < 1 || length < 1) {
-        return absl::InvalidArgumentError("--calib-sequences and --calib-length must be >= 1");
-      }
-      calib = RandomSequences(count, length, model->spec.vocab_size, /*seed=*/7);
-      calib_source = absl::StrCat("synthetic: ", count, " sequences of ", length,
-                                  " uniformly random token ids (no --calib given)");
-    }
+  // Calibration on the original model, for GPTQ and the skip thresholds.
+  std::string calib_source;
+  if (method == "gptq" || skip_threshold == "auto") {
+    HERD_ASSIGN_OR_RETURN(const CalibrationTokens calib,
+                          ChooseCalibrationTokens(flags, model->spec.vocab_size));
+    calib_source = calib.source;
     ProgressBar calib_bar("herd compress: calibrate");
     calib_bar.Update(0, 1);
-    HERD_ASSIGN_OR_RETURN(Calibration c, Calibration::Run(*model, calib, threads));
+    HERD_ASSIGN_OR_RETURN(Calibration c, Calibration::Run(*model, calib.sequences, threads));
     calib_bar.Finish();
     calibration = std::move(c);
+  }
+  HERD_RETURN_IF_ERROR(ChooseSkipThresholds(skip_threshold, *model,
+                                            calibration ? &*calibration : nullptr, &options));
+  if (method == "gptq") {
     Json frequencies = Json::array();
     for (int l = 0; l < calibration->num_layers(); ++l) {
       frequencies.push_back(calibration->layer(l).expert_tokens);
@@ -729,7 +809,9 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
   eval_bar.Update(0, 2);
   HERD_ASSIGN_OR_RETURN(const std::vector<float> before, SequenceLogits(*model, eval, threads));
   eval_bar.Update(1, 2);
-  HERD_ASSIGN_OR_RETURN(const std::vector<float> after, SequenceLogits(*written, eval, threads));
+  EngineStats eval_stats;
+  HERD_ASSIGN_OR_RETURN(const std::vector<float> after,
+                        SequenceLogits(*written, eval, threads, &eval_stats));
   eval_bar.Finish();
   const FidelityResult fidelity = CompareLogits(before, after, model->spec.vocab_size);
   report["fidelity"] = {{"eval_tokens", eval_source},
@@ -738,6 +820,9 @@ absl::Status RunCompressCommand(const std::vector<std::string>& args, std::ostre
                         {"max_kl", fidelity.max_kl},
                         {"top1_agreement", fidelity.top1_agreement},
                         {"logits_relative_error", fidelity.logits_relative_error}};
+  if (!skip_threshold.empty()) {
+    report["skipping"] = SkippingReport(skip_threshold, *written, eval_stats, calib_source);
+  }
   if (!flags.Has("no-speed")) {
     HERD_ASSIGN_OR_RETURN(const Json speed_before, MeasureSpeed(*model, threads));
     HERD_ASSIGN_OR_RETURN(const Json speed_after, MeasureSpeed(*written, threads));

@@ -46,6 +46,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"record-expert-load", true,
      "write the tokens routed to each expert of each layer as a herd plan trace (JSON)"},
+    {"no-expert-skip", false,
+     "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
     {"help", false, "show this help"},
 };
 
@@ -134,6 +136,7 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
         const std::unique_ptr<Model>& model = rank_model.model;
         EngineOptions engine_options;
         engine_options.num_threads = static_cast<int>(threads);
+        engine_options.expert_skipping = !flags.Has("no-expert-skip");
         if (comm != nullptr) {
           engine_options.expert_parallelism = {comm, &*rank_model.placement,
                                                absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
@@ -153,6 +156,7 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
                                          const int32_t* expert_idx, const float*) {
             if (layer == 0) routed_tokens += num_tokens;
             for (int64_t i = 0; i < num_tokens * top_k; ++i) {
+              if (expert_idx[i] < 0) continue;  // skipped
               ++expert_load[layer * model->spec.num_experts + expert_idx[i]];
             }
           });

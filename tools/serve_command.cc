@@ -70,6 +70,8 @@ const std::vector<FlagSpec> kServeFlags = {
     {"rebalance-min-interval-s", true, "seconds from startup and between rebalances (default 60)"},
     {"rebalance-max-experts-moved", true,
      "most expert replicas one rebalance copies; 0 = no limit (default 0)"},
+    {"no-expert-skip", false,
+     "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
     {"help", false, "show this help"},
 };
 
@@ -111,6 +113,7 @@ struct ServeSettings {
   std::string model_path;
   ServeConfig serve;
   int threads = 0;
+  bool expert_skipping = true;     // the checkpoint's dynamic skip thresholds
   int64_t max_context_tokens = 0;  // 0 = the model's
   std::string port_file;
   std::string record_expert_load;
@@ -157,6 +160,7 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
         absl::StrCat("--threads must be in [0, 1024], got ", threads));
   }
   s.threads = static_cast<int>(threads);
+  s.expert_skipping = !flags.Has("no-expert-skip");
   HERD_ASSIGN_OR_RETURN(s.max_context_tokens,
                         flags.GetInt("max-context-tokens", config.engine.max_context_tokens));
   if (s.max_context_tokens < 0) {
@@ -330,6 +334,7 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
         const Model& model = *rank_model.model;
         EngineOptions engine_options;
         engine_options.num_threads = settings.threads;
+        engine_options.expert_skipping = settings.expert_skipping;
         if (comm != nullptr) {
           engine_options.expert_parallelism = {comm, &*rank_model.placement,
                                                absl::Milliseconds(comm::GetCommEnv().timeout_ms)};

@@ -109,6 +109,7 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
   }
 
   std::vector<double> prefill, decode;
+  int64_t decode_routed = 0, decode_skipped = 0;
   for (int r = 0; r < options.repetitions; ++r) {
     if (options.prompt_tokens > 0) {
       Batch batch;
@@ -122,6 +123,7 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
     }
     if (options.gen_tokens > 0) {
       int32_t next = token(rng);
+      const EngineStats before = engine.stats();
       const auto start = std::chrono::steady_clock::now();
       for (int64_t pos = 0; pos < options.gen_tokens; ++pos) {
         Batch step;
@@ -134,11 +136,17 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
             static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
       }
       decode.push_back(options.gen_tokens / Seconds(start));
+      decode_routed += engine.stats().routed_slots - before.routed_slots;
+      decode_skipped += engine.stats().skipped_slots - before.skipped_slots;
     }
   }
   result.prefill_tokens_per_second = Summarize(prefill);
   result.decode_tokens_per_second = Summarize(decode);
 
+  // Routed experts read per token: top_k, less what dynamic skipping left out.
+  result.decode_skipped_fraction =
+      decode_routed > 0 ? static_cast<double>(decode_skipped) / decode_routed : 0.0;
+  const double experts_per_token = s.num_experts_per_token * (1.0 - result.decode_skipped_fraction);
   int64_t bytes =
       model.lm_head.num_bytes() + model.token_embedding.num_bytes() / model.spec.vocab_size;
   for (const LayerWeights& w : model.layers) {
@@ -147,8 +155,12 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
           &w.shared_expert.up, &w.shared_expert.down}) {
       if (!t->empty()) bytes += t->num_bytes();
     }
-    const ExpertFfnWeights& e = w.experts.front();
-    bytes += s.num_experts_per_token * (e.gate.num_bytes() + e.up.num_bytes() + e.down.num_bytes());
+    for (const ExpertFfnWeights& e : w.experts) {
+      if (!e.resident()) continue;  // dropped (or another rank's); experts share one shape
+      bytes += static_cast<int64_t>(experts_per_token *
+                                    (e.gate.num_bytes() + e.up.num_bytes() + e.down.num_bytes()));
+      break;
+    }
   }
   result.decode_weight_bytes = bytes;
   result.decode_weight_gbps = bytes * result.decode_tokens_per_second.median / 1e9;

@@ -42,9 +42,12 @@ struct ModelBenchResult {
   Summary prefill_tokens_per_second;
   Summary decode_tokens_per_second;
   // Weight bytes one decode step reads: every non-expert matrix, top_k
-  // experts' FFNs, the lm head and one embedding row.
+  // experts' FFNs (fewer by the share dynamic skipping left out), the lm head
+  // and one embedding row.
   int64_t decode_weight_bytes = 0;
   double decode_weight_gbps = 0;  // decode_weight_bytes x median decode tokens/s
+  // Share of routed expert calls dynamic skipping left out while decoding.
+  double decode_skipped_fraction = 0;
 };
 
 // Runs the prefill and decode tests on `engine`. InvalidArgument when the

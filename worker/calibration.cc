@@ -1,5 +1,6 @@
 #include "worker/calibration.h"
 
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 
@@ -43,6 +44,7 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
                                              int num_threads) {
   EngineOptions options;
   options.num_threads = num_threads;
+  options.expert_skipping = false;  // calibrate on every routed expert
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
   Calibration c;
   const int64_t num_experts = model.spec.num_experts;
@@ -104,6 +106,16 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
         break;
     }
   });
+  // w2 / w1 of every token, per layer, for the skip thresholds.
+  std::vector<std::vector<float>> weight_ratios(model.spec.num_layers);
+  engine->SetRoutingObserver([&weight_ratios](int layer, int64_t num_tokens, int64_t top_k,
+                                              const int32_t*, const float* weights) {
+    if (top_k < 2) return;
+    for (int64_t t = 0; t < num_tokens; ++t) {
+      const float w1 = weights[t * top_k], w2 = weights[t * top_k + 1];
+      weight_ratios[layer].push_back(w1 > 0.0f ? w2 / w1 : 1.0f);
+    }
+  });
   // The residual stream: every block's input (and the last output) is kept;
   // the MoE similarity needs the attention-added stream of the same step.
   c.block_inputs_.resize(model.spec.num_layers + 1);
@@ -151,6 +163,17 @@ absl::StatusOr<Calibration> Calibration::Run(const Model& model,
     layer.moe_similarity = c.num_tokens_ > 0 ? layer.moe_similarity / c.num_tokens_ : 0.0;
     for (double& score : layer.expert_scores) score = c.num_tokens_ > 0 ? score / c.num_tokens_ : 0;
     layer.block_similarity = c.SpanSimilarity(l, l + 1);
+    std::vector<float>& ratios = weight_ratios[l];
+    if (!ratios.empty()) {
+      // The median; an even count takes the mean of the two middle values.
+      const size_t mid = ratios.size() / 2;
+      std::nth_element(ratios.begin(), ratios.begin() + mid, ratios.end());
+      double median = ratios[mid];
+      if (ratios.size() % 2 == 0) {
+        median = (median + *std::max_element(ratios.begin(), ratios.begin() + mid)) / 2.0;
+      }
+      layer.skip_threshold = median;
+    }
   }
   return c;
 }

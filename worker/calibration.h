@@ -38,6 +38,11 @@ struct LayerCalibration {
   // (layer drop, cos(x', x' + MoE(Norm(x')))).
   double block_similarity = 0;
   double moe_similarity = 0;
+  // Dynamic skipping's beta (seeds-methods.md §7.5 D1): the median over
+  // calibration tokens of w2 / w1, a token's second-largest routing weight
+  // over its largest, with every expert run (no skipping while calibrating).
+  // 0 with top-1 routing, a dropped MoE sublayer, or no tokens.
+  double skip_threshold = 0;
 };
 
 class Calibration {

@@ -21,6 +21,7 @@ Engine::Engine(const Model& model, const EngineOptions& options, int num_threads
     : model_(model),
       pool_(num_threads),
       max_step_tokens_(options.max_step_tokens),
+      expert_skipping_(options.expert_skipping),
       ep_(options.expert_parallelism) {
   stats_.layer_expert_rows.assign(model.spec.num_layers, 0);
   if (ep_.comm != nullptr) exchange_ = std::make_unique<comm::ExpertExchange>(ep_.comm);
@@ -481,6 +482,11 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   }
   cpu::RouterTopK(router_logits_.data(), num_tokens, s.num_experts, top_k, s.router_scoring,
                   s.norm_topk_prob, expert_idx_.data(), expert_weights_.data());
+  stats_.routed_slots += num_tokens * top_k;
+  if (expert_skipping_) {
+    stats_.skipped_slots += cpu::SkipMinorExperts(num_tokens, top_k, w.expert_skip_threshold,
+                                                  expert_idx_.data(), expert_weights_.data());
+  }
   if (routing_observer_) {
     routing_observer_(layer_idx, num_tokens, top_k, expert_idx_.data(), expert_weights_.data());
   }
@@ -504,15 +510,17 @@ absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
   const int64_t hidden = s.hidden_size;
   cpu::PermuteByExpert(expert_idx_.data(), num_slots, s.num_experts, row_to_slot_.data(),
                        expert_offsets_.data());
-  stats_.layer_expert_rows[layer_idx] += num_slots;
-  for (int64_t r = 0; r < num_slots; ++r) {
+  const int64_t num_rows = expert_offsets_[s.num_experts];  // skipped slots get no row
+  stats_.layer_expert_rows[layer_idx] += num_rows;
+  if (num_rows < num_slots) std::fill(slot_to_row_.begin(), slot_to_row_.begin() + num_slots, -1);
+  for (int64_t r = 0; r < num_rows; ++r) {
     const int32_t slot = row_to_slot_[r];
     slot_to_row_[slot] = static_cast<int32_t>(r);
     std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
                 hidden * sizeof(float));
   }
   if (linear_input_observer_) {
-    linear_input_observer_(layer_idx, LinearInput::kExperts, expert_in_.data(), num_slots, hidden,
+    linear_input_observer_(layer_idx, LinearInput::kExperts, expert_in_.data(), num_rows, hidden,
                            expert_offsets_.data());
   }
   return cpu::GroupedExpertFfn(experts_->LayerViews(layer_idx), expert_offsets_.data(),
@@ -532,12 +540,16 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
   const int rank = ep_.comm->rank();
   dest_rank_.resize(num_slots);
   identity_.resize(num_slots);
+  int64_t num_sent = 0;
   for (int64_t slot = 0; slot < num_slots; ++slot) {
     // The replica is a pure function of (layer, expert, rank, slot): the same
     // batch always takes the same route.
     const uint64_t token_key = (static_cast<uint64_t>(rank) << 32) | static_cast<uint64_t>(slot);
-    dest_rank_[slot] = placement_->PickReplicaRank(layer_idx, expert_idx_[slot], token_key);
+    dest_rank_[slot] = expert_idx_[slot] < 0  // skipped: not sent, combined as zeros
+                           ? -1
+                           : placement_->PickReplicaRank(layer_idx, expert_idx_[slot], token_key);
     identity_[slot] = static_cast<int32_t>(slot);
+    num_sent += dest_rank_[slot] >= 0;
   }
   comm::DispatchArgs args;
   args.hidden = h_.data();
@@ -554,7 +566,7 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
   HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
                         exchange_->Dispatch(args, dispatch_start + ep_.timeout));
   stats_.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - dispatch_start);
-  stats_.dispatched_slots += num_slots;
+  stats_.dispatched_slots += num_sent;
   stats_.received_rows += handle.num_recv_rows();
   stats_.layer_expert_rows[layer_idx] += handle.num_recv_rows();
 

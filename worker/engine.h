@@ -57,6 +57,10 @@ struct EngineOptions {
   // hidden size) while keeping weight reuse high.
   int64_t max_step_tokens = 128;
   ExpertParallelism expert_parallelism;
+  // Dynamic expert skipping with the model's per-layer thresholds
+  // (LayerWeights::expert_skip_threshold, set by `herd compress
+  // --skip-threshold`); false runs every routed expert.
+  bool expert_skipping = true;
 };
 
 // A run of consecutive tokens of one sequence inside a batch.
@@ -85,6 +89,7 @@ struct Batch {
 
 // Called once per layer with the router's choice for every token of the batch:
 // expert_idx I32 [num_tokens, top_k] and weights F32 [num_tokens, top_k].
+// Slots that dynamic skipping dropped have expert -1 and weight 0.
 using RoutingObserver = std::function<void(int layer_idx, int64_t num_tokens, int64_t top_k,
                                            const int32_t* expert_idx, const float* weights)>;
 
@@ -121,6 +126,10 @@ struct EngineStats {
   double combine_seconds = 0;   // expert parallelism: waiting in Combine
   int64_t dispatched_slots = 0;
   int64_t received_rows = 0;
+  // Routed expert calls (token, expert pairs) the routers chose, and how many
+  // of them dynamic skipping left out (counted where the tokens are routed).
+  int64_t routed_slots = 0;
+  int64_t skipped_slots = 0;
   // Rows this rank's routed experts computed, per layer: tokens * top_k on a
   // single rank, the rows received in dispatch with expert parallelism.
   std::vector<int64_t> layer_expert_rows;
@@ -219,6 +228,7 @@ class Engine {
   const Model& model_;
   ThreadPool pool_;
   const int64_t max_step_tokens_;
+  const bool expert_skipping_;
   const ExpertParallelism ep_;  // ep_.placement is not used after Create
   std::unique_ptr<comm::ExpertExchange> exchange_;
   // Expert parallelism: the placement in force (null for a single rank).

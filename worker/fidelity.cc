@@ -27,7 +27,8 @@ void LogSoftmax(const float* logits, int64_t vocab, std::vector<double>* out) {
 }  // namespace
 
 absl::StatusOr<std::vector<float>> SequenceLogits(
-    const Model& model, const std::vector<std::vector<int32_t>>& sequences, int num_threads) {
+    const Model& model, const std::vector<std::vector<int32_t>>& sequences, int num_threads,
+    EngineStats* stats) {
   EngineOptions options;
   options.num_threads = num_threads;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(model, options));
@@ -56,6 +57,7 @@ absl::StatusOr<std::vector<float>> SequenceLogits(
     logits.resize(offset + n * vocab);
     HERD_RETURN_IF_ERROR(engine->Forward(batch, logits.data() + offset));
   }
+  if (stats != nullptr) *stats = engine->stats();
   return logits;
 }
 

@@ -14,6 +14,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/model.h"
+#include "worker/engine.h"
 
 namespace herd {
 
@@ -26,11 +27,13 @@ struct FidelityResult {
   double logits_relative_error = 0;
 };
 
-// Logits F32 [positions, vocab] of `model` for each sequence, concatenated.
-// InvalidArgument for ids outside the vocabulary or a sequence longer than
-// the context.
+// Logits F32 [positions, vocab] of `model` for each sequence, concatenated;
+// the engine's counters into `stats` when given (e.g. how many expert calls
+// dynamic skipping left out). InvalidArgument for ids outside the vocabulary
+// or a sequence longer than the context.
 absl::StatusOr<std::vector<float>> SequenceLogits(
-    const Model& model, const std::vector<std::vector<int32_t>>& sequences, int num_threads);
+    const Model& model, const std::vector<std::vector<int32_t>>& sequences, int num_threads,
+    EngineStats* stats = nullptr);
 
 // Compares two logit sets of the same shape (from SequenceLogits).
 FidelityResult CompareLogits(const std::vector<float>& reference,

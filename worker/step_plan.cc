@@ -25,13 +25,14 @@ namespace {
 //           U32 e | I64 expert_tokens[e] | F64 forward_seconds |
 //           F64 dispatch_seconds | F64 combine_seconds | I64 all_to_all_bytes |
 //           U64 placement_version | U64 ready_version | I64 staged_bytes |
-//           string stage_error | F64 load_wait_seconds
+//           string stage_error | F64 load_wait_seconds |
+//           I64 routed_expert_calls | I64 skipped_expert_calls
 //
 // A new field bumps the version; a reader rejects versions it does not know
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 2;
+constexpr uint32_t kVersion = 3;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
@@ -259,6 +260,8 @@ std::string EncodeStepResult(const RankStepResult& result) {
   w.I64(result.staged_bytes);
   w.String(result.stage_error);
   w.F64(result.load_wait_seconds);
+  w.I64(result.routed_expert_calls);
+  w.I64(result.skipped_expert_calls);
   return w.Take();
 }
 
@@ -286,6 +289,8 @@ absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes) {
   result.staged_bytes = r.I64();
   result.stage_error = r.String();
   result.load_wait_seconds = r.F64();
+  result.routed_expert_calls = r.I64();
+  result.skipped_expert_calls = r.I64();
   HERD_RETURN_IF_ERROR(r.Finish());
   return result;
 }

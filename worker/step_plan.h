@@ -94,6 +94,10 @@ struct RankStepResult {
   double combine_seconds = 0;
   // Bytes this rank sent to other ranks in the step's all-to-alls.
   int64_t all_to_all_bytes = 0;
+  // (token, expert) pairs the routers chose for this rank's tokens in the
+  // step, and how many of them dynamic expert skipping left out.
+  int64_t routed_expert_calls = 0;
+  int64_t skipped_expert_calls = 0;
   // The placement version the step ran with.
   uint64_t placement_version = 1;
   // Online rebalancing: the staged version whose experts are loaded and ready

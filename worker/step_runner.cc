@@ -68,7 +68,9 @@ absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(Engine* engine,
         [self, num_experts = s.num_experts](int layer_idx, int64_t num_tokens, int64_t top_k,
                                             const int32_t* expert_idx, const float* /*weights*/) {
           int64_t* counts = self->expert_tokens_.data() + layer_idx * num_experts;
-          for (int64_t slot = 0; slot < num_tokens * top_k; ++slot) ++counts[expert_idx[slot]];
+          for (int64_t slot = 0; slot < num_tokens * top_k; ++slot) {
+            if (expert_idx[slot] >= 0) ++counts[expert_idx[slot]];  // -1: skipped
+          }
         });
   }
   return runner;
@@ -192,6 +194,8 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
   result.dispatch_seconds = after.dispatch_seconds - before.dispatch_seconds;
   result.combine_seconds = after.combine_seconds - before.combine_seconds;
   result.all_to_all_bytes = after.all_to_all_bytes - before.all_to_all_bytes;
+  result.routed_expert_calls = after.routed_slots - before.routed_slots;
+  result.skipped_expert_calls = after.skipped_slots - before.skipped_slots;
   const ExpertStager::Progress staging = stager_.progress();
   if (staging.version > 0 && staging.done) {
     if (staging.status.ok()) {

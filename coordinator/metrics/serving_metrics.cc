@@ -105,6 +105,8 @@ struct ServingMetrics::Impl {
   prometheus::Family<prometheus::Counter>& request_success;
   prometheus::Counter& num_preemptions;
   prometheus::Counter& all_to_all_bytes;
+  prometheus::Counter& expert_calls;
+  prometheus::Counter& expert_calls_skipped;
   prometheus::Gauge& placement_version;
   prometheus::Gauge& placement_imbalance;
   prometheus::Histogram& rebalance_seconds;
@@ -209,6 +211,14 @@ ServingMetrics::Impl::Impl(const ServingMetricsOptions& opts)
       all_to_all_bytes(CounterFamily(*registry, options, "herd:all_to_all_bytes_total",
                                      "Bytes sent between ranks by expert dispatch and combine.")
                            .Add({})),
+      expert_calls(CounterFamily(*registry, options, "herd:expert_calls_total",
+                                 "Routed expert calls, (token, expert) pairs, the routers chose.")
+                       .Add({})),
+      expert_calls_skipped(
+          CounterFamily(*registry, options, "herd:expert_calls_skipped_total",
+                        "Routed expert calls dynamic expert skipping left out (herd compress "
+                        "--skip-threshold).")
+              .Add({})),
       placement_version(GaugeFamily(*registry, options, "herd:placement_version",
                                     "Version of the expert placement in use.")
                             .Add({})),
@@ -391,6 +401,8 @@ void ServingMetrics::RecordExpertStep(const ExpertStepLoad& load) {
     impl_->combine_seconds[rank]->Observe(load.combine_seconds_by_rank[rank]);
   }
   impl_->all_to_all_bytes.Increment(static_cast<double>(load.all_to_all_bytes));
+  impl_->expert_calls.Increment(static_cast<double>(load.routed_expert_calls));
+  impl_->expert_calls_skipped.Increment(static_cast<double>(load.skipped_expert_calls));
 
   if (impl_->options.detailed_expert_metrics && !load.expert_tokens.empty()) {
     HERD_CHECK(load.expert_tokens.size() == impl_->expert_tokens.size());

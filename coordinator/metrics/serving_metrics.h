@@ -59,6 +59,10 @@ struct ExpertStepLoad {
   std::vector<double> combine_seconds_by_rank;
   // Bytes sent between ranks in the step, all ranks together.
   int64_t all_to_all_bytes = 0;
+  // Routed expert calls ((token, expert) pairs) the routers chose in the
+  // step, and those dynamic expert skipping left out, all ranks together.
+  int64_t routed_expert_calls = 0;
+  int64_t skipped_expert_calls = 0;
   // [layer * num_experts + expert]: tokens routed there in the step (all
   // ranks); empty unless detailed expert metrics are on (ignored when off).
   std::vector<int64_t> expert_tokens;

@@ -540,6 +540,8 @@ class Executor::Impl {
       load.dispatch_seconds_by_rank.push_back(result.dispatch_seconds);
       load.combine_seconds_by_rank.push_back(result.combine_seconds);
       load.all_to_all_bytes += result.all_to_all_bytes;
+      load.routed_expert_calls += result.routed_expert_calls;
+      load.skipped_expert_calls += result.skipped_expert_calls;
       if (!result.expert_tokens.empty()) {
         load.expert_tokens.resize(result.expert_tokens.size(), 0);
         for (size_t i = 0; i < result.expert_tokens.size(); ++i) {

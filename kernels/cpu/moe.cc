@@ -14,14 +14,20 @@ void PermuteByExpert(const int32_t* expert_idx, int64_t num_slots, int64_t num_e
   // Count into offsets[e + 1], prefix-sum to end-of-expert positions, then
   // fill backwards (stable) so offsets[e + 1] falls to the start of expert e;
   // a final shift turns those starts into the usual [begin, end) offsets.
+  const auto valid = [num_experts](int32_t e) { return e >= 0 && e < num_experts; };
   std::fill(expert_offsets, expert_offsets + num_experts + 1, 0);
-  for (int64_t s = 0; s < num_slots; ++s) ++expert_offsets[expert_idx[s] + 1];
+  for (int64_t s = 0; s < num_slots; ++s) {
+    if (valid(expert_idx[s])) ++expert_offsets[expert_idx[s] + 1];
+  }
   for (int64_t e = 0; e < num_experts; ++e) expert_offsets[e + 1] += expert_offsets[e];
+  const int32_t num_rows = expert_offsets[num_experts];
   for (int64_t s = num_slots - 1; s >= 0; --s) {
-    row_to_slot[--expert_offsets[expert_idx[s] + 1]] = static_cast<int32_t>(s);
+    if (valid(expert_idx[s])) {
+      row_to_slot[--expert_offsets[expert_idx[s] + 1]] = static_cast<int32_t>(s);
+    }
   }
   for (int64_t e = 0; e < num_experts; ++e) expert_offsets[e] = expert_offsets[e + 1];
-  expert_offsets[num_experts] = static_cast<int32_t>(num_slots);
+  expert_offsets[num_experts] = num_rows;
 }
 
 namespace {
@@ -123,6 +129,7 @@ void CombineWeighted(const float* expert_out, const int32_t* slot_to_row, const 
     float* ot = out + t * hidden;
     for (int64_t j = 0; j < top_k; ++j) {
       const int64_t slot = t * top_k + j;
+      if (slot_to_row[slot] < 0) continue;
       const float w = weights[slot];
       const float* y = expert_out + static_cast<int64_t>(slot_to_row[slot]) * hidden;
       for (int64_t i = 0; i < hidden; ++i) ot[i] += w * y[i];

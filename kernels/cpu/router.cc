@@ -40,4 +40,33 @@ void RouterTopK(const float* logits, int64_t num_tokens, int64_t num_experts, in
   }
 }
 
+int64_t SkipMinorExperts(int64_t num_tokens, int64_t top_k, float beta, int32_t* expert_idx,
+                         float* weights) {
+  if (beta <= 0.0f) return 0;
+  int64_t skipped = 0;
+  for (int64_t t = 0; t < num_tokens; ++t) {
+    int32_t* idx = expert_idx + t * top_k;
+    float* w = weights + t * top_k;
+    const float threshold = beta * w[0];
+    float total = w[0];
+    float kept = w[0];
+    int64_t skipped_here = 0;
+    for (int64_t j = 1; j < top_k; ++j) {
+      total += w[j];
+      if (w[j] < threshold) {
+        idx[j] = -1;
+        w[j] = 0.0f;
+        ++skipped_here;
+      } else {
+        kept += w[j];
+      }
+    }
+    if (skipped_here == 0) continue;  // (else kept >= weights[0] > 0)
+    const float scale = total / kept;
+    for (int64_t j = 0; j < top_k; ++j) w[j] *= scale;
+    skipped += skipped_here;
+  }
+  return skipped;
+}
+
 }  // namespace herd::cpu

@@ -48,8 +48,8 @@ size_t PermuteByExpertWorkspaceBytes(int64_t num_slots, int64_t num_experts);
 // expert e owns rows [offsets[e], offsets[e+1]). slot_to_row I32 [num_slots]
 // (nullptr: not written) receives the inverse: row_to_slot[slot_to_row[s]] = s.
 //
-// Slots whose expert index is outside [0, num_experts) (the CPU requires there
-// are none) belong to no expert: their slot_to_row is -1, they appear nowhere
+// Slots whose expert index is outside [0, num_experts) (as on the CPU, e.g.
+// -1 for a skipped slot) belong to no expert: their slot_to_row is -1, they appear nowhere
 // in row_to_slot, offsets[num_experts] counts only the valid slots, and
 // row_to_slot[offsets[num_experts] ...] is filled with -1. With only valid
 // slots the outputs equal the CPU's. Deterministic.

@@ -576,6 +576,53 @@ TEST(PermuteTest, StableCountingSortWithEmptyExperts) {
   EXPECT_EQ(none_offsets, (std::vector<int32_t>{0, 0, 0}));
 }
 
+TEST(PermuteTest, SkippedSlotsGetNoRow) {
+  const std::vector<int32_t> experts = {1, -1, 0, -1, 1, 0};
+  std::vector<int32_t> rows(6, 99), offsets(3);
+  PermuteByExpert(experts.data(), 6, 2, rows.data(), offsets.data());
+  EXPECT_EQ(offsets, (std::vector<int32_t>{0, 2, 4}));
+  EXPECT_EQ(rows, (std::vector<int32_t>{2, 5, 0, 4, 99, 99}));
+}
+
+TEST(CombineTest, SlotsWithoutARowAddNothing) {
+  // Two tokens, top-2; token 0's second slot was skipped (row -1).
+  const std::vector<float> expert_out = {1, 2, 10, 20, 100, 200};  // 3 rows, hidden 2
+  const std::vector<int32_t> slot_to_row = {2, -1, 0, 1};
+  const std::vector<float> weights = {0.5f, 0.0f, 0.25f, 0.75f};
+  std::vector<float> out = {1, 1, 1, 1};
+  CombineWeighted(expert_out.data(), slot_to_row.data(), weights.data(), 2, 2, 2, out.data());
+  EXPECT_EQ(out, (std::vector<float>{51, 101, 1 + 0.25f + 7.5f, 1 + 0.5f + 15}));
+}
+
+TEST(RouterTest, SkipMinorExpertsByHand) {
+  // Token 0: 0.6 / 0.4, ratio 0.67 >= 0.5: kept. Token 1: 0.8 / 0.2, ratio
+  // 0.25 < 0.5: the second expert is skipped and the first gets weight 1.
+  std::vector<int32_t> idx = {3, 1, 2, 0};
+  std::vector<float> w = {0.6f, 0.4f, 0.8f, 0.2f};
+  EXPECT_EQ(SkipMinorExperts(2, 2, 0.5f, idx.data(), w.data()), 1);
+  EXPECT_EQ(idx, (std::vector<int32_t>{3, 1, 2, -1}));
+  EXPECT_FLOAT_EQ(w[0], 0.6f);
+  EXPECT_FLOAT_EQ(w[1], 0.4f);
+  EXPECT_FLOAT_EQ(w[2], 1.0f);
+  EXPECT_EQ(w[3], 0.0f);
+
+  // Unnormalized top-3 (sigmoid-like weights): the kept ones are scaled to
+  // the original sum, 0.9 + 0.5 + 0.1 = 1.5.
+  std::vector<int32_t> idx3 = {4, 5, 6};
+  std::vector<float> w3 = {0.9f, 0.5f, 0.1f};
+  EXPECT_EQ(SkipMinorExperts(1, 3, 0.3f, idx3.data(), w3.data()), 1);
+  EXPECT_EQ(idx3, (std::vector<int32_t>{4, 5, -1}));
+  EXPECT_FLOAT_EQ(w3[0], 0.9f * 1.5f / 1.4f);
+  EXPECT_FLOAT_EQ(w3[1], 0.5f * 1.5f / 1.4f);
+
+  // beta 0 skips nothing; beta 1 skips every slot but a token's first, unless tied.
+  std::vector<int32_t> idx_none = {0, 1};
+  std::vector<float> w_none = {0.5f, 0.5f};
+  EXPECT_EQ(SkipMinorExperts(1, 2, 0.0f, idx_none.data(), w_none.data()), 0);
+  EXPECT_EQ(SkipMinorExperts(1, 2, 1.0f, idx_none.data(), w_none.data()), 0);
+  EXPECT_EQ(idx_none, (std::vector<int32_t>{0, 1}));
+}
+
 // The whole expert layer (permute, grouped FFN, combine) against a per-token
 // reference, for routing patterns that stress the grouping.
 TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {

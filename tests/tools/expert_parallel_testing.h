@@ -84,8 +84,8 @@ inline std::string FixtureTestName(const ::testing::TestParamInfo<std::string>& 
 
 // The fixtures again, compressed by `herd compress` into Herd checkpoints
 // whose experts (and, for Q4_0, attention) are re-quantized, some of them
-// trimmed: Herd's own int4/int8 formats, dropped experts, MoE sublayers and
-// blocks under expert parallelism. Names are "<fixture>:<flags>".
+// trimmed or skipping experts: Herd's own int4/int8 formats, dropped experts
+// and MoE sublayers, and dynamic skipping under expert parallelism. Names are "<fixture>:<flags>".
 inline const std::vector<std::string> kHerdCheckpointModels = {
     "tiny-q4_0:--bits 4 --group-size 32 --asym --modules experts,attention",
     "tiny-f32:--bits 8 --group-size 0 --modules experts",
@@ -94,6 +94,8 @@ inline const std::vector<std::string> kHerdCheckpointModels = {
     // (Block drop changes the number of layers, so these placements do not fit.)
     "tiny-f32:--bits 4 --group-size 32 --drop-experts 3 --drop-layers 1 --no-speed",
     "tiny-q4_0:--bits 4 --group-size 32 --drop-experts 2 --expert-drop global --no-speed",
+    // Dynamic skipping: skipped slots are not dispatched at all.
+    "tiny-f32:--bits 8 --group-size 0 --skip-threshold auto --no-speed",
 };
 inline std::string HerdCheckpointTestName(const ::testing::TestParamInfo<std::string>& info) {
   std::string name;

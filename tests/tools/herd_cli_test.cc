@@ -317,5 +317,74 @@ TEST(HerdCliTest, CompressGptqBeatsRoundToNearestAndMixedBitsMeetTheirBudget) {
   EXPECT_NE(bad_calib.err.find("is not a token id"), std::string::npos) << bad_calib.err;
 }
 
+// Dynamic skipping (--skip-threshold): auto stores each layer's median
+// w2/w1, which skips about half of the second experts on held-out tokens
+// drawn like the calibration ones; generate and bench apply it unless told
+// not to; bad values are refused before anything is written.
+TEST(HerdCliTest, CompressSkipThresholdStoresThresholdsThatTheEngineApplies) {
+  TempDir tmp;
+  const std::string base = "compress --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
+                           " --bits 8 --group-size 0 --eval-sequences 8 --eval-length 64";
+  const std::string out = tmp.Join("skip");
+  const std::string report_path = tmp.Join("skip.json");
+  const RunResult run =
+      RunHerd(base + " --out " + out + " --skip-threshold auto --report " + report_path);
+  ASSERT_EQ(run.exit_code, 0) << run.err;
+  EXPECT_NE(run.out.find("dynamic skipping (--skip-threshold auto)"), std::string::npos) << run.out;
+  const nlohmann::json report = nlohmann::json::parse(testing::ReadFileText(report_path));
+  const nlohmann::json& skipping = report["skipping"];
+  ASSERT_EQ(skipping["thresholds"].size(), 2u);  // both layers
+  for (const auto& [layer, beta] : skipping["thresholds"].items()) {
+    EXPECT_GT(beta.get<double>(), 0.0) << layer;
+    EXPECT_LE(beta.get<double>(), 1.0) << layer;
+  }
+  // Of 2 routed calls per token, about half of the second ones are skipped.
+  const double skipped = skipping["skipped_fraction"].get<double>();
+  EXPECT_GT(skipped, 0.15);
+  EXPECT_LT(skipped, 0.35);
+  EXPECT_EQ(skipping["routed_expert_calls"].get<int64_t>(), 2 * 8 * 64 * 2);
+  EXPECT_NE(skipping["calibration_source"].get<std::string>().find("synthetic"), std::string::npos);
+  EXPECT_GT(report["speed"]["after"]["decode_skipped_expert_fraction"].get<double>(), 0.0);
+  const nlohmann::json stored = nlohmann::json::parse(testing::ReadFileText(out + "/herd.json"));
+  EXPECT_EQ(stored["expert_skip_thresholds"], skipping["thresholds"]);
+
+  // The engine applies them: the logits change unless --no-expert-skip.
+  const std::string generate =
+      "generate --model " + out + " --prompt-ids " + kIds + " --max-new-tokens 0 --dump-logits ";
+  ASSERT_EQ(RunHerd(generate + tmp.Join("skip.f32")).exit_code, 0);
+  ASSERT_EQ(RunHerd(generate + tmp.Join("all.f32") + " --no-expert-skip").exit_code, 0);
+  const std::string plain = tmp.Join("plain");
+  ASSERT_EQ(RunHerd(base + " --out " + plain + " --no-speed").exit_code, 0);
+  ASSERT_EQ(RunHerd("generate --model " + plain + " --prompt-ids " + kIds +
+                    " --max-new-tokens 0 --dump-logits " + tmp.Join("plain.f32"))
+                .exit_code,
+            0);
+  EXPECT_EQ(testing::ReadFileBytes(tmp.Join("all.f32")),
+            testing::ReadFileBytes(tmp.Join("plain.f32")));
+  EXPECT_NE(testing::ReadFileBytes(tmp.Join("skip.f32")),
+            testing::ReadFileBytes(tmp.Join("plain.f32")));
+  const RunResult bench = RunHerd("bench --model " + out + " --prompt 0 --gen 16 --repetitions 1");
+  ASSERT_EQ(bench.exit_code, 0) << bench.err;
+  EXPECT_NE(bench.out.find("dynamic skipping left out"), std::string::npos) << bench.out;
+
+  // A fixed beta for every layer.
+  ASSERT_EQ(
+      RunHerd(base + " --out " + tmp.Join("fixed") + " --skip-threshold 0.5 --no-speed").exit_code,
+      0);
+  const nlohmann::json fixed =
+      nlohmann::json::parse(testing::ReadFileText(tmp.Join("fixed") + "/herd.json"));
+  EXPECT_EQ(fixed["expert_skip_thresholds"], nlohmann::json({{"0", 0.5}, {"1", 0.5}}));
+
+  for (const char* bad : {"0", "1.5", "-1", "often"}) {
+    const RunResult refused =
+        RunHerd(base + " --out " + tmp.Join("bad") + " --skip-threshold " + bad);
+    EXPECT_NE(refused.exit_code, 0) << bad;
+    EXPECT_NE(refused.err.find("--skip-threshold must be auto or a number in (0, 1]"),
+              std::string::npos)
+        << refused.err;
+    EXPECT_FALSE(std::filesystem::exists(tmp.Join("bad")));
+  }
+}
+
 }  // namespace
 }  // namespace herd

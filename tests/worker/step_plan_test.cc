@@ -60,6 +60,8 @@ RankStepResult FullResult() {
   result.staged_bytes = int64_t{3} << 33;
   result.stage_error = "rank 3: cannot open model.gguf";
   result.load_wait_seconds = 0.5;
+  result.routed_expert_calls = 4100;
+  result.skipped_expert_calls = 1999;
   return result;
 }
 
@@ -108,6 +110,8 @@ void ExpectSameResult(const RankStepResult& a, const RankStepResult& b) {
   EXPECT_EQ(a.staged_bytes, b.staged_bytes);
   EXPECT_EQ(a.stage_error, b.stage_error);
   EXPECT_EQ(a.load_wait_seconds, b.load_wait_seconds);
+  EXPECT_EQ(a.routed_expert_calls, b.routed_expert_calls);
+  EXPECT_EQ(a.skipped_expert_calls, b.skipped_expert_calls);
 }
 
 TEST(StepPlanTest, PlanRoundTripsEveryField) {
@@ -141,7 +145,7 @@ TEST(StepPlanTest, MessagesOfTheOtherKindOrAnotherVersionAreRefused) {
   EXPECT_EQ(DecodeStepPlan(result).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecodeStepResult(plan).status().code(), absl::StatusCode::kInvalidArgument);
   std::string other_version = plan;
-  other_version[4] = 3;  // the version's low byte
+  other_version[4] = 9;  // the version's low byte
   EXPECT_EQ(DecodeStepPlan(other_version).status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecodeStepPlan("").status().code(), absl::StatusCode::kInvalidArgument);
   EXPECT_EQ(DecodeStepPlan(plan + "x").status().code(), absl::StatusCode::kInvalidArgument);

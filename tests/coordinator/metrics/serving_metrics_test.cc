@@ -153,6 +153,8 @@ TEST(ServingMetricsTest, ExposesEveryMetricWithExactNamesAndTypes) {
       {"herd:dispatch_seconds", "histogram"},
       {"herd:combine_seconds", "histogram"},
       {"herd:all_to_all_bytes_total", "counter"},
+      {"herd:expert_calls_total", "counter"},
+      {"herd:expert_calls_skipped_total", "counter"},
       {"herd:placement_version", "gauge"},
       {"herd:ep_rank_expert_rows_total", "counter"},
       {"herd:placement_imbalance", "gauge"},
@@ -313,6 +315,8 @@ TEST(ServingMetricsTest, ExpertStepCountsPerRank) {
   load.dispatch_seconds_by_rank = {2e-5, 0.003, 20.0};
   load.combine_seconds_by_rank = {1e-5, 1e-5, 1e-5};
   load.all_to_all_bytes = 4096;
+  load.routed_expert_calls = 26;
+  load.skipped_expert_calls = 7;
   metrics.RecordExpertStep(load);
   load.all_to_all_bytes = 1024;
   metrics.RecordExpertStep(load);
@@ -322,6 +326,8 @@ TEST(ServingMetricsTest, ExpertStepCountsPerRank) {
   EXPECT_EQ(Value(e, "herd:ep_rank_tokens_total", {{"rank", "1"}}), 0);
   EXPECT_EQ(Value(e, "herd:ep_rank_tokens_total", {{"rank", "2"}}), 18);
   EXPECT_EQ(Value(e, "herd:all_to_all_bytes_total"), 5120);
+  EXPECT_EQ(Value(e, "herd:expert_calls_total"), 52);
+  EXPECT_EQ(Value(e, "herd:expert_calls_skipped_total"), 14);
   EXPECT_NEAR(Value(e, "herd:ep_balancedness", {{"layer", "0"}}), 4.0 / 6.0, 1e-12);
   EXPECT_EQ(Value(e, "herd:dispatch_seconds_count", {{"rank", "1"}}), 2);
   EXPECT_EQ(Value(e, "herd:dispatch_seconds_bucket", {{"rank", "0"}, {"le", "2.5e-05"}}), 2);
@@ -356,7 +362,7 @@ TEST(ServingMetricsTest, NoExpertSeriesByDefault) {
   metrics.RecordExpertStep(load);
   const std::string text = metrics.Serialize();
   EXPECT_EQ(text.find("expert_tokens"), std::string::npos);
-  // Series grow with layers and ranks only, never layers * experts: 128 for
+  // Series grow with layers and ranks only, never layers * experts: 130 for
   // the model (docs/metrics.md), one balancedness per layer, and per rank two
   // counters (tokens, expert rows) plus two histograms of 19 buckets + +Inf,
   // _sum, _count.
@@ -364,7 +370,7 @@ TEST(ServingMetricsTest, NoExpertSeriesByDefault) {
   std::set<std::string> names;
   for (const Sample& s : e.samples) names.insert(s.name);
   EXPECT_EQ(names.count("herd:expert_tokens_total"), 0u);
-  EXPECT_EQ(e.samples.size(), 128u + 4 * 1 + 2 * (2 + 2 * 22));
+  EXPECT_EQ(e.samples.size(), 130u + 4 * 1 + 2 * (2 + 2 * 22));
 }
 
 TEST(ServingMetricsTest, DetailedExpertSeriesWhenAsked) {
