@@ -34,15 +34,39 @@ uint64_t HashName(const std::string& name, uint64_t seed) {
   return h;
 }
 
+constexpr char kTokenEmbedding[] = "token_embd.weight";
+// The trained-like token embedding of `outliers` models (synth.h): rows mix
+// kEmbeddingRank random directions with a 1/k variance spectrum, plus
+// isotropic noise of kEmbeddingNoise times their size, at std kEmbeddingStd.
+constexpr int64_t kEmbeddingRank = 32;
+constexpr double kEmbeddingNoise = 0.3;
+constexpr double kEmbeddingStd = 1.0;
+
 // Fills a [rows, cols] matrix in `dtype`; each row has its own RNG stream so
 // rows can be generated in parallel and the result is thread-count independent.
 std::vector<uint8_t> RandomMatrix(const std::string& name, int64_t rows, int64_t cols, DType dtype,
                                   const SynthOptions& o, ThreadPool& pool) {
-  constexpr double kStd = 0.02;
+  const bool low_rank_embedding = o.outliers && name == kTokenEmbedding;
+  const double std_dev = low_rank_embedding ? kEmbeddingStd : 0.02;
   const uint64_t base = HashName(name, o.seed);
+  // The low-rank embedding's directions, scaled by their spectrum, so that
+  // sum_k coef_k * basis_k with coef ~ N(0, 1) has variance ~1 per value.
+  std::vector<float> basis;
+  if (low_rank_embedding) {
+    double spectrum = 0.0;
+    for (int64_t k = 0; k < kEmbeddingRank; ++k) spectrum += 1.0 / static_cast<double>(k + 1);
+    basis.resize(kEmbeddingRank * cols);
+    uint64_t state = base ^ 0xBA515ull;
+    for (int64_t k = 0; k < kEmbeddingRank; ++k) {
+      const double scale = 1.0 / std::sqrt(static_cast<double>(k + 1) * spectrum);
+      for (int64_t c = 0; c < cols; ++c) {
+        basis[k * cols + c] = static_cast<float>(Normal(state) * scale);
+      }
+    }
+  }
   // Outlier input channels: the same for every row of this matrix.
   std::vector<float> channel_scale(cols, 1.0f);
-  if (o.outliers) {
+  if (o.outliers && !low_rank_embedding) {
     uint64_t state = base ^ 0xC0FFEEull;
     for (int64_t c = 0; c < cols; ++c) {
       if (Uniform(state) < 0.01) channel_scale[c] = static_cast<float>(8.0 + 16.0 * Uniform(state));
@@ -63,11 +87,20 @@ std::vector<uint8_t> RandomMatrix(const std::string& name, int64_t rows, int64_t
             const double z = Normal(state);
             chi2 += z * z;
           }
-          v = Normal(state) / std::sqrt(chi2 / 4.0) * kStd / std::sqrt(2.0);
+          v = Normal(state) / std::sqrt(chi2 / 4.0) * std_dev / std::sqrt(2.0);
         } else {
-          v = Normal(state) * kStd;
+          v = Normal(state) * std_dev;
         }
         row[c] = static_cast<float>(v) * channel_scale[c];
+      }
+      if (low_rank_embedding) {
+        double coef[kEmbeddingRank];
+        for (double& x : coef) x = Normal(state);
+        for (int64_t c = 0; c < cols; ++c) {
+          double mix = 0.0;
+          for (int64_t k = 0; k < kEmbeddingRank; ++k) mix += coef[k] * basis[k * cols + c];
+          row[c] = static_cast<float>(kEmbeddingNoise * row[c] + kEmbeddingStd * mix);
+        }
       }
       QuantizeRow(dtype, row.data(), bytes.data() + r * row_bytes, cols);
     }
@@ -181,7 +214,7 @@ absl::Status SynthesizeModel(const SynthOptions& o, const std::string& path) {
     return w.AddTensor(name, DType::kF32, {n}, NormWeights(name, n, o));
   };
 
-  HERD_RETURN_IF_ERROR(matrix("token_embd.weight", {o.vocab_size, o.hidden_size}));
+  HERD_RETURN_IF_ERROR(matrix(kTokenEmbedding, {o.vocab_size, o.hidden_size}));
   for (int64_t l = 0; l < o.num_layers; ++l) {
     const std::string p = absl::StrCat("blk.", l, ".");
     HERD_RETURN_IF_ERROR(norm(p + "attn_norm.weight", o.hidden_size));

@@ -2,11 +2,19 @@
 // llama.cpp's layout so llama.cpp runs the very same file.
 //
 // Weights are N(0, 0.02^2) (norm weights 1 + N(0, 0.05^2)), the recipe of the
-// llama.cpp fixture. With `outliers`, matrices instead follow a heavy-tailed
-// Student-t(4) distribution of the same scale and about 1% of their input
-// channels are amplified 8-24x, as trained LLMs' weights are (the outlier
-// scorer of the compression work looks for exactly these). The same options
-// and seed give the same bytes.
+// llama.cpp fixture. `outliers` shapes the model like a trained one for
+// compression studies:
+//   - matrices follow a heavy-tailed Student-t(4) distribution of the same
+//     scale and about 1% of their input channels are amplified 8-24x, as
+//     trained LLMs' weights are (the outlier scorer looks for exactly these);
+//   - the token embedding is low-rank (32 random directions with a 1/k
+//     variance spectrum, plus 30% isotropic noise) with std 1, so the
+//     residual stream carries the token through the blocks, each block adds
+//     a smaller update, and the inputs every projection sees are correlated
+//     (what GPTQ exploits). With the plain recipe a deep random network is
+//     chaotic: every block's update dwarfs the std-0.02 embedding, and any
+//     weight error changes the output completely.
+// The same options and seed give the same bytes.
 #pragma once
 
 #include <cstdint>

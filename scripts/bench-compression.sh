@@ -37,7 +37,7 @@ fi
 ROWS=(
   "int8 g128 RTN|--bits 8 --group-size 128"
   "int4 g128 RTN|--bits 4 --group-size 128"
-  "int4 g128 GPTQ|--bits 4 --group-size 128 --method gptq"
+  "int4 g128 GPTQ (64 x 128 calibration ids)|--bits 4 --group-size 128 --method gptq --calib-sequences 64 --calib-length 128"
   "int3 g128 RTN|--bits 3 --group-size 128"
   "int2 g128 RTN|--bits 2 --group-size 128"
   "mixed: experts 2, attention 4, outlier-scored experts 4, 3 bits on average|--bits 2 --group-size 128 --bits-map attn_4,shared_4 --policy outlier --avg-bits 3"
@@ -45,12 +45,14 @@ ROWS=(
   "layer drop 25% (2 of 8 MoE sublayers), F16|--bits-map main_16,attn_16 --drop-layers 2"
   "block drop 25% (2 of 8 blocks), F16|--bits-map main_16,attn_16 --drop-blocks 2"
   "int4 g128 RTN, then expert drop 25% (scored on int4)|--bits 4 --group-size 128 --drop-experts 2"
+  "dynamic skipping (auto thresholds), F16|--bits-map main_16,attn_16 --skip-threshold auto"
+  "int4 g128 RTN + dynamic skipping (auto thresholds)|--bits 4 --group-size 128 --skip-threshold auto"
 )
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"
 echo "source: $source_model"
 echo
-echo "| method | bytes | average bits (quantized) | mean KL | top-1 agreement | logits rel. error | decode t/s (F16 -> this) | decode speedup |"
-echo "|---|---:|---:|---:|---:|---:|---:|---:|"
+echo "| method | bytes | average bits (quantized) | mean KL | top-1 agreement | logits rel. error | expert calls skipped | decode t/s (F16 -> this) | decode speedup |"
+echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name flags <<< "$row"
   out="$MODELS_DIR/compressed-$OUTLIERS-$(echo "$name" | tr -c 'a-z0-9\n' '-')"
@@ -68,6 +70,7 @@ bits = r['nominal_average_bits']
 print(f"| {name} | {s['bytes_after'] / 2**20:.0f} MiB | {bits if bits else 16:.2f} "
       f"({s['average_bits']:.2f} stored, all weights) | {f['mean_kl']:.4f} | "
       f"{100 * f['top1_agreement']:.1f}% | {f['logits_relative_error']:.3f} | "
+      + (f"{100 * r['skipping']['skipped_fraction']:.1f}% | " if 'skipping' in r else "| ")
       + (f"{sp['before']['decode_tokens_per_second']:.0f} -> "
          f"{sp['after']['decode_tokens_per_second']:.0f} | {sp['decode_speedup']:.2f}x |"
          if sp else "not measured | |"))
