@@ -38,6 +38,45 @@ absl::Status CheckSpans(absl::Span<const int64_t> bytes, absl::Span<const int64_
   return absl::OkStatus();
 }
 
+absl::Status CheckRowSpans(absl::Span<const int32_t> rows, absl::Span<const int64_t> offsets,
+                           const void* buffer, int64_t row_bytes, const char* what,
+                           int world_size) {
+  if (static_cast<int>(offsets.size()) != world_size + 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "row_all_to_all_v: ", what, "_row_offsets needs world_size + 1 = ", world_size + 1,
+        " entries, got ", offsets.size()));
+  }
+  if (offsets[0] != 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("row_all_to_all_v: ", what, "_row_offsets starts at ", offsets[0], ", not 0"));
+  }
+  for (int p = 0; p < world_size; ++p) {
+    if (offsets[p + 1] < offsets[p]) {
+      return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: ", what,
+                                                     "_row_offsets decreases at rank ", p, " (",
+                                                     offsets[p], " then ", offsets[p + 1], ")"));
+    }
+  }
+  const int64_t num_rows = offsets[world_size];
+  if (!rows.empty() && static_cast<int64_t>(rows.size()) != num_rows) {
+    return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: ", what, "_rows has ",
+                                                   rows.size(), " entries, ", what,
+                                                   "_row_offsets counts ", num_rows));
+  }
+  for (size_t i = 0; i < rows.size(); ++i) {
+    if (rows[i] < 0) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row_all_to_all_v: ", what, "_rows[", i, "] is ", rows[i]));
+    }
+  }
+  if (num_rows > 0 && buffer == nullptr) {
+    return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: ", what,
+                                                   " buffer is null but ", num_rows, " rows of ",
+                                                   row_bytes, " bytes are listed"));
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status ValidateAllGatherArgs(const void* send, int64_t bytes_per_rank, const void* recv) {
@@ -81,6 +120,35 @@ absl::Status ValidateAllToAllVArgs(const AllToAllVArgs& args, int world_size) {
       CheckSpans(args.send_bytes, args.send_offsets, args.send, "send", world_size);
   if (!send.ok()) return send;
   return CheckSpans(args.recv_bytes, args.recv_offsets, args.recv, "recv", world_size);
+}
+
+absl::Status ValidateRowAllToAllVArgs(const RowAllToAllVArgs& args, int rank, int world_size) {
+  if (args.row_bytes < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("row_all_to_all_v: row_bytes is ", args.row_bytes, ", need >= 1"));
+  }
+  const absl::Status send = CheckRowSpans(args.send_rows, args.send_row_offsets, args.send,
+                                          args.row_bytes, "send", world_size);
+  if (!send.ok()) return send;
+  const absl::Status recv = CheckRowSpans(args.recv_rows, args.recv_row_offsets, args.recv,
+                                          args.row_bytes, "recv", world_size);
+  if (!recv.ok()) return recv;
+  const int64_t send_self = args.send_row_offsets[rank + 1] - args.send_row_offsets[rank];
+  const int64_t recv_self = args.recv_row_offsets[rank + 1] - args.recv_row_offsets[rank];
+  if (send_self != recv_self) {
+    return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: rank ", rank,
+                                                   " sends itself ", send_self,
+                                                   " rows but expects ", recv_self));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Communicator::GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> /*ops*/,
+                                               absl::Time /*deadline*/) {
+  return absl::UnimplementedError(
+      absl::StrCat(backend_name(),
+                   ": row all-to-all-v is for host communicators; stage through "
+                   "GroupedAllToAllV (comm/row_packer.h)"));
 }
 
 }  // namespace herd::comm

@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_requests.h"
 #include "comm/mpi_runtime.h"
+#include "comm/row_packer.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -84,6 +85,66 @@ class MpiCommunicator final : public Communicator {
                     static_cast<const uint8_t*>(a.send) + a.send_offsets[rank_],
                     static_cast<size_t>(a.recv_bytes[rank_]));
       }
+    }
+    HERD_RETURN_IF_ERROR(Fail(requests.WaitAll(deadline)));
+    Count(bytes_sent);
+    return absl::OkStatus();
+  }
+
+  // Row lists become derived datatypes (MpiRequests::PostSendRows), so MPI
+  // moves rows straight between the callers' buffers; contiguous sides are
+  // plain byte messages.
+  absl::Status GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> ops,
+                                   absl::Time deadline) override {
+    for (const RowAllToAllVArgs& a : ops) {
+      HERD_RETURN_IF_ERROR(ValidateRowAllToAllVArgs(a, rank_, world_size_));
+      if (a.row_bytes > kMaxMpiMessageBytes) {
+        return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: rows of ", a.row_bytes,
+                                                       " bytes; mpi takes at most ",
+                                                       kMaxMpiMessageBytes));
+      }
+    }
+    HERD_RETURN_IF_ERROR(CheckUsable());
+    const uint64_t first_seq = seq_;
+    seq_ += ops.size();
+    MpiRequests requests(Where("row_all_to_all_v", first_seq));
+    int64_t bytes_sent = 0;
+    // Receives first, so that data finds its buffer waiting.
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const RowAllToAllVArgs& a = ops[i];
+      const int tag = Tag(first_seq + i);
+      for (int p = 0; p < world_size_; ++p) {
+        if (p == rank_) continue;
+        const int64_t first = a.recv_row_offsets[p];
+        const int64_t num_rows = a.recv_row_offsets[p + 1] - first;
+        if (a.recv_rows.empty()) {
+          HERD_RETURN_IF_ERROR(
+              Fail(requests.PostRecv(static_cast<uint8_t*>(a.recv) + first * a.row_bytes,
+                                     num_rows * a.row_bytes, p, tag, comm_)));
+        } else {
+          HERD_RETURN_IF_ERROR(Fail(requests.PostRecvRows(
+              a.recv, a.row_bytes, a.recv_rows.subspan(first, num_rows), p, tag, comm_)));
+        }
+      }
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const RowAllToAllVArgs& a = ops[i];
+      const int tag = Tag(first_seq + i);
+      for (int step = 1; step < world_size_; ++step) {
+        const int p = (rank_ + step) % world_size_;
+        const int64_t first = a.send_row_offsets[p];
+        const int64_t num_rows = a.send_row_offsets[p + 1] - first;
+        if (a.send_rows.empty()) {
+          HERD_RETURN_IF_ERROR(
+              Fail(requests.PostSend(static_cast<const uint8_t*>(a.send) + first * a.row_bytes,
+                                     num_rows * a.row_bytes, p, tag, comm_)));
+        } else {
+          HERD_RETURN_IF_ERROR(Fail(requests.PostSendRows(
+              a.send, a.row_bytes, a.send_rows.subspan(first, num_rows), p, tag, comm_)));
+        }
+        bytes_sent += num_rows * a.row_bytes;
+      }
+      CopyRowsToSelf(a, rank_);
     }
     HERD_RETURN_IF_ERROR(Fail(requests.WaitAll(deadline)));
     Count(bytes_sent);
