@@ -3,6 +3,7 @@
 #include <cstring>
 
 #include "absl/strings/str_cat.h"
+#include "comm/row_packer.h"
 
 namespace herd::comm {
 namespace {
@@ -141,6 +142,44 @@ absl::Status ValidateRowAllToAllVArgs(const RowAllToAllVArgs& args, int rank, in
                                                    " rows but expects ", recv_self));
   }
   return absl::OkStatus();
+}
+
+absl::Status ValidateUnknownCountsArgs(absl::Span<const RowAllToAllVArgs> ops, int world_size) {
+  if (ops.empty()) return absl::InvalidArgumentError("row_all_to_all_v: no ops");
+  for (size_t i = 0; i < ops.size(); ++i) {
+    const RowAllToAllVArgs& a = ops[i];
+    if (a.row_bytes < 1) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("row_all_to_all_v: op ", i, " has row_bytes ", a.row_bytes, ", need >= 1"));
+    }
+    const absl::Status send =
+        CheckRowSpans(a.send_rows, a.send_row_offsets, a.send, a.row_bytes, "send", world_size);
+    if (!send.ok()) return send;
+    if (a.recv != nullptr || !a.recv_rows.empty() || !a.recv_row_offsets.empty()) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "row_all_to_all_v: op ", i, " sets a receive side; with unknown counts `place` does"));
+    }
+    for (int p = 0; p < world_size; ++p) {
+      const int64_t rows = a.send_row_offsets[p + 1] - a.send_row_offsets[p];
+      const int64_t rows0 = ops[0].send_row_offsets[p + 1] - ops[0].send_row_offsets[p];
+      if (rows != rows0) {
+        return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: op ", i, " sends rank ",
+                                                       p, " ", rows, " rows, op 0 sends ", rows0));
+      }
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status Communicator::GroupedRowAllToAllVUnknownCounts(absl::Span<const RowAllToAllVArgs> ops,
+                                                            RowRecvPlacer place,
+                                                            absl::Time deadline) {
+  const absl::Status valid = ValidateUnknownCountsArgs(ops, world_size());
+  if (!valid.ok()) return valid;
+  return RowAllToAllVCountsFirst(world_size(), ops, place,
+                                 [&](absl::Span<const RowAllToAllVArgs> round) {
+                                   return GroupedRowAllToAllV(round, deadline);
+                                 });
 }
 
 absl::Status Communicator::GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> /*ops*/,

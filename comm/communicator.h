@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -120,6 +121,20 @@ absl::Status ValidateAllGatherArgs(const void* send, int64_t bytes_per_rank, con
 absl::Status ValidateBroadcastArgs(int root_rank, int world_size, const void* buffer,
                                    int64_t bytes);
 
+// Sets the receive side of row all-to-all-vs whose counts the receiver learns
+// during the call (GroupedRowAllToAllVUnknownCounts): called once, on the
+// driving thread, with recv_row_offsets [world_size + 1] (rows from rank p
+// land at rows recv_row_offsets[p] .. recv_row_offsets[p + 1] - 1, rank
+// order); it stores into recv[i] the buffer of op i, with room for
+// recv_row_offsets[world_size] rows (any pointer when that is 0).
+using RowRecvPlacer =
+    absl::FunctionRef<void(absl::Span<const int64_t> recv_row_offsets, absl::Span<void*> recv)>;
+
+// Checks ops for GroupedRowAllToAllVUnknownCounts: at least one op, send
+// sides as in ValidateRowAllToAllVArgs, empty receive sides, and every op
+// sending each rank as many rows as op 0. InvalidArgument naming the entry.
+absl::Status ValidateUnknownCountsArgs(absl::Span<const RowAllToAllVArgs> ops, int world_size);
+
 // Counters since creation, for benches and tests.
 struct CommStats {
   int64_t num_collectives = 0;
@@ -164,6 +179,18 @@ class Communicator {
   // stages for them (comm/row_packer.h).
   virtual absl::Status GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> ops,
                                            absl::Time deadline);
+
+  // Row all-to-all-vs whose receivers do not know how many rows come (the
+  // expert exchange's dispatch): `ops` give only their send sides (recv,
+  // recv_rows and recv_row_offsets empty) and all send each rank the same
+  // number of rows; the rows land contiguously, grouped by source rank, in
+  // the buffers that `place` returns once every count is known. The default
+  // runs one all-to-all of the counts, then GroupedRowAllToAllV (two rounds);
+  // mpi learns the counts from the size of op 0's messages, in one round
+  // (op 0's block for one rank must then be under kMaxMpiMessageBytes).
+  // Same blocking, deadline, errors and stats as GroupedRowAllToAllV.
+  virtual absl::Status GroupedRowAllToAllVUnknownCounts(absl::Span<const RowAllToAllVArgs> ops,
+                                                        RowRecvPlacer place, absl::Time deadline);
 
   // recv [world_size * bytes_per_rank] receives every rank's `send`
   // [bytes_per_rank] in rank order. Same errors as GroupedAllToAllV.

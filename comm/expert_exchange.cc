@@ -34,10 +34,7 @@ DispatchHandle& DispatchHandle::operator=(DispatchHandle&& other) noexcept {
 }
 
 ExpertExchange::ExpertExchange(Communicator* comm)
-    : comm_(comm), id_(g_next_exchange_id.fetch_add(1)) {
-  count_offsets_.resize(comm_->world_size() + 1);
-  for (size_t p = 0; p < count_offsets_.size(); ++p) count_offsets_[p] = static_cast<int64_t>(p);
-}
+    : comm_(comm), id_(g_next_exchange_id.fetch_add(1)) {}
 
 ExpertExchange::~ExpertExchange() = default;
 
@@ -101,47 +98,43 @@ absl::StatusOr<DispatchHandle> ExpertExchange::Dispatch(const DispatchArgs& args
     }
   }
 
-  // 1. Counts: one int64 per rank pair.
-  std::vector<int64_t>& num_recv_rows = handle.num_recv_rows_per_rank_;
-  num_recv_rows.assign(world_size, 0);
-  const RowAllToAllVArgs counts{sizeof(int64_t), num_send_rows.data(), {},
-                                count_offsets_,  num_recv_rows.data(), {},
-                                count_offsets_};
-  HERD_RETURN_IF_ERROR(Exchange(absl::MakeConstSpan(&counts, 1), deadline));
-  std::vector<int64_t>& recv_offsets = handle.recv_rank_offsets_;
-  recv_offsets.assign(world_size + 1, 0);
-  for (int p = 0; p < world_size; ++p) {
-    if (num_recv_rows[p] < 0) {
-      return absl::InternalError(
-          absl::StrCat("dispatch: rank ", p, " announced ", num_recv_rows[p], " rows"));
-    }
-    recv_offsets[p + 1] = recv_offsets[p] + num_recv_rows[p];
-  }
-  const int64_t num_recv = recv_offsets[world_size];
-  handle.recv_x_ = std::move(spare_recv_x_);
-  handle.recv_x_.resize(num_recv * hidden_size);
-  handle.recv_expert_idx_ = std::move(spare_recv_expert_idx_);
-  handle.recv_expert_idx_.resize(num_recv);
-
-  // 2. Payload: ids and rows in one round, gathered by slot and by token,
-  // landing grouped by source rank.
+  // Ids and rows in one call, gathered by slot and by token; the counts
+  // travel with them (or in one all-to-all first, see
+  // GroupedRowAllToAllVUnknownCounts) and `place` sizes the receive buffers,
+  // reusing the last combined handle's.
   const RowAllToAllVArgs ops[2] = {
-      {sizeof(int32_t),
-       args.topk_idx,
-       handle.send_slots_,
-       send_offsets,
-       handle.recv_expert_idx_.data(),
-       {},
-       recv_offsets},
+      {sizeof(int32_t), args.topk_idx, handle.send_slots_, send_offsets, nullptr, {}, {}},
       {hidden_size * static_cast<int64_t>(sizeof(float)),
        args.hidden,
        send_tokens_,
        send_offsets,
-       handle.recv_x_.data(),
+       nullptr,
        {},
-       recv_offsets},
+       {}},
   };
-  HERD_RETURN_IF_ERROR(Exchange(ops, deadline));
+  handle.recv_x_ = std::move(spare_recv_x_);
+  handle.recv_expert_idx_ = std::move(spare_recv_expert_idx_);
+  auto place = [&](absl::Span<const int64_t> recv_offsets, absl::Span<void*> recv) {
+    handle.recv_rank_offsets_.assign(recv_offsets.begin(), recv_offsets.end());
+    handle.num_recv_rows_per_rank_.resize(world_size);
+    for (int p = 0; p < world_size; ++p) {
+      handle.num_recv_rows_per_rank_[p] = recv_offsets[p + 1] - recv_offsets[p];
+    }
+    const int64_t num_recv = recv_offsets[world_size];
+    handle.recv_x_.resize(num_recv * hidden_size);
+    handle.recv_expert_idx_.resize(num_recv);
+    recv[0] = handle.recv_expert_idx_.data();
+    recv[1] = handle.recv_x_.data();
+  };
+  if (comm_->memory_space() == MemorySpace::kHost) {
+    HERD_RETURN_IF_ERROR(comm_->GroupedRowAllToAllVUnknownCounts(ops, place, deadline));
+  } else {
+    HERD_RETURN_IF_ERROR(ValidateUnknownCountsArgs(ops, world_size));
+    HERD_RETURN_IF_ERROR(RowAllToAllVCountsFirst(
+        world_size, ops, place, [&](absl::Span<const RowAllToAllVArgs> round) {
+          return device_packer_.Run(*comm_, round, deadline);
+        }));
+  }
   return handle;
 }
 

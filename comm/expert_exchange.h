@@ -8,13 +8,14 @@
 // num_tokens * top_k; a "row" is one slot's hidden vector on the wire.
 //
 // Dispatch on rank r, world_size W:
-//   1. counts: num_send_rows[p] = slots with dest_rank == p, exchanged with
-//      one all-to-all (int64 per rank pair), so every rank learns
-//      num_recv_rows[p] before any payload moves;
-//   2. payload: the rows and their logical expert ids, in one grouped row
-//      all-to-all-v (one round trip) that gathers each row straight from
-//      `hidden` (RowAllToAllVArgs; no packing here). Rows for r itself are
-//      copied in memory and never go through the network.
+//   the rows and their logical expert ids go out in one grouped row
+//   all-to-all-v that gathers each row straight from `hidden`
+//   (RowAllToAllVArgs; no packing here), and every rank learns
+//   num_recv_rows[p] = rank p's slots with dest_rank == r from it
+//   (Communicator::GroupedRowAllToAllVUnknownCounts: mpi reads the counts off
+//   the message sizes, one round trip; the other backends exchange the counts
+//   in one all-to-all first). Rows for r itself are copied in memory and
+//   never go through the network.
 // Combine is one row all-to-all-v that scatters each returning row straight
 // into its slot of `out`.
 //
@@ -30,7 +31,7 @@
 // are zero-filled, so a weighted sum over slots stays finite.
 //
 // Every rank calls Dispatch and Combine, in the same order, even with zero
-// tokens (the counts exchange still runs). The Communicator's memory space
+// tokens (the counts still go out). The Communicator's memory space
 // does not matter to callers: with a device communicator (nccl) the exchange
 // packs rows and stages them through device buffers (comm/row_packer.h).
 //
@@ -134,8 +135,6 @@ class ExpertExchange {
 
   Communicator* const comm_;
   const uint64_t id_;
-  // [world_size + 1] = 0, 1, ..., world_size: one count per rank pair.
-  std::vector<int64_t> count_offsets_;
   // Dispatch scratch: I32 [num_send_rows], the token of each sent slot, in
   // handle.send_slots_ order (the rows gathered from `hidden`).
   std::vector<int32_t> send_tokens_;

@@ -154,6 +154,51 @@ void MpiRequests::Track(MPI_Request request, bool is_recv, int peer, int64_t byt
   info_.push_back(Info{is_recv, peer, bytes});
 }
 
+absl::Status MpiRequests::ProbeBytes(int self, int tag, MPI_Comm comm, absl::Time deadline,
+                                     std::vector<int64_t>* bytes) {
+  int world_size = 0;
+  MPI_Comm_size(comm, &world_size);
+  bytes->assign(world_size, 0);
+  std::set<int> waiting;
+  for (int p = 0; p < world_size; ++p) {
+    if (p != self) waiting.insert(p);
+  }
+  PollPacer pacer(GetCommEnv());
+  while (!waiting.empty()) {
+    bool found = false;
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      int flag = 0;
+      MPI_Status status;
+      const int rc = MPI_Iprobe(*it, tag, comm, &flag, &status);
+      if (rc != MPI_SUCCESS) {
+        return absl::InternalError(
+            absl::StrCat(what_, ": MPI_Iprobe for rank ", *it, ": ", MpiErrorString(rc)));
+      }
+      if (!flag) {
+        ++it;
+        continue;
+      }
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      (*bytes)[*it] = count;
+      it = waiting.erase(it);
+      found = true;
+    }
+    if (waiting.empty()) break;
+    if (found) {
+      pacer.Progress();
+      continue;
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          what_, ": deadline exceeded after ", absl::ToInt64Milliseconds(absl::Now() - start_),
+          " ms; no data from ", PeerList(waiting)));
+    }
+    pacer.Pause();
+  }
+  return absl::OkStatus();
+}
+
 absl::Status MpiRequests::WaitAll(absl::Time deadline) {
   const int n = static_cast<int>(requests_.size());
   std::vector<int> indices(n);

@@ -64,6 +64,14 @@ class MpiRequests {
   // every rank.
   void Track(MPI_Request request, bool is_recv, int peer, int64_t bytes);
 
+  // Waits until a message with `tag` from every rank of `comm` but `self`
+  // can be received and stores its size into (*bytes)[rank]; the messages
+  // stay queued for receives posted afterwards (NOTE: correct because only
+  // the driving thread receives on `comm`). DeadlineExceeded naming the
+  // ranks whose message did not come, Internal for an MPI error.
+  absl::Status ProbeBytes(int self, int tag, MPI_Comm comm, absl::Time deadline,
+                          std::vector<int64_t>* bytes);
+
   // Polls until every request completes. Errors: DeadlineExceeded naming the
   // peers that did not deliver / take their data; Internal for an MPI error or
   // a receive whose size differs from what was posted (naming the peer). On

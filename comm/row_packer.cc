@@ -1,7 +1,9 @@
 #include "comm/row_packer.h"
 
 #include <cstring>
+#include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -36,6 +38,38 @@ void CopyRowsToSelf(const RowAllToAllVArgs& args, int rank) {
     std::memcpy(recv + ListedRow(args.recv_rows, first_recv + i) * row_bytes,
                 send + ListedRow(args.send_rows, first_send + i) * row_bytes, row_bytes);
   }
+}
+
+absl::Status RowAllToAllVCountsFirst(
+    int world_size, absl::Span<const RowAllToAllVArgs> ops, RowRecvPlacer place,
+    absl::FunctionRef<absl::Status(absl::Span<const RowAllToAllVArgs>)> run) {
+  std::vector<int64_t> num_send_rows(world_size), num_recv_rows(world_size);
+  std::vector<int64_t> pair_offsets(world_size + 1);
+  for (int p = 0; p < world_size; ++p) {
+    num_send_rows[p] = ops[0].send_row_offsets[p + 1] - ops[0].send_row_offsets[p];
+    pair_offsets[p + 1] = p + 1;
+  }
+  const RowAllToAllVArgs counts{sizeof(int64_t), num_send_rows.data(), {},
+                                pair_offsets,    num_recv_rows.data(), {},
+                                pair_offsets};
+  const absl::Status counted = run(absl::MakeConstSpan(&counts, 1));
+  if (!counted.ok()) return counted;
+  std::vector<int64_t> recv_row_offsets(world_size + 1, 0);
+  for (int p = 0; p < world_size; ++p) {
+    if (num_recv_rows[p] < 0) {
+      return absl::InternalError(
+          absl::StrCat("row_all_to_all_v: rank ", p, " announced ", num_recv_rows[p], " rows"));
+    }
+    recv_row_offsets[p + 1] = recv_row_offsets[p] + num_recv_rows[p];
+  }
+  std::vector<void*> recv(ops.size(), nullptr);
+  place(recv_row_offsets, absl::MakeSpan(recv));
+  std::vector<RowAllToAllVArgs> full(ops.begin(), ops.end());
+  for (size_t i = 0; i < full.size(); ++i) {
+    full[i].recv = recv[i];
+    full[i].recv_row_offsets = recv_row_offsets;
+  }
+  return run(full);
 }
 
 absl::Status RowPacker::Run(Communicator& comm, absl::Span<const RowAllToAllVArgs> ops,

@@ -11,6 +11,7 @@
 #include <memory>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "absl/types/span.h"
@@ -21,6 +22,15 @@ namespace herd::comm {
 // Copies the rows that `rank` sends itself in `args` into its receive rows
 // (host memory; args already validated).
 void CopyRowsToSelf(const RowAllToAllVArgs& args, int rank);
+
+// The counts in one all-to-all, then the rows: GroupedRowAllToAllVUnknownCounts
+// (comm/communicator.h) for transports that cannot tell a message's size.
+// `ops` are validated (ValidateUnknownCountsArgs); `run` runs one round of
+// row all-to-all-vs (the communicator's own, or a RowPacker's) and its
+// errors are returned as they are; Internal for a negative count.
+absl::Status RowAllToAllVCountsFirst(
+    int world_size, absl::Span<const RowAllToAllVArgs> ops, RowRecvPlacer place,
+    absl::FunctionRef<absl::Status(absl::Span<const RowAllToAllVArgs>)> run);
 
 // Keeps its buffers across calls: a fresh multi-megabyte buffer per call
 // costs page faults on every call. Not thread-safe; one per driving thread,

@@ -530,6 +530,24 @@ void RowAllToAllVRejectsBadArgs(RankContext& ctx) {
   bad.recv_row_offsets = more_for_me;
   bad.recv_rows = {};
   expect_invalid(bad, "expects more rows from itself than it sends");
+  // With unknown counts: receive sides come from `place`, and every op sends
+  // each rank as many rows as op 0.
+  auto never_called = [](absl::Span<const int64_t>, absl::Span<void*>) {
+    ADD_FAILURE() << "place called for invalid ops";
+  };
+  const RowAllToAllVArgs send_only{
+      16, good.send.data(), good.send_rows, good.send_row_offsets, nullptr, {}, {}};
+  EXPECT_EQ(
+      comm->GroupedRowAllToAllVUnknownCounts(absl::MakeConstSpan(&args, 1), never_called, Long())
+          .code(),
+      absl::StatusCode::kInvalidArgument)
+      << "a receive side was given";
+  const std::vector<int64_t> none(n + 1, 0);
+  const RowAllToAllVArgs empty_op{16, nullptr, {}, none, nullptr, {}, {}};
+  const RowAllToAllVArgs disagree[2] = {send_only, empty_op};
+  EXPECT_EQ(comm->GroupedRowAllToAllVUnknownCounts(disagree, never_called, Long()).code(),
+            absl::StatusCode::kInvalidArgument)
+      << "ops with different counts";
   // Nothing was sent: the communicator still works, in step with its peers.
   HERD_ASSERT_OK(comm->GroupedRowAllToAllV(absl::MakeConstSpan(&args, 1), Long()));
   EXPECT_EQ(recv, good.expected);
@@ -743,10 +761,17 @@ void ExchangeLocalRowsSkipNetwork(RankContext& ctx) {
   const int n = ctx.world_size();
   const int me = ctx.rank();
   const int64_t hidden_size = 32;
-  const int64_t counts_bytes = 8 * (n - 1);
+  // What the counts cost on this backend: a round trip with no rows at all
+  // (an int64 per peer, or nothing where they ride on the rows' messages).
+  CommStats before = comm->stats();
+  RoundTrip(exchange, *comm,
+            [&](int p) { return MakeRouting(p, n, 29, 0, 2, hidden_size, DestRule::kSelf); });
+  if (::testing::Test::HasFatalFailure()) return;
+  const int64_t counts_bytes = comm->stats().bytes_sent - before.bytes_sent;
+  EXPECT_LE(counts_bytes, 8 * (n - 1));
 
   // Every slot stays on its rank: only the counts go over the network.
-  CommStats before = comm->stats();
+  before = comm->stats();
   RoundTrip(exchange, *comm,
             [&](int p) { return MakeRouting(p, n, 30, 10, 2, hidden_size, DestRule::kSelf); });
   if (::testing::Test::HasFatalFailure()) return;
