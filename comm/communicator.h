@@ -23,6 +23,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
@@ -84,13 +85,55 @@ struct AllToAllVArgs {
   absl::Span<const int64_t> recv_offsets;
 };
 
+// One all-to-all-v of fixed-size rows that the transport gathers from and
+// scatters to rows anywhere in the caller's buffers, so that the caller packs
+// and unpacks nothing (the expert exchange: rows of the tokens' hidden states
+// go out, the experts' rows come back to the slots they belong to).
+//
+//   send: the rows for rank p are entries send_row_offsets[p] ..
+//         send_row_offsets[p + 1] - 1 of the list send_rows; entry i is the
+//         row at send + send_rows[i] * row_bytes (send + i * row_bytes when
+//         send_rows is empty, i.e. contiguous blocks). A row may be listed
+//         more than once.
+//   recv: likewise with recv_rows / recv_row_offsets; rows keep the order of
+//         the sender's list. Listing a receive row twice is undefined.
+//
+// recv_row_offsets[p + 1] - recv_row_offsets[p] on this rank must equal rank
+// p's send count for this rank. Row indices are int32 and non-negative. The
+// rows for this rank itself are copied in memory, never through the network.
+struct RowAllToAllVArgs {
+  int64_t row_bytes = 0;
+  const void* send = nullptr;
+  absl::Span<const int32_t> send_rows;         // [send_row_offsets[world_size]] or empty
+  absl::Span<const int64_t> send_row_offsets;  // [world_size + 1], from 0, non-decreasing
+  void* recv = nullptr;
+  absl::Span<const int32_t> recv_rows;         // [recv_row_offsets[world_size]] or empty
+  absl::Span<const int64_t> recv_row_offsets;  // [world_size + 1], from 0, non-decreasing
+};
+
 // Argument checks every backend runs before anything is sent, so that all
 // backends reject the same calls with the same messages. InvalidArgument
 // naming the bad entry.
 absl::Status ValidateAllToAllVArgs(const AllToAllVArgs& args, int world_size);
+// Also checks that this rank sends itself as many rows as it expects.
+absl::Status ValidateRowAllToAllVArgs(const RowAllToAllVArgs& args, int rank, int world_size);
 absl::Status ValidateAllGatherArgs(const void* send, int64_t bytes_per_rank, const void* recv);
 absl::Status ValidateBroadcastArgs(int root_rank, int world_size, const void* buffer,
                                    int64_t bytes);
+
+// Sets the receive side of row all-to-all-vs whose counts the receiver learns
+// during the call (GroupedRowAllToAllVUnknownCounts): called once, on the
+// driving thread, with recv_row_offsets [world_size + 1] (rows from rank p
+// land at rows recv_row_offsets[p] .. recv_row_offsets[p + 1] - 1, rank
+// order); it stores into recv[i] the buffer of op i, with room for
+// recv_row_offsets[world_size] rows (any pointer when that is 0).
+using RowRecvPlacer =
+    absl::FunctionRef<void(absl::Span<const int64_t> recv_row_offsets, absl::Span<void*> recv)>;
+
+// Checks ops for GroupedRowAllToAllVUnknownCounts: at least one op, send
+// sides as in ValidateRowAllToAllVArgs, empty receive sides, and every op
+// sending each rank as many rows as op 0. InvalidArgument naming the entry.
+absl::Status ValidateUnknownCountsArgs(absl::Span<const RowAllToAllVArgs> ops, int world_size);
 
 // Counters since creation, for benches and tests.
 struct CommStats {
@@ -128,6 +171,26 @@ class Communicator {
   absl::Status AllToAllV(const AllToAllVArgs& args, absl::Time deadline) {
     return GroupedAllToAllV(absl::MakeConstSpan(&args, 1), deadline);
   }
+
+  // Runs `ops` (RowAllToAllVArgs) as one round, like GroupedAllToAllV: the
+  // same blocking, deadline, errors and stats (bytes_sent counts the rows for
+  // other ranks). Host communicators only; the default, kept by device
+  // communicators (nccl), returns Unimplemented: ExpertExchange packs and
+  // stages for them (comm/row_packer.h).
+  virtual absl::Status GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> ops,
+                                           absl::Time deadline);
+
+  // Row all-to-all-vs whose receivers do not know how many rows come (the
+  // expert exchange's dispatch): `ops` give only their send sides (recv,
+  // recv_rows and recv_row_offsets empty) and all send each rank the same
+  // number of rows; the rows land contiguously, grouped by source rank, in
+  // the buffers that `place` returns once every count is known. The default
+  // runs one all-to-all of the counts, then GroupedRowAllToAllV (two rounds);
+  // mpi learns the counts from the size of op 0's messages, in one round
+  // (op 0's block for one rank must then be under kMaxMpiMessageBytes).
+  // Same blocking, deadline, errors and stats as GroupedRowAllToAllV.
+  virtual absl::Status GroupedRowAllToAllVUnknownCounts(absl::Span<const RowAllToAllVArgs> ops,
+                                                        RowRecvPlacer place, absl::Time deadline);
 
   // recv [world_size * bytes_per_rank] receives every rank's `send`
   // [bytes_per_rank] in rank order. Same errors as GroupedAllToAllV.

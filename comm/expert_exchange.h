@@ -8,12 +8,16 @@
 // num_tokens * top_k; a "row" is one slot's hidden vector on the wire.
 //
 // Dispatch on rank r, world_size W:
-//   1. counts: num_send_rows[p] = slots with dest_rank == p, exchanged with
-//      one all-to-all (int64 per rank pair), so every rank learns
-//      num_recv_rows[p] before any payload moves;
-//   2. payload: the rows and their logical expert ids, in one grouped
-//      all-to-all-v (one round trip). Rows for r itself are copied in memory
-//      and never go through the network.
+//   the rows and their logical expert ids go out in one grouped row
+//   all-to-all-v that gathers each row straight from `hidden`
+//   (RowAllToAllVArgs; no packing here), and every rank learns
+//   num_recv_rows[p] = rank p's slots with dest_rank == r from it
+//   (Communicator::GroupedRowAllToAllVUnknownCounts: mpi reads the counts off
+//   the message sizes, one round trip; the other backends exchange the counts
+//   in one all-to-all first). Rows for r itself are copied in memory and
+//   never go through the network.
+// Combine is one row all-to-all-v that scatters each returning row straight
+// into its slot of `out`.
 //
 //   handle.recv_x()            F32 [num_recv_rows, hidden_size]
 //   handle.recv_expert_idx()   I32 [num_recv_rows]
@@ -27,9 +31,9 @@
 // are zero-filled, so a weighted sum over slots stays finite.
 //
 // Every rank calls Dispatch and Combine, in the same order, even with zero
-// tokens (the counts exchange still runs). The Communicator's memory space
+// tokens (the counts still go out). The Communicator's memory space
 // does not matter to callers: with a device communicator (nccl) the exchange
-// stages its host buffers through device buffers.
+// packs rows and stages them through device buffers (comm/row_packer.h).
 //
 // Thread-safety: one thread drives an ExpertExchange; several handles may be
 // outstanding and are combined in the same order on every rank.
@@ -44,6 +48,7 @@
 #include "absl/time/time.h"
 #include "absl/types/span.h"
 #include "comm/communicator.h"
+#include "comm/row_packer.h"
 
 namespace herd::comm {
 
@@ -124,23 +129,21 @@ class ExpertExchange {
   static int64_t CombineOutputBytes(int64_t num_tokens, int64_t top_k, int64_t hidden_size);
 
  private:
-  // Runs `ops` (host buffers) on the communicator, staging through device
-  // buffers when the communicator works on device memory.
-  absl::Status Exchange(absl::Span<const AllToAllVArgs> ops, absl::Time deadline);
+  // Runs `ops` (host buffers) on the communicator: directly on a host one,
+  // packed and staged through device buffers on a device one.
+  absl::Status Exchange(absl::Span<const RowAllToAllVArgs> ops, absl::Time deadline);
 
   Communicator* const comm_;
   const uint64_t id_;
-  // Host scratch reused across calls: packed rows and ids for Dispatch, rows
-  // coming back in Combine.
-  std::vector<float> send_x_;
-  std::vector<int32_t> send_expert_idx_;
-  std::vector<float> combine_recv_x_;
+  // Dispatch scratch: I32 [num_send_rows], the token of each sent slot, in
+  // handle.send_slots_ order (the rows gathered from `hidden`).
+  std::vector<int32_t> send_tokens_;
   // The last combined handle's receive buffers, reused by the next Dispatch:
   // a fresh multi-megabyte buffer per layer costs page faults on every call.
   std::vector<float> spare_recv_x_;
   std::vector<int32_t> spare_recv_expert_idx_;
-  // Device staging (nccl): [op][0 = send, 1 = recv], grown on demand.
-  std::vector<std::unique_ptr<CommBuffer>> staging_;
+  // Device communicators (nccl) only.
+  RowPacker device_packer_;
 };
 
 }  // namespace herd::comm

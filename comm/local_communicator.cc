@@ -11,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
 #include "comm/local_world.h"
+#include "comm/row_packer.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -74,6 +75,11 @@ class LocalCommunicator final : public Communicator {
     return Run(op, deadline, bytes_sent);
   }
 
+  absl::Status GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> ops,
+                                   absl::Time deadline) override {
+    return row_packer_.Run(*this, ops, deadline);
+  }
+
   absl::Status AllGather(const void* send, int64_t bytes_per_rank, void* recv,
                          absl::Time deadline) override {
     HERD_RETURN_IF_ERROR(ValidateAllGatherArgs(send, bytes_per_rank, recv));
@@ -123,6 +129,7 @@ class LocalCommunicator final : public Communicator {
   const int rank_;
   const int group_idx_;
   uint64_t round_ = 0;
+  RowPacker row_packer_;  // packs row lists for the block all-to-all-v
   std::atomic<int64_t> num_collectives_{0};
   std::atomic<int64_t> bytes_sent_{0};
 };

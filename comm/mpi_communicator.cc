@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "comm/mpi_requests.h"
 #include "comm/mpi_runtime.h"
+#include "comm/row_packer.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -84,6 +85,150 @@ class MpiCommunicator final : public Communicator {
                     static_cast<const uint8_t*>(a.send) + a.send_offsets[rank_],
                     static_cast<size_t>(a.recv_bytes[rank_]));
       }
+    }
+    HERD_RETURN_IF_ERROR(Fail(requests.WaitAll(deadline)));
+    Count(bytes_sent);
+    return absl::OkStatus();
+  }
+
+  // Row lists become derived datatypes (MpiRequests::PostSendRows), so MPI
+  // moves rows straight between the callers' buffers; contiguous sides are
+  // plain byte messages.
+  absl::Status GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> ops,
+                                   absl::Time deadline) override {
+    for (const RowAllToAllVArgs& a : ops) {
+      HERD_RETURN_IF_ERROR(ValidateRowAllToAllVArgs(a, rank_, world_size_));
+      if (a.row_bytes > kMaxMpiMessageBytes) {
+        return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: rows of ", a.row_bytes,
+                                                       " bytes; mpi takes at most ",
+                                                       kMaxMpiMessageBytes));
+      }
+    }
+    HERD_RETURN_IF_ERROR(CheckUsable());
+    const uint64_t first_seq = seq_;
+    seq_ += ops.size();
+    MpiRequests requests(Where("row_all_to_all_v", first_seq));
+    int64_t bytes_sent = 0;
+    // Receives first, so that data finds its buffer waiting.
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const RowAllToAllVArgs& a = ops[i];
+      const int tag = Tag(first_seq + i);
+      for (int p = 0; p < world_size_; ++p) {
+        if (p == rank_) continue;
+        const int64_t first = a.recv_row_offsets[p];
+        const int64_t num_rows = a.recv_row_offsets[p + 1] - first;
+        if (a.recv_rows.empty()) {
+          HERD_RETURN_IF_ERROR(
+              Fail(requests.PostRecv(static_cast<uint8_t*>(a.recv) + first * a.row_bytes,
+                                     num_rows * a.row_bytes, p, tag, comm_)));
+        } else {
+          HERD_RETURN_IF_ERROR(Fail(requests.PostRecvRows(
+              a.recv, a.row_bytes, a.recv_rows.subspan(first, num_rows), p, tag, comm_)));
+        }
+      }
+    }
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const RowAllToAllVArgs& a = ops[i];
+      const int tag = Tag(first_seq + i);
+      for (int step = 1; step < world_size_; ++step) {
+        const int p = (rank_ + step) % world_size_;
+        const int64_t first = a.send_row_offsets[p];
+        const int64_t num_rows = a.send_row_offsets[p + 1] - first;
+        if (a.send_rows.empty()) {
+          HERD_RETURN_IF_ERROR(
+              Fail(requests.PostSend(static_cast<const uint8_t*>(a.send) + first * a.row_bytes,
+                                     num_rows * a.row_bytes, p, tag, comm_)));
+        } else {
+          HERD_RETURN_IF_ERROR(Fail(requests.PostSendRows(
+              a.send, a.row_bytes, a.send_rows.subspan(first, num_rows), p, tag, comm_)));
+        }
+        bytes_sent += num_rows * a.row_bytes;
+      }
+      CopyRowsToSelf(a, rank_);
+    }
+    HERD_RETURN_IF_ERROR(Fail(requests.WaitAll(deadline)));
+    Count(bytes_sent);
+    return absl::OkStatus();
+  }
+
+  // The counts travel as the sizes of op 0's messages (sent to every peer,
+  // empty or not), probed before any receive is posted: one round, no
+  // counts all-to-all.
+  absl::Status GroupedRowAllToAllVUnknownCounts(absl::Span<const RowAllToAllVArgs> ops,
+                                                RowRecvPlacer place, absl::Time deadline) override {
+    HERD_RETURN_IF_ERROR(ValidateUnknownCountsArgs(ops, world_size_));
+    for (const RowAllToAllVArgs& a : ops) {
+      if (a.row_bytes > kMaxMpiMessageBytes) {
+        return absl::InvalidArgumentError(absl::StrCat("row_all_to_all_v: rows of ", a.row_bytes,
+                                                       " bytes; mpi takes at most ",
+                                                       kMaxMpiMessageBytes));
+      }
+    }
+    const RowAllToAllVArgs& first_op = ops[0];
+    for (int p = 0; p < world_size_; ++p) {
+      const int64_t rows = first_op.send_row_offsets[p + 1] - first_op.send_row_offsets[p];
+      if (rows * first_op.row_bytes >= kMaxMpiMessageBytes) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("row_all_to_all_v: op 0 sends rank ", p, " ", rows * first_op.row_bytes,
+                         " bytes; with unknown counts mpi takes less than ", kMaxMpiMessageBytes));
+      }
+    }
+    HERD_RETURN_IF_ERROR(CheckUsable());
+    const uint64_t first_seq = seq_;
+    seq_ += ops.size();
+    MpiRequests requests(Where("row_all_to_all_v", first_seq));
+    int64_t bytes_sent = 0;
+    for (size_t i = 0; i < ops.size(); ++i) {
+      const RowAllToAllVArgs& a = ops[i];
+      const int tag = Tag(first_seq + i);
+      for (int step = 1; step < world_size_; ++step) {
+        const int p = (rank_ + step) % world_size_;
+        const int64_t first = a.send_row_offsets[p];
+        const int64_t num_rows = a.send_row_offsets[p + 1] - first;
+        if (a.send_rows.empty() || num_rows == 0) {
+          HERD_RETURN_IF_ERROR(Fail(
+              requests.PostSend(static_cast<const uint8_t*>(a.send) + first * a.row_bytes,
+                                num_rows * a.row_bytes, p, tag, comm_, /*post_empty=*/i == 0)));
+        } else {
+          HERD_RETURN_IF_ERROR(Fail(requests.PostSendRows(
+              a.send, a.row_bytes, a.send_rows.subspan(first, num_rows), p, tag, comm_)));
+        }
+        bytes_sent += num_rows * a.row_bytes;
+      }
+    }
+    std::vector<int64_t> probed_bytes;
+    HERD_RETURN_IF_ERROR(
+        Fail(requests.ProbeBytes(rank_, Tag(first_seq), comm_, deadline, &probed_bytes)));
+    std::vector<int64_t> recv_row_offsets(world_size_ + 1, 0);
+    for (int p = 0; p < world_size_; ++p) {
+      int64_t rows = first_op.send_row_offsets[p + 1] - first_op.send_row_offsets[p];
+      if (p != rank_) {
+        if (probed_bytes[p] % first_op.row_bytes != 0) {
+          return Fail(absl::InternalError(
+              absl::StrCat(Where("row_all_to_all_v", first_seq), ": rank ", p, " sent ",
+                           probed_bytes[p], " bytes, not whole rows of ", first_op.row_bytes,
+                           " (the ranks disagree on the row size)")));
+        }
+        rows = probed_bytes[p] / first_op.row_bytes;
+      }
+      recv_row_offsets[p + 1] = recv_row_offsets[p] + rows;
+    }
+    std::vector<void*> recv(ops.size(), nullptr);
+    place(recv_row_offsets, absl::MakeSpan(recv));
+    for (size_t i = 0; i < ops.size(); ++i) {
+      RowAllToAllVArgs a = ops[i];
+      a.recv = recv[i];
+      a.recv_row_offsets = recv_row_offsets;
+      const int tag = Tag(first_seq + i);
+      for (int p = 0; p < world_size_; ++p) {
+        if (p == rank_) continue;
+        const int64_t first = recv_row_offsets[p];
+        const int64_t num_rows = recv_row_offsets[p + 1] - first;
+        HERD_RETURN_IF_ERROR(
+            Fail(requests.PostRecv(static_cast<uint8_t*>(a.recv) + first * a.row_bytes,
+                                   num_rows * a.row_bytes, p, tag, comm_, /*post_empty=*/i == 0)));
+      }
+      CopyRowsToSelf(a, rank_);
     }
     HERD_RETURN_IF_ERROR(Fail(requests.WaitAll(deadline)));
     Count(bytes_sent);

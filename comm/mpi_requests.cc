@@ -96,9 +96,107 @@ absl::Status MpiRequests::PostSend(const void* buffer, int64_t bytes, int peer, 
   return absl::OkStatus();
 }
 
+template <typename Post>
+absl::Status MpiRequests::PostRows(int64_t row_bytes, absl::Span<const int32_t> rows, bool is_recv,
+                                   int peer, const Post& post) {
+  const char* call = is_recv ? "MPI_Irecv of rows from" : "MPI_Isend of rows to";
+  if (rows.empty()) return absl::OkStatus();
+  MPI_Datatype row_type = MPI_DATATYPE_NULL;
+  int rc = MPI_Type_contiguous(static_cast<int>(row_bytes), MPI_BYTE, &row_type);
+  if (rc != MPI_SUCCESS) {
+    return absl::InternalError(
+        absl::StrCat(what_, ": MPI_Type_contiguous for rank ", peer, ": ", MpiErrorString(rc)));
+  }
+  const int64_t rows_per_message = std::max<int64_t>(1, kMaxMpiMessageBytes / row_bytes);
+  absl::Status status;
+  for (size_t first = 0; first < rows.size() && status.ok(); first += rows_per_message) {
+    const int64_t count = std::min<int64_t>(rows_per_message, rows.size() - first);
+    MPI_Datatype type = MPI_DATATYPE_NULL;
+    MPI_Request request = MPI_REQUEST_NULL;
+    rc = MPI_Type_create_indexed_block(static_cast<int>(count), 1, rows.data() + first, row_type,
+                                       &type);
+    if (rc == MPI_SUCCESS) rc = MPI_Type_commit(&type);
+    if (rc == MPI_SUCCESS) rc = post(type, &request);
+    // NOTE: freeing a datatype that a pending operation uses is allowed; the
+    // operation completes normally (MPI 3.1, section 4.1.9).
+    if (type != MPI_DATATYPE_NULL) MPI_Type_free(&type);
+    if (rc != MPI_SUCCESS) {
+      status = absl::InternalError(
+          absl::StrCat(what_, ": ", call, " rank ", peer, ": ", MpiErrorString(rc)));
+    } else {
+      Track(request, is_recv, peer, count * row_bytes);
+    }
+  }
+  MPI_Type_free(&row_type);
+  return status;
+}
+
+absl::Status MpiRequests::PostRecvRows(void* base, int64_t row_bytes,
+                                       absl::Span<const int32_t> rows, int peer, int tag,
+                                       MPI_Comm comm) {
+  return PostRows(row_bytes, rows, /*is_recv=*/true, peer,
+                  [&](MPI_Datatype type, MPI_Request* request) {
+                    return MPI_Irecv(base, 1, type, peer, tag, comm, request);
+                  });
+}
+
+absl::Status MpiRequests::PostSendRows(const void* base, int64_t row_bytes,
+                                       absl::Span<const int32_t> rows, int peer, int tag,
+                                       MPI_Comm comm) {
+  return PostRows(row_bytes, rows, /*is_recv=*/false, peer,
+                  [&](MPI_Datatype type, MPI_Request* request) {
+                    return MPI_Isend(base, 1, type, peer, tag, comm, request);
+                  });
+}
+
 void MpiRequests::Track(MPI_Request request, bool is_recv, int peer, int64_t bytes) {
   requests_.push_back(request);
   info_.push_back(Info{is_recv, peer, bytes});
+}
+
+absl::Status MpiRequests::ProbeBytes(int self, int tag, MPI_Comm comm, absl::Time deadline,
+                                     std::vector<int64_t>* bytes) {
+  int world_size = 0;
+  MPI_Comm_size(comm, &world_size);
+  bytes->assign(world_size, 0);
+  std::set<int> waiting;
+  for (int p = 0; p < world_size; ++p) {
+    if (p != self) waiting.insert(p);
+  }
+  PollPacer pacer(GetCommEnv());
+  while (!waiting.empty()) {
+    bool found = false;
+    for (auto it = waiting.begin(); it != waiting.end();) {
+      int flag = 0;
+      MPI_Status status;
+      const int rc = MPI_Iprobe(*it, tag, comm, &flag, &status);
+      if (rc != MPI_SUCCESS) {
+        return absl::InternalError(
+            absl::StrCat(what_, ": MPI_Iprobe for rank ", *it, ": ", MpiErrorString(rc)));
+      }
+      if (!flag) {
+        ++it;
+        continue;
+      }
+      int count = 0;
+      MPI_Get_count(&status, MPI_BYTE, &count);
+      (*bytes)[*it] = count;
+      it = waiting.erase(it);
+      found = true;
+    }
+    if (waiting.empty()) break;
+    if (found) {
+      pacer.Progress();
+      continue;
+    }
+    if (absl::Now() >= deadline) {
+      return absl::DeadlineExceededError(absl::StrCat(
+          what_, ": deadline exceeded after ", absl::ToInt64Milliseconds(absl::Now() - start_),
+          " ms; no data from ", PeerList(waiting)));
+    }
+    pacer.Pause();
+  }
+  return absl::OkStatus();
 }
 
 absl::Status MpiRequests::WaitAll(absl::Time deadline) {
@@ -125,6 +223,8 @@ absl::Status MpiRequests::WaitAll(absl::Time deadline) {
                                                 info.peer, ": ", MpiErrorString(status.MPI_ERROR)));
       }
       if (info.is_recv && info.peer >= 0) {
+        // NOTE: counted in bytes for row receives too (their datatypes are
+        // built from MPI_BYTE and already freed).
         int received = 0;
         MPI_Get_count(&status, MPI_BYTE, &received);
         if (received != info.bytes) {

@@ -19,6 +19,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 
 namespace herd::comm {
 
@@ -49,9 +50,27 @@ class MpiRequests {
                         bool post_empty = false);
   absl::Status PostSend(const void* buffer, int64_t bytes, int peer, int tag, MPI_Comm comm,
                         bool post_empty = false);
+  // Row lists (RowAllToAllVArgs): receives into / sends from the rows
+  // `base` + rows[i] * row_bytes, in list order, as derived datatypes, so
+  // that MPI packs and unpacks on its own (Open MPI's ob1 copies them
+  // through its shared-memory fragments directly) and the caller copies
+  // nothing. Chunked like PostRecv; nothing is posted for an empty list.
+  // row_bytes in [1, kMaxMpiMessageBytes]. Internal with MPI's message.
+  absl::Status PostRecvRows(void* base, int64_t row_bytes, absl::Span<const int32_t> rows, int peer,
+                            int tag, MPI_Comm comm);
+  absl::Status PostSendRows(const void* base, int64_t row_bytes, absl::Span<const int32_t> rows,
+                            int peer, int tag, MPI_Comm comm);
   // Tracks a request posted elsewhere (MPI_Comm_idup, MPI_Imrecv); peer -1 =
   // every rank.
   void Track(MPI_Request request, bool is_recv, int peer, int64_t bytes);
+
+  // Waits until a message with `tag` from every rank of `comm` but `self`
+  // can be received and stores its size into (*bytes)[rank]; the messages
+  // stay queued for receives posted afterwards (NOTE: correct because only
+  // the driving thread receives on `comm`). DeadlineExceeded naming the
+  // ranks whose message did not come, Internal for an MPI error.
+  absl::Status ProbeBytes(int self, int tag, MPI_Comm comm, absl::Time deadline,
+                          std::vector<int64_t>* bytes);
 
   // Polls until every request completes. Errors: DeadlineExceeded naming the
   // peers that did not deliver / take their data; Internal for an MPI error or
@@ -65,6 +84,11 @@ class MpiRequests {
     int peer;
     int64_t bytes;
   };
+  // Posts `rows` in chunks; `post(type, &request)` posts one chunk as one
+  // element of `type` (displacements from the base address). `is_recv` and `peer` as in Track.
+  template <typename Post>
+  absl::Status PostRows(int64_t row_bytes, absl::Span<const int32_t> rows, bool is_recv, int peer,
+                        const Post& post);
   void Abandon();
 
   std::string what_;

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
+#include "comm/row_packer.h"
 #include "comm/ucx/ucx_requests.h"
 #include "comm/ucx/ucx_world.h"
 #include "core/status.h"
@@ -78,6 +79,11 @@ class UcxCommunicator final : public Communicator {
     HERD_RETURN_IF_ERROR(Fail(requests.WaitAll(deadline)));
     Count(bytes_sent);
     return absl::OkStatus();
+  }
+
+  absl::Status GroupedRowAllToAllV(absl::Span<const RowAllToAllVArgs> ops,
+                                   absl::Time deadline) override {
+    return row_packer_.Run(*this, ops, deadline);
   }
 
   absl::Status AllGather(const void* send, int64_t bytes_per_rank, void* recv,
@@ -190,7 +196,8 @@ class UcxCommunicator final : public Communicator {
   const int rank_;
   const int world_size_;
   uint32_t seq_ = 0;
-  absl::Status failed_;  // touched only by the driving thread
+  absl::Status failed_;   // touched only by the driving thread
+  RowPacker row_packer_;  // packs row lists for the block all-to-all-v
   std::atomic<int64_t> num_collectives_{0};
   std::atomic<int64_t> bytes_sent_{0};
 };

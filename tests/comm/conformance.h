@@ -41,6 +41,8 @@ class RankContext {
   X(AllToAllVAllRanksToOne)            \
   X(AllToAllVLargeBlocks)              \
   X(GroupedAllToAllVOneRound)          \
+  X(RowAllToAllVGatherScatter)         \
+  X(RowAllToAllVRejectsBadArgs)        \
   X(AllGatherEveryRank)                \
   X(BroadcastFromEveryRoot)            \
   X(BarrierWaitsForTheLastRank)        \
