@@ -37,17 +37,26 @@ uint64_t HashName(const std::string& name, uint64_t seed) {
 constexpr char kTokenEmbedding[] = "token_embd.weight";
 // The trained-like token embedding of `outliers` models (synth.h): rows mix
 // kEmbeddingRank random directions with a 1/k variance spectrum, plus
-// isotropic noise of kEmbeddingNoise times their size, at std kEmbeddingStd.
+// isotropic noise of kEmbeddingNoise times their size.
 constexpr int64_t kEmbeddingRank = 32;
+constexpr double kOutlierMatrixShare = 0.25;
 constexpr double kEmbeddingNoise = 0.3;
-constexpr double kEmbeddingStd = 1.0;
+
+// Its std: a block's update to the residual stream passes two projections of
+// gain 0.02 * sqrt(hidden) each (v then o; gate/up then down), about
+// 0.0004 * hidden per value, and L blocks add sqrt(L) times that. The
+// embedding is 2.5x their sum, so the token dominates the residual stream.
+double EmbeddingStd(const SynthOptions& o) {
+  return 2.5 * 0.0004 * static_cast<double>(o.hidden_size) *
+         std::sqrt(static_cast<double>(o.num_layers));
+}
 
 // Fills a [rows, cols] matrix in `dtype`; each row has its own RNG stream so
 // rows can be generated in parallel and the result is thread-count independent.
 std::vector<uint8_t> RandomMatrix(const std::string& name, int64_t rows, int64_t cols, DType dtype,
                                   const SynthOptions& o, ThreadPool& pool) {
   const bool low_rank_embedding = o.outliers && name == kTokenEmbedding;
-  const double std_dev = low_rank_embedding ? kEmbeddingStd : 0.02;
+  const double std_dev = low_rank_embedding ? EmbeddingStd(o) : 0.02;
   const uint64_t base = HashName(name, o.seed);
   // The low-rank embedding's directions, scaled by their spectrum, so that
   // sum_k coef_k * basis_k with coef ~ N(0, 1) has variance ~1 per value.
@@ -64,9 +73,12 @@ std::vector<uint8_t> RandomMatrix(const std::string& name, int64_t rows, int64_t
       }
     }
   }
-  // Outlier input channels: the same for every row of this matrix.
+  // Outlier input channels, in a quarter of the matrices (by name: for the
+  // experts' stacked tensors, one projection of every expert of a layer):
+  // the same channels for every row.
   std::vector<float> channel_scale(cols, 1.0f);
-  if (o.outliers && !low_rank_embedding) {
+  uint64_t pick = base ^ 0x0D1CEull;
+  if (o.outliers && !low_rank_embedding && Uniform(pick) < kOutlierMatrixShare) {
     uint64_t state = base ^ 0xC0FFEEull;
     for (int64_t c = 0; c < cols; ++c) {
       if (Uniform(state) < 0.01) channel_scale[c] = static_cast<float>(8.0 + 16.0 * Uniform(state));
@@ -99,7 +111,7 @@ std::vector<uint8_t> RandomMatrix(const std::string& name, int64_t rows, int64_t
         for (int64_t c = 0; c < cols; ++c) {
           double mix = 0.0;
           for (int64_t k = 0; k < kEmbeddingRank; ++k) mix += coef[k] * basis[k * cols + c];
-          row[c] = static_cast<float>(kEmbeddingNoise * row[c] + kEmbeddingStd * mix);
+          row[c] = static_cast<float>(kEmbeddingNoise * row[c] + std_dev * mix);
         }
       }
       QuantizeRow(dtype, row.data(), bytes.data() + r * row_bytes, cols);

@@ -5,15 +5,19 @@
 // llama.cpp fixture. `outliers` shapes the model like a trained one for
 // compression studies:
 //   - matrices follow a heavy-tailed Student-t(4) distribution of the same
-//     scale and about 1% of their input channels are amplified 8-24x, as
-//     trained LLMs' weights are (the outlier scorer looks for exactly these);
+//     scale, and in a quarter of them (chosen by name; for the experts'
+//     stacked tensors, one projection of all experts of a layer) about 1% of
+//     the input channels are amplified 8-24x, as in trained LLMs, whose
+//     outliers sit in some layers more than others (the outlier scorer of
+//     mixed precision looks for exactly these);
 //   - the token embedding is low-rank (32 random directions with a 1/k
-//     variance spectrum, plus 30% isotropic noise) with std 1, so the
-//     residual stream carries the token through the blocks, each block adds
-//     a smaller update, and the inputs every projection sees are correlated
-//     (what GPTQ exploits). With the plain recipe a deep random network is
-//     chaotic: every block's update dwarfs the std-0.02 embedding, and any
-//     weight error changes the output completely.
+//     variance spectrum, plus 30% isotropic noise), 2.5x as large as the
+//     blocks' updates together (std 0.001 * hidden * sqrt(layers)), so the
+//     residual stream carries the token through the blocks and the inputs
+//     every projection sees are correlated (what GPTQ exploits). With the
+//     plain recipe a deep random network is chaotic: every block's update
+//     dwarfs the std-0.02 embedding, and any weight error changes the output
+//     completely.
 // The same options and seed give the same bytes.
 #pragma once
 
