@@ -53,6 +53,7 @@ echo "source: $source_model"
 echo
 echo "| method | bytes | average bits (quantized) | mean KL | top-1 agreement | logits rel. error | expert calls skipped | decode t/s (F16 -> this) | decode speedup |"
 echo "|---|---:|---:|---:|---:|---:|---:|---:|---:|"
+echo "| F16 (the source) | $(( $(stat -c %s "$source_model") / 1048576 )) MiB | 16 | 0 | 100% | 0 | | | 1.00x |"
 for row in "${ROWS[@]}"; do
   IFS='|' read -r name flags <<< "$row"
   out="$MODELS_DIR/compressed-$OUTLIERS-$(echo "$name" | tr -c 'a-z0-9\n' '-')"
