@@ -40,6 +40,27 @@ void SetThreshold(Model& model, float beta) {
   for (LayerWeights& w : model.layers) w.expert_skip_threshold = beta;
 }
 
+// kTokens through `engine` (with its observers), one prefill per sequence:
+// the logits of every position.
+std::vector<float> RunSequences(Engine& engine, const ModelSpec& spec) {
+  auto cache = KvCache::Create(spec, 1, 16);
+  EXPECT_TRUE(cache.ok());
+  const std::vector<int32_t> table = {0};
+  std::vector<float> logits;
+  for (const auto& tokens : kTokens) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    Batch batch;
+    batch.cache = cache->get();
+    batch.token_ids = tokens;
+    batch.chunks = {{table, 0, n}};
+    for (int64_t i = 0; i < n; ++i) batch.logit_rows.push_back(i);
+    const size_t offset = logits.size();
+    logits.resize(offset + n * spec.vocab_size);
+    EXPECT_TRUE(engine.Forward(batch, logits.data() + offset).ok());
+  }
+  return logits;
+}
+
 TEST(ExpertSkippingTest, CalibratedThresholdIsTheMedianOfSecondOverFirstWeight) {
   std::unique_ptr<Model> model = Fixture();
   EngineOptions options;
@@ -51,18 +72,7 @@ TEST(ExpertSkippingTest, CalibratedThresholdIsTheMedianOfSecondOverFirstWeight) 
       [&](int layer, int64_t n, int64_t top_k, const int32_t*, const float* w) {
         for (int64_t t = 0; t < n; ++t) ratios[layer].push_back(w[t * top_k + 1] / w[t * top_k]);
       });
-  auto cache = KvCache::Create(model->spec, 1, 16);
-  ASSERT_TRUE(cache.ok());
-  const std::vector<int32_t> table = {0};
-  std::vector<float> logits(model->spec.vocab_size);
-  for (const auto& tokens : kTokens) {
-    Batch batch;
-    batch.cache = cache->get();
-    batch.token_ids = tokens;
-    batch.chunks = {{table, 0, static_cast<int64_t>(tokens.size())}};
-    batch.logit_rows = {0};
-    ASSERT_TRUE((*engine)->Forward(batch, logits.data()).ok());
-  }
+  RunSequences(**engine, model->spec);
   auto calibration = Calibration::Run(*model, kTokens, 1);
   ASSERT_TRUE(calibration.ok()) << calibration.status();
   for (int l = 0; l < model->spec.num_layers; ++l) {
@@ -121,18 +131,7 @@ TEST(ExpertSkippingTest, SkippedCallsAreCountedAndObservedAsMinusOne) {
           observed_rows += 1 + (idx[t * top_k + 1] >= 0);
         }
       });
-  auto cache = KvCache::Create(model->spec, 1, 16);
-  ASSERT_TRUE(cache.ok());
-  const std::vector<int32_t> table = {0};
-  std::vector<float> logits(model->spec.vocab_size);
-  for (const auto& tokens : kTokens) {
-    Batch batch;
-    batch.cache = cache->get();
-    batch.token_ids = tokens;
-    batch.chunks = {{table, 0, static_cast<int64_t>(tokens.size())}};
-    batch.logit_rows = {0};
-    ASSERT_TRUE((*engine)->Forward(batch, logits.data()).ok());
-  }
+  RunSequences(**engine, model->spec);
   const EngineStats& stats = (*engine)->stats();
   EXPECT_EQ(stats.skipped_slots, observed_skips);
   // The median skips about half of the second experts on the calibration
@@ -158,22 +157,7 @@ TEST(ExpertSkippingTest, TurningSkippingOffRestoresTheModelBitForBit) {
   options.expert_skipping = false;
   auto engine = Engine::Create(*thresholded, options);
   ASSERT_TRUE(engine.ok());
-  auto cache = KvCache::Create(thresholded->spec, 1, 16);
-  ASSERT_TRUE(cache.ok());
-  const std::vector<int32_t> table = {0};
-  std::vector<float> got;
-  for (const auto& tokens : kTokens) {
-    const int64_t n = static_cast<int64_t>(tokens.size());
-    Batch batch;
-    batch.cache = cache->get();
-    batch.token_ids = tokens;
-    batch.chunks = {{table, 0, n}};
-    for (int64_t i = 0; i < n; ++i) batch.logit_rows.push_back(i);
-    const size_t offset = got.size();
-    got.resize(offset + n * thresholded->spec.vocab_size);
-    ASSERT_TRUE((*engine)->Forward(batch, got.data() + offset).ok());
-  }
-  EXPECT_EQ(got, *want);
+  EXPECT_EQ(RunSequences(**engine, thresholded->spec), *want);
   EXPECT_EQ((*engine)->stats().skipped_slots, 0);
 
   // And with skipping on, the same model does change.
