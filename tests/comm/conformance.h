@@ -4,7 +4,8 @@
 // (mpi). Bodies use gtest assertions; a rank that fails an assertion stops
 // taking part, and its peers then fail on their deadlines instead of hanging.
 //
-// Instantiations: local_conformance_test.cc (N = 1..4 threads),
+// Instantiations: local_conformance_test.cc (N = 1..4 threads, and again
+// with the local backend dressed as a device communicator, N = 1..3),
 // mpi_conformance_main.cc (under mpirun, N = 2..4, and across network
 // namespaces in tests/integration), nccl_conformance_test.cc (GPU).
 #pragma once
