@@ -3,7 +3,8 @@
 scrapes the server every second (generated config, loopback, temp TSDB);
 after a known load, the values read back through Prometheus's HTTP API
 (/api/v1/query) equal what the client counted: generated and prompt tokens,
-requests finished by reason, first-token latencies observed; the
+requests finished by reason, first-token latencies observed, routed expert
+calls (and none skipped); the
 expert-parallel series (herd:ep_balancedness per layer, rank tokens) exist.
 Skips (77) without a prometheus binary.
 """
@@ -22,6 +23,7 @@ import serve_harness as h
 PROMPT_LENS = [3, 9, 16, 30, 5, 12]
 MAX_TOKENS = [4, 8, 16, 7, 12, 1]
 NUM_LAYERS = 2  # the tiny model
+TOP_K = 2
 
 
 class Prometheus:
@@ -145,6 +147,13 @@ def test(args):
                  "requests finished by length"),
                 ("herd:inter_token_latency_seconds_count", {}, generated - num_requests,
                  "inter-token latencies observed (one per token after the first)"),
+                # Every prompt token and every generated token but the last of
+                # each request runs through every layer's router, top-k each;
+                # the tiny model has no skip thresholds.
+                ("herd:expert_calls_total", {},
+                 NUM_LAYERS * TOP_K * (prompt_tokens + generated - num_requests),
+                 "routed expert calls"),
+                ("herd:expert_calls_skipped_total", {}, 0, "expert calls skipped"),
             ]
             for metric, labels, expected, what in checks:
                 selector = ",".join(f'{k}="{v}"' for k, v in labels.items())
