@@ -76,17 +76,21 @@ def test(args):
         port = int(open(port_file).read().strip())
         h.log(f"serving on port {port}")
         results = [None, None]
-        first = threading.Event()
+        # SIGTERM only once both streams are accepted (each has a token): a
+        # stream still connecting would rightly be refused by the draining
+        # server.
+        first = [threading.Event(), threading.Event()]
 
         def stream(i):
             results[i] = h.stream_completion(
                 port, h.completion_body([5 + i, 6, 7], MAX_TOKENS, stream=True), timeout=300,
-                on_first_token=first.set)
+                on_first_token=first[i].set)
 
         threads = [threading.Thread(target=stream, args=(i,), daemon=True) for i in range(2)]
         for t in threads:
             t.start()
-        h.check(first.wait(60), "no token within 60 s")
+        for i, event in enumerate(first):
+            h.check(event.wait(60), f"stream {i}: no token within 60 s")
         launcher.send_signal(signal.SIGTERM)
         h.log("SIGTERM sent to the launcher")
         for t in threads:

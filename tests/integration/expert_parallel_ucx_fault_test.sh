@@ -42,7 +42,7 @@ done
 sleep 0.5
 victim=""
 for pid in $(herd_pids); do
-  if tr '\0' '\n' < "/proc/$pid/environ" 2> /dev/null | grep -qx 'HERD_RANK=2'; then victim=$pid; fi
+  if grep -qxz 'HERD_RANK=2' "/proc/$pid/environ" 2> /dev/null; then victim=$pid; fi
 done
 if [ -z "$victim" ]; then echo "FAIL: rank 2 not found (finished too early?)"; cat "$work/err"; exit 1; fi
 kill -"$signal" "$victim"
@@ -72,7 +72,7 @@ if [ "$status" -eq 0 ]; then echo "FAIL: the ranks exited 0 after losing rank 2"
 # survivor when that one was itself stuck waiting for rank 2 one collective
 # earlier ("no data from rank(s) 0, 2").
 names_rank2='rank\(s\) ([0-9]+, )*2\b|rank 2 aborted'
-if ! grep -v '^\[herd I' "$work/err" | grep -qE "$names_rank2"; then
+if ! grep -v '^\[herd I' "$work/err" | grep -E "$names_rank2" > /dev/null; then
   echo "FAIL: no error names rank 2"; cat "$work/err"; exit 1
 fi
 if pgrep -f "$work/model.gguf" > /dev/null; then echo "FAIL: processes left behind"; exit 1; fi
