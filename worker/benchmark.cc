@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
+#include "kernels/sampling.h"
 
 namespace herd {
 namespace {
@@ -132,8 +133,7 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& 
         step.chunks = {{block_table, pos, 1}};
         step.logit_rows = {0};
         HERD_RETURN_IF_ERROR(engine.Forward(step, logits.data()));
-        next =
-            static_cast<int32_t>(std::max_element(logits.begin(), logits.end()) - logits.begin());
+        next = cpu::ArgMax(logits.data(), s.vocab_size);
       }
       decode.push_back(options.gen_tokens / Seconds(start));
       decode_routed += engine.stats().routed_slots - before.routed_slots;

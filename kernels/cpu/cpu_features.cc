@@ -38,6 +38,7 @@ CpuFeatures Detect() {
       f.avx512vl = ebx & bit_AVX512VL;
       f.avx512vnni = ecx & bit_AVX512VNNI;
     }
+    f.gfni = ecx & bit_GFNI;
   }
   if (__get_cpuid_count(7, 1, &eax, &ebx, &ecx, &edx)) {
     f.avxvnni = eax & (1u << 4);
@@ -48,7 +49,7 @@ CpuFeatures Detect() {
 
 Isa BestSupported(const CpuFeatures& f) {
   if (f.avx512f && f.avx512bw && f.avx512vl && f.avx512vnni && f.f16c && f.fma) {
-    return Isa::kAvx512;
+    return f.gfni ? Isa::kAvx512Gfni : Isa::kAvx512;
   }
   if (f.avx2 && f.fma && f.f16c) return Isa::kAvx2;
   return Isa::kScalar;
@@ -62,7 +63,7 @@ Isa FromEnvironment() {
   if (env == nullptr || *env == '\0') return best;
   if (std::strcmp(env, "scalar") == 0) return Isa::kScalar;
   if (std::strcmp(env, "avx2") == 0) return Cap(best, Isa::kAvx2);
-  if (std::strcmp(env, "avx512") == 0) return best;
+  if (std::strcmp(env, "avx512") == 0) return Cap(best, Isa::kAvx512);
   return best;
 }
 
@@ -92,6 +93,8 @@ const char* IsaName(Isa isa) {
       return "avx2";
     case Isa::kAvx512:
       return "avx512";
+    case Isa::kAvx512Gfni:
+      return "avx512-gfni";
   }
   return "?";
 }
@@ -106,6 +109,7 @@ std::string DescribeCpu() {
                                                 {"avx512vnni", f.avx512vnni},
                                                 {"avx512bf16", f.avx512bf16},
                                                 {"avxvnni", f.avxvnni},
+                                                {"gfni", f.gfni},
                                                 {"avx2", f.avx2},
                                                 {"fma", f.fma},
                                                 {"f16c", f.f16c}};

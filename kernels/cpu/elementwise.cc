@@ -3,6 +3,7 @@
 #include <cmath>
 
 #include "absl/strings/str_cat.h"
+#include "kernels/cpu/fast_exp.h"
 
 namespace herd::cpu {
 
@@ -30,17 +31,18 @@ void RmsNorm(const float* x, const float* weight, int64_t num_rows, int64_t dim,
     const float* xr = x + r * dim;
     float* yr = out + r * dim;
     double sum = 0.0;
+#pragma omp simd reduction(+ : sum)
     for (int64_t i = 0; i < dim; ++i) sum += static_cast<double>(xr[i]) * xr[i];
     const float scale = 1.0f / std::sqrt(static_cast<float>(sum / dim) + eps);
     for (int64_t i = 0; i < dim; ++i) yr[i] = xr[i] * scale * weight[i];
   }
 }
 
-void SwiGlu(const float* gate, const float* up, int64_t n, float* out) {
-  for (int64_t i = 0; i < n; ++i) {
-    const float g = gate[i];
-    out[i] = g / (1.0f + std::exp(-g)) * up[i];
-  }
+__attribute__((target_clones("avx512f", "avx2", "default"))) void SwiGlu(const float* gate,
+                                                                         const float* up, int64_t n,
+                                                                         float* out) {
+#pragma omp simd
+  for (int64_t i = 0; i < n; ++i) out[i] = Silu(gate[i]) * up[i];
 }
 
 void AddInPlace(float* acc, const float* x, int64_t n) {

@@ -261,6 +261,10 @@ QuantizedActivations CarveQuantizedActivations(void* workspace, int64_t num_toke
 
 void QuantizeActivations(const float* x, int64_t cols, int64_t token_begin, int64_t token_end,
                          const QuantizedActivations& a) {
+  if (ActiveIsa() >= Isa::kAvx512) {
+    QuantizeActivationsAvx512(x, cols, token_begin, token_end, a);
+    return;
+  }
   const int64_t nb = cols / 32;
   for (int64_t t = token_begin; t < token_end; ++t) {
     for (int64_t b = 0; b < nb; ++b) {
@@ -435,8 +439,8 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
       const KernelArgs& a = args[i];
       const int64_t g0 = begin - first_group[i];
       const int64_t g1 = stop - first_group[i];
-      if (isa == Isa::kAvx512 && SupportedByAvx512(*a.w)) {
-        MatmulGroupsAvx512(a, g0, g1);
+      if (isa >= Isa::kAvx512 && SupportedByAvx512(*a.w)) {
+        MatmulGroupsAvx512(a, g0, g1, /*gfni=*/isa == Isa::kAvx512Gfni);
       } else if (isa == Isa::kAvx2 && SupportedByAvx2(*a.w)) {
         MatmulGroupsAvx2(a, g0, g1);
       } else {

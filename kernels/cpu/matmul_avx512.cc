@@ -11,15 +11,30 @@
 #include <algorithm>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "kernels/cpu/matmul_kernels.h"
 
 #define HERD_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2")))
+// The Herd-format kernels also carry GFNI, used only through its intrinsics
+// in the kGfni instantiations, which run only when the CPU has it. (The
+// compiler does not emit GFNI on its own here: the kGfni = false kernels
+// disassemble without a single gf2p8 instruction.)
+#define HERD_AVX512_GFNI \
+  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2,gfni")))
 
 namespace herd::cpu {
 namespace {
 
 constexpr int kTokenTile = 8;
+
+// Activations a[4s..4s+3] in every lane, loaded straight from memory (a
+// load-port broadcast; going through a general register costs ALU work).
+HERD_AVX512 inline __m512i BroadcastQuad(const int8_t* a, int s) {
+  int32_t quad;
+  std::memcpy(&quad, a + 4 * s, 4);
+  return _mm512_set1_epi32(quad);
+}
 
 HERD_AVX512 inline void StoreRows(const KernelArgs& args, int64_t g, int64_t t, __m512 acc) {
   const PackedMatrix& w = *args.w;
@@ -57,14 +72,12 @@ HERD_AVX512 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
     for (int j = 0; j < kTokens; ++j) {
       const int64_t t = t0 + j;
       const int8_t* at = a.qs + t * cols + b * 32;
-      int32_t chunk[8];
-      std::memcpy(chunk, at, 32);
       // Two independent chains halve the vpdpbusd latency on the critical path.
       __m512i dot = _mm512_set1_epi32(-8 * a.sum[t * nb + b]);
       __m512i dot_hi = _mm512_setzero_si512();
       for (int s = 0; s < 4; ++s) {
-        dot = _mm512_dpbusd_epi32(dot, lo[s], _mm512_set1_epi32(chunk[s]));
-        dot_hi = _mm512_dpbusd_epi32(dot_hi, hi[s], _mm512_set1_epi32(chunk[4 + s]));
+        dot = _mm512_dpbusd_epi32(dot, lo[s], BroadcastQuad(at, s));
+        dot_hi = _mm512_dpbusd_epi32(dot_hi, hi[s], BroadcastQuad(at, 4 + s));
       }
       dot = _mm512_add_epi32(dot, dot_hi);
       const __m512 scale = _mm512_mul_ps(wscale, _mm512_set1_ps(a.d[t * nb + b]));
@@ -96,13 +109,11 @@ HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
     for (int j = 0; j < kTokens; ++j) {
       const int64_t t = t0 + j;
       const int8_t* at = a.qs + t * cols + b * 32;
-      int32_t chunk[8];
-      std::memcpy(chunk, at, 32);
       __m512i dot = _mm512_set1_epi32(-128 * a.sum[t * nb + b]);
       __m512i dot_odd = _mm512_setzero_si512();
       for (int s = 0; s < 8; s += 2) {
-        dot = _mm512_dpbusd_epi32(dot, wv[s], _mm512_set1_epi32(chunk[s]));
-        dot_odd = _mm512_dpbusd_epi32(dot_odd, wv[s + 1], _mm512_set1_epi32(chunk[s + 1]));
+        dot = _mm512_dpbusd_epi32(dot, wv[s], BroadcastQuad(at, s));
+        dot_odd = _mm512_dpbusd_epi32(dot_odd, wv[s + 1], BroadcastQuad(at, s + 1));
       }
       dot = _mm512_add_epi32(dot, dot_odd);
       const __m512 scale = _mm512_mul_ps(wscale, _mm512_set1_ps(a.d[t * nb + b]));
@@ -115,8 +126,18 @@ HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
 // The 8 steps of one 32-value block of a rows16 payload as unsigned bytes:
 // u[s] holds values 4s..4s+3 of each of the 16 rows (core/quant_format.h).
 // 16-bit shifts are safe: every mask keeps only bits of the byte itself.
-template <int kBits>
-HERD_AVX512 inline void UnpackCodes(const uint8_t* block, __m512i u[8]) {
+// gf2p8affineqb matrices (one per 64-bit lane): byte 7 - i of the matrix
+// selects the input bits whose parity becomes output bit i.
+HERD_AVX512_GFNI inline __m512i BitsToLow(int shift) {
+  return _mm512_set1_epi64(
+      static_cast<int64_t>((uint64_t{1} << shift) << 56 | (uint64_t{2} << shift) << 48));
+}
+HERD_AVX512_GFNI inline __m512i BitToBit2(int bit) {
+  return _mm512_set1_epi64(static_cast<int64_t>((uint64_t{1} << bit) << 40));
+}
+
+template <int kBits, bool kGfni>
+HERD_AVX512_GFNI inline void UnpackCodes(const uint8_t* block, __m512i u[8]) {
   if constexpr (kBits == 8) {
     for (int s = 0; s < 8; ++s) u[s] = _mm512_loadu_si512(block + s * 64);
   } else if constexpr (kBits == 4) {
@@ -125,6 +146,23 @@ HERD_AVX512 inline void UnpackCodes(const uint8_t* block, __m512i u[8]) {
       const __m512i v = _mm512_loadu_si512(block + j * 64);
       u[j] = _mm512_and_si512(v, mask);
       u[j + 4] = _mm512_and_si512(_mm512_srli_epi16(v, 4), mask);
+    }
+  } else if constexpr (kGfni) {
+    // gf2p8affineqb moves any bits of each byte anywhere in it, zeroing the
+    // rest: one instruction per field instead of a shift and a mask.
+    const __m512i mask = _mm512_set1_epi8(0x03);
+    for (int j = 0; j < 2; ++j) {
+      const __m512i v = _mm512_loadu_si512(block + j * 64);
+      u[j] = _mm512_and_si512(v, mask);
+      u[j + 2] = _mm512_gf2p8affine_epi64_epi8(v, BitsToLow(2), 0);
+      u[j + 4] = _mm512_gf2p8affine_epi64_epi8(v, BitsToLow(4), 0);
+      u[j + 6] = _mm512_gf2p8affine_epi64_epi8(v, BitsToLow(6), 0);
+    }
+    if constexpr (kBits == 3) {
+      const __m512i h = _mm512_loadu_si512(block + 128);
+      for (int s = 0; s < 8; ++s) {
+        u[s] = _mm512_or_si512(u[s], _mm512_gf2p8affine_epi64_epi8(h, BitToBit2(s), 0));
+      }
     }
   } else {
     const __m512i mask = _mm512_set1_epi8(0x03);
@@ -161,8 +199,8 @@ HERD_AVX512 inline __m512 LoadScales16(const uint16_t* p, DType type) {
 // Herd's quantized formats (kQuantRows16): per block, unpack the 8 steps once
 // for 16 rows and run kTokens tokens against them; per group, apply the
 // 16 scales (and mins) to the block sums. See kernels/matmul.h for the math.
-template <int kBits, bool kSymmetric, int kTokens>
-HERD_AVX512 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
+template <int kBits, bool kSymmetric, int kTokens, bool kGfni>
+HERD_AVX512_GFNI void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
   const PackedMatrix& w = *args.w;
   const QuantizedActivations& a = *args.a;
   const int64_t cols = w.cols;
@@ -184,52 +222,58 @@ HERD_AVX512 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
     }
     for (int64_t b = k * blocks_per_group; b < (k + 1) * blocks_per_group; ++b) {
       __m512i u[8];
-      UnpackCodes<kBits>(codes + b * 64 * kBits, u);
+      UnpackCodes<kBits, kGfni>(codes + b * 64 * kBits, u);
       for (int j = 0; j < kTokens; ++j) {
         const int64_t t = t0 + j;
-        int32_t chunk[8];
-        std::memcpy(chunk, a.qs + t * cols + b * 32, 32);
-        __m512i dot = _mm512_set1_epi32(-kZero * a.sum[t * nb + b]);
+        const int8_t* at = a.qs + t * cols + b * 32;
+        __m512i dot = _mm512_setzero_si512();
         __m512i dot_odd = _mm512_setzero_si512();
         for (int s = 0; s < 8; s += 2) {
-          dot = _mm512_dpbusd_epi32(dot, u[s], _mm512_set1_epi32(chunk[s]));
-          dot_odd = _mm512_dpbusd_epi32(dot_odd, u[s + 1], _mm512_set1_epi32(chunk[s + 1]));
+          dot = _mm512_dpbusd_epi32(dot, u[s], BroadcastQuad(at, s));
+          dot_odd = _mm512_dpbusd_epi32(dot_odd, u[s + 1], BroadcastQuad(at, s + 1));
         }
         const float d = a.d[t * nb + b];
         dots[j] = _mm512_fmadd_ps(_mm512_cvtepi32_ps(_mm512_add_epi32(dot, dot_odd)),
                                   _mm512_set1_ps(d), dots[j]);
-        if constexpr (!kSymmetric) sums[j] += d * static_cast<float>(a.sum[t * nb + b]);
+        sums[j] += d * static_cast<float>(a.sum[t * nb + b]);
       }
     }
+    // The codes' offset (symmetric) or the group minimum (asymmetric) times
+    // the sum of the group's activations, once per group.
     const __m512 s = LoadScales16(scales + k * kPackRows, w.format.scale_type);
-    __m512 offset = _mm512_setzero_ps();
-    if constexpr (!kSymmetric) {
-      offset = _mm512_fmadd_ps(s, _mm512_set1_ps(static_cast<float>(kZero)),
-                               LoadScales16(mins + k * kPackRows, w.format.scale_type));
-    }
+    const __m512 offset = kSymmetric ? _mm512_mul_ps(s, _mm512_set1_ps(static_cast<float>(-kZero)))
+                                     : LoadScales16(mins + k * kPackRows, w.format.scale_type);
     for (int j = 0; j < kTokens; ++j) {
       acc[j] = _mm512_fmadd_ps(s, dots[j], acc[j]);
-      if constexpr (!kSymmetric) acc[j] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[j]), acc[j]);
+      acc[j] = _mm512_fmadd_ps(offset, _mm512_set1_ps(sums[j]), acc[j]);
     }
   }
   for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
 }
 
-template <int kBits, bool kSymmetric>
-HERD_AVX512 void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
+template <int kBits, bool kSymmetric, bool kGfni>
+HERD_AVX512_GFNI void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
   int64_t t = 0;
   for (; t + kTokenTile <= args.num_tokens; t += kTokenTile) {
-    QuantGroup<kBits, kSymmetric, kTokenTile>(args, g, t);
+    QuantGroup<kBits, kSymmetric, kTokenTile, kGfni>(args, g, t);
   }
-  for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1>(args, g, t);
+  for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1, kGfni>(args, g, t);
 }
 
+// GFNI changes only the 2- and 3-bit unpacking.
 template <int kBits>
-HERD_AVX512 void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g) {
-  if (args.w->format.symmetric) {
-    QuantGroupAllTokens<kBits, true>(args, g);
+HERD_AVX512_GFNI void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g, bool gfni) {
+  constexpr bool kUsesGfni = kBits == 2 || kBits == 3;
+  if (kUsesGfni && gfni) {
+    if (args.w->format.symmetric) {
+      QuantGroupAllTokens<kBits, true, kUsesGfni>(args, g);
+    } else {
+      QuantGroupAllTokens<kBits, false, kUsesGfni>(args, g);
+    }
+  } else if (args.w->format.symmetric) {
+    QuantGroupAllTokens<kBits, true, false>(args, g);
   } else {
-    QuantGroupAllTokens<kBits, false>(args, g);
+    QuantGroupAllTokens<kBits, false, false>(args, g);
   }
 }
 
@@ -317,14 +361,39 @@ HERD_AVX512 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t ro
 
 }  // namespace
 
+// Bit for bit QuantizeActivationBlock: the same float products, rounded to
+// nearest even (the default MXCSR mode, as nearbyintf), the same f16 scale.
+HERD_AVX512 void QuantizeActivationsAvx512(const float* x, int64_t cols, int64_t token_begin,
+                                           int64_t token_end, const QuantizedActivations& a) {
+  const int64_t nb = cols / 32;
+  const __m512 abs_mask = _mm512_castsi512_ps(_mm512_set1_epi32(0x7FFFFFFF));
+  for (int64_t t = token_begin; t < token_end; ++t) {
+    for (int64_t b = 0; b < nb; ++b) {
+      const float* xb = x + t * cols + b * 32;
+      const __m512 v0 = _mm512_loadu_ps(xb);
+      const __m512 v1 = _mm512_loadu_ps(xb + 16);
+      const float amax = _mm512_reduce_max_ps(
+          _mm512_max_ps(_mm512_and_ps(v0, abs_mask), _mm512_and_ps(v1, abs_mask)));
+      const __m512 id = _mm512_set1_ps(amax != 0.0f ? 127.0f / amax : 0.0f);
+      const __m512i q0 = _mm512_cvtps_epi32(_mm512_mul_ps(v0, id));
+      const __m512i q1 = _mm512_cvtps_epi32(_mm512_mul_ps(v1, id));
+      int8_t* qb = a.qs + t * cols + b * 32;
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), _mm512_cvtepi32_epi8(q0));
+      _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), _mm512_cvtepi32_epi8(q1));
+      a.sum[t * nb + b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
+      a.d[t * nb + b] = F16ToF32(F32ToF16(amax / 127.0f));
+    }
+  }
+}
+
 bool SupportedByAvx512(const PackedMatrix& w) {
   if (w.layout != PackedLayout::kRowMajor) return true;
   const DType t = w.source.dtype();
   return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
 }
 
-HERD_AVX512 void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
-                                    int64_t group_end) {
+HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
+                                         int64_t group_end, bool gfni) {
   const PackedMatrix& w = *args.w;
   const int64_t num_tokens = args.num_tokens;
   for (int64_t g = group_begin; g < group_end; ++g) {
@@ -332,16 +401,16 @@ HERD_AVX512 void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
     if (w.layout == PackedLayout::kQuantRows16) {
       switch (w.format.bits) {
         case 8:
-          QuantGroupAnySymmetry<8>(args, g);
+          QuantGroupAnySymmetry<8>(args, g, gfni);
           break;
         case 4:
-          QuantGroupAnySymmetry<4>(args, g);
+          QuantGroupAnySymmetry<4>(args, g, gfni);
           break;
         case 3:
-          QuantGroupAnySymmetry<3>(args, g);
+          QuantGroupAnySymmetry<3>(args, g, gfni);
           break;
         default:
-          QuantGroupAnySymmetry<2>(args, g);
+          QuantGroupAnySymmetry<2>(args, g, gfni);
           break;
       }
     } else if (w.layout == PackedLayout::kRowMajor) {

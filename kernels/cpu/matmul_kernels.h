@@ -17,9 +17,12 @@ struct QuantizedActivations {
 
 size_t QuantizedActivationsBytes(int64_t num_tokens, int64_t cols);
 QuantizedActivations CarveQuantizedActivations(void* workspace, int64_t num_tokens, int64_t cols);
-// Quantizes tokens [token_begin, token_end) of x F32 [num_tokens, cols].
+// Quantizes tokens [token_begin, token_end) of x F32 [num_tokens, cols], with
+// ActiveIsa()'s kernel; every kernel gives the scalar one's bytes exactly.
 void QuantizeActivations(const float* x, int64_t cols, int64_t token_begin, int64_t token_end,
                          const QuantizedActivations& a);
+void QuantizeActivationsAvx512(const float* x, int64_t cols, int64_t token_begin, int64_t token_end,
+                               const QuantizedActivations& a);
 
 // Computes y F32 [num_tokens, w.rows] for the row groups [group_begin,
 // group_end) (16 rows each). Packed layouts read `a`; row-major F32/F16 read x.
@@ -33,8 +36,9 @@ struct KernelArgs {
 };
 
 void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end);
-// Only for layouts and dtypes the AVX-512 path supports (SupportedByAvx512).
-void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin, int64_t group_end);
+// Only for layouts and dtypes the AVX-512 path supports (SupportedByAvx512);
+// `gfni` only where the CPU has it (Isa::kAvx512Gfni).
+void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin, int64_t group_end, bool gfni);
 bool SupportedByAvx512(const PackedMatrix& w);
 // The same for AVX2 + FMA + F16C.
 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int64_t group_end);

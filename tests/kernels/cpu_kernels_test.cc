@@ -7,10 +7,12 @@
 #include <limits>
 #include <numeric>
 #include <random>
+#include <tuple>
 #include <vector>
 
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/cpu/matmul_kernels.h"
 #include "kernels/cpu_features.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
@@ -114,7 +116,7 @@ std::vector<float> ReferenceMatmul(const std::vector<float>& w, const std::vecto
 std::vector<Isa> IsasToTest() {
   std::vector<Isa> isas = {Isa::kScalar};
   const Isa saved = ActiveIsa();
-  for (Isa isa : {Isa::kAvx2, Isa::kAvx512}) {
+  for (Isa isa : {Isa::kAvx2, Isa::kAvx512, Isa::kAvx512Gfni}) {
     SetIsaForTesting(isa);
     if (ActiveIsa() == isa) isas.push_back(isa);
   }
@@ -271,6 +273,37 @@ TEST(MatmulTest, ScalarPackedKernelsEqualTheReferenceExactly) {
   }
 }
 
+// Every ISA's activation quantization gives the scalar kernel's bytes, so the
+// integer kernels all see the same int8 activations: random blocks, an
+// all-zero block, one with a single value, and exact ties (x * 127 / amax
+// = k + 0.5, which round to even).
+TEST(MatmulTest, ActivationQuantizationIsBitIdenticalOnEveryIsa) {
+  const int64_t cols = 32 * 6;
+  const int64_t tokens = 3;
+  std::vector<float> x = Random(tokens * cols, 11, 3.0f);
+  std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
+  std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
+  x[70] = -2.5f;
+  for (int i = 0; i < 32; ++i) x[96 + i] = (i - 16 + 0.5f) * (127.0f / 127.0f);
+  x[96 + 31] = 127.0f;  // amax 127: id = 1, so the others are exact ties
+  auto quantize = [&](Isa isa) {
+    IsaScope scope(isa);
+    std::vector<uint8_t> bytes(QuantizedActivationsBytes(tokens, cols));
+    const QuantizedActivations a = CarveQuantizedActivations(bytes.data(), tokens, cols);
+    QuantizeActivations(x.data(), cols, 0, tokens, a);
+    return std::make_tuple(std::vector<int8_t>(a.qs, a.qs + tokens * cols),
+                           std::vector<float>(a.d, a.d + tokens * cols / 32),
+                           std::vector<int32_t>(a.sum, a.sum + tokens * cols / 32));
+  };
+  const auto scalar = quantize(Isa::kScalar);
+  EXPECT_EQ(std::get<0>(scalar)[96], -16);  // -15.5 rounds to even
+  EXPECT_EQ(std::get<0>(scalar)[97], -14);  // -14.5
+  for (Isa isa : IsasToTest()) {
+    SCOPED_TRACE(IsaName(isa));
+    EXPECT_EQ(quantize(isa), scalar);
+  }
+}
+
 TEST(MatmulTest, BatchOfTasksMatchesSeparateCalls) {
   for (Isa isa : IsasToTest()) {
     IsaScope scope(isa);
@@ -338,6 +371,24 @@ TEST(RmsNormTest, MatchesDefinition) {
         ASSERT_NEAR(y[r * dim + i], x[r * dim + i] * scale * w[i], 1e-5);
       }
     }
+  }
+}
+
+// SwiGLU's vectorised exponential against double precision, over the whole
+// float range that matters: silu(g) * u within 4e-7 relative (2 ulp of each
+// factor), and exactly 0 or the right sign where e^-g under- or overflows.
+TEST(SwiGluTest, MatchesDefinitionOverTheRange) {
+  std::vector<float> gate, up;
+  for (float g = -120.0f; g <= 120.0f; g += 0.0137f) {
+    gate.push_back(g);
+    up.push_back(1.0f + 0.25f * std::sin(g));
+  }
+  std::vector<float> out(gate.size());
+  SwiGlu(gate.data(), up.data(), static_cast<int64_t>(gate.size()), out.data());
+  for (size_t i = 0; i < gate.size(); ++i) {
+    const double g = gate[i];
+    const double want = g / (1.0 + std::exp(-g)) * up[i];
+    ASSERT_NEAR(out[i], want, 4e-7 * std::abs(want) + 1e-30) << "gate " << g;
   }
 }
 
@@ -450,39 +501,43 @@ std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
   return outs;
 }
 
+// head_dim 8 takes the generic kernel; 64 and 128 the ones fixed at compile time.
 TEST(AttentionTest, MatchesNaiveCausalGqaThroughShuffledBlocks) {
-  const AttentionShape shape{4, 2, 8};
-  // Prefill, decode deep in a context, a chunk straddling blocks, and a
-  // sequence without new tokens between the others.
-  const std::vector<AttentionCase> cases = {
-      MakeAttentionCase(shape, 0, 4, 1), MakeAttentionCase(shape, 5, 1, 11),
-      MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31)};
-  for (int threads : {1, 2}) {
-    for (int64_t block_tokens : {1, 3, 16, 64}) {
-      SCOPED_TRACE(testing::Message() << "threads=" << threads << " block_tokens=" << block_tokens);
-      const auto outs = RunPaged(shape, cases, block_tokens, threads, 7);
-      for (size_t c = 0; c < cases.size(); ++c) {
-        const AttentionCase& ac = cases[c];
-        for (int64_t t = 0; t < ac.num_tokens; ++t) {
-          for (int64_t h = 0; h < 4; ++h) {
-            const int64_t kvh = h / 2;
-            const int64_t context = ac.start_pos + t + 1;
-            std::vector<double> s(context);
-            for (int64_t p = 0; p < context; ++p) {
-              double dot = 0;
-              for (int i = 0; i < 8; ++i) {
-                dot += ac.q[(t * 4 + h) * 8 + i] * ac.k[(p * 2 + kvh) * 8 + i];
+  for (int64_t d : {8, 64, 128}) {
+    const AttentionShape shape{4, 2, d};
+    // Prefill, decode deep in a context, a chunk straddling blocks, and a
+    // sequence without new tokens between the others.
+    const std::vector<AttentionCase> cases = {
+        MakeAttentionCase(shape, 0, 4, 1), MakeAttentionCase(shape, 5, 1, 11),
+        MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31)};
+    for (int threads : {1, 2}) {
+      for (int64_t block_tokens : {1, 3, 16, 64}) {
+        SCOPED_TRACE(testing::Message() << "head_dim=" << d << " threads=" << threads
+                                        << " block_tokens=" << block_tokens);
+        const auto outs = RunPaged(shape, cases, block_tokens, threads, 7);
+        for (size_t c = 0; c < cases.size(); ++c) {
+          const AttentionCase& ac = cases[c];
+          for (int64_t t = 0; t < ac.num_tokens; ++t) {
+            for (int64_t h = 0; h < 4; ++h) {
+              const int64_t kvh = h / 2;
+              const int64_t context = ac.start_pos + t + 1;
+              std::vector<double> s(context);
+              for (int64_t p = 0; p < context; ++p) {
+                double dot = 0;
+                for (int64_t i = 0; i < d; ++i) {
+                  dot += ac.q[(t * 4 + h) * d + i] * ac.k[(p * 2 + kvh) * d + i];
+                }
+                s[p] = dot / std::sqrt(static_cast<double>(d));
               }
-              s[p] = dot / std::sqrt(8.0);
-            }
-            const double mx = *std::max_element(s.begin(), s.end());
-            double z = 0;
-            for (double& e : s) z += (e = std::exp(e - mx));
-            for (int i = 0; i < 8; ++i) {
-              double o = 0;
-              for (int64_t p = 0; p < context; ++p) o += s[p] / z * ac.v[(p * 2 + kvh) * 8 + i];
-              ASSERT_NEAR(outs[c][t * 32 + h * 8 + i], o, 1e-5)
-                  << "sequence " << c << " token " << t << " head " << h;
+              const double mx = *std::max_element(s.begin(), s.end());
+              double z = 0;
+              for (double& e : s) z += (e = std::exp(e - mx));
+              for (int64_t i = 0; i < d; ++i) {
+                double o = 0;
+                for (int64_t p = 0; p < context; ++p) o += s[p] / z * ac.v[(p * 2 + kvh) * d + i];
+                ASSERT_NEAR(outs[c][(t * 4 + h) * d + i], o, 1e-5)
+                    << "sequence " << c << " token " << t << " head " << h;
+              }
             }
           }
         }
@@ -745,6 +800,27 @@ TEST(SamplingTest, GreedyAndSeededTopP) {
   EXPECT_NE(std::count(first.begin(), first.end(), 1), 50);
   std::mt19937_64 c(1);
   EXPECT_EQ(SampleTopP(logits.data(), 4, 0.0f, 1.0f, c, scratch), 1);  // temperature 0 = greedy
+}
+
+// The blocked ArgMax against one scalar pass: odd sizes, the maximum in the
+// first, a middle and the last block, and ties inside and across blocks
+// (the first index wins).
+TEST(SamplingTest, ArgMaxIsTheFirstLargestOverSizesAndTies) {
+  for (int64_t n : {1, 5, 63, 64, 65, 200, 32000}) {
+    for (uint32_t seed : {1u, 2u, 3u}) {
+      std::vector<float> logits = Random(n, seed);
+      const int64_t scalar = std::max_element(logits.begin(), logits.end()) - logits.begin();
+      EXPECT_EQ(ArgMax(logits.data(), n), scalar) << "n=" << n << " seed=" << seed;
+      for (int64_t at : {int64_t{0}, n / 2, n - 1}) {
+        std::vector<float> tied = logits;
+        tied[at] = 100.0f;
+        tied[n - 1] = 100.0f;  // a later tie, in the same or a later block
+        EXPECT_EQ(ArgMax(tied.data(), n), at) << "n=" << n << " at=" << at;
+      }
+    }
+  }
+  const std::vector<float> flat(130, -1.0f);
+  EXPECT_EQ(ArgMax(flat.data(), 130), 0);
 }
 
 TEST(EmbeddingTest, LooksUpAndRejectsOutOfRangeIds) {
