@@ -159,6 +159,9 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     return RunExpertParallelBench(group, path, placement, static_cast<int>(threads),
                                   !flags.Has("no-expert-skip"), options, out);
   }
+  // What the process holds before the model (code, shared libraries, the
+  // runtime): not the model's. Everything from here on is counted.
+  const int64_t process_before_load = ResidentBytes();
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(path));
   EngineOptions engine_options;
   engine_options.num_threads = static_cast<int>(threads);
@@ -170,7 +173,8 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   const int64_t kv_bytes = 2 * model->spec.num_layers *
                            std::max(options.prompt_tokens, options.gen_tokens) *
                            model->spec.num_kv_heads * model->spec.head_dim * 4;
-  const int64_t resident = ResidentBytes();
+  const int64_t process_resident = ResidentBytes();
+  const int64_t resident = process_resident - process_before_load;
   const int64_t weight_bytes = engine->packed_weight_bytes();
   // Measured after the model tests, so its buffer does not count as resident.
   const BandwidthResult bw = MeasureMemoryBandwidth(num_threads, bandwidth_bytes);
@@ -196,6 +200,8 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
                    {"percent_of_read_bandwidth", decode_share}};
     j["bandwidth"] = {{"read_gbps", bw.read_gbps}, {"copy_gbps", bw.copy_gbps}};
     j["memory"] = {{"resident_bytes", resident},
+                   {"process_resident_bytes", process_resident},
+                   {"process_resident_bytes_before_load", process_before_load},
                    {"weight_bytes", weight_bytes},
                    {"kv_cache_bytes", kv_bytes},
                    {"resident_over_weights_plus_kv",
@@ -207,10 +213,12 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   out << absl::StrFormat("cpu       %s, %d threads\n", cpu::DescribeCpu(), num_threads);
   out << absl::StrFormat("memory    read %.1f GB/s, copy %.1f GB/s (same run, %d threads)\n",
                          bw.read_gbps, bw.copy_gbps, num_threads);
-  out << absl::StrFormat("resident  %.1f MiB = %.3f x (weights %.1f MiB + KV %.1f MiB)\n\n",
-                         resident / 1048576.0,
-                         static_cast<double>(resident) / (weight_bytes + kv_bytes),
-                         weight_bytes / 1048576.0, kv_bytes / 1048576.0);
+  out << absl::StrFormat(
+      "resident  %.1f MiB = %.3f x (weights %.1f MiB + KV %.1f MiB); the process: %.1f MiB, "
+      "%.1f MiB of it before loading\n\n",
+      resident / 1048576.0, static_cast<double>(resident) / (weight_bytes + kv_bytes),
+      weight_bytes / 1048576.0, kv_bytes / 1048576.0, process_resident / 1048576.0,
+      process_before_load / 1048576.0);
   out << "| test   |        t/s |     ± sd | weight GB/s | % of read BW |\n";
   out << "|--------|-----------:|---------:|------------:|-------------:|\n";
   if (options.prompt_tokens > 0) {
