@@ -28,12 +28,12 @@
 // Herd's own quantized matrices (DType::kQuant, core/quant_format.h) are
 // stored in this same 16-row interleaving, so they are used in place from the
 // checkpoint's memory map with no repacking; their scales (and mins) are
-// separate arrays, applied once per group. Codes are unsigned; each block's
-// integer dot product is centred on the format's zero code (subtracting
-// ZeroCode() * sum(activations)), and per group
-//   y += s * sum_blocks(d_a * dot)                      (symmetric)
-//   y += s * sum_blocks(d_a * dot) + (m + s * ZeroCode()) * sum_blocks(d_a * sum(a))
-// (asymmetric), so the float sums never cancel large terms.
+// separate arrays, applied once per group. Codes u are unsigned; each block's
+// integer dot product is sum(u * a), and per group
+//   y += s * sum_blocks(d_a * dot) - s * ZeroCode() * sum_blocks(d_a * sum(a))   (symmetric)
+//   y += s * sum_blocks(d_a * dot) + m * sum_blocks(d_a * sum(a))                (asymmetric)
+// (the scalar and AVX2 kernels centre each block's dot on ZeroCode() instead; all
+// agree to float rounding).
 #pragma once
 
 #include <cstddef>

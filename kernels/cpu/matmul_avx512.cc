@@ -16,10 +16,10 @@
 
 #define HERD_AVX512 \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2")))
-// The Herd-format kernels also carry GFNI, used only through its intrinsics
-// in the kGfni instantiations, which run only when the CPU has it. (The
-// compiler does not emit GFNI on its own here: the kGfni = false kernels
-// disassemble without a single gf2p8 instruction.)
+// The Herd-format kernels and MatmulGroupsAvx512 above them also carry GFNI,
+// used only through its intrinsics in the kGfni instantiations, which run
+// only when the CPU has it. (The compiler does not emit GFNI on its own here:
+// every gf2p8 instruction in the object is in a kGfni = true kernel.)
 #define HERD_AVX512_GFNI \
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2,gfni")))
 
@@ -260,21 +260,22 @@ HERD_AVX512_GFNI void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
   for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1, kGfni>(args, g, t);
 }
 
+template <int kBits, bool kGfni>
+HERD_AVX512_GFNI void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g) {
+  if (args.w->format.symmetric) {
+    QuantGroupAllTokens<kBits, true, kGfni>(args, g);
+  } else {
+    QuantGroupAllTokens<kBits, false, kGfni>(args, g);
+  }
+}
+
 // GFNI changes only the 2- and 3-bit unpacking.
 template <int kBits>
-HERD_AVX512_GFNI void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g, bool gfni) {
-  constexpr bool kUsesGfni = kBits == 2 || kBits == 3;
-  if (kUsesGfni && gfni) {
-    if (args.w->format.symmetric) {
-      QuantGroupAllTokens<kBits, true, kUsesGfni>(args, g);
-    } else {
-      QuantGroupAllTokens<kBits, false, kUsesGfni>(args, g);
-    }
-  } else if (args.w->format.symmetric) {
-    QuantGroupAllTokens<kBits, true, false>(args, g);
-  } else {
-    QuantGroupAllTokens<kBits, false, false>(args, g);
+HERD_AVX512_GFNI void QuantGroupAnyKernel(const KernelArgs& args, int64_t g, bool gfni) {
+  if constexpr (kBits == 2 || kBits == 3) {
+    if (gfni) return QuantGroupAnySymmetry<kBits, true>(args, g);
   }
+  QuantGroupAnySymmetry<kBits, false>(args, g);
 }
 
 template <DType kType>
@@ -401,16 +402,16 @@ HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_b
     if (w.layout == PackedLayout::kQuantRows16) {
       switch (w.format.bits) {
         case 8:
-          QuantGroupAnySymmetry<8>(args, g, gfni);
+          QuantGroupAnyKernel<8>(args, g, gfni);
           break;
         case 4:
-          QuantGroupAnySymmetry<4>(args, g, gfni);
+          QuantGroupAnyKernel<4>(args, g, gfni);
           break;
         case 3:
-          QuantGroupAnySymmetry<3>(args, g, gfni);
+          QuantGroupAnyKernel<3>(args, g, gfni);
           break;
         default:
-          QuantGroupAnySymmetry<2>(args, g, gfni);
+          QuantGroupAnyKernel<2>(args, g, gfni);
           break;
       }
     } else if (w.layout == PackedLayout::kRowMajor) {

@@ -284,7 +284,7 @@ TEST(MatmulTest, ActivationQuantizationIsBitIdenticalOnEveryIsa) {
   std::fill(x.begin() + 32, x.begin() + 64, 0.0f);
   std::fill(x.begin() + 64, x.begin() + 96, 0.0f);
   x[70] = -2.5f;
-  for (int i = 0; i < 32; ++i) x[96 + i] = (i - 16 + 0.5f) * (127.0f / 127.0f);
+  for (int i = 0; i < 32; ++i) x[96 + i] = i - 16 + 0.5f;
   x[96 + 31] = 127.0f;  // amax 127: id = 1, so the others are exact ties
   auto quantize = [&](Isa isa) {
     IsaScope scope(isa);
