@@ -38,12 +38,14 @@ inline Run NextRun(const int32_t* block_table, int64_t j, int64_t first, int64_t
 // dot products unroll and the output row stays in registers while the values
 // are summed; 0 reads it from head_dim. Per position the arithmetic is the
 // same as over one contiguous cache, so the result does not depend on the
-// block size or on which blocks hold the sequence.
+// block size or on which blocks hold the sequence. Always inlined: the entry
+// points below are built for several ISAs, and an out-of-line copy would be
+// built for the baseline one only.
 template <int kHeadDim>
-inline void AttendOneHead(const float* qh, const float* k_blocks, const float* v_blocks,
-                          const int32_t* block_table, int64_t block_stride, int64_t block_tokens,
-                          bool merge, int64_t kv_stride, int64_t head_dim, int64_t context,
-                          float scale, float* scores, float* oh) {
+__attribute__((always_inline)) inline void AttendOneHead(
+    const float* qh, const float* k_blocks, const float* v_blocks, const int32_t* block_table,
+    int64_t block_stride, int64_t block_tokens, bool merge, int64_t kv_stride, int64_t head_dim,
+    int64_t context, float scale, float* scores, float* oh) {
   const int64_t d = kHeadDim > 0 ? kHeadDim : head_dim;
   float max_score = -INFINITY;
   for (int64_t first = 0, j = 0; first < context;) {

@@ -13,8 +13,9 @@ namespace herd::cpu {
 // polynomial for e^r on the remainder r = x - n ln 2 (|r| <= ln 2 / 2; ln 2 in
 // two parts keeps r exact), times 2^n built in the exponent bits. Within 2 ulp
 // of std::exp; below -87 it returns e^-87 (about 1.6e-38), which adds
-// nothing next to the maximum's e^0 = 1.
-inline float ExpNonPositive(float x) {
+// nothing next to the maximum's e^0 = 1. Both functions here are always
+// inlined, so they take the ISA of the (target_clones) loop that calls them.
+__attribute__((always_inline)) inline float ExpNonPositive(float x) {
   x = std::max(x, -87.0f);
   constexpr float kRound = 12582912.0f;  // 1.5 * 2^23
   const float n = (x * 1.44269504088896341f + kRound) - kRound;
@@ -31,7 +32,7 @@ inline float ExpNonPositive(float x) {
 }
 
 // x / (1 + e^-x) through ExpNonPositive(-|x|), so no exponent overflows.
-inline float Silu(float x) {
+__attribute__((always_inline)) inline float Silu(float x) {
   const float e = ExpNonPositive(-std::abs(x));
   return x >= 0.0f ? x / (1.0f + e) : x * e / (1.0f + e);
 }
