@@ -49,11 +49,7 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
     body(0, n, 0);
     return;
   }
-  // Pieces of about a quarter of a thread's share, taken from a shared
-  // counter: a thread that starts late (woken from sleep, or preempted) takes
-  // fewer, instead of the others waiting for its fixed half.
-  const int64_t pieces_per_thread = 4;
-  piece_ = std::max<int64_t>(1, num_grains / (num_threads_ * pieces_per_thread)) * grain;
+  grain_ = grain;
   n_ = n;
   next_.store(0, std::memory_order_relaxed);
   body_ = &body;
@@ -76,10 +72,21 @@ void ThreadPool::ParallelFor(int64_t n, int64_t grain,
 }
 
 void ThreadPool::RunPieces(int thread_idx) {
+  // Guided self-scheduling: each piece is 1/(2 * threads) of what is left,
+  // rounded up to whole grains, so pieces start large (few atomic steps, long
+  // sequential streams through the weights) and shrink to one grain at the
+  // end, where the threads would otherwise wait on each other's last piece.
+  // A thread that starts late (woken from sleep, or preempted) simply takes
+  // fewer pieces.
+  const int64_t divisor = 2 * static_cast<int64_t>(num_threads_) * grain_;
+  int64_t begin = next_.load(std::memory_order_relaxed);
   while (true) {
-    const int64_t begin = next_.fetch_add(piece_, std::memory_order_relaxed);
     if (begin >= n_) return;
-    (*body_)(begin, std::min(n_, begin + piece_), thread_idx);
+    const int64_t piece = std::max<int64_t>(1, (n_ - begin) / divisor) * grain_;
+    const int64_t end = std::min(n_, begin + piece);
+    if (!next_.compare_exchange_weak(begin, end, std::memory_order_relaxed)) continue;
+    (*body_)(begin, end, thread_idx);
+    begin = next_.load(std::memory_order_relaxed);
   }
 }
 

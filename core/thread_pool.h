@@ -33,8 +33,9 @@ class ThreadPool {
 
   // Calls body(begin, end, thread_idx) over a partition of [0, n) into pieces
   // whose sizes are multiples of `grain` (except the last); threads take
-  // pieces from a shared counter, so one thread may run several, one at a
-  // time, and a body may use per-thread scratch indexed by thread_idx.
+  // pieces from a shared counter, large ones first and single grains last, so
+  // one thread may run several, one at a time, and a body may use per-thread
+  // scratch indexed by thread_idx.
   void ParallelFor(int64_t n, int64_t grain,
                    const std::function<void(int64_t, int64_t, int)>& body);
 
@@ -51,7 +52,7 @@ class ThreadPool {
   // Published before generation_ is bumped; read by workers after they see it.
   const std::function<void(int64_t, int64_t, int)>* body_ = nullptr;
   int64_t n_ = 0;      // the current loop's range
-  int64_t piece_ = 1;  // the current loop's piece size
+  int64_t grain_ = 1;  // the current loop's grain: pieces are multiples of it
   std::atomic<int64_t> next_{0};
   std::atomic<uint64_t> generation_{0};
   std::atomic<int> pending_{0};

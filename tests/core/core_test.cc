@@ -1,11 +1,14 @@
 // core/: float conversions, quantization round trips, thread pool, logging
 // levels, tensor views.
+#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cmath>
 #include <limits>
+#include <mutex>
 #include <random>
 #include <thread>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
@@ -121,6 +124,35 @@ TEST(ThreadPoolTest, CoversRangeExactlyOnce) {
         });
         for (int64_t i = 0; i < n; ++i) ASSERT_EQ(hits[i].load(), 1) << "n=" << n << " i=" << i;
       }
+    }
+  }
+}
+
+TEST(ThreadPoolTest, PiecesAreWholeGrainsAndShrinkToOneGrain) {
+  for (int threads : {2, 3}) {
+    ThreadPool pool(threads);
+    for (int64_t grain : {1, 8}) {
+      const int64_t n = 1000 * grain + 3;
+      std::mutex mutex;
+      std::vector<std::pair<int64_t, int64_t>> pieces;
+      pool.ParallelFor(n, grain, [&](int64_t begin, int64_t end, int) {
+        std::lock_guard<std::mutex> lock(mutex);
+        pieces.emplace_back(begin, end);
+      });
+      std::sort(pieces.begin(), pieces.end());
+      SCOPED_TRACE(testing::Message() << "threads=" << threads << " grain=" << grain);
+      ASSERT_GT(pieces.size(), 4u);
+      for (size_t i = 0; i < pieces.size(); ++i) {
+        const auto [begin, end] = pieces[i];
+        EXPECT_EQ(begin % grain, 0) << "piece " << i;
+        if (end != n) EXPECT_EQ((end - begin) % grain, 0) << "piece " << i;
+        // Large pieces first (the first is a 1/(2 * threads) share), then
+        // smaller ones: a piece is never larger than the one before it.
+        if (i > 0) EXPECT_LE(end - begin, pieces[i - 1].second - pieces[i - 1].first);
+      }
+      EXPECT_EQ(pieces.front().second, (n / (2 * threads * grain)) * grain);
+      // The last whole piece is a single grain, so no thread waits long on another's.
+      EXPECT_EQ(pieces[pieces.size() - 2].second - pieces[pieces.size() - 2].first, grain);
     }
   }
 }
