@@ -7,10 +7,28 @@
 
 #include <cerrno>
 #include <cstring>
+#include <map>
+#include <mutex>
 
 #include "absl/strings/str_cat.h"
 
 namespace herd {
+namespace {
+
+// The [begin, end) address ranges of the live MappedFiles, so that
+// ReleaseMappedPages acts only on file mappings: on heap or anonymous memory
+// MADV_DONTNEED would zero the pages instead of dropping them.
+struct MappingRegistry {
+  std::mutex mutex;
+  std::map<uintptr_t, uintptr_t> ranges;  // begin -> end
+};
+
+MappingRegistry& Mappings() {
+  static auto* registry = new MappingRegistry;
+  return *registry;
+}
+
+}  // namespace
 
 absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& path) {
   const int fd = ::open(path.c_str(), O_RDONLY | O_CLOEXEC);
@@ -36,16 +54,34 @@ absl::StatusOr<std::unique_ptr<MappedFile>> MappedFile::Open(const std::string& 
       return absl::InternalError(absl::StrCat("cannot mmap ", path, ": ", std::strerror(err)));
     }
     data = static_cast<const uint8_t*>(map);
+    MappingRegistry& registry = Mappings();
+    std::lock_guard<std::mutex> lock(registry.mutex);
+    registry.ranges[reinterpret_cast<uintptr_t>(data)] = reinterpret_cast<uintptr_t>(data) + size;
   }
   ::close(fd);
   return std::unique_ptr<MappedFile>(new MappedFile(path, data, size));
 }
 
 MappedFile::~MappedFile() {
-  if (data_ != nullptr) ::munmap(const_cast<uint8_t*>(data_), size_);
+  if (data_ == nullptr) return;
+  {
+    MappingRegistry& registry = Mappings();
+    std::lock_guard<std::mutex> lock(registry.mutex);
+    registry.ranges.erase(reinterpret_cast<uintptr_t>(data_));
+  }
+  ::munmap(const_cast<uint8_t*>(data_), size_);
 }
 
 void ReleaseMappedPages(const void* data, size_t bytes) {
+  const auto first = reinterpret_cast<uintptr_t>(data);
+  {
+    MappingRegistry& registry = Mappings();
+    std::lock_guard<std::mutex> lock(registry.mutex);
+    auto it = registry.ranges.upper_bound(first);
+    if (it == registry.ranges.begin()) return;
+    --it;
+    if (first + bytes > it->second) return;  // not inside one live file mapping
+  }
   const uintptr_t page = static_cast<uintptr_t>(::sysconf(_SC_PAGESIZE));
   const uintptr_t begin = (reinterpret_cast<uintptr_t>(data) + page - 1) / page * page;
   const uintptr_t end = (reinterpret_cast<uintptr_t>(data) + bytes) / page * page;

@@ -39,7 +39,10 @@ class MappedFile {
 // Tells the kernel this process no longer needs the whole pages inside
 // [data, data + bytes) of a read-only file mapping: they leave the process's
 // resident set (the page cache keeps them), and a later read maps them back.
-// Used after weights have been repacked into memory of their own.
+// Used after weights have been repacked into memory of their own. Does
+// nothing unless the range lies inside one live MappedFile: heap or anonymous
+// memory (a model built in memory) is left as it is, since dropping its
+// pages would zero them.
 void ReleaseMappedPages(const void* data, size_t bytes);
 
 // Reads one byte of every page of [data, data + bytes), so that the pages are
