@@ -4,8 +4,11 @@
 // Q8_0, Q4_0, Q4_1). PackMatrix prepares it once, at load, for the fast
 // kernels: Q8_0 and Q4_0 are repacked, with their values and scales unchanged,
 // into groups of 16 rows interleaved 4 bytes at a time, so that one 64-byte
-// load feeds one AVX-512 VNNI instruction for 16 rows; other dtypes are used
-// in place (no copy).
+// load feeds one AVX-512 VNNI instruction for 16 rows; F16 and BF16 are
+// repacked, values unchanged, into groups of 16 rows interleaved one value at
+// a time, so that one load gives one column of 16 rows and a token's product
+// is a broadcast multiply-add per column, with no sum across lanes; F32 and
+// Herd's quantized matrices are used in place (no copy).
 //
 // For quantized weights the activations are first quantized per 32-value
 // block to int8 with a float scale, as llama.cpp does (Q8_0 rounding), and
@@ -24,6 +27,8 @@
 //                    nibbles values 16+4s..16+4s+3
 // A group is 16 x 34 B (Q8_0) or 16 x 18 B (Q4_0) per block: exactly the
 // bytes of the source rows.
+//   HalfRows16 (F16, BF16): for each column k, the 16 rows' values at k
+//                    (32 B), so a group is 16 x cols x 2 B.
 //
 // Herd's own quantized matrices (DType::kQuant, core/quant_format.h) are
 // stored in this same 16-row interleaving, so they are used in place from the
@@ -49,9 +54,10 @@
 namespace herd::cpu {
 
 enum class PackedLayout {
-  kRowMajor,  // the source tensor as stored (F32, F16, BF16, Q4_1)
+  kRowMajor,  // the source tensor as stored (F32, Q4_1)
   kQ8_0x16,
   kQ4_0x16,
+  kHalfRows16,   // F16 and BF16, one column of 16 rows at a time
   kQuantRows16,  // Herd's quantized formats, in place
 };
 

@@ -187,11 +187,33 @@ void RepackGroups(const TensorView& w, int64_t payload_steps, uint8_t* out,
   }
 }
 
+// HalfRows16: value (r, k) of group g at [(g * cols + k) * 16 + r]; rows
+// past the matrix are zero.
+void RepackHalfRows(const TensorView& w, uint16_t* out) {
+  const int64_t rows = w.dim(0);
+  const int64_t cols = w.dim(1);
+  const int64_t groups = (rows + kPackRows - 1) / kPackRows;
+  std::memset(out, 0, groups * kPackRows * cols * sizeof(uint16_t));
+  for (int64_t o = 0; o < rows; ++o) {
+    const auto* src = reinterpret_cast<const uint16_t*>(w.row(o));
+    uint16_t* dst = out + (o / kPackRows) * kPackRows * cols + o % kPackRows;
+    for (int64_t k = 0; k < cols; ++k) dst[k * kPackRows] = src[k];
+  }
+}
+
 }  // namespace
+
+bool TakesQuantizedActivations(const PackedMatrix& w) {
+  return w.layout == PackedLayout::kQ8_0x16 || w.layout == PackedLayout::kQ4_0x16 ||
+         w.layout == PackedLayout::kQuantRows16;
+}
 
 int64_t PackedMatrix::num_bytes() const {
   if (layout == PackedLayout::kRowMajor || layout == PackedLayout::kQuantRows16) {
     return source.num_bytes();
+  }
+  if (layout == PackedLayout::kHalfRows16) {
+    return num_groups() * kPackRows * cols * static_cast<int64_t>(sizeof(uint16_t));
   }
   const int64_t nb = cols / 32;
   const int64_t block_bytes = layout == PackedLayout::kQ8_0x16 ? 8 * 64 + 32 : 4 * 64 + 32;
@@ -223,6 +245,14 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
     p.format = weight.quant_format();
     p.scales = weight.quantized().scales;
     p.mins = weight.quantized().mins;
+    return p;
+  }
+  if (t == DType::kF16 || t == DType::kBF16) {
+    p.layout = PackedLayout::kHalfRows16;
+    auto storage = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<int64_t>(1, p.num_bytes())]);
+    RepackHalfRows(weight, reinterpret_cast<uint16_t*>(storage.get()));
+    p.data = storage.get();
+    p.storage = std::move(storage);
     return p;
   }
   if (t != DType::kQ8_0 && t != DType::kQ4_0) return p;
@@ -293,20 +323,16 @@ void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t gro
           v = DotQuantRow(w.format, QuantizedMatrixData{w.data, w.scales, w.mins}, cols, o, *args.a,
                           t);
         } else if (w.layout == PackedLayout::kRowMajor) {
-          const uint8_t* row = w.source.row(o);
+          // F32 (Q4_1 never reaches here: Matmul routes it to the reference).
+          v = DotF32(reinterpret_cast<const float*>(w.source.row(o)), args.x + t * cols, cols);
+        } else if (w.layout == PackedLayout::kHalfRows16) {
+          // In column order, as DotF16 / DotBF16 sum a row.
+          const auto* wg = reinterpret_cast<const uint16_t*>(w.data) + g * kPackRows * cols + r;
           const float* xt = args.x + t * cols;
-          switch (w.source.dtype()) {
-            case DType::kF32:
-              v = DotF32(reinterpret_cast<const float*>(row), xt, cols);
-              break;
-            case DType::kF16:
-              v = DotF16(reinterpret_cast<const uint16_t*>(row), xt, cols);
-              break;
-            case DType::kBF16:
-              v = DotBF16(reinterpret_cast<const uint16_t*>(row), xt, cols);
-              break;
-            default:
-              break;  // Q4_1 never reaches here (Matmul routes it to the reference)
+          const bool f16 = w.source.dtype() == DType::kF16;
+          for (int64_t k = 0; k < cols; ++k) {
+            const uint16_t h = wg[k * kPackRows];
+            v += (f16 ? table[h] : BF16ToF32(h)) * xt[k];
           }
         } else {
           const bool q8 = w.layout == PackedLayout::kQ8_0x16;
@@ -347,11 +373,30 @@ size_t SharedInput(const MatmulTask* tasks, size_t i) {
   for (size_t j = 0; j < i; ++j) {
     if (tasks[j].x == tasks[i].x && tasks[j].num_tokens == tasks[i].num_tokens &&
         tasks[j].weight->cols == tasks[i].weight->cols &&
-        tasks[j].weight->layout != PackedLayout::kRowMajor) {
+        TakesQuantizedActivations(*tasks[j].weight)) {
       return j;
     }
   }
   return i;
+}
+
+size_t TokenTileBytes(const MatmulTask& t) {
+  if (t.weight->layout != PackedLayout::kHalfRows16) return 0;
+  // 64 bytes of slack keep every task's tiles 64-byte aligned.
+  const int64_t tiles = TokenTiles(t.num_tokens);
+  return tiles == 0 ? 0 : tiles * kHalfTileTokens * t.weight->cols * sizeof(float) + 64;
+}
+
+// x F32 [num_tokens, cols] -> tiles [tile][cols][kHalfTileTokens].
+void MakeTokenTiles(const float* x, int64_t cols, int64_t tile_begin, int64_t tile_end,
+                    float* tiles) {
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    float* out = tiles + tile * cols * kHalfTileTokens;
+    const float* in = x + tile * kHalfTileTokens * cols;
+    for (int64_t j = 0; j < kHalfTileTokens; ++j) {
+      for (int64_t k = 0; k < cols; ++k) out[k * kHalfTileTokens + j] = in[j * cols + k];
+    }
+  }
 }
 
 }  // namespace
@@ -377,14 +422,15 @@ size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks) {
           bytes, MatmulReferenceWorkspaceBytes(w.source.dtype(), tasks[i].num_tokens, w.cols));
     }
   }
-  size_t quantized = 0;
+  size_t prepared = 0;  // quantized activations, and float token tiles
   for (size_t i = 0; i < num_tasks; ++i) {
     const PackedMatrix& w = *tasks[i].weight;
-    if (w.layout != PackedLayout::kRowMajor && SharedInput(tasks, i) == i) {
-      quantized += QuantizedActivationsBytes(tasks[i].num_tokens, w.cols);
+    if (TakesQuantizedActivations(w) && SharedInput(tasks, i) == i) {
+      prepared += QuantizedActivationsBytes(tasks[i].num_tokens, w.cols);
     }
+    prepared += TokenTileBytes(tasks[i]);
   }
-  return std::max(bytes, quantized);
+  return std::max(bytes, prepared);
 }
 
 absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* workspace,
@@ -414,7 +460,7 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
     const PackedMatrix& w = *t.weight;
     first_group[i] = total_groups;
     if (UsesReference(w) || t.num_tokens <= 0) continue;
-    if (w.layout != PackedLayout::kRowMajor) {
+    if (TakesQuantizedActivations(w)) {
       const size_t shared = SharedInput(tasks, i);
       if (shared == i) {
         acts[i] = CarveQuantizedActivations(cursor, t.num_tokens, w.cols);
@@ -427,6 +473,15 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
       }
     }
     args[i] = KernelArgs{&w, &acts[i], t.x, t.num_tokens, t.bias, t.y};
+    if (const size_t tile_bytes = TokenTileBytes(t); tile_bytes > 0) {
+      auto* tiles =
+          reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
+      cursor += tile_bytes;
+      pool.ParallelFor(TokenTiles(t.num_tokens), 1, [&](int64_t begin, int64_t end, int) {
+        MakeTokenTiles(t.x, w.cols, begin, end, tiles);
+      });
+      args[i].x_tiles = tiles;
+    }
     total_groups += w.num_groups();
   }
   first_group[num_tasks] = total_groups;

@@ -287,30 +287,13 @@ HERD_AVX2 void QuantGroupAnySymmetry(const KernelArgs& args, int64_t g) {
   }
 }
 
-HERD_AVX2 inline __m256 LoadWeights8(DType type, const uint8_t* row, int64_t k, int64_t n) {
-  if (n < 8) {
-    float tmp[8] = {};
-    for (int64_t i = 0; i < n; ++i) {
-      if (type == DType::kF32) {
-        std::memcpy(&tmp[i], row + 4 * (k + i), 4);
-      } else {
-        uint16_t h;
-        std::memcpy(&h, row + 2 * (k + i), 2);
-        tmp[i] = type == DType::kF16 ? F16ToF32(h) : BF16ToF32(h);
-      }
-    }
-    return _mm256_loadu_ps(tmp);
-  }
-  switch (type) {
-    case DType::kF16:
-      return _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k)));
-    case DType::kBF16:
-      return _mm256_castsi256_ps(_mm256_slli_epi32(
-          _mm256_cvtepu16_epi32(_mm_loadu_si128(reinterpret_cast<const __m128i*>(row + 2 * k))),
-          16));
-    default:
-      return _mm256_loadu_ps(reinterpret_cast<const float*>(row + 4 * k));
-  }
+// 8 F32 weights of a row from column k (n < 8: the rest are zero).
+HERD_AVX2 inline __m256 LoadWeights8(const uint8_t* row, int64_t k, int64_t n) {
+  const auto* p = reinterpret_cast<const float*>(row) + k;
+  if (n >= 8) return _mm256_loadu_ps(p);
+  float tmp[8] = {};
+  std::memcpy(tmp, p, n * sizeof(float));
+  return _mm256_loadu_ps(tmp);
 }
 
 HERD_AVX2 inline __m256 LoadActivations8(const float* x, int64_t n) {
@@ -327,9 +310,8 @@ HERD_AVX2 inline float HorizontalSum(__m256 v) {
 }
 
 template <int kTokens>
-HERD_AVX2 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_end, int64_t t0) {
+HERD_AVX2 void F32Rows(const KernelArgs& args, int64_t row_begin, int64_t row_end, int64_t t0) {
   const PackedMatrix& w = *args.w;
-  const DType type = w.source.dtype();
   const int64_t cols = w.cols;
   for (int64_t o = row_begin; o < row_end; o += 2) {
     const int num_rows = static_cast<int>(std::min<int64_t>(2, row_end - o));
@@ -343,7 +325,7 @@ HERD_AVX2 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_
       __m256 xv[kTokens];
       for (int j = 0; j < kTokens; ++j) xv[j] = LoadActivations8(args.x + (t0 + j) * cols + k, n);
       for (int i = 0; i < 2; ++i) {
-        const __m256 wv = LoadWeights8(type, rows[i], k, n);
+        const __m256 wv = LoadWeights8(rows[i], k, n);
         for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm256_fmadd_ps(wv, xv[j], acc[i][j]);
       }
     }
@@ -356,6 +338,54 @@ HERD_AVX2 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_
   }
 }
 
+// 8 consecutive F16 or BF16 values as floats.
+template <DType kType>
+HERD_AVX2 inline __m256 LoadHalf8(const uint8_t* p) {
+  const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
+  if constexpr (kType == DType::kF16) return _mm256_cvtph_ps(raw);
+  return _mm256_castsi256_ps(_mm256_slli_epi32(_mm256_cvtepu16_epi32(raw), 16));
+}
+
+// HalfRows16 (F16, BF16), as matmul_avx512.cc's HalfTile with the group's 16
+// rows in two registers: per column, 2 loads and conversions, then a
+// broadcast multiply-add per token and half (6 tokens: 12 accumulators).
+template <DType kType, int kTokens>
+HERD_AVX2 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const int64_t cols = w.cols;
+  const uint8_t* group = w.data + g * kPackRows * cols * 2;
+  const float* x = args.x + t0 * cols;
+  __m256 acc[2][kTokens];
+  for (int h = 0; h < 2; ++h) {
+    for (int j = 0; j < kTokens; ++j) acc[h][j] = _mm256_setzero_ps();
+  }
+  for (int64_t k = 0; k < cols; ++k) {
+    const __m256 w0 = LoadHalf8<kType>(group + k * 32);
+    const __m256 w1 = LoadHalf8<kType>(group + k * 32 + 16);
+    // Unrolled, or the accumulators live in memory instead of registers.
+#pragma GCC unroll 8
+    for (int j = 0; j < kTokens; ++j) {
+      const __m256 xv = _mm256_broadcast_ss(x + j * cols + k);
+      acc[0][j] = _mm256_fmadd_ps(w0, xv, acc[0][j]);
+      acc[1][j] = _mm256_fmadd_ps(w1, xv, acc[1][j]);
+    }
+  }
+  for (int j = 0; j < kTokens; ++j) {
+    for (int h = 0; h < 2; ++h) StoreHalf(args, g, h, t0 + j, acc[h][j]);
+  }
+}
+
+template <DType kType>
+HERD_AVX2 void HalfRows(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
+  int64_t t = 0;
+  for (; t + 6 <= args.num_tokens; t += 6) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 6>(args, g, t);
+  }
+  for (; t < args.num_tokens; ++t) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 1>(args, g, t);
+  }
+}
+
 }  // namespace
 
 bool SupportedByAvx2(const PackedMatrix& w) { return SupportedByAvx512(w); }
@@ -363,6 +393,14 @@ bool SupportedByAvx2(const PackedMatrix& w) { return SupportedByAvx512(w); }
 HERD_AVX2 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
   const PackedMatrix& w = *args.w;
   const int64_t num_tokens = args.num_tokens;
+  if (w.layout == PackedLayout::kHalfRows16) {
+    if (w.source.dtype() == DType::kF16) {
+      HalfRows<DType::kF16>(args, group_begin, group_end);
+    } else {
+      HalfRows<DType::kBF16>(args, group_begin, group_end);
+    }
+    return;
+  }
   for (int64_t g = group_begin; g < group_end; ++g) {
     int64_t t = 0;
     if (w.layout == PackedLayout::kQuantRows16) {
@@ -384,9 +422,9 @@ HERD_AVX2 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int
       const int64_t row_begin = g * kPackRows;
       const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
       for (; t + kTokenTile <= num_tokens; t += kTokenTile) {
-        FloatRows<kTokenTile>(args, row_begin, row_end, t);
+        F32Rows<kTokenTile>(args, row_begin, row_end, t);
       }
-      for (; t < num_tokens; ++t) FloatRows<1>(args, row_begin, row_end, t);
+      for (; t < num_tokens; ++t) F32Rows<1>(args, row_begin, row_end, t);
     } else if (w.layout == PackedLayout::kQ4_0x16) {
       for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
       for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);

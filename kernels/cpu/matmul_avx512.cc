@@ -308,23 +308,10 @@ HERD_AVX512 inline __m512 LoadWeights(const uint8_t* row, int64_t k) {
   }
 }
 
-template <DType kType>
-HERD_AVX512 inline __m512 LoadWeightsMasked(const uint8_t* row, int64_t k, __mmask16 mask) {
-  if constexpr (kType == DType::kF16) {
-    return _mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, row + 2 * k));
-  } else if constexpr (kType == DType::kBF16) {
-    return _mm512_castsi512_ps(
-        _mm512_slli_epi32(_mm512_cvtepu16_epi32(_mm256_maskz_loadu_epi16(mask, row + 2 * k)), 16));
-  } else {
-    return _mm512_maskz_loadu_ps(mask, row + 4 * k);
-  }
-}
-
-// Row-major F32/F16/BF16: a tile of kRows rows x kTokens tokens, 16 columns
-// per step, accumulators in registers, reduced across lanes at the end. The
-// dtype is a template parameter so that the inner loop has no branches.
-template <DType kType, int kRows, int kTokens>
-HERD_AVX512 void FloatTile(const KernelArgs& args, int64_t o, int num_rows, int64_t t0) {
+// Row-major F32: a tile of kRows rows x kTokens tokens, 16 columns per step,
+// accumulators in registers, reduced across lanes at the end.
+template <int kRows, int kTokens>
+HERD_AVX512 void F32Tile(const KernelArgs& args, int64_t o, int num_rows, int64_t t0) {
   const PackedMatrix& w = *args.w;
   const int64_t cols = w.cols;
   __m512 acc[kRows][kTokens];
@@ -339,7 +326,7 @@ HERD_AVX512 void FloatTile(const KernelArgs& args, int64_t o, int num_rows, int6
     __m512 xv[kTokens];
     for (int j = 0; j < kTokens; ++j) xv[j] = _mm512_loadu_ps(x + j * cols + k);
     for (int i = 0; i < kRows; ++i) {
-      const __m512 wv = LoadWeights<kType>(rows[i], k);
+      const __m512 wv = LoadWeights<DType::kF32>(rows[i], k);
       for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
     }
   }
@@ -348,7 +335,7 @@ HERD_AVX512 void FloatTile(const KernelArgs& args, int64_t o, int num_rows, int6
     __m512 xv[kTokens];
     for (int j = 0; j < kTokens; ++j) xv[j] = _mm512_maskz_loadu_ps(mask, x + j * cols + k);
     for (int i = 0; i < kRows; ++i) {
-      const __m512 wv = LoadWeightsMasked<kType>(rows[i], k, mask);
+      const __m512 wv = _mm512_maskz_loadu_ps(mask, rows[i] + 4 * k);
       for (int j = 0; j < kTokens; ++j) acc[i][j] = _mm512_fmadd_ps(wv, xv[j], acc[i][j]);
     }
   }
@@ -362,18 +349,81 @@ HERD_AVX512 void FloatTile(const KernelArgs& args, int64_t o, int num_rows, int6
 
 // Decode (one token) streams 8 rows at once for memory-level parallelism;
 // prefill uses 4 rows x 4 tokens (16 accumulators).
-template <DType kType>
-HERD_AVX512 void FloatRows(const KernelArgs& args, int64_t row_begin, int64_t row_end) {
+HERD_AVX512 void F32Rows(const KernelArgs& args, int64_t row_begin, int64_t row_end) {
   int64_t t = 0;
   for (; t + 4 <= args.num_tokens; t += 4) {
     for (int64_t o = row_begin; o < row_end; o += 4) {
-      FloatTile<kType, 4, 4>(args, o, static_cast<int>(std::min<int64_t>(4, row_end - o)), t);
+      F32Tile<4, 4>(args, o, static_cast<int>(std::min<int64_t>(4, row_end - o)), t);
     }
   }
   for (; t < args.num_tokens; ++t) {
     for (int64_t o = row_begin; o < row_end; o += 8) {
-      FloatTile<kType, 8, 1>(args, o, static_cast<int>(std::min<int64_t>(8, row_end - o)), t);
+      F32Tile<8, 1>(args, o, static_cast<int>(std::min<int64_t>(8, row_end - o)), t);
     }
+  }
+}
+
+// HalfRows16 (F16, BF16), one group of 16 rows x kTokens tokens: per column,
+// one load and conversion gives the 16 rows' weights, and each token adds
+// them times its broadcast activation into its own accumulator, so nothing is
+// summed across lanes and a token's 16 results are one store. Prefill runs
+// 24 tokens at a time: 24 multiply-adds per load and conversion, with the
+// accumulators, the weights and the broadcasts in the 32 registers. One token
+// (decode) keeps 4 accumulators over alternate columns, so that the
+// multiply-add latency does not bound how fast it streams the weights.
+template <DType kType, int kTokens>
+HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
+  const PackedMatrix& w = *args.w;
+  const int64_t cols = w.cols;
+  const uint8_t* group = w.data + g * kPackRows * cols * 2;
+  // Token j's activation at column k: x[k * kXCol + j * x_row].
+  constexpr bool kTiled = kTokens == kHalfTileTokens;
+  const float* x =
+      kTiled ? args.x_tiles + (t0 / kHalfTileTokens) * cols * kHalfTileTokens : args.x + t0 * cols;
+  constexpr int64_t kXCol = kTiled ? kHalfTileTokens : 1;
+  const int64_t x_row = kTiled ? 1 : cols;
+  constexpr int kChains = kTokens == 1 ? 4 : 1;
+  __m512 acc[kTokens * kChains];
+#pragma GCC unroll 32
+  for (int j = 0; j < kTokens * kChains; ++j) acc[j] = _mm512_setzero_ps();
+  int64_t k = 0;
+  if constexpr (kTokens == 1) {
+    for (; k + kChains <= cols; k += kChains) {
+      PrefetchAhead(group + k * 32, kChains * 32);
+      for (int c = 0; c < kChains; ++c) {
+        acc[c] = _mm512_fmadd_ps(LoadWeights<kType>(group, (k + c) * kPackRows),
+                                 _mm512_set1_ps(x[k + c]), acc[c]);
+      }
+    }
+  }
+  for (; k < cols; ++k) {
+    const __m512 wv = LoadWeights<kType>(group, k * kPackRows);
+    // Unrolled, or the accumulators live in memory instead of registers.
+#pragma GCC unroll 32
+    for (int j = 0; j < kTokens; ++j) {
+      acc[j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[k * kXCol + j * x_row]), acc[j]);
+    }
+  }
+  if constexpr (kTokens == 1) {
+    acc[0] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
+  }
+#pragma GCC unroll 32
+  for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
+}
+
+// Token tiles outer, groups inner: a tile's activations stay in cache while
+// the piece's weights stream past them.
+template <DType kType>
+HERD_AVX512 void HalfRows(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
+  int64_t t = 0;
+  for (; t + kHalfTileTokens <= args.num_tokens; t += kHalfTileTokens) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, kHalfTileTokens>(args, g, t);
+  }
+  for (; t + 8 <= args.num_tokens; t += 8) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 8>(args, g, t);
+  }
+  for (; t < args.num_tokens; ++t) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 1>(args, g, t);
   }
 }
 
@@ -405,15 +455,21 @@ HERD_AVX512 void QuantizeActivationsAvx512(const float* x, int64_t cols, int64_t
 }
 
 bool SupportedByAvx512(const PackedMatrix& w) {
-  if (w.layout != PackedLayout::kRowMajor) return true;
-  const DType t = w.source.dtype();
-  return t == DType::kF32 || t == DType::kF16 || t == DType::kBF16;
+  return w.layout != PackedLayout::kRowMajor || w.source.dtype() == DType::kF32;
 }
 
 HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_begin,
                                          int64_t group_end, bool gfni) {
   const PackedMatrix& w = *args.w;
   const int64_t num_tokens = args.num_tokens;
+  if (w.layout == PackedLayout::kHalfRows16) {
+    if (w.source.dtype() == DType::kF16) {
+      HalfRows<DType::kF16>(args, group_begin, group_end);
+    } else {
+      HalfRows<DType::kBF16>(args, group_begin, group_end);
+    }
+    return;
+  }
   for (int64_t g = group_begin; g < group_end; ++g) {
     int64_t t = 0;
     if (w.layout == PackedLayout::kQuantRows16) {
@@ -433,18 +489,7 @@ HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_b
       }
     } else if (w.layout == PackedLayout::kRowMajor) {
       const int64_t row_begin = g * kPackRows;
-      const int64_t row_end = std::min(w.rows, row_begin + kPackRows);
-      switch (w.source.dtype()) {
-        case DType::kF16:
-          FloatRows<DType::kF16>(args, row_begin, row_end);
-          break;
-        case DType::kBF16:
-          FloatRows<DType::kBF16>(args, row_begin, row_end);
-          break;
-        default:
-          FloatRows<DType::kF32>(args, row_begin, row_end);
-          break;
-      }
+      F32Rows(args, row_begin, std::min(w.rows, row_begin + kPackRows));
     } else if (w.layout == PackedLayout::kQ4_0x16) {
       for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
       for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);

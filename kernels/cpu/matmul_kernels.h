@@ -24,8 +24,13 @@ void QuantizeActivations(const float* x, int64_t cols, int64_t token_begin, int6
 void QuantizeActivationsAvx512(const float* x, int64_t cols, int64_t token_begin, int64_t token_end,
                                const QuantizedActivations& a);
 
+// Whether the kernels for w's layout read activations quantized per block
+// (Q8_0x16, Q4_0x16, Herd formats) rather than x itself (F32, F16, BF16).
+bool TakesQuantizedActivations(const PackedMatrix& w);
+
 // Computes y F32 [num_tokens, w.rows] for the row groups [group_begin,
-// group_end) (16 rows each). Packed layouts read `a`; row-major F32/F16 read x.
+// group_end) (16 rows each). Layouts that TakesQuantizedActivations read `a`;
+// the float ones read x.
 struct KernelArgs {
   const PackedMatrix* w;
   const QuantizedActivations* a;
@@ -33,7 +38,17 @@ struct KernelArgs {
   int64_t num_tokens;
   const float* bias;  // F32 [rows] or nullptr
   float* y;           // F32 [num_tokens, rows]
+  // HalfRows16 with num_tokens >= kHalfTileTokens: x's first
+  // TokenTiles(num_tokens) tiles of kHalfTileTokens tokens, each column-major
+  // (F32 [cols, kHalfTileTokens]), so a tile's activations at one column are
+  // adjacent instead of a row stride apart (which maps them all onto the same
+  // few cache sets). Null otherwise.
+  const float* x_tiles = nullptr;
 };
+
+// Tokens per tile of the float kernels' prefill (HalfRows16).
+constexpr int64_t kHalfTileTokens = 24;
+inline int64_t TokenTiles(int64_t num_tokens) { return num_tokens / kHalfTileTokens; }
 
 void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end);
 // Only for layouts and dtypes the AVX-512 path supports (SupportedByAvx512);

@@ -140,9 +140,11 @@ TEST(MatmulTest, EveryDtypeAndIsaMatchesReferenceOverShapes) {
          {DType::kF32, DType::kF16, DType::kBF16, DType::kQ8_0, DType::kQ4_0, DType::kQ4_1}) {
       for (int threads : {1, 2}) {
         ThreadPool pool(threads);
-        for (int64_t in : {32, 64, 96, 256}) {
+        for (int64_t in : {32, 37, 64, 96, 256}) {
+          if (in % BlockSize(type) != 0) continue;
           for (int64_t out : {1, 7, 16, 64, 129}) {
-            for (int64_t tokens : {1, 3, 4, 9}) {
+            // 33 = 24 + 8 + 1 tokens: every token tile of the float kernels.
+            for (int64_t tokens : {1, 3, 4, 9, 33}) {
               SCOPED_TRACE(testing::Message()
                            << IsaName(isa) << " " << DTypeName(type) << " threads=" << threads
                            << " in=" << in << " out=" << out << " tokens=" << tokens);
@@ -238,7 +240,7 @@ TEST(MatmulTest, EveryQuantFormatAndIsaMatchesReferenceOverShapes) {
 TEST(MatmulTest, ScalarPackedKernelsEqualTheReferenceExactly) {
   IsaScope scope(Isa::kScalar);
   ThreadPool pool(2);
-  for (DType type : {DType::kQ8_0, DType::kQ4_0}) {
+  for (DType type : {DType::kQ8_0, DType::kQ4_0, DType::kF16, DType::kBF16}) {
     SCOPED_TRACE(DTypeName(type));
     StoredMatrix w = Store(type, 37, 128, 3);
     const std::vector<float> x = Random(5 * 128, 4);
