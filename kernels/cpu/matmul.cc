@@ -193,11 +193,17 @@ void RepackHalfRows(const TensorView& w, uint16_t* out) {
   const int64_t rows = w.dim(0);
   const int64_t cols = w.dim(1);
   const int64_t groups = (rows + kPackRows - 1) / kPackRows;
-  std::memset(out, 0, groups * kPackRows * cols * sizeof(uint16_t));
-  for (int64_t o = 0; o < rows; ++o) {
-    const auto* src = reinterpret_cast<const uint16_t*>(w.row(o));
-    uint16_t* dst = out + (o / kPackRows) * kPackRows * cols + o % kPackRows;
-    for (int64_t k = 0; k < cols; ++k) dst[k * kPackRows] = src[k];
+  for (int64_t g = 0; g < groups; ++g) {
+    const uint16_t* src[kPackRows];
+    for (int64_t r = 0; r < kPackRows; ++r) {
+      const int64_t o = g * kPackRows + r;
+      src[r] = o < rows ? reinterpret_cast<const uint16_t*>(w.row(o)) : nullptr;
+    }
+    uint16_t* dst = out + g * kPackRows * cols;
+    // Written in order, one column of 16 rows after another.
+    for (int64_t k = 0; k < cols; ++k) {
+      for (int64_t r = 0; r < kPackRows; ++r) dst[k * kPackRows + r] = src[r] ? src[r][k] : 0;
+    }
   }
 }
 
@@ -380,21 +386,29 @@ size_t SharedInput(const MatmulTask* tasks, size_t i) {
   return i;
 }
 
+// Room for the token tiles of task t, as floor(num_tokens / 12) tiles: at
+// least TokenTiles(num_tokens) (a tile holds 12 tokens or more), and additive,
+// so that a bound taken for all rows of an MoE layer at once (GroupedExpertFfn)
+// holds however they are split into experts. 64 bytes of slack keep every
+// task's tiles 64-byte aligned.
 size_t TokenTileBytes(const MatmulTask& t) {
   if (t.weight->layout != PackedLayout::kHalfRows16) return 0;
-  // 64 bytes of slack keep every task's tiles 64-byte aligned.
-  const int64_t tiles = TokenTiles(t.num_tokens);
+  const int64_t tiles = t.num_tokens / kHalfTilePartialMin;
   return tiles == 0 ? 0 : tiles * kHalfTileTokens * t.weight->cols * sizeof(float) + 64;
 }
 
-// x F32 [num_tokens, cols] -> tiles [tile][cols][kHalfTileTokens].
-void MakeTokenTiles(const float* x, int64_t cols, int64_t tile_begin, int64_t tile_end,
-                    float* tiles) {
+// x F32 [num_tokens, cols] -> tiles [tile][cols][kHalfTileTokens], tokens
+// past num_tokens zero.
+void MakeTokenTiles(const float* x, int64_t num_tokens, int64_t cols, int64_t tile_begin,
+                    int64_t tile_end, float* tiles) {
   for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
     float* out = tiles + tile * cols * kHalfTileTokens;
     const float* in = x + tile * kHalfTileTokens * cols;
+    const int64_t tokens = std::min(kHalfTileTokens, num_tokens - tile * kHalfTileTokens);
     for (int64_t j = 0; j < kHalfTileTokens; ++j) {
-      for (int64_t k = 0; k < cols; ++k) out[k * kHalfTileTokens + j] = in[j * cols + k];
+      for (int64_t k = 0; k < cols; ++k) {
+        out[k * kHalfTileTokens + j] = j < tokens ? in[j * cols + k] : 0.0f;
+      }
     }
   }
 }
@@ -478,7 +492,7 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
           reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
       cursor += tile_bytes;
       pool.ParallelFor(TokenTiles(t.num_tokens), 1, [&](int64_t begin, int64_t end, int) {
-        MakeTokenTiles(t.x, w.cols, begin, end, tiles);
+        MakeTokenTiles(t.x, t.num_tokens, w.cols, begin, end, tiles);
       });
       args[i].x_tiles = tiles;
     }

@@ -407,8 +407,11 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
   if constexpr (kTokens == 1) {
     acc[0] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
   }
+  const int64_t valid = std::min<int64_t>(kTokens, args.num_tokens - t0);  // a padded tile
 #pragma GCC unroll 32
-  for (int j = 0; j < kTokens; ++j) StoreRows(args, g, t0 + j, acc[j]);
+  for (int j = 0; j < kTokens; ++j) {
+    if (j < valid) StoreRows(args, g, t0 + j, acc[j]);
+  }
 }
 
 // Token tiles outer, groups inner: a tile's activations stay in cache while
@@ -416,9 +419,10 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
 template <DType kType>
 HERD_AVX512 void HalfRows(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
   int64_t t = 0;
-  for (; t + kHalfTileTokens <= args.num_tokens; t += kHalfTileTokens) {
+  for (int64_t tile = 0; tile < TokenTiles(args.num_tokens); ++tile, t += kHalfTileTokens) {
     for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, kHalfTileTokens>(args, g, t);
   }
+  t = std::min(t, args.num_tokens);
   for (; t + 8 <= args.num_tokens; t += 8) {
     for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 8>(args, g, t);
   }

@@ -38,17 +38,25 @@ struct KernelArgs {
   int64_t num_tokens;
   const float* bias;  // F32 [rows] or nullptr
   float* y;           // F32 [num_tokens, rows]
-  // HalfRows16 with num_tokens >= kHalfTileTokens: x's first
-  // TokenTiles(num_tokens) tiles of kHalfTileTokens tokens, each column-major
-  // (F32 [cols, kHalfTileTokens]), so a tile's activations at one column are
-  // adjacent instead of a row stride apart (which maps them all onto the same
-  // few cache sets). Null otherwise.
+  // HalfRows16 with TokenTiles(num_tokens) > 0: x's first tiles of
+  // kHalfTileTokens tokens, each column-major (F32 [cols, kHalfTileTokens]),
+  // so a tile's activations at one column are adjacent instead of a row
+  // stride apart (which maps them all onto the same few cache sets); the last
+  // tile may be partial, zero-padded. Null otherwise.
   const float* x_tiles = nullptr;
 };
 
-// Tokens per tile of the float kernels' prefill (HalfRows16).
+// Tokens per tile of the float kernels' prefill (HalfRows16), and how many
+// tiles x is cut into: the whole ones, plus a zero-padded one when at least
+// kHalfTilePartialMin tokens are left (one pass over the weights for them
+// beats passes of 8 and of 1 token).
 constexpr int64_t kHalfTileTokens = 24;
-inline int64_t TokenTiles(int64_t num_tokens) { return num_tokens / kHalfTileTokens; }
+constexpr int64_t kHalfTilePartialMin = 12;
+static_assert(kHalfTileTokens == 2 * kHalfTilePartialMin, "TokenTileBytes' bound");
+inline int64_t TokenTiles(int64_t num_tokens) {
+  return num_tokens / kHalfTileTokens +
+         (num_tokens % kHalfTileTokens >= kHalfTilePartialMin ? 1 : 0);
+}
 
 void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end);
 // Only for layouts and dtypes the AVX-512 path supports (SupportedByAvx512);
