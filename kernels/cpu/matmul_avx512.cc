@@ -467,11 +467,8 @@ HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_b
   const PackedMatrix& w = *args.w;
   const int64_t num_tokens = args.num_tokens;
   if (w.layout == PackedLayout::kHalfRows16) {
-    if (w.source.dtype() == DType::kF16) {
-      HalfRows<DType::kF16>(args, group_begin, group_end);
-    } else {
-      HalfRows<DType::kBF16>(args, group_begin, group_end);
-    }
+    const bool f16 = w.source.dtype() == DType::kF16;
+    (f16 ? HalfRows<DType::kF16> : HalfRows<DType::kBF16>)(args, group_begin, group_end);
     return;
   }
   for (int64_t g = group_begin; g < group_end; ++g) {

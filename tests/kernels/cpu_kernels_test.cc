@@ -692,6 +692,7 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
   };
   const std::vector<WeightFormat> formats = {
       {"F32", DType::kF32, {}},
+      {"F16", DType::kF16, {}},
       {"Q8_0", DType::kQ8_0, {}},
       {"Q4_0", DType::kQ4_0, {}},
       {"int4-g32-asym", DType::kQuant, QuantFormat{4, false, 32, DType::kF16}},
@@ -728,10 +729,18 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
         {"all on one expert", 5, 1, {1, 1, 1, 1, 1}},
         {"expert 3 idle", 3, 2, {0, 1, 1, 2, 2, 0}},
         {"top_k = num_experts", 2, 4, {3, 2, 1, 0, 0, 1, 2, 3}},
+        // 15 rows per expert: each takes a padded token tile of the F16
+        // kernel, 4 tiles in all where 60 rows on one expert would take 3.
+        {"15 rows on every expert", 30, 2, {}},
     };
     for (int threads : {1, 2}) {
       ThreadPool pool(threads);
-      for (const Pattern& p : patterns) {
+      for (Pattern p : patterns) {
+        if (p.experts.empty()) {
+          for (int64_t slot = 0; slot < p.tokens * p.top_k; ++slot) {
+            p.experts.push_back(static_cast<int32_t>(slot % num_experts));
+          }
+        }
         SCOPED_TRACE(testing::Message() << format.name << " threads=" << threads << " " << p.name);
         const int64_t slots = p.tokens * p.top_k;
         const auto x = Random(p.tokens * hidden, 11);
