@@ -7,8 +7,8 @@
 // load feeds one AVX-512 VNNI instruction for 16 rows; F16 and BF16 are
 // repacked, values unchanged, into groups of 16 rows interleaved one value at
 // a time, so that one load gives one column of 16 rows and a token's product
-// is a broadcast multiply-add per column, with no sum across lanes; F32 and
-// Herd's quantized matrices are used in place (no copy).
+// is a broadcast multiply-add per column, with no sum across lanes; F32, Q4_1
+// and Herd's quantized matrices are used in place (no copy).
 //
 // For quantized weights the activations are first quantized per 32-value
 // block to int8 with a float scale, as llama.cpp does (Q8_0 rounding), and

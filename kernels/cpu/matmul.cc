@@ -464,6 +464,7 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
   // Quantize each distinct input once.
   constexpr size_t kMaxTasks = 64;
   if (num_tasks > kMaxTasks) return absl::InvalidArgumentError("MatmulBatch: too many tasks");
+  const Isa isa = ActiveIsa();
   QuantizedActivations acts[kMaxTasks];
   KernelArgs args[kMaxTasks];
   int64_t first_group[kMaxTasks + 1];
@@ -487,7 +488,9 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
       }
     }
     args[i] = KernelArgs{&w, &acts[i], t.x, t.num_tokens, t.bias, t.y};
-    if (const size_t tile_bytes = TokenTileBytes(t); tile_bytes > 0) {
+    // Only the AVX-512 kernel reads the tiles (the AVX2 one takes 6 tokens,
+    // few enough for the cache sets, straight from x).
+    if (const size_t tile_bytes = TokenTileBytes(t); tile_bytes > 0 && isa >= Isa::kAvx512) {
       auto* tiles =
           reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
       cursor += tile_bytes;
@@ -499,7 +502,6 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
     total_groups += w.num_groups();
   }
   first_group[num_tasks] = total_groups;
-  const Isa isa = ActiveIsa();
   pool.ParallelFor(total_groups, 1, [&](int64_t begin, int64_t end, int) {
     size_t i = 0;
     while (begin < end) {

@@ -38,7 +38,7 @@ struct KernelArgs {
   int64_t num_tokens;
   const float* bias;  // F32 [rows] or nullptr
   float* y;           // F32 [num_tokens, rows]
-  // HalfRows16 with TokenTiles(num_tokens) > 0: x's first tiles of
+  // HalfRows16 on AVX-512 with TokenTiles(num_tokens) > 0: x's first tiles of
   // kHalfTileTokens tokens, each column-major (F32 [cols, kHalfTileTokens]),
   // so a tile's activations at one column are adjacent instead of a row
   // stride apart (which maps them all onto the same few cache sets); the last
