@@ -1,7 +1,8 @@
 // A fixed pool of worker threads for data-parallel loops.
 //
-// ParallelFor splits [0, n) into contiguous chunks, one per thread (the
-// calling thread takes the first), and blocks until all are done. Kernels use
+// ParallelFor splits [0, n) into contiguous pieces that the threads, the
+// calling one included, take from a shared counter (large pieces first, one
+// grain last), and blocks until all are done. Kernels use
 // it to keep every core busy even at batch 1 (work split over output rows),
 // where a decode step issues ~100 loops of a few microseconds each: workers
 // therefore spin briefly on a generation counter before sleeping, and the

@@ -1,7 +1,7 @@
 // AVX-512 kernels behind Matmul. Each function carries its own target
 // attribute, so this file builds without -mavx512* flags and nothing it
 // defines can leak AVX-512 code into callers on older CPUs; Matmul calls
-// these only when ActiveIsa() is kAvx512.
+// these only when ActiveIsa() is kAvx512 or kAvx512Gfni.
 // GCC 12 reports false "may be used uninitialized" inside its own AVX-512
 // headers (_mm512_undefined_*); the kernels initialise every register.
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"

@@ -145,10 +145,14 @@ TEST(ThreadPoolTest, PiecesAreWholeGrainsAndShrinkToOneGrain) {
       for (size_t i = 0; i < pieces.size(); ++i) {
         const auto [begin, end] = pieces[i];
         EXPECT_EQ(begin % grain, 0) << "piece " << i;
-        if (end != n) EXPECT_EQ((end - begin) % grain, 0) << "piece " << i;
+        if (end != n) {
+          EXPECT_EQ((end - begin) % grain, 0) << "piece " << i;
+        }
         // Large pieces first (the first is a 1/(2 * threads) share), then
         // smaller ones: a piece is never larger than the one before it.
-        if (i > 0) EXPECT_LE(end - begin, pieces[i - 1].second - pieces[i - 1].first);
+        if (i > 0) {
+          EXPECT_LE(end - begin, pieces[i - 1].second - pieces[i - 1].first) << "piece " << i;
+        }
       }
       EXPECT_EQ(pieces.front().second, (n / (2 * threads * grain)) * grain);
       // The last whole piece is a single grain, so no thread waits long on another's.
