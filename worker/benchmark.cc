@@ -83,14 +83,14 @@ Summary Summarize(std::vector<double> samples) {
   return s;
 }
 
-absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& model,
+absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const Model& model,
                                                    const ModelBenchOptions& options) {
   const ModelSpec& s = model.spec;
   const int64_t capacity = std::max<int64_t>({options.prompt_tokens, options.gen_tokens, 1});
   // One sequence in a paged cache of its own, in the block size serving uses.
   const int64_t num_blocks = (capacity + kDefaultKvBlockTokens - 1) / kDefaultKvBlockTokens;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                        KvCache::Create(s, num_blocks, kDefaultKvBlockTokens));
+                        engine.CreateKvCache(num_blocks, kDefaultKvBlockTokens));
   std::vector<int32_t> block_table(num_blocks);
   std::iota(block_table.begin(), block_table.end(), 0);
   std::mt19937_64 rng(options.seed);

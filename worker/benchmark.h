@@ -10,7 +10,7 @@
 
 #include "absl/status/statusor.h"
 #include "model/model.h"
-#include "worker/engine.h"
+#include "worker/forward_engine.h"
 
 namespace herd {
 
@@ -52,7 +52,7 @@ struct ModelBenchResult {
 
 // Runs the prefill and decode tests on `engine`. InvalidArgument when the
 // model's context cannot hold the test.
-absl::StatusOr<ModelBenchResult> RunModelBenchmark(Engine& engine, const Model& model,
+absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const Model& model,
                                                    const ModelBenchOptions& options);
 
 // Bytes resident in this process (VmRSS), or 0 when unknown.

@@ -30,7 +30,10 @@
 #include "kernels/attention.h"
 #include "kernels/moe.h"
 #include "model/model.h"
+#include "worker/batch.h"
+#include "worker/engine_stats.h"
 #include "worker/expert_table.h"
+#include "worker/forward_engine.h"
 #include "worker/kv_cache.h"
 
 namespace herd {
@@ -63,30 +66,6 @@ struct EngineOptions {
   bool expert_skipping = true;
 };
 
-// A run of consecutive tokens of one sequence inside a batch.
-struct SequenceChunk {
-  // I32: the sequence's blocks of the batch's cache in position order (entry
-  // j holds positions [j * block_tokens, (j + 1) * block_tokens)), covering
-  // at least [0, start_pos + num_tokens). Positions [0, start_pos) are
-  // already there; the chunk writes its own. Borrowed for the Forward call.
-  std::span<const int32_t> block_table;
-  int64_t start_pos = 0;  // position of the chunk's first token
-  int64_t num_tokens = 0;
-};
-
-struct Batch {
-  // The paged cache every chunk's block table points into (borrowed); may be
-  // nullptr only for a batch without chunks.
-  KvCache* cache = nullptr;
-  // I32 [num_tokens]: the chunks' tokens, concatenated in chunk order.
-  std::vector<int32_t> token_ids;
-  // NOTE: the positions a chunk writes must not be read by another sequence
-  // of the batch (no block is written by one sequence and shared by another).
-  std::vector<SequenceChunk> chunks;
-  // Batch rows whose logits are wanted, in the order they are written.
-  std::vector<int64_t> logit_rows;
-};
-
 // Called once per layer with the router's choice for every token of the batch:
 // expert_idx I32 [num_tokens, top_k] and weights F32 [num_tokens, top_k].
 // Slots that dynamic skipping dropped have expert -1 and weight 0.
@@ -117,28 +96,7 @@ enum class ResidualPoint {
 using ResidualObserver = std::function<void(int layer_idx, ResidualPoint point, const float* x,
                                             int64_t num_tokens, int64_t hidden)>;
 
-// Where an engine's time went, accumulated over its Forward calls.
-struct EngineStats {
-  int64_t forward_calls = 0;
-  double forward_seconds = 0;
-  double moe_seconds = 0;       // routed + shared experts, dispatch and combine included
-  double dispatch_seconds = 0;  // expert parallelism: waiting in Dispatch
-  double combine_seconds = 0;   // expert parallelism: waiting in Combine
-  int64_t dispatched_slots = 0;
-  int64_t received_rows = 0;
-  // Routed expert calls (token, expert pairs) the routers chose, and how many
-  // of them dynamic skipping left out (counted where the tokens are routed).
-  int64_t routed_slots = 0;
-  int64_t skipped_slots = 0;
-  // Rows this rank's routed experts computed, per layer: tokens * top_k on a
-  // single rank, the rows received in dispatch with expert parallelism.
-  std::vector<int64_t> layer_expert_rows;
-  // Expert parallelism: bytes this rank sent to other ranks in the experts'
-  // all-to-alls (dispatch and combine, counts exchange included).
-  int64_t all_to_all_bytes = 0;
-};
-
-class Engine {
+class Engine final : public ForwardEngine {
  public:
   // Single rank: the model must hold every expert. Expert parallelism: it
   // must hold every expert the placement gives this rank (others may be
@@ -153,14 +111,14 @@ class Engine {
   // parallelism Forward is a collective: every rank calls it the same number
   // of times, with an empty batch when it has no tokens; errors of a peer
   // surface as the Communicator's errors.
-  absl::Status Forward(const Batch& batch, float* logits);
+  absl::Status Forward(const Batch& batch, float* logits) override;
+  // A host cache (KvCache::Create).
+  absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(int64_t num_blocks,
+                                                         int64_t block_tokens) override;
 
-  // The checks Forward runs first: InvalidArgument for ids outside the
-  // vocabulary, chunks that do not add up to the tokens, chunks without a
-  // cache, block ids outside the cache, a block table too short for its
-  // chunk, two tokens writing the same cache position, or logit rows outside
-  // the batch. A caller that must not miss a collective (expert parallelism)
-  // checks first and runs an empty batch instead of a bad one.
+  // The checks Forward runs first: herd::ValidateBatch (worker/batch.h), and
+  // a cache in host memory. A caller that must not miss a collective (expert
+  // parallelism) checks first and runs an empty batch instead of a bad one.
   absl::Status ValidateBatch(const Batch& batch) const;
 
   void SetRoutingObserver(RoutingObserver observer) { routing_observer_ = std::move(observer); }
@@ -168,8 +126,9 @@ class Engine {
     linear_input_observer_ = std::move(observer);
   }
   void SetResidualObserver(ResidualObserver observer) { residual_observer_ = std::move(observer); }
-  bool expert_parallel() const { return ep_.comm != nullptr; }
-  const EngineStats& stats() const { return stats_; }
+  bool expert_parallel() const override { return ep_.comm != nullptr; }
+  const EngineStats& stats() const override { return stats_; }
+  std::string device() const override { return "cpu"; }
   int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
   // Bytes of expert weights this rank holds (as the kernels read them).
   int64_t resident_expert_bytes() const;
@@ -191,7 +150,7 @@ class Engine {
   // when `experts` lacks an expert the placement gives this rank.
   absl::Status SwapPlacement(std::shared_ptr<const ExpertPlacement> placement,
                              std::shared_ptr<const ExpertTable> experts);
-  const ModelSpec& spec() const { return model_.spec; }
+  const ModelSpec& spec() const override { return model_.spec; }
   // The checkpoint the model was loaded from (rebalancing reads experts from it).
   const std::string& model_path() const { return model_.source_path; }
   int num_threads() const { return pool_.num_threads(); }

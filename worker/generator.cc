@@ -14,7 +14,8 @@ namespace {
 
 // A rank without a sequence: the same number of (empty) Forward calls as the
 // rank that generates, so every layer's dispatch and combine has all ranks.
-absl::StatusOr<GenerateResult> FollowGeneration(Engine& engine, const GenerateOptions& options) {
+absl::StatusOr<GenerateResult> FollowGeneration(ForwardEngine& engine,
+                                                const GenerateOptions& options) {
   int64_t num_forwards = 1;  // the prompt
   if (options.max_new_tokens > 0) {
     num_forwards += options.max_new_tokens - (options.keep_logits ? 0 : 1);
@@ -26,7 +27,7 @@ absl::StatusOr<GenerateResult> FollowGeneration(Engine& engine, const GenerateOp
 
 }  // namespace
 
-absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_t>& prompt,
+absl::StatusOr<GenerateResult> Generate(ForwardEngine& engine, const std::vector<int32_t>& prompt,
                                         const GenerateOptions& options) {
   const int64_t vocab = engine.spec().vocab_size;
   const int64_t prompt_len = static_cast<int64_t>(prompt.size());
@@ -56,7 +57,7 @@ absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_
   // context, in order.
   const int64_t num_blocks = (capacity + kDefaultKvBlockTokens - 1) / kDefaultKvBlockTokens;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
-                        KvCache::Create(engine.spec(), num_blocks, kDefaultKvBlockTokens));
+                        engine.CreateKvCache(num_blocks, kDefaultKvBlockTokens));
   std::vector<int32_t> block_table(num_blocks);
   std::iota(block_table.begin(), block_table.end(), 0);
 

@@ -5,7 +5,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
-#include "worker/engine.h"
+#include "worker/forward_engine.h"
 
 namespace herd {
 
@@ -40,7 +40,7 @@ struct GenerateResult {
 // number of steps with empty batches (their result is empty).
 // InvalidArgument for an empty prompt (single rank), ids outside the vocabulary, bad
 // sampling options, or a context larger than max_context_tokens.
-absl::StatusOr<GenerateResult> Generate(Engine& engine, const std::vector<int32_t>& prompt,
+absl::StatusOr<GenerateResult> Generate(ForwardEngine& engine, const std::vector<int32_t>& prompt,
                                         const GenerateOptions& options);
 
 }  // namespace herd

@@ -11,12 +11,16 @@
 // block_floats(). The engine writes the rows of new tokens before attention
 // reads positions [0, position].
 //
+// The blocks live in host memory, or in a device's memory when the engine
+// that runs on that device made the cache (KvMemory); the layout is the same.
+//
 // Not thread-safe: one engine drives the cache at a time.
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <memory>
-#include <vector>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "model/model.h"
@@ -28,13 +32,26 @@ namespace herd {
 // positions between two block-table lookups.
 inline constexpr int64_t kDefaultKvBlockTokens = 16;
 
+// Where a cache's storage comes from: a device engine's allocator. The
+// memory it returns must be zeroed and stay valid until `release`.
+struct KvMemory {
+  std::string device;  // "cuda:0": what the cache's on_device() names
+  std::function<absl::StatusOr<float*>(size_t bytes)> allocate;
+  std::function<void(float*)> release;
+};
+
 class KvCache {
  public:
   // Allocates num_blocks blocks of block_tokens positions for every layer of
-  // `spec`. InvalidArgument unless 1 <= num_blocks <= 2^31 - 1 (block ids are
-  // I32) and block_tokens >= 1; ResourceExhausted if the allocation fails.
+  // `spec`, zeroed, in host memory (memory == nullptr) or from `memory`.
+  // InvalidArgument unless 1 <= num_blocks <= 2^31 - 1 (block ids are I32)
+  // and block_tokens >= 1; ResourceExhausted if the allocation fails.
   static absl::StatusOr<std::unique_ptr<KvCache>> Create(const ModelSpec& spec, int64_t num_blocks,
-                                                         int64_t block_tokens);
+                                                         int64_t block_tokens,
+                                                         const KvMemory* memory = nullptr);
+  ~KvCache();
+  KvCache(const KvCache&) = delete;
+  KvCache& operator=(const KvCache&) = delete;
 
   // Bytes one block takes over all layers, K and V (0 for block_tokens < 1).
   static int64_t BytesPerBlock(const ModelSpec& spec, int64_t block_tokens);
@@ -47,15 +64,18 @@ class KvCache {
   int64_t row_floats() const { return row_floats_; }
   // Floats from one block of a layer's K (or V) to the next.
   int64_t block_floats() const { return block_tokens_ * row_floats_; }
-  size_t num_bytes() const { return storage_.size() * sizeof(float); }
+  size_t num_bytes() const { return num_floats_ * sizeof(float); }
+  // The device holding the blocks ("cuda:0"), or empty for host memory.
+  const std::string& device() const { return device_; }
 
   // F32 [block_tokens, row_floats]: the K (V) rows of block `block_idx` in
-  // layer `layer_idx`. Both indices must be in range (not checked).
+  // layer `layer_idx` (device pointers for a device cache). Both indices must
+  // be in range (not checked).
   float* keys(int64_t layer_idx, int64_t block_idx) {
-    return storage_.data() + ((2 * layer_idx) * num_blocks_ + block_idx) * block_floats();
+    return data_ + ((2 * layer_idx) * num_blocks_ + block_idx) * block_floats();
   }
   float* values(int64_t layer_idx, int64_t block_idx) {
-    return storage_.data() + ((2 * layer_idx + 1) * num_blocks_ + block_idx) * block_floats();
+    return data_ + ((2 * layer_idx + 1) * num_blocks_ + block_idx) * block_floats();
   }
   const float* keys(int64_t layer_idx, int64_t block_idx) const {
     return const_cast<KvCache*>(this)->keys(layer_idx, block_idx);
@@ -65,12 +85,19 @@ class KvCache {
   }
 
  private:
-  KvCache(int64_t num_layers, int64_t num_blocks, int64_t block_tokens, int64_t row_floats);
+  KvCache(int64_t num_blocks, int64_t block_tokens, int64_t row_floats, size_t num_floats)
+      : num_blocks_(num_blocks),
+        block_tokens_(block_tokens),
+        row_floats_(row_floats),
+        num_floats_(num_floats) {}
 
   int64_t num_blocks_;
   int64_t block_tokens_;
   int64_t row_floats_;
-  std::vector<float> storage_;
+  size_t num_floats_;
+  float* data_ = nullptr;
+  std::string device_;
+  std::function<void(float*)> release_;
 };
 
 }  // namespace herd

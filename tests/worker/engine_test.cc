@@ -211,6 +211,17 @@ TEST_F(PagedEngineTest, BatchTheCacheCannotTakeIsRefusedWithTheCacheUntouched) {
   add("no cache", {{table, 10, 1}}, nullptr);
   add("empty chunk", {{table, 10, 0}}, cache.get());
   add("negative position", {{table, -1, 1}}, cache.get());
+  // A cache in another device's memory (here host memory that says so, as a
+  // CUDA engine's cache would): the CPU engine must not touch it.
+  KvMemory elsewhere;
+  elsewhere.device = "cuda:0";
+  elsewhere.allocate = [](size_t bytes) -> absl::StatusOr<float*> {
+    return new float[bytes / sizeof(float)]();
+  };
+  elsewhere.release = [](float* data) { delete[] data; };
+  auto device_cache = KvCache::Create(model_->spec, 10, 4, &elsewhere);
+  ASSERT_TRUE(device_cache.ok()) << device_cache.status();
+  add("a cache on another device", {{table, 0, 1}}, device_cache->get());
   for (const BadBatch& c : cases) {
     SCOPED_TRACE(c.what);
     std::vector<float> logits(vocab_);

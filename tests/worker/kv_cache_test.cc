@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <limits>
 #include <set>
+#include <string>
 
 #include "gtest/gtest.h"
 
@@ -91,6 +92,48 @@ TEST(KvCacheTest, BytesPerBlockIsWhatABlockTakes) {
   auto cache = KvCache::Create(spec, 7, 16);
   ASSERT_TRUE(cache.ok());
   EXPECT_EQ(static_cast<int64_t>((*cache)->num_bytes()), 7 * KvCache::BytesPerBlock(spec, 16));
+}
+
+// A cache whose storage comes from a device engine's allocator: the same
+// layout, the device's name, the memory released once with the cache, and an
+// allocation failure reported with the device and the size.
+TEST(KvCacheTest, StorageFromAnAllocatorIsReleasedWithTheCache) {
+  int allocations = 0;
+  int releases = 0;
+  KvMemory memory;
+  memory.device = "cuda:0";
+  memory.allocate = [&](size_t bytes) -> absl::StatusOr<float*> {
+    ++allocations;
+    return new float[bytes / sizeof(float)]();
+  };
+  memory.release = [&](float* data) {
+    ++releases;
+    delete[] data;
+  };
+  {
+    auto cache = KvCache::Create(SmallSpec(), 5, 4, &memory);
+    ASSERT_TRUE(cache.ok()) << cache.status();
+    EXPECT_EQ((*cache)->device(), "cuda:0");
+    EXPECT_EQ((*cache)->num_bytes(), size_t{2 * 3 * 5 * 4 * 8 * 4});
+    EXPECT_EQ((*cache)->values(2, 4) + (*cache)->block_floats() - (*cache)->keys(0, 0),
+              static_cast<int64_t>((*cache)->num_bytes() / sizeof(float)));
+    EXPECT_EQ(allocations, 1);
+    EXPECT_EQ(releases, 0);
+  }
+  EXPECT_EQ(releases, 1);
+
+  auto host = KvCache::Create(SmallSpec(), 5, 4);
+  ASSERT_TRUE(host.ok());
+  EXPECT_EQ((*host)->device(), "");
+
+  memory.allocate = [](size_t) -> absl::StatusOr<float*> {
+    return absl::InternalError("out of memory");
+  };
+  auto failed = KvCache::Create(SmallSpec(), 5, 4, &memory);
+  ASSERT_EQ(failed.status().code(), absl::StatusCode::kResourceExhausted);
+  EXPECT_NE(failed.status().message().find("on cuda:0: out of memory"), std::string::npos)
+      << failed.status();
+  EXPECT_EQ(releases, 1);
 }
 
 }  // namespace
