@@ -13,8 +13,10 @@
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tools/commands.h"
+#include "tools/device.h"
 #include "tools/flags.h"
 #include "worker/benchmark.h"
+#include "worker/engine.h"
 #include "worker/rank_group.h"
 #include "worker/rank_model.h"
 
@@ -37,6 +39,7 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"placement", true, "expert placement file for --local-ranks or mpirun"},
     {"no-expert-skip", false,
      "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
+    {"device", true, "cpu or cuda: where the model runs (default cpu)"},
     {"help", false, "show this help"},
 };
 
@@ -116,6 +119,58 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   return absl::OkStatus();
 }
 
+// One GPU: the tests as on the CPU, with decode's weight bandwidth next to
+// the GPU's device-to-device copy bandwidth measured in the same run.
+absl::Status RunCudaBench(const std::string& path, bool expert_skipping, bool json,
+                          const ModelBenchOptions& options, std::ostream& out) {
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(path));
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<ForwardEngine> engine,
+                        CreateCudaEngine(*model, expert_skipping));
+  HERD_ASSIGN_OR_RETURN(ModelBenchResult r, RunModelBenchmark(*engine, *model, options));
+  HERD_ASSIGN_OR_RETURN(const CudaDeviceReport gpu, ReportCudaDevice(*engine));
+  const double decode_share = gpu.copy_gbps > 0 ? 100.0 * r.decode_weight_gbps / gpu.copy_gbps : 0;
+  if (json) {
+    nlohmann::json j;
+    j["model"] = path;
+    j["host"] = HostName();
+    j["device"] = engine->device();
+    j["gpu"] = gpu.name;
+    j["prefill"] = {{"tokens", options.prompt_tokens},
+                    {"tokens_per_second_median", r.prefill_tokens_per_second.median},
+                    {"tokens_per_second_stddev", r.prefill_tokens_per_second.stddev},
+                    {"samples", r.prefill_tokens_per_second.samples}};
+    j["decode"] = {{"tokens", options.gen_tokens},
+                   {"tokens_per_second_median", r.decode_tokens_per_second.median},
+                   {"tokens_per_second_stddev", r.decode_tokens_per_second.stddev},
+                   {"samples", r.decode_tokens_per_second.samples},
+                   {"weight_bytes_per_token", r.decode_weight_bytes},
+                   {"weight_gbps", r.decode_weight_gbps},
+                   {"percent_of_copy_bandwidth", decode_share}};
+    j["bandwidth"] = {{"copy_gbps", gpu.copy_gbps}};
+    j["memory"] = {{"device_weight_bytes", gpu.weight_bytes}};
+    out << j.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  out << absl::StrFormat("model     %s\n", path);
+  out << absl::StrFormat("device    %s (%s)\n", engine->device(), gpu.name);
+  out << absl::StrFormat("memory    device-to-device copy %.0f GB/s (read + written, same run)\n",
+                         gpu.copy_gbps);
+  out << absl::StrFormat("weights   %.1f MiB on the device\n\n", gpu.weight_bytes / 1048576.0);
+  out << "| test   |        t/s |     ± sd | weight GB/s | % of copy BW |\n";
+  out << "|--------|-----------:|---------:|------------:|-------------:|\n";
+  if (options.prompt_tokens > 0) {
+    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f |             |              |\n",
+                           options.prompt_tokens, r.prefill_tokens_per_second.median,
+                           r.prefill_tokens_per_second.stddev);
+  }
+  if (options.gen_tokens > 0) {
+    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
+                           r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
+                           r.decode_weight_gbps, decode_share);
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ostream& out) {
@@ -141,6 +196,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   options.repetitions = static_cast<int>(repetitions);
 
   const std::string path = flags.GetString("model");
+  HERD_ASSIGN_OR_RETURN(const Device device, ParseDevice(flags.GetString("device", "cpu")));
   RankGroupOptions group;
   HERD_ASSIGN_OR_RETURN(int64_t local_ranks, flags.GetInt("local-ranks", 1));
   if (local_ranks < 1 || local_ranks > 256) {
@@ -148,6 +204,14 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   }
   group.local_ranks = static_cast<int>(local_ranks);
   if (flags.Has("comm")) group.comm = flags.GetString("comm");
+  if (device == Device::kCuda) {
+    if (PlannedWorldSize(group) > 1 || flags.Has("placement")) {
+      return absl::UnimplementedError(
+          "--device cuda runs one rank: --local-ranks, --comm and --placement are not supported "
+          "with it yet");
+    }
+    return RunCudaBench(path, !flags.Has("no-expert-skip"), flags.Has("json"), options, out);
+  }
   if (PlannedWorldSize(group) > 1) {
     std::optional<ExpertPlacement> placement;
     if (flags.Has("placement")) {

@@ -19,6 +19,7 @@
 #include "model/model_loader.h"
 #include "model/tokenizer/tokenizer.h"
 #include "tools/commands.h"
+#include "tools/device.h"
 #include "tools/flags.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
@@ -48,8 +49,31 @@ const std::vector<FlagSpec> kGenerateFlags = {
      "write the tokens routed to each expert of each layer as a herd plan trace (JSON)"},
     {"no-expert-skip", false,
      "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
+    {"device", true, "cpu or cuda: where the model runs (default cpu)"},
     {"help", false, "show this help"},
 };
+
+// One rank on the GPU: the model is uploaded whole, and the sequence runs there.
+absl::Status GenerateOnCuda(const ParsedFlags& flags, const std::string& model_path, int world_size,
+                            const std::vector<int32_t>& prompt, const GenerateOptions& options,
+                            GenerateResult* result) {
+  if (world_size > 1 || flags.Has("placement") || flags.Has("record-expert-load")) {
+    return absl::UnimplementedError(
+        "--device cuda runs one rank: --local-ranks, --comm, --placement and "
+        "--record-expert-load are not supported with it yet");
+  }
+  const absl::Time load_start = absl::Now();
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path));
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<ForwardEngine> engine,
+                        CreateCudaEngine(*model, !flags.Has("no-expert-skip")));
+  HERD_LOG(INFO) << "loaded " << model_path << " onto " << engine->device() << " in "
+                 << absl::ToDoubleSeconds(absl::Now() - load_start) << " s";
+  const absl::Time run_start = absl::Now();
+  HERD_ASSIGN_OR_RETURN(*result, Generate(*engine, prompt, options));
+  HERD_LOG(INFO) << "generated " << result->tokens.size() << " tokens in "
+                 << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+  return absl::OkStatus();
+}
 
 absl::Status WriteLogits(const std::string& path, const std::vector<float>& logits) {
   // The file format is little-endian F32; x86-64 and aarch64 hosts are little-endian.
@@ -121,80 +145,86 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
     HERD_ASSIGN_OR_RETURN(placement_file, ReadPlacementFile(flags.GetString("placement")));
   }
 
+  HERD_ASSIGN_OR_RETURN(const Device device, ParseDevice(flags.GetString("device", "cpu")));
   // Each rank loads the model with only its experts, runs its part, and rank
   // 0 (which owns the one sequence) keeps the result.
   GenerateResult result;
   bool output_rank = true;
   const absl::Status status =
-      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
-        const int rank = comm != nullptr ? comm->rank() : 0;
-        if (comm != nullptr && comm->backend_name() != std::string("local"))
-          output_rank = rank == 0;
-        const absl::Time load_start = absl::Now();
-        HERD_ASSIGN_OR_RETURN(RankModel rank_model,
-                              LoadModelForRank(model_path, comm, placement_file));
-        const std::unique_ptr<Model>& model = rank_model.model;
-        EngineOptions engine_options;
-        engine_options.num_threads = static_cast<int>(threads);
-        engine_options.expert_skipping = !flags.Has("no-expert-skip");
-        if (comm != nullptr) {
-          engine_options.expert_parallelism = {comm, &*rank_model.placement,
-                                               absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
-        }
-        HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                              Engine::Create(*model, engine_options));
-        HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path
-                       << " in " << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
-                       << engine->num_threads() << " threads, resident expert weights "
-                       << engine->resident_expert_bytes() << " bytes";
-        // Expert load: counted where the tokens are routed, i.e. on rank 0, which
-        // owns the sequence.
-        std::vector<int64_t> expert_load(model->spec.num_layers * model->spec.num_experts, 0);
-        int64_t routed_tokens = 0;
-        if (flags.Has("record-expert-load") && rank == 0) {
-          engine->SetRoutingObserver([&](int layer, int64_t num_tokens, int64_t top_k,
-                                         const int32_t* expert_idx, const float*) {
-            if (layer == 0) routed_tokens += num_tokens;
-            for (int64_t i = 0; i < num_tokens * top_k; ++i) {
-              if (expert_idx[i] < 0) continue;  // skipped
-              ++expert_load[layer * model->spec.num_experts + expert_idx[i]];
-            }
-          });
-        }
-        const absl::Time run_start = absl::Now();
-        HERD_ASSIGN_OR_RETURN(
-            GenerateResult rank_result,
-            Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
-        if (engine->expert_parallel()) {
-          const EngineStats& st = engine->stats();
-          HERD_LOG(INFO) << absl::StrFormat(
-              "rank %d: %d forward calls, %.3f s; MoE %.3f s, of which dispatch %.3f s + combine "
-              "%.3f s (%.1f%% of MoE); sent %d slots, received %d rows",
-              rank, st.forward_calls, st.forward_seconds, st.moe_seconds, st.dispatch_seconds,
-              st.combine_seconds,
-              st.moe_seconds > 0
-                  ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
-                  : 0.0,
-              st.dispatched_slots, st.received_rows);
-        }
-        if (flags.Has("record-expert-load") && rank == 0) {
-          ExpertLoadTrace trace;
-          trace.name = absl::StrCat("herd generate ", model_path);
-          trace.num_layers = static_cast<int>(model->spec.num_layers);
-          trace.num_experts = static_cast<int>(model->spec.num_experts);
-          trace.num_snapshots = 1;
-          trace.top_k = static_cast<int>(model->spec.num_experts_per_token);
-          trace.tokens_per_snapshot = {routed_tokens};
-          trace.loads = expert_load;
-          HERD_RETURN_IF_ERROR(WriteExpertLoadTrace(trace, flags.GetString("record-expert-load")));
-        }
-        if (rank == 0) {
-          HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "
-                         << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
-          result = std::move(rank_result);
-        }
-        return absl::OkStatus();
-      });
+      device == Device::kCuda
+          ? GenerateOnCuda(flags, model_path, world_size, prompt, options, &result)
+          : RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
+              const int rank = comm != nullptr ? comm->rank() : 0;
+              if (comm != nullptr && comm->backend_name() != std::string("local"))
+                output_rank = rank == 0;
+              const absl::Time load_start = absl::Now();
+              HERD_ASSIGN_OR_RETURN(RankModel rank_model,
+                                    LoadModelForRank(model_path, comm, placement_file));
+              const std::unique_ptr<Model>& model = rank_model.model;
+              EngineOptions engine_options;
+              engine_options.num_threads = static_cast<int>(threads);
+              engine_options.expert_skipping = !flags.Has("no-expert-skip");
+              if (comm != nullptr) {
+                engine_options.expert_parallelism = {
+                    comm, &*rank_model.placement,
+                    absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+              }
+              HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
+                                    Engine::Create(*model, engine_options));
+              HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path
+                             << " in " << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
+                             << engine->num_threads() << " threads, resident expert weights "
+                             << engine->resident_expert_bytes() << " bytes";
+              // Expert load: counted where the tokens are routed, i.e. on rank 0, which
+              // owns the sequence.
+              std::vector<int64_t> expert_load(model->spec.num_layers * model->spec.num_experts, 0);
+              int64_t routed_tokens = 0;
+              if (flags.Has("record-expert-load") && rank == 0) {
+                engine->SetRoutingObserver([&](int layer, int64_t num_tokens, int64_t top_k,
+                                               const int32_t* expert_idx, const float*) {
+                  if (layer == 0) routed_tokens += num_tokens;
+                  for (int64_t i = 0; i < num_tokens * top_k; ++i) {
+                    if (expert_idx[i] < 0) continue;  // skipped
+                    ++expert_load[layer * model->spec.num_experts + expert_idx[i]];
+                  }
+                });
+              }
+              const absl::Time run_start = absl::Now();
+              HERD_ASSIGN_OR_RETURN(
+                  GenerateResult rank_result,
+                  Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
+              if (engine->expert_parallel()) {
+                const EngineStats& st = engine->stats();
+                HERD_LOG(INFO) << absl::StrFormat(
+                    "rank %d: %d forward calls, %.3f s; MoE %.3f s, of which dispatch %.3f s + "
+                    "combine "
+                    "%.3f s (%.1f%% of MoE); sent %d slots, received %d rows",
+                    rank, st.forward_calls, st.forward_seconds, st.moe_seconds, st.dispatch_seconds,
+                    st.combine_seconds,
+                    st.moe_seconds > 0
+                        ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
+                        : 0.0,
+                    st.dispatched_slots, st.received_rows);
+              }
+              if (flags.Has("record-expert-load") && rank == 0) {
+                ExpertLoadTrace trace;
+                trace.name = absl::StrCat("herd generate ", model_path);
+                trace.num_layers = static_cast<int>(model->spec.num_layers);
+                trace.num_experts = static_cast<int>(model->spec.num_experts);
+                trace.num_snapshots = 1;
+                trace.top_k = static_cast<int>(model->spec.num_experts_per_token);
+                trace.tokens_per_snapshot = {routed_tokens};
+                trace.loads = expert_load;
+                HERD_RETURN_IF_ERROR(
+                    WriteExpertLoadTrace(trace, flags.GetString("record-expert-load")));
+              }
+              if (rank == 0) {
+                HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "
+                               << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+                result = std::move(rank_result);
+              }
+              return absl::OkStatus();
+            });
   HERD_RETURN_IF_ERROR(status);
   if (!output_rank) return absl::OkStatus();
   if (options.keep_logits) {

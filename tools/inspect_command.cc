@@ -1,4 +1,6 @@
+#include <algorithm>
 #include <map>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -10,6 +12,7 @@
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tools/commands.h"
+#include "tools/device.h"
 #include "tools/flags.h"
 
 namespace herd {
@@ -25,6 +28,14 @@ const std::vector<FlagSpec> kInspectFlags = {
     {"json", false, "print one JSON object instead of text"},
     {"tensors", false, "also list every tensor"},
     {"placement", true, "expert placement file: print what each rank holds"},
+    {"device", true,
+     "cuda: print what the GPU engine would allocate (weights, step buffers, KV) and whether "
+     "it fits, without using a GPU"},
+    {"context", true,
+     "with --device cuda: KV cache positions to plan for (default: the "
+     "model's context length)"},
+    {"gpu-memory", true,
+     "with --device cuda: the GPU's memory in bytes (default: this machine's GPU, if any)"},
     {"help", false, "show this help"},
 };
 
@@ -102,12 +113,100 @@ absl::Status PrintPlacement(const Model& model, const ExpertPlacement& placement
   return absl::OkStatus();
 }
 
+// --device cuda: what CudaEngine::Create would allocate, by part, for every
+// expert or (with a placement) for each rank's share, and whether it fits.
+absl::Status PrintCudaPlan(const Model& model, const ExpertPlacement* placement, int64_t kv_tokens,
+                           int64_t gpu_memory, const std::string& gpu_name, bool json,
+                           std::ostream& out) {
+  struct Row {
+    std::string who;
+    CudaMemoryPlan plan;
+  };
+  std::vector<Row> rows;
+  if (placement == nullptr) {
+    HERD_ASSIGN_OR_RETURN(CudaMemoryPlan plan, PlanCudaMemory(model));
+    rows.push_back({"one GPU", plan});
+  } else {
+    const ModelSpec& s = model.spec;
+    if (placement->num_layers() != s.num_layers || placement->num_experts() != s.num_experts) {
+      return absl::InvalidArgumentError(absl::StrFormat(
+          "the placement has %d layers x %d experts, the model %d x %d", placement->num_layers(),
+          placement->num_experts(), s.num_layers, s.num_experts));
+    }
+    for (int r = 0; r < placement->num_ranks(); ++r) {
+      const auto holds = [&](int layer, int expert) {
+        for (int32_t e : placement->RankExperts(layer, r)) {
+          if (e == expert) return true;
+        }
+        return false;
+      };
+      HERD_ASSIGN_OR_RETURN(CudaMemoryPlan plan, PlanCudaMemory(model, holds));
+      rows.push_back({absl::StrFormat("rank %d", r), plan});
+    }
+  }
+  const auto fits = [&](const CudaMemoryPlan& p) { return p.Total(kv_tokens) <= gpu_memory; };
+  if (json) {
+    nlohmann::json j;
+    j["kv_tokens"] = kv_tokens;
+    if (gpu_memory > 0) j["gpu_memory_bytes"] = gpu_memory;
+    if (!gpu_name.empty()) j["gpu"] = gpu_name;
+    for (const Row& r : rows) {
+      const CudaMemoryPlan& p = r.plan;
+      nlohmann::json row = {{"who", r.who},
+                            {"embedding_bytes", p.embedding},
+                            {"attention_bytes", p.attention},
+                            {"router_bytes", p.router},
+                            {"expert_bytes", p.experts},
+                            {"lm_head_bytes", p.lm_head},
+                            {"norm_and_bias_bytes", p.norms_and_biases},
+                            {"step_buffer_bytes", p.step_buffers},
+                            {"kv_bytes_per_token", p.kv_bytes_per_token},
+                            {"kv_bytes", p.kv_bytes_per_token * kv_tokens},
+                            {"total_bytes", p.Total(kv_tokens)}};
+      if (gpu_memory > 0) row["fits"] = fits(p);
+      j["plan"].push_back(row);
+    }
+    out << j.dump(2) << "\n";
+    return absl::OkStatus();
+  }
+  const auto b = [](int64_t bytes) { return HumanBytes(static_cast<double>(bytes)); };
+  out << absl::StrFormat("GPU plan (--device cuda) for %s, KV cache of %d positions (F32)\n",
+                         model.source_path, kv_tokens);
+  out << "| who | embedding | attention | router | experts | lm head | step buffers | KV | "
+         "total | fits |\n";
+  out << "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|\n";
+  for (const Row& r : rows) {
+    const CudaMemoryPlan& p = r.plan;
+    out << absl::StrFormat("| %s | %s | %s | %s | %s | %s | %s | %s | %s | %s |\n", r.who,
+                           b(p.embedding), b(p.attention), b(p.router), b(p.experts), b(p.lm_head),
+                           b(p.step_buffers + p.norms_and_biases),
+                           b(p.kv_bytes_per_token * kv_tokens), b(p.Total(kv_tokens)),
+                           gpu_memory <= 0 ? "?"
+                           : fits(p)       ? "yes"
+                                           : "no");
+  }
+  if (gpu_memory > 0) {
+    const int64_t worst =
+        std::max_element(rows.begin(), rows.end(), [&](const Row& a, const Row& c) {
+          return a.plan.Total(kv_tokens) < c.plan.Total(kv_tokens);
+        })->plan.Total(kv_tokens);
+    out << absl::StrFormat(
+        "GPU memory %s%s; the largest plan leaves %s\n", b(gpu_memory),
+        gpu_name.empty() ? "" : " (" + gpu_name + ")",
+        worst <= gpu_memory ? b(gpu_memory - worst) : "nothing: short by " + b(worst - gpu_memory));
+  } else {
+    out << "no GPU here and no --gpu-memory: pass --gpu-memory BYTES to check the fit\n";
+  }
+  return absl::OkStatus();
+}
+
 }  // namespace
 
 absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostream& out) {
   HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kInspectFlags));
   if (flags.Has("help")) {
-    out << "usage: herd inspect --model PATH [--json] [--tensors] [--placement FILE]\n"
+    out << "usage: herd inspect --model PATH [--json] [--tensors] [--placement FILE] "
+           "[--device cuda [--context N] [--gpu-memory BYTES]]\n"
         << FlagsHelp(kInspectFlags);
     return absl::OkStatus();
   }
@@ -145,6 +244,29 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
   const int64_t per_expert = stored_experts > 0 ? expert_params / stored_experts : 0;
   const int64_t active =
       total.parameters - expert_params + per_expert * s.num_experts_per_token * moe_layers;
+
+  HERD_ASSIGN_OR_RETURN(const Device device, ParseDevice(flags.GetString("device", "cpu")));
+  if (device == Device::kCuda) {
+    HERD_ASSIGN_OR_RETURN(const int64_t kv_tokens, flags.GetInt("context", s.context_length));
+    HERD_ASSIGN_OR_RETURN(int64_t gpu_memory, flags.GetInt("gpu-memory", 0));
+    if (kv_tokens < 0 || gpu_memory < 0) {
+      return absl::InvalidArgumentError("--context and --gpu-memory must be >= 0");
+    }
+    std::string gpu_name;
+    if (!flags.Has("gpu-memory")) {
+      const absl::StatusOr<GpuMemory> gpu = QueryGpuMemory();
+      if (gpu.ok()) {
+        gpu_memory = gpu->total_bytes;
+        gpu_name = gpu->name;
+      }
+    }
+    std::optional<ExpertPlacement> placement;
+    if (flags.Has("placement")) {
+      HERD_ASSIGN_OR_RETURN(placement, ReadPlacementFile(flags.GetString("placement")));
+    }
+    return PrintCudaPlan(*model, placement ? &*placement : nullptr, kv_tokens, gpu_memory, gpu_name,
+                         flags.Has("json"), out);
+  }
 
   if (flags.Has("placement")) {
     HERD_ASSIGN_OR_RETURN(ExpertPlacement placement,

@@ -41,6 +41,34 @@ absl::Status EmbeddingLookup(const void* table, DType dtype, int64_t vocab, int6
 // acc[i] += x[i]; F32 [n]. InvalidArgument if n < 0.
 absl::Status AddInPlace(float* acc, const float* x, int64_t n, void* stream);
 
+// x[r * cols + c] += bias[c] for every row r < num_rows; F32. A bias of
+// -inf masks a column (the router's dropped experts). InvalidArgument for
+// negative sizes.
+absl::Status AddRowBias(float* x, const float* bias, int64_t num_rows, int64_t cols, void* stream);
+
+// out[i] = x[i] rounded to bfloat16 (nearest even); n values. InvalidArgument
+// if n < 0.
+absl::Status FloatToBf16(const float* x, int64_t n, uint16_t* out, void* stream);
+
+// Streams, asynchronous copies on a stream, and the device's free memory,
+// for the worker's engine.
+absl::Status StreamCreate(void** stream);
+absl::Status StreamDestroy(void* stream);
+absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes, void* stream);
+absl::Status CopyToHostAsync(void* dst, const void* src, size_t bytes, void* stream);
+absl::Status MemsetAsync(void* dst, int byte, size_t bytes, void* stream);
+absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes);
+// The device's name ("NVIDIA H100 80GB HBM3") and its number in this process.
+absl::Status DeviceName(std::string* name, int* ordinal);
+
+// CUDA graphs: the launches a stream receives between StreamBeginCapture and
+// StreamEndCapture become a graph (no kernel runs meanwhile); GraphLaunch
+// replays it on a stream. Handles are cudaGraphExec_t passed as void*.
+absl::Status StreamBeginCapture(void* stream);
+absl::Status StreamEndCapture(void* stream, void** graph_exec);
+absl::Status GraphLaunch(void* graph_exec, void* stream);
+absl::Status GraphDestroy(void* graph_exec);
+
 // Copies between host and device, and device allocation, for tests and the
 // worker's weight upload. Synchronous.
 absl::Status Malloc(void** ptr, size_t bytes);

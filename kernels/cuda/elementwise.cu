@@ -1,9 +1,11 @@
 // CUDA element-wise and row-wise ops; see cuda_ops.h.
+#include <cuda_bf16.h>
 #include <cuda_runtime.h>
 
 #include <climits>
 
 #include "absl/strings/str_cat.h"
+#include "core/status.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/cuda_status.h"
 
@@ -26,6 +28,19 @@ __global__ void RmsNormKernel(const float* x, const float* weight, int64_t dim, 
   }
   const float scale = rsqrtf(partial[0] / static_cast<float>(dim) + eps);
   for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) yr[i] = xr[i] * scale * weight[i];
+}
+
+__global__ void AddRowBiasKernel(float* x, const float* bias, int64_t cols, int64_t n) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) x[i] += bias[i % cols];
+}
+
+__global__ void FloatToBf16Kernel(const float* x, int64_t n, uint16_t* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i < n) {
+    const __nv_bfloat16 b = __float2bfloat16_rn(x[i]);
+    out[i] = *reinterpret_cast<const uint16_t*>(&b);
+  }
 }
 
 __global__ void SwiGluKernel(const float* gate, const float* up, int64_t n, float* out) {
@@ -165,6 +180,89 @@ absl::Status AddInPlace(float* acc, const float* x, int64_t n, void* stream) {
   const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
   AddInPlaceKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(acc, x, n);
   return FromCuda(cudaGetLastError(), "AddInPlace launch");
+}
+
+absl::Status AddRowBias(float* x, const float* bias, int64_t num_rows, int64_t cols, void* stream) {
+  if (num_rows < 0 || cols < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AddRowBias: shape ", num_rows, " x ", cols));
+  }
+  const int64_t n = num_rows * cols;
+  if (n == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  AddRowBiasKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, bias, cols, n);
+  return FromCuda(cudaGetLastError(), "AddRowBias launch");
+}
+
+absl::Status FloatToBf16(const float* x, int64_t n, uint16_t* out, void* stream) {
+  if (n < 0) return absl::InvalidArgumentError(absl::StrCat("FloatToBf16: n ", n));
+  if (n == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
+  FloatToBf16Kernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, n, out);
+  return FromCuda(cudaGetLastError(), "FloatToBf16 launch");
+}
+
+absl::Status StreamCreate(void** stream) {
+  cudaStream_t s = nullptr;
+  HERD_RETURN_IF_ERROR(
+      FromCuda(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking), "cudaStreamCreate"));
+  *stream = s;
+  return absl::OkStatus();
+}
+absl::Status StreamDestroy(void* stream) {
+  return FromCuda(cudaStreamDestroy(static_cast<cudaStream_t>(stream)), "cudaStreamDestroy");
+}
+absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes, void* stream) {
+  return FromCuda(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyHostToDevice, static_cast<cudaStream_t>(stream)),
+      "cudaMemcpyAsync H2D");
+}
+absl::Status CopyToHostAsync(void* dst, const void* src, size_t bytes, void* stream) {
+  return FromCuda(
+      cudaMemcpyAsync(dst, src, bytes, cudaMemcpyDeviceToHost, static_cast<cudaStream_t>(stream)),
+      "cudaMemcpyAsync D2H");
+}
+absl::Status MemsetAsync(void* dst, int byte, size_t bytes, void* stream) {
+  return FromCuda(cudaMemsetAsync(dst, byte, bytes, static_cast<cudaStream_t>(stream)),
+                  "cudaMemsetAsync");
+}
+absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes) {
+  return FromCuda(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
+}
+absl::Status DeviceName(std::string* name, int* ordinal) {
+  HERD_RETURN_IF_ERROR(FromCuda(cudaGetDevice(ordinal), "cudaGetDevice"));
+  cudaDeviceProp prop{};
+  HERD_RETURN_IF_ERROR(
+      FromCuda(cudaGetDeviceProperties(&prop, *ordinal), "cudaGetDeviceProperties"));
+  *name = prop.name;
+  return absl::OkStatus();
+}
+
+absl::Status StreamBeginCapture(void* stream) {
+  return FromCuda(
+      cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal),
+      "cudaStreamBeginCapture");
+}
+absl::Status StreamEndCapture(void* stream, void** graph_exec) {
+  cudaGraph_t graph = nullptr;
+  HERD_RETURN_IF_ERROR(FromCuda(cudaStreamEndCapture(static_cast<cudaStream_t>(stream), &graph),
+                                "cudaStreamEndCapture"));
+  cudaGraphExec_t exec = nullptr;
+  const cudaError_t err = cudaGraphInstantiate(&exec, graph, 0);
+  cudaGraphDestroy(graph);
+  HERD_RETURN_IF_ERROR(FromCuda(err, "cudaGraphInstantiate"));
+  *graph_exec = exec;
+  return absl::OkStatus();
+}
+absl::Status GraphLaunch(void* graph_exec, void* stream) {
+  return FromCuda(
+      cudaGraphLaunch(static_cast<cudaGraphExec_t>(graph_exec), static_cast<cudaStream_t>(stream)),
+      "cudaGraphLaunch");
+}
+absl::Status GraphDestroy(void* graph_exec) {
+  return FromCuda(cudaGraphExecDestroy(static_cast<cudaGraphExec_t>(graph_exec)),
+                  "cudaGraphExecDestroy");
 }
 
 absl::Status Malloc(void** ptr, size_t bytes) {

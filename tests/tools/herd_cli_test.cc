@@ -229,6 +229,12 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
            {"generate --model " + model + " --prompt-ids 1 --bogus 3", "unknown flag --bogus"},
            {"inspect", "--model is required"},
            {"frobnicate", "unknown command"},
+           {"generate --model " + model + " --prompt-ids 1 --device tpu",
+            "--device must be cpu or cuda"},
+           {"generate --model " + model + " --prompt-ids 1 --device cuda --local-ranks 2",
+            "--device cuda runs one rank"},
+           {"bench --model " + model + " --device cuda --local-ranks 2",
+            "--device cuda runs one rank"},
        }) {
     SCOPED_TRACE(c.args);
     const RunResult r = RunHerd(c.args);
@@ -236,6 +242,44 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
     EXPECT_EQ(r.out, "");
     EXPECT_NE(r.err.find(c.message), std::string::npos) << r.err;
   }
+}
+
+// --device cuda on whatever this machine is: with a GPU, the CPU's tokens;
+// without one (or in a build without CUDA), an error that names the flag.
+TEST(HerdCliTest, DeviceCudaRunsOnAGpuOrSaysWhyNot) {
+  const RunResult r = RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
+                              " --prompt-ids " + kIds + " --max-new-tokens 16 --device cuda");
+  if (r.exit_code == 0) {
+    EXPECT_EQ(r.out, "449,414,34,27,400,34,27,400,328,231,400,328,231,400,328,231\n");
+  } else {
+    EXPECT_EQ(r.out, "");
+    EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
+  }
+}
+
+// The GPU memory plan needs no GPU, only a build with CUDA: the tiny model's
+// parts, and a verdict against the memory given.
+TEST(HerdCliTest, InspectDeviceCudaPlansTheGpuMemory) {
+  const RunResult r = RunHerd("inspect --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
+                              " --device cuda --context 2048 --gpu-memory 1000000");
+  if (r.exit_code != 0) {
+    EXPECT_NE(r.err.find("built without CUDA"), std::string::npos) << r.err;
+    return;
+  }
+  EXPECT_NE(r.out.find("KV cache of 2048 positions"), std::string::npos) << r.out;
+  // 2 layers x 8 experts x 3 matrices of 4608 bytes; 2048 positions x 512 bytes of K and V.
+  EXPECT_NE(r.out.find("| one GPU | 128.00 KiB | 96.00 KiB | 4.00 KiB | 216.00 KiB |"),
+            std::string::npos)
+      << r.out;
+  EXPECT_NE(r.out.find("| 1.00 MiB |"), std::string::npos) << r.out;
+  EXPECT_NE(r.out.find("short by"), std::string::npos) << r.out;
+  const RunResult json = RunHerd("inspect --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
+                                 " --device cuda --context 16 --gpu-memory 85899345920 --json");
+  ASSERT_EQ(json.exit_code, 0) << json.err;
+  const nlohmann::json j = nlohmann::json::parse(json.out);
+  EXPECT_EQ(j["plan"][0]["expert_bytes"].get<int64_t>(), 2 * 8 * 3 * 4608);
+  EXPECT_EQ(j["plan"][0]["kv_bytes"].get<int64_t>(), 16 * 512);
+  EXPECT_TRUE(j["plan"][0]["fits"].get<bool>());
 }
 
 TEST(HerdCliTest, CompressWritesACheckpointThatRunsAndReportsItsBits) {

@@ -156,14 +156,9 @@ absl::StatusOr<double> TimeGraphMs(const std::function<absl::Status(int, cudaStr
   return *ms / ops;
 }
 
-struct Ceilings {
-  double bandwidth_gbs = 0.0;  // device-to-device copy, bytes read + written
-  double bf16_tflops = 0.0;    // cuBLAS 8192^3 bf16, f32 accumulation
-};
+}  // namespace
 
-absl::StatusOr<Ceilings> MeasureCeilings(cublasHandle_t blas, const KernelBenchOptions& options,
-                                         std::ostream& out) {
-  Ceilings c;
+absl::StatusOr<double> MeasureCopyBandwidth() {
   constexpr size_t kCopyBytes = size_t{2} << 30;
   HERD_ASSIGN_OR_RETURN(Buffer src, DeviceBuffer::Create(kCopyBytes));
   HERD_ASSIGN_OR_RETURN(Buffer dst, DeviceBuffer::Create(kCopyBytes));
@@ -176,7 +171,20 @@ absl::StatusOr<Ceilings> MeasureCeilings(cublasHandle_t blas, const KernelBenchO
                                               "copy");
                             },
                             3, 20));
-  c.bandwidth_gbs = 2.0 * kCopyBytes / (copy_ms * 1e-3) / 1e9;
+  return 2.0 * kCopyBytes / (copy_ms * 1e-3) / 1e9;
+}
+
+namespace {
+
+struct Ceilings {
+  double bandwidth_gbs = 0.0;  // device-to-device copy, bytes read + written
+  double bf16_tflops = 0.0;    // cuBLAS 8192^3 bf16, f32 accumulation
+};
+
+absl::StatusOr<Ceilings> MeasureCeilings(cublasHandle_t blas, const KernelBenchOptions& options,
+                                         std::ostream& out) {
+  Ceilings c;
+  HERD_ASSIGN_OR_RETURN(c.bandwidth_gbs, MeasureCopyBandwidth());
 
   constexpr int kN = 8192;
   HERD_ASSIGN_OR_RETURN(Buffer a, DeviceBuffer::Create(size_t{kN} * kN * 2));

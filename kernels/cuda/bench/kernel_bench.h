@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "absl/status/status.h"
+#include "absl/status/statusor.h"
 
 namespace herd::cuda {
 
@@ -34,6 +35,10 @@ struct KernelBenchOptions {
 
   absl::Status Validate() const;
 };
+
+// The device-to-device copy bandwidth of the current GPU: bytes read +
+// written per second over a 2 GiB copy, in GB/s (median of 20).
+absl::StatusOr<double> MeasureCopyBandwidth();
 
 // Runs every measurement and prints the tables to `out`. FailedPrecondition
 // when no CUDA device is usable.
