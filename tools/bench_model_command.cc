@@ -119,6 +119,39 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   return absl::OkStatus();
 }
 
+// The tests' rows of the table both benches print; `ceiling` names what
+// decode's weight bandwidth is a share of ("read BW", "copy BW").
+void PrintThroughputTable(const ModelBenchResult& r, const ModelBenchOptions& options,
+                          double decode_share, const char* ceiling, std::ostream& out) {
+  out << absl::StrFormat("| test   |        t/s |     ± sd | weight GB/s | %% of %s |\n", ceiling);
+  out << "|--------|-----------:|---------:|------------:|-------------:|\n";
+  if (options.prompt_tokens > 0) {
+    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f |             |              |\n",
+                           options.prompt_tokens, r.prefill_tokens_per_second.median,
+                           r.prefill_tokens_per_second.stddev);
+  }
+  if (options.gen_tokens > 0) {
+    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
+                           r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
+                           r.decode_weight_gbps, decode_share);
+  }
+}
+
+// The JSON both benches print for the tests: "prefill" and "decode".
+void AddThroughputJson(const ModelBenchResult& r, const ModelBenchOptions& options,
+                       nlohmann::json& j) {
+  j["prefill"] = {{"tokens", options.prompt_tokens},
+                  {"tokens_per_second_median", r.prefill_tokens_per_second.median},
+                  {"tokens_per_second_stddev", r.prefill_tokens_per_second.stddev},
+                  {"samples", r.prefill_tokens_per_second.samples}};
+  j["decode"] = {{"tokens", options.gen_tokens},
+                 {"tokens_per_second_median", r.decode_tokens_per_second.median},
+                 {"tokens_per_second_stddev", r.decode_tokens_per_second.stddev},
+                 {"samples", r.decode_tokens_per_second.samples},
+                 {"weight_bytes_per_token", r.decode_weight_bytes},
+                 {"weight_gbps", r.decode_weight_gbps}};
+}
+
 // One GPU: the tests as on the CPU, with decode's weight bandwidth next to
 // the GPU's device-to-device copy bandwidth measured in the same run.
 absl::Status RunCudaBench(const std::string& path, bool expert_skipping, bool json,
@@ -135,17 +168,8 @@ absl::Status RunCudaBench(const std::string& path, bool expert_skipping, bool js
     j["host"] = HostName();
     j["device"] = engine->device();
     j["gpu"] = gpu.name;
-    j["prefill"] = {{"tokens", options.prompt_tokens},
-                    {"tokens_per_second_median", r.prefill_tokens_per_second.median},
-                    {"tokens_per_second_stddev", r.prefill_tokens_per_second.stddev},
-                    {"samples", r.prefill_tokens_per_second.samples}};
-    j["decode"] = {{"tokens", options.gen_tokens},
-                   {"tokens_per_second_median", r.decode_tokens_per_second.median},
-                   {"tokens_per_second_stddev", r.decode_tokens_per_second.stddev},
-                   {"samples", r.decode_tokens_per_second.samples},
-                   {"weight_bytes_per_token", r.decode_weight_bytes},
-                   {"weight_gbps", r.decode_weight_gbps},
-                   {"percent_of_copy_bandwidth", decode_share}};
+    AddThroughputJson(r, options, j);
+    j["decode"]["percent_of_copy_bandwidth"] = decode_share;
     j["bandwidth"] = {{"copy_gbps", gpu.copy_gbps}};
     j["memory"] = {{"device_weight_bytes", gpu.weight_bytes}};
     out << j.dump(2) << "\n";
@@ -156,18 +180,7 @@ absl::Status RunCudaBench(const std::string& path, bool expert_skipping, bool js
   out << absl::StrFormat("memory    device-to-device copy %.0f GB/s (read + written, same run)\n",
                          gpu.copy_gbps);
   out << absl::StrFormat("weights   %.1f MiB on the device\n\n", gpu.weight_bytes / 1048576.0);
-  out << "| test   |        t/s |     ± sd | weight GB/s | % of copy BW |\n";
-  out << "|--------|-----------:|---------:|------------:|-------------:|\n";
-  if (options.prompt_tokens > 0) {
-    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f |             |              |\n",
-                           options.prompt_tokens, r.prefill_tokens_per_second.median,
-                           r.prefill_tokens_per_second.stddev);
-  }
-  if (options.gen_tokens > 0) {
-    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
-                           r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
-                           r.decode_weight_gbps, decode_share);
-  }
+  PrintThroughputTable(r, options, decode_share, "copy BW", out);
   return absl::OkStatus();
 }
 
@@ -250,18 +263,9 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     j["host"] = HostName();
     j["threads"] = num_threads;
     j["isa"] = cpu::DescribeCpu();
-    j["prefill"] = {{"tokens", options.prompt_tokens},
-                    {"tokens_per_second_median", r.prefill_tokens_per_second.median},
-                    {"tokens_per_second_stddev", r.prefill_tokens_per_second.stddev},
-                    {"samples", r.prefill_tokens_per_second.samples}};
-    j["decode"] = {{"tokens", options.gen_tokens},
-                   {"tokens_per_second_median", r.decode_tokens_per_second.median},
-                   {"tokens_per_second_stddev", r.decode_tokens_per_second.stddev},
-                   {"samples", r.decode_tokens_per_second.samples},
-                   {"weight_bytes_per_token", r.decode_weight_bytes},
-                   {"weight_gbps", r.decode_weight_gbps},
-                   {"skipped_expert_fraction", r.decode_skipped_fraction},
-                   {"percent_of_read_bandwidth", decode_share}};
+    AddThroughputJson(r, options, j);
+    j["decode"]["skipped_expert_fraction"] = r.decode_skipped_fraction;
+    j["decode"]["percent_of_read_bandwidth"] = decode_share;
     j["bandwidth"] = {{"read_gbps", bw.read_gbps}, {"copy_gbps", bw.copy_gbps}};
     j["memory"] = {{"resident_bytes", resident},
                    {"process_resident_bytes", process_resident},
@@ -283,18 +287,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
       resident / 1048576.0, static_cast<double>(resident) / (weight_bytes + kv_bytes),
       weight_bytes / 1048576.0, kv_bytes / 1048576.0, process_resident / 1048576.0,
       process_before_load / 1048576.0);
-  out << "| test   |        t/s |     ± sd | weight GB/s | % of read BW |\n";
-  out << "|--------|-----------:|---------:|------------:|-------------:|\n";
-  if (options.prompt_tokens > 0) {
-    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f |             |              |\n",
-                           options.prompt_tokens, r.prefill_tokens_per_second.median,
-                           r.prefill_tokens_per_second.stddev);
-  }
-  if (options.gen_tokens > 0) {
-    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
-                           r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
-                           r.decode_weight_gbps, decode_share);
-  }
+  PrintThroughputTable(r, options, decode_share, "read BW", out);
   if (r.decode_skipped_fraction > 0) {
     out << absl::StrFormat(
         "\ndynamic skipping left out %.1f%% of routed expert calls while decoding "

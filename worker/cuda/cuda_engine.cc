@@ -110,9 +110,7 @@ cuda::QuantFormat GemmFormat(DType dtype) {
 // cannot quantize itself go through F32.
 absl::Status PackForGemm(const TensorView& w, const cuda::PackedShape& shape, uint8_t* qweight,
                          uint16_t* scales) {
-  const DType dtype = w.dtype();
-  if (IsNativeQuantized(dtype) || dtype == DType::kF32 || dtype == DType::kF16 ||
-      dtype == DType::kBF16) {
+  if (IsNativeQuantized(w.dtype()) || IsFloatDType(w.dtype())) {
     return cuda::PackWeight(w, shape, qweight, scales);
   }
   const std::vector<float> values = ToF32(w);
@@ -460,8 +458,9 @@ struct CudaEngine::State {
   const int32_t* block_tables = nullptr;
   const cuda::DeviceAttentionSequence* sequences = nullptr;
 
-  // Decode graphs by (tokens, logit rows, KV storage, block table entries).
-  using GraphKey = std::tuple<int64_t, int64_t, const float*, int64_t>;
+  // Decode graphs by (tokens, logit rows, KV storage and its blocks and
+  // block size, block table entries): what the captured launches bake in.
+  using GraphKey = std::tuple<int64_t, int64_t, const float*, int64_t, int64_t, int64_t>;
   std::map<GraphKey, void*> graphs;
 };
 
@@ -780,7 +779,8 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   // the graph's pointers stay right.
   const bool decode = max_chunk_tokens == 1;
   if (decode && graphs_enabled) {
-    const GraphKey key{t, num_rows, cache.keys(0, 0), table_entries};
+    const GraphKey key{
+        t, num_rows, cache.keys(0, 0), cache.num_blocks(), block_tokens, table_entries};
     auto it = graphs.find(key);
     if (it == graphs.end()) {
       HERD_RETURN_IF_ERROR(cuda::StreamBeginCapture(stream));

@@ -95,6 +95,23 @@ std::vector<float> TeacherForced(ForwardEngine& engine, const std::vector<int32_
   return logits;
 }
 
+// The mid-size model's layer shapes (hidden 1024, 16 heads, 4 kv heads, 8
+// experts top-2, ffn 2816), seed 1.
+SynthOptions MidSizeShapes(int64_t num_layers, int64_t vocab_size, DType dtype) {
+  SynthOptions synth;
+  synth.num_layers = num_layers;
+  synth.hidden_size = 1024;
+  synth.num_heads = 16;
+  synth.num_kv_heads = 4;
+  synth.num_experts = 8;
+  synth.num_experts_per_token = 2;
+  synth.expert_ffn_size = 2816;
+  synth.vocab_size = vocab_size;
+  synth.dtype = dtype;
+  synth.seed = 1;
+  return synth;
+}
+
 class CudaEngineFixtureTest : public ::testing::TestWithParam<std::string> {
  protected:
   void SetUp() override {
@@ -222,16 +239,7 @@ class CudaEngineSynthTest : public ::testing::TestWithParam<DType> {};
 TEST_P(CudaEngineSynthTest, LogitsMatchTheCpuEngine) {
   SKIP_WITHOUT_GPU();
   testing::TempDir dir;
-  SynthOptions synth;
-  synth.num_layers = 2;
-  synth.hidden_size = 1024;
-  synth.num_heads = 16;
-  synth.num_kv_heads = 4;
-  synth.num_experts = 8;
-  synth.num_experts_per_token = 2;
-  synth.expert_ffn_size = 2816;
-  synth.vocab_size = 4096;
-  synth.dtype = GetParam();
+  SynthOptions synth = MidSizeShapes(/*num_layers=*/2, /*vocab_size=*/4096, GetParam());
   synth.outliers = true;
   synth.seed = 7;
   const std::string path = dir.Join("mid.gguf");
@@ -276,17 +284,7 @@ class CudaEngineMidSizeTest : public ::testing::TestWithParam<DType> {};
 TEST_P(CudaEngineMidSizeTest, TeacherForcedLogitsMatchTheCpuEngine) {
   SKIP_WITHOUT_GPU();
   testing::TempDir dir;
-  SynthOptions synth;
-  synth.num_layers = 8;
-  synth.hidden_size = 1024;
-  synth.num_heads = 16;
-  synth.num_kv_heads = 4;
-  synth.num_experts = 8;
-  synth.num_experts_per_token = 2;
-  synth.expert_ffn_size = 2816;
-  synth.vocab_size = 32000;
-  synth.dtype = GetParam();
-  synth.seed = 1;
+  const SynthOptions synth = MidSizeShapes(/*num_layers=*/8, /*vocab_size=*/32000, GetParam());
   const std::string path = dir.Join("mid.gguf");
   ASSERT_TRUE(SynthesizeModel(synth, path).ok());
   auto model = LoadModel(path);
