@@ -8,8 +8,9 @@
 namespace herd::comm {
 namespace {
 
-// The channel's own tag for Broadcast.
+// The channel's own tags for Broadcast and Gather.
 constexpr int kBroadcastTag = kMaxControlTag + 1;
+constexpr int kGatherTag = kMaxControlTag + 2;
 
 absl::Status CheckTag(int tag) {
   if (tag < 0 || tag > kMaxControlTag) {
@@ -55,6 +56,36 @@ absl::Status ControlChannel::Broadcast(int root_rank, std::string* payload, absl
   }
   HERD_ASSIGN_OR_RETURN(ControlMessage message, RecvImpl(root_rank, kBroadcastTag, deadline));
   *payload = std::move(message.payload);
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::vector<std::string>> ControlChannel::Gather(int root_rank,
+                                                                absl::string_view payload,
+                                                                absl::Time deadline) {
+  HERD_RETURN_IF_ERROR(CheckRank(root_rank, /*allow_any=*/false));
+  std::vector<std::string> gathered;
+  if (rank() != root_rank) {
+    HERD_RETURN_IF_ERROR(SendImpl(root_rank, kGatherTag, payload, deadline));
+    return gathered;
+  }
+  gathered.resize(world_size());
+  gathered[root_rank] = std::string(payload);
+  for (int r = 0; r < world_size(); ++r) {
+    if (r == root_rank) continue;
+    HERD_ASSIGN_OR_RETURN(ControlMessage message, RecvImpl(r, kGatherTag, deadline));
+    gathered[r] = std::move(message.payload);
+  }
+  return gathered;
+}
+
+absl::Status ControlChannel::AgreeOnVerdict(
+    absl::string_view payload,
+    const std::function<std::string(const std::vector<std::string>&)>& judge, absl::Time deadline) {
+  HERD_ASSIGN_OR_RETURN(std::vector<std::string> gathered, Gather(0, payload, deadline));
+  std::string verdict;
+  if (rank() == 0) verdict = judge(gathered);
+  HERD_RETURN_IF_ERROR(Broadcast(0, &verdict, deadline));
+  if (!verdict.empty()) return absl::FailedPreconditionError(verdict);
   return absl::OkStatus();
 }
 

@@ -15,7 +15,9 @@
 // (a coordinator thread and a worker thread of rank 0); Abort() from any.
 #pragma once
 
+#include <functional>
 #include <string>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
@@ -61,6 +63,19 @@ class ControlChannel {
   // wait only for the root. Errors as Send/Recv.
   absl::Status Broadcast(int root_rank, std::string* payload, absl::Time deadline);
 
+  // Collects every rank's `payload` on `root_rank`: there, the payloads
+  // indexed by rank; elsewhere, an empty vector. Every rank calls it. Errors
+  // as Send/Recv (the root's DeadlineExceeded names the rank it waited for).
+  absl::StatusOr<std::vector<std::string>> Gather(int root_rank, absl::string_view payload,
+                                                  absl::Time deadline);
+  // A check every rank must agree on: rank 0 gathers each rank's `payload`,
+  // `judge` (called on rank 0 only) turns them into a verdict ("" = fine),
+  // and every rank returns it, as FailedPrecondition when not empty. So a
+  // problem one rank finds stops all of them with the same message.
+  absl::Status AgreeOnVerdict(
+      absl::string_view payload,
+      const std::function<std::string(const std::vector<std::string>&)>& judge,
+      absl::Time deadline);
   // Fails the channel everywhere. local: pending and later calls of every
   // rank of the world (channels and communicators) return Aborted naming this
   // rank and `reason`. mpi: MPI_Abort, which ends every process of the job

@@ -4,6 +4,7 @@
 #include <nccl.h>
 
 #include <atomic>
+#include <cstdlib>
 #include <cstring>
 #include <string>
 
@@ -12,6 +13,7 @@
 #include "absl/synchronization/mutex.h"
 #include "absl/time/clock.h"
 #include "comm/env.h"
+#include "comm/nccl_preflight.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -343,16 +345,12 @@ absl::StatusOr<int> NcclDeviceCount() {
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(ControlChannel& control,
                                                                      int cuda_device,
                                                                      absl::Time deadline) {
-  const absl::StatusOr<int> count = NcclDeviceCount();
-  if (!count.ok() || *count == 0) {
-    return absl::FailedPreconditionError(absl::StrCat(
-        "nccl needs a CUDA device: ", count.ok() ? "none found" : count.status().message()));
+  NcclPreflightOptions preflight;
+  preflight.cuda_device = cuda_device;
+  if (const char* ifname = std::getenv("NCCL_SOCKET_IFNAME"); ifname != nullptr) {
+    preflight.socket_ifname = ifname;
   }
-  const int device = cuda_device >= 0 ? cuda_device : control.rank() % *count;
-  if (device >= *count) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("CUDA device ", device, " requested but only ", *count, " exist"));
-  }
+  HERD_ASSIGN_OR_RETURN(const int device, RunNcclPreflight(control, preflight, deadline));
   const std::string what = absl::StrCat("nccl init on rank ", control.rank());
   HERD_RETURN_IF_ERROR(CudaError(cudaSetDevice(device), what));
 

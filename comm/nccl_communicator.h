@@ -31,10 +31,12 @@ namespace herd::comm {
 absl::StatusOr<int> NcclDeviceCount();
 
 // Joins every rank of `control`'s group into one NCCL communicator on CUDA
-// device `cuda_device` (-1: control.rank() modulo the device count).
+// device `cuda_device` (-1: control.rank() modulo the device count), after
+// the pre-flight check (comm/nccl_preflight.h) passed on every rank.
 // Collective over `control`. Blocks until every rank joined or the deadline.
-// `control` is only used during the call. Errors: FailedPrecondition (no
-// device), DeadlineExceeded, Internal (CUDA or NCCL message).
+// `control` is only used during the call. Errors: FailedPrecondition (the
+// pre-flight check's message, the same on every rank), DeadlineExceeded,
+// Internal (CUDA or NCCL message).
 absl::StatusOr<std::unique_ptr<Communicator>> CreateNcclCommunicator(ControlChannel& control,
                                                                      int cuda_device,
                                                                      absl::Time deadline);

@@ -37,7 +37,8 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
   HERD_RETURN_IF_ERROR(Read(source, root, "log_level", "log_level", &config.log_level));
   if (const YAML::Node engine = root["engine"]) {
     HERD_RETURN_IF_ERROR(
-        CheckYamlKeys(source, engine, "'engine'", {"threads", "max_context_tokens"}));
+        CheckYamlKeys(source, engine, "'engine'", {"device", "threads", "max_context_tokens"}));
+    HERD_RETURN_IF_ERROR(Read(source, engine, "device", "engine.device", &config.engine.device));
     HERD_RETURN_IF_ERROR(Read(source, engine, "threads", "engine.threads", &config.engine.threads));
     HERD_RETURN_IF_ERROR(Read(source, engine, "max_context_tokens", "engine.max_context_tokens",
                               &config.engine.max_context_tokens));
@@ -92,6 +93,10 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
 }  // namespace
 
 absl::Status HerdConfig::Validate() const {
+  if (engine.device != "cpu" && engine.device != "cuda") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("engine.device must be cpu or cuda, got '", engine.device, "'"));
+  }
   if (engine.threads < 0 || engine.threads > 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("engine.threads must be in [0, 1024], got ", engine.threads));

@@ -25,6 +25,8 @@
 namespace herd {
 
 struct EngineConfig {
+  // Where the engine runs: "cpu" or "cuda" (the current GPU; docs/gpu.md).
+  std::string device = "cpu";
   // Worker threads for kernels, the calling thread included. 0 = all cores
   // this process may run on; decode at batch 1 is split across them.
   int threads = 0;

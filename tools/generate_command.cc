@@ -53,14 +53,50 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"help", false, "show this help"},
 };
 
+// --record-expert-load: the tokens routed to each expert of each layer, from
+// the engine's routing observer, written as a herd plan trace.
+class ExpertLoadRecorder {
+ public:
+  explicit ExpertLoadRecorder(const ModelSpec& spec)
+      : spec_(spec), loads_(spec.num_layers * spec.num_experts, 0) {}
+
+  RoutingObserver Observer() {
+    return [this](int layer, int64_t num_tokens, int64_t top_k, const int32_t* expert_idx,
+                  const float*) {
+      if (layer == 0) routed_tokens_ += num_tokens;
+      for (int64_t i = 0; i < num_tokens * top_k; ++i) {
+        if (expert_idx[i] < 0) continue;  // skipped
+        ++loads_[layer * spec_.num_experts + expert_idx[i]];
+      }
+    };
+  }
+
+  absl::Status Write(const std::string& model_path, const std::string& path) const {
+    ExpertLoadTrace trace;
+    trace.name = absl::StrCat("herd generate ", model_path);
+    trace.num_layers = static_cast<int>(spec_.num_layers);
+    trace.num_experts = static_cast<int>(spec_.num_experts);
+    trace.num_snapshots = 1;
+    trace.top_k = static_cast<int>(spec_.num_experts_per_token);
+    trace.tokens_per_snapshot = {routed_tokens_};
+    trace.loads = loads_;
+    return WriteExpertLoadTrace(trace, path);
+  }
+
+ private:
+  const ModelSpec spec_;
+  std::vector<int64_t> loads_;  // [layer * num_experts + expert]
+  int64_t routed_tokens_ = 0;
+};
+
 // One rank on the GPU: the model is uploaded whole, and the sequence runs there.
 absl::Status GenerateOnCuda(const ParsedFlags& flags, const std::string& model_path, int world_size,
                             const std::vector<int32_t>& prompt, const GenerateOptions& options,
                             GenerateResult* result) {
-  if (world_size > 1 || flags.Has("placement") || flags.Has("record-expert-load")) {
+  if (world_size > 1 || flags.Has("placement")) {
     return absl::UnimplementedError(
-        "--device cuda runs one rank: --local-ranks, --comm, --placement and "
-        "--record-expert-load are not supported with it yet");
+        "--device cuda runs one rank: --local-ranks, --comm and --placement are not supported "
+        "with it yet");
   }
   const absl::Time load_start = absl::Now();
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path));
@@ -68,10 +104,15 @@ absl::Status GenerateOnCuda(const ParsedFlags& flags, const std::string& model_p
                         CreateCudaEngine(*model, !flags.Has("no-expert-skip")));
   HERD_LOG(INFO) << "loaded " << model_path << " onto " << engine->device() << " in "
                  << absl::ToDoubleSeconds(absl::Now() - load_start) << " s";
+  ExpertLoadRecorder expert_load(model->spec);
+  if (flags.Has("record-expert-load")) engine->SetRoutingObserver(expert_load.Observer());
   const absl::Time run_start = absl::Now();
   HERD_ASSIGN_OR_RETURN(*result, Generate(*engine, prompt, options));
   HERD_LOG(INFO) << "generated " << result->tokens.size() << " tokens in "
                  << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+  if (flags.Has("record-expert-load")) {
+    HERD_RETURN_IF_ERROR(expert_load.Write(model_path, flags.GetString("record-expert-load")));
+  }
   return absl::OkStatus();
 }
 
@@ -177,17 +218,9 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
                              << engine->resident_expert_bytes() << " bytes";
               // Expert load: counted where the tokens are routed, i.e. on rank 0, which
               // owns the sequence.
-              std::vector<int64_t> expert_load(model->spec.num_layers * model->spec.num_experts, 0);
-              int64_t routed_tokens = 0;
+              ExpertLoadRecorder expert_load(model->spec);
               if (flags.Has("record-expert-load") && rank == 0) {
-                engine->SetRoutingObserver([&](int layer, int64_t num_tokens, int64_t top_k,
-                                               const int32_t* expert_idx, const float*) {
-                  if (layer == 0) routed_tokens += num_tokens;
-                  for (int64_t i = 0; i < num_tokens * top_k; ++i) {
-                    if (expert_idx[i] < 0) continue;  // skipped
-                    ++expert_load[layer * model->spec.num_experts + expert_idx[i]];
-                  }
-                });
+                engine->SetRoutingObserver(expert_load.Observer());
               }
               const absl::Time run_start = absl::Now();
               HERD_ASSIGN_OR_RETURN(
@@ -207,16 +240,8 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
                     st.dispatched_slots, st.received_rows);
               }
               if (flags.Has("record-expert-load") && rank == 0) {
-                ExpertLoadTrace trace;
-                trace.name = absl::StrCat("herd generate ", model_path);
-                trace.num_layers = static_cast<int>(model->spec.num_layers);
-                trace.num_experts = static_cast<int>(model->spec.num_experts);
-                trace.num_snapshots = 1;
-                trace.top_k = static_cast<int>(model->spec.num_experts_per_token);
-                trace.tokens_per_snapshot = {routed_tokens};
-                trace.loads = expert_load;
                 HERD_RETURN_IF_ERROR(
-                    WriteExpertLoadTrace(trace, flags.GetString("record-expert-load")));
+                    expert_load.Write(model_path, flags.GetString("record-expert-load")));
               }
               if (rank == 0) {
                 HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "

@@ -8,6 +8,7 @@
 #include <csignal>
 #include <filesystem>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <optional>
 
@@ -28,6 +29,7 @@
 #include "model/synth.h"
 #include "model/tokenizer/tokenizer.h"
 #include "tools/commands.h"
+#include "tools/device.h"
 #include "tools/flags.h"
 #include "worker/engine.h"
 #include "worker/rank_group.h"
@@ -45,6 +47,7 @@ const std::vector<FlagSpec> kServeFlags = {
     {"port-file", true, "write the port listened on to this file once serving"},
     {"api-key", true, "require 'Authorization: Bearer KEY' on /v1/*"},
     {"model-name", true, "model id reported by /v1/models (default: the file name)"},
+    {"device", true, "cpu (default) or cuda: the whole model on this machine's GPU, one rank"},
     {"threads", true, "kernel threads per rank; 0 = all cores (split among local ranks)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
     {"comm", true,
@@ -112,6 +115,7 @@ int64_t PhysicalMemoryBytes() {
 struct ServeSettings {
   std::string model_path;
   ServeConfig serve;
+  Device device = Device::kCpu;
   int threads = 0;
   bool expert_skipping = true;     // the checkpoint's dynamic skip thresholds
   int64_t max_context_tokens = 0;  // 0 = the model's
@@ -184,24 +188,65 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
         "--rebalance moves experts between ranks: run several (mpirun -np N, --local-ranks N or "
         "--comm ucx, N >= 2)");
   }
+  HERD_ASSIGN_OR_RETURN(s.device, ParseDevice(flags.GetString("device", config.engine.device)));
+  if (s.device == Device::kCuda && (PlannedWorldSize(s.group) > 1 || s.placement)) {
+    return absl::UnimplementedError(
+        "--device cuda serves from one GPU in one rank; expert parallelism on GPUs (mpirun, "
+        "--local-ranks, --comm, --placement) is not implemented yet");
+  }
   if (s.threads == 0 && s.group.local_ranks > 1) {
     s.threads = std::max(1, ThreadPool::DefaultNumThreads() / s.group.local_ranks);
   }
   return s;
 }
 
+// Headroom --device cuda leaves on the GPU beyond the step buffers of the
+// memory plan (cuBLAS, CUDA graphs, the attention workspace).
+constexpr int64_t kGpuHeadroomBytes = int64_t{512} << 20;
+
+// The most KV cache bytes a rank takes by default: a quarter of this
+// machine's memory split among the local ranks, or on a GPU what is free once
+// the weights are loaded, less the step buffers and kGpuHeadroomBytes.
+absl::StatusOr<int64_t> DefaultKvCapBytes(const ServeSettings& s, const Model& model) {
+  if (s.device == Device::kCpu) {
+    const int64_t share = PhysicalMemoryBytes() / 4 / s.group.local_ranks;
+    return share > 0 ? share : std::numeric_limits<int64_t>::max();  // 0: not known
+  }
+  HERD_ASSIGN_OR_RETURN(const GpuMemory gpu, QueryGpuMemory());
+  HERD_ASSIGN_OR_RETURN(const CudaMemoryPlan plan, PlanCudaMemory(model));
+  return std::max<int64_t>(0, gpu.free_bytes - plan.step_buffers - kGpuHeadroomBytes);
+}
+
 // KV blocks per rank: --kv-cache-bytes, or room for max_running sequences of
-// the whole context, capped at a quarter of this machine's memory split among
-// the local ranks.
-int64_t KvBlocks(const ServeSettings& s, const ModelSpec& spec, int64_t max_context_tokens) {
+// the whole context, capped by DefaultKvCapBytes.
+absl::StatusOr<int64_t> KvBlocks(const ServeSettings& s, const Model& model,
+                                 int64_t max_context_tokens) {
+  const ModelSpec& spec = model.spec;
   int64_t bytes = s.serve.kv_cache_bytes;
   if (bytes == 0) {
     const int64_t bytes_per_token = KvCache::BytesPerBlock(spec, 1);
     bytes = bytes_per_token * max_context_tokens * s.serve.max_running;
-    const int64_t cap = PhysicalMemoryBytes() / 4 / s.group.local_ranks;
-    if (cap > 0) bytes = std::min(bytes, cap);
+    HERD_ASSIGN_OR_RETURN(const int64_t cap, DefaultKvCapBytes(s, model));
+    bytes = std::min(bytes, cap);
   }
   return StepRunner::KvBlocksForBytes(spec, bytes, s.serve.kv_block_tokens);
+}
+
+// The rank's engine: on the GPU (one rank), or on the CPU as one rank of
+// `comm`'s group (null: a single rank).
+absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateServeEngine(const ServeSettings& s,
+                                                                 const RankModel& rank_model,
+                                                                 comm::Communicator* comm) {
+  if (s.device == Device::kCuda) return CreateCudaEngine(*rank_model.model, s.expert_skipping);
+  EngineOptions options;
+  options.num_threads = s.threads;
+  options.expert_skipping = s.expert_skipping;
+  if (comm != nullptr) {
+    options.expert_parallelism = {comm, &*rank_model.placement,
+                                  absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+  }
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*rank_model.model, options));
+  return std::unique_ptr<ForwardEngine>(std::move(engine));
 }
 
 // Rank 0: the executor and the HTTP server, until SIGTERM/SIGINT (drain) or
@@ -332,15 +377,8 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
         HERD_ASSIGN_OR_RETURN(RankModel rank_model,
                               LoadModelForRank(settings.model_path, comm, settings.placement));
         const Model& model = *rank_model.model;
-        EngineOptions engine_options;
-        engine_options.num_threads = settings.threads;
-        engine_options.expert_skipping = settings.expert_skipping;
-        if (comm != nullptr) {
-          engine_options.expert_parallelism = {comm, &*rank_model.placement,
-                                               absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
-        }
-        HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                              Engine::Create(model, engine_options));
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<ForwardEngine> engine,
+                              CreateServeEngine(settings, rank_model, comm));
         const int64_t max_context_tokens = settings.max_context_tokens > 0
                                                ? settings.max_context_tokens
                                                : std::max<int64_t>(model.spec.context_length, 1);
@@ -349,22 +387,24 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
         runner_options.count_expert_tokens = settings.serve.detailed_expert_metrics ||
                                              !settings.record_expert_load.empty() ||
                                              settings.serve.rebalance.enabled;
-        runner_options.num_kv_blocks = KvBlocks(settings, model.spec, max_context_tokens);
+        HERD_ASSIGN_OR_RETURN(runner_options.num_kv_blocks,
+                              KvBlocks(settings, model, max_context_tokens));
         if (runner_options.num_kv_blocks < 1) {
           return absl::InvalidArgumentError(
-              absl::StrCat("--kv-cache-bytes ", settings.serve.kv_cache_bytes,
+              absl::StrCat(settings.serve.kv_cache_bytes > 0
+                               ? absl::StrCat("--kv-cache-bytes ", settings.serve.kv_cache_bytes)
+                               : std::string("the memory left for the KV cache"),
                            " holds no block of ", settings.serve.kv_block_tokens, " tokens"));
         }
         HERD_ASSIGN_OR_RETURN(std::unique_ptr<StepRunner> runner,
                               StepRunner::Create(engine.get(), runner_options));
         const int rank = control != nullptr ? control->rank() : 0;
-        HERD_LOG(INFO) << "rank " << rank << ": " << engine->num_threads() << " threads, "
+        HERD_LOG(INFO) << "rank " << rank << ": " << engine->Describe() << ", "
                        << runner_options.num_kv_blocks << " KV blocks ("
                        << HumanBytes(
                               runner_options.num_kv_blocks *
                               KvCache::BytesPerBlock(model.spec, runner_options.kv_block_tokens))
-                       << "), resident expert weights "
-                       << HumanBytes(engine->resident_expert_bytes());
+                       << ")";
         if (rank != 0) return RunWorkerLoop(*runner, *control);
         return ServeOnCoordinator(settings, model, *runner, control,
                                   rank_model.placement ? &*rank_model.placement : nullptr,

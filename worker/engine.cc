@@ -7,6 +7,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "core/human_format.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
 #include "kernels/attention.h"
@@ -67,6 +68,11 @@ void Engine::ReleaseRepackedSources() {
 }
 
 int64_t Engine::resident_expert_bytes() const { return experts_->num_bytes(); }
+
+std::string Engine::Describe() const {
+  return absl::StrCat("cpu, ", num_threads(), " threads, resident expert weights ",
+                      HumanBytes(static_cast<double>(resident_expert_bytes())));
+}
 
 int64_t Engine::packed_weight_bytes() const {
   int64_t bytes = packed_lm_head_.num_bytes() + model_.token_embedding.num_bytes();

@@ -66,12 +66,6 @@ struct EngineOptions {
   bool expert_skipping = true;
 };
 
-// Called once per layer with the router's choice for every token of the batch:
-// expert_idx I32 [num_tokens, top_k] and weights F32 [num_tokens, top_k].
-// Slots that dynamic skipping dropped have expert -1 and weight 0.
-using RoutingObserver = std::function<void(int layer_idx, int64_t num_tokens, int64_t top_k,
-                                           const int32_t* expert_idx, const float* weights)>;
-
 // Which input of a layer's linear projections a LinearInputObserver sees.
 enum class LinearInput {
   kAttention,        // F32 [tokens, hidden], normed: what q, k and v read
@@ -96,7 +90,7 @@ enum class ResidualPoint {
 using ResidualObserver = std::function<void(int layer_idx, ResidualPoint point, const float* x,
                                             int64_t num_tokens, int64_t hidden)>;
 
-class Engine final : public ForwardEngine {
+class Engine final : public ForwardEngine, public ExpertPlacementSwitch {
  public:
   // Single rank: the model must hold every expert. Expert parallelism: it
   // must hold every expert the placement gives this rank (others may be
@@ -129,15 +123,19 @@ class Engine final : public ForwardEngine {
   bool expert_parallel() const override { return ep_.comm != nullptr; }
   const EngineStats& stats() const override { return stats_; }
   std::string device() const override { return "cpu"; }
-  int rank() const { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
+  int rank() const override { return ep_.comm != nullptr ? ep_.comm->rank() : 0; }
+  // This engine itself with expert parallelism, else null.
+  ExpertPlacementSwitch* placement_switch() override { return expert_parallel() ? this : nullptr; }
+  // "cpu, N threads, resident expert weights B".
+  std::string Describe() const override;
   // Bytes of expert weights this rank holds (as the kernels read them).
   int64_t resident_expert_bytes() const;
 
   // Expert parallelism: the placement in force and the experts this rank
   // holds for it. Valid until the next SwapPlacement; a caller that keeps a
   // shared_ptr keeps what it points to alive.
-  const ExpertPlacement& placement() const { return *placement_; }
-  std::shared_ptr<const ExpertTable> experts() const { return experts_; }
+  const ExpertPlacement& placement() const override { return *placement_; }
+  std::shared_ptr<const ExpertTable> experts() const override { return experts_; }
 
   // Expert parallelism: runs the following Forward calls with `placement`
   // (dispatch routes by it) and `experts` (built for it, off this thread, by
@@ -149,10 +147,10 @@ class Engine final : public ForwardEngine {
   // changed) without expert parallelism, for a placement of another shape, or
   // when `experts` lacks an expert the placement gives this rank.
   absl::Status SwapPlacement(std::shared_ptr<const ExpertPlacement> placement,
-                             std::shared_ptr<const ExpertTable> experts);
+                             std::shared_ptr<const ExpertTable> experts) override;
   const ModelSpec& spec() const override { return model_.spec; }
   // The checkpoint the model was loaded from (rebalancing reads experts from it).
-  const std::string& model_path() const { return model_.source_path; }
+  const std::string& model_path() const override { return model_.source_path; }
   int num_threads() const { return pool_.num_threads(); }
   // Bytes of weights as the kernels read them (repacked copies included).
   int64_t packed_weight_bytes() const;

@@ -45,20 +45,22 @@ absl::Status ValidateChunk(const PlannedChunk& c) {
 
 }  // namespace
 
-StepRunner::StepRunner(Engine* engine, const StepRunnerOptions& options,
+StepRunner::StepRunner(ForwardEngine* engine, const StepRunnerOptions& options,
                        std::unique_ptr<KvCache> cache)
-    : engine_(engine), options_(options), cache_(std::move(cache)) {}
+    : engine_(engine),
+      placement_switch_(engine->placement_switch()),
+      options_(options),
+      cache_(std::move(cache)) {}
 
 StepRunner::~StepRunner() {
   if (options_.count_expert_tokens) engine_->SetRoutingObserver(nullptr);
 }
 
-absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(Engine* engine,
+absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(ForwardEngine* engine,
                                                                const StepRunnerOptions& options) {
   if (engine == nullptr) return absl::InvalidArgumentError("a step runner needs an engine");
-  HERD_ASSIGN_OR_RETURN(
-      std::unique_ptr<KvCache> cache,
-      KvCache::Create(engine->spec(), options.num_kv_blocks, options.kv_block_tokens));
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
+                        engine->CreateKvCache(options.num_kv_blocks, options.kv_block_tokens));
   std::unique_ptr<StepRunner> runner(new StepRunner(engine, options, std::move(cache)));
   if (options.count_expert_tokens) {
     const ModelSpec& s = engine->spec();
@@ -104,15 +106,19 @@ absl::Status StepRunner::BuildBatch(const RankStepPlan& plan, Batch& batch,
   return engine_->ValidateBatch(batch);
 }
 
+int StepRunner::rank() const {
+  return placement_switch_ != nullptr ? placement_switch_->rank() : 0;
+}
+
 absl::Status StepRunner::StartStaging(const RankStepPlan& plan) {
-  if (!engine_->expert_parallel()) {
+  if (placement_switch_ == nullptr) {
     return absl::InvalidArgumentError("a single rank has no placement to rebalance");
   }
   HERD_ASSIGN_OR_RETURN(
       ExpertPlacement placement,
       ParsePlacement(plan.stage_placement, absl::StrCat("staged placement ", plan.stage_version)));
   const ModelSpec& s = engine_->spec();
-  const ExpertPlacement& current = engine_->placement();
+  const ExpertPlacement& current = placement_switch_->placement();
   if (placement.num_layers() != s.num_layers || placement.num_experts() != s.num_experts ||
       placement.num_ranks() != current.num_ranks()) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -121,7 +127,8 @@ absl::Status StepRunner::StartStaging(const RankStepPlan& plan) {
         s.num_layers, " x ", s.num_experts, " on ", current.num_ranks()));
   }
   stager_.Start(plan.stage_version, std::make_shared<const ExpertPlacement>(std::move(placement)),
-                engine_->experts(), engine_->rank(), engine_->model_path());
+                placement_switch_->experts(), placement_switch_->rank(),
+                placement_switch_->model_path());
   return absl::OkStatus();
 }
 
@@ -129,12 +136,12 @@ absl::Status StepRunner::SwitchPlacement(uint64_t version, RankStepResult& resul
   absl::Duration waited;
   absl::StatusOr<StagedPlacement> staged = stager_.Take(version, &waited);
   result.load_wait_seconds = absl::ToDoubleSeconds(waited);
-  if (!staged.ok()) {
-    return absl::InternalError(absl::StrCat("rank ", engine_->rank(),
-                                            " cannot switch to placement version ", version, ": ",
-                                            staged.status().message()));
+  if (!staged.ok() || placement_switch_ == nullptr) {
+    return absl::InternalError(
+        absl::StrCat("rank ", rank(), " cannot switch to placement version ", version, ": ",
+                     staged.ok() ? "a single rank has no placement" : staged.status().message()));
   }
-  HERD_RETURN_IF_ERROR(engine_->SwapPlacement(staged->placement, staged->experts));
+  HERD_RETURN_IF_ERROR(placement_switch_->SwapPlacement(staged->placement, staged->experts));
   placement_version_ = version;
   return absl::OkStatus();
 }
@@ -143,7 +150,7 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
   const ModelSpec& s = engine_->spec();
   RankStepResult result;
   result.step_idx = plan.step_idx;
-  result.rank = engine_->rank();
+  result.rank = rank();
   if (plan.stage_version > 0) {
     if (absl::Status staging = StartStaging(plan); !staging.ok()) {
       result.stage_error = std::string(staging.message());

@@ -6,7 +6,7 @@
 // same tokens on any rank, with any blocks, in any batch, and after being
 // preempted and re-planned.
 //
-// Thread-safety: one thread drives a StepRunner (it drives the Engine).
+// Thread-safety: one thread drives a StepRunner (it drives the engine).
 #pragma once
 
 #include <cstdint>
@@ -18,8 +18,8 @@
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
 #include "comm/control_channel.h"
-#include "worker/engine.h"
 #include "worker/expert_stager.h"
+#include "worker/forward_engine.h"
 #include "worker/kv_cache.h"
 #include "worker/step_plan.h"
 
@@ -31,7 +31,7 @@ struct StepRunnerOptions {
   int64_t num_kv_blocks = 0;
   int64_t kv_block_tokens = kDefaultKvBlockTokens;
   // Fill RankStepResult::expert_tokens. The runner then owns the engine's
-  // routing observer (Engine::SetRoutingObserver) for its lifetime.
+  // routing observer (ForwardEngine::SetRoutingObserver) for its lifetime.
   bool count_expert_tokens = false;
   // Deadline of handing a result to the control channel in RunWorkerLoop: a
   // coordinator that stops taking results becomes an error, not a hang.
@@ -40,10 +40,10 @@ struct StepRunnerOptions {
 
 class StepRunner {
  public:
-  // `engine` is borrowed and must outlive the runner. InvalidArgument for a
-  // null engine or non-positive sizes, ResourceExhausted if the cache cannot
-  // be allocated.
-  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(Engine* engine,
+  // `engine` (CPU or GPU) is borrowed and must outlive the runner; the cache
+  // comes from engine->CreateKvCache. InvalidArgument for a null engine or
+  // non-positive sizes, ResourceExhausted if the cache cannot be allocated.
+  static absl::StatusOr<std::unique_ptr<StepRunner>> Create(ForwardEngine* engine,
                                                             const StepRunnerOptions& options);
   ~StepRunner();
   StepRunner(const StepRunner&) = delete;
@@ -81,12 +81,13 @@ class StepRunner {
   // The placement version in force (1 until the first switch).
   uint64_t placement_version() const { return placement_version_; }
 
-  Engine& engine() { return *engine_; }
+  ForwardEngine& engine() { return *engine_; }
   const StepRunnerOptions& options() const { return options_; }
   const KvCache& cache() const { return *cache_; }
 
  private:
-  StepRunner(Engine* engine, const StepRunnerOptions& options, std::unique_ptr<KvCache> cache);
+  StepRunner(ForwardEngine* engine, const StepRunnerOptions& options,
+             std::unique_ptr<KvCache> cache);
   // The plan's chunks as one batch (borrowing the plan's block tables), and
   // the chunks to sample, in order; an error when the plan cannot run.
   absl::Status BuildBatch(const RankStepPlan& plan, Batch& batch,
@@ -96,7 +97,11 @@ class StepRunner {
   // Swaps in the placement staged as `version`; its wait goes into `result`.
   absl::Status SwitchPlacement(uint64_t version, RankStepResult& result);
 
-  Engine* engine_;
+  // This rank in the expert-parallel group (0 for a single rank).
+  int rank() const;
+
+  ForwardEngine* engine_;
+  ExpertPlacementSwitch* const placement_switch_;  // engine_'s, or null
   StepRunnerOptions options_;
   std::unique_ptr<KvCache> cache_;
   uint64_t placement_version_ = 1;

@@ -1,7 +1,6 @@
 #include "comm/ucx/tcp_bootstrap.h"
 
 #include <arpa/inet.h>
-#include <fcntl.h>
 #include <netdb.h>
 #include <netinet/in.h>
 #include <netinet/tcp.h>
@@ -19,6 +18,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "absl/time/clock.h"
+#include "comm/socket.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -28,43 +28,6 @@ constexpr uint32_t kMagic = 0x31445248;  // "HRD1" in little-endian memory
 // A blob is a UCP worker address (hundreds of bytes); anything far larger is
 // not one of ours.
 constexpr uint32_t kMaxBlobBytes = 1 << 20;
-
-std::string Errno(const char* call) { return absl::StrCat(call, ": ", std::strerror(errno)); }
-
-// Owns a socket descriptor.
-class Socket {
- public:
-  Socket() = default;
-  explicit Socket(int fd) : fd_(fd) {}
-  Socket(Socket&& other) noexcept : fd_(std::exchange(other.fd_, -1)) {}
-  Socket& operator=(Socket&& other) noexcept {
-    std::swap(fd_, other.fd_);
-    return *this;
-  }
-  ~Socket() {
-    if (fd_ >= 0) close(fd_);
-  }
-  int fd() const { return fd_; }
-
- private:
-  int fd_ = -1;
-};
-
-int MillisUntil(absl::Time deadline) {
-  const int64_t ms = absl::ToInt64Milliseconds(deadline - absl::Now());
-  return static_cast<int>(std::clamp<int64_t>(ms, 0, 1000));
-}
-
-// Waits for `events` on a non-blocking socket; false once the deadline passed.
-bool WaitFor(int fd, short events, absl::Time deadline) {
-  while (absl::Now() < deadline) {
-    pollfd p{fd, events, 0};
-    const int rc = poll(&p, 1, MillisUntil(deadline));
-    if (rc > 0) return true;
-    if (rc < 0 && errno != EINTR) return true;  // let the read/write report it
-  }
-  return false;
-}
 
 absl::Status WriteAll(int fd, const void* data, size_t bytes, absl::Time deadline,
                       const std::string& what) {
@@ -152,8 +115,6 @@ absl::StatusOr<Hello> ReadHello(int fd, absl::Time deadline) {
   hello.world_size = static_cast<int>(std::min<uint32_t>(world_size, 1u << 30));
   return hello;
 }
-
-void SetNonBlocking(int fd) { fcntl(fd, F_SETFL, fcntl(fd, F_GETFL) | O_NONBLOCK); }
 
 // Rank 0's listening socket on every interface (IPv6 with IPv4 mapped, or
 // IPv4 where the host has no IPv6).

@@ -14,15 +14,18 @@ TEST(ConfigTest, EmptyTextGivesDefaults) {
   auto config = ParseConfig("", "empty.yaml");
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->engine.threads, 0);
+  EXPECT_EQ(config->engine.device, "cpu");
   EXPECT_EQ(config->log_level, "info");
 }
 
 TEST(ConfigTest, ReadsEveryField) {
   auto config = ParseConfig(
-      "model: /m.gguf\nengine:\n  threads: 2\n  max_context_tokens: 4096\nlog_level: debug\n",
+      "model: /m.gguf\nengine:\n  device: cuda\n  threads: 2\n  max_context_tokens: 4096\n"
+      "log_level: debug\n",
       "x.yaml");
   ASSERT_TRUE(config.ok()) << config.status();
   EXPECT_EQ(config->model, "/m.gguf");
+  EXPECT_EQ(config->engine.device, "cuda");
   EXPECT_EQ(config->engine.threads, 2);
   EXPECT_EQ(config->engine.max_context_tokens, 4096);
   EXPECT_EQ(config->log_level, "debug");
@@ -39,6 +42,7 @@ TEST(ConfigTest, BadInputNamesFileLineAndKey) {
            {"engine:\n  threads: two\n", "'engine.threads' has the wrong type"},
            {"engine: [1, 2]\n", "'engine' must be a mapping"},
            {"engine:\n  threads: -1\n", "engine.threads must be in [0, 1024]"},
+           {"engine:\n  device: tpu\n", "engine.device must be cpu or cuda, got 'tpu'"},
            {"log_level: loud\n", "log_level must be"},
            {"model: [unclosed\n", "invalid YAML"},
        }) {

@@ -185,8 +185,23 @@ TEST(HerdCliTest, InspectPrintsThePerRankSplitOfAPlacement) {
   EXPECT_EQ(j["ranks"][1]["experts_per_layer"][0], nlohmann::json({6, 7, 0, 1, 2}));
 }
 
-// The routing llama.cpp recorded for the fixture (32 positions, top-2) is
-// what --record-expert-load must count, expert by expert.
+// The expert loads llama.cpp's routing of the fixture (32 positions, top-2)
+// gives, [layer][expert].
+std::vector<std::vector<int64_t>> FixtureExpertLoads() {
+  const auto manifest =
+      nlohmann::json::parse(testing::ReadFileText(TestDataPath("llamacpp-tiny/manifest.json")));
+  const auto& routing = manifest["models"]["tiny-f32"]["routing"]["experts"];
+  std::vector<std::vector<int64_t>> loads(2, std::vector<int64_t>(8, 0));
+  for (int layer = 0; layer < 2; ++layer) {
+    for (const auto& position : routing[layer]) {
+      for (const auto& e : position) ++loads[layer][e.get<int>()];
+    }
+  }
+  return loads;
+}
+
+// The routing llama.cpp recorded for the fixture is what
+// --record-expert-load must count, expert by expert.
 TEST(HerdCliTest, RecordExpertLoadWritesATraceHerdPlanReads) {
   TempDir tmp;
   const std::string trace_path = tmp.Join("load.json");
@@ -195,16 +210,11 @@ TEST(HerdCliTest, RecordExpertLoadWritesATraceHerdPlanReads) {
                               tmp.Join("l.f32") + " --record-expert-load " + trace_path);
   ASSERT_EQ(r.exit_code, 0) << r.err;
   const auto trace = nlohmann::json::parse(testing::ReadFileText(trace_path));
-  const auto manifest =
-      nlohmann::json::parse(testing::ReadFileText(TestDataPath("llamacpp-tiny/manifest.json")));
-  const auto& routing = manifest["models"]["tiny-f32"]["routing"]["experts"];
+  const std::vector<std::vector<int64_t>> expected = FixtureExpertLoads();
   EXPECT_EQ(trace["format"], "moe-expert-load-trace/v1");
   for (int layer = 0; layer < 2; ++layer) {
-    std::vector<int64_t> expected(8, 0);
-    for (const auto& position : routing[layer]) {
-      for (const auto& e : position) ++expected[e.get<int>()];
-    }
-    EXPECT_EQ(trace["loads"][0][layer].get<std::vector<int64_t>>(), expected) << "layer " << layer;
+    EXPECT_EQ(trace["loads"][0][layer].get<std::vector<int64_t>>(), expected[layer])
+        << "layer " << layer;
   }
   // herd plan takes it as it is.
   const RunResult plan = RunHerd("plan --trace " + trace_path +
@@ -235,6 +245,10 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
             "--device cuda runs one rank"},
            {"bench --model " + model + " --device cuda --local-ranks 2",
             "--device cuda runs one rank"},
+           {"serve --model " + model + " --device tpu", "--device must be cpu or cuda, got 'tpu'"},
+           {"serve --model " + model + " --device cuda --local-ranks 2",
+            "expert parallelism on GPUs (mpirun, --local-ranks, --comm, --placement) is not "
+            "implemented yet"},
        }) {
     SCOPED_TRACE(c.args);
     const RunResult r = RunHerd(c.args);
@@ -244,13 +258,26 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
   }
 }
 
-// --device cuda on whatever this machine is: with a GPU, the CPU's tokens;
-// without one (or in a build without CUDA), an error that names the flag.
+// --device cuda on whatever this machine is: with a GPU, the CPU's tokens
+// and llama.cpp's expert loads; without one (or in a build without CUDA), an
+// error that names the flag.
 TEST(HerdCliTest, DeviceCudaRunsOnAGpuOrSaysWhyNot) {
-  const RunResult r = RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
-                              " --prompt-ids " + kIds + " --max-new-tokens 16 --device cuda");
+  TempDir tmp;
+  const std::string trace_path = tmp.Join("load.json");
+  const RunResult r =
+      RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") + " --prompt-ids " +
+              kIds + " --max-new-tokens 16 --device cuda --record-expert-load " + trace_path);
   if (r.exit_code == 0) {
-    EXPECT_EQ(r.out, "449,414,34,27,400,34,27,400,328,231,400,328,231,400,328,231\n");
+    const RunResult cpu =
+        RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
+                " --prompt-ids " + kIds + " --max-new-tokens 16");
+    EXPECT_EQ(r.out, cpu.out);
+    const auto trace = nlohmann::json::parse(testing::ReadFileText(trace_path));
+    const std::vector<std::vector<int64_t>> expected = FixtureExpertLoads();
+    for (int layer = 0; layer < 2; ++layer) {
+      EXPECT_EQ(trace["loads"][0][layer].get<std::vector<int64_t>>(), expected[layer])
+          << "layer " << layer;
+    }
   } else {
     EXPECT_EQ(r.out, "");
     EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;

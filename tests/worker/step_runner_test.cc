@@ -22,6 +22,7 @@
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/test_support.h"
+#include "worker/engine.h"
 #include "worker/generator.h"
 #include "worker/rank_model.h"
 

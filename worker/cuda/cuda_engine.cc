@@ -12,6 +12,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/dtype.h"
+#include "core/human_format.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
 #include "kernels/cuda/attention.h"
@@ -295,12 +296,15 @@ std::array<size_t, kNumStepBuffers> StepBufferBytes(const ModelSpec& s, int64_t 
   const int64_t kv_dim = s.num_kv_heads * s.head_dim;
   const int64_t hidden = s.hidden_size;
   const int64_t ffn = s.expert_ffn_size;
+  const int64_t routing = slots * s.num_layers;
   const auto b = [](int64_t n) { return static_cast<size_t>(n) * 4; };  // F32 and I32
-  return {
-      b(t * hidden),  b(t * hidden),     b(t * q_dim),         b(t * kv_dim),      b(t * kv_dim),
-      b(t * q_dim),   b(t * hidden),     b(t * s.num_experts), b(slots),           b(slots),
-      b(slots),       b(slots),          b(s.num_experts + 1), b(slots * hidden),  b(slots * ffn),
-      b(slots * ffn), b(slots * hidden), b(t * hidden),        b(t * s.vocab_size)};
+  return {// Every layer keeps its routing (expert ids and weights), so a routing
+          // observer gets all of a step's in one copy after it.
+          b(t * hidden),        b(t * hidden),     b(t * q_dim),       b(t * kv_dim),
+          b(t * kv_dim),        b(t * q_dim),      b(t * hidden),      b(t * s.num_experts),
+          b(routing),           b(routing),        b(slots),           b(slots),
+          b(s.num_experts + 1), b(slots * hidden), b(slots * ffn),     b(slots * ffn),
+          b(slots * hidden),    b(t * hidden),     b(t * s.vocab_size)};
 }
 
 // The GEMM and routing workspace a step of `t` tokens needs (one buffer
@@ -441,6 +445,10 @@ struct CudaEngine::State {
   DeviceBuffer expert_idx, expert_weights, row_to_slot, slot_to_row, expert_offsets;
   DeviceBuffer expert_in, gate_out, up_out, expert_out, logits_h, logits_out;
   DeviceBuffer workspace, attention_workspace;
+
+  RoutingObserver routing_observer;
+  std::vector<int32_t> host_expert_idx;  // the step's routing, for routing_observer
+  std::vector<float> host_expert_weights;
 
   // Whether decode steps may be captured (no float experts).
   bool graphs_enabled = false;
@@ -678,19 +686,21 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
         cuda::RmsNorm(xs, d.ffn_norm.as<float>(), t, hidden, s.rms_norm_eps, hs, stream));
     HERD_RETURN_IF_ERROR(
         Linear(d.router, d.router_mask, hs, t, token_offsets, router_logits.as<float>()));
-    HERD_RETURN_IF_ERROR(cuda::RouterTopK(
-        router_logits.as<float>(), t, s.num_experts, top_k, s.router_scoring, s.norm_topk_prob,
-        expert_idx.as<int32_t>(), expert_weights.as<float>(), stream));
-    HERD_RETURN_IF_ERROR(cuda::PermuteByExpert(
-        expert_idx.as<int32_t>(), slots, s.num_experts, row_to_slot.as<int32_t>(),
-        expert_offsets.as<int32_t>(), slot_to_row.as<int32_t>(), workspace.get(), workspace.bytes(),
-        stream));
+    int32_t* layer_expert_idx = expert_idx.as<int32_t>() + l * slots;
+    float* layer_expert_weights = expert_weights.as<float>() + l * slots;
+    HERD_RETURN_IF_ERROR(cuda::RouterTopK(router_logits.as<float>(), t, s.num_experts, top_k,
+                                          s.router_scoring, s.norm_topk_prob, layer_expert_idx,
+                                          layer_expert_weights, stream));
+    HERD_RETURN_IF_ERROR(
+        cuda::PermuteByExpert(layer_expert_idx, slots, s.num_experts, row_to_slot.as<int32_t>(),
+                              expert_offsets.as<int32_t>(), slot_to_row.as<int32_t>(),
+                              workspace.get(), workspace.bytes(), stream));
     HERD_RETURN_IF_ERROR(cuda::GatherRows(hs, row_to_slot.as<int32_t>(), slots, top_k, hidden,
                                           expert_in.as<float>(), stream));
     HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, slots) : DenseExperts(d, slots));
     HERD_RETURN_IF_ERROR(cuda::MemsetAsync(proj.get(), 0, t * hidden * sizeof(float), stream));
     HERD_RETURN_IF_ERROR(cuda::CombineWeighted(expert_out.as<float>(), slot_to_row.as<int32_t>(),
-                                               expert_weights.as<float>(), t, top_k, hidden,
+                                               layer_expert_weights, t, top_k, hidden,
                                                proj.as<float>(), stream));
     HERD_RETURN_IF_ERROR(cuda::AddInPlace(xs, proj.as<float>(), t * hidden, stream));
   }
@@ -799,11 +809,26 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
     HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(logits, logits_out.get(),
                                                num_rows * s.vocab_size * sizeof(float), stream));
   }
+  const int64_t top_k = s.num_experts_per_token;
+  const int64_t slots = t * top_k;
+  if (routing_observer) {
+    const size_t routing_values = static_cast<size_t>(slots * s.num_layers);
+    host_expert_idx.resize(routing_values);
+    host_expert_weights.resize(routing_values);
+    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_expert_idx.data(), expert_idx.get(),
+                                               routing_values * sizeof(int32_t), stream));
+    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_expert_weights.data(), expert_weights.get(),
+                                               routing_values * sizeof(float), stream));
+  }
   HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
   for (size_t l = 0; l < model.layers.size(); ++l) {
     if (model.layers[l].moe_dropped) continue;
-    stats.routed_slots += t * s.num_experts_per_token;
-    stats.layer_expert_rows[l] += t * s.num_experts_per_token;
+    stats.routed_slots += slots;
+    stats.layer_expert_rows[l] += slots;
+    if (routing_observer) {
+      routing_observer(static_cast<int>(l), t, top_k, host_expert_idx.data() + l * slots,
+                       host_expert_weights.data() + l * slots);
+    }
   }
   return absl::OkStatus();
 }
@@ -889,14 +914,18 @@ absl::StatusOr<CudaMemoryPlan> CudaEngine::PlanMemory(
   return plan;
 }
 
-absl::Status CudaEngine::Forward(const Batch& batch, float* logits) {
+absl::Status CudaEngine::ValidateBatch(const Batch& batch) const {
   if (batch.cache != nullptr && batch.cache->device() != device()) {
     return absl::InvalidArgumentError(
         absl::StrCat("the batch's KV cache lives on ",
                      batch.cache->device().empty() ? "the host" : batch.cache->device(),
                      "; this engine runs on ", device()));
   }
-  HERD_RETURN_IF_ERROR(ValidateBatch(state_->model.spec, batch));
+  return herd::ValidateBatch(state_->model.spec, batch);
+}
+
+absl::Status CudaEngine::Forward(const Batch& batch, float* logits) {
+  HERD_RETURN_IF_ERROR(ValidateBatch(batch));
   const auto start = std::chrono::steady_clock::now();
   ++state_->stats.forward_calls;
   const absl::Status status =
@@ -923,6 +952,16 @@ absl::StatusOr<std::unique_ptr<KvCache>> CudaEngine::CreateKvCache(int64_t num_b
   };
   memory.release = [](float* ptr) { (void)cuda::Free(ptr); };
   return KvCache::Create(state_->model.spec, num_blocks, block_tokens, &memory);
+}
+
+void CudaEngine::SetRoutingObserver(RoutingObserver observer) {
+  state_->routing_observer = std::move(observer);
+}
+
+std::string CudaEngine::Describe() const {
+  return absl::StrCat(device(), " (", state_->device_name, "), ",
+                      HumanBytes(static_cast<double>(state_->weight_bytes)),
+                      " of weights on the device");
 }
 
 const ModelSpec& CudaEngine::spec() const { return state_->model.spec; }

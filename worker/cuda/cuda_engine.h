@@ -64,6 +64,11 @@ class CudaEngine final : public ForwardEngine {
       const std::function<bool(int layer, int expert)>& holds = nullptr);
 
   absl::Status Forward(const Batch& batch, float* logits) override;
+  // herd::ValidateBatch (worker/batch.h), and a cache on this engine's GPU.
+  absl::Status ValidateBatch(const Batch& batch) const override;
+  // Each step then copies every layer's routing back to the host (two small
+  // copies after the step; decode graphs are kept).
+  void SetRoutingObserver(RoutingObserver observer) override;
   // A cache in device memory.
   absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(int64_t num_blocks,
                                                          int64_t block_tokens) override;
@@ -71,6 +76,8 @@ class CudaEngine final : public ForwardEngine {
   const EngineStats& stats() const override;
   bool expert_parallel() const override { return false; }
   std::string device() const override;
+  // "cuda:N (GPU name), B of weights on the device".
+  std::string Describe() const override;
 
   // Bytes of weights on the device, as the kernels read them.
   int64_t device_weight_bytes() const;

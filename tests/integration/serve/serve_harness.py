@@ -56,8 +56,9 @@ def parse_args(description, argv=None):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--herd", required=True, help="the herd binary")
     parser.add_argument("--model", required=True, help="the GGUF model to serve")
-    parser.add_argument("--mode", choices=["single", "mpi"], default="single",
-                        help="one process, or mpirun -np 2 (two expert-parallel ranks)")
+    parser.add_argument("--mode", choices=["single", "mpi", "cuda"], default="single",
+                        help="one process, mpirun -np 2 (two expert-parallel ranks), or one "
+                             "process with --device cuda (skips without a GPU)")
     parser.add_argument("--mpirun", default="mpirun", help="mpirun for --mode mpi")
     parser.add_argument("--prometheus", default="/usr/bin/prometheus",
                         help="the prometheus binary (prometheus test only)")
@@ -360,6 +361,10 @@ def greedy_reference(args, prompt, max_new_tokens):
 
 # ---------------------------------------------------------------- the server
 
+# What `herd serve --device cuda` says on a machine it cannot run on: these
+# end a cuda-mode test as skipped, any other failure fails it.
+_NO_GPU_MESSAGES = ("--device cuda needs a CUDA GPU", "this herd was built without CUDA")
+
 
 class Server:
     """`herd serve` on 127.0.0.1, alone or under mpirun -np 2 (num_ranks). Use
@@ -385,6 +390,8 @@ class Server:
         cmd = [self.args.herd, "serve", "--model", self.args.model, "--host", "127.0.0.1",
                "--port", "0", "--port-file", self.port_file, "--threads", "1"]
         cmd += self.extra_args
+        if self.args.mode == "cuda":
+            cmd += ["--device", "cuda"]
         if self.args.mode == "mpi":
             cmd = [self.args.mpirun, "-np", str(self.num_ranks), "--allow-run-as-root",
                    "--oversubscribe",
@@ -438,8 +445,12 @@ class Server:
 
     def _check_running(self, when):
         code = self.proc.poll()
-        if code is not None:
-            raise TestFailure(f"herd serve exited with {code} {when}\n{self.log_tail()}")
+        if code is None:
+            return
+        if self.args.mode == "cuda" and any(
+                reason in self.log_text() for reason in _NO_GPU_MESSAGES):
+            raise TestSkip(f"--device cuda cannot run here:\n{self.log_tail(5)}")
+        raise TestFailure(f"herd serve exited with {code} {when}\n{self.log_tail()}")
 
     def running(self):
         return self.proc is not None and self.proc.poll() is None
@@ -457,7 +468,7 @@ class Server:
 
     def rank_pids(self):
         """rank -> pid of the herd processes (under mpirun: its children)."""
-        if self.args.mode == "single":
+        if self.args.mode != "mpi":
             return {0: self.proc.pid}
         ranks = {}
         for pid, env in _tagged_pids(self.tag).items():

@@ -18,6 +18,7 @@
 #include <functional>
 #include <numeric>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "gtest/gtest.h"
@@ -94,6 +95,48 @@ std::vector<float> TeacherForced(ForwardEngine& engine, const std::vector<int32_
   }
   return logits;
 }
+
+// Every routing a RoutingObserver saw: per call, the layer and each token's
+// chosen experts as a sorted set with their weights in that order.
+struct RecordedRouting {
+  struct Call {
+    int layer = 0;
+    std::vector<std::vector<std::pair<int32_t, float>>> tokens;
+  };
+  std::vector<Call> calls;
+
+  RoutingObserver Observer() {
+    return [this](int layer, int64_t num_tokens, int64_t top_k, const int32_t* expert_idx,
+                  const float* weights) {
+      Call call{layer, {}};
+      for (int64_t t = 0; t < num_tokens; ++t) {
+        std::vector<std::pair<int32_t, float>> chosen;
+        for (int64_t k = 0; k < top_k; ++k) {
+          chosen.emplace_back(expert_idx[t * top_k + k], weights[t * top_k + k]);
+        }
+        std::sort(chosen.begin(), chosen.end());
+        call.tokens.push_back(std::move(chosen));
+      }
+      calls.push_back(std::move(call));
+    };
+  }
+  // Of the (call, token) pairs, how many chose the same experts in both.
+  static std::pair<int64_t, int64_t> SameExperts(const RecordedRouting& a,
+                                                 const RecordedRouting& b) {
+    int64_t same = 0;
+    int64_t total = 0;
+    for (size_t c = 0; c < std::min(a.calls.size(), b.calls.size()); ++c) {
+      for (size_t t = 0; t < std::min(a.calls[c].tokens.size(), b.calls[c].tokens.size()); ++t) {
+        ++total;
+        const auto& x = a.calls[c].tokens[t];
+        const auto& y = b.calls[c].tokens[t];
+        same += std::equal(x.begin(), x.end(), y.begin(), y.end(),
+                           [](const auto& p, const auto& q) { return p.first == q.first; });
+      }
+    }
+    return {same, total};
+  }
+};
 
 // The mid-size model's layer shapes (hidden 1024, 16 heads, 4 kv heads, 8
 // experts top-2, ffn 2816), seed 1.
@@ -196,6 +239,41 @@ TEST_P(CudaEngineFixtureTest, DecodeGraphsGiveTheLogitsOfPlainLaunches) {
   ASSERT_EQ(a.size(), b.size());
   EXPECT_EQ(a, b);
   EXPECT_EQ(a, again);
+}
+
+// The routing observer sees, per layer and step, what the CPU engine's sees:
+// the same experts for every token (the tiny models' routers have no
+// near-ties at this tolerance) with weights within 1e-3, in decode graphs too.
+TEST_P(CudaEngineFixtureTest, RoutingObserverSeesTheCpuEnginesChoices) {
+  auto gpu = MakeCudaEngine();
+  ASSERT_NE(gpu, nullptr);
+  auto cpu = Engine::Create(*model_, {.num_threads = 2});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  RecordedRouting on_gpu;
+  RecordedRouting on_cpu;
+  gpu->SetRoutingObserver(on_gpu.Observer());
+  (*cpu)->SetRoutingObserver(on_cpu.Observer());
+  const std::vector<int32_t> table = {0, 1, 2, 3};
+  TeacherForced(*gpu, Sequence(), 16, table);
+  TeacherForced(**cpu, Sequence(), 16, table);
+  ASSERT_EQ(on_gpu.calls.size(), on_cpu.calls.size());
+  for (size_t c = 0; c < on_gpu.calls.size(); ++c) {
+    const RecordedRouting::Call& g = on_gpu.calls[c];
+    const RecordedRouting::Call& r = on_cpu.calls[c];
+    ASSERT_EQ(g.layer, r.layer);
+    ASSERT_EQ(g.tokens.size(), r.tokens.size());
+    for (size_t t = 0; t < g.tokens.size(); ++t) {
+      for (size_t k = 0; k < g.tokens[t].size(); ++k) {
+        EXPECT_EQ(g.tokens[t][k].first, r.tokens[t][k].first) << "call " << c << " token " << t;
+        EXPECT_NEAR(g.tokens[t][k].second, r.tokens[t][k].second, 1e-3f);
+      }
+    }
+  }
+  // Observing stops with a null observer.
+  gpu->SetRoutingObserver(nullptr);
+  const size_t seen = on_gpu.calls.size();
+  TeacherForced(*gpu, Sequence(), 16, table);
+  EXPECT_EQ(on_gpu.calls.size(), seen);
 }
 
 // 32 positions in one batch with steps of at most 5 tokens: the steps see
@@ -302,8 +380,13 @@ TEST_P(CudaEngineMidSizeTest, TeacherForcedLogitsMatchTheCpuEngine) {
   sequence.insert(sequence.end(), on_cpu->tokens.begin(), on_cpu->tokens.end() - 1);
   std::vector<int32_t> table(4);  // 31 positions in blocks of 8
   std::iota(table.begin(), table.end(), 0);
+  RecordedRouting gpu_routing;
+  RecordedRouting cpu_routing;
+  (*gpu)->SetRoutingObserver(gpu_routing.Observer());
+  (*cpu)->SetRoutingObserver(cpu_routing.Observer());
   const std::vector<float> g = TeacherForced(**gpu, sequence, 8, table);
   const std::vector<float> c = TeacherForced(**cpu, sequence, 8, table);
+  const auto [same_experts, routed] = RecordedRouting::SameExperts(gpu_routing, cpu_routing);
   ASSERT_EQ(g.size(), c.size());
   constexpr int64_t kVocab = 32000;
   const int64_t num_rows = static_cast<int64_t>(sequence.size());
@@ -324,8 +407,10 @@ TEST_P(CudaEngineMidSizeTest, TeacherForcedLogitsMatchTheCpuEngine) {
   std::sort(sorted_relative.begin(), sorted_relative.end());
   std::printf(
       "[ mid-size %s ] per-row max |cuda - cpu| / max |cpu|: median %.3g, worst %.3g; "
-      "the same greedy token at %d of %d rows\n",
-      DTypeName(GetParam()), sorted_relative[num_rows / 2], sorted_relative.back(), agreed, picked);
+      "the same greedy token at %d of %d rows; the same experts for %lld of %lld "
+      "(token, layer) pairs\n",
+      DTypeName(GetParam()), sorted_relative[num_rows / 2], sorted_relative.back(), agreed, picked,
+      static_cast<long long>(same_experts), static_cast<long long>(routed));
   EXPECT_LE(sorted_relative[num_rows / 2], 1.0f / 16.0f);
 }
 
