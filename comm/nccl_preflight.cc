@@ -2,7 +2,6 @@
 
 #include <cuda_runtime_api.h>
 #include <nccl.h>
-#include <unistd.h>
 
 #include <map>
 #include <vector>
@@ -12,6 +11,7 @@
 #include "absl/strings/str_join.h"
 #include "absl/strings/str_split.h"
 #include "comm/peer_reachability.h"
+#include "comm/socket.h"
 #include "core/status.h"
 
 namespace herd::comm {
@@ -25,12 +25,6 @@ struct LocalReport {
   std::string pci_bus_id;
   int nccl_version = 0;
 };
-
-std::string HostName() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
-  return name;
-}
 
 std::string CudaVersionString(int code) {
   return absl::StrCat(code / 1000, ".", (code % 1000) / 10);

@@ -60,12 +60,6 @@ std::string DescribeSpec(const std::string& socket_ifname) {
                                : absl::StrCat("NCCL_SOCKET_IFNAME=", socket_ifname);
 }
 
-std::string HostName() {
-  char name[256] = {};
-  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
-  return name;
-}
-
 // A listening socket on `interface` (any free port); its port in `*port`.
 absl::StatusOr<Socket> ListenOn(const SocketInterface& interface, int* port) {
   HERD_ASSIGN_OR_RETURN(SocketAddress a, ParseAddress(interface, 0));

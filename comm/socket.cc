@@ -16,6 +16,12 @@ namespace herd::comm {
 
 std::string Errno(const char* call) { return absl::StrCat(call, ": ", std::strerror(errno)); }
 
+std::string HostName() {
+  char name[256] = {};
+  if (gethostname(name, sizeof(name) - 1) != 0) return "?";
+  return name;
+}
+
 Socket::~Socket() {
   if (fd_ >= 0) close(fd_);
 }

@@ -12,6 +12,9 @@ namespace herd::comm {
 // "call: strerror(errno)".
 std::string Errno(const char* call);
 
+// This host's name (gethostname), "?" when it cannot be read.
+std::string HostName();
+
 // Owns a socket descriptor (closed on destruction; -1 = none).
 class Socket {
  public:
