@@ -22,9 +22,15 @@ absl::StatusOr<Device> ParseDevice(const std::string& name) {
 bool CudaBuilt() { return true; }
 
 absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateCudaEngine(const Model& model,
-                                                                bool expert_skipping) {
+                                                                bool expert_skipping,
+                                                                const ExpertParallelism& ep) {
   CudaEngineOptions options;
   options.expert_skipping = expert_skipping;
+  if (ep.comm != nullptr) {
+    int count = 0;
+    if (cuda::DeviceCount(&count).ok() && count > 0) options.device = ep.comm->rank() % count;
+    options.expert_parallelism = ep;
+  }
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<CudaEngine> engine, CudaEngine::Create(model, options));
   return std::unique_ptr<ForwardEngine>(std::move(engine));
 }
@@ -42,6 +48,7 @@ absl::StatusOr<GpuMemory> QueryGpuMemory() {
         absl::StrCat("no CUDA GPU: ", devices.ok() ? "no device found" : devices.message()));
   }
   GpuMemory gpu;
+  gpu.count = count;
   int ordinal = 0;
   HERD_RETURN_IF_ERROR(cuda::DeviceName(&gpu.name, &ordinal));
   size_t free_bytes = 0, total_bytes = 0;
@@ -64,7 +71,8 @@ absl::StatusOr<CudaDeviceReport> ReportCudaDevice(const ForwardEngine& engine) {
 
 bool CudaBuilt() { return false; }
 
-absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateCudaEngine(const Model&, bool) {
+absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateCudaEngine(const Model&, bool,
+                                                                const ExpertParallelism&) {
   return absl::FailedPreconditionError(
       "--device cuda: this herd was built without CUDA (configure with nvcc on the PATH)");
 }

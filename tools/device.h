@@ -8,6 +8,7 @@
 #include "absl/status/statusor.h"
 #include "model/model.h"
 #include "worker/cuda_memory_plan.h"
+#include "worker/expert_parallelism.h"
 #include "worker/forward_engine.h"
 
 namespace herd {
@@ -20,12 +21,14 @@ absl::StatusOr<Device> ParseDevice(const std::string& name);
 // Whether this herd was built with CUDA.
 bool CudaBuilt();
 
-// The CUDA engine for `model` on the current GPU (worker/cuda/cuda_engine.h);
-// `expert_skipping` false runs every routed expert whatever the checkpoint's
-// skip thresholds. FailedPrecondition in a build without CUDA or on a machine
-// without a GPU.
+// The CUDA engine for `model` (worker/cuda/cuda_engine.h): on the current
+// GPU, or with expert parallelism (ep.comm set) as that rank on GPU rank %
+// number of GPUs. `expert_skipping` false runs every routed expert whatever
+// the checkpoint's skip thresholds. FailedPrecondition in a build without
+// CUDA or on a machine without a GPU.
 absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateCudaEngine(const Model& model,
-                                                                bool expert_skipping);
+                                                                bool expert_skipping,
+                                                                const ExpertParallelism& ep = {});
 
 // The GPU memory plan of `model` for --device cuda (CudaEngine::PlanMemory):
 // every expert, or those `holds(layer, expert)` keeps. FailedPrecondition in
@@ -33,9 +36,11 @@ absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateCudaEngine(const Model& mod
 absl::StatusOr<CudaMemoryPlan> PlanCudaMemory(
     const Model& model, const std::function<bool(int layer, int expert)>& holds = nullptr);
 
-// The current GPU's name and memory; FailedPrecondition without one.
+// The current GPU's name and memory, and how many GPUs this process sees;
+// FailedPrecondition without one.
 struct GpuMemory {
   std::string name;
+  int count = 0;
   int64_t total_bytes = 0;
   int64_t free_bytes = 0;
 };

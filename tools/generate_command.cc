@@ -89,33 +89,6 @@ class ExpertLoadRecorder {
   int64_t routed_tokens_ = 0;
 };
 
-// One rank on the GPU: the model is uploaded whole, and the sequence runs there.
-absl::Status GenerateOnCuda(const ParsedFlags& flags, const std::string& model_path, int world_size,
-                            const std::vector<int32_t>& prompt, const GenerateOptions& options,
-                            GenerateResult* result) {
-  if (world_size > 1 || flags.Has("placement")) {
-    return absl::UnimplementedError(
-        "--device cuda runs one rank: --local-ranks, --comm and --placement are not supported "
-        "with it yet");
-  }
-  const absl::Time load_start = absl::Now();
-  HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(model_path));
-  HERD_ASSIGN_OR_RETURN(std::unique_ptr<ForwardEngine> engine,
-                        CreateCudaEngine(*model, !flags.Has("no-expert-skip")));
-  HERD_LOG(INFO) << "loaded " << model_path << " onto " << engine->device() << " in "
-                 << absl::ToDoubleSeconds(absl::Now() - load_start) << " s";
-  ExpertLoadRecorder expert_load(model->spec);
-  if (flags.Has("record-expert-load")) engine->SetRoutingObserver(expert_load.Observer());
-  const absl::Time run_start = absl::Now();
-  HERD_ASSIGN_OR_RETURN(*result, Generate(*engine, prompt, options));
-  HERD_LOG(INFO) << "generated " << result->tokens.size() << " tokens in "
-                 << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
-  if (flags.Has("record-expert-load")) {
-    HERD_RETURN_IF_ERROR(expert_load.Write(model_path, flags.GetString("record-expert-load")));
-  }
-  return absl::OkStatus();
-}
-
 absl::Status WriteLogits(const std::string& path, const std::vector<float>& logits) {
   // The file format is little-endian F32; x86-64 and aarch64 hosts are little-endian.
   return WriteFileAtomically(path, absl::string_view(reinterpret_cast<const char*>(logits.data()),
@@ -192,64 +165,65 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
   GenerateResult result;
   bool output_rank = true;
   const absl::Status status =
-      device == Device::kCuda
-          ? GenerateOnCuda(flags, model_path, world_size, prompt, options, &result)
-          : RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
-              const int rank = comm != nullptr ? comm->rank() : 0;
-              if (comm != nullptr && comm->backend_name() != std::string("local"))
-                output_rank = rank == 0;
-              const absl::Time load_start = absl::Now();
-              HERD_ASSIGN_OR_RETURN(RankModel rank_model,
-                                    LoadModelForRank(model_path, comm, placement_file));
-              const std::unique_ptr<Model>& model = rank_model.model;
-              EngineOptions engine_options;
-              engine_options.num_threads = static_cast<int>(threads);
-              engine_options.expert_skipping = !flags.Has("no-expert-skip");
-              if (comm != nullptr) {
-                engine_options.expert_parallelism = {
-                    comm, &*rank_model.placement,
-                    absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
-              }
-              HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
-                                    Engine::Create(*model, engine_options));
-              HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path
-                             << " in " << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
-                             << engine->num_threads() << " threads, resident expert weights "
-                             << engine->resident_expert_bytes() << " bytes";
-              // Expert load: counted where the tokens are routed, i.e. on rank 0, which
-              // owns the sequence.
-              ExpertLoadRecorder expert_load(model->spec);
-              if (flags.Has("record-expert-load") && rank == 0) {
-                engine->SetRoutingObserver(expert_load.Observer());
-              }
-              const absl::Time run_start = absl::Now();
-              HERD_ASSIGN_OR_RETURN(
-                  GenerateResult rank_result,
-                  Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
-              if (engine->expert_parallel()) {
-                const EngineStats& st = engine->stats();
-                HERD_LOG(INFO) << absl::StrFormat(
-                    "rank %d: %d forward calls, %.3f s; MoE %.3f s, of which dispatch %.3f s + "
-                    "combine "
-                    "%.3f s (%.1f%% of MoE); sent %d slots, received %d rows",
-                    rank, st.forward_calls, st.forward_seconds, st.moe_seconds, st.dispatch_seconds,
-                    st.combine_seconds,
-                    st.moe_seconds > 0
-                        ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
-                        : 0.0,
-                    st.dispatched_slots, st.received_rows);
-              }
-              if (flags.Has("record-expert-load") && rank == 0) {
-                HERD_RETURN_IF_ERROR(
-                    expert_load.Write(model_path, flags.GetString("record-expert-load")));
-              }
-              if (rank == 0) {
-                HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "
-                               << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
-                result = std::move(rank_result);
-              }
-              return absl::OkStatus();
-            });
+      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
+        const int rank = comm != nullptr ? comm->rank() : 0;
+        if (comm != nullptr && comm->backend_name() != std::string("local"))
+          output_rank = rank == 0;
+        const absl::Time load_start = absl::Now();
+        HERD_ASSIGN_OR_RETURN(RankModel rank_model,
+                              LoadModelForRank(model_path, comm, placement_file));
+        const std::unique_ptr<Model>& model = rank_model.model;
+        ExpertParallelism ep;
+        if (comm != nullptr) {
+          ep = {comm, &*rank_model.placement, absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+        }
+        std::unique_ptr<ForwardEngine> engine;
+        if (device == Device::kCuda) {
+          HERD_ASSIGN_OR_RETURN(engine, CreateCudaEngine(*model, !flags.Has("no-expert-skip"), ep));
+        } else {
+          EngineOptions engine_options;
+          engine_options.num_threads = static_cast<int>(threads);
+          engine_options.expert_skipping = !flags.Has("no-expert-skip");
+          engine_options.expert_parallelism = ep;
+          HERD_ASSIGN_OR_RETURN(engine, Engine::Create(*model, engine_options));
+        }
+        HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path
+                       << " in " << absl::ToDoubleSeconds(absl::Now() - load_start) << " s, "
+                       << engine->Describe();
+        // Expert load: counted where the tokens are routed, i.e. on rank 0, which
+        // owns the sequence.
+        ExpertLoadRecorder expert_load(model->spec);
+        if (flags.Has("record-expert-load") && rank == 0) {
+          engine->SetRoutingObserver(expert_load.Observer());
+        }
+        const absl::Time run_start = absl::Now();
+        HERD_ASSIGN_OR_RETURN(
+            GenerateResult rank_result,
+            Generate(*engine, rank == 0 ? prompt : std::vector<int32_t>{}, options));
+        if (engine->expert_parallel()) {
+          const EngineStats& st = engine->stats();
+          HERD_LOG(INFO) << absl::StrFormat(
+              "rank %d: %d forward calls, %.3f s; MoE %.3f s, of which dispatch %.3f s + "
+              "combine "
+              "%.3f s (%.1f%% of MoE); sent %d slots, received %d rows",
+              rank, st.forward_calls, st.forward_seconds, st.moe_seconds, st.dispatch_seconds,
+              st.combine_seconds,
+              st.moe_seconds > 0
+                  ? 100.0 * (st.dispatch_seconds + st.combine_seconds) / st.moe_seconds
+                  : 0.0,
+              st.dispatched_slots, st.received_rows);
+        }
+        if (flags.Has("record-expert-load") && rank == 0) {
+          HERD_RETURN_IF_ERROR(
+              expert_load.Write(model_path, flags.GetString("record-expert-load")));
+        }
+        if (rank == 0) {
+          HERD_LOG(INFO) << "generated " << rank_result.tokens.size() << " tokens in "
+                         << absl::ToDoubleSeconds(absl::Now() - run_start) << " s";
+          result = std::move(rank_result);
+        }
+        return absl::OkStatus();
+      });
   HERD_RETURN_IF_ERROR(status);
   if (!output_rank) return absl::OkStatus();
   if (options.keep_logits) {

@@ -47,7 +47,7 @@ const std::vector<FlagSpec> kServeFlags = {
     {"port-file", true, "write the port listened on to this file once serving"},
     {"api-key", true, "require 'Authorization: Bearer KEY' on /v1/*"},
     {"model-name", true, "model id reported by /v1/models (default: the file name)"},
-    {"device", true, "cpu (default) or cuda: the whole model on this machine's GPU, one rank"},
+    {"device", true, "cpu (default) or cuda: each rank on GPU rank % number of GPUs"},
     {"threads", true, "kernel threads per rank; 0 = all cores (split among local ranks)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
     {"comm", true,
@@ -189,10 +189,10 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
         "--comm ucx, N >= 2)");
   }
   HERD_ASSIGN_OR_RETURN(s.device, ParseDevice(flags.GetString("device", config.engine.device)));
-  if (s.device == Device::kCuda && (PlannedWorldSize(s.group) > 1 || s.placement)) {
+  if (s.device == Device::kCuda && c.rebalance.enabled) {
     return absl::UnimplementedError(
-        "--device cuda serves from one GPU in one rank; expert parallelism on GPUs (mpirun, "
-        "--local-ranks, --comm, --placement) is not implemented yet");
+        "--rebalance moves experts between CPU ranks; with --device cuda it is not implemented "
+        "yet");
   }
   if (s.threads == 0 && s.group.local_ranks > 1) {
     s.threads = std::max(1, ThreadPool::DefaultNumThreads() / s.group.local_ranks);
@@ -214,7 +214,9 @@ absl::StatusOr<int64_t> DefaultKvCapBytes(const ServeSettings& s, const Model& m
   }
   HERD_ASSIGN_OR_RETURN(const GpuMemory gpu, QueryGpuMemory());
   HERD_ASSIGN_OR_RETURN(const CudaMemoryPlan plan, PlanCudaMemory(model));
-  return std::max<int64_t>(0, gpu.free_bytes - plan.step_buffers - kGpuHeadroomBytes);
+  // Local ranks beyond the number of GPUs share them (rank r on GPU r % GPUs).
+  const int sharing = (s.group.local_ranks + gpu.count - 1) / gpu.count;
+  return std::max<int64_t>(0, (gpu.free_bytes - plan.step_buffers - kGpuHeadroomBytes) / sharing);
 }
 
 // KV blocks per rank: --kv-cache-bytes, or room for max_running sequences of
@@ -232,19 +234,22 @@ absl::StatusOr<int64_t> KvBlocks(const ServeSettings& s, const Model& model,
   return StepRunner::KvBlocksForBytes(spec, bytes, s.serve.kv_block_tokens);
 }
 
-// The rank's engine: on the GPU (one rank), or on the CPU as one rank of
-// `comm`'s group (null: a single rank).
+// The rank's engine, on the GPU or the CPU, as one rank of `comm`'s group
+// (null: a single rank).
 absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateServeEngine(const ServeSettings& s,
                                                                  const RankModel& rank_model,
                                                                  comm::Communicator* comm) {
-  if (s.device == Device::kCuda) return CreateCudaEngine(*rank_model.model, s.expert_skipping);
+  ExpertParallelism ep;
+  if (comm != nullptr) {
+    ep = {comm, &*rank_model.placement, absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
+  }
+  if (s.device == Device::kCuda) {
+    return CreateCudaEngine(*rank_model.model, s.expert_skipping, ep);
+  }
   EngineOptions options;
   options.num_threads = s.threads;
   options.expert_skipping = s.expert_skipping;
-  if (comm != nullptr) {
-    options.expert_parallelism = {comm, &*rank_model.placement,
-                                  absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
-  }
+  options.expert_parallelism = ep;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*rank_model.model, options));
   return std::unique_ptr<ForwardEngine>(std::move(engine));
 }

@@ -4,6 +4,7 @@
 #include <cmath>
 #include <cstring>
 #include <limits>
+#include <numeric>
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
@@ -86,13 +87,7 @@ int64_t Engine::packed_weight_bytes() const {
 }
 
 absl::Status Engine::CheckPlacement(const ExpertPlacement& p, const ExpertTable* experts) const {
-  if (p.num_layers() != model_.spec.num_layers || p.num_experts() != model_.spec.num_experts ||
-      p.num_ranks() != ep_.comm->world_size()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "the placement has ", p.num_layers(), " layers x ", p.num_experts(), " experts on ",
-        p.num_ranks(), " ranks, but the model has ", model_.spec.num_layers, " x ",
-        model_.spec.num_experts, " and the group ", ep_.comm->world_size(), " ranks"));
-  }
+  HERD_RETURN_IF_ERROR(CheckPlacementShape(p, model_.spec, ep_.comm->world_size()));
   if (experts == nullptr) return absl::OkStatus();
   for (int l = 0; l < p.num_layers(); ++l) {
     for (int32_t e : p.RankExperts(l, ep_.comm->rank())) {
@@ -126,28 +121,7 @@ absl::Status Engine::SwapPlacement(std::shared_ptr<const ExpertPlacement> placem
 absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
                                                        const EngineOptions& options) {
   const ExpertParallelism& ep = options.expert_parallelism;
-  if (ep.comm != nullptr) {
-    if (ep.placement == nullptr) {
-      return absl::InvalidArgumentError("expert parallelism needs a placement");
-    }
-  }
-  for (size_t l = 0; l < model.layers.size(); ++l) {
-    std::vector<bool> needed(model.layers[l].experts.size(), ep.comm == nullptr);
-    if (ep.comm != nullptr) {
-      for (int32_t e : ep.placement->RankExperts(static_cast<int>(l), ep.comm->rank())) {
-        needed[e] = true;
-      }
-    }
-    for (size_t e = 0; e < needed.size(); ++e) {
-      if (needed[e] && model.layers[l].ExpertExists(static_cast<int>(e)) &&
-          !model.layers[l].experts[e].resident()) {
-        return absl::InvalidArgumentError(absl::StrCat(
-            ep.comm == nullptr ? "the single-rank engine needs every expert; "
-                               : "this rank's placement needs an expert that was not loaded: ",
-            "layer ", l, " expert ", e));
-      }
-    }
-  }
+  HERD_RETURN_IF_ERROR(CheckRankHoldsItsExperts(model, ep));
   const int threads =
       options.num_threads > 0 ? options.num_threads : ThreadPool::DefaultNumThreads();
   if (options.max_step_tokens < 1) {
@@ -239,12 +213,8 @@ absl::Status Engine::Forward(const Batch& batch, float* logits) {
   const int64_t num_tokens = static_cast<int64_t>(batch.token_ids.size());
   int64_t num_steps = (num_tokens + max_step_tokens_ - 1) / max_step_tokens_;
   if (expert_parallel()) {
-    // Every rank runs the same number of steps (each step is a collective):
-    // as many as the rank with the most tokens needs, and at least one.
-    std::vector<int64_t> all(ep_.comm->world_size());
-    HERD_RETURN_IF_ERROR(
-        ep_.comm->AllGather(&num_steps, sizeof(int64_t), all.data(), absl::Now() + ep_.timeout));
-    num_steps = std::max<int64_t>(1, *std::max_element(all.begin(), all.end()));
+    HERD_ASSIGN_OR_RETURN(num_steps,
+                          AgreeOnStepCount(*ep_.comm, num_steps, absl::Now() + ep_.timeout));
   }
   // Long batches (prefill) run in steps of at most max_step_tokens_ tokens.
   // This bounds activation memory; weights are still reused across a step.
@@ -453,17 +423,9 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
   const int rank = ep_.comm->rank();
   dest_rank_.resize(num_slots);
   identity_.resize(num_slots);
-  int64_t num_sent = 0;
-  for (int64_t slot = 0; slot < num_slots; ++slot) {
-    // The replica is a pure function of (layer, expert, rank, slot): the same
-    // batch always takes the same route.
-    const uint64_t token_key = (static_cast<uint64_t>(rank) << 32) | static_cast<uint64_t>(slot);
-    dest_rank_[slot] = expert_idx_[slot] < 0  // skipped: not sent, combined as zeros
-                           ? -1
-                           : placement_->PickReplicaRank(layer_idx, expert_idx_[slot], token_key);
-    identity_[slot] = static_cast<int32_t>(slot);
-    num_sent += dest_rank_[slot] >= 0;
-  }
+  std::iota(identity_.begin(), identity_.end(), 0);
+  const int64_t num_sent = PickDestinationRanks(*placement_, layer_idx, rank, expert_idx_.data(),
+                                                num_slots, dest_rank_.data());
   comm::DispatchArgs args;
   args.hidden = h_.data();
   args.topk_idx = expert_idx_.data();

@@ -32,25 +32,12 @@
 #include "model/model.h"
 #include "worker/batch.h"
 #include "worker/engine_stats.h"
+#include "worker/expert_parallelism.h"
 #include "worker/expert_table.h"
 #include "worker/forward_engine.h"
 #include "worker/kv_cache.h"
 
 namespace herd {
-
-// Expert parallelism: the engine is one rank of `comm`'s group. It runs
-// attention on its own sequences (data-parallel) and only the experts
-// `placement` puts on its rank; every token's hidden state travels to the
-// ranks holding its chosen experts (dispatch) and back (combine).
-struct ExpertParallelism {
-  comm::Communicator* comm = nullptr;  // borrowed; nullptr = single rank
-  // The initial placement, copied by Engine::Create; as many ranks as comm.
-  // SwapPlacement replaces it while serving.
-  const ExpertPlacement* placement = nullptr;
-  // Deadline of each collective, from the moment it starts: a dead or stopped
-  // peer turns into DeadlineExceeded naming it, never a hang.
-  absl::Duration timeout = absl::Seconds(120);
-};
 
 struct EngineOptions {
   // Kernel threads including the caller; 0 = every core this process may use.

@@ -58,7 +58,9 @@ absl::Status CopyToDeviceAsync(void* dst, const void* src, size_t bytes, void* s
 absl::Status CopyToHostAsync(void* dst, const void* src, size_t bytes, void* stream);
 absl::Status MemsetAsync(void* dst, int byte, size_t bytes, void* stream);
 absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes);
-// The device's name ("NVIDIA H100 80GB HBM3") and its number in this process.
+// Makes device `ordinal` the calling thread's current device.
+absl::Status SetDevice(int ordinal);
+// The current device's name ("NVIDIA H100 80GB HBM3") and its number in this process.
 absl::Status DeviceName(std::string* name, int* ordinal);
 
 // CUDA graphs: the launches a stream receives between StreamBeginCapture and

@@ -230,6 +230,8 @@ absl::Status MemsetAsync(void* dst, int byte, size_t bytes, void* stream) {
 absl::Status MemoryInfo(size_t* free_bytes, size_t* total_bytes) {
   return FromCuda(cudaMemGetInfo(free_bytes, total_bytes), "cudaMemGetInfo");
 }
+absl::Status SetDevice(int ordinal) { return FromCuda(cudaSetDevice(ordinal), "cudaSetDevice"); }
+
 absl::Status DeviceName(std::string* name, int* ordinal) {
   HERD_RETURN_IF_ERROR(FromCuda(cudaGetDevice(ordinal), "cudaGetDevice"));
   cudaDeviceProp prop{};

@@ -241,14 +241,11 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
            {"frobnicate", "unknown command"},
            {"generate --model " + model + " --prompt-ids 1 --device tpu",
             "--device must be cpu or cuda"},
-           {"generate --model " + model + " --prompt-ids 1 --device cuda --local-ranks 2",
-            "--device cuda runs one rank"},
            {"bench --model " + model + " --device cuda --local-ranks 2",
             "--device cuda runs one rank"},
            {"serve --model " + model + " --device tpu", "--device must be cpu or cuda, got 'tpu'"},
-           {"serve --model " + model + " --device cuda --local-ranks 2",
-            "expert parallelism on GPUs (mpirun, --local-ranks, --comm, --placement) is not "
-            "implemented yet"},
+           {"serve --model " + model + " --device cuda --local-ranks 2 --rebalance",
+            "with --device cuda it is not implemented yet"},
        }) {
     SCOPED_TRACE(c.args);
     const RunResult r = RunHerd(c.args);
@@ -272,6 +269,12 @@ TEST(HerdCliTest, DeviceCudaRunsOnAGpuOrSaysWhyNot) {
         RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
                 " --prompt-ids " + kIds + " --max-new-tokens 16");
     EXPECT_EQ(r.out, cpu.out);
+    // Two expert-parallel ranks (threads) on this machine's GPUs.
+    const RunResult ep =
+        RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
+                " --prompt-ids " + kIds + " --max-new-tokens 16 --device cuda --local-ranks 2");
+    ASSERT_EQ(ep.exit_code, 0) << ep.err;
+    EXPECT_EQ(ep.out, cpu.out);
     const auto trace = nlohmann::json::parse(testing::ReadFileText(trace_path));
     const std::vector<std::vector<int64_t>> expected = FixtureExpertLoads();
     for (int layer = 0; layer < 2; ++layer) {

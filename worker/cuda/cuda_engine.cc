@@ -6,11 +6,14 @@
 #include <cstring>
 #include <limits>
 #include <map>
+#include <numeric>
 #include <tuple>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
+#include "comm/expert_exchange.h"
 #include "core/dtype.h"
 #include "core/human_format.h"
 #include "core/status.h"
@@ -20,6 +23,7 @@
 #include "kernels/cuda/dense_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/routing.h"
+#include "kernels/moe.h"
 
 namespace herd {
 namespace {
@@ -207,14 +211,18 @@ absl::Status UploadMatrix(const TensorView& w, bool f32, const std::string& name
   return absl::OkStatus();
 }
 
-// One of a layer's expert projections (gate, up or down) for every expert.
-// Quantized experts are packed back to back for the grouped GEMM (absent
-// experts are zeros); float experts (F32, F16, BF16) are one cuBLAS matrix
-// each, so their values stay those of the checkpoint (BF16 at worst).
+// One of a layer's expert projections (gate, up or down). Quantized experts
+// are packed back to back for the grouped GEMM; float experts (F32, F16,
+// BF16) are one cuBLAS matrix each, so their values stay those of the
+// checkpoint (BF16 at worst). Expert e sits in slot local_slot[e] (-1: not on
+// this GPU): a single GPU keeps a slot for every expert (absent ones are
+// zeros), an expert-parallel rank only for the experts it holds, in order.
 struct DeviceExperts {
   DeviceBuffer qweight, scales;
   cuda::GroupedWeights weights;
-  std::vector<DeviceMatrix> dense;  // float experts; an absent one is empty
+  std::vector<DeviceMatrix> dense;  // float experts, by slot; an absent one is empty
+  std::vector<int32_t> local_slot;  // [num_experts]; empty when every expert was dropped
+  int64_t num_slots = 0;
 
   int64_t bytes() const {
     int64_t total = static_cast<int64_t>(qweight.bytes() + scales.bytes());
@@ -223,8 +231,10 @@ struct DeviceExperts {
   }
 };
 
+// `held` (null: every expert) names the experts that get a slot.
 absl::Status UploadExperts(const LayerWeights& layer, TensorView ExpertFfnWeights::*which,
-                           const std::string& name, DeviceExperts* out) {
+                           const std::vector<bool>* held, const std::string& name,
+                           DeviceExperts* out) {
   const TensorView* first = nullptr;
   for (const ExpertFfnWeights& e : layer.experts) {
     if (e.resident()) {
@@ -232,10 +242,15 @@ absl::Status UploadExperts(const LayerWeights& layer, TensorView ExpertFfnWeight
       break;
     }
   }
-  if (first == nullptr) return absl::OkStatus();  // every expert dropped
+  if (first == nullptr) return absl::OkStatus();  // every expert dropped (or none held)
   const int64_t num_experts = static_cast<int64_t>(layer.experts.size());
+  std::vector<int64_t> slot_expert;  // the expert of each slot
+  out->local_slot.assign(num_experts, -1);
   for (int64_t e = 0; e < num_experts; ++e) {
     const ExpertFfnWeights& expert = layer.experts[e];
+    if (held != nullptr && !(*held)[e]) continue;
+    out->local_slot[e] = static_cast<int32_t>(slot_expert.size());
+    slot_expert.push_back(e);
     if (!expert.resident()) continue;
     const TensorView& w = expert.*which;
     if (w.dtype() != first->dtype() || w.dim(0) != first->dim(0) || w.dim(1) != first->dim(1)) {
@@ -243,29 +258,32 @@ absl::Status UploadExperts(const LayerWeights& layer, TensorView ExpertFfnWeight
                                                      ", the layer's first ", first->DebugString()));
     }
   }
+  out->num_slots = static_cast<int64_t>(slot_expert.size());
   if (IsFloatDType(first->dtype())) {
-    out->dense.resize(num_experts);
-    for (int64_t e = 0; e < num_experts; ++e) {
-      if (!layer.experts[e].resident()) continue;
-      HERD_RETURN_IF_ERROR(UploadMatrix(layer.experts[e].*which, false,
-                                        absl::StrCat(name, " expert ", e), &out->dense[e]));
+    out->dense.resize(out->num_slots);
+    for (int64_t slot = 0; slot < out->num_slots; ++slot) {
+      const ExpertFfnWeights& expert = layer.experts[slot_expert[slot]];
+      if (!expert.resident()) continue;
+      HERD_RETURN_IF_ERROR(UploadMatrix(expert.*which, false,
+                                        absl::StrCat(name, " expert ", slot_expert[slot]),
+                                        &out->dense[slot]));
     }
     return absl::OkStatus();
   }
   const cuda::PackedShape shape{first->dim(0), first->dim(1), GemmFormat(first->dtype())};
   const int64_t weight_bytes = shape.weight_bytes();
   const int64_t scale_values = shape.scale_bytes() / 2;
-  std::vector<uint8_t> qweight(num_experts * weight_bytes, 0);
-  std::vector<uint16_t> scales(num_experts * scale_values, 0);
-  for (int64_t e = 0; e < num_experts; ++e) {
-    if (!layer.experts[e].resident()) continue;
-    HERD_RETURN_IF_ERROR(PackForGemm(layer.experts[e].*which, shape,
-                                     qweight.data() + e * weight_bytes,
-                                     scales.data() + e * scale_values));
+  std::vector<uint8_t> qweight(out->num_slots * weight_bytes, 0);
+  std::vector<uint16_t> scales(out->num_slots * scale_values, 0);
+  for (int64_t slot = 0; slot < out->num_slots; ++slot) {
+    const ExpertFfnWeights& expert = layer.experts[slot_expert[slot]];
+    if (!expert.resident()) continue;
+    HERD_RETURN_IF_ERROR(PackForGemm(expert.*which, shape, qweight.data() + slot * weight_bytes,
+                                     scales.data() + slot * scale_values));
   }
   HERD_RETURN_IF_ERROR(out->qweight.Upload(qweight.data(), qweight.size(), name));
   HERD_RETURN_IF_ERROR(out->scales.Upload(scales.data(), scales.size() * 2, name));
-  out->weights = {out->qweight.as<uint8_t>(), out->scales.as<uint16_t>(), num_experts, shape};
+  out->weights = {out->qweight.as<uint8_t>(), out->scales.as<uint16_t>(), out->num_slots, shape};
   return absl::OkStatus();
 }
 
@@ -394,7 +412,16 @@ struct CudaEngine::State {
   // one cuBLAS call per expert and projection, after the offsets come back
   // to the host (a synchronisation, so such models run without graphs).
   absl::Status GroupedExperts(const DeviceLayer& d, int64_t slots);
+  // host_offsets holds the row offsets of d's slots ([num_slots + 1]).
   absl::Status DenseExperts(const DeviceLayer& d, int64_t slots);
+  // Expert parallelism: the routed experts of layer `layer_idx` for a step of
+  // `t` tokens (0: this rank has none, but takes part): the rows go to the
+  // ranks holding their experts through host memory, this rank's experts run
+  // on what it received, and expert_out gets each slot's row back, in slot
+  // order (slot_to_row the identity).
+  absl::Status ExchangeExperts(int layer_idx, int64_t t);
+  // Room for `rows` received rows in the expert buffers and the workspace.
+  absl::Status ReserveExpertRows(int64_t rows);
   void ClearGraphs() {
     for (auto& [key, graph] : graphs) (void)cuda::GraphDestroy(graph);
     graphs.clear();
@@ -450,9 +477,19 @@ struct CudaEngine::State {
   std::vector<int32_t> host_expert_idx;  // the step's routing, for routing_observer
   std::vector<float> host_expert_weights;
 
-  // Whether decode steps may be captured (no float experts).
+  // Whether decode steps may be captured (no float experts, no expert
+  // parallelism).
   bool graphs_enabled = false;
   std::vector<int32_t> host_offsets;  // DenseExperts' copy of expert_offsets
+
+  // Expert parallelism (ep.comm null: none): the placement, the exchange,
+  // and the host side of ExchangeExperts.
+  ExpertParallelism ep;
+  std::unique_ptr<ExpertPlacement> placement;
+  std::unique_ptr<comm::ExpertExchange> exchange;
+  int64_t reserved_expert_rows = 0;
+  std::vector<int32_t> host_idx, dest_rank, recv_slot, recv_row_to_row, identity;
+  std::vector<float> host_h, recv_in, recv_grouped_out, recv_out, combined;
 
   // The step's indices, uploaded in one copy (see Step for the layout).
   std::vector<uint8_t> host_staging;
@@ -533,9 +570,15 @@ absl::Status CudaEngine::State::UploadLayer(int64_t l) {
     HERD_RETURN_IF_ERROR(
         d.router_mask.Upload(mask.data(), mask.size() * sizeof(float), name + " router mask"));
   }
-  HERD_RETURN_IF_ERROR(UploadExperts(w, &ExpertFfnWeights::gate, name + " gate", &d.gate));
-  HERD_RETURN_IF_ERROR(UploadExperts(w, &ExpertFfnWeights::up, name + " up", &d.up));
-  return UploadExperts(w, &ExpertFfnWeights::down, name + " down", &d.down);
+  std::vector<bool> held;
+  if (ep.comm != nullptr) {
+    held.assign(w.experts.size(), false);
+    for (int32_t e : placement->RankExperts(static_cast<int>(l), ep.comm->rank())) held[e] = true;
+  }
+  const std::vector<bool>* only = ep.comm != nullptr ? &held : nullptr;
+  HERD_RETURN_IF_ERROR(UploadExperts(w, &ExpertFfnWeights::gate, only, name + " gate", &d.gate));
+  HERD_RETURN_IF_ERROR(UploadExperts(w, &ExpertFfnWeights::up, only, name + " up", &d.up));
+  return UploadExperts(w, &ExpertFfnWeights::down, only, name + " down", &d.down);
 }
 
 absl::Status CudaEngine::State::Reserve(int64_t num_tokens, int64_t num_sequences,
@@ -549,6 +592,7 @@ absl::Status CudaEngine::State::Reserve(int64_t num_tokens, int64_t num_sequence
     const size_t bytes = StepWorkspaceBytes(model, num_tokens);
     HERD_RETURN_IF_ERROR(workspace.Allocate(bytes, "the GEMM workspace"));
     reserved_tokens = num_tokens;
+    reserved_expert_rows = num_tokens * model.spec.num_experts_per_token;  // as just allocated
     ClearGraphs();  // they point at the old buffers
   }
   if (num_sequences > reserved_sequences || max_context > reserved_context) {
@@ -598,12 +642,8 @@ absl::Status CudaEngine::State::DenseExperts(const DeviceLayer& d, int64_t slots
   const ModelSpec& s = model.spec;
   const int64_t hidden = s.hidden_size;
   const int64_t ffn = s.expert_ffn_size;
-  host_offsets.resize(s.num_experts + 1);
-  HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_offsets.data(), expert_offsets.get(),
-                                             host_offsets.size() * sizeof(int32_t), stream));
-  HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
   const auto each_expert = [&](const auto& run) -> absl::Status {
-    for (int64_t e = 0; e < s.num_experts; ++e) {
+    for (int64_t e = 0; e < d.gate.num_slots; ++e) {
       const int64_t begin = host_offsets[e];
       const int64_t rows = host_offsets[e + 1] - begin;
       if (rows > 0) HERD_RETURN_IF_ERROR(run(e, begin, rows));
@@ -691,13 +731,25 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
     HERD_RETURN_IF_ERROR(cuda::RouterTopK(router_logits.as<float>(), t, s.num_experts, top_k,
                                           s.router_scoring, s.norm_topk_prob, layer_expert_idx,
                                           layer_expert_weights, stream));
-    HERD_RETURN_IF_ERROR(
-        cuda::PermuteByExpert(layer_expert_idx, slots, s.num_experts, row_to_slot.as<int32_t>(),
-                              expert_offsets.as<int32_t>(), slot_to_row.as<int32_t>(),
-                              workspace.get(), workspace.bytes(), stream));
-    HERD_RETURN_IF_ERROR(cuda::GatherRows(hs, row_to_slot.as<int32_t>(), slots, top_k, hidden,
-                                          expert_in.as<float>(), stream));
-    HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, slots) : DenseExperts(d, slots));
+    if (ep.comm != nullptr) {
+      HERD_RETURN_IF_ERROR(ExchangeExperts(static_cast<int>(l), t));
+    } else {
+      HERD_RETURN_IF_ERROR(
+          cuda::PermuteByExpert(layer_expert_idx, slots, s.num_experts, row_to_slot.as<int32_t>(),
+                                expert_offsets.as<int32_t>(), slot_to_row.as<int32_t>(),
+                                workspace.get(), workspace.bytes(), stream));
+      HERD_RETURN_IF_ERROR(cuda::GatherRows(hs, row_to_slot.as<int32_t>(), slots, top_k, hidden,
+                                            expert_in.as<float>(), stream));
+      if (d.gate.dense.empty()) {
+        HERD_RETURN_IF_ERROR(GroupedExperts(d, slots));
+      } else {
+        host_offsets.resize(d.gate.num_slots + 1);
+        HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_offsets.data(), expert_offsets.get(),
+                                                   host_offsets.size() * sizeof(int32_t), stream));
+        HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
+        HERD_RETURN_IF_ERROR(DenseExperts(d, slots));
+      }
+    }
     HERD_RETURN_IF_ERROR(cuda::MemsetAsync(proj.get(), 0, t * hidden * sizeof(float), stream));
     HERD_RETURN_IF_ERROR(cuda::CombineWeighted(expert_out.as<float>(), slot_to_row.as<int32_t>(),
                                                layer_expert_weights, t, top_k, hidden,
@@ -718,7 +770,16 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
 absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   const ModelSpec& s = model.spec;
   const int64_t t = static_cast<int64_t>(batch.token_ids.size());
-  if (t == 0) return absl::OkStatus();
+  if (t == 0) {
+    // An expert-parallel rank without tokens still serves its experts.
+    if (ep.comm == nullptr) return absl::OkStatus();
+    for (size_t l = 0; l < model.layers.size(); ++l) {
+      if (!model.layers[l].moe_dropped) {
+        HERD_RETURN_IF_ERROR(ExchangeExperts(static_cast<int>(l), 0));
+      }
+    }
+    return absl::OkStatus();
+  }
   KvCache& cache = *batch.cache;
   const int64_t num_sequences = static_cast<int64_t>(batch.chunks.size());
   const int64_t num_rows = static_cast<int64_t>(batch.logit_rows.size());
@@ -824,13 +885,130 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   for (size_t l = 0; l < model.layers.size(); ++l) {
     if (model.layers[l].moe_dropped) continue;
     stats.routed_slots += slots;
-    stats.layer_expert_rows[l] += slots;
+    if (ep.comm == nullptr) stats.layer_expert_rows[l] += slots;  // EP: rows received
     if (routing_observer) {
       routing_observer(static_cast<int>(l), t, top_k, host_expert_idx.data() + l * slots,
                        host_expert_weights.data() + l * slots);
     }
   }
   return absl::OkStatus();
+}
+
+absl::Status CudaEngine::State::ReserveExpertRows(int64_t rows) {
+  if (rows <= reserved_expert_rows) return absl::OkStatus();
+  const ModelSpec& s = model.spec;
+  const int64_t top_k = s.num_experts_per_token;
+  // expert_out also takes this step's slots back from Combine.
+  const int64_t capacity = std::max(rows, reserved_tokens * top_k);
+  const auto f32 = [](int64_t n) { return static_cast<size_t>(n) * sizeof(float); };
+  HERD_RETURN_IF_ERROR(expert_in.Allocate(f32(capacity * s.hidden_size), "received rows"));
+  HERD_RETURN_IF_ERROR(gate_out.Allocate(f32(capacity * s.expert_ffn_size), "received rows"));
+  HERD_RETURN_IF_ERROR(up_out.Allocate(f32(capacity * s.expert_ffn_size), "received rows"));
+  HERD_RETURN_IF_ERROR(expert_out.Allocate(f32(capacity * s.hidden_size), "received rows"));
+  if (expert_offsets.bytes() < static_cast<size_t>(s.num_experts + 1) * sizeof(int32_t)) {
+    HERD_RETURN_IF_ERROR(
+        expert_offsets.Allocate((s.num_experts + 1) * sizeof(int32_t), "expert offsets"));
+  }
+  const size_t bytes = StepWorkspaceBytes(model, (capacity + top_k - 1) / top_k);
+  if (bytes > workspace.bytes()) {
+    HERD_RETURN_IF_ERROR(workspace.Allocate(bytes, "the GEMM workspace"));
+  }
+  reserved_expert_rows = capacity;
+  return absl::OkStatus();
+}
+
+absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
+  const ModelSpec& s = model.spec;
+  const DeviceLayer& d = layers[layer_idx];
+  const int64_t top_k = s.num_experts_per_token;
+  const int64_t slots = t * top_k;
+  const int64_t hidden = s.hidden_size;
+  const int rank = ep.comm->rank();
+  // The routing and the normed rows come to the host.
+  host_idx.resize(slots);
+  host_h.resize(t * hidden);
+  dest_rank.resize(slots);
+  if (t > 0) {
+    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_idx.data(),
+                                               expert_idx.as<int32_t>() + layer_idx * slots,
+                                               slots * sizeof(int32_t), stream));
+    HERD_RETURN_IF_ERROR(
+        cuda::CopyToHostAsync(host_h.data(), h.get(), t * hidden * sizeof(float), stream));
+    HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
+  }
+  const int64_t num_sent =
+      PickDestinationRanks(*placement, layer_idx, rank, host_idx.data(), slots, dest_rank.data());
+  comm::DispatchArgs args;
+  args.hidden = host_h.data();
+  args.topk_idx = host_idx.data();
+  args.dest_rank = dest_rank.data();
+  args.num_tokens = t;
+  args.top_k = top_k;
+  args.hidden_size = hidden;
+  const int64_t bytes_sent_before = ep.comm->stats().bytes_sent;
+  const absl::Time dispatch_start = absl::Now();
+  HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
+                        exchange->Dispatch(args, dispatch_start + ep.timeout));
+  stats.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - dispatch_start);
+  const int64_t num_recv = handle.num_recv_rows();
+  stats.dispatched_slots += num_sent;
+  stats.received_rows += num_recv;
+  stats.layer_expert_rows[layer_idx] += num_recv;
+
+  // Group what arrived by the slot of its expert on this GPU.
+  recv_slot.resize(num_recv);
+  for (int64_t r = 0; r < num_recv; ++r) {
+    const int32_t e = handle.recv_expert_idx()[r];
+    const int32_t slot =
+        e >= 0 && e < static_cast<int32_t>(d.gate.local_slot.size()) ? d.gate.local_slot[e] : -1;
+    if (slot < 0) {
+      return absl::InternalError(absl::StrCat("rank ", rank, " received a row for expert ", e,
+                                              " of layer ", layer_idx, ", which it does not hold"));
+    }
+    recv_slot[r] = slot;
+  }
+  recv_row_to_row.resize(num_recv);
+  host_offsets.assign(d.gate.num_slots + 1, 0);
+  cpu::PermuteByExpert(recv_slot.data(), num_recv, d.gate.num_slots, recv_row_to_row.data(),
+                       host_offsets.data());
+  recv_out.resize(num_recv * hidden);
+  if (num_recv > 0) {
+    HERD_RETURN_IF_ERROR(ReserveExpertRows(num_recv));
+    recv_in.resize(num_recv * hidden);
+    for (int64_t r = 0; r < num_recv; ++r) {
+      std::memcpy(recv_in.data() + r * hidden, handle.recv_x() + recv_row_to_row[r] * hidden,
+                  hidden * sizeof(float));
+    }
+    HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_in.get(), recv_in.data(),
+                                                 recv_in.size() * sizeof(float), stream));
+    HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_offsets.get(), host_offsets.data(),
+                                                 host_offsets.size() * sizeof(int32_t), stream));
+    HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, num_recv)
+                                              : DenseExperts(d, num_recv));
+    recv_grouped_out.resize(num_recv * hidden);
+    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(recv_grouped_out.data(), expert_out.get(),
+                                               recv_grouped_out.size() * sizeof(float), stream));
+    HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
+    for (int64_t r = 0; r < num_recv; ++r) {
+      std::memcpy(recv_out.data() + recv_row_to_row[r] * hidden,
+                  recv_grouped_out.data() + r * hidden, hidden * sizeof(float));
+    }
+  }
+  // Every slot's row comes back, in slot order (zeros for skipped slots).
+  combined.resize(slots * hidden);
+  const absl::Time combine_start = absl::Now();
+  HERD_RETURN_IF_ERROR(exchange->Combine(std::move(handle), recv_out.data(), combined.data(),
+                                         combine_start + ep.timeout));
+  stats.combine_seconds += absl::ToDoubleSeconds(absl::Now() - combine_start);
+  stats.all_to_all_bytes += ep.comm->stats().bytes_sent - bytes_sent_before;
+  if (t == 0) return absl::OkStatus();
+  HERD_RETURN_IF_ERROR(ReserveExpertRows(slots));
+  identity.resize(slots);
+  std::iota(identity.begin(), identity.end(), 0);
+  HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_out.get(), combined.data(),
+                                               combined.size() * sizeof(float), stream));
+  return cuda::CopyToDeviceAsync(slot_to_row.get(), identity.data(), slots * sizeof(int32_t),
+                                 stream);
 }
 
 CudaEngine::CudaEngine(std::unique_ptr<State> state) : state_(std::move(state)) {}
@@ -845,14 +1023,27 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const Model& mode
     return absl::FailedPreconditionError(absl::StrCat(
         "--device cuda needs a CUDA GPU: ", devices.ok() ? "no device found" : devices.message()));
   }
-  HERD_RETURN_IF_ERROR(CheckSupported(model, options, /*need_every_expert=*/true));
+  if (options.device >= count) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("CUDA device ", options.device, " asked for; this machine has ", count));
+  }
+  if (options.device >= 0) HERD_RETURN_IF_ERROR(cuda::SetDevice(options.device));
+  const ExpertParallelism& ep = options.expert_parallelism;
+  HERD_RETURN_IF_ERROR(CheckSupported(model, options, /*need_every_expert=*/ep.comm == nullptr));
+  HERD_RETURN_IF_ERROR(CheckRankHoldsItsExperts(model, ep));
   auto state = std::make_unique<State>(model, options);
+  if (ep.comm != nullptr) {
+    state->ep = ep;
+    state->placement = std::make_unique<ExpertPlacement>(*ep.placement);
+    state->exchange = std::make_unique<comm::ExpertExchange>(ep.comm);
+  }
   state->stats.layer_expert_rows.assign(s.num_layers, 0);
   HERD_RETURN_IF_ERROR(cuda::DeviceName(&state->device_name, &state->ordinal));
   HERD_RETURN_IF_ERROR(cuda::StreamCreate(&state->stream));
   HERD_RETURN_IF_ERROR(cuda::BlasHandle::Create(&state->blas));
   HERD_RETURN_IF_ERROR(state->Upload());
-  state->graphs_enabled = options.cuda_graphs;
+  // Expert-parallel steps talk to other ranks from the host: no graphs.
+  state->graphs_enabled = options.cuda_graphs && ep.comm == nullptr;
   for (const DeviceLayer& d : state->layers) {
     if (!d.gate.dense.empty()) state->graphs_enabled = false;
   }
@@ -926,10 +1117,21 @@ absl::Status CudaEngine::ValidateBatch(const Batch& batch) const {
 
 absl::Status CudaEngine::Forward(const Batch& batch, float* logits) {
   HERD_RETURN_IF_ERROR(ValidateBatch(batch));
+  State& st = *state_;
+  if (st.options.device >= 0) HERD_RETURN_IF_ERROR(cuda::SetDevice(st.options.device));
   const auto start = std::chrono::steady_clock::now();
-  ++state_->stats.forward_calls;
+  ++st.stats.forward_calls;
+  const int64_t max_step_tokens = st.options.max_step_tokens;
+  int64_t num_steps = 1;
+  if (st.ep.comm != nullptr) {
+    // Each step is a collective: every rank runs as many as the busiest.
+    const int64_t tokens = static_cast<int64_t>(batch.token_ids.size());
+    HERD_ASSIGN_OR_RETURN(
+        num_steps, AgreeOnStepCount(*st.ep.comm, (tokens + max_step_tokens - 1) / max_step_tokens,
+                                    absl::Now() + st.ep.timeout));
+  }
   const absl::Status status =
-      RunInSteps(batch, state_->options.max_step_tokens, 1, state_->model.spec.vocab_size, logits,
+      RunInSteps(batch, max_step_tokens, num_steps, st.model.spec.vocab_size, logits,
                  [this](const Batch& step, float* out) { return state_->Step(step, out); });
   state_->stats.forward_seconds +=
       std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
@@ -963,6 +1165,8 @@ std::string CudaEngine::Describe() const {
                       HumanBytes(static_cast<double>(state_->weight_bytes)),
                       " of weights on the device");
 }
+
+bool CudaEngine::expert_parallel() const { return state_->ep.comm != nullptr; }
 
 const ModelSpec& CudaEngine::spec() const { return state_->model.spec; }
 const EngineStats& CudaEngine::stats() const { return state_->stats; }

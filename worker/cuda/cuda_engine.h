@@ -17,8 +17,16 @@
 // before replay a CUDA graph captured the first time, except with float
 // experts, whose per-expert calls need the routing's row counts on the host.
 //
-// Not supported yet (Unimplemented at Create): expert parallelism, a shared
-// expert (Qwen2-MoE), dynamic expert skipping (see the option).
+// Expert parallelism (CudaEngineOptions::expert_parallelism): the GPU holds
+// only the experts the placement gives its rank. Per layer, the router's
+// choice and the normed rows come to the host, travel through
+// comm::ExpertExchange over the group's communicator (any backend), this
+// rank's experts run on the GPU over the rows it received, and the results
+// go back the same way; such steps run without CUDA graphs, and every rank
+// runs as many steps as the busiest one (Forward is a collective).
+//
+// Not supported yet (Unimplemented at Create): a shared expert (Qwen2-MoE),
+// dynamic expert skipping (see the option).
 //
 // Thread-safety: driven by one thread at a time, like Engine.
 #pragma once
@@ -31,6 +39,7 @@
 #include "absl/status/statusor.h"
 #include "model/model.h"
 #include "worker/cuda_memory_plan.h"
+#include "worker/expert_parallelism.h"
 #include "worker/forward_engine.h"
 
 namespace herd {
@@ -44,13 +53,20 @@ struct CudaEngineOptions {
   // checkpoint that has skip thresholds is refused; false runs every routed
   // expert (as --no-expert-skip does on the CPU).
   bool expert_skipping = true;
+  // The GPU this engine runs on; -1: the calling thread's current device.
+  // Forward makes it current on the calling thread.
+  int device = -1;
+  // A rank of an expert-parallel group (comm null: every expert here).
+  ExpertParallelism expert_parallelism;
 };
 
 class CudaEngine final : public ForwardEngine {
  public:
   // Uploads `model` to the current CUDA device. FailedPrecondition without a
   // usable device; ResourceExhausted when it does not fit; Unimplemented for
-  // the features above; InvalidArgument for a model the kernels can't run.
+  // the features above; InvalidArgument for a model the kernels can't run,
+  // or a placement that does not fit the model and group or gives this rank
+  // an expert the model did not load.
   static absl::StatusOr<std::unique_ptr<CudaEngine>> Create(const Model& model,
                                                             const CudaEngineOptions& options);
   ~CudaEngine() override;
@@ -74,7 +90,7 @@ class CudaEngine final : public ForwardEngine {
                                                          int64_t block_tokens) override;
   const ModelSpec& spec() const override;
   const EngineStats& stats() const override;
-  bool expert_parallel() const override { return false; }
+  bool expert_parallel() const override;
   std::string device() const override;
   // "cuda:N (GPU name), B of weights on the device".
   std::string Describe() const override;

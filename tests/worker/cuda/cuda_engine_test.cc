@@ -18,9 +18,12 @@
 #include <functional>
 #include <numeric>
 #include <string>
+#include <thread>
 #include <utility>
 #include <vector>
 
+#include "comm/local_world.h"
+#include "core/placement.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "model/model_loader.h"
@@ -274,6 +277,65 @@ TEST_P(CudaEngineFixtureTest, RoutingObserverSeesTheCpuEnginesChoices) {
   const size_t seen = on_gpu.calls.size();
   TeacherForced(*gpu, Sequence(), 16, table);
   EXPECT_EQ(on_gpu.calls.size(), seen);
+}
+
+// Expert parallelism on one GPU: two ranks (threads), each an engine that
+// holds half of every layer's experts, exchanging rows over a local
+// communicator. Run 1: both ranks run the fixture's sequence; run 2: rank 1
+// has no tokens (empty batches) but still serves its experts. Rank 0's
+// logits are the single-GPU engine's, and rank 1 computed rows for rank 0.
+TEST_P(CudaEngineFixtureTest, ExpertParallelRanksMatchOneGpu) {
+  auto one_gpu = MakeCudaEngine();
+  ASSERT_NE(one_gpu, nullptr);
+  const std::vector<int32_t> table = {0, 1, 2, 3};
+  const std::vector<float> reference = TeacherForced(*one_gpu, Sequence(), 16, table);
+  const ModelSpec& spec = model_->spec;
+  auto placement = ExpertPlacement::Contiguous(static_cast<int>(spec.num_layers),
+                                               static_cast<int>(spec.num_experts), 2);
+  ASSERT_TRUE(placement.ok()) << placement.status();
+  for (const bool rank1_has_tokens : {true, false}) {
+    SCOPED_TRACE(rank1_has_tokens ? "both ranks run the sequence" : "rank 1 has no tokens");
+    auto world = comm::LocalWorld::Create(2);
+    ASSERT_TRUE(world.ok()) << world.status();
+    std::vector<std::vector<float>> logits(2);
+    std::vector<EngineStats> stats(2);
+    std::vector<std::thread> threads;
+    for (int rank = 0; rank < 2; ++rank) {
+      threads.emplace_back([&, rank] {
+        auto comm = (*world)->CreateCommunicator(rank);
+        ASSERT_TRUE(comm.ok()) << comm.status();
+        CudaEngineOptions options;
+        options.device = 0;
+        options.expert_parallelism = {comm->get(), &*placement, absl::Seconds(60)};
+        auto engine = CudaEngine::Create(*model_, options);
+        ASSERT_TRUE(engine.ok()) << engine.status();
+        EXPECT_TRUE((*engine)->expert_parallel());
+        if (rank == 0 || rank1_has_tokens) {
+          logits[rank] = TeacherForced(**engine, Sequence(), 16, table);
+        } else {
+          // As many Forward calls as TeacherForced makes: one prefill, then one per token.
+          const int64_t calls = static_cast<int64_t>(Sequence().size()) - 16 + 1;
+          for (int64_t i = 0; i < calls; ++i) {
+            const absl::Status s = (*engine)->Forward(Batch{}, nullptr);
+            EXPECT_TRUE(s.ok()) << s;
+          }
+        }
+        stats[rank] = (*engine)->stats();
+      });
+    }
+    for (std::thread& t : threads) t.join();
+    ASSERT_EQ(logits[0].size(), reference.size());
+    const Difference d = Compare(logits[0], reference);
+    std::printf("[ %s ] expert-parallel rank 0 vs one GPU: max |diff| = %.3g (bound %.3g)\n",
+                GetParam().c_str(), d.max_abs, d.bound);
+    EXPECT_LE(d.max_abs, d.bound) << "position " << d.worst / spec.vocab_size;
+    if (rank1_has_tokens) {
+      const Difference d1 = Compare(logits[1], reference);
+      EXPECT_LE(d1.max_abs, d1.bound) << "rank 1, position " << d1.worst / spec.vocab_size;
+    }
+    EXPECT_GT(stats[1].received_rows, 0);
+    EXPECT_GT(stats[0].dispatched_slots, 0);
+  }
 }
 
 // 32 positions in one batch with steps of at most 5 tokens: the steps see
