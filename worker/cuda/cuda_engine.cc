@@ -532,7 +532,9 @@ absl::Status CudaEngine::State::Upload() {
   std::vector<absl::Status> layer_status(model.layers.size());
   ThreadPool pool(ThreadPool::DefaultNumThreads());
   pool.ParallelFor(static_cast<int64_t>(layers.size()), 1, [&](int64_t begin, int64_t end, int) {
-    for (int64_t l = begin; l < end; ++l) layer_status[l] = UploadLayer(l);
+    // The pool's threads start on device 0; the engine's is `ordinal`.
+    const absl::Status device = cuda::SetDevice(ordinal);
+    for (int64_t l = begin; l < end; ++l) layer_status[l] = device.ok() ? UploadLayer(l) : device;
   });
   for (size_t l = 0; l < layers.size(); ++l) {
     HERD_RETURN_IF_ERROR(layer_status[l]);
@@ -1031,6 +1033,12 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const Model& mode
   const ExpertParallelism& ep = options.expert_parallelism;
   HERD_RETURN_IF_ERROR(CheckSupported(model, options, /*need_every_expert=*/ep.comm == nullptr));
   HERD_RETURN_IF_ERROR(CheckRankHoldsItsExperts(model, ep));
+  if (ep.comm != nullptr && ep.comm->memory_space() != comm::MemorySpace::kHost) {
+    return absl::UnimplementedError(absl::StrCat(
+        "the CUDA engine stages expert rows through the host and needs a host communicator "
+        "(mpi, ucx, local), not ",
+        ep.comm->backend_name()));
+  }
   auto state = std::make_unique<State>(model, options);
   if (ep.comm != nullptr) {
     state->ep = ep;

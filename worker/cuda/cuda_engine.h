@@ -20,7 +20,7 @@
 // Expert parallelism (CudaEngineOptions::expert_parallelism): the GPU holds
 // only the experts the placement gives its rank. Per layer, the router's
 // choice and the normed rows come to the host, travel through
-// comm::ExpertExchange over the group's communicator (any backend), this
+// comm::ExpertExchange over the group's host communicator (mpi, ucx, local), this
 // rank's experts run on the GPU over the rows it received, and the results
 // go back the same way; such steps run without CUDA graphs, and every rank
 // runs as many steps as the busiest one (Forward is a collective).
