@@ -26,7 +26,11 @@ Engine::Engine(const Model& model, const EngineOptions& options, int num_threads
       expert_skipping_(options.expert_skipping),
       ep_(options.expert_parallelism) {
   stats_.layer_expert_rows.assign(model.spec.num_layers, 0);
-  if (ep_.comm != nullptr) exchange_ = std::make_unique<comm::ExpertExchange>(ep_.comm);
+  if (ep_.comm != nullptr) {
+    exchange_ = std::make_unique<ExpertRowExchange>(ep_);
+    expert_slots_.resize(model.spec.num_experts);
+    std::iota(expert_slots_.begin(), expert_slots_.end(), 0);
+  }
 }
 
 absl::Status Engine::PackWeights() {
@@ -418,46 +422,11 @@ absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
 absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
   const ModelSpec& s = model_.spec;
   const int64_t top_k = s.num_experts_per_token;
-  const int64_t num_slots = num_tokens * top_k;
-  const int64_t hidden = s.hidden_size;
-  const int rank = ep_.comm->rank();
-  dest_rank_.resize(num_slots);
-  identity_.resize(num_slots);
-  std::iota(identity_.begin(), identity_.end(), 0);
-  const int64_t num_sent = PickDestinationRanks(*placement_, layer_idx, rank, expert_idx_.data(),
-                                                num_slots, dest_rank_.data());
-  comm::DispatchArgs args;
-  args.hidden = h_.data();
-  args.topk_idx = expert_idx_.data();
-  args.dest_rank = dest_rank_.data();
-  args.num_tokens = num_tokens;
-  args.top_k = top_k;
-  args.hidden_size = hidden;
-  const int64_t bytes_sent_before = ep_.comm->stats().bytes_sent;
-  absl::Cleanup count_bytes = [&] {
-    stats_.all_to_all_bytes += ep_.comm->stats().bytes_sent - bytes_sent_before;
-  };
-  const absl::Time dispatch_start = absl::Now();
-  HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
-                        exchange_->Dispatch(args, dispatch_start + ep_.timeout));
-  stats_.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - dispatch_start);
-  stats_.dispatched_slots += num_sent;
-  stats_.received_rows += handle.num_recv_rows();
-  stats_.layer_expert_rows[layer_idx] += handle.num_recv_rows();
-
-  // Group what arrived by expert, run the local experts, restore arrival order.
-  const int64_t num_recv = handle.num_recv_rows();
-  recv_row_to_row_.resize(num_recv);
-  recv_offsets_.resize(s.num_experts + 1);
-  recv_in_.resize(num_recv * hidden);
-  recv_out_.resize(num_recv * hidden);
-  recv_grouped_out_.resize(num_recv * hidden);
-  cpu::PermuteByExpert(handle.recv_expert_idx(), num_recv, s.num_experts, recv_row_to_row_.data(),
-                       recv_offsets_.data());
-  for (int64_t r = 0; r < num_recv; ++r) {
-    std::memcpy(recv_in_.data() + r * hidden, handle.recv_x() + recv_row_to_row_[r] * hidden,
-                hidden * sizeof(float));
-  }
+  HERD_RETURN_IF_ERROR(exchange_->Dispatch(*placement_, layer_idx, h_.data(), expert_idx_.data(),
+                                           num_tokens, top_k, s.hidden_size, expert_slots_,
+                                           s.num_experts, stats_));
+  // The rows that arrived, grouped by expert, through the local experts.
+  const int64_t num_recv = exchange_->num_recv();
   const std::vector<cpu::ExpertFfnView>& experts = experts_->LayerViews(layer_idx);
   for (const cpu::ExpertFfnView& e : experts) {
     if (e.gate == nullptr) continue;
@@ -465,19 +434,12 @@ absl::Status Engine::DispatchedExperts(int layer_idx, int64_t num_tokens) {
     if (workspace_.size() < bytes) workspace_.resize(bytes);
     break;
   }
-  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(experts, recv_offsets_.data(), recv_in_.data(),
-                                             recv_grouped_out_.data(), workspace_.data(),
+  HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(experts, exchange_->offsets(), exchange_->grouped_in(),
+                                             exchange_->grouped_out(), workspace_.data(),
                                              workspace_.size(), pool_));
-  for (int64_t r = 0; r < num_recv; ++r) {
-    std::memcpy(recv_out_.data() + recv_row_to_row_[r] * hidden,
-                recv_grouped_out_.data() + r * hidden, hidden * sizeof(float));
-  }
   // Results come back in slot order: row = slot.
-  const absl::Time combine_start = absl::Now();
-  HERD_RETURN_IF_ERROR(exchange_->Combine(std::move(handle), recv_out_.data(), expert_out_.data(),
-                                          combine_start + ep_.timeout));
-  stats_.combine_seconds += absl::ToDoubleSeconds(absl::Now() - combine_start);
-  std::copy(identity_.begin(), identity_.end(), slot_to_row_.begin());
+  HERD_RETURN_IF_ERROR(exchange_->Combine(expert_out_.data(), stats_));
+  std::iota(slot_to_row_.begin(), slot_to_row_.begin() + num_tokens * top_k, 0);
   return absl::OkStatus();
 }
 

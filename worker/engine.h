@@ -174,7 +174,9 @@ class Engine final : public ForwardEngine, public ExpertPlacementSwitch {
   const int64_t max_step_tokens_;
   const bool expert_skipping_;
   const ExpertParallelism ep_;  // ep_.placement is not used after Create
-  std::unique_ptr<comm::ExpertExchange> exchange_;
+  std::unique_ptr<ExpertRowExchange> exchange_;
+  // Expert e is storage slot e: the expert tables index experts by id.
+  std::vector<int32_t> expert_slots_;
   // Expert parallelism: the placement in force (null for a single rank).
   std::shared_ptr<const ExpertPlacement> placement_;
   // The routed experts this rank holds (every expert for a single rank).
@@ -206,14 +208,6 @@ class Engine final : public ForwardEngine, public ExpertPlacementSwitch {
   std::vector<float> expert_out_;        // F32 [T * top_k, hidden]
   std::vector<int32_t> positions_;       // I32 [T]
   std::vector<cpu::AttentionSequence> attention_sequences_;  // one per chunk of the step
-  // Expert parallelism only.
-  std::vector<int32_t> dest_rank_;        // I32 [T * top_k]: rank each slot goes to
-  std::vector<int32_t> recv_row_to_row_;  // I32 [R]: received rows grouped by expert
-  std::vector<int32_t> recv_offsets_;     // I32 [experts + 1]
-  std::vector<float> recv_in_;            // F32 [R, hidden], grouped by expert
-  std::vector<float> recv_grouped_out_;   // F32 [R, hidden], grouped by expert
-  std::vector<float> recv_out_;           // F32 [R, hidden], in received order
-  std::vector<int32_t> identity_;         // I32 [T * top_k]: slot -> slot
   std::vector<uint8_t> workspace_;
 };
 

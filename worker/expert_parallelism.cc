@@ -1,10 +1,14 @@
 #include "worker/expert_parallelism.h"
 
 #include <algorithm>
+#include <cstring>
+#include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/time/clock.h"
 #include "core/status.h"
+#include "kernels/moe.h"
 
 namespace herd {
 
@@ -57,6 +61,78 @@ int64_t PickDestinationRanks(const ExpertPlacement& placement, int layer_idx, in
     num_sent += dest_rank[slot] >= 0;
   }
   return num_sent;
+}
+
+ExpertRowExchange::ExpertRowExchange(const ExpertParallelism& ep) : ep_(ep), exchange_(ep.comm) {}
+
+absl::Status ExpertRowExchange::Dispatch(const ExpertPlacement& placement, int layer_idx,
+                                         const float* hidden, const int32_t* expert_idx,
+                                         int64_t num_tokens, int64_t top_k, int64_t hidden_size,
+                                         const std::vector<int32_t>& local_slot, int64_t num_slots,
+                                         EngineStats& stats) {
+  const int rank = ep_.comm->rank();
+  const int64_t num_slots_sent = num_tokens * top_k;
+  dest_rank_.resize(num_slots_sent);
+  const int64_t num_sent = PickDestinationRanks(placement, layer_idx, rank, expert_idx,
+                                                num_slots_sent, dest_rank_.data());
+  comm::DispatchArgs args;
+  args.hidden = hidden;
+  args.topk_idx = expert_idx;
+  args.dest_rank = dest_rank_.data();
+  args.num_tokens = num_tokens;
+  args.top_k = top_k;
+  args.hidden_size = hidden_size;
+  const int64_t bytes_before = ep_.comm->stats().bytes_sent;
+  const absl::Time start = absl::Now();
+  absl::StatusOr<comm::DispatchHandle> handle = exchange_.Dispatch(args, start + ep_.timeout);
+  stats.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  stats.all_to_all_bytes += ep_.comm->stats().bytes_sent - bytes_before;
+  HERD_RETURN_IF_ERROR(handle.status());
+  handle_ = std::move(*handle);
+  const int64_t num_recv = handle_.num_recv_rows();
+  stats.dispatched_slots += num_sent;
+  stats.received_rows += num_recv;
+  stats.layer_expert_rows[layer_idx] += num_recv;
+
+  // Group what arrived by the storage slot of its expert.
+  recv_slot_.resize(num_recv);
+  for (int64_t r = 0; r < num_recv; ++r) {
+    const int32_t e = handle_.recv_expert_idx()[r];
+    const int32_t slot = e >= 0 && e < static_cast<int32_t>(local_slot.size()) ? local_slot[e] : -1;
+    if (slot < 0 || slot >= num_slots) {
+      return absl::InternalError(absl::StrCat("rank ", rank, " received a row for expert ", e,
+                                              " of layer ", layer_idx, ", which it does not hold"));
+    }
+    recv_slot_[r] = slot;
+  }
+  row_to_recv_.resize(num_recv);
+  offsets_.assign(num_slots + 1, 0);
+  cpu::PermuteByExpert(recv_slot_.data(), num_recv, num_slots, row_to_recv_.data(),
+                       offsets_.data());
+  grouped_in_.resize(num_recv * hidden_size);
+  grouped_out_.resize(num_recv * hidden_size);
+  for (int64_t r = 0; r < num_recv; ++r) {
+    std::memcpy(grouped_in_.data() + r * hidden_size,
+                handle_.recv_x() + row_to_recv_[r] * hidden_size, hidden_size * sizeof(float));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status ExpertRowExchange::Combine(float* out, EngineStats& stats) {
+  const int64_t hidden_size = handle_.hidden_size();
+  const int64_t num_recv = handle_.num_recv_rows();
+  recv_out_.resize(num_recv * hidden_size);
+  for (int64_t r = 0; r < num_recv; ++r) {
+    std::memcpy(recv_out_.data() + row_to_recv_[r] * hidden_size,
+                grouped_out_.data() + r * hidden_size, hidden_size * sizeof(float));
+  }
+  const int64_t bytes_before = ep_.comm->stats().bytes_sent;
+  const absl::Time start = absl::Now();
+  const absl::Status status =
+      exchange_.Combine(std::move(handle_), recv_out_.data(), out, start + ep_.timeout);
+  stats.combine_seconds += absl::ToDoubleSeconds(absl::Now() - start);
+  stats.all_to_all_bytes += ep_.comm->stats().bytes_sent - bytes_before;
+  return status;
 }
 
 absl::StatusOr<int64_t> AgreeOnStepCount(comm::Communicator& comm, int64_t num_steps,

@@ -1,15 +1,19 @@
 // Expert parallelism, what every engine shares: the group and placement an
 // engine runs in, the checks that a rank holds what its placement gives it,
-// and the choice of the rank each routed slot travels to.
+// the choice of the rank each routed slot travels to, and the all-to-all of
+// a layer's rows around the experts.
 #pragma once
 
 #include <cstdint>
+#include <vector>
 
 #include "absl/status/status.h"
 #include "absl/time/time.h"
 #include "comm/communicator.h"
+#include "comm/expert_exchange.h"
 #include "core/placement.h"
 #include "model/model.h"
+#include "worker/engine_stats.h"
 
 namespace herd {
 
@@ -43,6 +47,48 @@ absl::Status CheckPlacementShape(const ExpertPlacement& placement, const ModelSp
 // (expert -1). Returns how many slots are sent.
 int64_t PickDestinationRanks(const ExpertPlacement& placement, int layer_idx, int rank,
                              const int32_t* expert_idx, int64_t num_slots, int32_t* dest_rank);
+
+// One rank's side of a layer's expert all-to-all, as both engines run it:
+// Dispatch sends each slot's row to the rank the placement picks and groups
+// what arrives by the slot of its expert in this rank's expert storage; the
+// engine runs its experts from grouped_in() into grouped_out() (the same row
+// order); Combine sends the results back, each into the slot it left from.
+// Time, slots, rows and bytes are counted into the EngineStats given.
+// Thread-safety: one thread, one layer at a time.
+class ExpertRowExchange {
+ public:
+  // ep.comm and ep.placement must be set; the placement is not kept.
+  explicit ExpertRowExchange(const ExpertParallelism& ep);
+
+  // Collective. hidden F32 [num_tokens, hidden_size], expert_idx I32
+  // [num_tokens, top_k] (-1: skipped, not sent). A received row for expert e
+  // goes to storage slot local_slot[e] of [0, num_slots); InternalError for a
+  // row whose expert this rank does not hold (local_slot -1 or too short).
+  absl::Status Dispatch(const ExpertPlacement& placement, int layer_idx, const float* hidden,
+                        const int32_t* expert_idx, int64_t num_tokens, int64_t top_k,
+                        int64_t hidden_size, const std::vector<int32_t>& local_slot,
+                        int64_t num_slots, EngineStats& stats);
+  int64_t num_recv() const { return handle_.num_recv_rows(); }
+  // F32 [num_recv, hidden_size], grouped by slot; offsets I32 [num_slots + 1].
+  const float* grouped_in() const { return grouped_in_.data(); }
+  const int32_t* offsets() const { return offsets_.data(); }
+  // F32 [num_recv, hidden_size]: the caller writes the experts' outputs here.
+  float* grouped_out() { return grouped_out_.data(); }
+
+  // Collective. out F32 [num_tokens * top_k, hidden_size] gets each slot's
+  // row (zeros for skipped slots), in slot order.
+  absl::Status Combine(float* out, EngineStats& stats);
+
+ private:
+  const ExpertParallelism ep_;
+  comm::ExpertExchange exchange_;
+  comm::DispatchHandle handle_;
+  std::vector<int32_t> dest_rank_;    // I32 [slots]: rank each slot goes to
+  std::vector<int32_t> recv_slot_;    // I32 [R]: storage slot of each received row
+  std::vector<int32_t> row_to_recv_;  // I32 [R]: grouped row -> received row
+  std::vector<int32_t> offsets_;      // I32 [num_slots + 1]
+  std::vector<float> grouped_in_, grouped_out_, recv_out_;  // F32 [R, hidden]
+};
 
 // Every rank of `comm` runs the same number of engine steps (each is a
 // collective): as many as the rank needing the most, and at least one.

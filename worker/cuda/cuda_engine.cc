@@ -13,7 +13,6 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/time/clock.h"
-#include "comm/expert_exchange.h"
 #include "core/dtype.h"
 #include "core/human_format.h"
 #include "core/status.h"
@@ -23,7 +22,6 @@
 #include "kernels/cuda/dense_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/routing.h"
-#include "kernels/moe.h"
 
 namespace herd {
 namespace {
@@ -486,10 +484,10 @@ struct CudaEngine::State {
   // and the host side of ExchangeExperts.
   ExpertParallelism ep;
   std::unique_ptr<ExpertPlacement> placement;
-  std::unique_ptr<comm::ExpertExchange> exchange;
+  std::unique_ptr<ExpertRowExchange> exchange;
   int64_t reserved_expert_rows = 0;
-  std::vector<int32_t> host_idx, dest_rank, recv_slot, recv_row_to_row, identity;
-  std::vector<float> host_h, recv_in, recv_grouped_out, recv_out, combined;
+  std::vector<int32_t> host_idx, identity;  // the step's routing; slot -> slot
+  std::vector<float> host_h, combined;      // normed rows out; expert rows back
 
   // The step's indices, uploaded in one copy (see Step for the layout).
   std::vector<uint8_t> host_staging;
@@ -925,11 +923,9 @@ absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
   const int64_t top_k = s.num_experts_per_token;
   const int64_t slots = t * top_k;
   const int64_t hidden = s.hidden_size;
-  const int rank = ep.comm->rank();
   // The routing and the normed rows come to the host.
   host_idx.resize(slots);
   host_h.resize(t * hidden);
-  dest_rank.resize(slots);
   if (t > 0) {
     HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_idx.data(),
                                                expert_idx.as<int32_t>() + layer_idx * slots,
@@ -938,71 +934,27 @@ absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
         cuda::CopyToHostAsync(host_h.data(), h.get(), t * hidden * sizeof(float), stream));
     HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
   }
-  const int64_t num_sent =
-      PickDestinationRanks(*placement, layer_idx, rank, host_idx.data(), slots, dest_rank.data());
-  comm::DispatchArgs args;
-  args.hidden = host_h.data();
-  args.topk_idx = host_idx.data();
-  args.dest_rank = dest_rank.data();
-  args.num_tokens = t;
-  args.top_k = top_k;
-  args.hidden_size = hidden;
-  const int64_t bytes_sent_before = ep.comm->stats().bytes_sent;
-  const absl::Time dispatch_start = absl::Now();
-  HERD_ASSIGN_OR_RETURN(comm::DispatchHandle handle,
-                        exchange->Dispatch(args, dispatch_start + ep.timeout));
-  stats.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - dispatch_start);
-  const int64_t num_recv = handle.num_recv_rows();
-  stats.dispatched_slots += num_sent;
-  stats.received_rows += num_recv;
-  stats.layer_expert_rows[layer_idx] += num_recv;
-
-  // Group what arrived by the slot of its expert on this GPU.
-  recv_slot.resize(num_recv);
-  for (int64_t r = 0; r < num_recv; ++r) {
-    const int32_t e = handle.recv_expert_idx()[r];
-    const int32_t slot =
-        e >= 0 && e < static_cast<int32_t>(d.gate.local_slot.size()) ? d.gate.local_slot[e] : -1;
-    if (slot < 0) {
-      return absl::InternalError(absl::StrCat("rank ", rank, " received a row for expert ", e,
-                                              " of layer ", layer_idx, ", which it does not hold"));
-    }
-    recv_slot[r] = slot;
-  }
-  recv_row_to_row.resize(num_recv);
-  host_offsets.assign(d.gate.num_slots + 1, 0);
-  cpu::PermuteByExpert(recv_slot.data(), num_recv, d.gate.num_slots, recv_row_to_row.data(),
-                       host_offsets.data());
-  recv_out.resize(num_recv * hidden);
+  HERD_RETURN_IF_ERROR(exchange->Dispatch(*placement, layer_idx, host_h.data(), host_idx.data(), t,
+                                          top_k, hidden, d.gate.local_slot, d.gate.num_slots,
+                                          stats));
+  // This GPU's experts over the rows it received, grouped by slot.
+  const int64_t num_recv = exchange->num_recv();
   if (num_recv > 0) {
     HERD_RETURN_IF_ERROR(ReserveExpertRows(num_recv));
-    recv_in.resize(num_recv * hidden);
-    for (int64_t r = 0; r < num_recv; ++r) {
-      std::memcpy(recv_in.data() + r * hidden, handle.recv_x() + recv_row_to_row[r] * hidden,
-                  hidden * sizeof(float));
-    }
-    HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_in.get(), recv_in.data(),
-                                                 recv_in.size() * sizeof(float), stream));
+    HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_in.get(), exchange->grouped_in(),
+                                                 num_recv * hidden * sizeof(float), stream));
+    host_offsets.assign(exchange->offsets(), exchange->offsets() + d.gate.num_slots + 1);
     HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_offsets.get(), host_offsets.data(),
                                                  host_offsets.size() * sizeof(int32_t), stream));
     HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, num_recv)
                                               : DenseExperts(d, num_recv));
-    recv_grouped_out.resize(num_recv * hidden);
-    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(recv_grouped_out.data(), expert_out.get(),
-                                               recv_grouped_out.size() * sizeof(float), stream));
+    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(exchange->grouped_out(), expert_out.get(),
+                                               num_recv * hidden * sizeof(float), stream));
     HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
-    for (int64_t r = 0; r < num_recv; ++r) {
-      std::memcpy(recv_out.data() + recv_row_to_row[r] * hidden,
-                  recv_grouped_out.data() + r * hidden, hidden * sizeof(float));
-    }
   }
   // Every slot's row comes back, in slot order (zeros for skipped slots).
   combined.resize(slots * hidden);
-  const absl::Time combine_start = absl::Now();
-  HERD_RETURN_IF_ERROR(exchange->Combine(std::move(handle), recv_out.data(), combined.data(),
-                                         combine_start + ep.timeout));
-  stats.combine_seconds += absl::ToDoubleSeconds(absl::Now() - combine_start);
-  stats.all_to_all_bytes += ep.comm->stats().bytes_sent - bytes_sent_before;
+  HERD_RETURN_IF_ERROR(exchange->Combine(combined.data(), stats));
   if (t == 0) return absl::OkStatus();
   HERD_RETURN_IF_ERROR(ReserveExpertRows(slots));
   identity.resize(slots);
@@ -1043,7 +995,7 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const Model& mode
   if (ep.comm != nullptr) {
     state->ep = ep;
     state->placement = std::make_unique<ExpertPlacement>(*ep.placement);
-    state->exchange = std::make_unique<comm::ExpertExchange>(ep.comm);
+    state->exchange = std::make_unique<ExpertRowExchange>(ep);
   }
   state->stats.layer_expert_rows.assign(s.num_layers, 0);
   HERD_RETURN_IF_ERROR(cuda::DeviceName(&state->device_name, &state->ordinal));
