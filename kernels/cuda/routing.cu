@@ -232,6 +232,32 @@ __global__ void GatherRowsKernel(const float* x, const int32_t* row_to_slot, int
   for (int64_t i = threadIdx.x; i < hidden; i += blockDim.x) dst[i] = src[i];
 }
 
+// One thread per token; the CPU's loop, with its roundings (no FMA).
+__global__ void SkipMinorExpertsKernel(int64_t num_tokens, int64_t top_k, float beta,
+                                       int32_t* expert_idx, float* weights) {
+  const int64_t t = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (t >= num_tokens) return;
+  int32_t* idx = expert_idx + t * top_k;
+  float* w = weights + t * top_k;
+  const float threshold = __fmul_rn(beta, w[0]);
+  float total = w[0];
+  float kept = w[0];
+  int skipped = 0;
+  for (int64_t j = 1; j < top_k; ++j) {
+    total = __fadd_rn(total, w[j]);
+    if (w[j] < threshold) {
+      idx[j] = -1;
+      w[j] = 0.0f;
+      ++skipped;
+    } else {
+      kept = __fadd_rn(kept, w[j]);
+    }
+  }
+  if (skipped == 0) return;
+  const float scale = __fdiv_rn(total, kept);
+  for (int64_t j = 0; j < top_k; ++j) w[j] = __fmul_rn(w[j], scale);
+}
+
 __global__ void CombineWeightedKernel(const float* expert_out, const int32_t* slot_to_row,
                                       const float* weights, int64_t top_k, int64_t hidden,
                                       float* out) {
@@ -273,6 +299,24 @@ absl::Status RouterTopK(const float* logits, int64_t num_tokens, int64_t num_exp
       logits, num_tokens, static_cast<int>(num_experts), static_cast<int>(top_k),
       scoring == RouterScoring::kSoftmax, renormalize, expert_idx, weights);
   return FromCuda(cudaGetLastError(), "RouterTopK launch");
+}
+
+absl::Status SkipMinorExperts(int64_t num_tokens, int64_t top_k, float beta, int32_t* expert_idx,
+                              float* weights, void* stream) {
+  if (num_tokens < 0 || top_k < 1) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("SkipMinorExperts: num_tokens ", num_tokens, ", top_k ", top_k));
+  }
+  if (beta <= 0.0f || num_tokens == 0) return absl::OkStatus();
+  constexpr int kThreads = 128;
+  const int64_t blocks = (num_tokens + kThreads - 1) / kThreads;
+  if (blocks > INT_MAX) {
+    return absl::InvalidArgumentError(absl::StrCat("SkipMinorExperts: num_tokens ", num_tokens));
+  }
+  SkipMinorExpertsKernel<<<static_cast<unsigned>(blocks), kThreads, 0,
+                           static_cast<cudaStream_t>(stream)>>>(num_tokens, top_k, beta, expert_idx,
+                                                                weights);
+  return FromCuda(cudaGetLastError(), "SkipMinorExperts launch");
 }
 
 size_t PermuteByExpertWorkspaceBytes(int64_t num_slots, int64_t num_experts) {

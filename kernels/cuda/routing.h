@@ -38,6 +38,14 @@ absl::Status RouterTopK(const float* logits, int64_t num_tokens, int64_t num_exp
                         RouterScoring scoring, bool renormalize, int32_t* expert_idx,
                         float* weights, void* stream);
 
+// cpu::SkipMinorExperts on the GPU, in place on RouterTopK's output: for each
+// token, slots j >= 1 whose weight is below beta * weights[0] get expert -1
+// and weight 0, and the kept weights are scaled to the sum all top_k had.
+// Bit-identical to the CPU (the same roundings, no FMA). beta <= 0 skips
+// nothing. InvalidArgument unless num_tokens >= 0 and top_k >= 1.
+absl::Status SkipMinorExperts(int64_t num_tokens, int64_t top_k, float beta, int32_t* expert_idx,
+                              float* weights, void* stream);
+
 // Bytes of workspace PermuteByExpert needs for these sizes (0 when
 // num_slots is 0).
 size_t PermuteByExpertWorkspaceBytes(int64_t num_slots, int64_t num_experts);

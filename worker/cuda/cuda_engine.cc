@@ -360,12 +360,6 @@ absl::Status CheckSupported(const Model& model, const CudaEngineOptions& options
         "the CUDA engine does not run shared experts (Qwen2-MoE) yet; use --device cpu");
   }
   for (size_t l = 0; l < model.layers.size(); ++l) {
-    if (options.expert_skipping && model.layers[l].expert_skip_threshold > 0) {
-      return absl::UnimplementedError(absl::StrCat(
-          "layer ", l,
-          " has a dynamic expert skipping threshold, which the CUDA engine does not "
-          "run yet; pass --no-expert-skip to run every routed expert, or use --device cpu"));
-    }
     for (size_t e = 0; e < model.layers[l].experts.size(); ++e) {
       if (need_every_expert && model.layers[l].ExpertExists(static_cast<int>(e)) &&
           !model.layers[l].experts[e].resident()) {
@@ -472,6 +466,8 @@ struct CudaEngine::State {
   DeviceBuffer workspace, attention_workspace;
 
   RoutingObserver routing_observer;
+  // Dynamic expert skipping is on and some layer has a threshold.
+  bool skips_experts = false;
   std::vector<int32_t> host_expert_idx;  // the step's routing, for routing_observer
   std::vector<float> host_expert_weights;
 
@@ -731,6 +727,10 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
     HERD_RETURN_IF_ERROR(cuda::RouterTopK(router_logits.as<float>(), t, s.num_experts, top_k,
                                           s.router_scoring, s.norm_topk_prob, layer_expert_idx,
                                           layer_expert_weights, stream));
+    if (options.expert_skipping) {
+      HERD_RETURN_IF_ERROR(cuda::SkipMinorExperts(t, top_k, w.expert_skip_threshold,
+                                                  layer_expert_idx, layer_expert_weights, stream));
+    }
     if (ep.comm != nullptr) {
       HERD_RETURN_IF_ERROR(ExchangeExperts(static_cast<int>(l), t));
     } else {
@@ -872,7 +872,9 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   }
   const int64_t top_k = s.num_experts_per_token;
   const int64_t slots = t * top_k;
-  if (routing_observer) {
+  // The routing comes back for an observer, and to count skipped slots.
+  const bool routing_to_host = routing_observer || skips_experts;
+  if (routing_to_host) {
     const size_t routing_values = static_cast<size_t>(slots * s.num_layers);
     host_expert_idx.resize(routing_values);
     host_expert_weights.resize(routing_values);
@@ -884,8 +886,14 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
   for (size_t l = 0; l < model.layers.size(); ++l) {
     if (model.layers[l].moe_dropped) continue;
+    const int64_t skipped = skips_experts
+                                ? std::count(host_expert_idx.begin() + l * slots,
+                                             host_expert_idx.begin() + (l + 1) * slots, int32_t{-1})
+                                : 0;
     stats.routed_slots += slots;
-    if (ep.comm == nullptr) stats.layer_expert_rows[l] += slots;  // EP: rows received
+    stats.skipped_slots += skipped;
+    // Expert parallelism counts the rows each rank received instead.
+    if (ep.comm == nullptr) stats.layer_expert_rows[l] += slots - skipped;
     if (routing_observer) {
       routing_observer(static_cast<int>(l), t, top_k, host_expert_idx.data() + l * slots,
                        host_expert_weights.data() + l * slots);
@@ -1002,6 +1010,9 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const Model& mode
   HERD_RETURN_IF_ERROR(cuda::StreamCreate(&state->stream));
   HERD_RETURN_IF_ERROR(cuda::BlasHandle::Create(&state->blas));
   HERD_RETURN_IF_ERROR(state->Upload());
+  for (const LayerWeights& w : model.layers) {
+    state->skips_experts |= options.expert_skipping && w.expert_skip_threshold > 0;
+  }
   // Expert-parallel steps talk to other ranks from the host: no graphs.
   state->graphs_enabled = options.cuda_graphs && ep.comm == nullptr;
   for (const DeviceLayer& d : state->layers) {

@@ -25,8 +25,11 @@
 // go back the same way; such steps run without CUDA graphs, and every rank
 // runs as many steps as the busiest one (Forward is a collective).
 //
-// Not supported yet (Unimplemented at Create): a shared expert (Qwen2-MoE),
-// dynamic expert skipping (see the option).
+// Dynamic expert skipping (the checkpoint's per-layer thresholds) runs on the
+// GPU after the router, as on the CPU; the step then copies its routing back
+// to count the skipped slots.
+//
+// Not supported yet (Unimplemented at Create): a shared expert (Qwen2-MoE).
 //
 // Thread-safety: driven by one thread at a time, like Engine.
 #pragma once
@@ -49,9 +52,8 @@ struct CudaEngineOptions {
   int64_t max_step_tokens = 2048;
   // Capture decode steps as CUDA graphs and replay them.
   bool cuda_graphs = true;
-  // Dynamic expert skipping is not implemented on the GPU: with true, a
-  // checkpoint that has skip thresholds is refused; false runs every routed
-  // expert (as --no-expert-skip does on the CPU).
+  // Dynamic expert skipping with the model's per-layer thresholds; false
+  // runs every routed expert (--no-expert-skip).
   bool expert_skipping = true;
   // The GPU this engine runs on; -1: the calling thread's current device.
   // Forward makes it current on the calling thread.

@@ -81,6 +81,36 @@ TEST_F(CudaRoutingTest, RouterTopKMatchesCpu) {
   }
 }
 
+// Dynamic skipping on RouterTopK's output, bit for bit the CPU's: the same
+// slots become -1 and the kept weights get the same scale, for thresholds
+// that skip nothing, some, and all but the first, and for top_k 1..8.
+TEST_F(CudaRoutingTest, SkipMinorExpertsMatchesCpu) {
+  constexpr int64_t kTokens = 300;
+  constexpr int64_t kExperts = 16;
+  for (int64_t k : {1, 2, 4, 8}) {
+    for (float beta : {0.0f, 0.3f, 0.7f, 1.0f}) {
+      SCOPED_TRACE(testing::Message() << "k=" << k << " beta=" << beta);
+      const auto logits = RandomNormal(kTokens * kExperts, static_cast<uint32_t>(k * 10 + 1));
+      std::vector<int32_t> want_idx(kTokens * k);
+      std::vector<float> want_w(kTokens * k);
+      cpu::RouterTopK(logits.data(), kTokens, kExperts, k, RouterScoring::kSoftmax, true,
+                      want_idx.data(), want_w.data());
+      int32_t* d_idx = Upload(want_idx);
+      float* d_w = Upload(want_w);
+      const int64_t skipped =
+          cpu::SkipMinorExperts(kTokens, k, beta, want_idx.data(), want_w.data());
+      ASSERT_TRUE(cuda::SkipMinorExperts(kTokens, k, beta, d_idx, d_w, nullptr).ok());
+      EXPECT_EQ(Download(d_idx, kTokens * k), want_idx);
+      EXPECT_EQ(Download(d_w, kTokens * k), want_w);
+      if (k > 1 && beta > 0.5f) {
+        EXPECT_GT(skipped, 0);
+      }
+    }
+  }
+  EXPECT_EQ(cuda::SkipMinorExperts(1, 0, 0.5f, nullptr, nullptr, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(CudaRoutingTest, RouterTopKEdgeRows) {
   // Equal rows (all ties), rows with -inf, and one large logit.
   const int64_t experts = 40;

@@ -279,6 +279,41 @@ TEST_P(CudaEngineFixtureTest, RoutingObserverSeesTheCpuEnginesChoices) {
   EXPECT_EQ(on_gpu.calls.size(), seen);
 }
 
+// Dynamic expert skipping on the GPU: with every layer's threshold at 0.5
+// the GPU skips the CPU's slots (the observers see the same experts, -1
+// included), counts as many, and its logits stay within the bound of the
+// CPU's; with skipping off it skips nothing.
+TEST_P(CudaEngineFixtureTest, DynamicExpertSkippingMatchesTheCpu) {
+  for (LayerWeights& w : model_->layers) w.expert_skip_threshold = 0.5f;
+  auto gpu = MakeCudaEngine();
+  ASSERT_NE(gpu, nullptr);
+  auto cpu = Engine::Create(*model_, {.num_threads = 2});
+  ASSERT_TRUE(cpu.ok()) << cpu.status();
+  RecordedRouting on_gpu;
+  RecordedRouting on_cpu;
+  gpu->SetRoutingObserver(on_gpu.Observer());
+  (*cpu)->SetRoutingObserver(on_cpu.Observer());
+  const std::vector<int32_t> table = {3, 2, 1, 0};
+  const std::vector<float> g = TeacherForced(*gpu, Sequence(), 16, table);
+  const std::vector<float> c = TeacherForced(**cpu, Sequence(), 16, table);
+  const auto [same, total] = RecordedRouting::SameExperts(on_gpu, on_cpu);
+  EXPECT_EQ(same, total);
+  EXPECT_GT((*cpu)->stats().skipped_slots, 0);
+  EXPECT_EQ(gpu->stats().skipped_slots, (*cpu)->stats().skipped_slots);
+  const Difference d = Compare(g, c);
+  std::printf("[ %s ] skipping %lld of %lld slots: max |cuda - cpu| = %.3g (bound %.3g)\n",
+              GetParam().c_str(), static_cast<long long>(gpu->stats().skipped_slots),
+              static_cast<long long>(gpu->stats().routed_slots), d.max_abs, d.bound);
+  EXPECT_LE(d.max_abs, d.bound) << "position " << d.worst / 512;
+  CudaEngineOptions no_skipping;
+  no_skipping.expert_skipping = false;
+  auto all_experts = MakeCudaEngine(no_skipping);
+  ASSERT_NE(all_experts, nullptr);
+  TeacherForced(*all_experts, Sequence(), 16, table);
+  EXPECT_EQ(all_experts->stats().skipped_slots, 0);
+  EXPECT_GT(all_experts->stats().routed_slots, 0);
+}
+
 // Expert parallelism on one GPU: two ranks (threads), each an engine that
 // holds half of every layer's experts, exchanging rows over a local
 // communicator. Run 1: both ranks run the fixture's sequence; run 2: rank 1
