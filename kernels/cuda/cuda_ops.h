@@ -46,6 +46,13 @@ absl::Status AddInPlace(float* acc, const float* x, int64_t n, void* stream);
 // negative sizes.
 absl::Status AddRowBias(float* x, const float* bias, int64_t num_rows, int64_t cols, void* stream);
 
+// The shared expert's output into the MoE output: out[r] += s_r * y[r] for
+// rows r < num_rows of F32 [num_rows, dim], s_r = sigmoid(gate_logits[r]), or
+// 1 when gate_logits is null (an ungated shared expert). InvalidArgument for
+// negative sizes.
+absl::Status AddGatedRows(float* out, const float* y, const float* gate_logits, int64_t num_rows,
+                          int64_t dim, void* stream);
+
 // out[i] = x[i] rounded to bfloat16 (nearest even); n values. InvalidArgument
 // if n < 0.
 absl::Status FloatToBf16(const float* x, int64_t n, uint16_t* out, void* stream);

@@ -35,6 +35,17 @@ __global__ void AddRowBiasKernel(float* x, const float* bias, int64_t cols, int6
   if (i < n) x[i] += bias[i % cols];
 }
 
+// One block per row: out[r] += sigmoid(gate_logits[r]) * y[r] (scale 1
+// without gate logits), the sigmoid as the CPU's shared-expert gate.
+__global__ void AddGatedRowsKernel(float* out, const float* y, const float* gate_logits,
+                                   int64_t dim) {
+  const int64_t r = blockIdx.x;
+  const float scale = gate_logits != nullptr ? 1.0f / (1.0f + expf(-gate_logits[r])) : 1.0f;
+  float* o = out + r * dim;
+  const float* yr = y + r * dim;
+  for (int64_t i = threadIdx.x; i < dim; i += blockDim.x) o[i] += scale * yr[i];
+}
+
 __global__ void FloatToBf16Kernel(const float* x, int64_t n, uint16_t* out) {
   const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
   if (i < n) {
@@ -192,6 +203,18 @@ absl::Status AddRowBias(float* x, const float* bias, int64_t num_rows, int64_t c
   const unsigned blocks = static_cast<unsigned>((n + kThreads - 1) / kThreads);
   AddRowBiasKernel<<<blocks, kThreads, 0, static_cast<cudaStream_t>(stream)>>>(x, bias, cols, n);
   return FromCuda(cudaGetLastError(), "AddRowBias launch");
+}
+
+absl::Status AddGatedRows(float* out, const float* y, const float* gate_logits, int64_t num_rows,
+                          int64_t dim, void* stream) {
+  if (num_rows < 0 || num_rows > INT_MAX || dim < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("AddGatedRows: shape ", num_rows, " x ", dim));
+  }
+  if (num_rows == 0 || dim == 0) return absl::OkStatus();
+  constexpr int kThreads = 256;
+  AddGatedRowsKernel<<<static_cast<unsigned>(num_rows), kThreads, 0,
+                       static_cast<cudaStream_t>(stream)>>>(out, y, gate_logits, dim);
+  return FromCuda(cudaGetLastError(), "AddGatedRows launch");
 }
 
 absl::Status FloatToBf16(const float* x, int64_t n, uint16_t* out, void* stream) {

@@ -297,6 +297,10 @@ struct DeviceLayer {
   DeviceBuffer router_mask;  // F32 [experts]: -inf for dropped experts; empty if none
   DeviceMatrix q, k, v, o, router;
   DeviceExperts gate, up, down;
+  // The shared expert (Qwen2-MoE) and its gate, a [1, hidden] F32 matrix.
+  bool has_shared = false;
+  bool shared_gated = false;
+  DeviceMatrix shared_gate, shared_up, shared_down, shared_gate_logit;
 };
 
 int64_t Align(int64_t bytes) { return (bytes + 15) / 16 * 16; }
@@ -304,8 +308,9 @@ int64_t Align(int64_t bytes) { return (bytes + 15) / 16 * 16; }
 // The activation and routing buffers of a step of `t` tokens, in the order
 // of State::StepBuffers: x, h, q, k, v, attn, proj, router logits, expert
 // idx, expert weights, row to slot, slot to row, expert offsets, expert in,
-// gate out, up out, expert out, logit rows' hidden, logits.
-constexpr int kNumStepBuffers = 19;
+// gate out, up out, expert out, logit rows' hidden, logits, and the shared
+// expert's gate out, up out, output and gate logits (empty without one).
+constexpr int kNumStepBuffers = 23;
 std::array<size_t, kNumStepBuffers> StepBufferBytes(const ModelSpec& s, int64_t t) {
   const int64_t slots = t * s.num_experts_per_token;
   const int64_t q_dim = s.num_heads * s.head_dim;
@@ -313,14 +318,40 @@ std::array<size_t, kNumStepBuffers> StepBufferBytes(const ModelSpec& s, int64_t 
   const int64_t hidden = s.hidden_size;
   const int64_t ffn = s.expert_ffn_size;
   const int64_t routing = slots * s.num_layers;
+  const int64_t shared_ffn = s.shared_expert_ffn_size;
+  const int64_t shared_rows = shared_ffn > 0 ? t : 0;
   const auto b = [](int64_t n) { return static_cast<size_t>(n) * 4; };  // F32 and I32
   return {// Every layer keeps its routing (expert ids and weights), so a routing
           // observer gets all of a step's in one copy after it.
-          b(t * hidden),        b(t * hidden),     b(t * q_dim),       b(t * kv_dim),
-          b(t * kv_dim),        b(t * q_dim),      b(t * hidden),      b(t * s.num_experts),
-          b(routing),           b(routing),        b(slots),           b(slots),
-          b(s.num_experts + 1), b(slots * hidden), b(slots * ffn),     b(slots * ffn),
-          b(slots * hidden),    b(t * hidden),     b(t * s.vocab_size)};
+          b(t * hidden),
+          b(t * hidden),
+          b(t * q_dim),
+          b(t * kv_dim),
+          b(t * kv_dim),
+          b(t * q_dim),
+          b(t * hidden),
+          b(t * s.num_experts),
+          b(routing),
+          b(routing),
+          b(slots),
+          b(slots),
+          b(s.num_experts + 1),
+          b(slots * hidden),
+          b(slots * ffn),
+          b(slots * ffn),
+          b(slots * hidden),
+          b(t * hidden),
+          b(t * s.vocab_size),
+          b(shared_rows * shared_ffn),
+          b(shared_rows * shared_ffn),
+          b(shared_rows * hidden),
+          b(shared_rows)};
+}
+
+// The shared expert's gate vector F32 [hidden] as a [1, hidden] matrix.
+TensorView SharedGateMatrix(const LayerWeights& w) {
+  return TensorView(DType::kF32, {1, w.shared_expert_gate.num_elements()},
+                    w.shared_expert_gate.data());
 }
 
 // The GEMM and routing workspace a step of `t` tokens needs (one buffer
@@ -336,6 +367,15 @@ size_t StepWorkspaceBytes(const Model& model, int64_t t) {
     }
     if (w.moe_dropped) continue;
     bytes = std::max(bytes, GemmWorkspaceBytes(w.router, true, t));
+    if (w.shared_expert.resident()) {
+      for (const TensorView* m :
+           {&w.shared_expert.gate, &w.shared_expert.up, &w.shared_expert.down}) {
+        bytes = std::max(bytes, GemmWorkspaceBytes(*m, false, t));
+      }
+      if (!w.shared_expert_gate.empty()) {
+        bytes = std::max(bytes, GemmWorkspaceBytes(SharedGateMatrix(w), true, t));
+      }
+    }
     for (const ExpertFfnWeights& e : w.experts) {
       if (!e.resident()) continue;
       for (const TensorView* m : {&e.gate, &e.up, &e.down}) {
@@ -354,10 +394,6 @@ absl::Status CheckSupported(const Model& model, const CudaEngineOptions& options
   const ModelSpec& s = model.spec;
   if (options.max_step_tokens < 1) {
     return absl::InvalidArgumentError("CudaEngineOptions.max_step_tokens must be >= 1");
-  }
-  if (s.shared_expert_ffn_size > 0) {
-    return absl::UnimplementedError(
-        "the CUDA engine does not run shared experts (Qwen2-MoE) yet; use --device cpu");
   }
   for (size_t l = 0; l < model.layers.size(); ++l) {
     for (size_t e = 0; e < model.layers[l].experts.size(); ++e) {
@@ -412,6 +448,8 @@ struct CudaEngine::State {
   // on what it received, and expert_out gets each slot's row back, in slot
   // order (slot_to_row the identity).
   absl::Status ExchangeExperts(int layer_idx, int64_t t);
+  // proj += the shared expert's output over h, scaled by its sigmoid gate.
+  absl::Status SharedExpert(const DeviceLayer& d, int64_t t);
   // Room for `rows` received rows in the expert buffers and the workspace.
   absl::Status ReserveExpertRows(int64_t rows);
   void ClearGraphs() {
@@ -437,7 +475,11 @@ struct CudaEngine::State {
             &up_out,
             &expert_out,
             &logits_h,
-            &logits_out};
+            &logits_out,
+            &shared_gate_out,
+            &shared_up_out,
+            &shared_out,
+            &shared_logit};
   }
 
   const Model& model;
@@ -463,6 +505,7 @@ struct CudaEngine::State {
   DeviceBuffer x, h, q, k, v, attn, proj, router_logits;
   DeviceBuffer expert_idx, expert_weights, row_to_slot, slot_to_row, expert_offsets;
   DeviceBuffer expert_in, gate_out, up_out, expert_out, logits_h, logits_out;
+  DeviceBuffer shared_gate_out, shared_up_out, shared_out, shared_logit;
   DeviceBuffer workspace, attention_workspace;
 
   RoutingObserver routing_observer;
@@ -565,6 +608,20 @@ absl::Status CudaEngine::State::UploadLayer(int64_t l) {
     }
     HERD_RETURN_IF_ERROR(
         d.router_mask.Upload(mask.data(), mask.size() * sizeof(float), name + " router mask"));
+  }
+  if (w.shared_expert.resident()) {
+    d.has_shared = true;
+    HERD_RETURN_IF_ERROR(
+        UploadMatrix(w.shared_expert.gate, false, name + " shared gate", &d.shared_gate));
+    HERD_RETURN_IF_ERROR(
+        UploadMatrix(w.shared_expert.up, false, name + " shared up", &d.shared_up));
+    HERD_RETURN_IF_ERROR(
+        UploadMatrix(w.shared_expert.down, false, name + " shared down", &d.shared_down));
+    if (!w.shared_expert_gate.empty()) {
+      d.shared_gated = true;
+      HERD_RETURN_IF_ERROR(UploadMatrix(SharedGateMatrix(w), true, name + " shared expert gate",
+                                        &d.shared_gate_logit));
+    }
   }
   std::vector<bool> held;
   if (ep.comm != nullptr) {
@@ -754,6 +811,7 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
     HERD_RETURN_IF_ERROR(cuda::CombineWeighted(expert_out.as<float>(), slot_to_row.as<int32_t>(),
                                                layer_expert_weights, t, top_k, hidden,
                                                proj.as<float>(), stream));
+    if (d.has_shared) HERD_RETURN_IF_ERROR(SharedExpert(d, t));
     HERD_RETURN_IF_ERROR(cuda::AddInPlace(xs, proj.as<float>(), t * hidden, stream));
   }
 
@@ -902,6 +960,28 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   return absl::OkStatus();
 }
 
+absl::Status CudaEngine::State::SharedExpert(const DeviceLayer& d, int64_t t) {
+  const ModelSpec& s = model.spec;
+  const float* hs = h.as<float>();
+  HERD_RETURN_IF_ERROR(
+      Linear(d.shared_gate, no_bias, hs, t, token_offsets, shared_gate_out.as<float>()));
+  HERD_RETURN_IF_ERROR(
+      Linear(d.shared_up, no_bias, hs, t, token_offsets, shared_up_out.as<float>()));
+  HERD_RETURN_IF_ERROR(cuda::SwiGlu(shared_gate_out.as<float>(), shared_up_out.as<float>(),
+                                    t * s.shared_expert_ffn_size, shared_gate_out.as<float>(),
+                                    stream));
+  HERD_RETURN_IF_ERROR(Linear(d.shared_down, no_bias, shared_gate_out.as<float>(), t, token_offsets,
+                              shared_out.as<float>()));
+  const float* gate_logits = nullptr;
+  if (d.shared_gated) {
+    HERD_RETURN_IF_ERROR(
+        Linear(d.shared_gate_logit, no_bias, hs, t, token_offsets, shared_logit.as<float>()));
+    gate_logits = shared_logit.as<float>();
+  }
+  return cuda::AddGatedRows(proj.as<float>(), shared_out.as<float>(), gate_logits, t, s.hidden_size,
+                            stream);
+}
+
 absl::Status CudaEngine::State::ReserveExpertRows(int64_t rows) {
   if (rows <= reserved_expert_rows) return absl::OkStatus();
   const ModelSpec& s = model.spec;
@@ -1048,6 +1128,12 @@ absl::StatusOr<CudaMemoryPlan> CudaEngine::PlanMemory(
     }
     if (w.moe_dropped) continue;
     plan.router += MatrixBytes(w.router, true);
+    if (w.shared_expert.resident()) {
+      plan.experts += MatrixBytes(w.shared_expert.gate, false) +
+                      MatrixBytes(w.shared_expert.up, false) +
+                      MatrixBytes(w.shared_expert.down, false);
+      if (!w.shared_expert_gate.empty()) plan.router += MatrixBytes(SharedGateMatrix(w), true);
+    }
     if (!w.expert_dropped.empty()) plan.norms_and_biases += s.num_experts * 4;  // the mask
     for (int e = 0; e < static_cast<int>(w.experts.size()); ++e) {
       const ExpertFfnWeights& x = w.experts[e];

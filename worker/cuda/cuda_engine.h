@@ -29,7 +29,7 @@
 // GPU after the router, as on the CPU; the step then copies its routing back
 // to count the skipped slots.
 //
-// Not supported yet (Unimplemented at Create): a shared expert (Qwen2-MoE).
+// A shared expert (Qwen2-MoE) runs on every rank after the routed experts.
 //
 // Thread-safety: driven by one thread at a time, like Engine.
 #pragma once
@@ -66,7 +66,8 @@ class CudaEngine final : public ForwardEngine {
  public:
   // Uploads `model` to the current CUDA device. FailedPrecondition without a
   // usable device; ResourceExhausted when it does not fit; Unimplemented for
-  // the features above; InvalidArgument for a model the kernels can't run,
+  // more than 512 experts or top-16, head_dim above 256, or a device
+  // communicator; InvalidArgument for a model the kernels can't run,
   // or a placement that does not fit the model and group or gives this rank
   // an expert the model did not load.
   static absl::StatusOr<std::unique_ptr<CudaEngine>> Create(const Model& model,

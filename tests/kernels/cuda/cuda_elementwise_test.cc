@@ -175,5 +175,34 @@ TEST_F(CudaElementwiseTest, AddInPlaceMatchesCpu) {
             absl::StatusCode::kInvalidArgument);
 }
 
+// The shared expert's gated add, against the CPU engine's arithmetic:
+// out[r] += sigmoid(g[r]) * y[r] (a few ulp apart: the GPU's expf).
+TEST_F(CudaElementwiseTest, AddGatedRowsMatchesCpu) {
+  for (const bool gated : {false, true}) {
+    for (int64_t rows : {0, 1, 7}) {
+      for (int64_t dim : {1, 300, 1024}) {
+        SCOPED_TRACE(testing::Message() << "gated=" << gated << " rows=" << rows << " dim=" << dim);
+        std::vector<float> want = RandomNormal(rows * dim, 7);
+        const auto y = RandomNormal(rows * dim, 8);
+        const auto g = RandomNormal(rows, 9);
+        float* out = Upload(want);
+        for (int64_t r = 0; r < rows; ++r) {
+          const float scale = gated ? 1.0f / (1.0f + std::exp(-g[r])) : 1.0f;
+          for (int64_t i = 0; i < dim; ++i) want[r * dim + i] += scale * y[r * dim + i];
+        }
+        ASSERT_TRUE(cuda::AddGatedRows(out, Upload(y), gated && rows > 0 ? Upload(g) : nullptr,
+                                       rows, dim, nullptr)
+                        .ok());
+        const auto got = Download(out, rows * dim);
+        for (int64_t i = 0; i < rows * dim; ++i) {
+          ASSERT_NEAR(got[i], want[i], 1e-5f * (1.0f + std::fabs(want[i]))) << i;
+        }
+      }
+    }
+  }
+  EXPECT_EQ(cuda::AddGatedRows(nullptr, nullptr, nullptr, -1, 4, nullptr).code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 }  // namespace
 }  // namespace herd

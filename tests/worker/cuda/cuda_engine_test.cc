@@ -515,6 +515,43 @@ INSTANTIATE_TEST_SUITE_P(Dtypes, CudaEngineMidSizeTest,
                          ::testing::Values(DType::kF16, DType::kQ4_0),
                          [](const auto& info) { return std::string(DTypeName(info.param)); });
 
+// The CUDA engine against Hugging Face transformers on the tiny random
+// checkpoints of tests/data/hf-reference (tests/worker/hf_reference_test.cc
+// holds the CPU to them): qkv bias and a gated shared expert (Qwen2-MoE),
+// per-head (Qwen3-MoE) and all-heads (OLMoE) q/k norm. Their F32 weights stay
+// F32 on the GPU, so the logits stay within 1e-3 and the greedy tokens match.
+class CudaHfReferenceTest : public ::testing::TestWithParam<std::string> {};
+
+TEST_P(CudaHfReferenceTest, LogitsAndGreedyTokensMatchTransformers) {
+  SKIP_WITHOUT_GPU();
+  const std::string dir = TestDataPath("hf-reference/" + GetParam());
+  const auto reference = nlohmann::json::parse(ReadFileText(dir + "/reference.json"));
+  auto model = LoadModel(dir);
+  ASSERT_TRUE(model.ok()) << model.status();
+  auto engine = CudaEngine::Create(**model, {});
+  ASSERT_TRUE(engine.ok()) << engine.status();
+  const auto ids = reference["ids"].get<std::vector<int32_t>>();
+  const auto greedy = reference["greedy"].get<std::vector<int32_t>>();
+  GenerateOptions options;
+  options.max_new_tokens = static_cast<int64_t>(greedy.size());
+  options.keep_logits = true;
+  auto result = Generate(**engine, ids, options);
+  ASSERT_TRUE(result.ok()) << result.status();
+  const std::vector<float> expected = ReadF32File(dir + "/logits.f32");
+  ASSERT_EQ(result->logits.size(), expected.size());
+  float max_diff = 0.0f;
+  for (size_t i = 0; i < expected.size(); ++i) {
+    max_diff = std::max(max_diff, std::fabs(result->logits[i] - expected[i]));
+  }
+  std::printf("[ %s ] max |cuda - transformers| = %.3g over %zu logits\n", GetParam().c_str(),
+              max_diff, expected.size());
+  EXPECT_LE(max_diff, 1e-3f) << reference["peer"];
+  EXPECT_EQ(result->tokens, greedy);
+}
+
+INSTANTIATE_TEST_SUITE_P(Architectures, CudaHfReferenceTest,
+                         ::testing::Values("mixtral", "qwen2moe", "qwen3moe", "olmoe"));
+
 // The memory plan (herd inspect --device cuda) needs no GPU: the tiny Q4_0
 // fixture's experts are 2 layers x 8 experts x 3 matrices of 128 x 64 values
 // at 4 bits plus an f16 scale per 32 values (4608 bytes each); a placement's
