@@ -30,6 +30,7 @@
 #include "model/synth.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/test_support.h"
+#include "tests/worker/hf_reference_check.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 
@@ -191,6 +192,25 @@ class CudaEngineFixtureTest : public ::testing::TestWithParam<std::string> {
     return engine.ok() ? std::move(*engine) : nullptr;
   }
 
+  // The GPU and CPU engines of the model, each recording its routing.
+  struct ObservedEngines {
+    std::unique_ptr<CudaEngine> gpu;
+    std::unique_ptr<Engine> cpu;
+    RecordedRouting on_gpu;
+    RecordedRouting on_cpu;
+  };
+  std::unique_ptr<ObservedEngines> MakeObservedEngines() {
+    auto e = std::make_unique<ObservedEngines>();
+    e->gpu = MakeCudaEngine();
+    auto cpu = Engine::Create(*model_, {.num_threads = 2});
+    EXPECT_TRUE(cpu.ok()) << cpu.status();
+    if (e->gpu == nullptr || !cpu.ok()) return nullptr;
+    e->cpu = std::move(*cpu);
+    e->gpu->SetRoutingObserver(e->on_gpu.Observer());
+    e->cpu->SetRoutingObserver(e->on_cpu.Observer());
+    return e;
+  }
+
   nlohmann::json manifest_;
   nlohmann::json entry_;
   std::unique_ptr<Model> model_;
@@ -248,17 +268,13 @@ TEST_P(CudaEngineFixtureTest, DecodeGraphsGiveTheLogitsOfPlainLaunches) {
 // the same experts for every token (the tiny models' routers have no
 // near-ties at this tolerance) with weights within 1e-3, in decode graphs too.
 TEST_P(CudaEngineFixtureTest, RoutingObserverSeesTheCpuEnginesChoices) {
-  auto gpu = MakeCudaEngine();
-  ASSERT_NE(gpu, nullptr);
-  auto cpu = Engine::Create(*model_, {.num_threads = 2});
-  ASSERT_TRUE(cpu.ok()) << cpu.status();
-  RecordedRouting on_gpu;
-  RecordedRouting on_cpu;
-  gpu->SetRoutingObserver(on_gpu.Observer());
-  (*cpu)->SetRoutingObserver(on_cpu.Observer());
+  const std::unique_ptr<ObservedEngines> e = MakeObservedEngines();
+  ASSERT_NE(e, nullptr);
+  RecordedRouting& on_gpu = e->on_gpu;
+  RecordedRouting& on_cpu = e->on_cpu;
   const std::vector<int32_t> table = {0, 1, 2, 3};
-  TeacherForced(*gpu, Sequence(), 16, table);
-  TeacherForced(**cpu, Sequence(), 16, table);
+  TeacherForced(*e->gpu, Sequence(), 16, table);
+  TeacherForced(*e->cpu, Sequence(), 16, table);
   ASSERT_EQ(on_gpu.calls.size(), on_cpu.calls.size());
   for (size_t c = 0; c < on_gpu.calls.size(); ++c) {
     const RecordedRouting::Call& g = on_gpu.calls[c];
@@ -273,9 +289,9 @@ TEST_P(CudaEngineFixtureTest, RoutingObserverSeesTheCpuEnginesChoices) {
     }
   }
   // Observing stops with a null observer.
-  gpu->SetRoutingObserver(nullptr);
+  e->gpu->SetRoutingObserver(nullptr);
   const size_t seen = on_gpu.calls.size();
-  TeacherForced(*gpu, Sequence(), 16, table);
+  TeacherForced(*e->gpu, Sequence(), 16, table);
   EXPECT_EQ(on_gpu.calls.size(), seen);
 }
 
@@ -285,21 +301,16 @@ TEST_P(CudaEngineFixtureTest, RoutingObserverSeesTheCpuEnginesChoices) {
 // CPU's; with skipping off it skips nothing.
 TEST_P(CudaEngineFixtureTest, DynamicExpertSkippingMatchesTheCpu) {
   for (LayerWeights& w : model_->layers) w.expert_skip_threshold = 0.5f;
-  auto gpu = MakeCudaEngine();
-  ASSERT_NE(gpu, nullptr);
-  auto cpu = Engine::Create(*model_, {.num_threads = 2});
-  ASSERT_TRUE(cpu.ok()) << cpu.status();
-  RecordedRouting on_gpu;
-  RecordedRouting on_cpu;
-  gpu->SetRoutingObserver(on_gpu.Observer());
-  (*cpu)->SetRoutingObserver(on_cpu.Observer());
+  const std::unique_ptr<ObservedEngines> e = MakeObservedEngines();
+  ASSERT_NE(e, nullptr);
+  const CudaEngine* gpu = e->gpu.get();
   const std::vector<int32_t> table = {3, 2, 1, 0};
-  const std::vector<float> g = TeacherForced(*gpu, Sequence(), 16, table);
-  const std::vector<float> c = TeacherForced(**cpu, Sequence(), 16, table);
-  const auto [same, total] = RecordedRouting::SameExperts(on_gpu, on_cpu);
+  const std::vector<float> g = TeacherForced(*e->gpu, Sequence(), 16, table);
+  const std::vector<float> c = TeacherForced(*e->cpu, Sequence(), 16, table);
+  const auto [same, total] = RecordedRouting::SameExperts(e->on_gpu, e->on_cpu);
   EXPECT_EQ(same, total);
-  EXPECT_GT((*cpu)->stats().skipped_slots, 0);
-  EXPECT_EQ(gpu->stats().skipped_slots, (*cpu)->stats().skipped_slots);
+  EXPECT_GT(e->cpu->stats().skipped_slots, 0);
+  EXPECT_EQ(gpu->stats().skipped_slots, e->cpu->stats().skipped_slots);
   const Difference d = Compare(g, c);
   std::printf("[ %s ] skipping %lld of %lld slots: max |cuda - cpu| = %.3g (bound %.3g)\n",
               GetParam().c_str(), static_cast<long long>(gpu->stats().skipped_slots),
@@ -524,29 +535,12 @@ class CudaHfReferenceTest : public ::testing::TestWithParam<std::string> {};
 
 TEST_P(CudaHfReferenceTest, LogitsAndGreedyTokensMatchTransformers) {
   SKIP_WITHOUT_GPU();
-  const std::string dir = TestDataPath("hf-reference/" + GetParam());
-  const auto reference = nlohmann::json::parse(ReadFileText(dir + "/reference.json"));
-  auto model = LoadModel(dir);
-  ASSERT_TRUE(model.ok()) << model.status();
-  auto engine = CudaEngine::Create(**model, {});
-  ASSERT_TRUE(engine.ok()) << engine.status();
-  const auto ids = reference["ids"].get<std::vector<int32_t>>();
-  const auto greedy = reference["greedy"].get<std::vector<int32_t>>();
-  GenerateOptions options;
-  options.max_new_tokens = static_cast<int64_t>(greedy.size());
-  options.keep_logits = true;
-  auto result = Generate(**engine, ids, options);
-  ASSERT_TRUE(result.ok()) << result.status();
-  const std::vector<float> expected = ReadF32File(dir + "/logits.f32");
-  ASSERT_EQ(result->logits.size(), expected.size());
-  float max_diff = 0.0f;
-  for (size_t i = 0; i < expected.size(); ++i) {
-    max_diff = std::max(max_diff, std::fabs(result->logits[i] - expected[i]));
-  }
-  std::printf("[ %s ] max |cuda - transformers| = %.3g over %zu logits\n", GetParam().c_str(),
-              max_diff, expected.size());
-  EXPECT_LE(max_diff, 1e-3f) << reference["peer"];
-  EXPECT_EQ(result->tokens, greedy);
+  testing::ExpectTransformersLogitsAndTokens(
+      GetParam(),
+      [](const Model& model) -> absl::StatusOr<std::unique_ptr<ForwardEngine>> {
+        return CudaEngine::Create(model, {});
+      },
+      1e-3f, "cuda");
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaHfReferenceTest,
