@@ -174,7 +174,7 @@ def test(args):
                     f"herd:ep_balancedness layers {layers}, expected 0..{NUM_LAYERS - 1}")
             for labels, value in balance:
                 h.check(0.0 <= value <= 1.0, f"herd:ep_balancedness {labels} = {value}")
-            world_size = 2 if args.mode == "mpi" else 1
+            world_size = 2 if args.mode in ("mpi", "cuda-ep") else 1
             ranks = prometheus.wait_for("herd:ep_rank_tokens_total", lambda r: len(r) > 0,
                                         "herd:ep_rank_tokens_total")
             h.check(sorted(int(l.get("rank", -1)) for l, _ in ranks) == list(range(world_size)),

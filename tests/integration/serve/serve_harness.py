@@ -56,9 +56,11 @@ def parse_args(description, argv=None):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--herd", required=True, help="the herd binary")
     parser.add_argument("--model", required=True, help="the GGUF model to serve")
-    parser.add_argument("--mode", choices=["single", "mpi", "cuda"], default="single",
-                        help="one process, mpirun -np 2 (two expert-parallel ranks), or one "
-                             "process with --device cuda (skips without a GPU)")
+    parser.add_argument("--mode", choices=["single", "mpi", "cuda", "cuda-ep"], default="single",
+                        help="one process, mpirun -np 2 (two expert-parallel ranks), one "
+                             "process with --device cuda, or that with two expert-parallel "
+                             "ranks as threads (--local-ranks 2); the cuda modes skip without "
+                             "a GPU")
     parser.add_argument("--mpirun", default="mpirun", help="mpirun for --mode mpi")
     parser.add_argument("--prometheus", default="/usr/bin/prometheus",
                         help="the prometheus binary (prometheus test only)")
@@ -390,8 +392,10 @@ class Server:
         cmd = [self.args.herd, "serve", "--model", self.args.model, "--host", "127.0.0.1",
                "--port", "0", "--port-file", self.port_file, "--threads", "1"]
         cmd += self.extra_args
-        if self.args.mode == "cuda":
+        if self.args.mode in ("cuda", "cuda-ep"):
             cmd += ["--device", "cuda"]
+        if self.args.mode == "cuda-ep":
+            cmd += ["--local-ranks", "2"]
         if self.args.mode == "mpi":
             cmd = [self.args.mpirun, "-np", str(self.num_ranks), "--allow-run-as-root",
                    "--oversubscribe",
@@ -447,7 +451,7 @@ class Server:
         code = self.proc.poll()
         if code is None:
             return
-        if self.args.mode == "cuda" and any(
+        if self.args.mode in ("cuda", "cuda-ep") and any(
                 reason in self.log_text() for reason in _NO_GPU_MESSAGES):
             raise TestSkip(f"--device cuda cannot run here:\n{self.log_tail(5)}")
         raise TestFailure(f"herd serve exited with {code} {when}\n{self.log_tail()}")
