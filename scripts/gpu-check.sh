@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # On a machine with a CUDA GPU and a build of this repository: the GPU tests
-# (ctest label gpu), then the kernel benchmarks of docs/performance.md (the
+# (ctest label gpu, and the CLI and NCCL pre-flight tests that take the GPU
+# path when there is one), then the kernel benchmarks of docs/performance.md (the
 # expert GEMM at Mixtral-8x7B shapes in W4A16 group 32 with every other op,
 # W8A16, W4A16 group 128, and the mid-size model's shapes).
 #
@@ -22,6 +23,9 @@ if command -v nvidia-smi > /dev/null; then
 fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure 2>&1 | log tests.txt
+  # Tests outside the label that take the GPU path when there is one.
+  ctest --test-dir "$BUILD_DIR" -R 'HerdCliTest.DeviceCuda|NcclPreflightTest' \
+    --output-on-failure 2>&1 | log tests.txt
 fi
 bench=("$HERD" bench kernels --iterations "$ITERATIONS" --warmup 3)
 echo "== ${bench[*]}" | log bench.txt
