@@ -106,9 +106,25 @@ void Rope(std::vector<double>& x, int64_t n, int64_t heads, const ModelSpec& s) 
   }
 }
 
-// Logits [n, vocab] of every position of `tokens` (positions 0..n-1).
+// Each layer's chosen experts per token, sorted: [layer][token * top_k + j].
+using Routing = std::vector<std::vector<int32_t>>;
+
+// Of the (token, layer) pairs, how many chose other experts in `a` than in `b`.
+int64_t RoutingDifferences(const Routing& a, const Routing& b, int64_t top_k) {
+  int64_t differ = 0;
+  for (size_t l = 0; l < std::min(a.size(), b.size()); ++l) {
+    for (size_t t = 0; t * top_k < a[l].size(); ++t) {
+      differ += !std::equal(a[l].begin() + t * top_k, a[l].begin() + (t + 1) * top_k,
+                            b[l].begin() + t * top_k);
+    }
+  }
+  return differ;
+}
+
+// Logits [n, vocab] of every position of `tokens` (positions 0..n-1), and
+// the experts each layer chose.
 std::vector<double> ReferenceLogits(const Model& model, const std::vector<int32_t>& tokens,
-                                    bool gpu_rounding) {
+                                    bool gpu_rounding, Routing* routing) {
   const ModelSpec& s = model.spec;
   const int64_t n = static_cast<int64_t>(tokens.size());
   const int64_t hidden = s.hidden_size;
@@ -157,6 +173,7 @@ std::vector<double> ReferenceLogits(const Model& model, const std::vector<int32_
     if (w.moe_dropped) continue;
     const std::vector<double> hm = RmsNorm(x, w.ffn_norm, n, hidden, s.rms_norm_eps);
     const std::vector<double> logits = Apply(Load(w.router, gpu_rounding, true), hm, n);
+    routing->emplace_back();
     std::vector<RefMatrix> gate, up, down;
     for (const ExpertFfnWeights& e : w.experts) {
       gate.push_back(Load(e.gate, gpu_rounding, false));
@@ -177,6 +194,9 @@ std::vector<double> ReferenceLogits(const Model& model, const std::vector<int32_
                        [&](int64_t a, int64_t b) { return prob[a] > prob[b]; });
       double chosen = 0.0;
       for (int64_t j = 0; j < s.num_experts_per_token; ++j) chosen += prob[order[j]];
+      std::vector<int32_t> picked(order.begin(), order.begin() + s.num_experts_per_token);
+      std::sort(picked.begin(), picked.end());
+      routing->back().insert(routing->back().end(), picked.begin(), picked.end());
       const std::vector<double> xt(hm.begin() + t * hidden, hm.begin() + (t + 1) * hidden);
       for (int64_t j = 0; j < s.num_experts_per_token; ++j) {
         const int64_t e = order[j];
@@ -211,10 +231,19 @@ std::pair<double, double> RowDrift(const std::vector<double>& a, const std::vect
   return {rows[rows.size() / 2], rows.back()};
 }
 
-// The CPU engine's logits of every position of `tokens`, in one batch.
-std::vector<double> CpuLogits(const Model& model, const std::vector<int32_t>& tokens) {
+// The CPU engine's logits of every position of `tokens`, in one batch, and
+// the experts each layer chose.
+std::vector<double> CpuLogits(const Model& model, const std::vector<int32_t>& tokens,
+                              Routing* routing) {
   auto engine = Engine::Create(model, {.num_threads = 2});
   EXPECT_TRUE(engine.ok()) << engine.status();
+  (*engine)->SetRoutingObserver(
+      [routing](int, int64_t num_tokens, int64_t top_k, const int32_t* expert_idx, const float*) {
+        routing->emplace_back(expert_idx, expert_idx + num_tokens * top_k);
+        for (int64_t t = 0; t < num_tokens; ++t) {
+          std::sort(routing->back().begin() + t * top_k, routing->back().begin() + (t + 1) * top_k);
+        }
+      });
   const int64_t n = static_cast<int64_t>(tokens.size());
   auto cache = (*engine)->CreateKvCache((n + 15) / 16, 16);
   EXPECT_TRUE(cache.ok()) << cache.status();
@@ -266,8 +295,12 @@ TEST(PrecisionDriftTest, TheReferenceIsTheCpuEngineOnF32Weights) {
   auto model = LoadModel(path);
   ASSERT_TRUE(model.ok()) << model.status();
   const std::vector<int32_t> tokens = Tokens((*model)->spec.vocab_size);
-  const std::vector<double> ref = ReferenceLogits(**model, tokens, false);
-  const auto [median, worst] = RowDrift(CpuLogits(**model, tokens), ref, (*model)->spec.vocab_size);
+  Routing ref_routing;
+  Routing cpu_routing;
+  const std::vector<double> ref = ReferenceLogits(**model, tokens, false, &ref_routing);
+  const auto [median, worst] =
+      RowDrift(CpuLogits(**model, tokens, &cpu_routing), ref, (*model)->spec.vocab_size);
+  EXPECT_EQ(RoutingDifferences(cpu_routing, ref_routing, (*model)->spec.num_experts_per_token), 0);
   std::printf("[ f32, 2 layers ] cpu vs f64 reference: median %.3g, worst %.3g\n", median, worst);
   EXPECT_LE(worst, 1e-5);
 }
@@ -284,9 +317,16 @@ TEST_P(PrecisionDriftDepthTest, GpuRoundingDriftOverEightLayers) {
   ASSERT_TRUE(model.ok()) << model.status();
   const int64_t vocab = (*model)->spec.vocab_size;
   const std::vector<int32_t> tokens = Tokens(vocab);
-  const std::vector<double> exact = ReferenceLogits(**model, tokens, false);
-  const std::vector<double> gpu = ReferenceLogits(**model, tokens, true);
-  const std::vector<double> cpu = CpuLogits(**model, tokens);
+  Routing exact_routing;
+  Routing gpu_routing;
+  Routing cpu_routing;
+  const std::vector<double> exact = ReferenceLogits(**model, tokens, false, &exact_routing);
+  const std::vector<double> gpu = ReferenceLogits(**model, tokens, true, &gpu_routing);
+  const std::vector<double> cpu = CpuLogits(**model, tokens, &cpu_routing);
+  const int64_t top_k = (*model)->spec.num_experts_per_token;
+  const int64_t pairs = static_cast<int64_t>(tokens.size()) * (*model)->spec.num_layers;
+  const int64_t cpu_flips = RoutingDifferences(cpu_routing, exact_routing, top_k);
+  const int64_t gpu_flips = RoutingDifferences(gpu_routing, exact_routing, top_k);
   const auto [cpu_median, cpu_worst] = RowDrift(cpu, exact, vocab);
   const auto [gpu_median, gpu_worst] = RowDrift(gpu, exact, vocab);
   const auto [gc_median, gc_worst] = RowDrift(gpu, cpu, vocab);
@@ -296,16 +336,23 @@ TEST_P(PrecisionDriftDepthTest, GpuRoundingDriftOverEightLayers) {
       DTypeName(GetParam()), static_cast<long long>((*model)->spec.num_layers),
       static_cast<long long>((*model)->spec.hidden_size), cpu_median, cpu_worst, gpu_median,
       gpu_worst, gc_median, gc_worst);
+  std::printf(
+      "(token, layer) pairs routed to other experts than the exact pass: cpu %lld, "
+      "simulated gpu %lld, of %lld\n",
+      static_cast<long long>(cpu_flips), static_cast<long long>(gpu_flips),
+      static_cast<long long>(pairs));
   if (GetParam() == DType::kF16) {
     // F16: the CPU computes in f32 from the exact weights; the GPU's bf16
     // weights and activations are all of the drift.
     EXPECT_LE(cpu_worst, 1e-5);
+    EXPECT_EQ(cpu_flips, 0);
     EXPECT_GT(gpu_median, 100 * cpu_median);
   } else {
     // Q4_0: both keep the weights exact; the CPU's int8 activations (per
     // block of 32, as llama.cpp) are coarser than the GPU's bf16, so the GPU
     // lands nearer the exact result than the CPU does.
     EXPECT_LT(gpu_median, cpu_median);
+    EXPECT_LE(gpu_flips, cpu_flips);
   }
 }
 
