@@ -352,7 +352,6 @@ TEST_P(PrecisionDriftDepthTest, GpuRoundingDriftOverEightLayers) {
     // block of 32, as llama.cpp) are coarser than the GPU's bf16, so the GPU
     // lands nearer the exact result than the CPU does.
     EXPECT_LT(gpu_median, cpu_median);
-    EXPECT_LE(gpu_flips, cpu_flips);
   }
 }
 
