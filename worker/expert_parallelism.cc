@@ -63,14 +63,15 @@ int64_t PickDestinationRanks(const ExpertPlacement& placement, int layer_idx, in
   return num_sent;
 }
 
-ExpertRowExchange::ExpertRowExchange(const ExpertParallelism& ep) : ep_(ep), exchange_(ep.comm) {}
+ExpertRowExchange::ExpertRowExchange(const ExpertParallelism& ep)
+    : comm_(ep.comm), timeout_(ep.timeout), exchange_(ep.comm) {}
 
 absl::Status ExpertRowExchange::Dispatch(const ExpertPlacement& placement, int layer_idx,
                                          const float* hidden, const int32_t* expert_idx,
                                          int64_t num_tokens, int64_t top_k, int64_t hidden_size,
                                          const std::vector<int32_t>& local_slot, int64_t num_slots,
                                          EngineStats& stats) {
-  const int rank = ep_.comm->rank();
+  const int rank = comm_->rank();
   const int64_t num_slots_sent = num_tokens * top_k;
   dest_rank_.resize(num_slots_sent);
   const int64_t num_sent = PickDestinationRanks(placement, layer_idx, rank, expert_idx,
@@ -82,11 +83,11 @@ absl::Status ExpertRowExchange::Dispatch(const ExpertPlacement& placement, int l
   args.num_tokens = num_tokens;
   args.top_k = top_k;
   args.hidden_size = hidden_size;
-  const int64_t bytes_before = ep_.comm->stats().bytes_sent;
+  const int64_t bytes_before = comm_->stats().bytes_sent;
   const absl::Time start = absl::Now();
-  absl::StatusOr<comm::DispatchHandle> handle = exchange_.Dispatch(args, start + ep_.timeout);
+  absl::StatusOr<comm::DispatchHandle> handle = exchange_.Dispatch(args, start + timeout_);
   stats.dispatch_seconds += absl::ToDoubleSeconds(absl::Now() - start);
-  stats.all_to_all_bytes += ep_.comm->stats().bytes_sent - bytes_before;
+  stats.all_to_all_bytes += comm_->stats().bytes_sent - bytes_before;
   HERD_RETURN_IF_ERROR(handle.status());
   handle_ = std::move(*handle);
   const int64_t num_recv = handle_.num_recv_rows();
@@ -126,12 +127,12 @@ absl::Status ExpertRowExchange::Combine(float* out, EngineStats& stats) {
     std::memcpy(recv_out_.data() + row_to_recv_[r] * hidden_size,
                 grouped_out_.data() + r * hidden_size, hidden_size * sizeof(float));
   }
-  const int64_t bytes_before = ep_.comm->stats().bytes_sent;
+  const int64_t bytes_before = comm_->stats().bytes_sent;
   const absl::Time start = absl::Now();
   const absl::Status status =
-      exchange_.Combine(std::move(handle_), recv_out_.data(), out, start + ep_.timeout);
+      exchange_.Combine(std::move(handle_), recv_out_.data(), out, start + timeout_);
   stats.combine_seconds += absl::ToDoubleSeconds(absl::Now() - start);
-  stats.all_to_all_bytes += ep_.comm->stats().bytes_sent - bytes_before;
+  stats.all_to_all_bytes += comm_->stats().bytes_sent - bytes_before;
   return status;
 }
 

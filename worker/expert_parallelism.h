@@ -57,7 +57,7 @@ int64_t PickDestinationRanks(const ExpertPlacement& placement, int layer_idx, in
 // Thread-safety: one thread, one layer at a time.
 class ExpertRowExchange {
  public:
-  // ep.comm and ep.placement must be set; the placement is not kept.
+  // ep.comm must be set; the placement is passed to each Dispatch.
   explicit ExpertRowExchange(const ExpertParallelism& ep);
 
   // Collective. hidden F32 [num_tokens, hidden_size], expert_idx I32
@@ -80,7 +80,8 @@ class ExpertRowExchange {
   absl::Status Combine(float* out, EngineStats& stats);
 
  private:
-  const ExpertParallelism ep_;
+  comm::Communicator* const comm_;
+  const absl::Duration timeout_;  // of each collective
   comm::ExpertExchange exchange_;
   comm::DispatchHandle handle_;
   std::vector<int32_t> dest_rank_;    // I32 [slots]: rank each slot goes to

@@ -521,7 +521,7 @@ struct CudaEngine::State {
 
   // Expert parallelism (ep.comm null: none): the placement, the exchange,
   // and the host side of ExchangeExperts.
-  ExpertParallelism ep;
+  ExpertParallelism ep;  // ep.placement is not used after Create: `placement` is the copy
   std::unique_ptr<ExpertPlacement> placement;
   std::unique_ptr<ExpertRowExchange> exchange;
   int64_t reserved_expert_rows = 0;
