@@ -2,124 +2,293 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstring>
 
 #include "kernels/cpu/fast_exp.h"
 
 namespace herd::cpu {
 namespace {
 
-// Positions [first, first + num_positions) of a sequence, back to back in
-// memory from block `block_idx` on.
-struct Run {
-  int64_t block_idx;
-  int64_t num_positions;
-  int64_t num_blocks;
-};
+// The kernel below works on tiles of up to kTileRows query rows that share a
+// kv head: the heads of a GQA group, over one or more consecutive tokens. It
+// is written so that every row's arithmetic is the same whatever tile it is
+// in, which rows it shares the tile with and which blocks hold the sequence:
+// a prompt's outputs are then bit-identical whether it is prefilled in one
+// chunk, in several, or decoded token by token, and whoever shares the batch.
+//
+//   scores  Q K^T on 4 x 4 (row, position) tiles: per pair, 16 lanes of
+//           head_dim accumulate in order, then one fixed tree adds the lanes
+//           (Reduce16 sums 16 pairs at once with shuffles);
+//   softmax per row over its own context;
+//   values  P V over 4 rows at a time, so one load of a value row feeds four
+//           rows' accumulators; per output lane the positions add in order.
+constexpr int kTileRows = 16;
+constexpr int kLanes = 16;
+constexpr int kQkRows = 4;       // rows of a scores tile
+constexpr int kQkPositions = 4;  // positions of a scores tile
+constexpr int kPvRows = 4;       // rows sharing one pass over the values
+constexpr int kPvChunks = 4;     // 16-lane chunks of head_dim per pass over the values
 
-// The run starting at position `first` (entry j of the table): one block, or
-// when blocks are laid out back to back (`merge`), every following block
-// whose id is the next one, so that a sequence in consecutive blocks is read
-// like a contiguous cache, without a loop exit per block.
-inline Run NextRun(const int32_t* block_table, int64_t j, int64_t first, int64_t context,
-                   int64_t block_tokens, bool merge) {
-  int64_t num_blocks = 1;
-  while (merge && first + num_blocks * block_tokens < context &&
-         block_table[j + num_blocks] == block_table[j] + num_blocks) {
-    ++num_blocks;
-  }
-  return {block_table[j], std::min(num_blocks * block_tokens, context - first), num_blocks};
+// 16 floats as GCC's vector extension: one zmm, two ymm or four xmm registers
+// for the ISA each entry point is built for.
+using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
+
+// Helpers are always inlined so that they take the ISA of the entry point.
+// No call passes a Vec16 by value, so the ABI change GCC warns about for such
+// calls in the baseline ISA (-Wpsabi) never happens.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// `n` floats from p (n <= 16), the other lanes zero.
+__attribute__((always_inline)) inline Vec16 LoadN(const float* p, int64_t n) {
+  Vec16 v = {};
+  std::memcpy(&v, p, n * sizeof(float));
+  return v;
 }
 
-// One query head against `context` cached positions, read run by run
-// through `block_table` (k_blocks and v_blocks already point at this kv
-// head's columns of block 0). The `omp simd` loops let the compiler
-// vectorise the dot products, which it may not do for a plain float sum.
-// kHeadDim > 0 fixes head_dim at compile time (the common 64 and 128), so the
-// dot products unroll and the output row stays in registers while the values
-// are summed; 0 reads it from head_dim. Per position the arithmetic is the
-// same as over one contiguous cache, so the result does not depend on the
-// block size or on which blocks hold the sequence. Always inlined: the entry
-// points below are built for several ISAs, and an out-of-line copy would be
-// built for the baseline one only.
+__attribute__((always_inline)) inline void StoreN(float* p, Vec16 v, int64_t n) {
+  std::memcpy(p, &v, n * sizeof(float));
+}
+
+// The lanes of a and b (0-15 from a, 16-31 from b) that `kLane` picks.
+template <int... kLane>
+__attribute__((always_inline)) inline Vec16 Pick(Vec16 a, Vec16 b) {
+  return __builtin_shufflevector(a, b, kLane...);
+}
+
+// Lane k of the result is the sum of the 16 lanes of v[k], always added as
+// (((l + l^8) + ...^4) + ...^2) + ...^1: each level adds the lanes one pick
+// takes to those the other takes.
+__attribute__((always_inline)) inline Vec16 Reduce16(const Vec16* v) {
+  Vec16 b[8], c[4], d[2];
+  for (int k = 0; k < 8; ++k) {
+    b[k] =
+        Pick<0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23>(v[2 * k], v[2 * k + 1]) +
+        Pick<8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31>(v[2 * k], v[2 * k + 1]);
+  }
+  for (int k = 0; k < 4; ++k) {
+    c[k] = Pick<0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27>(b[2 * k], b[2 * k + 1]) +
+           Pick<4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31>(b[2 * k], b[2 * k + 1]);
+  }
+  for (int k = 0; k < 2; ++k) {
+    d[k] = Pick<0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29>(c[2 * k], c[2 * k + 1]) +
+           Pick<2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31>(c[2 * k], c[2 * k + 1]);
+  }
+  return Pick<0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30>(d[0], d[1]) +
+         Pick<1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31>(d[0], d[1]);
+}
+
+// The sum of v's lanes, in the same tree as Reduce16.
+__attribute__((always_inline)) inline float SumLanes(Vec16 v) {
+  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
+  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
+  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
+  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
+  return v[0];
+}
+
+// Walks a sequence's positions in order through its block table, giving each
+// one's row in the blocks (`base` already points at a kv head's columns of
+// block 0).
+class PositionCursor {
+ public:
+  PositionCursor(const float* base, const int32_t* block_table, int64_t block_stride,
+                 int64_t block_tokens, int64_t row_stride)
+      : base_(base),
+        block_table_(block_table),
+        block_stride_(block_stride),
+        block_tokens_(block_tokens),
+        row_stride_(row_stride),
+        row_(base + block_table[0] * block_stride) {}
+
+  const float* Next() {
+    if (in_block_ == block_tokens_) {
+      in_block_ = 0;
+      row_ = base_ + block_table_[++block_] * block_stride_;
+    }
+    return row_ + in_block_++ * row_stride_;
+  }
+
+ private:
+  const float* base_;
+  const int32_t* block_table_;
+  int64_t block_stride_;
+  int64_t block_tokens_;
+  int64_t row_stride_;
+  int64_t block_ = 0;
+  int64_t in_block_ = 0;
+  const float* row_;
+};
+
+// Up to kTileRows query rows that read one kv head of one sequence, in
+// nondecreasing order of context.
+struct Tile {
+  const float* keys;    // the kv head's columns of block 0
+  const float* values;  // the same for values
+  const int32_t* block_table;
+  int64_t block_stride;
+  int64_t block_tokens;
+  int64_t kv_stride;  // floats from one position to the next
+  int64_t head_dim;
+  float scale;
+  int num_rows;
+  const float* q[kTileRows];
+  float* out[kTileRows];
+  int64_t context[kTileRows];  // row r attends to positions [0, context[r])
+};
+
+// Row r's scores for positions [0, context[r]) into scores + r * score_stride.
+// kHeadDim > 0 fixes head_dim at compile time.
 template <int kHeadDim>
-__attribute__((always_inline)) inline void AttendOneHead(
-    const float* qh, const float* k_blocks, const float* v_blocks, const int32_t* block_table,
-    int64_t block_stride, int64_t block_tokens, bool merge, int64_t kv_stride, int64_t head_dim,
-    int64_t context, float scale, float* scores, float* oh) {
-  const int64_t d = kHeadDim > 0 ? kHeadDim : head_dim;
+__attribute__((always_inline)) inline void Scores(const Tile& tile, float* scores,
+                                                  int64_t score_stride) {
+  const int64_t d = kHeadDim > 0 ? kHeadDim : tile.head_dim;
+  const int64_t chunks = (d + kLanes - 1) / kLanes;
+  const int last = tile.num_rows - 1;
+  PositionCursor keys(tile.keys, tile.block_table, tile.block_stride, tile.block_tokens,
+                      tile.kv_stride);
+  for (int64_t p0 = 0; p0 < tile.context[last]; p0 += kQkPositions) {
+    // Positions past the tile's context repeat the first one; their scores
+    // are not kept.
+    const float* k[kQkPositions];
+    for (int j = 0; j < kQkPositions; ++j) {
+      k[j] = p0 + j < tile.context[last] ? keys.Next() : k[0];
+    }
+    for (int r0 = 0; r0 < tile.num_rows; r0 += kQkRows) {
+      if (p0 >= tile.context[std::min(r0 + kQkRows - 1, last)]) continue;  // past these rows
+      // Rows past the tile repeat its last one; their scores are not kept.
+      const float* q[kQkRows];
+      for (int i = 0; i < kQkRows; ++i) q[i] = tile.q[std::min(r0 + i, last)];
+      Vec16 acc[kQkRows * kQkPositions] = {};
+      for (int64_t c = 0; c < chunks; ++c) {
+        const int64_t n = std::min<int64_t>(kLanes, d - c * kLanes);
+        Vec16 qv[kQkRows], kv[kQkPositions];
+        for (int i = 0; i < kQkRows; ++i) qv[i] = LoadN(q[i] + c * kLanes, n);
+        for (int j = 0; j < kQkPositions; ++j) kv[j] = LoadN(k[j] + c * kLanes, n);
+        for (int i = 0; i < kQkRows; ++i) {
+          for (int j = 0; j < kQkPositions; ++j) acc[i * kQkPositions + j] += qv[i] * kv[j];
+        }
+      }
+      const Vec16 dots = Reduce16(acc) * tile.scale;
+      for (int i = 0; i < kQkRows && r0 + i < tile.num_rows; ++i) {
+        for (int j = 0; j < kQkPositions && p0 + j < tile.context[r0 + i]; ++j) {
+          scores[(r0 + i) * score_stride + p0 + j] = dots[i * kQkPositions + j];
+        }
+      }
+    }
+  }
+}
+
+// Turns one row's scores into probabilities: e^(s - max) over their sum.
+__attribute__((always_inline)) inline void Softmax(float* s, int64_t context) {
   float max_score = -INFINITY;
-  for (int64_t first = 0, j = 0; first < context;) {
-    const Run run = NextRun(block_table, j, first, context, block_tokens, merge);
-    const float* kb = k_blocks + run.block_idx * block_stride;
-    for (int64_t p = 0; p < run.num_positions; ++p) {
-      const float* kp = kb + p * kv_stride;
-      float s = 0.0f;
-#pragma omp simd reduction(+ : s)
-      for (int64_t i = 0; i < d; ++i) s += qh[i] * kp[i];
-      s *= scale;
-      scores[first + p] = s;
-      max_score = std::max(max_score, s);
-    }
-    first += run.num_positions;
-    j += run.num_blocks;
-  }
-  float sum = 0.0f;
-#pragma omp simd reduction(+ : sum)
-  for (int64_t p = 0; p < context; ++p) {
-    scores[p] = ExpNonPositive(scores[p] - max_score);
-    sum += scores[p];
-  }
-  const float inv = 1.0f / sum;
-  float acc[kHeadDim > 0 ? kHeadDim : 1];
-  float* out = kHeadDim > 0 ? acc : oh;
-  std::fill(out, out + d, 0.0f);
-  for (int64_t first = 0, j = 0; first < context;) {
-    const Run run = NextRun(block_table, j, first, context, block_tokens, merge);
-    const float* vb = v_blocks + run.block_idx * block_stride;
-    for (int64_t p = 0; p < run.num_positions; ++p) {
-      const float w = scores[first + p] * inv;
-      const float* vp = vb + p * kv_stride;
+#pragma omp simd reduction(max : max_score)
+  for (int64_t p = 0; p < context; ++p) max_score = std::max(max_score, s[p]);
 #pragma omp simd
-      for (int64_t i = 0; i < d; ++i) out[i] += w * vp[i];
+  for (int64_t p = 0; p < context; ++p) s[p] = ExpNonPositive(s[p] - max_score);
+  Vec16 sum = {};
+  int64_t p = 0;
+  for (; p + kLanes <= context; p += kLanes) sum += LoadN(s + p, kLanes);
+  sum += LoadN(s + p, context - p);
+  const float inv = 1.0f / SumLanes(sum);
+#pragma omp simd
+  for (int64_t p = 0; p < context; ++p) s[p] *= inv;
+}
+
+// out[r] = sum over positions p < context[r] of probs[r][p] * V[p], for the
+// tile's rows kPvRows at a time and head_dim kPvChunks * 16 lanes at a time.
+template <int kHeadDim>
+__attribute__((always_inline)) inline void WeightedValues(const Tile& tile, const float* probs,
+                                                          int64_t prob_stride) {
+  const int64_t d = kHeadDim > 0 ? kHeadDim : tile.head_dim;
+  const int64_t chunks = (d + kLanes - 1) / kLanes;
+  const int last = tile.num_rows - 1;
+  for (int r0 = 0; r0 < tile.num_rows; r0 += kPvRows) {
+    const int rows = std::min(kPvRows, tile.num_rows - r0);
+    // Rows past the tile repeat its last one; their sums are not kept.
+    const float* w[kPvRows];
+    for (int i = 0; i < kPvRows; ++i) w[i] = probs + std::min(r0 + i, last) * prob_stride;
+    const int64_t shared = tile.context[r0];  // every row of the pass reads these
+    const int64_t longest = tile.context[r0 + rows - 1];
+    for (int64_t c0 = 0; c0 < chunks; c0 += kPvChunks) {
+      const int64_t num_chunks = std::min<int64_t>(kPvChunks, chunks - c0);
+      Vec16 acc[kPvRows][kPvChunks] = {};
+      PositionCursor values(tile.values + c0 * kLanes, tile.block_table, tile.block_stride,
+                            tile.block_tokens, tile.kv_stride);
+      int64_t p = 0;
+      for (; p < shared; ++p) {
+        const float* vp = values.Next();
+        Vec16 v[kPvChunks];
+        for (int64_t c = 0; c < num_chunks; ++c) {
+          v[c] = LoadN(vp + c * kLanes, std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
+        }
+        for (int i = 0; i < kPvRows; ++i) {
+          for (int64_t c = 0; c < num_chunks; ++c) acc[i][c] += w[i][p] * v[c];
+        }
+      }
+      for (; p < longest; ++p) {
+        const float* vp = values.Next();
+        Vec16 v[kPvChunks];
+        for (int64_t c = 0; c < num_chunks; ++c) {
+          v[c] = LoadN(vp + c * kLanes, std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
+        }
+        for (int i = 0; i < rows; ++i) {
+          if (p >= tile.context[r0 + i]) continue;
+          for (int64_t c = 0; c < num_chunks; ++c) acc[i][c] += w[i][p] * v[c];
+        }
+      }
+      for (int i = 0; i < rows; ++i) {
+        for (int64_t c = 0; c < num_chunks; ++c) {
+          StoreN(tile.out[r0 + i] + (c0 + c) * kLanes, acc[i][c],
+                 std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
+        }
+      }
     }
-    first += run.num_positions;
-    j += run.num_blocks;
   }
-  if (kHeadDim > 0) std::copy(acc, acc + d, oh);
+}
+
+template <int kHeadDim>
+__attribute__((always_inline)) inline void AttendTile(const Tile& tile, float* scores,
+                                                      int64_t score_stride) {
+  Scores<kHeadDim>(tile, scores, score_stride);
+  for (int r = 0; r < tile.num_rows; ++r) Softmax(scores + r * score_stride, tile.context[r]);
+  WeightedValues<kHeadDim>(tile, scores, score_stride);
 }
 
 // The entry points, each built for AVX-512, AVX2 and baseline x86-64 (the
 // loader picks the best at startup; the kernel above is inlined into each).
-#define HERD_ATTEND_ONE_HEAD(name, head_dim)                                                     \
-  __attribute__((target_clones("avx512f", "avx2", "default"))) void name(                        \
-      const float* qh, const float* k_blocks, const float* v_blocks, const int32_t* block_table, \
-      int64_t block_stride, int64_t block_tokens, bool merge, int64_t kv_stride, int64_t d,      \
-      int64_t context, float scale, float* scores, float* oh) {                                  \
-    AttendOneHead<head_dim>(qh, k_blocks, v_blocks, block_table, block_stride, block_tokens,     \
-                            merge, kv_stride, d, context, scale, scores, oh);                    \
+#define HERD_ATTEND_TILE(name, head_dim)                                  \
+  __attribute__((target_clones("avx512f", "avx2", "default"))) void name( \
+      const Tile& tile, float* scores, int64_t score_stride) {            \
+    AttendTile<head_dim>(tile, scores, score_stride);                     \
   }
-HERD_ATTEND_ONE_HEAD(AttendOneHead64, 64)
-HERD_ATTEND_ONE_HEAD(AttendOneHead128, 128)
-HERD_ATTEND_ONE_HEAD(AttendOneHeadAnyDim, 0)
-#undef HERD_ATTEND_ONE_HEAD
+HERD_ATTEND_TILE(AttendTile64, 64)
+HERD_ATTEND_TILE(AttendTile128, 128)
+HERD_ATTEND_TILE(AttendTileAnyDim, 0)
+#undef HERD_ATTEND_TILE
 
-using AttendOneHeadFn = decltype(&AttendOneHeadAnyDim);
+using AttendTileFn = decltype(&AttendTileAnyDim);
 
-AttendOneHeadFn AttendOneHeadFor(int64_t head_dim) {
+AttendTileFn AttendTileFor(int64_t head_dim) {
   switch (head_dim) {
     case 64:
-      return &AttendOneHead64;
+      return &AttendTile64;
     case 128:
-      return &AttendOneHead128;
+      return &AttendTile128;
     default:
-      return &AttendOneHeadAnyDim;
+      return &AttendTileAnyDim;
   }
+}
+
+// Rows per tile: full tiles when there is plenty of work, smaller ones when a
+// batch has too few rows to keep every thread busy (a single decode).
+int TileRows(int64_t total_rows, int num_threads) {
+  const int64_t per_thread = (total_rows + num_threads - 1) / num_threads;
+  return static_cast<int>(std::clamp<int64_t>(per_thread, 1, kTileRows));
 }
 
 }  // namespace
 
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int64_t max_context, int num_threads) {
-  return static_cast<size_t>(num_threads) * max_context * sizeof(float);
+  return static_cast<size_t>(num_threads) * kTileRows * max_context * sizeof(float);
 }
 
 void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionSequence* sequences,
@@ -129,33 +298,61 @@ void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionS
   const int64_t kv_stride = shape.num_kv_heads * d;
   const int64_t q_stride = shape.num_heads * d;
   const float scale = 1.0f / std::sqrt(static_cast<float>(d));
-  const bool merge = kv.block_stride == kv.block_tokens * kv_stride;
-  int64_t num_work = 0;
+  int64_t total_rows = 0;
   int64_t max_context = 0;
   for (int64_t s = 0; s < num_sequences; ++s) {
-    num_work += sequences[s].num_tokens * shape.num_heads;
+    total_rows += sequences[s].num_tokens * shape.num_heads;
     max_context = std::max(max_context, sequences[s].start_pos + sequences[s].num_tokens);
   }
+  const int tile_rows = TileRows(total_rows, pool.num_threads());
+  // A sequence's rows for one kv head, token by token and within a token head
+  // by head, cut into tiles of tile_rows.
+  auto tiles_per_kv_head = [&](const AttentionSequence& seq) {
+    return (seq.num_tokens * group + tile_rows - 1) / tile_rows;
+  };
+  int64_t num_work = 0;
+  for (int64_t s = 0; s < num_sequences; ++s) {
+    num_work += tiles_per_kv_head(sequences[s]) * shape.num_kv_heads;
+  }
   float* scratch_base = static_cast<float*>(workspace);
-  const AttendOneHeadFn attend = AttendOneHeadFor(d);
+  const AttendTileFn attend = AttendTileFor(d);
 
-  // Work item w is (sequence, token, head), heads fastest, sequences in order.
+  // Work item w is (sequence, tile, kv head), kv heads fastest, sequences in
+  // order and tiles last to first, so the tiles with the longest contexts
+  // are taken first and the short ones even out the threads at the end.
   pool.ParallelFor(num_work, 1, [&](int64_t begin, int64_t end, int thread) {
-    float* scores = scratch_base + thread * max_context;
+    float* scores = scratch_base + thread * kTileRows * max_context;
     int64_t s = 0;
     int64_t first_work = 0;  // work index of sequence s's first item
     for (int64_t work = begin; work < end; ++work) {
-      while (work - first_work >= sequences[s].num_tokens * shape.num_heads) {
-        first_work += sequences[s].num_tokens * shape.num_heads;
+      while (work - first_work >= tiles_per_kv_head(sequences[s]) * shape.num_kv_heads) {
+        first_work += tiles_per_kv_head(sequences[s]) * shape.num_kv_heads;
         ++s;
       }
       const AttentionSequence& seq = sequences[s];
-      const int64_t t = (work - first_work) / shape.num_heads;
-      const int64_t h = (work - first_work) % shape.num_heads;
-      const int64_t kv_h = h / group;
-      attend(seq.q + t * q_stride + h * d, kv.keys + kv_h * d, kv.values + kv_h * d,
-             seq.block_table, kv.block_stride, kv.block_tokens, merge, kv_stride, d,
-             seq.start_pos + t + 1, scale, scores, seq.out + t * q_stride + h * d);
+      const int64_t item = work - first_work;
+      const int64_t tile_idx = tiles_per_kv_head(seq) - 1 - item / shape.num_kv_heads;
+      const int64_t kv_h = item % shape.num_kv_heads;
+      Tile tile;
+      tile.keys = kv.keys + kv_h * d;
+      tile.values = kv.values + kv_h * d;
+      tile.block_table = seq.block_table;
+      tile.block_stride = kv.block_stride;
+      tile.block_tokens = kv.block_tokens;
+      tile.kv_stride = kv_stride;
+      tile.head_dim = d;
+      tile.scale = scale;
+      const int64_t first_row = tile_idx * tile_rows;
+      tile.num_rows =
+          static_cast<int>(std::min<int64_t>(tile_rows, seq.num_tokens * group - first_row));
+      for (int r = 0; r < tile.num_rows; ++r) {
+        const int64_t t = (first_row + r) / group;
+        const int64_t h = kv_h * group + (first_row + r) % group;
+        tile.q[r] = seq.q + t * q_stride + h * d;
+        tile.out[r] = seq.out + t * q_stride + h * d;
+        tile.context[r] = seq.start_pos + t + 1;
+      }
+      attend(tile, scores, max_context);
     }
   });
 }

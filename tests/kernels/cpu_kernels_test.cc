@@ -504,15 +504,18 @@ std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
   return outs;
 }
 
-// head_dim 8 takes the generic kernel; 64 and 128 the ones fixed at compile time.
+// head_dim 8 and 20 (a partial 16-lane chunk) take the generic kernel; 64 and
+// 128 the ones fixed at compile time.
 TEST(AttentionTest, MatchesNaiveCausalGqaThroughShuffledBlocks) {
-  for (int64_t d : {8, 64, 128}) {
+  for (int64_t d : {8, 20, 64, 128}) {
     const AttentionShape shape{4, 2, d};
-    // Prefill, decode deep in a context, a chunk straddling blocks, and a
-    // sequence without new tokens between the others.
+    // Prefill, decode deep in a context, a chunk straddling blocks, a
+    // sequence without new tokens between the others, and a prefill of
+    // several tiles.
     const std::vector<AttentionCase> cases = {
         MakeAttentionCase(shape, 0, 4, 1), MakeAttentionCase(shape, 5, 1, 11),
-        MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31)};
+        MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31),
+        MakeAttentionCase(shape, 0, 21, 41)};
     for (int threads : {1, 2}) {
       for (int64_t block_tokens : {1, 3, 16, 64}) {
         SCOPED_TRACE(testing::Message() << "head_dim=" << d << " threads=" << threads
@@ -567,6 +570,53 @@ TEST(AttentionTest, OutputIsBitIdenticalForAnyBlocksAndBatch) {
         EXPECT_EQ(RunPaged(shape, {cases[c]}, block_tokens, threads, 9)[0], reference[c])
             << "sequence " << c << " alone";
       }
+    }
+  }
+}
+
+// The serving tests compare tokens across prefill chunkings: a prompt's
+// outputs must not depend on how its tokens were split into steps, nor on
+// the GQA group (tiles hold a group's heads), nor on head_dim's remainder
+// mod 16, nor on the threads.
+TEST(AttentionTest, OutputIsBitIdenticalForAnyChunking) {
+  for (const AttentionShape shape :
+       {AttentionShape{4, 4, 64}, AttentionShape{8, 2, 64}, AttentionShape{16, 1, 128},
+        AttentionShape{6, 2, 40}, AttentionShape{4, 1, 8}}) {
+    const int64_t total = 37;
+    const AttentionCase whole = MakeAttentionCase(shape, 0, total, 41);
+    const int64_t q_row = shape.num_heads * shape.head_dim;
+    const int64_t kv_row = shape.num_kv_heads * shape.head_dim;
+    // The tokens [begin, end) of `whole` as one step.
+    auto chunk = [&](int64_t begin, int64_t end) {
+      AttentionCase c;
+      c.start_pos = begin;
+      c.num_tokens = end - begin;
+      c.q.assign(whole.q.begin() + begin * q_row, whole.q.begin() + end * q_row);
+      c.k.assign(whole.k.begin(), whole.k.begin() + end * kv_row);
+      c.v.assign(whole.v.begin(), whole.v.begin() + end * kv_row);
+      return c;
+    };
+    for (int threads : {1, 2}) {
+      SCOPED_TRACE(testing::Message()
+                   << "heads=" << shape.num_heads << " kv_heads=" << shape.num_kv_heads
+                   << " head_dim=" << shape.head_dim << " threads=" << threads);
+      const std::vector<float> reference = RunPaged(shape, {whole}, 8, threads, 3)[0];
+      for (const std::vector<int64_t>& cuts :
+           {std::vector<int64_t>{0, 5, 6, 7, 20, total}, std::vector<int64_t>{0, 1, 2, 3, total},
+            std::vector<int64_t>{0, 16, 32, total}}) {
+        std::vector<float> stitched;
+        for (size_t i = 0; i + 1 < cuts.size(); ++i) {
+          const auto out = RunPaged(shape, {chunk(cuts[i], cuts[i + 1])}, 8, threads, 4)[0];
+          stitched.insert(stitched.end(), out.begin(), out.end());
+        }
+        EXPECT_EQ(stitched, reference) << "cut after token " << cuts[1];
+      }
+      std::vector<float> decoded;
+      for (int64_t t = 0; t < total; ++t) {
+        const auto out = RunPaged(shape, {chunk(t, t + 1)}, 8, threads, 5)[0];
+        decoded.insert(decoded.end(), out.begin(), out.end());
+      }
+      EXPECT_EQ(decoded, reference) << "token by token";
     }
   }
 }
