@@ -24,8 +24,12 @@ double Seconds(std::chrono::steady_clock::time_point start) {
 }
 
 // Sums 64-bit words with 8 independent accumulators so the loop is bound by
-// loads, not by the add chain; the compiler vectorises it.
-uint64_t SumWords(const uint64_t* p, int64_t n) {
+// loads, not by the add chain; the compiler vectorises it, for the widest
+// ISA the CPU has: with baseline x86-64's 16-byte loads fewer cache lines are
+// in flight, and on a Xeon with AVX-512 the sweep read 16.8 GB/s where
+// 64-byte loads read 31 GB/s (and decode itself read weights at 38 GB/s).
+__attribute__((target_clones("avx512f", "avx2", "default"))) uint64_t SumWords(const uint64_t* p,
+                                                                               int64_t n) {
   uint64_t acc[8] = {};
   int64_t i = 0;
   for (; i + 8 <= n; i += 8) {
