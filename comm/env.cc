@@ -1,5 +1,6 @@
 #include "comm/env.h"
 
+#include <algorithm>
 #include <chrono>
 #include <cstdlib>
 #include <thread>
@@ -95,17 +96,22 @@ absl::Time DeadlineAfterMs(int64_t timeout_ms) {
   return absl::Now() + absl::Milliseconds(timeout_ms);
 }
 
-PollPacer::PollPacer(const CommEnv& env) : env_(env), idle_since_(absl::Now()) {}
+PollPacer::PollPacer(const CommEnv& env)
+    : env_(env), idle_since_(absl::Now()), next_sleep_us_(env.poll_sleep_us) {}
 
 void PollPacer::Pause() {
   if (env_.poll_sleep_us > 0 &&
       absl::Now() - idle_since_ >= absl::Milliseconds(env_.poll_sleep_after_ms)) {
-    std::this_thread::sleep_for(std::chrono::microseconds(env_.poll_sleep_us));
+    std::this_thread::sleep_for(std::chrono::microseconds(next_sleep_us_));
+    next_sleep_us_ = std::max(env_.poll_sleep_us, std::min(2 * next_sleep_us_, kMaxPollSleepUs));
   } else {
     std::this_thread::yield();
   }
 }
 
-void PollPacer::Progress() { idle_since_ = absl::Now(); }
+void PollPacer::Progress() {
+  idle_since_ = absl::Now();
+  next_sleep_us_ = env_.poll_sleep_us;
+}
 
 }  // namespace herd::comm

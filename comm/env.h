@@ -8,7 +8,9 @@
 //       How long a waiting call polls its transport while only yielding the
 //       core; after that, and until progress, it sleeps between polls.
 //   HERD_COMM_POLL_SLEEP_US        int64 >= 0, default 50
-//       The sleep between polls once HERD_COMM_POLL_SLEEP_AFTER_MS has passed.
+//       The first sleep between polls once HERD_COMM_POLL_SLEEP_AFTER_MS has
+//       passed; each further one doubles, up to 1 ms (or this value when it
+//       is larger), so a long-idle rank polls about a thousand times a second.
 //
 // Transport knobs that the libraries read themselves are only reported:
 // NCCL_SOCKET_IFNAME (NCCL), UCX_NET_DEVICES and UCX_TLS (UCX, through Open
@@ -59,11 +61,17 @@ absl::Time DeadlineAfterMs(int64_t timeout_ms);
 
 // Paces a polling loop (MPI_Test*, cudaStreamQuery): yields the core on every
 // call until `poll_sleep_after_ms` has passed without Progress(), then sleeps
-// `poll_sleep_us` per call. Yielding matters because tests and benches run
-// more ranks than cores (mpi_yield_when_idle is only for MPI's own waits).
+// `poll_sleep_us` on the first call and twice as long on each next one, up to
+// kMaxPollSleepUs (or poll_sleep_us when larger). Yielding matters because
+// tests and benches run more ranks than cores (mpi_yield_when_idle is only for
+// MPI's own waits); the growing sleep keeps an idle rank's share of a core
+// small where a poll itself costs tens of microseconds (one poll per 50 us
+// cost an idle rank a third of a core on a Xeon).
 // Not thread-safe; one per waiting call.
 class PollPacer {
  public:
+  static constexpr int64_t kMaxPollSleepUs = 1000;
+
   explicit PollPacer(const CommEnv& env);
   // Call between two polls that found nothing new.
   void Pause();
@@ -73,6 +81,7 @@ class PollPacer {
  private:
   const CommEnv& env_;
   absl::Time idle_since_;
+  int64_t next_sleep_us_;  // the next sleep, once sleeping
 };
 
 }  // namespace herd::comm

@@ -85,5 +85,21 @@ TEST(CommEnvTest, PacerSleepsOnlyAfterTheIdlePeriod) {
   EXPECT_LT(absl::Now() - start, absl::Milliseconds(150));
 }
 
+// 100, 200, 400, 800 us, then 1 ms each: ten sleeps take at least 7.5 ms
+// where ten of the first would take 1 ms. Progress starts over at 100 us.
+TEST(CommEnvTest, PacerSleepsLongerTheLongerNothingHappens) {
+  CommEnv env;
+  env.poll_sleep_after_ms = 0;
+  env.poll_sleep_us = 100;
+  PollPacer pacer(env);
+  absl::Time start = absl::Now();
+  for (int i = 0; i < 10; ++i) pacer.Pause();
+  EXPECT_GE(absl::Now() - start, absl::Microseconds(7500));
+  pacer.Progress();
+  start = absl::Now();
+  for (int i = 0; i < 3; ++i) pacer.Pause();
+  EXPECT_GE(absl::Now() - start, absl::Microseconds(700));
+}
+
 }  // namespace
 }  // namespace herd::comm
