@@ -213,23 +213,24 @@ __attribute__((always_inline)) inline void WeightedValues(const Tile& tile, cons
       Vec16 acc[kPvRows][kPvChunks] = {};
       PositionCursor values(tile.values + c0 * kLanes, tile.block_table, tile.block_stride,
                             tile.block_tokens, tile.kv_stride);
-      int64_t p = 0;
-      for (; p < shared; ++p) {
+      // The pass's chunks of the next position's value row.
+      auto load_values = [&](Vec16 * v) __attribute__((always_inline)) {
         const float* vp = values.Next();
-        Vec16 v[kPvChunks];
         for (int64_t c = 0; c < num_chunks; ++c) {
           v[c] = LoadN(vp + c * kLanes, std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
         }
+      };
+      int64_t p = 0;
+      for (; p < shared; ++p) {
+        Vec16 v[kPvChunks];
+        load_values(v);
         for (int i = 0; i < kPvRows; ++i) {
           for (int64_t c = 0; c < num_chunks; ++c) acc[i][c] += w[i][p] * v[c];
         }
       }
       for (; p < longest; ++p) {
-        const float* vp = values.Next();
         Vec16 v[kPvChunks];
-        for (int64_t c = 0; c < num_chunks; ++c) {
-          v[c] = LoadN(vp + c * kLanes, std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
-        }
+        load_values(v);
         for (int i = 0; i < rows; ++i) {
           if (p >= tile.context[r0 + i]) continue;
           for (int64_t c = 0; c < num_chunks; ++c) acc[i][c] += w[i][p] * v[c];

@@ -69,20 +69,23 @@ TEST(CommEnvTest, DeadlinesAreInTheFuture) {
   EXPECT_GE(DefaultDeadline() - now, absl::Milliseconds(GetCommEnv().timeout_ms));
 }
 
+// How long `n` pauses of `pacer` take.
+absl::Duration TimePauses(PollPacer& pacer, int n) {
+  const absl::Time start = absl::Now();
+  for (int i = 0; i < n; ++i) pacer.Pause();
+  return absl::Now() - start;
+}
+
 TEST(CommEnvTest, PacerSleepsOnlyAfterTheIdlePeriod) {
   CommEnv env;
   env.poll_sleep_after_ms = 0;
   env.poll_sleep_us = 20000;
   PollPacer sleeping(env);
-  absl::Time start = absl::Now();
-  sleeping.Pause();
-  EXPECT_GE(absl::Now() - start, absl::Milliseconds(15));
+  EXPECT_GE(TimePauses(sleeping, 1), absl::Milliseconds(15));
 
   env.poll_sleep_after_ms = 60000;
   PollPacer yielding(env);
-  start = absl::Now();
-  for (int i = 0; i < 10; ++i) yielding.Pause();
-  EXPECT_LT(absl::Now() - start, absl::Milliseconds(150));
+  EXPECT_LT(TimePauses(yielding, 10), absl::Milliseconds(150));
 }
 
 // 100, 200, 400, 800 us, then 1 ms each: ten sleeps take at least 7.5 ms
@@ -92,13 +95,9 @@ TEST(CommEnvTest, PacerSleepsLongerTheLongerNothingHappens) {
   env.poll_sleep_after_ms = 0;
   env.poll_sleep_us = 100;
   PollPacer pacer(env);
-  absl::Time start = absl::Now();
-  for (int i = 0; i < 10; ++i) pacer.Pause();
-  EXPECT_GE(absl::Now() - start, absl::Microseconds(7500));
+  EXPECT_GE(TimePauses(pacer, 10), absl::Microseconds(7500));
   pacer.Progress();
-  start = absl::Now();
-  for (int i = 0; i < 3; ++i) pacer.Pause();
-  EXPECT_GE(absl::Now() - start, absl::Microseconds(700));
+  EXPECT_GE(TimePauses(pacer, 3), absl::Microseconds(700));
 }
 
 }  // namespace
