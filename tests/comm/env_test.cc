@@ -76,10 +76,16 @@ absl::Duration TimePauses(PollPacer& pacer, int n) {
   return absl::Now() - start;
 }
 
-TEST(CommEnvTest, PacerSleepsOnlyAfterTheIdlePeriod) {
+// Knobs under which a pacer sleeps from its first pause, `sleep_us` first.
+CommEnv SleepAtOnce(int64_t sleep_us) {
   CommEnv env;
   env.poll_sleep_after_ms = 0;
-  env.poll_sleep_us = 20000;
+  env.poll_sleep_us = sleep_us;
+  return env;
+}
+
+TEST(CommEnvTest, PacerSleepsOnlyAfterTheIdlePeriod) {
+  CommEnv env = SleepAtOnce(20000);
   PollPacer sleeping(env);
   EXPECT_GE(TimePauses(sleeping, 1), absl::Milliseconds(15));
 
@@ -91,9 +97,7 @@ TEST(CommEnvTest, PacerSleepsOnlyAfterTheIdlePeriod) {
 // 100, 200, 400, 800 us, then 1 ms each: ten sleeps take at least 7.5 ms
 // where ten of the first would take 1 ms. Progress starts over at 100 us.
 TEST(CommEnvTest, PacerSleepsLongerTheLongerNothingHappens) {
-  CommEnv env;
-  env.poll_sleep_after_ms = 0;
-  env.poll_sleep_us = 100;
+  const CommEnv env = SleepAtOnce(100);
   PollPacer pacer(env);
   EXPECT_GE(TimePauses(pacer, 10), absl::Microseconds(7500));
   pacer.Progress();
