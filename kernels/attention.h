@@ -40,15 +40,21 @@ struct AttentionSequence {
 };
 
 // Bytes of workspace for `num_threads` threads attending over up to
-// `max_context` cached positions (the largest start_pos + num_tokens).
+// `max_context` cached positions (the largest start_pos + num_tokens): up to
+// 16 rows of scores per thread, fewer where contexts are long (a thread's
+// share stays within 1 MiB or one row). A larger workspace is used as given.
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int64_t max_context, int num_threads);
 
 // For each of `num_sequences` sequences, token t attends to its positions
 // [0, start_pos + t] with scale 1/sqrt(head_dim), reading them block by block
-// through the block table (no copy of the context). Work is split over the
-// (sequence, token, head) triples of all sequences in one parallel loop, so a
-// batch of single-token decodes keeps every thread busy. The caller checked
-// the block tables (ids inside `kv`, long enough).
+// through the block table (no copy of the context). Work is split over tiles
+// of up to 16 (token, head) rows that share a kv head, for all sequences in one
+// parallel loop; tiles shrink when a batch is too small to keep every thread
+// busy (a single decode). Each row's arithmetic is the same in any tile, so a
+// sequence's outputs are bit-identical whatever blocks hold it, whoever
+// shares the batch and however its tokens were split into calls. The caller
+// checked the block tables (ids inside `kv`, long enough) and gave at least
+// AttentionWorkspaceBytes(shape, this batch's max context, pool threads).
 void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionSequence* sequences,
                int64_t num_sequences, void* workspace, size_t workspace_bytes, ThreadPool& pool);
 

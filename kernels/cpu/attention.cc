@@ -279,17 +279,30 @@ AttendTileFn AttendTileFor(int64_t head_dim) {
   }
 }
 
+// The most rows a tile may have when contexts reach `max_context`: a
+// thread's scores (one row of max_context per tile row) stay within
+// kScoreFloatsPerThread, so long contexts take smaller tiles instead of a
+// workspace that grows with threads x 16 x context.
+constexpr int64_t kScoreFloatsPerThread = int64_t{1} << 18;  // 1 MiB
+int MaxTileRows(int64_t max_context) {
+  return static_cast<int>(
+      std::clamp<int64_t>(kScoreFloatsPerThread / std::max<int64_t>(max_context, 1), 1, kTileRows));
+}
+
 // Rows per tile: full tiles when there is plenty of work, smaller ones when a
-// batch has too few rows to keep every thread busy (a single decode).
-int TileRows(int64_t total_rows, int num_threads) {
+// batch has too few rows to keep every thread busy (a single decode), and at
+// most as many as a thread's `scores_per_thread` floats hold rows of scores.
+int TileRows(int64_t total_rows, int num_threads, int64_t max_context, int64_t scores_per_thread) {
   const int64_t per_thread = (total_rows + num_threads - 1) / num_threads;
-  return static_cast<int>(std::clamp<int64_t>(per_thread, 1, kTileRows));
+  const int64_t fit =
+      std::min<int64_t>(kTileRows, scores_per_thread / std::max<int64_t>(max_context, 1));
+  return static_cast<int>(std::clamp<int64_t>(per_thread, 1, std::max<int64_t>(fit, 1)));
 }
 
 }  // namespace
 
 size_t AttentionWorkspaceBytes(const AttentionShape& shape, int64_t max_context, int num_threads) {
-  return static_cast<size_t>(num_threads) * kTileRows * max_context * sizeof(float);
+  return static_cast<size_t>(num_threads) * MaxTileRows(max_context) * max_context * sizeof(float);
 }
 
 void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionSequence* sequences,
@@ -305,7 +318,10 @@ void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionS
     total_rows += sequences[s].num_tokens * shape.num_heads;
     max_context = std::max(max_context, sequences[s].start_pos + sequences[s].num_tokens);
   }
-  const int tile_rows = TileRows(total_rows, pool.num_threads());
+  // The caller sized the workspace for at least this batch's contexts.
+  const int64_t scores_per_thread =
+      static_cast<int64_t>(workspace_bytes / sizeof(float)) / pool.num_threads();
+  const int tile_rows = TileRows(total_rows, pool.num_threads(), max_context, scores_per_thread);
   // A sequence's rows for one kv head, token by token and within a token head
   // by head, cut into tiles of tile_rows.
   auto tiles_per_kv_head = [&](const AttentionSequence& seq) {
@@ -322,7 +338,7 @@ void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionS
   // order and tiles last to first, so the tiles with the longest contexts
   // are taken first and the short ones even out the threads at the end.
   pool.ParallelFor(num_work, 1, [&](int64_t begin, int64_t end, int thread) {
-    float* scores = scratch_base + thread * kTileRows * max_context;
+    float* scores = scratch_base + thread * scores_per_thread;
     int64_t s = 0;
     int64_t first_work = 0;  // work index of sequence s's first item
     for (int64_t work = begin; work < end; ++work) {

@@ -482,10 +482,13 @@ PagedCases Page(const AttentionShape& shape, const std::vector<AttentionCase>& c
 }
 
 // Runs the kernel over `cases` paged with `block_tokens`; returns each
-// case's output, F32 [num_tokens, heads * head_dim].
+// case's output, F32 [num_tokens, heads * head_dim]. `score_rows` > 0 gives
+// the kernel a workspace of that many rows of scores per thread instead of
+// AttentionWorkspaceBytes.
 std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
                                          const std::vector<AttentionCase>& cases,
-                                         int64_t block_tokens, int threads, uint32_t seed) {
+                                         int64_t block_tokens, int threads, uint32_t seed,
+                                         int64_t score_rows = 0) {
   const PagedCases paged = Page(shape, cases, block_tokens, seed);
   std::vector<std::vector<float>> outs(cases.size());
   std::vector<AttentionSequence> sequences;
@@ -497,7 +500,8 @@ std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
     max_context = std::max(max_context, cases[i].start_pos + cases[i].num_tokens);
   }
   ThreadPool pool(threads);
-  std::vector<uint8_t> ws(AttentionWorkspaceBytes(shape, max_context, threads));
+  std::vector<uint8_t> ws(score_rows > 0 ? threads * score_rows * max_context * sizeof(float)
+                                         : AttentionWorkspaceBytes(shape, max_context, threads));
   const KvBlocks kv{paged.keys.data(), paged.values.data(), paged.block_floats, block_tokens};
   Attention(shape, kv, sequences.data(), static_cast<int64_t>(sequences.size()), ws.data(),
             ws.size(), pool);
@@ -617,6 +621,11 @@ TEST(AttentionTest, OutputIsBitIdenticalForAnyChunking) {
         decoded.insert(decoded.end(), out.begin(), out.end());
       }
       EXPECT_EQ(decoded, reference) << "token by token";
+      // Long contexts get workspaces of fewer rows per thread, so smaller tiles.
+      for (int64_t rows : {1, 3}) {
+        EXPECT_EQ(RunPaged(shape, {whole}, 8, threads, 6, rows)[0], reference)
+            << rows << " rows of scores per thread";
+      }
     }
   }
 }
