@@ -382,6 +382,13 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
       kTiled ? args.x_tiles + (t0 / kHalfTileTokens) * cols * kHalfTileTokens : args.x + t0 * cols;
   constexpr int64_t kXCol = kTiled ? kHalfTileTokens : 1;
   const int64_t x_row = kTiled ? 1 : cols;
+  // A padded tile's missing tokens read the last real one (tiles are padded
+  // with zeros instead); their sums are not stored.
+  const int64_t valid = std::min<int64_t>(kTokens, args.num_tokens - t0);
+  int64_t x_offset[kTokens];
+#pragma GCC unroll 32
+  for (int j = 0; j < kTokens; ++j)
+    x_offset[j] = (kTiled ? j : std::min<int64_t>(j, valid - 1)) * x_row;
   constexpr int kChains = kTokens == 1 ? 4 : 1;
   __m512 acc[kTokens * kChains];
 #pragma GCC unroll 32
@@ -401,13 +408,12 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
     // Unrolled, or the accumulators live in memory instead of registers.
 #pragma GCC unroll 32
     for (int j = 0; j < kTokens; ++j) {
-      acc[j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[k * kXCol + j * x_row]), acc[j]);
+      acc[j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[k * kXCol + x_offset[j]]), acc[j]);
     }
   }
   if constexpr (kTokens == 1) {
     acc[0] = _mm512_add_ps(_mm512_add_ps(acc[0], acc[1]), _mm512_add_ps(acc[2], acc[3]));
   }
-  const int64_t valid = std::min<int64_t>(kTokens, args.num_tokens - t0);  // a padded tile
 #pragma GCC unroll 32
   for (int j = 0; j < kTokens; ++j) {
     if (j < valid) StoreRows(args, g, t0 + j, acc[j]);
@@ -423,7 +429,10 @@ HERD_AVX512 void HalfRows(const KernelArgs& args, int64_t group_begin, int64_t g
     for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, kHalfTileTokens>(args, g, t);
   }
   t = std::min(t, args.num_tokens);
-  for (; t + 8 <= args.num_tokens; t += 8) {
+  // Tiles of 8, the last one padded when 2 or more tokens are left: a pass
+  // for one token streams the weights at memory speed, so 2 such passes cost
+  // more than one of 8 tokens.
+  for (; t + 2 <= args.num_tokens; t += 8) {
     for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 8>(args, g, t);
   }
   for (; t < args.num_tokens; ++t) {

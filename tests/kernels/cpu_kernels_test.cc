@@ -144,8 +144,9 @@ TEST(MatmulTest, EveryDtypeAndIsaMatchesReferenceOverShapes) {
           if (in % BlockSize(type) != 0) continue;
           for (int64_t out : {1, 7, 16, 64, 129}) {
             // The float kernels' token tiles: 14 is one zero-padded tile of
-            // 24, 33 = 24 + 8 + 1.
-            for (int64_t tokens : {1, 3, 4, 9, 14, 33}) {
+            // 24, 33 = 24 + 8 + 1; on AVX-512 3 and 4 are one padded tile of
+            // 8, 10 = 8 + a padded 8, 35 = 24 + 8 + a padded 8.
+            for (int64_t tokens : {1, 3, 4, 9, 10, 14, 33, 35}) {
               SCOPED_TRACE(testing::Message()
                            << IsaName(isa) << " " << DTypeName(type) << " threads=" << threads
                            << " in=" << in << " out=" << out << " tokens=" << tokens);
