@@ -256,6 +256,8 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   // Measured after the model tests, so its buffer does not count as resident.
   const BandwidthResult bw = MeasureMemoryBandwidth(num_threads, bandwidth_bytes);
   const double decode_share = bw.read_gbps > 0 ? 100.0 * r.decode_weight_gbps / bw.read_gbps : 0;
+  const double fma_peak_gflops = MeasureFmaPeakGflops(num_threads);
+  const double prefill_share = fma_peak_gflops > 0 ? 100.0 * r.prefill_gflops / fma_peak_gflops : 0;
 
   if (flags.Has("json")) {
     nlohmann::json j;
@@ -267,6 +269,10 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     j["decode"]["skipped_expert_fraction"] = r.decode_skipped_fraction;
     j["decode"]["percent_of_read_bandwidth"] = decode_share;
     j["bandwidth"] = {{"read_gbps", bw.read_gbps}, {"copy_gbps", bw.copy_gbps}};
+    j["prefill"]["flops"] = r.prefill_flops;
+    j["prefill"]["gflops"] = r.prefill_gflops;
+    j["prefill"]["percent_of_f32_fma_peak"] = prefill_share;
+    j["compute"] = {{"f32_fma_peak_gflops", fma_peak_gflops}};
     j["memory"] = {{"resident_bytes", resident},
                    {"process_resident_bytes", process_resident},
                    {"process_resident_bytes_before_load", process_before_load},
@@ -281,6 +287,8 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   out << absl::StrFormat("cpu       %s, %d threads\n", cpu::DescribeCpu(), num_threads);
   out << absl::StrFormat("memory    read %.1f GB/s, copy %.1f GB/s (same run, %d threads)\n",
                          bw.read_gbps, bw.copy_gbps, num_threads);
+  out << absl::StrFormat("compute   f32 FMA peak %.0f GFLOP/s (same run, %d threads)\n",
+                         fma_peak_gflops, num_threads);
   out << absl::StrFormat(
       "resident  %.1f MiB = %.3f x (weights %.1f MiB + KV %.1f MiB); the process: %.1f MiB, "
       "%.1f MiB of it before loading\n\n",
@@ -288,6 +296,13 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
       weight_bytes / 1048576.0, kv_bytes / 1048576.0, process_resident / 1048576.0,
       process_before_load / 1048576.0);
   PrintThroughputTable(r, options, decode_share, "read BW", out);
+  if (options.prompt_tokens > 0) {
+    // Quantized matrices multiply with int8 dot products, whose peak is higher.
+    out << absl::StrFormat(
+        "\nprefill   %.0f GFLOP/s (matrices, attention, lm head for the last token), %.0f%% of "
+        "the f32 FMA peak\n",
+        r.prefill_gflops, prefill_share);
+  }
   if (r.decode_skipped_fraction > 0) {
     out << absl::StrFormat(
         "\ndynamic skipping left out %.1f%% of routed expert calls while decoding "

@@ -41,7 +41,67 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) uint64_t SumWords(c
   return total;
 }
 
+// Vectors of 16, 8 and 4 floats (GCC's extension): one AVX-512, AVX2 or SSE
+// register in the functions below, each built for that ISA.
+typedef float Floats16 __attribute__((vector_size(64)));
+typedef float Floats8 __attribute__((vector_size(32)));
+typedef float Floats4 __attribute__((vector_size(16)));
+
+// 12 chains of acc = acc * m + c over `Vec`, which the caller's target
+// contracts to FMAs; returns a sum so that nothing is optimised away.
+template <typename Vec>
+__attribute__((always_inline)) inline float FmaChains(int64_t iterations) {
+  constexpr int kLanes = sizeof(Vec) / sizeof(float);
+  Vec acc[12];
+#pragma GCC unroll 12
+  for (int i = 0; i < 12; ++i) acc[i] = Vec{} + 0.001f * static_cast<float>(i);
+  const Vec m = Vec{} + 0.999999f;
+  const Vec c = Vec{} + 1e-7f;
+  for (int64_t it = 0; it < iterations; ++it) {
+#pragma GCC unroll 12
+    for (int i = 0; i < 12; ++i) acc[i] = acc[i] * m + c;
+  }
+  float total = 0;
+  for (const Vec& v : acc) {
+    for (int l = 0; l < kLanes; ++l) total += v[l];
+  }
+  return total;
+}
+
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Wpsabi"  // the vectors never cross a call
+__attribute__((target("avx512f"))) float FmaChains512(int64_t n) { return FmaChains<Floats16>(n); }
+__attribute__((target("avx2,fma"))) float FmaChains256(int64_t n) { return FmaChains<Floats8>(n); }
+float FmaChains128(int64_t n) { return FmaChains<Floats4>(n); }
+#pragma GCC diagnostic pop
+
 }  // namespace
+
+double MeasureFmaPeakGflops(int num_threads, int repetitions) {
+  float (*chains)(int64_t) = &FmaChains128;
+  int lanes = 4;
+  if (__builtin_cpu_supports("avx512f")) {
+    chains = &FmaChains512;
+    lanes = 16;
+  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+    chains = &FmaChains256;
+    lanes = 8;
+  }
+  const int64_t iterations = int64_t{40} * 1000 * 1000 / lanes;  // ~0.1 s at 100 GFLOP/s a core
+  ThreadPool pool(num_threads);
+  std::vector<float> sums(num_threads);
+  double best = 0;
+  for (int r = 0; r < repetitions; ++r) {
+    const auto start = std::chrono::steady_clock::now();
+    pool.ParallelFor(num_threads, 1, [&](int64_t b, int64_t e, int t) {
+      for (int64_t i = b; i < e; ++i) sums[t] += chains(iterations);
+    });
+    best = std::max(best, 2.0 * 12 * lanes * iterations * num_threads / Seconds(start) / 1e9);
+  }
+  // Keep the sums observable so the chains are not optimised away.
+  if (std::accumulate(sums.begin(), sums.end(), 0.0f) == 1.0f) std::fputc(' ', stderr);
+  return best;
+}
 
 BandwidthResult MeasureMemoryBandwidth(int num_threads, int64_t buffer_bytes, int repetitions) {
   ThreadPool pool(num_threads);
@@ -86,6 +146,38 @@ Summary Summarize(std::vector<double> samples) {
   s.stddev = n > 1 ? std::sqrt(var / (n - 1)) : 0.0;
   return s;
 }
+
+namespace {
+
+// The matrices one token multiplies in every layer: each non-expert matrix
+// and `experts_per_token` experts' FFNs (experts share one shape).
+struct LayerMatrices {
+  double bytes = 0;
+  double elements = 0;
+};
+
+LayerMatrices LayerMatricesPerToken(const Model& model, double experts_per_token) {
+  LayerMatrices sum;
+  auto add = [&](const TensorView& t, double times) {
+    sum.bytes += times * static_cast<double>(t.num_bytes());
+    sum.elements += times * static_cast<double>(t.num_elements());
+  };
+  for (const LayerWeights& w : model.layers) {
+    for (const TensorView* t :
+         {&w.q.weight, &w.k.weight, &w.v.weight, &w.o.weight, &w.router, &w.shared_expert.gate,
+          &w.shared_expert.up, &w.shared_expert.down}) {
+      if (!t->empty()) add(*t, 1.0);
+    }
+    for (const ExpertFfnWeights& e : w.experts) {
+      if (!e.resident()) continue;  // dropped (or another rank's)
+      for (const TensorView* t : {&e.gate, &e.up, &e.down}) add(*t, experts_per_token);
+      break;
+    }
+  }
+  return sum;
+}
+
+}  // namespace
 
 absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const Model& model,
                                                    const ModelBenchOptions& options) {
@@ -151,23 +243,24 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const 
   result.decode_skipped_fraction =
       decode_routed > 0 ? static_cast<double>(decode_skipped) / decode_routed : 0.0;
   const double experts_per_token = s.num_experts_per_token * (1.0 - result.decode_skipped_fraction);
-  int64_t bytes =
-      model.lm_head.num_bytes() + model.token_embedding.num_bytes() / model.spec.vocab_size;
-  for (const LayerWeights& w : model.layers) {
-    for (const TensorView* t :
-         {&w.q.weight, &w.k.weight, &w.v.weight, &w.o.weight, &w.router, &w.shared_expert.gate,
-          &w.shared_expert.up, &w.shared_expert.down}) {
-      if (!t->empty()) bytes += t->num_bytes();
-    }
-    for (const ExpertFfnWeights& e : w.experts) {
-      if (!e.resident()) continue;  // dropped (or another rank's); experts share one shape
-      bytes += static_cast<int64_t>(experts_per_token *
-                                    (e.gate.num_bytes() + e.up.num_bytes() + e.down.num_bytes()));
-      break;
-    }
+  const LayerMatrices decode_layers = LayerMatricesPerToken(model, experts_per_token);
+  result.decode_weight_bytes = static_cast<int64_t>(decode_layers.bytes) +
+                               model.lm_head.num_bytes() +
+                               model.token_embedding.num_bytes() / model.spec.vocab_size;
+  result.decode_weight_gbps =
+      result.decode_weight_bytes * result.decode_tokens_per_second.median / 1e9;
+
+  const double prompt = static_cast<double>(options.prompt_tokens);
+  if (prompt > 0) {
+    const LayerMatrices prefill_layers = LayerMatricesPerToken(model, s.num_experts_per_token);
+    // Token t attends to t + 1 positions: q.k and p.v, head_dim multiply-adds each.
+    const double attention = 2.0 * 2.0 * s.num_heads * s.head_dim * prompt * (prompt + 1) / 2 *
+                             static_cast<double>(model.layers.size());
+    result.prefill_flops = 2.0 * prefill_layers.elements * prompt + attention +
+                           2.0 * static_cast<double>(model.lm_head.num_elements());
+    result.prefill_gflops =
+        result.prefill_flops * result.prefill_tokens_per_second.median / prompt / 1e9;
   }
-  result.decode_weight_bytes = bytes;
-  result.decode_weight_gbps = bytes * result.decode_tokens_per_second.median / 1e9;
   return result;
 }
 

@@ -24,6 +24,11 @@ struct BandwidthResult {
 BandwidthResult MeasureMemoryBandwidth(int num_threads, int64_t buffer_bytes = int64_t{1} << 30,
                                        int repetitions = 5);
 
+// f32 multiply-add rate of `num_threads` threads, in GFLOP/s (2 per
+// multiply-add): 12 independent chains of the CPU's widest vector FMA per
+// thread, enough to cover the FMA latency on two units. Best of `repetitions`.
+double MeasureFmaPeakGflops(int num_threads, int repetitions = 3);
+
 struct Summary {
   double median = 0;
   double stddev = 0;
@@ -45,6 +50,12 @@ struct ModelBenchResult {
   // experts' FFNs (fewer by the share dynamic skipping left out), the lm head
   // and one embedding row.
   int64_t decode_weight_bytes = 0;
+  // Arithmetic of one prefill of prompt_tokens from an empty context, in
+  // FLOPs (2 per multiply-add): every matrix for every token, top_k experts
+  // per token, the causal attention's scores and weighted values, the lm head
+  // for the last token.
+  double prefill_flops = 0;
+  double prefill_gflops = 0;      // prefill_flops x median prefills per second
   double decode_weight_gbps = 0;  // decode_weight_bytes x median decode tokens/s
   // Share of routed expert calls dynamic skipping left out while decoding.
   double decode_skipped_fraction = 0;

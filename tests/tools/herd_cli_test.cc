@@ -136,7 +136,7 @@ TEST(HerdCliTest, SynthWritesAModelThatLoadsAndRuns) {
   EXPECT_NE(bad.err.find("multiples of 32"), std::string::npos) << bad.err;
 }
 
-TEST(HerdCliTest, BenchReportsSpeedBandwidthAndMemory) {
+TEST(HerdCliTest, BenchReportsSpeedBandwidthComputeAndMemory) {
   const RunResult r =
       RunHerd("bench --json --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
               " --prompt 16 --gen 8 --repetitions 2 --bandwidth-bytes 16777216");
@@ -154,6 +154,16 @@ TEST(HerdCliTest, BenchReportsSpeedBandwidthAndMemory) {
   const int64_t lm_head = 512 * 64 * 4;
   EXPECT_EQ(j["decode"]["weight_bytes_per_token"].get<int64_t>(),
             attention + router + experts + lm_head + 64 * 4);
+  // The prefill of 16 tokens: 2 FLOPs per weight per token (2 experts), the
+  // causal attention's q.k and p.v over 1 + ... + 16 positions (64 = heads x
+  // head_dim, 2 layers), the lm head once.
+  const double per_token = 2 * (64 * 64 * 2 + 32 * 64 * 2 + 8 * 64 + 2 * 3 * 128 * 64);
+  const double prefill_flops = 2 * per_token * 16 + 4.0 * 64 * (16 * 17 / 2) * 2 + 2 * 512 * 64;
+  EXPECT_DOUBLE_EQ(j["prefill"]["flops"].get<double>(), prefill_flops);
+  EXPECT_NEAR(j["prefill"]["gflops"].get<double>(),
+              prefill_flops * j["prefill"]["tokens_per_second_median"].get<double>() / 16 / 1e9,
+              1e-9);
+  EXPECT_GT(j["compute"]["f32_fma_peak_gflops"].get<double>(), 0);
   // The model's resident bytes are what the process gained by loading and
   // running it: at least the weights it reads (the F32 file is used in place
   // and every matrix is touched), less than the whole process.
