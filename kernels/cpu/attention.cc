@@ -34,8 +34,9 @@ constexpr int kPvChunks = 4;     // 16-lane chunks of head_dim per pass over the
 using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 // Helpers are always inlined so that they take the ISA of the entry point.
-// No call passes a Vec16 by value, so the ABI change GCC warns about for such
-// calls in the baseline ISA (-Wpsabi) never happens.
+// They take and return Vec16 by value, but since no call to them remains, the
+// baseline ISA's ABI for such calls that GCC warns about (-Wpsabi) is never
+// used.
 #pragma GCC diagnostic ignored "-Wpsabi"
 // `n` floats from p (n <= 16), the other lanes zero.
 __attribute__((always_inline)) inline Vec16 LoadN(const float* p, int64_t n) {
