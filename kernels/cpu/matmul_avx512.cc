@@ -42,12 +42,15 @@ HERD_AVX512 inline __m512i BroadcastQuad(const int8_t* a, int s) {
   return _mm512_set1_epi32(quad);
 }
 
-// Asks for the `bytes` (a multiple of 64) that lie kPrefetchBytes past `p`,
-// into L1 (kHint _MM_HINT_T0) or L2 (_MM_HINT_T1).
-template <_mm_hint kHint = _MM_HINT_T0>
+// Where PrefetchAhead asks for lines: __builtin_prefetch's locality, which
+// x86 compilers emit as prefetcht0 (3) and prefetcht1 (2).
+enum class PrefetchInto { kL1 = 3, kL2 = 2 };
+
+// Asks for the `bytes` (a multiple of 64) that lie kPrefetchBytes past `p`.
+template <PrefetchInto kInto = PrefetchInto::kL1>
 HERD_AVX512 inline void PrefetchAhead(const uint8_t* p, int64_t bytes) {
   for (int64_t line = 0; line < bytes; line += 64) {
-    _mm_prefetch(reinterpret_cast<const char*>(p + kPrefetchBytes + line), kHint);
+    __builtin_prefetch(p + kPrefetchBytes + line, 0, static_cast<int>(kInto));
   }
 }
 
@@ -402,7 +405,7 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
       // prefetching into L1 and 67.5 into L2 (4 interleaved rounds, every
       // round faster), where the quantized kernels' L1 prefetch was as fast
       // or faster (Q4_0 368 against 316 t/s).
-      PrefetchAhead<_MM_HINT_T1>(group + k * 32, kChains * 32);
+      PrefetchAhead<PrefetchInto::kL2>(group + k * 32, kChains * 32);
       for (int c = 0; c < kChains; ++c) {
         acc[c] = _mm512_fmadd_ps(LoadWeights<kType>(group, (k + c) * kPackRows),
                                  _mm512_set1_ps(x[k + c]), acc[c]);
