@@ -14,6 +14,7 @@
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
+#include "kernels/cpu_features.h"
 #include "kernels/sampling.h"
 
 namespace herd {
@@ -75,15 +76,44 @@ __attribute__((target("avx2,fma"))) float FmaChains256(int64_t n) { return FmaCh
 float FmaChains128(int64_t n) { return FmaChains<Floats4>(n); }
 #pragma GCC diagnostic pop
 
+// The matrices one token multiplies in every layer: each non-expert matrix
+// and `experts_per_token` experts' FFNs (experts share one shape).
+struct LayerMatrices {
+  double bytes = 0;
+  double elements = 0;
+};
+
+LayerMatrices LayerMatricesPerToken(const Model& model, double experts_per_token) {
+  LayerMatrices sum;
+  auto add = [&](const TensorView& t, double times) {
+    sum.bytes += times * static_cast<double>(t.num_bytes());
+    sum.elements += times * static_cast<double>(t.num_elements());
+  };
+  for (const LayerWeights& w : model.layers) {
+    for (const TensorView* t :
+         {&w.q.weight, &w.k.weight, &w.v.weight, &w.o.weight, &w.router, &w.shared_expert.gate,
+          &w.shared_expert.up, &w.shared_expert.down}) {
+      if (!t->empty()) add(*t, 1.0);
+    }
+    for (const ExpertFfnWeights& e : w.experts) {
+      if (!e.resident()) continue;  // dropped (or another rank's)
+      for (const TensorView* t : {&e.gate, &e.up, &e.down}) add(*t, experts_per_token);
+      break;
+    }
+  }
+  return sum;
+}
+
 }  // namespace
 
 double MeasureFmaPeakGflops(int num_threads, int repetitions) {
+  const cpu::CpuFeatures& cpu = cpu::DetectCpuFeatures();
   float (*chains)(int64_t) = &FmaChains128;
   int lanes = 4;
-  if (__builtin_cpu_supports("avx512f")) {
+  if (cpu.avx512f) {
     chains = &FmaChains512;
     lanes = 16;
-  } else if (__builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma")) {
+  } else if (cpu.avx2 && cpu.fma) {
     chains = &FmaChains256;
     lanes = 8;
   }
@@ -147,38 +177,6 @@ Summary Summarize(std::vector<double> samples) {
   s.stddev = n > 1 ? std::sqrt(var / (n - 1)) : 0.0;
   return s;
 }
-
-namespace {
-
-// The matrices one token multiplies in every layer: each non-expert matrix
-// and `experts_per_token` experts' FFNs (experts share one shape).
-struct LayerMatrices {
-  double bytes = 0;
-  double elements = 0;
-};
-
-LayerMatrices LayerMatricesPerToken(const Model& model, double experts_per_token) {
-  LayerMatrices sum;
-  auto add = [&](const TensorView& t, double times) {
-    sum.bytes += times * static_cast<double>(t.num_bytes());
-    sum.elements += times * static_cast<double>(t.num_elements());
-  };
-  for (const LayerWeights& w : model.layers) {
-    for (const TensorView* t :
-         {&w.q.weight, &w.k.weight, &w.v.weight, &w.o.weight, &w.router, &w.shared_expert.gate,
-          &w.shared_expert.up, &w.shared_expert.down}) {
-      if (!t->empty()) add(*t, 1.0);
-    }
-    for (const ExpertFfnWeights& e : w.experts) {
-      if (!e.resident()) continue;  // dropped (or another rank's)
-      for (const TensorView* t : {&e.gate, &e.up, &e.down}) add(*t, experts_per_token);
-      break;
-    }
-  }
-  return sum;
-}
-
-}  // namespace
 
 absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const Model& model,
                                                    const ModelBenchOptions& options) {
