@@ -387,13 +387,13 @@ size_t SharedInput(const MatmulTask* tasks, size_t i) {
 }
 
 // Room for the token tiles of task t, as floor(num_tokens / 12) tiles: at
-// least TokenTiles(num_tokens) (a tile holds 12 tokens or more), and additive,
-// so that a bound taken for all rows of an MoE layer at once (GroupedExpertFfn)
-// holds however they are split into experts. 64 bytes of slack keep every
+// least TokenTiles(num_tokens) (ceil(n / 24) <= floor(n / 12) for n >= 12),
+// and additive, so that a bound taken for all rows of an MoE layer at once
+// (GroupedExpertFfn) holds however they are split into experts. 64 bytes of slack keep every
 // task's tiles 64-byte aligned.
 size_t TokenTileBytes(const MatmulTask& t) {
   if (t.weight->layout != PackedLayout::kHalfRows16) return 0;
-  const int64_t tiles = t.num_tokens / kHalfTilePartialMin;
+  const int64_t tiles = t.num_tokens / kHalfTileMinTokens;
   return tiles == 0 ? 0 : tiles * kHalfTileTokens * t.weight->cols * sizeof(float) + 64;
 }
 
@@ -405,8 +405,10 @@ void MakeTokenTiles(const float* x, int64_t num_tokens, int64_t cols, int64_t ti
     float* out = tiles + tile * cols * kHalfTileTokens;
     const float* in = x + tile * kHalfTileTokens * cols;
     const int64_t tokens = std::min(kHalfTileTokens, num_tokens - tile * kHalfTileTokens);
-    for (int64_t j = 0; j < kHalfTileTokens; ++j) {
-      for (int64_t k = 0; k < cols; ++k) {
+    // Column by column: the writes are sequential, and the tile's 24 input
+    // rows stay in L1 for the 16 columns of their lines.
+    for (int64_t k = 0; k < cols; ++k) {
+      for (int64_t j = 0; j < kHalfTileTokens; ++j) {
         out[k * kHalfTileTokens + j] = j < tokens ? in[j * cols + k] : 0.0f;
       }
     }

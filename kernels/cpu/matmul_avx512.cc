@@ -27,11 +27,16 @@ namespace herd::cpu {
 namespace {
 
 constexpr int kTokenTile = 8;
-// How far ahead of the block being multiplied a one-token kernel asks for
-// its weights. At one token a core streams weights faster than DRAM answers
-// one miss at a time, and the hardware prefetcher alone left int2 and int3
-// at 17-21 GB/s on one core of the reference machine; 4 KiB ahead (one
-// 16-row group of int2) took them to 25 GB/s, with 1, 2 and 8 KiB slower.
+// How far ahead of the block being multiplied a kernel asks for its
+// weights. At one token a core streams weights faster than DRAM answers one
+// miss at a time, and the hardware prefetcher alone left int2 and int3 at
+// 17-21 GB/s on one core of the reference machine; 4 KiB ahead (one 16-row
+// group of int2) took them to 25 GB/s, with 1, 2 and 8 KiB slower. Prefill
+// passes ask too: the first pass over an expert's weights reads them from
+// DRAM, and without the requests an F16 pass of 24 tokens over 138 MB of
+// 2816 x 1024 matrices ran at 254 GFLOP/s, with them 406 (AMD EPYC, 2
+// threads, 2026-11-23); 8 tokens 130 -> 306. Lines already in cache cost
+// one instruction per block.
 constexpr int64_t kPrefetchBytes = 4096;
 
 // Activations a[4s..4s+3] in every lane, loaded straight from memory (a
@@ -79,7 +84,7 @@ HERD_AVX512 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * kBlockBytes;
-    if constexpr (kTokens == 1) PrefetchAhead(blk, kBlockBytes);
+    PrefetchAhead(blk, kBlockBytes);
     __m512i lo[4], hi[4];
     for (int s = 0; s < 4; ++s) {
       const __m512i v = _mm512_loadu_si512(blk + s * 64);
@@ -121,7 +126,7 @@ HERD_AVX512 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) acc[j] = _mm512_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * kBlockBytes;
-    if constexpr (kTokens == 1) PrefetchAhead(blk, kBlockBytes);
+    PrefetchAhead(blk, kBlockBytes);
     __m512i wv[8];
     for (int s = 0; s < 8; ++s) wv[s] = _mm512_loadu_si512(blk + s * 64);
     const __m512 wscale =
@@ -243,7 +248,7 @@ HERD_AVX512_GFNI void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) 
     for (int64_t b = k * blocks_per_group; b < (k + 1) * blocks_per_group; ++b) {
       __m512i u[8];
       const uint8_t* block = codes + b * 64 * kBits;
-      if constexpr (kTokens == 1) PrefetchAhead(block, 64 * kBits);
+      PrefetchAhead(block, 64 * kBits);
       UnpackCodes<kBits, kGfni>(block, u);
       for (int j = 0; j < kTokens; ++j) {
         const int64_t t = t0 + j;
@@ -372,23 +377,24 @@ HERD_AVX512 void F32Rows(const KernelArgs& args, int64_t row_begin, int64_t row_
 // one load and conversion gives the 16 rows' weights, and each token adds
 // them times its broadcast activation into its own accumulator, so nothing is
 // summed across lanes and a token's 16 results are one store. Prefill runs
-// 24 tokens at a time: 24 multiply-adds per load and conversion, with the
-// accumulators, the weights and the broadcasts in the 32 registers. One token
+// tiles of 24 tokens (kTiled: read from args.x_tiles, tile t0 / 24; a last,
+// partial tile runs as the next multiple of 4, on its zero padding): 24
+// multiply-adds per load and conversion, with the accumulators, the weights
+// and the broadcasts in the 32 registers. Without tiles, tokens are read from
+// x, and a padded pass's missing tokens read the last real one. One token
 // (decode) keeps 4 accumulators over alternate columns, so that the
 // multiply-add latency does not bound how fast it streams the weights.
-template <DType kType, int kTokens>
+template <DType kType, int kTokens, bool kTiled>
 HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
+  static_assert(!kTiled || kTokens <= kHalfTileTokens);
   const PackedMatrix& w = *args.w;
   const int64_t cols = w.cols;
   const uint8_t* group = w.data + g * kPackRows * cols * 2;
   // Token j's activation at column k: x[k * kXCol + j * x_row].
-  constexpr bool kTiled = kTokens == kHalfTileTokens;
   const float* x =
       kTiled ? args.x_tiles + (t0 / kHalfTileTokens) * cols * kHalfTileTokens : args.x + t0 * cols;
   constexpr int64_t kXCol = kTiled ? kHalfTileTokens : 1;
   const int64_t x_row = kTiled ? 1 : cols;
-  // A padded tile's missing tokens read the last real one (tiles are padded
-  // with zeros instead); their sums are not stored.
   const int64_t valid = std::min<int64_t>(kTokens, args.num_tokens - t0);
   int64_t x_offset[kTokens];
 #pragma GCC unroll 32
@@ -412,12 +418,20 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
       }
     }
   }
-  for (; k < cols; ++k) {
-    const __m512 wv = LoadWeights<kType>(group, k * kPackRows);
-    // Unrolled, or the accumulators live in memory instead of registers.
+  // Two columns (one line of weights) per step, asking for the line
+  // kPrefetchBytes ahead; then the last column when cols is odd.
+  constexpr int64_t kStep = kTokens > 1 ? 2 : 1;
+  while (k < cols) {
+    const int64_t step = std::min(kStep, cols - k);
+    if constexpr (kTokens > 1) PrefetchAhead(group + k * 32, 64);
+#pragma GCC unroll 2
+    for (int64_t c = 0; c < step; ++c, ++k) {
+      const __m512 wv = LoadWeights<kType>(group, k * kPackRows);
+      // Unrolled, or the accumulators live in memory instead of registers.
 #pragma GCC unroll 32
-    for (int j = 0; j < kTokens; ++j) {
-      acc[j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[k * kXCol + x_offset[j]]), acc[j]);
+      for (int j = 0; j < kTokens; ++j) {
+        acc[j] = _mm512_fmadd_ps(wv, _mm512_set1_ps(x[k * kXCol + x_offset[j]]), acc[j]);
+      }
     }
   }
   if constexpr (kTokens == 1) {
@@ -429,23 +443,49 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
   }
 }
 
+// Groups [group_begin, group_end) over the tile of `tokens` tokens at t0,
+// as the multiple of 4 at or above `tokens`.
+template <DType kType>
+HERD_AVX512 void HalfTileGroups(const KernelArgs& args, int64_t group_begin, int64_t group_end,
+                                int64_t t0, int64_t tokens) {
+  const auto run = [&](auto kernel) {
+    for (int64_t g = group_begin; g < group_end; ++g) kernel(args, g, t0);
+  };
+  switch ((tokens + 3) / 4) {
+    case 1:
+      return run(HalfTile<kType, 4, true>);
+    case 2:
+      return run(HalfTile<kType, 8, true>);
+    case 3:
+      return run(HalfTile<kType, 12, true>);
+    case 4:
+      return run(HalfTile<kType, 16, true>);
+    case 5:
+      return run(HalfTile<kType, 20, true>);
+    default:
+      return run(HalfTile<kType, kHalfTileTokens, true>);
+  }
+}
+
 // Token tiles outer, groups inner: a tile's activations stay in cache while
 // the piece's weights stream past them.
 template <DType kType>
 HERD_AVX512 void HalfRows(const KernelArgs& args, int64_t group_begin, int64_t group_end) {
+  const int64_t n = args.num_tokens;
+  for (int64_t tile = 0; tile < TokenTiles(n); ++tile) {
+    const int64_t t0 = tile * kHalfTileTokens;
+    HalfTileGroups<kType>(args, group_begin, group_end, t0, std::min(kHalfTileTokens, n - t0));
+  }
+  if (TokenTiles(n) > 0) return;
+  // Fewer than kHalfTileMinTokens, untiled: passes of 8, the last one padded
+  // when 2 or more tokens are left (a pass for one token streams the weights
+  // at memory speed, so 2 such passes cost more than one of 8 tokens).
   int64_t t = 0;
-  for (int64_t tile = 0; tile < TokenTiles(args.num_tokens); ++tile, t += kHalfTileTokens) {
-    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, kHalfTileTokens>(args, g, t);
+  for (; t + 2 <= n; t += 8) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 8, false>(args, g, t);
   }
-  t = std::min(t, args.num_tokens);
-  // Tiles of 8, the last one padded when 2 or more tokens are left: a pass
-  // for one token streams the weights at memory speed, so 2 such passes cost
-  // more than one of 8 tokens.
-  for (; t + 2 <= args.num_tokens; t += 8) {
-    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 8>(args, g, t);
-  }
-  for (; t < args.num_tokens; ++t) {
-    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 1>(args, g, t);
+  for (; t < n; ++t) {
+    for (int64_t g = group_begin; g < group_end; ++g) HalfTile<kType, 1, false>(args, g, t);
   }
 }
 

@@ -47,15 +47,14 @@ struct KernelArgs {
 };
 
 // Tokens per tile of the float kernels' prefill (HalfRows16), and how many
-// tiles x is cut into: the whole ones, plus a zero-padded one when at least
-// kHalfTilePartialMin tokens are left (one pass over the weights for them
-// beats passes of 8 and of 1 token).
+// tiles x is cut into: a task of kHalfTileMinTokens tokens or more is cut
+// whole into tiles, the last one zero-padded; fewer tokens are read from x
+// (tiling them would cost as much as the pass itself).
 constexpr int64_t kHalfTileTokens = 24;
-constexpr int64_t kHalfTilePartialMin = 12;
-static_assert(kHalfTileTokens == 2 * kHalfTilePartialMin, "TokenTileBytes' bound");
+constexpr int64_t kHalfTileMinTokens = 12;
+static_assert(kHalfTileTokens == 2 * kHalfTileMinTokens, "TokenTileBytes' bound");
 inline int64_t TokenTiles(int64_t num_tokens) {
-  return num_tokens / kHalfTileTokens +
-         (num_tokens % kHalfTileTokens >= kHalfTilePartialMin ? 1 : 0);
+  return num_tokens < kHalfTileMinTokens ? 0 : (num_tokens + kHalfTileTokens - 1) / kHalfTileTokens;
 }
 
 void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end);

@@ -143,10 +143,13 @@ TEST(MatmulTest, EveryDtypeAndIsaMatchesReferenceOverShapes) {
         for (int64_t in : {32, 37, 64, 96, 256}) {
           if (in % BlockSize(type) != 0) continue;
           for (int64_t out : {1, 7, 16, 64, 129}) {
-            // The float kernels' token tiles: 14 is one zero-padded tile of
-            // 24, 33 = 24 + 8 + 1; on AVX-512 3 and 4 are one padded tile of
-            // 8, 10 = 8 + a padded 8, 35 = 24 + 8 + a padded 8.
-            for (int64_t tokens : {1, 3, 4, 9, 10, 14, 33, 35}) {
+            // The float kernels' token tiles on AVX-512: from 12 tokens on,
+            // tiles of 24 and a last one run as the next multiple of 4 (12,
+            // 14 -> 16, 17 -> 20, 23 -> 24, 25 = 24 + 1 -> 4, 29 = 24 + 5 -> 8,
+            // 35 = 24 + 11 -> 12, 44 = 24 + 20); fewer are read from x in
+            // passes of 8, the last padded (3, 4, 10 = 8 + 2), and of 1 (9 =
+            // 8 + 1). AVX2 runs 6 tokens at a time.
+            for (int64_t tokens : {1, 3, 4, 9, 10, 12, 14, 17, 23, 25, 29, 35, 44}) {
               SCOPED_TRACE(testing::Message()
                            << IsaName(isa) << " " << DTypeName(type) << " threads=" << threads
                            << " in=" << in << " out=" << out << " tokens=" << tokens);
