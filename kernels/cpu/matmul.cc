@@ -374,17 +374,21 @@ namespace {
 
 bool UsesReference(const PackedMatrix& w) { return w.source.dtype() == DType::kQ4_1; }
 
-// Index of the first earlier task whose activations this one can share.
-size_t SharedInput(const MatmulTask* tasks, size_t i) {
+// Index of the first earlier task that reads the same activations (same x,
+// tokens and columns) prepared the same way, `prepared` holding for both, so
+// that this one can share their copy; i when there is none.
+size_t SharedInput(const MatmulTask* tasks, size_t i, bool (*prepared)(const MatmulTask&)) {
   for (size_t j = 0; j < i; ++j) {
     if (tasks[j].x == tasks[i].x && tasks[j].num_tokens == tasks[i].num_tokens &&
-        tasks[j].weight->cols == tasks[i].weight->cols &&
-        TakesQuantizedActivations(*tasks[j].weight)) {
+        tasks[j].weight->cols == tasks[i].weight->cols && prepared(tasks[j]) &&
+        prepared(tasks[i])) {
       return j;
     }
   }
   return i;
 }
+
+bool Quantized(const MatmulTask& t) { return TakesQuantizedActivations(*t.weight); }
 
 // Room for the token tiles of task t, as floor(num_tokens / 12) tiles: at
 // least TokenTiles(num_tokens) (ceil(n / 24) <= floor(n / 12) for n >= 12),
@@ -396,6 +400,8 @@ size_t TokenTileBytes(const MatmulTask& t) {
   const int64_t tiles = t.num_tokens / kHalfTileMinTokens;
   return tiles == 0 ? 0 : tiles * kHalfTileTokens * t.weight->cols * sizeof(float) + 64;
 }
+
+bool Tiled(const MatmulTask& t) { return TokenTileBytes(t) > 0; }
 
 // x F32 [num_tokens, cols] -> tiles [tile][cols][kHalfTileTokens], tokens
 // past num_tokens zero.
@@ -441,10 +447,10 @@ size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks) {
   size_t prepared = 0;  // quantized activations, and float token tiles
   for (size_t i = 0; i < num_tasks; ++i) {
     const PackedMatrix& w = *tasks[i].weight;
-    if (TakesQuantizedActivations(w) && SharedInput(tasks, i) == i) {
+    if (Quantized(tasks[i]) && SharedInput(tasks, i, Quantized) == i) {
       prepared += QuantizedActivationsBytes(tasks[i].num_tokens, w.cols);
     }
-    prepared += TokenTileBytes(tasks[i]);
+    if (SharedInput(tasks, i, Tiled) == i) prepared += TokenTileBytes(tasks[i]);
   }
   return std::max(bytes, prepared);
 }
@@ -477,8 +483,8 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
     const PackedMatrix& w = *t.weight;
     first_group[i] = total_groups;
     if (UsesReference(w) || t.num_tokens <= 0) continue;
-    if (TakesQuantizedActivations(w)) {
-      const size_t shared = SharedInput(tasks, i);
+    if (Quantized(t)) {
+      const size_t shared = SharedInput(tasks, i, Quantized);
       if (shared == i) {
         acts[i] = CarveQuantizedActivations(cursor, t.num_tokens, w.cols);
         cursor += QuantizedActivationsBytes(t.num_tokens, w.cols);
@@ -492,14 +498,19 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
     args[i] = KernelArgs{&w, &acts[i], t.x, t.num_tokens, t.bias, t.y};
     // Only the AVX-512 kernel reads the tiles (the AVX2 one takes 6 tokens,
     // few enough for the cache sets, straight from x).
-    if (const size_t tile_bytes = TokenTileBytes(t); tile_bytes > 0 && isa >= Isa::kAvx512) {
-      auto* tiles =
-          reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
-      cursor += tile_bytes;
-      pool.ParallelFor(TokenTiles(t.num_tokens), 1, [&](int64_t begin, int64_t end, int) {
-        MakeTokenTiles(t.x, t.num_tokens, w.cols, begin, end, tiles);
-      });
-      args[i].x_tiles = tiles;
+    if (Tiled(t) && isa >= Isa::kAvx512) {
+      const size_t shared = SharedInput(tasks, i, Tiled);
+      if (shared == i) {
+        auto* tiles =
+            reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
+        cursor += TokenTileBytes(t);
+        pool.ParallelFor(TokenTiles(t.num_tokens), 1, [&](int64_t begin, int64_t end, int) {
+          MakeTokenTiles(t.x, t.num_tokens, w.cols, begin, end, tiles);
+        });
+        args[i].x_tiles = tiles;
+      } else {
+        args[i].x_tiles = args[shared].x_tiles;
+      }
     }
     total_groups += w.num_groups();
   }

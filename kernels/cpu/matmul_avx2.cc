@@ -48,6 +48,7 @@ HERD_AVX2 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * kBlockBytes;
+    PrefetchAhead(blk, kBlockBytes);
     __m256i lo[4][2], hi[4][2];
     for (int s = 0; s < 4; ++s) {
       for (int h = 0; h < 2; ++h) {
@@ -103,6 +104,7 @@ HERD_AVX2 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
   for (int j = 0; j < kTokens; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
   for (int64_t b = 0; b < nb; ++b) {
     const uint8_t* blk = group + b * kBlockBytes;
+    PrefetchAhead(blk, kBlockBytes);
     __m256i wv[8][2], wabs[8][2];
     for (int s = 0; s < 8; ++s) {
       for (int h = 0; h < 2; ++h) {
@@ -214,6 +216,7 @@ HERD_AVX2 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
     }
     for (int64_t b = k * blocks_per_group; b < (k + 1) * blocks_per_group; ++b) {
       __m256i u[2][8];
+      PrefetchAhead(codes + b * 64 * kBits, 64 * kBits);
       UnpackCodesHalf<kBits>(codes + b * 64 * kBits, 0, u[0]);
       UnpackCodesHalf<kBits>(codes + b * 64 * kBits, 1, u[1]);
       if constexpr (kBits == 8) {
@@ -360,6 +363,7 @@ HERD_AVX2 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
     for (int j = 0; j < kTokens; ++j) acc[h][j] = _mm256_setzero_ps();
   }
   for (int64_t k = 0; k < cols; ++k) {
+    if (k % 2 == 0) PrefetchAhead(group + k * 32, 64);  // a line: two columns
     const __m256 w0 = LoadHalf8<kType>(group + k * 32);
     const __m256 w1 = LoadHalf8<kType>(group + k * 32 + 16);
     // Unrolled, or the accumulators live in memory instead of registers.

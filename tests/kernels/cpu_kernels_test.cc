@@ -317,18 +317,22 @@ TEST(MatmulTest, BatchOfTasksMatchesSeparateCalls) {
     SCOPED_TRACE(IsaName(isa));
     ThreadPool pool(2);
     StoredMatrix a = Store(DType::kQ4_0, 48, 64, 1), b = Store(DType::kQ8_0, 20, 64, 2),
-                 c = Store(DType::kF16, 9, 32, 3);
-    auto pa = PackMatrix(a.view), pb = PackMatrix(b.view), pc = PackMatrix(c.view);
-    ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok());
-    const std::vector<float> x1 = Random(3 * 64, 5), x2 = Random(2 * 32, 6);
-    std::vector<float> ya(3 * 48), yb(3 * 20), yc(2 * 9);
-    // a and b share x1 (one quantization), c has its own input.
-    const MatmulTask tasks[3] = {{&*pa, nullptr, x1.data(), 3, ya.data()},
+                 c = Store(DType::kF16, 9, 32, 3), d = Store(DType::kBF16, 17, 32, 4);
+    auto pa = PackMatrix(a.view), pb = PackMatrix(b.view), pc = PackMatrix(c.view),
+         pd = PackMatrix(d.view);
+    ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok() && pd.ok());
+    const std::vector<float> x1 = Random(3 * 64, 5), x2 = Random(30 * 32, 6);
+    std::vector<float> ya(3 * 48), yb(3 * 20), yc(30 * 9), yd(30 * 17);
+    // a and b share x1 (one quantization); c and d share x2, 30 tokens (one
+    // set of token tiles on AVX-512: the workspace holds it once).
+    const MatmulTask tasks[4] = {{&*pa, nullptr, x1.data(), 3, ya.data()},
                                  {&*pb, nullptr, x1.data(), 3, yb.data()},
-                                 {&*pc, nullptr, x2.data(), 2, yc.data()}};
-    std::vector<uint8_t> ws(MatmulBatchWorkspaceBytes(tasks, 3));
-    ASSERT_TRUE(MatmulBatch(tasks, 3, ws.data(), ws.size(), pool).ok());
-    for (int i = 0; i < 3; ++i) {
+                                 {&*pc, nullptr, x2.data(), 30, yc.data()},
+                                 {&*pd, nullptr, x2.data(), 30, yd.data()}};
+    EXPECT_EQ(MatmulBatchWorkspaceBytes(tasks + 2, 2), MatmulWorkspaceBytes(*pc, 30));
+    std::vector<uint8_t> ws(MatmulBatchWorkspaceBytes(tasks, 4));
+    ASSERT_TRUE(MatmulBatch(tasks, 4, ws.data(), ws.size(), pool).ok());
+    for (int i = 0; i < 4; ++i) {
       std::vector<float> expected(tasks[i].num_tokens * tasks[i].weight->rows);
       std::vector<uint8_t> ws1(MatmulWorkspaceBytes(*tasks[i].weight, tasks[i].num_tokens));
       ASSERT_TRUE(Matmul(*tasks[i].weight, nullptr, tasks[i].x, tasks[i].num_tokens,
