@@ -274,11 +274,9 @@ HERD_AVX2 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
 
 template <int kBits, bool kSymmetric>
 HERD_AVX2 void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
-  int64_t t = 0;
-  for (; t + kTokenTile <= args.num_tokens; t += kTokenTile) {
-    QuantGroup<kBits, kSymmetric, kTokenTile>(args, g, t);
-  }
-  for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1>(args, g, t);
+  ForTokenPasses<kTokenTile>(args.num_tokens, [&](auto tokens, int64_t t) {
+    QuantGroup<kBits, kSymmetric, decltype(tokens)::value>(args, g, t);
+  });
 }
 
 template <int kBits>
@@ -427,11 +425,13 @@ HERD_AVX2 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int
       }
       for (; t < num_tokens; ++t) F32Rows<1>(args, row_begin, row_end, t);
     } else if (w.layout == PackedLayout::kQ4_0x16) {
-      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
-      for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);
+      ForTokenPasses<kTokenTile>(num_tokens, [&](auto tokens, int64_t t) {
+        Q4_0Group<decltype(tokens)::value>(args, g, t);
+      });
     } else {
-      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q8_0Group<kTokenTile>(args, g, t);
-      for (; t < num_tokens; ++t) Q8_0Group<1>(args, g, t);
+      ForTokenPasses<kTokenTile>(num_tokens, [&](auto tokens, int64_t t) {
+        Q8_0Group<decltype(tokens)::value>(args, g, t);
+      });
     }
   }
 }

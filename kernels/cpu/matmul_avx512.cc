@@ -257,11 +257,9 @@ HERD_AVX512_GFNI void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) 
 
 template <int kBits, bool kSymmetric, bool kGfni>
 HERD_AVX512_GFNI void QuantGroupAllTokens(const KernelArgs& args, int64_t g) {
-  int64_t t = 0;
-  for (; t + kTokenTile <= args.num_tokens; t += kTokenTile) {
-    QuantGroup<kBits, kSymmetric, kTokenTile, kGfni>(args, g, t);
-  }
-  for (; t < args.num_tokens; ++t) QuantGroup<kBits, kSymmetric, 1, kGfni>(args, g, t);
+  ForTokenPasses<kTokenTile>(args.num_tokens, [&](auto tokens, int64_t t) {
+    QuantGroup<kBits, kSymmetric, decltype(tokens)::value, kGfni>(args, g, t);
+  });
 }
 
 template <int kBits, bool kGfni>
@@ -507,7 +505,6 @@ HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_b
     return;
   }
   for (int64_t g = group_begin; g < group_end; ++g) {
-    int64_t t = 0;
     if (w.layout == PackedLayout::kQuantRows16) {
       switch (w.format.bits) {
         case 8:
@@ -527,11 +524,13 @@ HERD_AVX512_GFNI void MatmulGroupsAvx512(const KernelArgs& args, int64_t group_b
       const int64_t row_begin = g * kPackRows;
       F32Rows(args, row_begin, std::min(w.rows, row_begin + kPackRows));
     } else if (w.layout == PackedLayout::kQ4_0x16) {
-      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q4_0Group<kTokenTile>(args, g, t);
-      for (; t < num_tokens; ++t) Q4_0Group<1>(args, g, t);
+      ForTokenPasses<kTokenTile>(num_tokens, [&](auto tokens, int64_t t) {
+        Q4_0Group<decltype(tokens)::value>(args, g, t);
+      });
     } else {
-      for (; t + kTokenTile <= num_tokens; t += kTokenTile) Q8_0Group<kTokenTile>(args, g, t);
-      for (; t < num_tokens; ++t) Q8_0Group<1>(args, g, t);
+      ForTokenPasses<kTokenTile>(num_tokens, [&](auto tokens, int64_t t) {
+        Q8_0Group<decltype(tokens)::value>(args, g, t);
+      });
     }
   }
 }

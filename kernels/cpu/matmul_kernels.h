@@ -2,6 +2,7 @@
 #pragma once
 
 #include <cstdint>
+#include <type_traits>
 
 #include "kernels/matmul.h"
 
@@ -79,6 +80,17 @@ inline void PrefetchAhead(const uint8_t* p, int64_t bytes) {
   for (int64_t line = 0; line < bytes; line += 64) {
     __builtin_prefetch(p + kPrefetchBytes + line, 0, static_cast<int>(kInto));
   }
+}
+
+// Calls pass(std::integral_constant<int, k>{}, t0) over tokens [t,
+// num_tokens): passes of kTokens, then at most one pass each of kTokens / 2,
+// kTokens / 4, ..., 1 (kTokens a power of two), so that 7 tokens left take 3
+// passes rather than 7 (each pass unpacks the weights once).
+template <int kTokens, typename Pass>
+inline void ForTokenPasses(int64_t num_tokens, const Pass& pass, int64_t t = 0) {
+  static_assert(kTokens > 0 && (kTokens & (kTokens - 1)) == 0);
+  for (; t + kTokens <= num_tokens; t += kTokens) pass(std::integral_constant<int, kTokens>{}, t);
+  if constexpr (kTokens > 1) ForTokenPasses<kTokens / 2>(num_tokens, pass, t);
 }
 
 void MatmulGroupsScalar(const KernelArgs& args, int64_t group_begin, int64_t group_end);
