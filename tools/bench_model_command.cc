@@ -39,6 +39,9 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"placement", true, "expert placement file for --local-ranks or mpirun"},
     {"no-expert-skip", false,
      "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
+    {"step-tokens", true,
+     "CPU: tokens per engine step; a longer prompt runs in steps of this many, like "
+     "llama-bench -ub (default 128)"},
     {"device", true, "cpu or cuda: where the model runs (default cpu)"},
     {"help", false, "show this help"},
 };
@@ -54,9 +57,9 @@ std::string HostName() {
 // prints its throughput and every rank's share of MoE time spent in
 // dispatch and combine.
 absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::string& path,
-                                    const std::optional<ExpertPlacement>& placement, int threads,
-                                    bool expert_skipping, const ModelBenchOptions& options,
-                                    std::ostream& out) {
+                                    const std::optional<ExpertPlacement>& placement,
+                                    const EngineOptions& rank_engine_options,
+                                    const ModelBenchOptions& options, std::ostream& out) {
   const int world_size = PlannedWorldSize(group);
   std::vector<EngineStats> stats(world_size);
   ModelBenchResult rank0;
@@ -67,9 +70,7 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
         const int rank = comm->rank();
         if (comm->backend_name() != std::string("local")) output_rank = rank == 0;
         HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
-        EngineOptions engine_options;
-        engine_options.num_threads = threads;
-        engine_options.expert_skipping = expert_skipping;
+        EngineOptions engine_options = rank_engine_options;
         engine_options.expert_parallelism = {comm, &*rank_model.placement,
                                              absl::Milliseconds(comm::GetCommEnv().timeout_ms)};
         HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine,
@@ -90,7 +91,7 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   out << absl::StrFormat("model     %s\n", path);
   out << absl::StrFormat(
       "ranks     %d, %d threads each; every rank runs the tests on its own sequence\n\n",
-      world_size, threads);
+      world_size, rank_engine_options.num_threads);
   out << "| test   | rank 0 t/s |     ± sd | all ranks t/s |\n";
   out << "|--------|-----------:|---------:|--------------:|\n";
   if (options.prompt_tokens > 0) {
@@ -200,12 +201,16 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(int64_t repetitions, flags.GetInt("repetitions", 5));
   HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
   HERD_ASSIGN_OR_RETURN(int64_t bandwidth_bytes, flags.GetInt("bandwidth-bytes", int64_t{1} << 30));
+  EngineOptions engine_options;
+  HERD_ASSIGN_OR_RETURN(engine_options.max_step_tokens,
+                        flags.GetInt("step-tokens", engine_options.max_step_tokens));
   if (options.prompt_tokens < 0 || options.gen_tokens < 0 || repetitions < 1 || threads < 0 ||
-      bandwidth_bytes < (1 << 20)) {
+      bandwidth_bytes < (1 << 20) || engine_options.max_step_tokens < 1) {
     return absl::InvalidArgumentError(
         "--prompt and --gen must be >= 0, --repetitions >= 1, --threads >= 0, "
-        "--bandwidth-bytes >= 1 MiB");
+        "--bandwidth-bytes >= 1 MiB, --step-tokens >= 1");
   }
+  engine_options.expert_skipping = !flags.Has("no-expert-skip");
   options.repetitions = static_cast<int>(repetitions);
 
   const std::string path = flags.GetString("model");
@@ -218,6 +223,9 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   group.local_ranks = static_cast<int>(local_ranks);
   if (flags.Has("comm")) group.comm = flags.GetString("comm");
   if (device == Device::kCuda) {
+    if (flags.Has("step-tokens")) {
+      return absl::UnimplementedError("--step-tokens applies to the CPU engine, not --device cuda");
+    }
     if (PlannedWorldSize(group) > 1 || flags.Has("placement")) {
       return absl::UnimplementedError(
           "--device cuda runs one rank: --local-ranks, --comm and --placement are not supported "
@@ -233,16 +241,14 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     if (threads == 0 && group.local_ranks > 1) {
       threads = std::max(1, ThreadPool::DefaultNumThreads() / group.local_ranks);
     }
-    return RunExpertParallelBench(group, path, placement, static_cast<int>(threads),
-                                  !flags.Has("no-expert-skip"), options, out);
+    engine_options.num_threads = static_cast<int>(threads);
+    return RunExpertParallelBench(group, path, placement, engine_options, options, out);
   }
   // What the process holds before the model (code, shared libraries, the
   // runtime): not the model's. Everything from here on is counted.
   const int64_t process_before_load = ResidentBytes();
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Model> model, LoadModel(path));
-  EngineOptions engine_options;
   engine_options.num_threads = static_cast<int>(threads);
-  engine_options.expert_skipping = !flags.Has("no-expert-skip");
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*model, engine_options));
   const int num_threads = engine->num_threads();
 
@@ -264,6 +270,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     j["model"] = path;
     j["host"] = HostName();
     j["threads"] = num_threads;
+    j["step_tokens"] = engine_options.max_step_tokens;
     j["isa"] = cpu::DescribeCpu();
     AddThroughputJson(r, options, j);
     j["decode"]["skipped_expert_fraction"] = r.decode_skipped_fraction;
@@ -284,7 +291,8 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     return absl::OkStatus();
   }
   out << absl::StrFormat("model     %s\n", path);
-  out << absl::StrFormat("cpu       %s, %d threads\n", cpu::DescribeCpu(), num_threads);
+  out << absl::StrFormat("cpu       %s, %d threads, steps of %d tokens\n", cpu::DescribeCpu(),
+                         num_threads, engine_options.max_step_tokens);
   out << absl::StrFormat("memory    read %.1f GB/s, copy %.1f GB/s (same run, %d threads)\n",
                          bw.read_gbps, bw.copy_gbps, num_threads);
   out << absl::StrFormat("compute   f32 FMA peak %.0f GFLOP/s (same run, %d threads)\n",

@@ -172,6 +172,26 @@ TEST(HerdCliTest, BenchReportsSpeedBandwidthComputeAndMemory) {
                           j["memory"]["process_resident_bytes_before_load"].get<int64_t>());
   EXPECT_GE(resident, j["memory"]["weight_bytes"].get<int64_t>() * 9 / 10);
   EXPECT_GT(j["memory"]["process_resident_bytes_before_load"].get<int64_t>(), 0);
+  EXPECT_EQ(j["step_tokens"], 128);  // the engine's default
+}
+
+TEST(HerdCliTest, BenchRunsThePromptInStepsOfStepTokens) {
+  const std::string model = TestDataPath("llamacpp-tiny/tiny-q8_0.gguf");
+  const RunResult r = RunHerd("bench --json --model " + model +
+                              " --prompt 16 --gen 0 --repetitions 1 --step-tokens 5 "
+                              "--bandwidth-bytes 16777216");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["step_tokens"], 5);
+  EXPECT_GT(j["prefill"]["tokens_per_second_median"].get<double>(), 0);
+  const RunResult text = RunHerd("bench --model " + model +
+                                 " --prompt 8 --gen 0 --repetitions 1 --step-tokens 3 "
+                                 "--bandwidth-bytes 16777216");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("steps of 3 tokens"), std::string::npos) << text.out;
+  const RunResult bad = RunHerd("bench --model " + model + " --step-tokens 0");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--step-tokens >= 1"), std::string::npos) << bad.err;
 }
 
 TEST(HerdCliTest, InspectPrintsThePerRankSplitOfAPlacement) {
@@ -253,6 +273,8 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
             "--device must be cpu or cuda"},
            {"bench --model " + model + " --device cuda --local-ranks 2",
             "--device cuda runs one rank"},
+           {"bench --model " + model + " --device cuda --step-tokens 64",
+            "--step-tokens applies to the CPU engine"},
            {"serve --model " + model + " --device tpu", "--device must be cpu or cuda, got 'tpu'"},
            {"serve --model " + model + " --device cuda --local-ranks 2 --rebalance",
             "with --device cuda it is not implemented yet"},
