@@ -486,7 +486,8 @@ HERD_AVX512 void QuantizeActivationsAvx512(const float* x, int64_t cols, int64_t
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qb), _mm512_cvtepi32_epi8(q0));
       _mm_storeu_si128(reinterpret_cast<__m128i*>(qb + 16), _mm512_cvtepi32_epi8(q1));
       a.sum[t * nb + b] = _mm512_reduce_add_epi32(_mm512_add_epi32(q0, q1));
-      a.d[t * nb + b] = F16ToF32(F32ToF16(amax / 127.0f));
+      // Through f16 and back, as F16ToF32(F32ToF16(.)) (round to nearest even).
+      a.d[t * nb + b] = _cvtsh_ss(_cvtss_sh(amax / 127.0f, _MM_FROUND_TO_NEAREST_INT));
     }
   }
 }

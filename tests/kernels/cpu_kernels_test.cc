@@ -283,8 +283,9 @@ TEST(MatmulTest, ScalarPackedKernelsEqualTheReferenceExactly) {
 
 // Every ISA's activation quantization gives the scalar kernel's bytes, so the
 // integer kernels all see the same int8 activations: random blocks, an
-// all-zero block, one with a single value, and exact ties (x * 127 / amax
-// = k + 0.5, which round to even).
+// all-zero block, one with a single value, exact ties (x * 127 / amax
+// = k + 0.5, which round to even), and scales that are subnormal or
+// infinite in f16.
 TEST(MatmulTest, ActivationQuantizationIsBitIdenticalOnEveryIsa) {
   const int64_t cols = 32 * 6;
   const int64_t tokens = 3;
@@ -294,6 +295,11 @@ TEST(MatmulTest, ActivationQuantizationIsBitIdenticalOnEveryIsa) {
   x[70] = -2.5f;
   for (int i = 0; i < 32; ++i) x[96 + i] = i - 16 + 0.5f;
   x[96 + 31] = 127.0f;  // amax 127: id = 1, so the others are exact ties
+  // Scales at f16's ends: amax / 127 of 7.9e-8 is a subnormal f16 (1 ulp),
+  // of 7.9e4 past its largest value (infinity).
+  for (int i = 0; i < 32; ++i) x[128 + i] *= 1e-5f / 3.0f;
+  x[128 + 5] = 1e-5f;
+  x[160 + 7] = 1e7f;
   auto quantize = [&](Isa isa) {
     IsaScope scope(isa);
     std::vector<uint8_t> bytes(QuantizedActivationsBytes(tokens, cols));
