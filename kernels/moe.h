@@ -42,10 +42,12 @@ size_t GroupedExpertFfnWorkspaceBytes(const ExpertFfnView& like, int64_t max_row
 
 // x F32 [num_rows, hidden] already grouped by expert; out F32 [num_rows, hidden]
 // (overwritten) = down(silu(gate x) * up x) with expert e's weights for rows
-// [offsets[e], offsets[e+1]). The gate and up projections of every active
-// expert run as one parallel loop, then all down projections (work split over
-// experts x output rows). Experts with no rows are skipped (their views may
-// be null); an expert with rows and no weights is InvalidArgument.
+// [offsets[e], offsets[e+1]). Runs in passes of up to 256 rows (an expert's
+// rows cut where a pass ends, so the workspace does not grow past a pass):
+// the gate and up projections of a pass's experts run as one parallel loop,
+// then their down projections (work split over experts x output rows).
+// Experts with no rows are skipped (their views may be null); an expert with
+// rows and no weights is InvalidArgument.
 absl::Status GroupedExpertFfn(const std::vector<ExpertFfnView>& experts, const int32_t* offsets,
                               const float* x, float* out, void* workspace, size_t workspace_bytes,
                               ThreadPool& pool);

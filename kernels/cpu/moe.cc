@@ -34,6 +34,13 @@ namespace {
 
 // Experts that can hold rows in one call: all of a layer's, generously.
 constexpr size_t kMaxExperts = 512;
+// Rows of one pass: the workspace holds a pass's gate and up outputs (2 x
+// rows x ffn floats), so a long step runs in passes of at most this many
+// rows, an expert's rows cut where a pass ends. An expert's tokens share its
+// weights within a pass; 256 rows are 128 tokens at top-2.
+constexpr int64_t kMaxPassRows = 256;
+// Experts (or parts of one) per pass: 2 tasks each for MatmulBatch's 64.
+constexpr int kMaxPassPieces = 32;
 
 struct FfnWorkspaceLayout {
   size_t gate_bytes, up_bytes, matmul_bytes;
@@ -41,19 +48,26 @@ struct FfnWorkspaceLayout {
 
 FfnWorkspaceLayout Layout(const ExpertFfnView& like, int64_t max_rows) {
   const int64_t ffn = like.gate->rows;
+  const int64_t pass_rows = std::min(max_rows, kMaxPassRows);
   FfnWorkspaceLayout l;
-  l.gate_bytes = (max_rows * ffn * sizeof(float) + 63) / 64 * 64;
+  l.gate_bytes = (pass_rows * ffn * sizeof(float) + 63) / 64 * 64;
   l.up_bytes = l.gate_bytes;
-  // Upper bound over every split of max_rows into experts: one quantized copy
-  // of all rows for gate/up, one for down.
-  const MatmulTask gate_up[2] = {{like.gate, nullptr, nullptr, max_rows, nullptr},
-                                 {like.up, nullptr, nullptr, max_rows, nullptr}};
-  const MatmulTask down{like.down, nullptr, nullptr, max_rows, nullptr};
+  // Upper bound over every split of a pass's rows into experts: one
+  // quantized copy of all rows for gate/up, one for down.
+  const MatmulTask gate_up[2] = {{like.gate, nullptr, nullptr, pass_rows, nullptr},
+                                 {like.up, nullptr, nullptr, pass_rows, nullptr}};
+  const MatmulTask down{like.down, nullptr, nullptr, pass_rows, nullptr};
   l.matmul_bytes =
       std::max(MatmulBatchWorkspaceBytes(gate_up, 2), MatmulBatchWorkspaceBytes(&down, 1)) +
       4096;  // per-task alignment slack (QuantizedActivationsBytes)
   return l;
 }
+
+// Rows [begin, end) of one expert, run in one pass.
+struct PassPiece {
+  size_t expert;
+  int64_t begin, end;
+};
 
 }  // namespace
 
@@ -91,32 +105,36 @@ absl::Status GroupedExpertFfn(const std::vector<ExpertFfnView>& experts, const i
   auto* up = reinterpret_cast<float*>(static_cast<uint8_t*>(workspace) + l.gate_bytes);
   void* mm = static_cast<uint8_t*>(workspace) + l.gate_bytes + l.up_bytes;
 
-  // Up to 64 tasks per batch (MatmulBatch's limit): 32 experts' gate and up.
-  constexpr size_t kExpertsPerBatch = 32;
-  MatmulTask tasks[2 * kExpertsPerBatch];
-  for (size_t first = 0; first < experts.size(); first += kExpertsPerBatch) {
-    const size_t last = std::min(experts.size(), first + kExpertsPerBatch);
-    size_t n = 0;
-    for (size_t e = first; e < last; ++e) {
-      const int64_t rows = offsets[e + 1] - offsets[e];
-      if (rows == 0) continue;
-      tasks[n++] = {experts[e].gate, nullptr, x + offsets[e] * hidden, rows,
-                    gate + offsets[e] * ffn};
-      tasks[n++] = {experts[e].up, nullptr, x + offsets[e] * hidden, rows, up + offsets[e] * ffn};
+  // Each pass: every piece's gate and up as one parallel loop, SwiGLU, then
+  // every piece's down (work split over pieces x output rows).
+  size_t e = 0;
+  for (int64_t row = 0; row < num_rows;) {
+    const int64_t pass_begin = row;
+    PassPiece pieces[kMaxPassPieces];
+    int n = 0;
+    while (row < num_rows && n < kMaxPassPieces && row < pass_begin + kMaxPassRows) {
+      while (offsets[e + 1] <= row) ++e;
+      const int64_t end = std::min<int64_t>(offsets[e + 1], pass_begin + kMaxPassRows);
+      pieces[n++] = {e, row, end};
+      row = end;
     }
-    HERD_RETURN_IF_ERROR(MatmulBatch(tasks, n, mm, l.matmul_bytes, pool));
-  }
-  pool.ParallelFor(num_rows * ffn, 4096, [&](int64_t begin, int64_t end, int) {
-    SwiGlu(gate + begin, up + begin, end - begin, gate + begin);
-  });
-  for (size_t first = 0; first < experts.size(); first += 2 * kExpertsPerBatch) {
-    const size_t last = std::min(experts.size(), first + 2 * kExpertsPerBatch);
-    size_t n = 0;
-    for (size_t e = first; e < last; ++e) {
-      const int64_t rows = offsets[e + 1] - offsets[e];
-      if (rows == 0) continue;
-      tasks[n++] = {experts[e].down, nullptr, gate + offsets[e] * ffn, rows,
-                    out + offsets[e] * hidden};
+    MatmulTask tasks[2 * kMaxPassPieces];
+    for (int i = 0; i < n; ++i) {
+      const PassPiece& p = pieces[i];
+      const int64_t rows = p.end - p.begin;
+      const float* in = x + p.begin * hidden;
+      const int64_t at = (p.begin - pass_begin) * ffn;
+      tasks[2 * i] = {experts[p.expert].gate, nullptr, in, rows, gate + at};
+      tasks[2 * i + 1] = {experts[p.expert].up, nullptr, in, rows, up + at};
+    }
+    HERD_RETURN_IF_ERROR(MatmulBatch(tasks, 2 * n, mm, l.matmul_bytes, pool));
+    pool.ParallelFor((row - pass_begin) * ffn, 4096, [&](int64_t begin, int64_t end, int) {
+      SwiGlu(gate + begin, up + begin, end - begin, gate + begin);
+    });
+    for (int i = 0; i < n; ++i) {
+      const PassPiece& p = pieces[i];
+      tasks[i] = {experts[p.expert].down, nullptr, gate + (p.begin - pass_begin) * ffn,
+                  p.end - p.begin, out + p.begin * hidden};
     }
     HERD_RETURN_IF_ERROR(MatmulBatch(tasks, n, mm, l.matmul_bytes, pool));
   }

@@ -3,6 +3,7 @@
 // top_k = num_experts, odd sizes, 1 and 2 threads). Parameters are printed on
 // failure through SCOPED_TRACE.
 #include <algorithm>
+#include <array>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -798,6 +799,12 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
       int64_t tokens, top_k;
       std::vector<int32_t> experts;
     };
+    // 600 rows: passes of 256 rows, expert 1's 300 rows cut across two.
+    std::vector<int32_t> long_step;
+    for (int t = 0; t < 300; ++t) {
+      long_step.push_back(1);
+      long_step.push_back(std::array<int32_t, 3>{0, 2, 3}[t % 3]);
+    }
     const std::vector<Pattern> patterns = {
         {"one token", 1, 2, {2, 0}},
         {"all on one expert", 5, 1, {1, 1, 1, 1, 1}},
@@ -806,6 +813,7 @@ TEST(MoeTest, GroupedFfnAndCombineMatchPerTokenReference) {
         // 15 rows per expert: each takes a padded token tile of the F16
         // kernel, 4 tiles in all where 60 rows on one expert would take 3.
         {"15 rows on every expert", 30, 2, {}},
+        {"600 rows in 3 passes", 300, 2, long_step},
     };
     for (int threads : {1, 2}) {
       ThreadPool pool(threads);
