@@ -275,6 +275,12 @@ absl::Status Engine::ForwardStep(const Batch& batch, float* logits) {
                      workspace_.size(), pool_);
 }
 
+void Engine::ForTokens(int64_t num_tokens, const std::function<void(int64_t, int64_t)>& body) {
+  constexpr int64_t kTokensPerPiece = 16;
+  pool_.ParallelFor(num_tokens, kTokensPerPiece,
+                    [&](int64_t begin, int64_t end, int) { body(begin, end - begin); });
+}
+
 absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens) {
   const ModelSpec& s = model_.spec;
   const LayerWeights& w = model_.layers[layer_idx];
@@ -284,8 +290,11 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   void* ws = workspace_.data();
   const size_t ws_bytes = workspace_.size();
 
-  cpu::RmsNorm(x_.data(), w.attn_norm.as<float>(), num_tokens, s.hidden_size, s.rms_norm_eps,
-               h_.data());
+  const int64_t hidden = s.hidden_size;
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    cpu::RmsNorm(x_.data() + t * hidden, w.attn_norm.as<float>(), n, hidden, s.rms_norm_eps,
+                 h_.data() + t * hidden);
+  });
   if (linear_input_observer_) {
     linear_input_observer_(layer_idx, LinearInput::kAttention, h_.data(), num_tokens, s.hidden_size,
                            nullptr);
@@ -295,19 +304,21 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
                                   {&p.k, w.k.bias.as<float>(), h_.data(), num_tokens, k_.data()},
                                   {&p.v, w.v.bias.as<float>(), h_.data(), num_tokens, v_.data()}};
   HERD_RETURN_IF_ERROR(cpu::MatmulBatch(qkv, 3, ws, ws_bytes, pool_));
-  if (s.qk_norm == QkNorm::kPerHead) {
-    cpu::RmsNorm(q_.data(), w.q_norm.as<float>(), num_tokens * s.num_heads, s.head_dim,
-                 s.rms_norm_eps, q_.data());
-    cpu::RmsNorm(k_.data(), w.k_norm.as<float>(), num_tokens * s.num_kv_heads, s.head_dim,
-                 s.rms_norm_eps, k_.data());
-  } else if (s.qk_norm == QkNorm::kAllHeads) {
-    cpu::RmsNorm(q_.data(), w.q_norm.as<float>(), num_tokens, q_dim, s.rms_norm_eps, q_.data());
-    cpu::RmsNorm(k_.data(), w.k_norm.as<float>(), num_tokens, kv_dim, s.rms_norm_eps, k_.data());
-  }
-  cpu::ApplyRope(q_.data(), num_tokens, s.num_heads, s.head_dim, s.rope_dim, positions_.data(),
-                 s.rope_theta, s.rope_style);
-  cpu::ApplyRope(k_.data(), num_tokens, s.num_kv_heads, s.head_dim, s.rope_dim, positions_.data(),
-                 s.rope_theta, s.rope_style);
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    float* q = q_.data() + t * q_dim;
+    float* k = k_.data() + t * kv_dim;
+    if (s.qk_norm == QkNorm::kPerHead) {
+      cpu::RmsNorm(q, w.q_norm.as<float>(), n * s.num_heads, s.head_dim, s.rms_norm_eps, q);
+      cpu::RmsNorm(k, w.k_norm.as<float>(), n * s.num_kv_heads, s.head_dim, s.rms_norm_eps, k);
+    } else if (s.qk_norm == QkNorm::kAllHeads) {
+      cpu::RmsNorm(q, w.q_norm.as<float>(), n, q_dim, s.rms_norm_eps, q);
+      cpu::RmsNorm(k, w.k_norm.as<float>(), n, kv_dim, s.rms_norm_eps, k);
+    }
+    cpu::ApplyRope(q, n, s.num_heads, s.head_dim, s.rope_dim, positions_.data() + t, s.rope_theta,
+                   s.rope_style);
+    cpu::ApplyRope(k, n, s.num_kv_heads, s.head_dim, s.rope_dim, positions_.data() + t,
+                   s.rope_theta, s.rope_style);
+  });
 
   // Each new token's K/V row goes to its position's block, then every
   // chunk's tokens attend over their blocks in one parallel loop. (An
@@ -337,7 +348,9 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   }
   HERD_RETURN_IF_ERROR(cpu::Matmul(p.o, w.o.bias.as<float>(), attn_.data(), num_tokens,
                                    proj_.data(), ws, ws_bytes, pool_));
-  cpu::AddInPlace(x_.data(), proj_.data(), num_tokens * s.hidden_size);
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    cpu::AddInPlace(x_.data() + t * hidden, proj_.data() + t * hidden, n * hidden);
+  });
   return absl::OkStatus();
 }
 
@@ -353,7 +366,10 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   if (w.moe_dropped) return absl::OkStatus();  // layer drop: every rank skips it alike
   const absl::Time start = absl::Now();
   absl::Cleanup account = [&] { stats_.moe_seconds += absl::ToDoubleSeconds(absl::Now() - start); };
-  cpu::RmsNorm(x_.data(), w.ffn_norm.as<float>(), num_tokens, hidden, s.rms_norm_eps, h_.data());
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    cpu::RmsNorm(x_.data() + t * hidden, w.ffn_norm.as<float>(), n, hidden, s.rms_norm_eps,
+                 h_.data() + t * hidden);
+  });
   if (linear_input_observer_) {
     linear_input_observer_(layer_idx, LinearInput::kMoe, h_.data(), num_tokens, hidden, nullptr);
   }
@@ -367,8 +383,11 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
       router_logits_[t * s.num_experts + e] = -std::numeric_limits<float>::infinity();
     }
   }
-  cpu::RouterTopK(router_logits_.data(), num_tokens, s.num_experts, top_k, s.router_scoring,
-                  s.norm_topk_prob, expert_idx_.data(), expert_weights_.data());
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    cpu::RouterTopK(router_logits_.data() + t * s.num_experts, n, s.num_experts, top_k,
+                    s.router_scoring, s.norm_topk_prob, expert_idx_.data() + t * top_k,
+                    expert_weights_.data() + t * top_k);
+  });
   stats_.routed_slots += num_tokens * top_k;
   if (expert_skipping_) {
     stats_.skipped_slots += cpu::SkipMinorExperts(num_tokens, top_k, w.expert_skip_threshold,
@@ -380,11 +399,16 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
 
   HERD_RETURN_IF_ERROR(expert_parallel() ? DispatchedExperts(layer_idx, num_tokens)
                                          : LocalExperts(layer_idx, num_tokens));
-  std::fill(proj_.begin(), proj_.begin() + num_tokens * hidden, 0.0f);
-  cpu::CombineWeighted(expert_out_.data(), slot_to_row_.data(), expert_weights_.data(), num_tokens,
-                       top_k, hidden, proj_.data());
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    std::fill_n(proj_.data() + t * hidden, n * hidden, 0.0f);
+    cpu::CombineWeighted(expert_out_.data(), slot_to_row_.data() + t * top_k,
+                         expert_weights_.data() + t * top_k, n, top_k, hidden,
+                         proj_.data() + t * hidden);
+  });
   if (s.shared_expert_ffn_size > 0) HERD_RETURN_IF_ERROR(SharedExpert(layer_idx, num_tokens));
-  cpu::AddInPlace(x_.data(), proj_.data(), num_tokens * hidden);
+  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+    cpu::AddInPlace(x_.data() + t * hidden, proj_.data() + t * hidden, n * hidden);
+  });
   return absl::OkStatus();
 }
 
@@ -400,12 +424,14 @@ absl::Status Engine::LocalExperts(int layer_idx, int64_t num_tokens) {
   const int64_t num_rows = expert_offsets_[s.num_experts];  // skipped slots get no row
   stats_.layer_expert_rows[layer_idx] += num_rows;
   if (num_rows < num_slots) std::fill(slot_to_row_.begin(), slot_to_row_.begin() + num_slots, -1);
-  for (int64_t r = 0; r < num_rows; ++r) {
-    const int32_t slot = row_to_slot_[r];
-    slot_to_row_[slot] = static_cast<int32_t>(r);
-    std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
-                hidden * sizeof(float));
-  }
+  pool_.ParallelFor(num_rows, 16, [&](int64_t begin, int64_t end, int) {
+    for (int64_t r = begin; r < end; ++r) {
+      const int32_t slot = row_to_slot_[r];
+      slot_to_row_[slot] = static_cast<int32_t>(r);
+      std::memcpy(expert_in_.data() + r * hidden, h_.data() + (slot / top_k) * hidden,
+                  hidden * sizeof(float));
+    }
+  });
   if (linear_input_observer_) {
     linear_input_observer_(layer_idx, LinearInput::kExperts, expert_in_.data(), num_rows, hidden,
                            expert_offsets_.data());
