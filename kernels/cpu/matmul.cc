@@ -393,8 +393,8 @@ bool Quantized(const MatmulTask& t) { return TakesQuantizedActivations(*t.weight
 // Room for the token tiles of task t, as floor(num_tokens / 12) tiles: at
 // least TokenTiles(num_tokens) (ceil(n / 24) <= floor(n / 12) for n >= 12),
 // and additive, so that a bound taken for all rows of an MoE layer at once
-// (GroupedExpertFfn) holds however they are split into experts. 64 bytes of slack keep every
-// task's tiles 64-byte aligned.
+// (GroupedExpertFfn) holds however they are split into experts. 64 bytes of
+// slack keep every task's tiles 64-byte aligned.
 size_t TokenTileBytes(const MatmulTask& t) {
   if (t.weight->layout != PackedLayout::kHalfRows16) return 0;
   const int64_t tiles = t.num_tokens / kHalfTileMinTokens;

@@ -59,15 +59,15 @@ inline int64_t TokenTiles(int64_t num_tokens) {
 }
 
 // How far ahead of the block being multiplied a kernel (AVX-512, AVX2) asks
-// for its weights. At one token a core streams weights faster than DRAM answers one
-// miss at a time, and the hardware prefetcher alone left int2 and int3 at
-// 17-21 GB/s on one core of the reference machine; 4 KiB ahead (one 16-row
-// group of int2) took them to 25 GB/s, with 1, 2 and 8 KiB slower. Prefill
-// passes ask too: the first pass over an expert's weights reads them from
-// DRAM, and without the requests an F16 pass of 24 tokens over 138 MB of
-// 2816 x 1024 matrices ran at 254 GFLOP/s, with them 406 (AMD EPYC, 2
-// threads, 2026-11-23); 8 tokens 130 -> 306. Lines already in cache cost
-// one instruction per block.
+// for its weights. At one token a core streams weights faster than DRAM
+// answers one miss at a time, and the hardware prefetcher alone left int2
+// and int3 at 17-21 GB/s on one core of the reference machine; 4 KiB ahead
+// (one 16-row group of int2) took them to 25 GB/s, with 1, 2 and 8 KiB
+// slower. Prefill passes ask too: the first pass over an expert's weights
+// reads them from DRAM, and without the requests an F16 pass of 24 tokens
+// over 138 MB of 2816 x 1024 matrices ran at 254 GFLOP/s, with them 406
+// (AMD EPYC, 2 threads, 2026-11-23); 8 tokens 130 -> 306. Lines already in
+// cache cost one instruction per block.
 constexpr int64_t kPrefetchBytes = 4096;
 
 // Where PrefetchAhead asks for lines: __builtin_prefetch's locality, which
