@@ -50,7 +50,7 @@ struct KernelArgs {
 // Tokens per tile of the float kernels' prefill (HalfRows16), and how many
 // tiles x is cut into: a task of kHalfTileMinTokens tokens or more is cut
 // whole into tiles, the last one zero-padded; fewer tokens are read from x
-// (tiling them would cost as much as the pass itself).
+// (the workspace bound, floor(n / 12) tiles, holds no tile for them).
 constexpr int64_t kHalfTileTokens = 24;
 constexpr int64_t kHalfTileMinTokens = 12;
 static_assert(kHalfTileTokens == 2 * kHalfTileMinTokens, "TokenTileBytes' bound");
