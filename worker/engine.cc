@@ -479,18 +479,20 @@ absl::Status Engine::SharedExpert(int layer_idx, int64_t num_tokens) {
   HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(packed_layers_[layer_idx].shared, offsets, h_.data(),
                                              expert_out_.data(), workspace_.data(),
                                              workspace_.size(), pool_));
-  for (int64_t t = 0; t < num_tokens; ++t) {
-    float gate = 1.0f;
-    if (s.shared_expert_gated) {
-      const float* g = w.shared_expert_gate.as<float>();
-      float dot = 0.0f;
-      for (int64_t i = 0; i < hidden; ++i) dot += g[i] * h_[t * hidden + i];
-      gate = 1.0f / (1.0f + std::exp(-dot));
+  ForTokens(num_tokens, [&](int64_t first, int64_t n) {
+    for (int64_t t = first; t < first + n; ++t) {
+      float gate = 1.0f;
+      if (s.shared_expert_gated) {
+        const float* g = w.shared_expert_gate.as<float>();
+        float dot = 0.0f;
+        for (int64_t i = 0; i < hidden; ++i) dot += g[i] * h_[t * hidden + i];
+        gate = 1.0f / (1.0f + std::exp(-dot));
+      }
+      float* out = proj_.data() + t * hidden;
+      const float* y = expert_out_.data() + t * hidden;
+      for (int64_t i = 0; i < hidden; ++i) out[i] += gate * y[i];
     }
-    float* out = proj_.data() + t * hidden;
-    const float* y = expert_out_.data() + t * hidden;
-    for (int64_t i = 0; i < hidden; ++i) out[i] += gate * y[i];
-  }
+  });
   return absl::OkStatus();
 }
 
