@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <optional>
+#include <string>
 
 #include "absl/strings/str_format.h"
 #include "comm/env.h"
@@ -27,7 +28,9 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"model", true, "GGUF file or Hugging Face directory (required)"},
     {"threads", true, "kernel threads; 0 = all cores (default 0)"},
     {"prompt", true, "prefill test length, like llama-bench -p (default 512; 0 skips)"},
-    {"gen", true, "decode test length from an empty context, like -n (default 128; 0 skips)"},
+    {"gen", true, "decode test length, like -n (default 128; 0 skips)"},
+    {"depth", true,
+     "tokens already in the context when each test starts, like llama-bench -d (default 0)"},
     {"repetitions", true, "runs of each test; median and spread are reported (default 5)"},
     {"bandwidth-bytes", true, "buffer for the bandwidth measurement (default 1073741824)"},
     {"json", false, "print one JSON object instead of the table"},
@@ -50,6 +53,13 @@ std::string HostName() {
   char name[256] = {};
   gethostname(name, sizeof(name) - 1);
   return name;
+}
+
+// A test's name as llama-bench prints it: "pp512", or "pp512 @ d4096" after
+// a depth.
+std::string TestName(const char* kind, int64_t tokens, int64_t depth) {
+  return depth > 0 ? absl::StrFormat("%s%d @ d%d", kind, tokens, depth)
+                   : absl::StrFormat("%s%d", kind, tokens);
 }
 
 // Every rank runs the prefill and decode tests on a sequence of its own
@@ -95,16 +105,17 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   out << "| test   | rank 0 t/s |     ± sd | all ranks t/s |\n";
   out << "|--------|-----------:|---------:|--------------:|\n";
   if (options.prompt_tokens > 0) {
-    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f | %13.2f |\n", options.prompt_tokens,
+    out << absl::StrFormat("| %-6s | %10.2f | %8.2f | %13.2f |\n",
+                           TestName("pp", options.prompt_tokens, options.depth),
                            rank0.prefill_tokens_per_second.median,
                            rank0.prefill_tokens_per_second.stddev,
                            world_size * rank0.prefill_tokens_per_second.median);
   }
   if (options.gen_tokens > 0) {
-    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %13.2f |\n", options.gen_tokens,
-                           rank0.decode_tokens_per_second.median,
-                           rank0.decode_tokens_per_second.stddev,
-                           world_size * rank0.decode_tokens_per_second.median);
+    out << absl::StrFormat(
+        "| %-6s | %10.2f | %8.2f | %13.2f |\n", TestName("tg", options.gen_tokens, options.depth),
+        rank0.decode_tokens_per_second.median, rank0.decode_tokens_per_second.stddev,
+        world_size * rank0.decode_tokens_per_second.median);
   }
   out << "\n| rank | MoE s | dispatch s | combine s | share of MoE |\n";
   out << "|-----:|------:|-----------:|----------:|-------------:|\n";
@@ -127,12 +138,13 @@ void PrintThroughputTable(const ModelBenchResult& r, const ModelBenchOptions& op
   out << absl::StrFormat("| test   |        t/s |     ± sd | weight GB/s | %% of %s |\n", ceiling);
   out << "|--------|-----------:|---------:|------------:|-------------:|\n";
   if (options.prompt_tokens > 0) {
-    out << absl::StrFormat("| pp%-4d | %10.2f | %8.2f |             |              |\n",
-                           options.prompt_tokens, r.prefill_tokens_per_second.median,
-                           r.prefill_tokens_per_second.stddev);
+    out << absl::StrFormat("| %-6s | %10.2f | %8.2f |             |              |\n",
+                           TestName("pp", options.prompt_tokens, options.depth),
+                           r.prefill_tokens_per_second.median, r.prefill_tokens_per_second.stddev);
   }
   if (options.gen_tokens > 0) {
-    out << absl::StrFormat("| tg%-4d | %10.2f | %8.2f | %11.2f | %11.1f%% |\n", options.gen_tokens,
+    out << absl::StrFormat("| %-6s | %10.2f | %8.2f | %11.2f | %11.1f%% |\n",
+                           TestName("tg", options.gen_tokens, options.depth),
                            r.decode_tokens_per_second.median, r.decode_tokens_per_second.stddev,
                            r.decode_weight_gbps, decode_share);
   }
@@ -141,6 +153,7 @@ void PrintThroughputTable(const ModelBenchResult& r, const ModelBenchOptions& op
 // The JSON both benches print for the tests: "prefill" and "decode".
 void AddThroughputJson(const ModelBenchResult& r, const ModelBenchOptions& options,
                        nlohmann::json& j) {
+  j["depth"] = options.depth;
   j["prefill"] = {{"tokens", options.prompt_tokens},
                   {"tokens_per_second_median", r.prefill_tokens_per_second.median},
                   {"tokens_per_second_stddev", r.prefill_tokens_per_second.stddev},
@@ -198,16 +211,17 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   ModelBenchOptions options;
   HERD_ASSIGN_OR_RETURN(options.prompt_tokens, flags.GetInt("prompt", 512));
   HERD_ASSIGN_OR_RETURN(options.gen_tokens, flags.GetInt("gen", 128));
+  HERD_ASSIGN_OR_RETURN(options.depth, flags.GetInt("depth", 0));
   HERD_ASSIGN_OR_RETURN(int64_t repetitions, flags.GetInt("repetitions", 5));
   HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", 0));
   HERD_ASSIGN_OR_RETURN(int64_t bandwidth_bytes, flags.GetInt("bandwidth-bytes", int64_t{1} << 30));
   EngineOptions engine_options;
   HERD_ASSIGN_OR_RETURN(engine_options.max_step_tokens,
                         flags.GetInt("step-tokens", engine_options.max_step_tokens));
-  if (options.prompt_tokens < 0 || options.gen_tokens < 0 || repetitions < 1 || threads < 0 ||
-      bandwidth_bytes < (1 << 20) || engine_options.max_step_tokens < 1) {
+  if (options.prompt_tokens < 0 || options.gen_tokens < 0 || options.depth < 0 || repetitions < 1 ||
+      threads < 0 || bandwidth_bytes < (1 << 20) || engine_options.max_step_tokens < 1) {
     return absl::InvalidArgumentError(
-        "--prompt and --gen must be >= 0, --repetitions >= 1, --threads >= 0, "
+        "--prompt, --gen and --depth must be >= 0, --repetitions >= 1, --threads >= 0, "
         "--bandwidth-bytes >= 1 MiB, --step-tokens >= 1");
   }
   engine_options.expert_skipping = !flags.Has("no-expert-skip");
@@ -254,9 +268,10 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
 
   HERD_ASSIGN_OR_RETURN(ModelBenchResult r, RunModelBenchmark(*engine, *model, options));
   const int64_t kv_bytes = 2 * model->spec.num_layers *
-                           std::max(options.prompt_tokens, options.gen_tokens) *
+                           (options.depth + std::max(options.prompt_tokens, options.gen_tokens)) *
                            model->spec.num_kv_heads * model->spec.head_dim * 4;
-  const int64_t process_resident = ResidentBytes();
+  // With the KV cache of the tests, which RunModelBenchmark frees on return.
+  const int64_t process_resident = r.process_resident_bytes;
   const int64_t resident = process_resident - process_before_load;
   const int64_t weight_bytes = engine->packed_weight_bytes();
   // Measured after the model tests, so its buffer does not count as resident.

@@ -181,7 +181,9 @@ Summary Summarize(std::vector<double> samples) {
 absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const Model& model,
                                                    const ModelBenchOptions& options) {
   const ModelSpec& s = model.spec;
-  const int64_t capacity = std::max<int64_t>({options.prompt_tokens, options.gen_tokens, 1});
+  const int64_t depth = options.depth;
+  const int64_t capacity =
+      depth + std::max<int64_t>({options.prompt_tokens, options.gen_tokens, 1});
   // One sequence in a paged cache of its own, in the block size serving uses.
   const int64_t num_blocks = (capacity + kDefaultKvBlockTokens - 1) / kDefaultKvBlockTokens;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<KvCache> cache,
@@ -206,13 +208,19 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const 
 
   std::vector<double> prefill, decode;
   int64_t decode_routed = 0, decode_skipped = 0;
+  // `count` random tokens at positions [first, first + count), as one batch.
+  const auto prompt = [&](int64_t first, int64_t count) {
+    Batch batch;
+    batch.cache = cache.get();
+    for (int64_t i = 0; i < count; ++i) batch.token_ids.push_back(token(rng));
+    batch.chunks = {{block_table, first, count}};
+    batch.logit_rows = {count - 1};
+    return batch;
+  };
   for (int r = 0; r < options.repetitions; ++r) {
+    if (depth > 0) HERD_RETURN_IF_ERROR(engine.Forward(prompt(0, depth), logits.data()));
     if (options.prompt_tokens > 0) {
-      Batch batch;
-      batch.cache = cache.get();
-      for (int64_t i = 0; i < options.prompt_tokens; ++i) batch.token_ids.push_back(token(rng));
-      batch.chunks = {{block_table, 0, options.prompt_tokens}};
-      batch.logit_rows = {options.prompt_tokens - 1};
+      const Batch batch = prompt(depth, options.prompt_tokens);
       const auto start = std::chrono::steady_clock::now();
       HERD_RETURN_IF_ERROR(engine.Forward(batch, logits.data()));
       prefill.push_back(options.prompt_tokens / Seconds(start));
@@ -225,7 +233,7 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const 
         Batch step;
         step.cache = cache.get();
         step.token_ids = {next};
-        step.chunks = {{block_table, pos, 1}};
+        step.chunks = {{block_table, depth + pos, 1}};
         step.logit_rows = {0};
         HERD_RETURN_IF_ERROR(engine.Forward(step, logits.data()));
         next = cpu::ArgMax(logits.data(), s.vocab_size);
@@ -235,6 +243,7 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const 
       decode_skipped += engine.stats().skipped_slots - before.skipped_slots;
     }
   }
+  result.process_resident_bytes = ResidentBytes();
   result.prefill_tokens_per_second = Summarize(prefill);
   result.decode_tokens_per_second = Summarize(decode);
 
@@ -249,16 +258,19 @@ absl::StatusOr<ModelBenchResult> RunModelBenchmark(ForwardEngine& engine, const 
   result.decode_weight_gbps =
       result.decode_weight_bytes * result.decode_tokens_per_second.median / 1e9;
 
-  const double prompt = static_cast<double>(options.prompt_tokens);
-  if (prompt > 0) {
+  const double prompt_tokens = static_cast<double>(options.prompt_tokens);
+  if (prompt_tokens > 0) {
     const LayerMatrices prefill_layers = LayerMatricesPerToken(model, s.num_experts_per_token);
-    // Token t attends to t + 1 positions: q.k and p.v, head_dim multiply-adds each.
-    const double attention = 2.0 * 2.0 * s.num_heads * s.head_dim * prompt * (prompt + 1) / 2 *
-                             static_cast<double>(model.layers.size());
-    result.prefill_flops = 2.0 * prefill_layers.elements * prompt + attention +
+    // Token t attends to depth + t + 1 positions: q.k and p.v, head_dim
+    // multiply-adds each.
+    const double attention =
+        2.0 * 2.0 * s.num_heads * s.head_dim *
+        (prompt_tokens * static_cast<double>(depth) + prompt_tokens * (prompt_tokens + 1) / 2) *
+        static_cast<double>(model.layers.size());
+    result.prefill_flops = 2.0 * prefill_layers.elements * prompt_tokens + attention +
                            2.0 * static_cast<double>(model.lm_head.num_elements());
     result.prefill_gflops =
-        result.prefill_flops * result.prefill_tokens_per_second.median / prompt / 1e9;
+        result.prefill_flops * result.prefill_tokens_per_second.median / prompt_tokens / 1e9;
   }
   return result;
 }

@@ -38,7 +38,10 @@ Summary Summarize(std::vector<double> samples);
 
 struct ModelBenchOptions {
   int64_t prompt_tokens = 512;  // prefill test (0 = skip)
-  int64_t gen_tokens = 128;     // decode test from an empty context (0 = skip)
+  int64_t gen_tokens = 128;     // decode test (0 = skip)
+  // Tokens already in the context when each test starts, prefilled untimed
+  // once per repetition, like llama-bench -d: both tests run after them.
+  int64_t depth = 0;
   int repetitions = 5;
   uint64_t seed = 1;  // random token ids
 };
@@ -50,10 +53,13 @@ struct ModelBenchResult {
   // experts' FFNs (fewer by the share dynamic skipping left out), the lm head
   // and one embedding row.
   int64_t decode_weight_bytes = 0;
-  // Arithmetic of one prefill of prompt_tokens from an empty context, in
+  // Arithmetic of one prefill of prompt_tokens after `depth` tokens, in
   // FLOPs (2 per multiply-add): every matrix for every token, top_k experts
-  // per token, the causal attention's scores and weighted values, the lm head
-  // for the last token.
+  // per token, the causal attention's scores and weighted values (over the
+  // depth too), the lm head for the last token.
+  // ResidentBytes() at the end of the tests, while the KV cache they filled
+  // is still allocated.
+  int64_t process_resident_bytes = 0;
   double prefill_flops = 0;
   double prefill_gflops = 0;      // prefill_flops x median prefills per second
   double decode_weight_gbps = 0;  // decode_weight_bytes x median decode tokens/s

@@ -175,6 +175,34 @@ TEST(HerdCliTest, BenchReportsSpeedBandwidthComputeAndMemory) {
   EXPECT_EQ(j["step_tokens"], 128);  // the engine's default
 }
 
+// --depth, as llama-bench -d: both tests run after that many tokens of
+// context, and the prefill's attention counts them.
+TEST(HerdCliTest, BenchRunsTheTestsAfterDepthTokens) {
+  const std::string model = TestDataPath("llamacpp-tiny/tiny-q8_0.gguf");
+  const RunResult r = RunHerd("bench --json --model " + model +
+                              " --prompt 16 --gen 4 --depth 8 --repetitions 1 "
+                              "--bandwidth-bytes 16777216");
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  const auto j = nlohmann::json::parse(r.out);
+  EXPECT_EQ(j["depth"], 8);
+  EXPECT_GT(j["decode"]["tokens_per_second_median"].get<double>(), 0);
+  // As in BenchReportsSpeedBandwidthComputeAndMemory, with token t of the
+  // prompt attending to 8 + t + 1 positions.
+  const double per_token = 2 * (64 * 64 * 2 + 32 * 64 * 2 + 8 * 64 + 2 * 3 * 128 * 64);
+  const double attention = 4.0 * 64 * (16 * 8 + 16 * 17 / 2) * 2;
+  EXPECT_DOUBLE_EQ(j["prefill"]["flops"].get<double>(),
+                   2 * per_token * 16 + attention + 2 * 512 * 64);
+  const RunResult text = RunHerd("bench --model " + model +
+                                 " --prompt 16 --gen 4 --depth 8 --repetitions 1 "
+                                 "--bandwidth-bytes 16777216");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("| pp16 @ d8 |"), std::string::npos) << text.out;
+  EXPECT_NE(text.out.find("| tg4 @ d8 |"), std::string::npos) << text.out;
+  const RunResult bad = RunHerd("bench --model " + model + " --depth -1");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--depth must be >= 0"), std::string::npos) << bad.err;
+}
+
 TEST(HerdCliTest, BenchRunsThePromptInStepsOfStepTokens) {
   const std::string model = TestDataPath("llamacpp-tiny/tiny-q8_0.gguf");
   const RunResult r = RunHerd("bench --json --model " + model +
