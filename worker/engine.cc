@@ -18,6 +18,21 @@
 #include "kernels/router.h"
 
 namespace herd {
+namespace {
+
+// body(first, count) over tokens [0, num_tokens) in pieces of 16 run on
+// `pool` (inline for fewer): the per-token steps between the matmuls (norms,
+// RoPE, routing, combining, residual adds), which would otherwise leave the
+// other threads waiting. A template, so that a decode step's many calls wrap
+// no std::function of their own.
+template <typename Body>
+void ForTokens(ThreadPool& pool, int64_t num_tokens, const Body& body) {
+  constexpr int64_t kTokensPerPiece = 16;
+  pool.ParallelFor(num_tokens, kTokensPerPiece,
+                   [&body](int64_t begin, int64_t end, int) { body(begin, end - begin); });
+}
+
+}  // namespace
 
 Engine::Engine(const Model& model, const EngineOptions& options, int num_threads)
     : model_(model),
@@ -275,12 +290,6 @@ absl::Status Engine::ForwardStep(const Batch& batch, float* logits) {
                      workspace_.size(), pool_);
 }
 
-void Engine::ForTokens(int64_t num_tokens, const std::function<void(int64_t, int64_t)>& body) {
-  constexpr int64_t kTokensPerPiece = 16;
-  pool_.ParallelFor(num_tokens, kTokensPerPiece,
-                    [&](int64_t begin, int64_t end, int) { body(begin, end - begin); });
-}
-
 absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens) {
   const ModelSpec& s = model_.spec;
   const LayerWeights& w = model_.layers[layer_idx];
@@ -291,7 +300,7 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   const size_t ws_bytes = workspace_.size();
 
   const int64_t hidden = s.hidden_size;
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     cpu::RmsNorm(x_.data() + t * hidden, w.attn_norm.as<float>(), n, hidden, s.rms_norm_eps,
                  h_.data() + t * hidden);
   });
@@ -304,7 +313,7 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
                                   {&p.k, w.k.bias.as<float>(), h_.data(), num_tokens, k_.data()},
                                   {&p.v, w.v.bias.as<float>(), h_.data(), num_tokens, v_.data()}};
   HERD_RETURN_IF_ERROR(cpu::MatmulBatch(qkv, 3, ws, ws_bytes, pool_));
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     float* q = q_.data() + t * q_dim;
     float* k = k_.data() + t * kv_dim;
     if (s.qk_norm == QkNorm::kPerHead) {
@@ -348,7 +357,7 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   }
   HERD_RETURN_IF_ERROR(cpu::Matmul(p.o, w.o.bias.as<float>(), attn_.data(), num_tokens,
                                    proj_.data(), ws, ws_bytes, pool_));
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     cpu::AddInPlace(x_.data() + t * hidden, proj_.data() + t * hidden, n * hidden);
   });
   return absl::OkStatus();
@@ -366,7 +375,7 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
   if (w.moe_dropped) return absl::OkStatus();  // layer drop: every rank skips it alike
   const absl::Time start = absl::Now();
   absl::Cleanup account = [&] { stats_.moe_seconds += absl::ToDoubleSeconds(absl::Now() - start); };
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     cpu::RmsNorm(x_.data() + t * hidden, w.ffn_norm.as<float>(), n, hidden, s.rms_norm_eps,
                  h_.data() + t * hidden);
   });
@@ -383,7 +392,7 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
       router_logits_[t * s.num_experts + e] = -std::numeric_limits<float>::infinity();
     }
   }
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     cpu::RouterTopK(router_logits_.data() + t * s.num_experts, n, s.num_experts, top_k,
                     s.router_scoring, s.norm_topk_prob, expert_idx_.data() + t * top_k,
                     expert_weights_.data() + t * top_k);
@@ -399,14 +408,14 @@ absl::Status Engine::MoeBlock(int layer_idx, int64_t num_tokens) {
 
   HERD_RETURN_IF_ERROR(expert_parallel() ? DispatchedExperts(layer_idx, num_tokens)
                                          : LocalExperts(layer_idx, num_tokens));
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     std::fill_n(proj_.data() + t * hidden, n * hidden, 0.0f);
     cpu::CombineWeighted(expert_out_.data(), slot_to_row_.data() + t * top_k,
                          expert_weights_.data() + t * top_k, n, top_k, hidden,
                          proj_.data() + t * hidden);
   });
   if (s.shared_expert_ffn_size > 0) HERD_RETURN_IF_ERROR(SharedExpert(layer_idx, num_tokens));
-  ForTokens(num_tokens, [&](int64_t t, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t t, int64_t n) {
     cpu::AddInPlace(x_.data() + t * hidden, proj_.data() + t * hidden, n * hidden);
   });
   return absl::OkStatus();
@@ -479,7 +488,7 @@ absl::Status Engine::SharedExpert(int layer_idx, int64_t num_tokens) {
   HERD_RETURN_IF_ERROR(cpu::GroupedExpertFfn(packed_layers_[layer_idx].shared, offsets, h_.data(),
                                              expert_out_.data(), workspace_.data(),
                                              workspace_.size(), pool_));
-  ForTokens(num_tokens, [&](int64_t first, int64_t n) {
+  ForTokens(pool_, num_tokens, [&](int64_t first, int64_t n) {
     for (int64_t t = first; t < first + n; ++t) {
       float gate = 1.0f;
       if (s.shared_expert_gated) {

@@ -147,11 +147,6 @@ class Engine final : public ForwardEngine, public ExpertPlacementSwitch {
   // Forward for at most max_step_tokens_ tokens (Forward validated the batch).
   absl::Status ForwardStep(const Batch& batch, float* logits);
   void Reserve(int64_t num_tokens, int64_t max_context);
-  // body(first, count) over tokens [0, num_tokens) in pieces run on the pool
-  // (inline for a few tokens): the per-token steps between the matmuls
-  // (norms, RoPE, routing, gathering rows, combining, residual adds), which
-  // would otherwise leave the other threads waiting.
-  void ForTokens(int64_t num_tokens, const std::function<void(int64_t, int64_t)>& body);
   absl::Status AttentionBlock(int layer_idx, const Batch& batch, int64_t num_tokens);
   absl::Status MoeBlock(int layer_idx, int64_t num_tokens);
   // The routed experts: in-process, or across ranks through exchange_.
