@@ -48,8 +48,8 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
     HERD_RETURN_IF_ERROR(CheckYamlKeys(
         source, serve, "'serve'",
         {"host", "port", "api_key", "model_name", "kv_cache_bytes", "kv_block_tokens",
-         "max_step_tokens", "max_waiting", "max_running", "max_body_bytes", "drain_timeout_s",
-         "request_timeout_s", "detailed_expert_metrics", "rebalance"}));
+         "kv_cache_type", "max_step_tokens", "max_waiting", "max_running", "max_body_bytes",
+         "drain_timeout_s", "request_timeout_s", "detailed_expert_metrics", "rebalance"}));
     HERD_RETURN_IF_ERROR(Read(source, serve, "host", "serve.host", &c.host));
     HERD_RETURN_IF_ERROR(Read(source, serve, "port", "serve.port", &c.port));
     HERD_RETURN_IF_ERROR(Read(source, serve, "api_key", "serve.api_key", &c.api_key));
@@ -58,6 +58,16 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
         Read(source, serve, "kv_cache_bytes", "serve.kv_cache_bytes", &c.kv_cache_bytes));
     HERD_RETURN_IF_ERROR(
         Read(source, serve, "kv_block_tokens", "serve.kv_block_tokens", &c.kv_block_tokens));
+    if (const YAML::Node node = serve["kv_cache_type"]) {
+      std::string name;
+      HERD_RETURN_IF_ERROR(Read(source, serve, "kv_cache_type", "serve.kv_cache_type", &name));
+      absl::StatusOr<DType> type = ParseKvCacheType(name);
+      if (!type.ok()) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            YamlLocation(source, node), ": serve.kv_cache_type: ", type.status().message()));
+      }
+      c.kv_cache_type = *type;
+    }
     HERD_RETURN_IF_ERROR(
         Read(source, serve, "max_step_tokens", "serve.max_step_tokens", &c.max_step_tokens));
     HERD_RETURN_IF_ERROR(Read(source, serve, "max_waiting", "serve.max_waiting", &c.max_waiting));
@@ -92,6 +102,13 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
 
 }  // namespace
 
+absl::StatusOr<DType> ParseKvCacheType(const std::string& name) {
+  const absl::StatusOr<DType> type = ParseDType(name);
+  if (type.ok() && (*type == DType::kF32 || *type == DType::kF16)) return *type;
+  return absl::InvalidArgumentError(
+      absl::StrCat("a KV cache holds f32 or f16 elements, not '", name, "'"));
+}
+
 absl::Status HerdConfig::Validate() const {
   if (engine.device != "cpu" && engine.device != "cuda") {
     return absl::InvalidArgumentError(
@@ -106,6 +123,10 @@ absl::Status HerdConfig::Validate() const {
         absl::StrCat("engine.max_context_tokens must be >= 0, got ", engine.max_context_tokens));
   }
   HERD_RETURN_IF_ERROR(serve.Validate());
+  if (engine.device == "cuda" && serve.kv_cache_type != DType::kF32) {
+    return absl::InvalidArgumentError(
+        "serve.kv_cache_type f16 needs engine.device cpu: the CUDA engine's cache is F32");
+  }
   LogLevel level;
   if (!ParseLogLevel(log_level, &level)) {
     return absl::InvalidArgumentError(
@@ -122,6 +143,10 @@ absl::Status ServeConfig::Validate() const {
   if (kv_cache_bytes < 0) {
     return absl::InvalidArgumentError(
         absl::StrCat("serve.kv_cache_bytes must be >= 0, got ", kv_cache_bytes));
+  }
+  if (kv_cache_type != DType::kF32 && kv_cache_type != DType::kF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("serve.kv_cache_type must be f32 or f16, got ", DTypeName(kv_cache_type)));
   }
   struct Positive {
     const char* name;

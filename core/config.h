@@ -12,6 +12,7 @@
 //   serve:
 //     port: 8000
 //     kv_cache_bytes: 1073741824
+//     kv_cache_type: f16
 //     rebalance: {enabled: true, window_steps: 500, threshold: 1.25}
 //   log_level: info
 #pragma once
@@ -21,8 +22,14 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "core/dtype.h"
 
 namespace herd {
+
+// "f32" or "f16" (any case): the element types a KV cache may hold
+// (serve.kv_cache_type, --kv-cache-type); InvalidArgument naming them
+// otherwise.
+absl::StatusOr<DType> ParseKvCacheType(const std::string& name);
 
 struct EngineConfig {
   // Where the engine runs: "cpu" or "cuda" (the current GPU; docs/gpu.md).
@@ -73,10 +80,13 @@ struct ServeConfig {
   // The name /v1/models reports and requests may name; "" = the model
   // file's name.
   std::string model_name;
-  // KV cache of each rank (F32 K and V), in bytes; 0 = room for
-  // max_running sequences of the full context, capped at a quarter of RAM.
+  // KV cache of each rank, in bytes; 0 = room for max_running sequences of
+  // the full context, capped at a quarter of RAM.
   int64_t kv_cache_bytes = 0;
   int64_t kv_block_tokens = 16;
+  // Element type of the KV cache: F32, or F16 (CPU engine only): half the
+  // bytes per token, so twice the tokens in the same kv_cache_bytes.
+  DType kv_cache_type = DType::kF32;
   // Tokens one rank processes per step (decodes + chunked prefill).
   int64_t max_step_tokens = 256;
   // Requests waiting to start beyond which new ones get 429.

@@ -6,6 +6,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "core/dtype.h"
 #include "core/thread_pool.h"
 
 namespace herd::cpu {
@@ -17,14 +18,15 @@ struct AttentionShape {
 };
 
 // One layer's K and V blocks. Block b holds positions [0, block_tokens) of
-// whichever sequence owns it:
-//   keys + b * block_stride    F32 [block_tokens, num_kv_heads * head_dim]
-//   values + b * block_stride  F32 [block_tokens, num_kv_heads * head_dim]
+// whichever sequence owns it, as `type` (F32, or F16 on the CPU):
+//   keys + b * block_stride    [block_tokens, num_kv_heads * head_dim]
+//   values + b * block_stride  [block_tokens, num_kv_heads * head_dim]
 struct KvBlocks {
-  const float* keys = nullptr;
-  const float* values = nullptr;
-  int64_t block_stride = 0;  // floats from one block to the next
+  const void* keys = nullptr;
+  const void* values = nullptr;
+  int64_t block_stride = 0;  // elements from one block to the next
   int64_t block_tokens = 0;
+  DType type = DType::kF32;
 };
 
 // The new tokens of one sequence, at positions start_pos .. start_pos +
@@ -50,7 +52,9 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int64_t max_context,
 // through the block table (no copy of the context). Work is split over tiles
 // of up to 16 (token, head) rows that share a kv head, for all sequences in one
 // parallel loop; tiles shrink when a batch is too small to keep every thread
-// busy (a single decode). Each row's arithmetic is the same in any tile, so a
+// busy (a single decode). An F16 cache's values are widened as they are read:
+// the outputs are exactly those of an F32 cache holding the same values.
+// Runs ActiveIsa()'s build of the kernel. Each row's arithmetic is the same in any tile, so a
 // sequence's outputs are bit-identical whatever blocks hold it, whoever
 // shares the batch and however its tokens were split into calls. The caller
 // checked the block tables (ids inside `kv`, long enough) and gave at least

@@ -5,8 +5,10 @@
 #include <optional>
 #include <string>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "comm/env.h"
+#include "core/config.h"
 #include "core/placement.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
@@ -18,6 +20,7 @@
 #include "tools/flags.h"
 #include "worker/benchmark.h"
 #include "worker/engine.h"
+#include "worker/kv_cache.h"
 #include "worker/rank_group.h"
 #include "worker/rank_model.h"
 
@@ -45,6 +48,7 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"step-tokens", true,
      "CPU: tokens per engine step; a longer prompt runs in steps of this many, like "
      "llama-bench -ub (default 128)"},
+    {"kv-cache-type", true, "CPU: f32 (default) or f16 KV cache, like llama-bench -ctk/-ctv"},
     {"device", true, "cpu or cuda: where the model runs (default cpu)"},
     {"help", false, "show this help"},
 };
@@ -225,6 +229,10 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
         "--bandwidth-bytes >= 1 MiB, --step-tokens >= 1");
   }
   engine_options.expert_skipping = !flags.Has("no-expert-skip");
+  if (flags.Has("kv-cache-type")) {
+    HERD_ASSIGN_OR_RETURN(engine_options.kv_cache_type,
+                          ParseKvCacheType(flags.GetString("kv-cache-type")));
+  }
   options.repetitions = static_cast<int>(repetitions);
 
   const std::string path = flags.GetString("model");
@@ -239,6 +247,10 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   if (device == Device::kCuda) {
     if (flags.Has("step-tokens")) {
       return absl::UnimplementedError("--step-tokens applies to the CPU engine, not --device cuda");
+    }
+    if (engine_options.kv_cache_type != DType::kF32) {
+      return absl::InvalidArgumentError(
+          "--kv-cache-type f16 runs on the CPU engine; with --device cuda the KV cache is f32");
     }
     if (PlannedWorldSize(group) > 1 || flags.Has("placement")) {
       return absl::UnimplementedError(
@@ -267,9 +279,9 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   const int num_threads = engine->num_threads();
 
   HERD_ASSIGN_OR_RETURN(ModelBenchResult r, RunModelBenchmark(*engine, *model, options));
-  const int64_t kv_bytes = 2 * model->spec.num_layers *
-                           (options.depth + std::max(options.prompt_tokens, options.gen_tokens)) *
-                           model->spec.num_kv_heads * model->spec.head_dim * 4;
+  const int64_t kv_bytes = KvCache::BytesPerBlock(
+      model->spec, options.depth + std::max(options.prompt_tokens, options.gen_tokens),
+      engine_options.kv_cache_type);
   // With the KV cache of the tests, which RunModelBenchmark frees on return.
   const int64_t process_resident = r.process_resident_bytes;
   const int64_t resident = process_resident - process_before_load;
@@ -286,6 +298,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     j["host"] = HostName();
     j["threads"] = num_threads;
     j["step_tokens"] = engine_options.max_step_tokens;
+    j["kv_cache_type"] = absl::AsciiStrToLower(DTypeName(engine_options.kv_cache_type));
     j["isa"] = cpu::DescribeCpu();
     AddThroughputJson(r, options, j);
     j["decode"]["skipped_expert_fraction"] = r.decode_skipped_fraction;
@@ -306,8 +319,9 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     return absl::OkStatus();
   }
   out << absl::StrFormat("model     %s\n", path);
-  out << absl::StrFormat("cpu       %s, %d threads, steps of %d tokens\n", cpu::DescribeCpu(),
-                         num_threads, engine_options.max_step_tokens);
+  out << absl::StrFormat("cpu       %s, %d threads, steps of %d tokens, %s KV cache\n",
+                         cpu::DescribeCpu(), num_threads, engine_options.max_step_tokens,
+                         absl::AsciiStrToLower(DTypeName(engine_options.kv_cache_type)));
   out << absl::StrFormat("memory    read %.1f GB/s, copy %.1f GB/s (same run, %d threads)\n",
                          bw.read_gbps, bw.copy_gbps, num_threads);
   out << absl::StrFormat("compute   f32 FMA peak %.0f GFLOP/s (same run, %d threads)\n",

@@ -49,6 +49,7 @@ const std::vector<FlagSpec> kGenerateFlags = {
      "write the tokens routed to each expert of each layer as a herd plan trace (JSON)"},
     {"no-expert-skip", false,
      "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
+    {"kv-cache-type", true, "f32 (default) or f16: the KV cache's element type (CPU only)"},
     {"device", true, "cpu or cuda: where the model runs (default cpu)"},
     {"help", false, "show this help"},
 };
@@ -160,6 +161,14 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
   }
 
   HERD_ASSIGN_OR_RETURN(const Device device, ParseDevice(flags.GetString("device", "cpu")));
+  DType kv_cache_type = DType::kF32;
+  if (flags.Has("kv-cache-type")) {
+    HERD_ASSIGN_OR_RETURN(kv_cache_type, ParseKvCacheType(flags.GetString("kv-cache-type")));
+  }
+  if (device == Device::kCuda && kv_cache_type != DType::kF32) {
+    return absl::InvalidArgumentError(
+        "--kv-cache-type f16 runs on the CPU engine; with --device cuda the KV cache is f32");
+  }
   // Each rank loads the model with only its experts, runs its part, and rank
   // 0 (which owns the one sequence) keeps the result.
   GenerateResult result;
@@ -185,6 +194,7 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
           engine_options.num_threads = static_cast<int>(threads);
           engine_options.expert_skipping = !flags.Has("no-expert-skip");
           engine_options.expert_parallelism = ep;
+          engine_options.kv_cache_type = kv_cache_type;
           HERD_ASSIGN_OR_RETURN(engine, Engine::Create(*model, engine_options));
         }
         HERD_LOG(INFO) << "rank " << rank << "/" << world_size << ": loaded " << model_path

@@ -56,6 +56,7 @@ const std::vector<FlagSpec> kServeFlags = {
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"kv-cache-bytes", true, "KV cache per rank in bytes (default: max-running full contexts)"},
     {"kv-block-tokens", true, "tokens per KV cache block (default 16)"},
+    {"kv-cache-type", true, "f32 (default) or f16: half the bytes per token (CPU only)"},
     {"max-step-tokens", true, "tokens per rank per step, decode + prefill chunks (default 256)"},
     {"max-waiting", true, "queued requests beyond which new ones get 429 (default 256)"},
     {"max-running", true, "sequences running at once per rank (default 64)"},
@@ -141,6 +142,9 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
   c.model_name = flags.GetString("model-name", c.model_name);
   HERD_ASSIGN_OR_RETURN(c.kv_cache_bytes, flags.GetInt("kv-cache-bytes", c.kv_cache_bytes));
   HERD_ASSIGN_OR_RETURN(c.kv_block_tokens, flags.GetInt("kv-block-tokens", c.kv_block_tokens));
+  if (flags.Has("kv-cache-type")) {
+    HERD_ASSIGN_OR_RETURN(c.kv_cache_type, ParseKvCacheType(flags.GetString("kv-cache-type")));
+  }
   HERD_ASSIGN_OR_RETURN(c.max_step_tokens, flags.GetInt("max-step-tokens", c.max_step_tokens));
   HERD_ASSIGN_OR_RETURN(c.max_waiting, flags.GetInt("max-waiting", c.max_waiting));
   HERD_ASSIGN_OR_RETURN(c.max_running, flags.GetInt("max-running", c.max_running));
@@ -189,6 +193,10 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
         "--comm ucx, N >= 2)");
   }
   HERD_ASSIGN_OR_RETURN(s.device, ParseDevice(flags.GetString("device", config.engine.device)));
+  if (s.device == Device::kCuda && c.kv_cache_type != DType::kF32) {
+    return absl::InvalidArgumentError(
+        "--kv-cache-type f16 runs on the CPU engine; with --device cuda the KV cache is f32");
+  }
   if (s.device == Device::kCuda && c.rebalance.enabled) {
     return absl::UnimplementedError(
         "--rebalance moves experts between CPU ranks; with --device cuda it is not implemented "
@@ -226,12 +234,12 @@ absl::StatusOr<int64_t> KvBlocks(const ServeSettings& s, const Model& model,
   const ModelSpec& spec = model.spec;
   int64_t bytes = s.serve.kv_cache_bytes;
   if (bytes == 0) {
-    const int64_t bytes_per_token = KvCache::BytesPerBlock(spec, 1);
+    const int64_t bytes_per_token = KvCache::BytesPerBlock(spec, 1, s.serve.kv_cache_type);
     bytes = bytes_per_token * max_context_tokens * s.serve.max_running;
     HERD_ASSIGN_OR_RETURN(const int64_t cap, DefaultKvCapBytes(s, model));
     bytes = std::min(bytes, cap);
   }
-  return StepRunner::KvBlocksForBytes(spec, bytes, s.serve.kv_block_tokens);
+  return StepRunner::KvBlocksForBytes(spec, bytes, s.serve.kv_block_tokens, s.serve.kv_cache_type);
 }
 
 // The rank's engine, on the GPU or the CPU, as one rank of `comm`'s group
@@ -250,6 +258,7 @@ absl::StatusOr<std::unique_ptr<ForwardEngine>> CreateServeEngine(const ServeSett
   options.num_threads = s.threads;
   options.expert_skipping = s.expert_skipping;
   options.expert_parallelism = ep;
+  options.kv_cache_type = s.serve.kv_cache_type;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Engine> engine, Engine::Create(*rank_model.model, options));
   return std::unique_ptr<ForwardEngine>(std::move(engine));
 }
@@ -406,10 +415,11 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
         const int rank = control != nullptr ? control->rank() : 0;
         HERD_LOG(INFO) << "rank " << rank << ": " << engine->Describe() << ", "
                        << runner_options.num_kv_blocks << " KV blocks ("
-                       << HumanBytes(
-                              runner_options.num_kv_blocks *
-                              KvCache::BytesPerBlock(model.spec, runner_options.kv_block_tokens))
-                       << ")";
+                       << HumanBytes(runner_options.num_kv_blocks *
+                                     KvCache::BytesPerBlock(model.spec,
+                                                            runner_options.kv_block_tokens,
+                                                            settings.serve.kv_cache_type))
+                       << ", " << DTypeName(settings.serve.kv_cache_type) << ")";
         if (rank != 0) return RunWorkerLoop(*runner, *control);
         return ServeOnCoordinator(settings, model, *runner, control,
                                   rank_model.placement ? &*rank_model.placement : nullptr,

@@ -12,6 +12,7 @@
 #include "core/mapped_file.h"
 #include "core/status.h"
 #include "kernels/attention.h"
+#include "kernels/convert.h"
 #include "kernels/elementwise.h"
 #include "kernels/matmul.h"
 #include "kernels/rope.h"
@@ -32,6 +33,16 @@ void ForTokens(ThreadPool& pool, int64_t num_tokens, const Body& body) {
                    [&body](int64_t begin, int64_t end, int) { body(begin, end - begin); });
 }
 
+// Layer `layer_idx`'s blocks of `cache` as the attention kernel reads them.
+cpu::KvBlocks LayerKvBlocks(const KvCache& cache, int layer_idx) {
+  if (cache.type() == DType::kF16) {
+    return {cache.keys<uint16_t>(layer_idx, 0), cache.values<uint16_t>(layer_idx, 0),
+            cache.block_elements(), cache.block_tokens(), DType::kF16};
+  }
+  return {cache.keys(layer_idx, 0), cache.values(layer_idx, 0), cache.block_elements(),
+          cache.block_tokens(), DType::kF32};
+}
+
 }  // namespace
 
 Engine::Engine(const Model& model, const EngineOptions& options, int num_threads)
@@ -39,6 +50,7 @@ Engine::Engine(const Model& model, const EngineOptions& options, int num_threads
       pool_(num_threads),
       max_step_tokens_(options.max_step_tokens),
       expert_skipping_(options.expert_skipping),
+      kv_cache_type_(options.kv_cache_type),
       ep_(options.expert_parallelism) {
   stats_.layer_expert_rows.assign(model.spec.num_layers, 0);
   if (ep_.comm != nullptr) {
@@ -146,6 +158,10 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   if (options.max_step_tokens < 1) {
     return absl::InvalidArgumentError("EngineOptions.max_step_tokens must be >= 1");
   }
+  if (options.kv_cache_type != DType::kF32 && options.kv_cache_type != DType::kF16) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "EngineOptions.kv_cache_type must be F32 or F16, got ", DTypeName(options.kv_cache_type)));
+  }
   std::unique_ptr<Engine> engine(new Engine(model, options, threads));
   if (ep.comm != nullptr) {
     HERD_RETURN_IF_ERROR(engine->CheckPlacement(*ep.placement, nullptr));
@@ -166,7 +182,7 @@ absl::Status Engine::ValidateBatch(const Batch& batch) const {
 
 absl::StatusOr<std::unique_ptr<KvCache>> Engine::CreateKvCache(int64_t num_blocks,
                                                                int64_t block_tokens) {
-  return KvCache::Create(model_.spec, num_blocks, block_tokens);
+  return KvCache::Create(model_.spec, num_blocks, block_tokens, kv_cache_type_);
 }
 
 void Engine::Reserve(int64_t num_tokens, int64_t max_context) {
@@ -335,21 +351,26 @@ absl::Status Engine::AttentionBlock(int layer_idx, const Batch& batch, int64_t n
   if (!batch.chunks.empty()) {
     KvCache& cache = *batch.cache;
     const int64_t block_tokens = cache.block_tokens();
+    const bool half = cache.type() == DType::kF16;
     int64_t row = 0;
     for (const SequenceChunk& c : batch.chunks) {
       for (int64_t pos = c.start_pos; pos < c.start_pos + c.num_tokens; ++pos, ++row) {
         const int32_t block_idx = c.block_table[pos / block_tokens];
         const int64_t offset = (pos % block_tokens) * kv_dim;
-        std::memcpy(cache.keys(layer_idx, block_idx) + offset, k_.data() + row * kv_dim,
-                    kv_dim * sizeof(float));
-        std::memcpy(cache.values(layer_idx, block_idx) + offset, v_.data() + row * kv_dim,
-                    kv_dim * sizeof(float));
+        const float* k = k_.data() + row * kv_dim;
+        const float* v = v_.data() + row * kv_dim;
+        if (half) {
+          cpu::ConvertF32ToF16(k, kv_dim, cache.keys<uint16_t>(layer_idx, block_idx) + offset);
+          cpu::ConvertF32ToF16(v, kv_dim, cache.values<uint16_t>(layer_idx, block_idx) + offset);
+        } else {
+          std::memcpy(cache.keys(layer_idx, block_idx) + offset, k, kv_dim * sizeof(float));
+          std::memcpy(cache.values(layer_idx, block_idx) + offset, v, kv_dim * sizeof(float));
+        }
       }
     }
-    const cpu::KvBlocks kv{cache.keys(layer_idx, 0), cache.values(layer_idx, 0),
-                           cache.block_floats(), block_tokens};
-    cpu::Attention({s.num_heads, s.num_kv_heads, s.head_dim}, kv, attention_sequences_.data(),
-                   static_cast<int64_t>(attention_sequences_.size()), ws, ws_bytes, pool_);
+    cpu::Attention({s.num_heads, s.num_kv_heads, s.head_dim}, LayerKvBlocks(cache, layer_idx),
+                   attention_sequences_.data(), static_cast<int64_t>(attention_sequences_.size()),
+                   ws, ws_bytes, pool_);
   }
   if (linear_input_observer_) {
     linear_input_observer_(layer_idx, LinearInput::kAttentionOutput, attn_.data(), num_tokens,

@@ -51,6 +51,10 @@ struct EngineOptions {
   // (LayerWeights::expert_skip_threshold, set by `herd compress
   // --skip-threshold`); false runs every routed expert.
   bool expert_skipping = true;
+  // Element type of the caches CreateKvCache makes: F32, or F16 (half the
+  // memory and of what attention reads; keys and values are rounded to F16
+  // as they are written, as llama.cpp's default cache does).
+  DType kv_cache_type = DType::kF32;
 };
 
 // Which input of a layer's linear projections a LinearInputObserver sees.
@@ -93,7 +97,7 @@ class Engine final : public ForwardEngine, public ExpertPlacementSwitch {
   // of times, with an empty batch when it has no tokens; errors of a peer
   // surface as the Communicator's errors.
   absl::Status Forward(const Batch& batch, float* logits) override;
-  // A host cache (KvCache::Create).
+  // A host cache of EngineOptions::kv_cache_type (KvCache::Create).
   absl::StatusOr<std::unique_ptr<KvCache>> CreateKvCache(int64_t num_blocks,
                                                          int64_t block_tokens) override;
 
@@ -173,6 +177,7 @@ class Engine final : public ForwardEngine, public ExpertPlacementSwitch {
   ThreadPool pool_;
   const int64_t max_step_tokens_;
   const bool expert_skipping_;
+  const DType kv_cache_type_;
   const ExpertParallelism ep_;  // ep_.placement is not used after Create
   std::unique_ptr<ExpertRowExchange> exchange_;
   // Expert e is storage slot e: the expert tables index experts by id.

@@ -12,15 +12,19 @@ KvCache::~KvCache() {
   if (release_) release_(data_);
 }
 
-int64_t KvCache::BytesPerBlock(const ModelSpec& spec, int64_t block_tokens) {
+int64_t KvCache::BytesPerBlock(const ModelSpec& spec, int64_t block_tokens, DType type) {
   if (block_tokens < 1) return 0;
-  return 2 * spec.num_layers * block_tokens * spec.num_kv_heads * spec.head_dim *
-         static_cast<int64_t>(sizeof(float));
+  const int64_t element_bytes = type == DType::kF16 ? 2 : 4;
+  return 2 * spec.num_layers * block_tokens * spec.num_kv_heads * spec.head_dim * element_bytes;
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, int64_t num_blocks,
-                                                         int64_t block_tokens,
+                                                         int64_t block_tokens, DType type,
                                                          const KvMemory* memory) {
+  if (type != DType::kF32 && type != DType::kF16) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("a KV cache holds F32 or F16 elements, not ", DTypeName(type)));
+  }
   if (num_blocks < 1 || num_blocks > std::numeric_limits<int32_t>::max()) {
     return absl::InvalidArgumentError(absl::StrCat(
         "KV cache blocks must be in [1, 2^31 - 1] (block ids are I32), got ", num_blocks));
@@ -29,7 +33,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, 
     return absl::InvalidArgumentError(
         absl::StrCat("KV cache block must hold >= 1 token, got ", block_tokens));
   }
-  const int64_t token_bytes = BytesPerBlock(spec, 1);
+  const int64_t token_bytes = BytesPerBlock(spec, 1, type);
   if (token_bytes <= 0) return absl::InvalidArgumentError("the model has no K/V rows to cache");
   const int64_t max_bytes = std::numeric_limits<int64_t>::max();
   if (block_tokens > max_bytes / token_bytes ||
@@ -38,16 +42,17 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, 
                                                      block_tokens, " tokens overflows 64 bits"));
   }
   const int64_t block_bytes = token_bytes * block_tokens;
-  const int64_t row_floats = spec.num_kv_heads * spec.head_dim;
-  const size_t num_floats = static_cast<size_t>(num_blocks * block_bytes) / sizeof(float);
+  const int64_t row_elements = spec.num_kv_heads * spec.head_dim;
+  const size_t num_bytes = static_cast<size_t>(num_blocks * block_bytes);
   const auto exhausted = [&](const std::string& why) {
     return absl::ResourceExhaustedError(absl::StrCat("cannot allocate a KV cache of ", num_blocks,
                                                      " blocks x ", block_tokens, " tokens (",
                                                      num_blocks * block_bytes, " bytes)", why));
   };
-  std::unique_ptr<KvCache> cache(new KvCache(num_blocks, block_tokens, row_floats, num_floats));
+  std::unique_ptr<KvCache> cache(
+      new KvCache(num_blocks, block_tokens, row_elements, type, num_bytes));
   if (memory != nullptr) {
-    absl::StatusOr<float*> data = memory->allocate(num_floats * sizeof(float));
+    absl::StatusOr<void*> data = memory->allocate(num_bytes);
     if (!data.ok())
       return exhausted(absl::StrCat(" on ", memory->device, ": ", data.status().message()));
     cache->data_ = *data;
@@ -55,12 +60,13 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, 
     cache->release_ = memory->release;
     return cache;
   }
+  // Whole floats, so that an F32 cache's elements are aligned.
   try {
-    cache->data_ = new float[num_floats]();
+    cache->data_ = new float[(num_bytes + sizeof(float) - 1) / sizeof(float)]();
   } catch (const std::exception&) {  // bad_alloc, or bad_array_new_length
     return exhausted("");
   }
-  cache->release_ = [](float* data) { delete[] data; };
+  cache->release_ = [](void* data) { delete[] static_cast<float*>(data); };
   return cache;
 }
 

@@ -79,8 +79,8 @@ absl::StatusOr<std::unique_ptr<StepRunner>> StepRunner::Create(ForwardEngine* en
 }
 
 int64_t StepRunner::KvBlocksForBytes(const ModelSpec& spec, int64_t kv_cache_bytes,
-                                     int64_t kv_block_tokens) {
-  const int64_t block_bytes = KvCache::BytesPerBlock(spec, kv_block_tokens);
+                                     int64_t kv_block_tokens, DType type) {
+  const int64_t block_bytes = KvCache::BytesPerBlock(spec, kv_block_tokens, type);
   if (block_bytes <= 0 || kv_cache_bytes <= 0) return 0;
   return std::min<int64_t>(kv_cache_bytes / block_bytes, std::numeric_limits<int32_t>::max());
 }

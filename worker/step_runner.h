@@ -49,10 +49,10 @@ class StepRunner {
   StepRunner(const StepRunner&) = delete;
   StepRunner& operator=(const StepRunner&) = delete;
 
-  // Blocks a cache of `kv_cache_bytes` holds for `spec`: at least 0, at most
-  // 2^31 - 1 (block ids are I32).
+  // Blocks of `type` elements a cache of `kv_cache_bytes` holds for `spec`:
+  // at least 0, at most 2^31 - 1 (block ids are I32).
   static int64_t KvBlocksForBytes(const ModelSpec& spec, int64_t kv_cache_bytes,
-                                  int64_t kv_block_tokens);
+                                  int64_t kv_block_tokens, DType type = DType::kF32);
 
   // Runs one step: one engine batch of all the plan's chunks, logits for the
   // last token of each chunk with sample = true, one sampled token each

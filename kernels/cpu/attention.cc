@@ -1,20 +1,25 @@
 #include "kernels/attention.h"
 
+#include <immintrin.h>
+
 #include <algorithm>
 #include <cmath>
 #include <cstring>
 
+#include "core/dtype.h"
 #include "kernels/cpu/fast_exp.h"
+#include "kernels/cpu_features.h"
 
 namespace herd::cpu {
 namespace {
 
-// The kernel below works on tiles of up to kTileRows query rows that share a
-// kv head: the heads of a GQA group, over one or more consecutive tokens. It
-// is written so that every row's arithmetic is the same whatever tile it is
-// in, which rows it shares the tile with and which blocks hold the sequence:
-// a prompt's outputs are then bit-identical whether it is prefilled in one
-// chunk, in several, or decoded token by token, and whoever shares the batch.
+// The kernel (attention_tile.inc) works on tiles of up to kTileRows query
+// rows that share a kv head: the heads of a GQA group, over one or more
+// consecutive tokens. It is written so that every row's arithmetic is the
+// same whatever tile it is in, which rows it shares the tile with and which
+// blocks hold the sequence: a prompt's outputs are then bit-identical whether
+// it is prefilled in one chunk, in several, or decoded token by token, and
+// whoever shares the batch.
 //
 //   scores  Q K^T on 4 x 4 (row, position) tiles: per pair, 16 lanes of
 //           head_dim accumulate in order, then one fixed tree adds the lanes
@@ -22,6 +27,9 @@ namespace {
 //   softmax per row over its own context;
 //   values  P V over 4 rows at a time, so one load of a value row feeds four
 //           rows' accumulators; per output lane the positions add in order.
+//
+// An F16 cache's keys and values are widened to F32 as they are loaded, so
+// its outputs are exactly those of an F32 cache holding the same values.
 constexpr int kTileRows = 16;
 constexpr int kLanes = 16;
 constexpr int kQkRows = 4;       // rows of a scores tile
@@ -29,69 +37,13 @@ constexpr int kQkPositions = 4;  // positions of a scores tile
 constexpr int kPvRows = 4;       // rows sharing one pass over the values
 constexpr int kPvChunks = 4;     // 16-lane chunks of head_dim per pass over the values
 
-// 16 floats as GCC's vector extension: one zmm, two ymm or four xmm registers
-// for the ISA each entry point is built for.
-using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
-
-// Helpers are always inlined so that they take the ISA of the entry point.
-// They take and return Vec16 by value, but since no call to them remains, the
-// baseline ISA's ABI for such calls that GCC warns about (-Wpsabi) is never
-// used.
-#pragma GCC diagnostic ignored "-Wpsabi"
-// `n` floats from p (n <= 16), the other lanes zero.
-__attribute__((always_inline)) inline Vec16 LoadN(const float* p, int64_t n) {
-  Vec16 v = {};
-  std::memcpy(&v, p, n * sizeof(float));
-  return v;
-}
-
-__attribute__((always_inline)) inline void StoreN(float* p, Vec16 v, int64_t n) {
-  std::memcpy(p, &v, n * sizeof(float));
-}
-
-// The lanes of a and b (0-15 from a, 16-31 from b) that `kLane` picks.
-template <int... kLane>
-__attribute__((always_inline)) inline Vec16 Pick(Vec16 a, Vec16 b) {
-  return __builtin_shufflevector(a, b, kLane...);
-}
-
-// Lane k of the result is the sum of the 16 lanes of v[k], always added as
-// (((l + l^8) + ...^4) + ...^2) + ...^1: each level adds the lanes one pick
-// takes to those the other takes.
-__attribute__((always_inline)) inline Vec16 Reduce16(const Vec16* v) {
-  Vec16 b[8], c[4], d[2];
-  for (int k = 0; k < 8; ++k) {
-    b[k] =
-        Pick<0, 1, 2, 3, 4, 5, 6, 7, 16, 17, 18, 19, 20, 21, 22, 23>(v[2 * k], v[2 * k + 1]) +
-        Pick<8, 9, 10, 11, 12, 13, 14, 15, 24, 25, 26, 27, 28, 29, 30, 31>(v[2 * k], v[2 * k + 1]);
-  }
-  for (int k = 0; k < 4; ++k) {
-    c[k] = Pick<0, 1, 2, 3, 8, 9, 10, 11, 16, 17, 18, 19, 24, 25, 26, 27>(b[2 * k], b[2 * k + 1]) +
-           Pick<4, 5, 6, 7, 12, 13, 14, 15, 20, 21, 22, 23, 28, 29, 30, 31>(b[2 * k], b[2 * k + 1]);
-  }
-  for (int k = 0; k < 2; ++k) {
-    d[k] = Pick<0, 1, 4, 5, 8, 9, 12, 13, 16, 17, 20, 21, 24, 25, 28, 29>(c[2 * k], c[2 * k + 1]) +
-           Pick<2, 3, 6, 7, 10, 11, 14, 15, 18, 19, 22, 23, 26, 27, 30, 31>(c[2 * k], c[2 * k + 1]);
-  }
-  return Pick<0, 2, 4, 6, 8, 10, 12, 14, 16, 18, 20, 22, 24, 26, 28, 30>(d[0], d[1]) +
-         Pick<1, 3, 5, 7, 9, 11, 13, 15, 17, 19, 21, 23, 25, 27, 29, 31>(d[0], d[1]);
-}
-
-// The sum of v's lanes, in the same tree as Reduce16.
-__attribute__((always_inline)) inline float SumLanes(Vec16 v) {
-  v += __builtin_shufflevector(v, v, 8, 9, 10, 11, 12, 13, 14, 15, 0, 1, 2, 3, 4, 5, 6, 7);
-  v += __builtin_shufflevector(v, v, 4, 5, 6, 7, 0, 1, 2, 3, 12, 13, 14, 15, 8, 9, 10, 11);
-  v += __builtin_shufflevector(v, v, 2, 3, 0, 1, 6, 7, 4, 5, 10, 11, 8, 9, 14, 15, 12, 13);
-  v += __builtin_shufflevector(v, v, 1, 0, 3, 2, 5, 4, 7, 6, 9, 8, 11, 10, 13, 12, 15, 14);
-  return v[0];
-}
-
 // Walks a sequence's positions in order through its block table, giving each
 // one's row in the blocks (`base` already points at a kv head's columns of
-// block 0).
+// block 0). T is the cache's element: float, or uint16_t for F16.
+template <typename T>
 class PositionCursor {
  public:
-  PositionCursor(const float* base, const int32_t* block_table, int64_t block_stride,
+  PositionCursor(const T* base, const int32_t* block_table, int64_t block_stride,
                  int64_t block_tokens, int64_t row_stride)
       : base_(base),
         block_table_(block_table),
@@ -100,7 +52,7 @@ class PositionCursor {
         row_stride_(row_stride),
         row_(base + block_table[0] * block_stride) {}
 
-  const float* Next() {
+  const T* Next() {
     if (in_block_ == block_tokens_) {
       in_block_ = 0;
       row_ = base_ + block_table_[++block_] * block_stride_;
@@ -109,25 +61,25 @@ class PositionCursor {
   }
 
  private:
-  const float* base_;
+  const T* base_;
   const int32_t* block_table_;
   int64_t block_stride_;
   int64_t block_tokens_;
   int64_t row_stride_;
   int64_t block_ = 0;
   int64_t in_block_ = 0;
-  const float* row_;
+  const T* row_;
 };
 
 // Up to kTileRows query rows that read one kv head of one sequence, in
 // nondecreasing order of context.
 struct Tile {
-  const float* keys;    // the kv head's columns of block 0
-  const float* values;  // the same for values
+  const void* keys;    // the kv head's columns of block 0 (float or uint16_t)
+  const void* values;  // the same for values
   const int32_t* block_table;
   int64_t block_stride;
   int64_t block_tokens;
-  int64_t kv_stride;  // floats from one position to the next
+  int64_t kv_stride;  // elements from one position to the next
   int64_t head_dim;
   float scale;
   int num_rows;
@@ -136,157 +88,79 @@ struct Tile {
   int64_t context[kTileRows];  // row r attends to positions [0, context[r])
 };
 
-// Row r's scores for positions [0, context[r]) into scores + r * score_stride.
-// kHeadDim > 0 fixes head_dim at compile time.
-template <int kHeadDim>
-__attribute__((always_inline)) inline void Scores(const Tile& tile, float* scores,
-                                                  int64_t score_stride) {
-  const int64_t d = kHeadDim > 0 ? kHeadDim : tile.head_dim;
-  const int64_t chunks = (d + kLanes - 1) / kLanes;
-  const int last = tile.num_rows - 1;
-  PositionCursor keys(tile.keys, tile.block_table, tile.block_stride, tile.block_tokens,
-                      tile.kv_stride);
-  for (int64_t p0 = 0; p0 < tile.context[last]; p0 += kQkPositions) {
-    // Positions past the tile's context repeat the first one; their scores
-    // are not kept.
-    const float* k[kQkPositions];
-    for (int j = 0; j < kQkPositions; ++j) {
-      k[j] = p0 + j < tile.context[last] ? keys.Next() : k[0];
-    }
-    for (int r0 = 0; r0 < tile.num_rows; r0 += kQkRows) {
-      if (p0 >= tile.context[std::min(r0 + kQkRows - 1, last)]) continue;  // past these rows
-      // Rows past the tile repeat its last one; their scores are not kept.
-      const float* q[kQkRows];
-      for (int i = 0; i < kQkRows; ++i) q[i] = tile.q[std::min(r0 + i, last)];
-      Vec16 acc[kQkRows * kQkPositions] = {};
-      for (int64_t c = 0; c < chunks; ++c) {
-        const int64_t n = std::min<int64_t>(kLanes, d - c * kLanes);
-        Vec16 qv[kQkRows], kv[kQkPositions];
-        for (int i = 0; i < kQkRows; ++i) qv[i] = LoadN(q[i] + c * kLanes, n);
-        for (int j = 0; j < kQkPositions; ++j) kv[j] = LoadN(k[j] + c * kLanes, n);
-        for (int i = 0; i < kQkRows; ++i) {
-          for (int j = 0; j < kQkPositions; ++j) acc[i * kQkPositions + j] += qv[i] * kv[j];
-        }
-      }
-      const Vec16 dots = Reduce16(acc) * tile.scale;
-      for (int i = 0; i < kQkRows && r0 + i < tile.num_rows; ++i) {
-        for (int j = 0; j < kQkPositions && p0 + j < tile.context[r0 + i]; ++j) {
-          scores[(r0 + i) * score_stride + p0 + j] = dots[i * kQkPositions + j];
-        }
-      }
-    }
-  }
+// Row r's attention for a tile, with r's scores in scores + r * score_stride.
+using AttendTileFn = void (*)(const Tile& tile, float* scores, int64_t score_stride);
+
+// The kernel, built once per instruction set: the same source in three
+// namespaces, each under its own target (no command-line ISA flags, so
+// nothing leaks into code shared with older CPUs). Each namespace first
+// defines LoadHalves, the one ISA-specific piece: n <= 16 F16 values widened
+// to F32, the other lanes zero.
+// The kernel's helpers take and return 16-float vectors by value, but since
+// they are always inlined, the baseline ISA's ABI for such calls that GCC
+// warns about (-Wpsabi, reported at the end of the file) is never used.
+#pragma GCC diagnostic ignored "-Wpsabi"
+// GCC 12 reports false "may be used uninitialized" inside its own AVX-512
+// headers (_mm512_undefined_*).
+#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
+
+namespace avx512 {
+#pragma GCC push_options
+#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
+__attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
+  const __mmask16 mask = n >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
+  return static_cast<Vec16>(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p)));
 }
+#include "kernels/cpu/attention_tile.inc"
+#pragma GCC pop_options
+}  // namespace avx512
 
-// Turns one row's scores into probabilities: e^(s - max) over their sum.
-__attribute__((always_inline)) inline void Softmax(float* s, int64_t context) {
-  // The maximum 16 lanes at a time (GCC leaves an omp simd max reduction
-  // scalar: it was a sixth of a Q4_0 prefill's attention samples); the order
-  // does not change a maximum.
-  Vec16 lane_max = {};
-  lane_max -= INFINITY;
-  int64_t p = 0;
-  for (; p + kLanes <= context; p += kLanes) {
-    const Vec16 v = LoadN(s + p, kLanes);
-    lane_max = lane_max > v ? lane_max : v;
+namespace avx2 {
+#pragma GCC push_options
+#pragma GCC target("avx2,fma,f16c")
+using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
+__attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
+  uint16_t padded[kLanes] = {};
+  if (n < kLanes) {
+    std::memcpy(padded, p, n * sizeof(uint16_t));
+    p = padded;
   }
-  float max_score = -INFINITY;
-  for (int i = 0; i < kLanes; ++i) max_score = std::max(max_score, lane_max[i]);
-  for (; p < context; ++p) max_score = std::max(max_score, s[p]);
-#pragma omp simd
-  for (int64_t i = 0; i < context; ++i) s[i] = ExpNonPositive(s[i] - max_score);
-  Vec16 sum = {};
-  for (p = 0; p + kLanes <= context; p += kLanes) sum += LoadN(s + p, kLanes);
-  sum += LoadN(s + p, context - p);
-  const float inv = 1.0f / SumLanes(sum);
-#pragma omp simd
-  for (int64_t i = 0; i < context; ++i) s[i] *= inv;
+  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
+  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+  Vec16 v;
+  std::memcpy(&v, &lo, sizeof(lo));
+  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+  return v;
 }
+#include "kernels/cpu/attention_tile.inc"
+#pragma GCC pop_options
+}  // namespace avx2
 
-// out[r] = sum over positions p < context[r] of probs[r][p] * V[p], for the
-// tile's rows kPvRows at a time and head_dim kPvChunks * 16 lanes at a time.
-template <int kHeadDim>
-__attribute__((always_inline)) inline void WeightedValues(const Tile& tile, const float* probs,
-                                                          int64_t prob_stride) {
-  const int64_t d = kHeadDim > 0 ? kHeadDim : tile.head_dim;
-  const int64_t chunks = (d + kLanes - 1) / kLanes;
-  const int last = tile.num_rows - 1;
-  for (int r0 = 0; r0 < tile.num_rows; r0 += kPvRows) {
-    const int rows = std::min(kPvRows, tile.num_rows - r0);
-    // Rows past the tile repeat its last one; their sums are not kept.
-    const float* w[kPvRows];
-    for (int i = 0; i < kPvRows; ++i) w[i] = probs + std::min(r0 + i, last) * prob_stride;
-    const int64_t shared = tile.context[r0];  // every row of the pass reads these
-    const int64_t longest = tile.context[r0 + rows - 1];
-    for (int64_t c0 = 0; c0 < chunks; c0 += kPvChunks) {
-      const int64_t num_chunks = std::min<int64_t>(kPvChunks, chunks - c0);
-      Vec16 acc[kPvRows][kPvChunks] = {};
-      PositionCursor values(tile.values + c0 * kLanes, tile.block_table, tile.block_stride,
-                            tile.block_tokens, tile.kv_stride);
-      // The pass's chunks of the next position's value row.
-      auto load_values = [&](Vec16 * v) __attribute__((always_inline)) {
-        const float* vp = values.Next();
-        for (int64_t c = 0; c < num_chunks; ++c) {
-          v[c] = LoadN(vp + c * kLanes, std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
-        }
-      };
-      int64_t p = 0;
-      for (; p < shared; ++p) {
-        Vec16 v[kPvChunks];
-        load_values(v);
-        for (int i = 0; i < kPvRows; ++i) {
-          for (int64_t c = 0; c < num_chunks; ++c) acc[i][c] += w[i][p] * v[c];
-        }
-      }
-      for (; p < longest; ++p) {
-        Vec16 v[kPvChunks];
-        load_values(v);
-        for (int i = 0; i < rows; ++i) {
-          if (p >= tile.context[r0 + i]) continue;
-          for (int64_t c = 0; c < num_chunks; ++c) acc[i][c] += w[i][p] * v[c];
-        }
-      }
-      for (int i = 0; i < rows; ++i) {
-        for (int64_t c = 0; c < num_chunks; ++c) {
-          StoreN(tile.out[r0 + i] + (c0 + c) * kLanes, acc[i][c],
-                 std::min<int64_t>(kLanes, d - (c0 + c) * kLanes));
-        }
-      }
-    }
-  }
+namespace scalar {
+using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
+__attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
+  Vec16 v = {};
+  for (int64_t i = 0; i < n; ++i) v[i] = F16ToF32(p[i]);
+  return v;
 }
+#include "kernels/cpu/attention_tile.inc"
+}  // namespace scalar
 
-template <int kHeadDim>
-__attribute__((always_inline)) inline void AttendTile(const Tile& tile, float* scores,
-                                                      int64_t score_stride) {
-  Scores<kHeadDim>(tile, scores, score_stride);
-  for (int r = 0; r < tile.num_rows; ++r) Softmax(scores + r * score_stride, tile.context[r]);
-  WeightedValues<kHeadDim>(tile, scores, score_stride);
-}
-
-// The entry points, each built for AVX-512, AVX2 and baseline x86-64 (the
-// loader picks the best at startup; the kernel above is inlined into each).
-#define HERD_ATTEND_TILE(name, head_dim)                                  \
-  __attribute__((target_clones("avx512f", "avx2", "default"))) void name( \
-      const Tile& tile, float* scores, int64_t score_stride) {            \
-    AttendTile<head_dim>(tile, scores, score_stride);                     \
+// ActiveIsa()'s kernel for this head_dim and cache element.
+AttendTileFn AttendTileFor(int64_t head_dim, DType kv_type) {
+  const bool half = kv_type == DType::kF16;
+  switch (ActiveIsa()) {
+    case Isa::kAvx512:
+    case Isa::kAvx512Gfni:
+      return half ? avx512::AttendTileFor<uint16_t>(head_dim)
+                  : avx512::AttendTileFor<float>(head_dim);
+    case Isa::kAvx2:
+      return half ? avx2::AttendTileFor<uint16_t>(head_dim) : avx2::AttendTileFor<float>(head_dim);
+    case Isa::kScalar:
+      break;
   }
-HERD_ATTEND_TILE(AttendTile64, 64)
-HERD_ATTEND_TILE(AttendTile128, 128)
-HERD_ATTEND_TILE(AttendTileAnyDim, 0)
-#undef HERD_ATTEND_TILE
-
-using AttendTileFn = decltype(&AttendTileAnyDim);
-
-AttendTileFn AttendTileFor(int64_t head_dim) {
-  switch (head_dim) {
-    case 64:
-      return &AttendTile64;
-    case 128:
-      return &AttendTile128;
-    default:
-      return &AttendTileAnyDim;
-  }
+  return half ? scalar::AttendTileFor<uint16_t>(head_dim) : scalar::AttendTileFor<float>(head_dim);
 }
 
 // The most rows a tile may have when contexts reach `max_context`: a
@@ -342,7 +216,8 @@ void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionS
     num_work += tiles_per_kv_head(sequences[s]) * shape.num_kv_heads;
   }
   float* scratch_base = static_cast<float*>(workspace);
-  const AttendTileFn attend = AttendTileFor(d);
+  const AttendTileFn attend = AttendTileFor(d, kv.type);
+  const int64_t element_bytes = kv.type == DType::kF16 ? 2 : 4;
 
   // Work item w is (sequence, tile, kv head), kv heads fastest, sequences in
   // order and tiles last to first, so the tiles with the longest contexts
@@ -361,8 +236,8 @@ void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionS
       const int64_t tile_idx = tiles_per_kv_head(seq) - 1 - item / shape.num_kv_heads;
       const int64_t kv_h = item % shape.num_kv_heads;
       Tile tile;
-      tile.keys = kv.keys + kv_h * d;
-      tile.values = kv.values + kv_h * d;
+      tile.keys = static_cast<const char*>(kv.keys) + kv_h * d * element_bytes;
+      tile.values = static_cast<const char*>(kv.values) + kv_h * d * element_bytes;
       tile.block_table = seq.block_table;
       tile.block_stride = kv.block_stride;
       tile.block_tokens = kv.block_tokens;

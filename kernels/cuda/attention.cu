@@ -503,6 +503,10 @@ absl::Status Attention(const cpu::AttentionShape& shape, const cpu::KvBlocks& kv
         " and num_heads a multiple of num_kv_heads >= 1; got num_heads ", shape.num_heads,
         ", num_kv_heads ", shape.num_kv_heads, ", head_dim ", shape.head_dim));
   }
+  if (kv.type != DType::kF32) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("Attention: the CUDA kernel reads an F32 cache, not ", DTypeName(kv.type)));
+  }
   if (kv.block_tokens < 1 || max_tokens_per_sequence > total_tokens) {
     return absl::InvalidArgumentError(
         absl::StrCat("Attention: block_tokens ", kv.block_tokens, ", max_tokens_per_sequence ",
@@ -528,8 +532,8 @@ absl::Status Attention(const cpu::AttentionShape& shape, const cpu::KvBlocks& kv
   AttentionParams p;
   p.q = q;
   p.out = out;
-  p.keys = kv.keys;
-  p.values = kv.values;
+  p.keys = static_cast<const float*>(kv.keys);
+  p.values = static_cast<const float*>(kv.values);
   p.sequences = sequences;
   p.block_tables = block_tables;
   p.partial_acc = splits > 1 ? static_cast<float*>(workspace) : nullptr;

@@ -84,7 +84,7 @@ size_t AttentionWorkspaceBytes(const cpu::AttentionShape& shape, int64_t num_seq
 // results for, up to a fixed cap, and merges the parts in a second kernel;
 // AttentionWorkspaceBytes gives a size that suits the batch. Block tables
 // must be long enough and name blocks of `kv` (not checked). InvalidArgument
-// unless 1 <= head_dim <= 256, num_kv_heads >= 1, num_heads is a multiple of
+// unless kv.type is F32, 1 <= head_dim <= 256, num_kv_heads >= 1, num_heads is a multiple of
 // num_kv_heads, kv.block_tokens >= 1, max_tokens_per_sequence <= total_tokens,
 // and the batch fits a launch grid.
 absl::Status Attention(const cpu::AttentionShape& shape, const cpu::KvBlocks& kv, const float* q,

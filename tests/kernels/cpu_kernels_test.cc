@@ -4,6 +4,7 @@
 // failure through SCOPED_TRACE.
 #include <algorithm>
 #include <array>
+#include <bit>
 #include <cmath>
 #include <limits>
 #include <numeric>
@@ -11,8 +12,10 @@
 #include <tuple>
 #include <vector>
 
+#include "core/dtype.h"
 #include "gtest/gtest.h"
 #include "kernels/attention.h"
+#include "kernels/convert.h"
 #include "kernels/cpu/matmul_kernels.h"
 #include "kernels/cpu_features.h"
 #include "kernels/elementwise.h"
@@ -461,20 +464,22 @@ AttentionCase MakeAttentionCase(const AttentionShape& shape, int64_t start_pos, 
 
 // A block pool holding `cases`, each in blocks drawn from a shuffled pool
 // with spare blocks; every position no sequence owns is NaN, so reading past
-// a context poisons the output.
+// a context poisons the output. An F16 pool holds the values rounded to F16.
 struct PagedCases {
-  std::vector<float> keys, values;  // F32 [num_blocks, block_tokens, kv_heads * head_dim]
+  // [num_blocks, block_tokens, kv_heads * head_dim] of F32, or of F16 bits
+  std::vector<float> keys, values;
+  std::vector<uint16_t> half_keys, half_values;
   std::vector<std::vector<int32_t>> block_tables;
   int64_t block_tokens = 0;
-  int64_t block_floats = 0;
+  int64_t block_elements = 0;
 };
 
 PagedCases Page(const AttentionShape& shape, const std::vector<AttentionCase>& cases,
-                int64_t block_tokens, uint32_t seed) {
+                int64_t block_tokens, uint32_t seed, DType kv_type) {
   PagedCases paged;
   paged.block_tokens = block_tokens;
   const int64_t row = shape.num_kv_heads * shape.head_dim;
-  paged.block_floats = block_tokens * row;
+  paged.block_elements = block_tokens * row;
   int64_t num_blocks = 3;  // spares
   for (const AttentionCase& c : cases) {
     num_blocks += (c.start_pos + c.num_tokens + block_tokens - 1) / block_tokens;
@@ -482,30 +487,37 @@ PagedCases Page(const AttentionShape& shape, const std::vector<AttentionCase>& c
   std::vector<int32_t> pool(num_blocks);
   std::iota(pool.begin(), pool.end(), 0);
   std::shuffle(pool.begin(), pool.end(), std::mt19937(seed));
-  paged.keys.assign(num_blocks * paged.block_floats, NAN);
-  paged.values.assign(num_blocks * paged.block_floats, NAN);
+  paged.keys.assign(num_blocks * paged.block_elements, NAN);
+  paged.values.assign(num_blocks * paged.block_elements, NAN);
   size_t next = 0;
   for (const AttentionCase& c : cases) {
     std::vector<int32_t>& table = paged.block_tables.emplace_back();
     for (int64_t pos = 0; pos < c.start_pos + c.num_tokens; ++pos) {
       if (pos % block_tokens == 0) table.push_back(pool[next++]);
-      const int64_t at = table.back() * paged.block_floats + (pos % block_tokens) * row;
+      const int64_t at = table.back() * paged.block_elements + (pos % block_tokens) * row;
       std::copy_n(c.k.data() + pos * row, row, paged.keys.data() + at);
       std::copy_n(c.v.data() + pos * row, row, paged.values.data() + at);
+    }
+  }
+  if (kv_type == DType::kF16) {
+    for (auto [from, to] :
+         {std::pair{&paged.keys, &paged.half_keys}, std::pair{&paged.values, &paged.half_values}}) {
+      for (float x : *from) to->push_back(F32ToF16(x));
+      from->clear();
     }
   }
   return paged;
 }
 
-// Runs the kernel over `cases` paged with `block_tokens`; returns each
-// case's output, F32 [num_tokens, heads * head_dim]. `score_rows` > 0 gives
-// the kernel a workspace of that many rows of scores per thread instead of
-// AttentionWorkspaceBytes.
+// Runs the kernel over `cases` paged with `block_tokens` in a cache of
+// `kv_type`; returns each case's output, F32 [num_tokens, heads * head_dim].
+// `score_rows` > 0 gives the kernel a workspace of that many rows of scores
+// per thread instead of AttentionWorkspaceBytes.
 std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
                                          const std::vector<AttentionCase>& cases,
                                          int64_t block_tokens, int threads, uint32_t seed,
-                                         int64_t score_rows = 0) {
-  const PagedCases paged = Page(shape, cases, block_tokens, seed);
+                                         int64_t score_rows = 0, DType kv_type = DType::kF32) {
+  const PagedCases paged = Page(shape, cases, block_tokens, seed, kv_type);
   std::vector<std::vector<float>> outs(cases.size());
   std::vector<AttentionSequence> sequences;
   int64_t max_context = 0;
@@ -518,7 +530,10 @@ std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
   ThreadPool pool(threads);
   std::vector<uint8_t> ws(score_rows > 0 ? threads * score_rows * max_context * sizeof(float)
                                          : AttentionWorkspaceBytes(shape, max_context, threads));
-  const KvBlocks kv{paged.keys.data(), paged.values.data(), paged.block_floats, block_tokens};
+  const bool half = kv_type == DType::kF16;
+  const KvBlocks kv{half ? static_cast<const void*>(paged.half_keys.data()) : paged.keys.data(),
+                    half ? static_cast<const void*>(paged.half_values.data()) : paged.values.data(),
+                    paged.block_elements, block_tokens, kv_type};
   Attention(shape, kv, sequences.data(), static_cast<int64_t>(sequences.size()), ws.data(),
             ws.size(), pool);
   return outs;
@@ -526,46 +541,83 @@ std::vector<std::vector<float>> RunPaged(const AttentionShape& shape,
 
 // head_dim 8 and 20 (a partial 16-lane chunk) take the generic kernel; 64 and
 // 128 the ones fixed at compile time.
-TEST(AttentionTest, MatchesNaiveCausalGqaThroughShuffledBlocks) {
-  for (int64_t d : {8, 20, 64, 128}) {
-    const AttentionShape shape{4, 2, d};
-    // Prefill, decode deep in a context, a chunk straddling blocks, a
-    // sequence without new tokens between the others, and a prefill of
-    // several tiles.
-    const std::vector<AttentionCase> cases = {
-        MakeAttentionCase(shape, 0, 4, 1), MakeAttentionCase(shape, 5, 1, 11),
-        MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31),
-        MakeAttentionCase(shape, 0, 21, 41)};
-    for (int threads : {1, 2}) {
-      for (int64_t block_tokens : {1, 3, 16, 64}) {
-        SCOPED_TRACE(testing::Message() << "head_dim=" << d << " threads=" << threads
-                                        << " block_tokens=" << block_tokens);
-        const auto outs = RunPaged(shape, cases, block_tokens, threads, 7);
-        for (size_t c = 0; c < cases.size(); ++c) {
-          const AttentionCase& ac = cases[c];
-          for (int64_t t = 0; t < ac.num_tokens; ++t) {
-            for (int64_t h = 0; h < 4; ++h) {
-              const int64_t kvh = h / 2;
-              const int64_t context = ac.start_pos + t + 1;
-              std::vector<double> s(context);
-              for (int64_t p = 0; p < context; ++p) {
-                double dot = 0;
-                for (int64_t i = 0; i < d; ++i) {
-                  dot += ac.q[(t * 4 + h) * d + i] * ac.k[(p * 2 + kvh) * d + i];
+TEST(AttentionTest, MatchesNaiveCausalGqaThroughShuffledBlocksOnEveryIsa) {
+  for (Isa isa : IsasToTest()) {
+    IsaScope scope(isa);
+    for (int64_t d : {8, 20, 64, 128}) {
+      const AttentionShape shape{4, 2, d};
+      // Prefill, decode deep in a context, a chunk straddling blocks, a
+      // sequence without new tokens between the others, and a prefill of
+      // several tiles.
+      const std::vector<AttentionCase> cases = {
+          MakeAttentionCase(shape, 0, 4, 1), MakeAttentionCase(shape, 5, 1, 11),
+          MakeAttentionCase(shape, 0, 0, 21), MakeAttentionCase(shape, 17, 3, 31),
+          MakeAttentionCase(shape, 0, 21, 41)};
+      for (int threads : {1, 2}) {
+        for (int64_t block_tokens : {1, 3, 16, 64}) {
+          SCOPED_TRACE(testing::Message() << IsaName(isa) << " head_dim=" << d << " threads="
+                                          << threads << " block_tokens=" << block_tokens);
+          const auto outs = RunPaged(shape, cases, block_tokens, threads, 7);
+          for (size_t c = 0; c < cases.size(); ++c) {
+            const AttentionCase& ac = cases[c];
+            for (int64_t t = 0; t < ac.num_tokens; ++t) {
+              for (int64_t h = 0; h < 4; ++h) {
+                const int64_t kvh = h / 2;
+                const int64_t context = ac.start_pos + t + 1;
+                std::vector<double> s(context);
+                for (int64_t p = 0; p < context; ++p) {
+                  double dot = 0;
+                  for (int64_t i = 0; i < d; ++i) {
+                    dot += ac.q[(t * 4 + h) * d + i] * ac.k[(p * 2 + kvh) * d + i];
+                  }
+                  s[p] = dot / std::sqrt(static_cast<double>(d));
                 }
-                s[p] = dot / std::sqrt(static_cast<double>(d));
-              }
-              const double mx = *std::max_element(s.begin(), s.end());
-              double z = 0;
-              for (double& e : s) z += (e = std::exp(e - mx));
-              for (int64_t i = 0; i < d; ++i) {
-                double o = 0;
-                for (int64_t p = 0; p < context; ++p) o += s[p] / z * ac.v[(p * 2 + kvh) * d + i];
-                ASSERT_NEAR(outs[c][(t * 4 + h) * d + i], o, 1e-5)
-                    << "sequence " << c << " token " << t << " head " << h;
+                const double mx = *std::max_element(s.begin(), s.end());
+                double z = 0;
+                for (double& e : s) z += (e = std::exp(e - mx));
+                for (int64_t i = 0; i < d; ++i) {
+                  double o = 0;
+                  for (int64_t p = 0; p < context; ++p) o += s[p] / z * ac.v[(p * 2 + kvh) * d + i];
+                  ASSERT_NEAR(outs[c][(t * 4 + h) * d + i], o, 1e-5)
+                      << "sequence " << c << " token " << t << " head " << h;
+                }
               }
             }
           }
+        }
+      }
+    }
+  }
+}
+
+// An F16 cache changes nothing but the values it holds: on every ISA its
+// outputs are bit for bit those of an F32 cache holding the same values
+// rounded to F16, for every kernel (head_dim 8 and 20 take the generic one,
+// 64 and 128 their own), block size, thread count and chunking.
+TEST(AttentionTest, F16CacheGivesTheF32OutputOfItsRoundedValuesOnEveryIsa) {
+  for (Isa isa : IsasToTest()) {
+    IsaScope scope(isa);
+    for (int64_t d : {8, 20, 64, 128}) {
+      const AttentionShape shape{8, 2, d};
+      std::vector<AttentionCase> cases = {
+          MakeAttentionCase(shape, 0, 21, 1), MakeAttentionCase(shape, 30, 1, 2),
+          MakeAttentionCase(shape, 0, 0, 3), MakeAttentionCase(shape, 13, 5, 4)};
+      std::vector<AttentionCase> rounded = cases;
+      for (AttentionCase& c : rounded) {
+        for (std::vector<float>* kv : {&c.k, &c.v}) {
+          for (float& x : *kv) x = F16ToF32(F32ToF16(x));
+        }
+      }
+      for (int threads : {1, 2}) {
+        for (int64_t block_tokens : {1, 3, 16}) {
+          SCOPED_TRACE(testing::Message() << IsaName(isa) << " head_dim=" << d << " threads="
+                                          << threads << " block_tokens=" << block_tokens);
+          const auto expected = RunPaged(shape, rounded, block_tokens, threads, 7);
+          EXPECT_EQ(RunPaged(shape, cases, block_tokens, threads, 8, 0, DType::kF16), expected);
+          EXPECT_EQ(RunPaged(shape, cases, block_tokens, threads, 9, 2, DType::kF16), expected)
+              << "2 rows of scores per thread";
+          EXPECT_NE(RunPaged(shape, cases, block_tokens, threads, 7), expected)
+              << "the rounding to F16 must show";
         }
       }
     }
@@ -641,6 +693,41 @@ TEST(AttentionTest, OutputIsBitIdenticalForAnyChunking) {
       for (int64_t rows : {1, 3}) {
         EXPECT_EQ(RunPaged(shape, {whole}, 8, threads, 6, rows)[0], reference)
             << rows << " rows of scores per thread";
+      }
+    }
+  }
+}
+
+// F32 rounds to F16 as the scalar F32ToF16 does on every ISA: to nearest,
+// ties to even, subnormals, overflow to infinity (65520 and up), NaN to NaN.
+TEST(ConvertTest, F32RoundsToF16ExactlyOnEveryIsa) {
+  std::vector<float> src = {0.0f,           -0.0f,           1.0f,
+                            -2.5f,          65504.0f,        65519.99f,
+                            65520.0f,       -65520.0f,       1e9f,
+                            INFINITY,       -INFINITY,       NAN,
+                            5.96e-8f,       2.98e-8f,        2.99e-8f,
+                            1e-10f,         6.1035156e-5f,   6.1e-5f,
+                            1.00048828125f, 1.000732421875f, 1.000244140625f,
+                            3.4e38f};
+  // Values just around every tie of the mantissa's last place.
+  std::mt19937 rng(5);
+  for (int i = 0; i < 20000; ++i) {
+    const uint32_t bits = rng();
+    src.push_back(std::bit_cast<float>(bits));
+    src.push_back(std::bit_cast<float>((bits & 0xFFFFE000u) | 0x1000u));  // an exact tie
+  }
+  for (Isa isa : IsasToTest()) {
+    IsaScope scope(isa);
+    for (size_t n : {src.size(), size_t{13}, size_t{3}}) {
+      SCOPED_TRACE(testing::Message() << IsaName(isa) << " n=" << n);
+      std::vector<uint16_t> dst(n, 0x1234);
+      ConvertF32ToF16(src.data(), static_cast<int64_t>(n), dst.data());
+      for (size_t i = 0; i < n; ++i) {
+        if (std::isnan(src[i])) {
+          ASSERT_TRUE(std::isnan(F16ToF32(dst[i]))) << i;
+        } else {
+          ASSERT_EQ(dst[i], F32ToF16(src[i])) << std::hexfloat << src[i];
+        }
       }
     }
   }

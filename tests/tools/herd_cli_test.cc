@@ -217,6 +217,41 @@ TEST(HerdCliTest, BenchRunsThePromptInStepsOfStepTokens) {
   EXPECT_NE(bad.err.find("--step-tokens >= 1"), std::string::npos) << bad.err;
 }
 
+// --kv-cache-type f16 halves the cache the bench reports, reaches the JSON
+// and the text, and a type the cache cannot hold is refused.
+TEST(HerdCliTest, BenchAndGenerateTakeAnF16KvCache) {
+  const RunResult f32 = BenchTinyModel("--json --prompt 16 --gen 4");
+  const RunResult f16 = BenchTinyModel("--json --prompt 16 --gen 4 --kv-cache-type f16");
+  ASSERT_EQ(f32.exit_code, 0) << f32.err;
+  ASSERT_EQ(f16.exit_code, 0) << f16.err;
+  const auto j32 = nlohmann::json::parse(f32.out);
+  const auto j16 = nlohmann::json::parse(f16.out);
+  EXPECT_EQ(j32["kv_cache_type"], "f32");
+  EXPECT_EQ(j16["kv_cache_type"], "f16");
+  // 2 layers x 16 positions x K and V x 32 values of 4 or 2 bytes.
+  EXPECT_EQ(j32["memory"]["kv_cache_bytes"], 2 * 16 * 2 * 32 * 4);
+  EXPECT_EQ(j16["memory"]["kv_cache_bytes"], 2 * 16 * 2 * 32 * 2);
+  const RunResult text = BenchTinyModel("--prompt 8 --gen 0 --kv-cache-type f16");
+  ASSERT_EQ(text.exit_code, 0) << text.err;
+  EXPECT_NE(text.out.find("f16 KV cache"), std::string::npos) << text.out;
+  const RunResult bad = BenchTinyModel("--kv-cache-type q8_0");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("f32 or f16"), std::string::npos) << bad.err;
+
+  // The fixture's greedy tokens hold with keys and values rounded to F16.
+  const RunResult gen =
+      RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
+              " --prompt-ids " + kIds + " --max-new-tokens 16 --threads 2 --kv-cache-type f16");
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+  EXPECT_EQ(gen.out, "449,414,34,27,400,34,27,400,328,231,400,328,231,400,328,231\n");
+  const RunResult cuda =
+      RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
+              " --prompt-ids 1,2 --device cuda --kv-cache-type f16");
+  EXPECT_NE(cuda.exit_code, 0);
+  EXPECT_NE(cuda.err.find("--kv-cache-type f16 runs on the CPU engine"), std::string::npos)
+      << cuda.err;
+}
+
 TEST(HerdCliTest, InspectPrintsThePerRankSplitOfAPlacement) {
   TempDir tmp;
   const std::string placement = tmp.Join("p.yaml");
@@ -298,6 +333,11 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
             "--device cuda runs one rank"},
            {"bench --model " + model + " --device cuda --step-tokens 64",
             "--step-tokens applies to the CPU engine"},
+           {"bench --model " + model + " --device cuda --kv-cache-type f16",
+            "--kv-cache-type f16 runs on the CPU engine"},
+           {"serve --model " + model + " --device cuda --kv-cache-type f16",
+            "--kv-cache-type f16 runs on the CPU engine"},
+           {"serve --model " + model + " --kv-cache-type int8", "f32 or f16 elements, not 'int8'"},
            {"serve --model " + model + " --device tpu", "--device must be cpu or cuda, got 'tpu'"},
            {"serve --model " + model + " --device cuda --local-ranks 2 --rebalance",
             "with --device cuda it is not implemented yet"},

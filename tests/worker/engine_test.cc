@@ -33,8 +33,8 @@ std::vector<float> Snapshot(const KvCache& cache, int64_t num_layers) {
   std::vector<float> all;
   for (int64_t l = 0; l < num_layers; ++l) {
     for (int64_t b = 0; b < cache.num_blocks(); ++b) {
-      all.insert(all.end(), cache.keys(l, b), cache.keys(l, b) + cache.block_floats());
-      all.insert(all.end(), cache.values(l, b), cache.values(l, b) + cache.block_floats());
+      all.insert(all.end(), cache.keys(l, b), cache.keys(l, b) + cache.block_elements());
+      all.insert(all.end(), cache.values(l, b), cache.values(l, b) + cache.block_elements());
     }
   }
   return all;
@@ -215,11 +215,11 @@ TEST_F(PagedEngineTest, BatchTheCacheCannotTakeIsRefusedWithTheCacheUntouched) {
   // CUDA engine's cache would): the CPU engine must not touch it.
   KvMemory elsewhere;
   elsewhere.device = "cuda:0";
-  elsewhere.allocate = [](size_t bytes) -> absl::StatusOr<float*> {
+  elsewhere.allocate = [](size_t bytes) -> absl::StatusOr<void*> {
     return new float[bytes / sizeof(float)]();
   };
-  elsewhere.release = [](float* data) { delete[] data; };
-  auto device_cache = KvCache::Create(model_->spec, 10, 4, &elsewhere);
+  elsewhere.release = [](void* data) { delete[] static_cast<float*>(data); };
+  auto device_cache = KvCache::Create(model_->spec, 10, 4, DType::kF32, &elsewhere);
   ASSERT_TRUE(device_cache.ok()) << device_cache.status();
   add("a cache on another device", {{table, 0, 1}}, device_cache->get());
   for (const BadBatch& c : cases) {

@@ -28,11 +28,15 @@ struct FixtureCase {
   float tolerance;    // max abs logit difference the issue allows
   int threads;
   bool via_herd_checkpoint = false;  // convert the GGUF file to Herd's checkpoint first
+  // The engine's KV cache. The fixtures come from llama.cpp's F32 cache; an
+  // F16 one rounds every key and value, hence a looser tolerance.
+  DType kv_cache_type = DType::kF32;
 };
 
 std::string CaseName(const ::testing::TestParamInfo<FixtureCase>& info) {
   std::string name = info.param.model + "_t" + std::to_string(info.param.threads) +
-                     (info.param.via_herd_checkpoint ? "_herd" : "");
+                     (info.param.via_herd_checkpoint ? "_herd" : "") +
+                     (info.param.kv_cache_type == DType::kF16 ? "_f16kv" : "");
   for (char& c : name) {
     if (c == '-') c = '_';
   }
@@ -57,6 +61,7 @@ class LlamaCppFixtureTest : public ::testing::TestWithParam<FixtureCase> {
     model_ = std::move(*model);
     EngineOptions options;
     options.num_threads = GetParam().threads;
+    options.kv_cache_type = GetParam().kv_cache_type;
     auto engine = Engine::Create(*model_, options);
     ASSERT_TRUE(engine.ok()) << engine.status();
     engine_ = std::move(*engine);
@@ -103,8 +108,9 @@ TEST_P(LlamaCppFixtureTest, TeacherForcedLogitsAndRoutingMatch) {
 
   // As llama.cpp did: the 16 prompt ids in one batch, then one token at a
   // time; the sequence's K/V in blocks of 8 positions, out of order.
-  auto cache = KvCache::Create(model_->spec, 4, 8);
+  auto cache = engine_->CreateKvCache(4, 8);
   ASSERT_TRUE(cache.ok());
+  ASSERT_EQ((*cache)->type(), GetParam().kv_cache_type);
   const std::vector<int32_t> block_table = {2, 0, 3, 1};
   std::vector<float> logits(n * vocab);
   Batch prefill;
@@ -184,13 +190,14 @@ TEST_P(LlamaCppFixtureTest, LongBatchesRunInStepsWithTheSameLogits) {
   EngineOptions options;
   options.num_threads = GetParam().threads;
   options.max_step_tokens = 5;
+  options.kv_cache_type = GetParam().kv_cache_type;
   auto engine = Engine::Create(*model_, options);
   ASSERT_TRUE(engine.ok()) << engine.status();
   std::vector<int32_t> sequence = Ids();
   const std::vector<int32_t> greedy = Greedy();
   sequence.insert(sequence.end(), greedy.begin(), greedy.end());
   // Blocks of 6 positions in reverse order: steps and blocks do not align.
-  auto cache = KvCache::Create(model_->spec, 6, 6);
+  auto cache = (*engine)->CreateKvCache(6, 6);
   ASSERT_TRUE(cache.ok());
   const std::vector<int32_t> block_table = {5, 4, 3, 2, 1, 0};
   Batch batch;
@@ -216,7 +223,9 @@ INSTANTIATE_TEST_SUITE_P(
                       FixtureCase{"tiny-q8_0", 3e-3f, 2}, FixtureCase{"tiny-q4_0", 3e-3f, 1},
                       FixtureCase{"tiny-q4_0", 3e-3f, 2}, FixtureCase{"tiny-f32", 1e-4f, 2, true},
                       FixtureCase{"tiny-q8_0", 3e-3f, 2, true},
-                      FixtureCase{"tiny-q4_0", 3e-3f, 2, true}),
+                      FixtureCase{"tiny-q4_0", 3e-3f, 2, true},
+                      FixtureCase{"tiny-f32", 1e-3f, 2, false, DType::kF16},
+                      FixtureCase{"tiny-q4_0", 3e-3f, 1, false, DType::kF16}),
     CaseName);
 
 }  // namespace

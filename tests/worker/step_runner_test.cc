@@ -266,8 +266,8 @@ TEST_F(StepRunnerTest, PlanTheRankCannotRunIsReportedAndRunsNothing) {
     std::vector<float> all;
     for (int64_t l = 0; l < model_->spec.num_layers; ++l) {
       for (int64_t b = 0; b < c.num_blocks(); ++b) {
-        all.insert(all.end(), c.keys(l, b), c.keys(l, b) + c.block_floats());
-        all.insert(all.end(), c.values(l, b), c.values(l, b) + c.block_floats());
+        all.insert(all.end(), c.keys(l, b), c.keys(l, b) + c.block_elements());
+        all.insert(all.end(), c.values(l, b), c.values(l, b) + c.block_elements());
       }
     }
     return all;

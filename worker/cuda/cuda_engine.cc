@@ -760,11 +760,11 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
                                          positions, s.rope_theta, s.rope_style, stream));
     HERD_RETURN_IF_ERROR(cuda::ApplyRope(k.as<float>(), t, s.num_kv_heads, s.head_dim, s.rope_dim,
                                          positions, s.rope_theta, s.rope_style, stream));
-    const cuda::DeviceKvBlocks kv_write{cache.keys(l, 0), cache.values(l, 0), cache.block_floats(),
-                                        cache.block_tokens()};
+    const cuda::DeviceKvBlocks kv_write{cache.keys(l, 0), cache.values(l, 0),
+                                        cache.block_elements(), cache.block_tokens()};
     HERD_RETURN_IF_ERROR(
         cuda::AppendKv(shape, k.as<float>(), v.as<float>(), t, slot_mapping, kv_write, stream));
-    const cpu::KvBlocks kv_read{cache.keys(l, 0), cache.values(l, 0), cache.block_floats(),
+    const cpu::KvBlocks kv_read{cache.keys(l, 0), cache.values(l, 0), cache.block_elements(),
                                 cache.block_tokens()};
     HERD_RETURN_IF_ERROR(cuda::Attention(
         shape, kv_read, q.as<float>(), sequences, num_sequences, t, max_chunk_tokens, block_tables,
@@ -1199,7 +1199,7 @@ absl::StatusOr<std::unique_ptr<KvCache>> CudaEngine::CreateKvCache(int64_t num_b
                                                                    int64_t block_tokens) {
   KvMemory memory;
   memory.device = device();
-  memory.allocate = [](size_t bytes) -> absl::StatusOr<float*> {
+  memory.allocate = [](size_t bytes) -> absl::StatusOr<void*> {
     void* ptr = nullptr;
     HERD_RETURN_IF_ERROR(cuda::Malloc(&ptr, bytes));
     const absl::Status zeroed = cuda::MemsetAsync(ptr, 0, bytes, nullptr);
@@ -1207,10 +1207,10 @@ absl::StatusOr<std::unique_ptr<KvCache>> CudaEngine::CreateKvCache(int64_t num_b
       (void)cuda::Free(ptr);
       return zeroed.ok() ? absl::InternalError("zeroing the KV cache failed") : zeroed;
     }
-    return static_cast<float*>(ptr);
+    return ptr;
   };
-  memory.release = [](float* ptr) { (void)cuda::Free(ptr); };
-  return KvCache::Create(state_->model.spec, num_blocks, block_tokens, &memory);
+  memory.release = [](void* ptr) { (void)cuda::Free(ptr); };
+  return KvCache::Create(state_->model.spec, num_blocks, block_tokens, DType::kF32, &memory);
 }
 
 void CudaEngine::SetRoutingObserver(RoutingObserver observer) {

@@ -64,6 +64,8 @@ def parse_args(description, argv=None):
     parser.add_argument("--mpirun", default="mpirun", help="mpirun for --mode mpi")
     parser.add_argument("--prometheus", default="/usr/bin/prometheus",
                         help="the prometheus binary (prometheus test only)")
+    parser.add_argument("--kv-cache-type", choices=["f32", "f16"], default="f32",
+                        help="the KV cache of the server and of the `herd generate` references")
     parser.add_argument("--seed", type=int, default=1, help="seed of random prompts and fuzz")
     parser.add_argument("--keep", action="store_true", help="keep the temp dirs (logs)")
     return parser.parse_args(argv)
@@ -352,7 +354,8 @@ def greedy_reference(args, prompt, max_new_tokens):
     if key not in _REFERENCE_CACHE:
         cmd = [args.herd, "generate", "--model", args.model, "--threads", "1",
                "--prompt-ids", ",".join(map(str, prompt)),
-               "--max-new-tokens", str(max_new_tokens), "--temperature", "0"]
+               "--max-new-tokens", str(max_new_tokens), "--temperature", "0",
+               "--kv-cache-type", args.kv_cache_type]
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
         check(proc.returncode == 0, f"{' '.join(cmd)} failed ({proc.returncode}): {proc.stderr}")
         lines = [line for line in proc.stdout.splitlines() if line.strip()]
@@ -390,7 +393,8 @@ class Server:
     # idle ranks yield their core (two ranks share two cores with the tests).
     def _command(self):
         cmd = [self.args.herd, "serve", "--model", self.args.model, "--host", "127.0.0.1",
-               "--port", "0", "--port-file", self.port_file, "--threads", "1"]
+               "--port", "0", "--port-file", self.port_file, "--threads", "1",
+               "--kv-cache-type", self.args.kv_cache_type]
         cmd += self.extra_args
         if self.args.mode in ("cuda", "cuda-ep"):
             cmd += ["--device", "cuda"]
