@@ -106,11 +106,16 @@ using AttendTileFn = void (*)(const Tile& tile, float* scores, int64_t score_str
 
 namespace avx512 {
 #pragma GCC push_options
-#pragma GCC target("avx512f,avx512bw,avx512vl,avx2,fma,f16c")
+#pragma GCC target("avx512f")
 using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
 __attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
-  const __mmask16 mask = n >= kLanes ? __mmask16(0xFFFF) : __mmask16((1u << n) - 1);
-  return static_cast<Vec16>(_mm512_cvtph_ps(_mm256_maskz_loadu_epi16(mask, p)));
+  uint16_t padded[kLanes] = {};
+  if (n < kLanes) {
+    std::memcpy(padded, p, n * sizeof(uint16_t));
+    p = padded;
+  }
+  return static_cast<Vec16>(
+      _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 }
 #include "kernels/cpu/attention_tile.inc"
 #pragma GCC pop_options
