@@ -37,74 +37,38 @@ constexpr int kQkPositions = 4;  // positions of a scores tile
 constexpr int kPvRows = 4;       // rows sharing one pass over the values
 constexpr int kPvChunks = 4;     // 16-lane chunks of head_dim per pass over the values
 
-// Positions ahead of the one being read whose row PositionCursor asks the
-// memory for: a sequence's next block can be anywhere in the pool, where the
-// hardware prefetcher does not follow.
-constexpr int64_t kPrefetchPositions = 16;
-
-// Walks a sequence's positions [0, num_positions) in order through its block
-// table, giving each one's row in the blocks (`base` already points at a kv
-// head's columns of block 0), and prefetches the first `row_elements` of
-// the row kPrefetchPositions ahead. T is the cache's element: float, or
-// uint16_t for F16.
+// Walks a sequence's positions in order through its block table, giving each
+// one's row in the blocks (`base` already points at a kv head's columns of
+// block 0). T is the cache's element: float, or uint16_t for F16.
 template <typename T>
 class PositionCursor {
  public:
   PositionCursor(const T* base, const int32_t* block_table, int64_t block_stride,
-                 int64_t block_tokens, int64_t row_stride, int64_t num_positions,
-                 int64_t row_elements)
+                 int64_t block_tokens, int64_t row_stride)
       : base_(base),
         block_table_(block_table),
         block_stride_(block_stride),
         block_tokens_(block_tokens),
         row_stride_(row_stride),
-        row_bytes_(row_elements * static_cast<int64_t>(sizeof(T))),
-        next_(*this),
-        ahead_(*this),
-        ahead_left_(std::max<int64_t>(num_positions - kPrefetchPositions, 0)) {
-    for (int64_t p = 0; p < std::min(kPrefetchPositions, num_positions); ++p) ahead_.Take();
-  }
+        row_(base + block_table[0] * block_stride) {}
 
-  const T* Next() {
-    if (ahead_left_ > 0) {
-      --ahead_left_;
-      const char* row = reinterpret_cast<const char*>(ahead_.Take());
-      for (int64_t b = 0; b < row_bytes_; b += 64) __builtin_prefetch(row + b);
+  __attribute__((always_inline)) const T* Next() {
+    if (in_block_ == block_tokens_) {
+      in_block_ = 0;
+      row_ = base_ + block_table_[++block_] * block_stride_;
     }
-    return next_.Take();
+    return row_ + in_block_++ * row_stride_;
   }
 
  private:
-  // A position's place in the blocks.
-  class Place {
-   public:
-    explicit Place(const PositionCursor& cursor)
-        : cursor_(cursor), row_(cursor.base_ + cursor.block_table_[0] * cursor.block_stride_) {}
-    // This position's row; moves to the next position.
-    const T* Take() {
-      if (in_block_ == cursor_.block_tokens_) {
-        in_block_ = 0;
-        row_ = cursor_.base_ + cursor_.block_table_[++block_] * cursor_.block_stride_;
-      }
-      return row_ + in_block_++ * cursor_.row_stride_;
-    }
-
-   private:
-    const PositionCursor& cursor_;
-    int64_t block_ = 0;
-    int64_t in_block_ = 0;
-    const T* row_;
-  };
-
   const T* base_;
   const int32_t* block_table_;
   int64_t block_stride_;
   int64_t block_tokens_;
   int64_t row_stride_;
-  int64_t row_bytes_;
-  Place next_;          // the position Next gives
-  Place ahead_;         // the position it prefetches
-  int64_t ahead_left_;  // positions ahead_ may still take
+  int64_t block_ = 0;
+  int64_t in_block_ = 0;
+  const T* row_;
 };
 
 // Up to kTileRows query rows that read one kv head of one sequence, in
