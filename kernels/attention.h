@@ -52,13 +52,14 @@ size_t AttentionWorkspaceBytes(const AttentionShape& shape, int64_t max_context,
 // through the block table (no copy of the context). Work is split over tiles
 // of up to 16 (token, head) rows that share a kv head, for all sequences in one
 // parallel loop; tiles shrink when a batch is too small to keep every thread
-// busy (a single decode). An F16 cache's values are widened as they are read:
-// the outputs are exactly those of an F32 cache holding the same values.
-// Runs ActiveIsa()'s build of the kernel. Each row's arithmetic is the same in any tile, so a
+// busy (a single decode). Each row's arithmetic is the same in any tile, so a
 // sequence's outputs are bit-identical whatever blocks hold it, whoever
-// shares the batch and however its tokens were split into calls. The caller
-// checked the block tables (ids inside `kv`, long enough) and gave at least
-// AttentionWorkspaceBytes(shape, this batch's max context, pool threads).
+// shares the batch and however its tokens were split into calls. An F16
+// cache's keys and values are widened as they are read: the outputs are
+// exactly those of an F32 cache holding the same values. Runs ActiveIsa()'s
+// build of the kernel. The caller checked the block tables (ids inside `kv`,
+// long enough) and gave at least AttentionWorkspaceBytes(shape, this batch's
+// max context, pool threads).
 void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionSequence* sequences,
                int64_t num_sequences, void* workspace, size_t workspace_bytes, ThreadPool& pool);
 

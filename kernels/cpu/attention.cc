@@ -104,16 +104,22 @@ using AttendTileFn = void (*)(const Tile& tile, float* scores, int64_t score_str
 // headers (_mm512_undefined_*).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
+// p itself when it has 16 values, else its n values copied into `padded`
+// (zeroed) and `padded`: 16 F16 values to widen at once.
+__attribute__((always_inline)) inline const uint16_t* SixteenHalves(const uint16_t* p, int64_t n,
+                                                                    uint16_t* padded) {
+  if (n >= kLanes) return p;
+  std::memcpy(padded, p, n * sizeof(uint16_t));
+  return padded;
+}
+
 namespace avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f")
 using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
 __attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
   uint16_t padded[kLanes] = {};
-  if (n < kLanes) {
-    std::memcpy(padded, p, n * sizeof(uint16_t));
-    p = padded;
-  }
+  p = SixteenHalves(p, n, padded);
   return static_cast<Vec16>(
       _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 }
@@ -127,10 +133,7 @@ namespace avx2 {
 using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
 __attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
   uint16_t padded[kLanes] = {};
-  if (n < kLanes) {
-    std::memcpy(padded, p, n * sizeof(uint16_t));
-    p = padded;
-  }
+  p = SixteenHalves(p, n, padded);
   const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
   const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
   Vec16 v;
