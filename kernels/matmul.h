@@ -86,8 +86,10 @@ struct PackedMatrix {
   int64_t num_bytes() const;
 };
 
-// Prepares `weight` [rows, cols]. InvalidArgument when it is not 2-D, its dtype
-// is not a weight dtype, or cols is not a multiple of the block size.
+// Prepares `weight` [rows, cols]; a repacked copy goes to memory from
+// AllocateHugePageBacked (core/huge_pages.h). InvalidArgument when it is not
+// 2-D, its dtype is not a weight dtype, or cols is not a multiple of the
+// block size; ResourceExhausted when the copy gets no memory.
 absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight);
 
 // Bytes of workspace Matmul needs for `num_tokens` rows of activations.

@@ -1,13 +1,10 @@
 #include "worker/kv_cache.h"
 
-#include <sys/mman.h>
-
-#include <cerrno>
-#include <cstring>
 #include <limits>
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/huge_pages.h"
 
 namespace herd {
 
@@ -63,15 +60,13 @@ absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, 
     cache->release_ = memory->release;
     return cache;
   }
-  // Fresh pages (zero), in huge pages where the kernel allows: attention
-  // reads one kv head's rows a row apart, so with 4 KiB pages it needs a new
-  // TLB entry every few positions and the hardware prefetchers stop at every
-  // page boundary.
-  void* data = mmap(nullptr, num_bytes, PROT_READ | PROT_WRITE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
-  if (data == MAP_FAILED) return exhausted(absl::StrCat(": ", std::strerror(errno)));
-  madvise(data, num_bytes, MADV_HUGEPAGE);  // advice only: 4 KiB pages if refused
-  cache->data_ = data;
-  cache->release_ = [num_bytes](void* data) { munmap(data, num_bytes); };
+  // In huge pages where the kernel allows: attention reads one kv head's
+  // rows a row apart, so with 4 KiB pages it would cross a page every few
+  // positions.
+  std::shared_ptr<uint8_t[]> storage = AllocateHugePageBacked(num_bytes);
+  if (storage == nullptr) return exhausted("");
+  cache->data_ = storage.get();
+  cache->release_ = [storage = std::move(storage)](void*) mutable { storage.reset(); };
   return cache;
 }
 

@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "core/dtype.h"
+#include "core/huge_pages.h"
 #include "kernels/cpu/matmul_kernels.h"
 #include "kernels/cpu_features.h"
 
@@ -148,6 +149,11 @@ float DotQuantRow(const QuantFormat& f, const QuantizedMatrixData& w, int64_t co
   return acc;
 }
 
+absl::Status OutOfMemory(const TensorView& weight, int64_t bytes) {
+  return absl::ResourceExhaustedError(
+      absl::StrCat("PackMatrix: no memory for the ", bytes, " bytes of ", weight.DebugString()));
+}
+
 absl::Status CheckShape(const TensorView& weight) {
   if (weight.rank() != 2) {
     return absl::InvalidArgumentError(
@@ -255,7 +261,8 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
   }
   if (t == DType::kF16 || t == DType::kBF16) {
     p.layout = PackedLayout::kHalfRows16;
-    auto storage = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<int64_t>(1, p.num_bytes())]);
+    std::shared_ptr<uint8_t[]> storage = AllocateHugePageBacked(p.num_bytes());
+    if (storage == nullptr) return OutOfMemory(weight, p.num_bytes());
     RepackHalfRows(weight, reinterpret_cast<uint16_t*>(storage.get()));
     p.data = storage.get();
     p.storage = std::move(storage);
@@ -263,7 +270,8 @@ absl::StatusOr<PackedMatrix> PackMatrix(const TensorView& weight) {
   }
   if (t != DType::kQ8_0 && t != DType::kQ4_0) return p;
   p.layout = t == DType::kQ8_0 ? PackedLayout::kQ8_0x16 : PackedLayout::kQ4_0x16;
-  auto storage = std::shared_ptr<uint8_t[]>(new uint8_t[std::max<int64_t>(1, p.num_bytes())]);
+  std::shared_ptr<uint8_t[]> storage = AllocateHugePageBacked(p.num_bytes());
+  if (storage == nullptr) return OutOfMemory(weight, p.num_bytes());
   if (t == DType::kQ8_0) {
     RepackGroups<BlockQ8_0>(weight, 8, storage.get(), [](const BlockQ8_0& b, int s, uint8_t* dst) {
       // Offset binary: byte = value + 128; the value is unchanged.
