@@ -23,8 +23,8 @@ std::shared_ptr<uint8_t[]> AllocateHugePageBacked(size_t bytes) {
   // Over-map by one huge page, then give back what lies before the first
   // 2 MiB boundary and after the buffer's last page.
   const size_t page = 4096;
+  if (bytes > SIZE_MAX - kHugePageBytes - page) return nullptr;
   const size_t length = (bytes + page - 1) / page * page;
-  if (length > SIZE_MAX - kHugePageBytes) return nullptr;
   void* map = mmap(nullptr, length + kHugePageBytes, PROT_READ | PROT_WRITE,
                    MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
   if (map == MAP_FAILED) return nullptr;
