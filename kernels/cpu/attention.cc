@@ -94,8 +94,7 @@ using AttendTileFn = void (*)(const Tile& tile, float* scores, int64_t score_str
 // The kernel, built once per instruction set: the same source in three
 // namespaces, each under its own target (no command-line ISA flags, so
 // nothing leaks into code shared with older CPUs). Each namespace first
-// defines LoadHalves, the one ISA-specific piece: n <= 16 F16 values widened
-// to F32, the other lanes zero.
+// defines Widen16, the one ISA-specific piece: 16 F16 values widened to F32.
 // The kernel's helpers take and return 16-float vectors by value, but since
 // they are always inlined, the baseline ISA's ABI for such calls that GCC
 // warns about (-Wpsabi, reported at the end of the file) is never used.
@@ -104,22 +103,14 @@ using AttendTileFn = void (*)(const Tile& tile, float* scores, int64_t score_str
 // headers (_mm512_undefined_*).
 #pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
 
-// p itself when it has 16 values, else its n values copied into `padded`
-// (zeroed) and `padded`: 16 F16 values to widen at once.
-__attribute__((always_inline)) inline const uint16_t* SixteenHalves(const uint16_t* p, int64_t n,
-                                                                    uint16_t* padded) {
-  if (n >= kLanes) return p;
-  std::memcpy(padded, p, n * sizeof(uint16_t));
-  return padded;
-}
+// 16 floats as GCC's vector extension: one zmm, two ymm or four xmm
+// registers, whichever the ISA of the code using it has.
+using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
 
 namespace avx512 {
 #pragma GCC push_options
 #pragma GCC target("avx512f")
-using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
-__attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
-  uint16_t padded[kLanes] = {};
-  p = SixteenHalves(p, n, padded);
+__attribute__((always_inline)) inline Vec16 Widen16(const uint16_t* p) {
   return static_cast<Vec16>(
       _mm512_cvtph_ps(_mm256_loadu_si256(reinterpret_cast<const __m256i*>(p))));
 }
@@ -130,15 +121,12 @@ __attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_
 namespace avx2 {
 #pragma GCC push_options
 #pragma GCC target("avx2,fma,f16c")
-using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
-__attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
-  uint16_t padded[kLanes] = {};
-  p = SixteenHalves(p, n, padded);
-  const __m256 lo = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p)));
-  const __m256 hi = _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)));
+__attribute__((always_inline)) inline Vec16 Widen16(const uint16_t* p) {
+  const __m256 halves[2] = {
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p))),
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(p + 8)))};
   Vec16 v;
-  std::memcpy(&v, &lo, sizeof(lo));
-  std::memcpy(reinterpret_cast<char*>(&v) + sizeof(lo), &hi, sizeof(hi));
+  std::memcpy(&v, halves, sizeof(v));
   return v;
 }
 #include "kernels/cpu/attention_tile.inc"
@@ -146,10 +134,9 @@ __attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_
 }  // namespace avx2
 
 namespace scalar {
-using Vec16 = float __attribute__((vector_size(kLanes * sizeof(float))));
-__attribute__((always_inline)) inline Vec16 LoadHalves(const uint16_t* p, int64_t n) {
-  Vec16 v = {};
-  for (int64_t i = 0; i < n; ++i) v[i] = F16ToF32(p[i]);
+__attribute__((always_inline)) inline Vec16 Widen16(const uint16_t* p) {
+  Vec16 v;
+  for (int i = 0; i < kLanes; ++i) v[i] = F16ToF32(p[i]);
   return v;
 }
 #include "kernels/cpu/attention_tile.inc"

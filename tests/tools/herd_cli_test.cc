@@ -182,6 +182,20 @@ RunResult BenchTinyModel(const std::string& flags) {
                  " --repetitions 1 --bandwidth-bytes 16777216 " + flags);
 }
 
+// BenchTinyModel(flags) succeeds and its table holds `text`.
+void ExpectBenchPrints(const std::string& flags, const std::string& text) {
+  const RunResult r = BenchTinyModel(flags);
+  ASSERT_EQ(r.exit_code, 0) << r.err;
+  EXPECT_NE(r.out.find(text), std::string::npos) << r.out;
+}
+
+// BenchTinyModel(flags) fails, saying `message`.
+void ExpectBenchRefuses(const std::string& flags, const std::string& message) {
+  const RunResult r = BenchTinyModel(flags);
+  EXPECT_NE(r.exit_code, 0);
+  EXPECT_NE(r.err.find(message), std::string::npos) << r.err;
+}
+
 // --depth, as llama-bench -d: both tests run after that many tokens of
 // context, and the prefill's attention counts them.
 TEST(HerdCliTest, BenchRunsTheTestsAfterDepthTokens) {
@@ -196,25 +210,17 @@ TEST(HerdCliTest, BenchRunsTheTestsAfterDepthTokens) {
   const double attention = 4.0 * 64 * (16 * 8 + 16 * 17 / 2) * 2;
   EXPECT_DOUBLE_EQ(j["prefill"]["flops"].get<double>(),
                    2 * per_token * 16 + attention + 2 * 512 * 64);
-  const RunResult text = BenchTinyModel("--prompt 16 --gen 4 --depth 8");
-  ASSERT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_NE(text.out.find("| pp16 @ d8 |"), std::string::npos) << text.out;
-  EXPECT_NE(text.out.find("| tg4 @ d8 |"), std::string::npos) << text.out;
-  const RunResult bad = BenchTinyModel("--depth -1");
-  EXPECT_NE(bad.exit_code, 0);
-  EXPECT_NE(bad.err.find("--depth must be >= 0"), std::string::npos) << bad.err;
+  ExpectBenchPrints("--prompt 16 --gen 4 --depth 8", "| pp16 @ d8 |");
+  ExpectBenchPrints("--prompt 0 --gen 4 --depth 8", "| tg4 @ d8 |");
+  ExpectBenchRefuses("--depth -1", "--depth must be >= 0");
 }
 
 TEST(HerdCliTest, BenchRunsThePromptInStepsOfStepTokens) {
   const RunResult r = BenchTinyModel("--json --prompt 16 --gen 0 --step-tokens 5");
   ASSERT_EQ(r.exit_code, 0) << r.err;
   EXPECT_EQ(nlohmann::json::parse(r.out)["step_tokens"], 5);
-  const RunResult text = BenchTinyModel("--prompt 8 --gen 0 --step-tokens 3");
-  ASSERT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_NE(text.out.find("steps of 3 tokens"), std::string::npos) << text.out;
-  const RunResult bad = BenchTinyModel("--step-tokens 0");
-  EXPECT_NE(bad.exit_code, 0);
-  EXPECT_NE(bad.err.find("--step-tokens >= 1"), std::string::npos) << bad.err;
+  ExpectBenchPrints("--prompt 8 --gen 0 --step-tokens 3", "steps of 3 tokens");
+  ExpectBenchRefuses("--step-tokens 0", "--step-tokens >= 1");
 }
 
 // --kv-cache-type f16 halves the cache the bench reports, reaches the JSON
@@ -231,12 +237,8 @@ TEST(HerdCliTest, BenchAndGenerateTakeAnF16KvCache) {
   // 2 layers x 16 positions x K and V x 32 values of 4 or 2 bytes.
   EXPECT_EQ(j32["memory"]["kv_cache_bytes"], 2 * 16 * 2 * 32 * 4);
   EXPECT_EQ(j16["memory"]["kv_cache_bytes"], 2 * 16 * 2 * 32 * 2);
-  const RunResult text = BenchTinyModel("--prompt 8 --gen 0 --kv-cache-type f16");
-  ASSERT_EQ(text.exit_code, 0) << text.err;
-  EXPECT_NE(text.out.find("f16 KV cache"), std::string::npos) << text.out;
-  const RunResult bad = BenchTinyModel("--kv-cache-type q8_0");
-  EXPECT_NE(bad.exit_code, 0);
-  EXPECT_NE(bad.err.find("f32 or f16"), std::string::npos) << bad.err;
+  ExpectBenchPrints("--prompt 8 --gen 0 --kv-cache-type f16", "f16 KV cache");
+  ExpectBenchRefuses("--kv-cache-type q8_0", "f32 or f16");
 
   // The fixture's greedy tokens hold with keys and values rounded to F16.
   const RunResult gen =
