@@ -57,8 +57,8 @@ class KvCache {
   KvCache(const KvCache&) = delete;
   KvCache& operator=(const KvCache&) = delete;
 
-  // Bytes one block of `type` elements takes over all layers, K and V (0 for
-  // block_tokens < 1).
+  // Bytes one block of `type` (F32 or F16) elements takes over all layers, K
+  // and V (0 for block_tokens < 1).
   static int64_t BytesPerBlock(const ModelSpec& spec, int64_t block_tokens,
                                DType type = DType::kF32);
 

@@ -212,7 +212,7 @@ void Attention(const AttentionShape& shape, const KvBlocks& kv, const AttentionS
   }
   float* scratch_base = static_cast<float*>(workspace);
   const AttendTileFn attend = AttendTileFor(d, kv.type);
-  const int64_t element_bytes = kv.type == DType::kF16 ? 2 : 4;
+  const int64_t element_bytes = BlockBytes(kv.type);
 
   // Work item w is (sequence, tile, kv head), kv heads fastest, sequences in
   // order and tiles last to first, so the tiles with the longest contexts
