@@ -14,6 +14,7 @@
 #include "tools/commands.h"
 #include "tools/device.h"
 #include "tools/flags.h"
+#include "worker/kv_cache.h"
 
 namespace herd {
 namespace {
@@ -304,6 +305,8 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
     for (const auto& [name, count] : by_dtype) j["tensor_types"][name] = count;
     j["dropped_experts"] = dropped_experts;
     j["dropped_moe_layers"] = dropped_moe_layers;
+    j["kv_cache_bytes_per_token"] = {{"f32", KvCache::BytesPerBlock(s, 1, DType::kF32)},
+                                     {"f16", KvCache::BytesPerBlock(s, 1, DType::kF16)}};
     if (flags.Has("tensors")) {
       for (const TensorRecord& t : model->tensors) {
         nlohmann::json shape = nlohmann::json::array();
@@ -344,6 +347,15 @@ absl::Status RunInspectCommand(const std::vector<std::string>& args, std::ostrea
                          s.qk_norm == QkNorm::kNone ? "" : ", q/k norm");
   out << absl::StrFormat("parameters    %d (%d active per token)\n", total.parameters, active);
   out << absl::StrFormat("weights       %s\n", HumanBytes(static_cast<double>(total.bytes)));
+  // What a token of context costs in the KV cache (--kv-cache-type), and the
+  // model's whole context.
+  const int64_t kv_f32 = KvCache::BytesPerBlock(s, 1, DType::kF32);
+  const int64_t kv_f16 = KvCache::BytesPerBlock(s, 1, DType::kF16);
+  out << absl::StrFormat("kv cache      %s per token at f32, %s at f16; context %d: %s / %s\n",
+                         HumanBytes(static_cast<double>(kv_f32)),
+                         HumanBytes(static_cast<double>(kv_f16)), s.context_length,
+                         HumanBytes(static_cast<double>(kv_f32) * s.context_length),
+                         HumanBytes(static_cast<double>(kv_f16) * s.context_length));
   out << "bytes by module\n";
   for (const auto& [name, m] : by_module) {
     out << absl::StrFormat("  %-14s %12d params  %12s  %5.1f%%\n", name, m.parameters,

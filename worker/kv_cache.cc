@@ -14,8 +14,7 @@ KvCache::~KvCache() {
 
 int64_t KvCache::BytesPerBlock(const ModelSpec& spec, int64_t block_tokens, DType type) {
   if (block_tokens < 1) return 0;
-  return 2 * spec.num_layers * block_tokens * spec.num_kv_heads * spec.head_dim *
-         BlockBytes(type);
+  return 2 * spec.num_layers * block_tokens * spec.num_kv_heads * spec.head_dim * BlockBytes(type);
 }
 
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, int64_t num_blocks,

@@ -80,6 +80,9 @@ TEST(HerdCliTest, InspectDescribesTheModel) {
   EXPECT_NE(text.out.find("mixtral"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("experts"), std::string::npos) << text.out;
   EXPECT_NE(text.out.find("Q4_0 x6"), std::string::npos) << text.out;
+  // 2 layers x K and V x 2 kv heads x 16 values, 4 or 2 bytes each.
+  EXPECT_NE(text.out.find("kv cache      512 B per token at f32, 256 B at f16"), std::string::npos)
+      << text.out;
 
   const RunResult json =
       RunHerd("inspect --json --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf"));
@@ -92,6 +95,8 @@ TEST(HerdCliTest, InspectDescribesTheModel) {
   EXPECT_EQ(j["modules"]["experts"]["parameters"], 2 * 3 * 8 * 128 * 64);
   EXPECT_EQ(j["modules"]["experts"]["bytes"], 2 * 3 * 8 * 128 * 64 / 32 * 18);
   EXPECT_EQ(j["tensor_types"]["Q4_0"], 6);
+  EXPECT_EQ(j["kv_cache_bytes_per_token"]["f32"], 2 * 2 * 2 * 16 * 4);
+  EXPECT_EQ(j["kv_cache_bytes_per_token"]["f16"], 2 * 2 * 2 * 16 * 2);
   // Every byte of tensor data in the file is accounted for.
   int64_t bytes = 0;
   for (const auto& [name, m] : j["modules"].items()) bytes += m["bytes"].get<int64_t>();
