@@ -53,13 +53,13 @@ struct ModelBenchResult {
   // experts' FFNs (fewer by the share dynamic skipping left out), the lm head
   // and one embedding row.
   int64_t decode_weight_bytes = 0;
+  // ResidentBytes() at the end of the tests, while the KV cache they filled
+  // is still allocated.
+  int64_t process_resident_bytes = 0;
   // Arithmetic of one prefill of prompt_tokens after `depth` tokens, in
   // FLOPs (2 per multiply-add): every matrix for every token, top_k experts
   // per token, the causal attention's scores and weighted values (over the
   // depth too), the lm head for the last token.
-  // ResidentBytes() at the end of the tests, while the KV cache they filled
-  // is still allocated.
-  int64_t process_resident_bytes = 0;
   double prefill_flops = 0;
   double prefill_gflops = 0;      // prefill_flops x median prefills per second
   double decode_weight_gbps = 0;  // decode_weight_bytes x median decode tokens/s
