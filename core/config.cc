@@ -4,6 +4,7 @@
 #include <fstream>
 #include <sstream>
 
+#include "absl/strings/ascii.h"
 #include "absl/strings/str_cat.h"
 #include "core/logging.h"
 #include "core/status.h"
@@ -102,12 +103,16 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
 
 }  // namespace
 
+bool IsKvCacheType(DType type) { return type == DType::kF32 || type == DType::kF16; }
+
 absl::StatusOr<DType> ParseKvCacheType(const std::string& name) {
   const absl::StatusOr<DType> type = ParseDType(name);
-  if (type.ok() && (*type == DType::kF32 || *type == DType::kF16)) return *type;
+  if (type.ok() && IsKvCacheType(*type)) return *type;
   return absl::InvalidArgumentError(
       absl::StrCat("a KV cache holds f32 or f16 elements, not '", name, "'"));
 }
+
+std::string KvCacheTypeName(DType type) { return absl::AsciiStrToLower(DTypeName(type)); }
 
 absl::Status HerdConfig::Validate() const {
   if (engine.device != "cpu" && engine.device != "cuda") {
@@ -144,9 +149,9 @@ absl::Status ServeConfig::Validate() const {
     return absl::InvalidArgumentError(
         absl::StrCat("serve.kv_cache_bytes must be >= 0, got ", kv_cache_bytes));
   }
-  if (kv_cache_type != DType::kF32 && kv_cache_type != DType::kF16) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("serve.kv_cache_type must be f32 or f16, got ", DTypeName(kv_cache_type)));
+  if (!IsKvCacheType(kv_cache_type)) {
+    return absl::InvalidArgumentError(absl::StrCat("serve.kv_cache_type must be f32 or f16, got ",
+                                                   KvCacheTypeName(kv_cache_type)));
   }
   struct Positive {
     const char* name;

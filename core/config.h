@@ -26,10 +26,14 @@
 
 namespace herd {
 
+// Whether a KV cache may hold `type` elements: F32 or F16.
+bool IsKvCacheType(DType type);
 // "f32" or "f16" (any case): the element types a KV cache may hold
 // (serve.kv_cache_type, --kv-cache-type); InvalidArgument naming them
 // otherwise.
 absl::StatusOr<DType> ParseKvCacheType(const std::string& name);
+// The name ParseKvCacheType reads for `type` ("f32", "f16").
+std::string KvCacheTypeName(DType type);
 
 struct EngineConfig {
   // Where the engine runs: "cpu" or "cuda" (the current GPU; docs/gpu.md).

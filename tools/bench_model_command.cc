@@ -5,7 +5,6 @@
 #include <optional>
 #include <string>
 
-#include "absl/strings/ascii.h"
 #include "absl/strings/str_format.h"
 #include "comm/env.h"
 #include "core/config.h"
@@ -298,7 +297,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
     j["host"] = HostName();
     j["threads"] = num_threads;
     j["step_tokens"] = engine_options.max_step_tokens;
-    j["kv_cache_type"] = absl::AsciiStrToLower(DTypeName(engine_options.kv_cache_type));
+    j["kv_cache_type"] = KvCacheTypeName(engine_options.kv_cache_type);
     j["isa"] = cpu::DescribeCpu();
     AddThroughputJson(r, options, j);
     j["decode"]["skipped_expert_fraction"] = r.decode_skipped_fraction;
@@ -321,7 +320,7 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   out << absl::StrFormat("model     %s\n", path);
   out << absl::StrFormat("cpu       %s, %d threads, steps of %d tokens, %s KV cache\n",
                          cpu::DescribeCpu(), num_threads, engine_options.max_step_tokens,
-                         absl::AsciiStrToLower(DTypeName(engine_options.kv_cache_type)));
+                         KvCacheTypeName(engine_options.kv_cache_type));
   out << absl::StrFormat("memory    read %.1f GB/s, copy %.1f GB/s (same run, %d threads)\n",
                          bw.read_gbps, bw.copy_gbps, num_threads);
   out << absl::StrFormat("compute   f32 FMA peak %.0f GFLOP/s (same run, %d threads)\n",

@@ -419,7 +419,7 @@ absl::Status RunServeCommand(const std::vector<std::string>& args, std::ostream&
                                      KvCache::BytesPerBlock(model.spec,
                                                             runner_options.kv_block_tokens,
                                                             settings.serve.kv_cache_type))
-                       << ", " << DTypeName(settings.serve.kv_cache_type) << ")";
+                       << ", " << KvCacheTypeName(settings.serve.kv_cache_type) << ")";
         if (rank != 0) return RunWorkerLoop(*runner, *control);
         return ServeOnCoordinator(settings, model, *runner, control,
                                   rank_model.placement ? &*rank_model.placement : nullptr,

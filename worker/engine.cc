@@ -8,6 +8,7 @@
 
 #include "absl/cleanup/cleanup.h"
 #include "absl/strings/str_cat.h"
+#include "core/config.h"
 #include "core/human_format.h"
 #include "core/mapped_file.h"
 #include "core/status.h"
@@ -158,7 +159,7 @@ absl::StatusOr<std::unique_ptr<Engine>> Engine::Create(const Model& model,
   if (options.max_step_tokens < 1) {
     return absl::InvalidArgumentError("EngineOptions.max_step_tokens must be >= 1");
   }
-  if (options.kv_cache_type != DType::kF32 && options.kv_cache_type != DType::kF16) {
+  if (!IsKvCacheType(options.kv_cache_type)) {
     return absl::InvalidArgumentError(absl::StrCat(
         "EngineOptions.kv_cache_type must be F32 or F16, got ", DTypeName(options.kv_cache_type)));
   }

@@ -4,6 +4,7 @@
 #include <string>
 
 #include "absl/strings/str_cat.h"
+#include "core/config.h"
 #include "core/huge_pages.h"
 
 namespace herd {
@@ -20,7 +21,7 @@ int64_t KvCache::BytesPerBlock(const ModelSpec& spec, int64_t block_tokens, DTyp
 absl::StatusOr<std::unique_ptr<KvCache>> KvCache::Create(const ModelSpec& spec, int64_t num_blocks,
                                                          int64_t block_tokens, DType type,
                                                          const KvMemory* memory) {
-  if (type != DType::kF32 && type != DType::kF16) {
+  if (!IsKvCacheType(type)) {
     return absl::InvalidArgumentError(
         absl::StrCat("a KV cache holds F32 or F16 elements, not ", DTypeName(type)));
   }
