@@ -4,9 +4,11 @@
 #include <cstdio>
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "core/status.h"
 
 namespace herd {
@@ -19,7 +21,7 @@ void AppendLe(std::vector<uint8_t>* out, T value) {
   out->insert(out->end(), bytes, bytes + sizeof(T));
 }
 
-void AppendString(std::vector<uint8_t>* out, const std::string& s) {
+void AppendString(std::vector<uint8_t>* out, absl::string_view s) {
   AppendLe<uint64_t>(out, s.size());
   out->insert(out->end(), s.begin(), s.end());
 }
@@ -29,6 +31,61 @@ std::vector<uint8_t> Scalar(T value) {
   std::vector<uint8_t> out;
   AppendLe<T>(&out, value);
   return out;
+}
+
+// Bytes of an integer GGUF type; 0 for the others.
+int IntegerWidth(GgufType type) {
+  switch (type) {
+    case GgufType::kU8:
+    case GgufType::kI8:
+      return 1;
+    case GgufType::kU16:
+    case GgufType::kI16:
+      return 2;
+    case GgufType::kU32:
+    case GgufType::kI32:
+      return 4;
+    case GgufType::kU64:
+    case GgufType::kI64:
+      return 8;
+    default:
+      return 0;
+  }
+}
+
+// `value` as the file stores it after its type id: little-endian scalars,
+// { length; bytes } strings, { element type; count; elements } arrays.
+void AppendValue(std::vector<uint8_t>* out, const GgufValue& value) {
+  const GgufType type = value.type();
+  if (const int width = IntegerWidth(type); width > 0) {
+    // Two's complement: a negative value's low bytes are its encoding.
+    const std::optional<uint64_t> unsigned_value = value.AsUint64();
+    const uint64_t bits =
+        unsigned_value ? *unsigned_value : static_cast<uint64_t>(value.AsInt64().value_or(0));
+    for (int i = 0; i < width; ++i) out->push_back(static_cast<uint8_t>(bits >> (8 * i)));
+    return;
+  }
+  switch (type) {
+    case GgufType::kF32:
+      AppendLe<float>(out, static_cast<float>(value.AsDouble().value_or(0)));
+      return;
+    case GgufType::kF64:
+      AppendLe<double>(out, value.AsDouble().value_or(0));
+      return;
+    case GgufType::kBool:
+      AppendLe<uint8_t>(out, value.AsBool().value_or(false) ? 1 : 0);
+      return;
+    case GgufType::kString:
+      AppendString(out, value.AsString().value_or(""));
+      return;
+    case GgufType::kArray:
+      AppendLe<uint32_t>(out, static_cast<uint32_t>(value.element_type()));
+      AppendLe<uint64_t>(out, value.array_size());
+      for (uint64_t i = 0; i < value.array_size(); ++i) AppendValue(out, value.element(i));
+      return;
+    default:
+      return;  // integers were written above; a parsed value has no other type
+  }
 }
 
 uint64_t AlignUp(uint64_t n, uint64_t alignment) {
@@ -123,6 +180,12 @@ void GgufWriter::AddF32Array(const std::string& key, const std::vector<float>& v
 
 void GgufWriter::AddRawValue(const std::string& key, uint32_t type, std::vector<uint8_t> encoded) {
   Set(key, type, std::move(encoded));
+}
+
+void GgufWriter::AddValue(const std::string& key, const GgufValue& value) {
+  std::vector<uint8_t> encoded;
+  AppendValue(&encoded, value);
+  Set(key, static_cast<uint32_t>(value.type()), std::move(encoded));
 }
 
 bool GgufWriter::HasTensor(const std::string& name) const {

@@ -45,6 +45,9 @@ class GgufWriter {
   // type, count, elements), written verbatim. For nested arrays, and for tests
   // that need malformed values (unknown type ids, lying counts).
   void AddRawValue(const std::string& key, uint32_t type, std::vector<uint8_t> encoded);
+  // A copy of a value read from another file (any type, arrays nested or
+  // not): written as that file stores it, so a reader gets the same value.
+  void AddValue(const std::string& key, const GgufValue& value);
 
   // Adds a tensor of `dtype` with `shape` outermost first (a weight matrix is
   // [out, in]); `data` holds its bytes as a TensorView of that shape would.

@@ -1,8 +1,10 @@
 #include "model/synth.h"
 
 #include <cmath>
+#include <memory>
 #include <vector>
 
+#include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "core/status.h"
 #include "core/thread_pool.h"
@@ -11,6 +13,8 @@
 
 namespace herd {
 namespace {
+
+constexpr char kTokenizerTokensKey[] = "tokenizer.ggml.tokens";
 
 uint64_t SplitMix64(uint64_t& state) {
   uint64_t z = (state += 0x9E3779B97F4A7C15ull);
@@ -148,6 +152,27 @@ uint32_t GgufFileType(DType dtype) {
   }
 }
 
+// Opens the GGUF whose tokenizer a model takes, and checks (or, when it is
+// 0, sets) the vocabulary size against its token count.
+absl::StatusOr<std::unique_ptr<GgufFile>> OpenTokenizerSource(const std::string& path,
+                                                              int64_t* vocab_size) {
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<GgufFile> file, GgufFile::Open(path));
+  const GgufValue* tokens = file->FindValue(kTokenizerTokensKey);
+  if (tokens == nullptr || !tokens->is_array() || tokens->array_size() == 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(path, " has no tokenizer (no ", kTokenizerTokensKey, " array)"));
+  }
+  const auto num_tokens = static_cast<int64_t>(tokens->array_size());
+  if (*vocab_size == 0) *vocab_size = num_tokens;
+  if (*vocab_size != num_tokens) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--vocab is ", *vocab_size, " but the tokenizer of ", path, " has ", num_tokens,
+        " tokens; leave --vocab out to "
+        "take its count"));
+  }
+  return file;
+}
+
 }  // namespace
 
 absl::Status SynthOptions::Validate() const {
@@ -156,11 +181,15 @@ absl::Status SynthOptions::Validate() const {
         absl::StrCat("--arch '", arch, "' is not supported by synth (supported: mixtral)"));
   }
   const std::pair<const char*, int64_t> dims[] = {
-      {"layers", num_layers},     {"hidden", hidden_size},  {"heads", num_heads},
-      {"kv-heads", num_kv_heads}, {"experts", num_experts}, {"top-k", num_experts_per_token},
-      {"ffn", expert_ffn_size},   {"vocab", vocab_size},    {"context", context_length}};
+      {"layers", num_layers},     {"hidden", hidden_size},    {"heads", num_heads},
+      {"kv-heads", num_kv_heads}, {"experts", num_experts},   {"top-k", num_experts_per_token},
+      {"ffn", expert_ffn_size},   {"context", context_length}};
   for (const auto& [field, value] : dims) {
     if (value <= 0) return absl::InvalidArgumentError(absl::StrCat("--", field, " must be > 0"));
+  }
+  if (vocab_size < 0 || (vocab_size == 0 && tokenizer_from.empty())) {
+    return absl::InvalidArgumentError(
+        "--vocab must be > 0 (or left out with --tokenizer-from, which gives it)");
   }
   if (hidden_size % num_heads != 0 || (hidden_size / num_heads) % 2 != 0) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -191,8 +220,13 @@ absl::Status SynthOptions::Validate() const {
   return absl::OkStatus();
 }
 
-absl::Status SynthesizeModel(const SynthOptions& o, const std::string& path) {
-  HERD_RETURN_IF_ERROR(o.Validate());
+absl::Status SynthesizeModel(const SynthOptions& options, const std::string& path) {
+  HERD_RETURN_IF_ERROR(options.Validate());
+  SynthOptions o = options;
+  std::unique_ptr<GgufFile> tokenizer;
+  if (!o.tokenizer_from.empty()) {
+    HERD_ASSIGN_OR_RETURN(tokenizer, OpenTokenizerSource(o.tokenizer_from, &o.vocab_size));
+  }
   ThreadPool pool(o.num_threads > 0 ? o.num_threads : ThreadPool::DefaultNumThreads());
   const int64_t head_dim = o.hidden_size / o.num_heads;
   const int64_t kv_dim = o.num_kv_heads * head_dim;
@@ -215,6 +249,11 @@ absl::Status SynthesizeModel(const SynthOptions& o, const std::string& path) {
   w.AddU32("llama.expert_count", static_cast<uint32_t>(o.num_experts));
   w.AddU32("llama.expert_used_count", static_cast<uint32_t>(o.num_experts_per_token));
   w.AddString("tokenizer.ggml.model", "none");
+  if (tokenizer != nullptr) {
+    for (const std::string& key : tokenizer->metadata_keys()) {
+      if (absl::StartsWith(key, "tokenizer.")) w.AddValue(key, *tokenizer->FindValue(key));
+    }
+  }
 
   auto matrix = [&](const std::string& name, std::vector<int64_t> shape) -> absl::Status {
     int64_t rows = 1;

@@ -39,6 +39,12 @@ struct SynthOptions {
   int64_t num_experts_per_token = 2;
   int64_t expert_ffn_size = 128;
   int64_t vocab_size = 512;
+  // A GGUF file whose tokenizer (every `tokenizer.*` key) the model takes, so
+  // that herd and llama.cpp serve it with text: llama.cpp's vocabulary files
+  // (ggml-vocab-*.gguf) or any GGUF model. Its token count must equal
+  // vocab_size; 0 there takes that count. Empty: no tokenizer
+  // (`tokenizer.ggml.model` "none"), ids only.
+  std::string tokenizer_from;
   int64_t context_length = 4096;
   float rope_theta = 10000.0f;
   // Storage of every matrix, embeddings and lm head included (as
@@ -55,7 +61,8 @@ struct SynthOptions {
   // Threads that generate weights (0 = all cores); the bytes do not depend on it.
   int num_threads = 0;
 
-  // InvalidArgument naming the field when a dimension is non-positive, heads
+  // InvalidArgument naming the field when a dimension is non-positive (a
+  // vocab_size of 0 is allowed with tokenizer_from), heads
   // do not divide, top-k exceeds experts, a row length does not fit the
   // dtype's block size, or hot experts are outside [0, experts] or their
   // scale is not finite and > 0.
@@ -63,6 +70,9 @@ struct SynthOptions {
 };
 
 // Writes the model to `path` (via a temporary name, renamed when complete).
+// Beyond Validate's errors: tokenizer_from's own open errors, and
+// InvalidArgument naming it when it has no `tokenizer.ggml.tokens` array or
+// its token count is not vocab_size.
 absl::Status SynthesizeModel(const SynthOptions& options, const std::string& path);
 
 }  // namespace herd

@@ -16,7 +16,10 @@ const std::vector<FlagSpec> kSynthFlags = {
     {"experts", true, "routed experts per layer (default 8)"},
     {"top-k", true, "experts per token (default 2)"},
     {"ffn", true, "expert FFN size (default 128)"},
-    {"vocab", true, "vocabulary size (default 512)"},
+    {"vocab", true, "vocabulary size (default 512, or the --tokenizer-from file's)"},
+    {"tokenizer-from", true,
+     "GGUF whose tokenizer the model takes, e.g. a llama.cpp ggml-vocab-*.gguf (default: none, "
+     "ids only)"},
     {"context", true, "context length recorded in the file (default 4096)"},
     {"dtype", true, "f32 | f16 | bf16 | q8_0 | q4_0 | q4_1 for every matrix (default f32)"},
     {"outliers", false, "heavy-tailed weights with outlier input channels"},
@@ -48,7 +51,9 @@ absl::Status RunSynthCommand(const std::vector<std::string>& args, std::ostream&
   HERD_ASSIGN_OR_RETURN(o.num_experts, flags.GetInt("experts", o.num_experts));
   HERD_ASSIGN_OR_RETURN(o.num_experts_per_token, flags.GetInt("top-k", o.num_experts_per_token));
   HERD_ASSIGN_OR_RETURN(o.expert_ffn_size, flags.GetInt("ffn", o.expert_ffn_size));
-  HERD_ASSIGN_OR_RETURN(o.vocab_size, flags.GetInt("vocab", o.vocab_size));
+  o.tokenizer_from = flags.GetString("tokenizer-from", "");
+  HERD_ASSIGN_OR_RETURN(o.vocab_size,
+                        flags.GetInt("vocab", o.tokenizer_from.empty() ? o.vocab_size : 0));
   HERD_ASSIGN_OR_RETURN(o.context_length, flags.GetInt("context", o.context_length));
   HERD_ASSIGN_OR_RETURN(o.dtype, ParseDType(flags.GetString("dtype", "f32")));
   HERD_ASSIGN_OR_RETURN(o.seed, flags.GetUint("seed", o.seed));

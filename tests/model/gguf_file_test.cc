@@ -250,6 +250,56 @@ TEST_F(GgufFileTest, WriterRoundTripsEveryValueTypeAndDType) {
   }
 }
 
+// AddValue writes a value read from one file as that file stored it: a file
+// of every type, extremes included, copied key by key is the same bytes.
+TEST_F(GgufFileTest, WriterCopiesEveryValueVerbatim) {
+  GgufWriter original;
+  original.AddU8("k.u8", 255);
+  original.AddI8("k.i8", -128);
+  original.AddU16("k.u16", 65535);
+  original.AddI16("k.i16", -32768);
+  original.AddU32("k.u32", 4294967295u);
+  original.AddI32("k.i32", -2147483647 - 1);
+  original.AddF32("k.f32", -0.0f);
+  original.AddF32("k.f32.tiny", 1e-45f);  // subnormal
+  original.AddBool("k.false", false);
+  original.AddBool("k.true", true);
+  original.AddString("k.string", std::string("nul\0inside \xe2\x82\xac", 15));
+  original.AddU64("k.u64", ~0ull);
+  original.AddI64("k.i64", std::numeric_limits<int64_t>::min());
+  original.AddF64("k.f64", -1e308);
+  original.AddStringArray("k.strings", {"x", "", "yz"});
+  original.AddStringArray("k.no.strings", {});
+  original.AddI32Array("k.i32s", {1, -2, std::numeric_limits<int32_t>::min()});
+  original.AddF32Array("k.f32s", {0.5f, -1.5f, 3e38f});
+  std::vector<uint8_t> nested;  // [[-1, 2], []] as i16 arrays
+  AppendLe<uint32_t>(&nested, static_cast<uint32_t>(GgufType::kArray));
+  AppendLe<uint64_t>(&nested, 2);
+  AppendLe<uint32_t>(&nested, static_cast<uint32_t>(GgufType::kI16));
+  AppendLe<uint64_t>(&nested, 2);
+  AppendLe<int16_t>(&nested, -1);
+  AppendLe<int16_t>(&nested, 2);
+  AppendLe<uint32_t>(&nested, static_cast<uint32_t>(GgufType::kI16));
+  AppendLe<uint64_t>(&nested, 0);
+  original.AddRawValue("k.nested", static_cast<uint32_t>(GgufType::kArray), nested);
+  std::vector<uint8_t> bools;  // [true, false] as a bool array
+  AppendLe<uint32_t>(&bools, static_cast<uint32_t>(GgufType::kBool));
+  AppendLe<uint64_t>(&bools, 2);
+  AppendLe<uint8_t>(&bools, 1);
+  AppendLe<uint8_t>(&bools, 0);
+  original.AddRawValue("k.bools", static_cast<uint32_t>(GgufType::kArray), bools);
+  const std::string original_path = Write(original, "original.gguf");
+
+  auto read = GgufFile::Open(original_path);
+  ASSERT_TRUE(read.ok()) << read.status();
+  ASSERT_EQ((*read)->metadata_keys().size(), 20u);
+  GgufWriter copy;
+  for (const std::string& key : (*read)->metadata_keys()) {
+    copy.AddValue(key, *(*read)->FindValue(key));
+  }
+  EXPECT_EQ(ReadFileBytes(Write(copy, "copy.gguf")), ReadFileBytes(original_path));
+}
+
 TEST_F(GgufFileTest, GettersReportMissingKeysAndTypeMismatches) {
   GgufWriter w = SmallWriter();
   w.AddI32("test.negative", -1);

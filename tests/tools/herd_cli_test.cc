@@ -141,6 +141,51 @@ TEST(HerdCliTest, SynthWritesAModelThatLoadsAndRuns) {
   EXPECT_NE(bad.err.find("multiples of 32"), std::string::npos) << bad.err;
 }
 
+// --tokenizer-from gives the model the tokenizer of another GGUF (here
+// llama.cpp's llama vocabulary file) and its vocabulary size: text then
+// tokenizes exactly as with that file, and generate takes text.
+TEST(HerdCliTest, SynthTakesTheTokenizerOfAnotherGguf) {
+  TempDir tmp;
+  const std::string vocab = TestDataPath("tokenizers/ggml-vocab-llama-spm.gguf");
+  const std::string shape =
+      "synth --layers 1 --hidden 64 --heads 2 --kv-heads 1 --experts 2 --top-k 1 --ffn 64 "
+      "--dtype q8_0 --seed 3 ";
+  const std::string path = tmp.Join("spm.gguf");
+  const RunResult synth = RunHerd(shape + "--tokenizer-from " + vocab + " --out " + path);
+  ASSERT_EQ(synth.exit_code, 0) << synth.err;
+  const RunResult inspect = RunHerd("inspect --json --model " + path);
+  ASSERT_EQ(inspect.exit_code, 0) << inspect.err;
+  EXPECT_EQ(nlohmann::json::parse(inspect.out)["vocab_size"], 32000);
+  // llama.cpp's tokenizer test strings, all of them as one text.
+  const std::string text_file = vocab + ".inp";
+  const RunResult expected = RunHerd("tokenize --model " + vocab + " --text-file " + text_file);
+  ASSERT_EQ(expected.exit_code, 0) << expected.err;
+  ASSERT_GT(expected.out.size(), 1000u);
+  const RunResult ids = RunHerd("tokenize --model " + path + " --text-file " + text_file);
+  ASSERT_EQ(ids.exit_code, 0) << ids.err;
+  EXPECT_EQ(ids.out, expected.out);
+  const RunResult gen =
+      RunHerd("generate --model " + path + " --prompt 'Hello world' --max-new-tokens 4");
+  ASSERT_EQ(gen.exit_code, 0) << gen.err;
+
+  const RunResult mismatch =
+      RunHerd(shape + "--vocab 300 --tokenizer-from " + vocab + " --out " + tmp.Join("a.gguf"));
+  EXPECT_NE(mismatch.exit_code, 0);
+  EXPECT_NE(mismatch.err.find("has 32000 tokens"), std::string::npos) << mismatch.err;
+  const std::string no_tokenizer = TestDataPath("llamacpp-tiny/tiny-f32.gguf");
+  const RunResult none =
+      RunHerd(shape + "--tokenizer-from " + no_tokenizer + " --out " + tmp.Join("b.gguf"));
+  EXPECT_NE(none.exit_code, 0);
+  EXPECT_NE(none.err.find("has no tokenizer"), std::string::npos) << none.err;
+  const RunResult missing = RunHerd(shape + "--tokenizer-from " + tmp.Join("missing.gguf") +
+                                    " --out " + tmp.Join("c.gguf"));
+  EXPECT_NE(missing.exit_code, 0);
+  EXPECT_NE(missing.err.find("missing.gguf"), std::string::npos) << missing.err;
+  for (const char* name : {"a.gguf", "b.gguf", "c.gguf"}) {
+    EXPECT_FALSE(std::filesystem::exists(tmp.Join(name))) << name;
+  }
+}
+
 TEST(HerdCliTest, BenchReportsSpeedBandwidthComputeAndMemory) {
   const RunResult r =
       RunHerd("bench --json --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
