@@ -207,6 +207,10 @@ void RunRequest(HttpClient& client, const BenchServeOptions& options, const std:
     bool done = false;
     std::string stream_error;
     int64_t output_tokens = 0;
+    // The server's own count (usage.completion_tokens of the last chunk), when
+    // it sends one: a server that holds back the text of a token ending in
+    // the middle of a UTF-8 character streams a chunk with no text for it.
+    int64_t usage_tokens = 0;
     result->itl_seconds.clear();
     const SseEventFn on_event = [&](absl::string_view data) {
       const auto now = std::chrono::steady_clock::now();
@@ -223,8 +227,13 @@ void RunRequest(HttpClient& client, const BenchServeOptions& options, const std:
         stream_error = absl::StrCat("error in the stream: ", ErrorMessage(std::string(data)));
         return false;
       }
+      if (chunk.is_object() && chunk.contains("usage") && chunk["usage"].is_object() &&
+          chunk["usage"].contains("completion_tokens") &&
+          chunk["usage"]["completion_tokens"].is_number_integer()) {
+        usage_tokens = chunk["usage"]["completion_tokens"].get<int64_t>();
+      }
       const int64_t n = CountTokens(chunk);
-      if (n == 0) return true;  // a role or finish-only chunk
+      if (n == 0) return true;  // a role, usage or finish-only chunk
       if (!have_first) {
         result->ttft_seconds = std::chrono::duration<double>(now - start).count();
         have_first = true;
@@ -269,6 +278,7 @@ void RunRequest(HttpClient& client, const BenchServeOptions& options, const std:
                                                   : "the stream ended without 'data: [DONE]'";
         return;
       }
+      if (usage_tokens > 0) output_tokens = usage_tokens;
     } else {
       const nlohmann::json completion = nlohmann::json::parse(response->body, nullptr, false);
       if (!completion.is_object()) {
@@ -358,9 +368,10 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
         << "                        [--seed 1] [--stream true] [--json]\n"
         << FlagsHelp(kBenchServeFlags)
         << "Each request is /v1/completions with random prompt ids, temperature 0, no stop ids\n"
-        << "and ignore_eos; a 429 is retried after its Retry-After. TTFT: to the first chunk\n"
-        << "with tokens; ITL: between chunks, divided by the tokens in a chunk; E2E: the\n"
-        << "whole request.\n";
+        << "and ignore_eos (streamed: with stream_options.include_usage); a 429 is retried\n"
+        << "after its Retry-After. Output tokens: the server's usage.completion_tokens when it\n"
+        << "sends one, else the tokens of the chunks. TTFT: to the first chunk with tokens;\n"
+        << "ITL: between chunks, divided by the tokens in a chunk; E2E: the whole request.\n";
     return absl::OkStatus();
   }
   if (!flags.Has("url")) return absl::InvalidArgumentError("--url is required");
@@ -418,13 +429,14 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   for (std::string& body : bodies) {
     std::vector<int32_t> prompt(options.prompt_tokens);
     for (int32_t& id : prompt) id = id_dist(rng);
-    body = nlohmann::json{{"model", options.model_name},
-                          {"prompt", prompt},
-                          {"max_tokens", options.gen_tokens},
-                          {"temperature", 0},
-                          {"ignore_eos", true},
-                          {"stream", options.stream}}
-               .dump();
+    nlohmann::json json_body{{"model", options.model_name},
+                             {"prompt", prompt},
+                             {"max_tokens", options.gen_tokens},
+                             {"temperature", 0},
+                             {"ignore_eos", true},
+                             {"stream", options.stream}};
+    if (options.stream) json_body["stream_options"] = {{"include_usage", true}};
+    body = json_body.dump();
   }
 
   std::vector<RequestResult> results(options.num_requests);

@@ -90,9 +90,27 @@ struct HttpClient::Impl {
     return absl::StrCat(method, " ", base_url, path);
   }
 
+  // Sends `request` once more on a new connection when it failed on a
+  // kept-alive one before any response came: the server had closed that
+  // connection (llama.cpp's server closes it after every streamed response
+  // although it announces keep-alive), as curl and Go's net/http do.
+  // `responded` says whether a response began to arrive.
+  bool Send(httplib::Request& request, httplib::Response& response, httplib::Error& error,
+            const std::function<bool()>& responded) {
+    const bool reused = used_before;
+    bool sent = client.send(request, response, error);
+    if (!sent && reused && !responded() &&
+        (error == httplib::Error::Read || error == httplib::Error::Write)) {
+      sent = client.send(request, response, error);
+    }
+    used_before = sent;
+    return sent;
+  }
+
   httplib::Client client;
-  std::string base_url;     // for messages
-  std::string path_prefix;  // "" or "/something", never ending in '/'
+  bool used_before = false;  // the last request succeeded: its connection may be reused
+  std::string base_url;      // for messages
+  std::string path_prefix;   // "" or "/something", never ending in '/'
   HttpClientOptions options;
 };
 
@@ -136,16 +154,21 @@ absl::StatusOr<std::unique_ptr<HttpClient>> HttpClient::Create(absl::string_view
 
 absl::StatusOr<HttpResponse> HttpClient::Get(const std::string& path) {
   const std::string full_path = impl_->path_prefix + path;
-  httplib::Result result = impl_->client.Get(full_path, impl_->Headers());
-  if (!result) {
+  httplib::Request request;
+  request.method = "GET";
+  request.path = full_path;
+  request.headers = impl_->Headers();
+  httplib::Response raw;
+  httplib::Error error = httplib::Error::Success;
+  if (!impl_->Send(request, raw, error, [&] { return raw.status != -1; })) {
     return absl::UnavailableError(
-        absl::StrCat(impl_->Describe("GET", path), ": ", DescribeError(result.error())));
+        absl::StrCat(impl_->Describe("GET", path), ": ", DescribeError(error)));
   }
   HttpResponse response;
-  response.status = result->status;
-  response.content_type = result->get_header_value("Content-Type");
-  response.retry_after = result->get_header_value("Retry-After");
-  response.body = std::move(result->body);
+  response.status = raw.status;
+  response.content_type = raw.get_header_value("Content-Type");
+  response.retry_after = raw.get_header_value("Retry-After");
+  response.body = std::move(raw.body);
   return response;
 }
 
@@ -192,7 +215,8 @@ absl::StatusOr<HttpResponse> HttpClient::Post(const std::string& path, const std
 
   httplib::Response raw;
   httplib::Error error = httplib::Error::Success;
-  const bool sent = impl_->client.send(request, raw, error);
+  const bool sent =
+      impl_->Send(request, raw, error, [&] { return response.status != 0 || cancelled; });
   if (timed_out) {
     return absl::DeadlineExceededError(
         absl::StrCat(impl_->Describe("POST", path), ": no complete response within ",

@@ -4,10 +4,20 @@ the token counts it reports equal what the server's /metrics counted, its
 latency samples are one TTFT per request and at most one ITL per token after
 the first; with a tiny queue (--max-running 1 --max-waiting 1, and --api-key) it
 retries the 429s and still completes every request.
+
+Then (one process only) against a small HTTP server that behaves as
+llama.cpp's llama-server does where herd's does not: it announces keep-alive
+but drops a connection's next request unanswered, and streams a chunk with no
+text for one token (a token ending inside a UTF-8 character) with the usage
+at the end. Every request must complete, each served exactly once, and the
+token count must be the server's usage, not the chunks with text.
 """
 
+import http.server
 import json
+import socketserver
 import subprocess
+import threading
 
 import serve_harness as h
 
@@ -51,7 +61,81 @@ def check_report(report, what, stream=True):
         h.check(report[key] > 0, f"{what}: {key} {report[key]}")
 
 
+class PeerLikeHandler(http.server.BaseHTTPRequestHandler):
+    """/v1/completions as llama-server streams it; the second request of a
+    connection is dropped unanswered, as a server that closed the connection
+    after its first response (keep-alive announced) leaves it."""
+
+    protocol_version = "HTTP/1.1"
+    answered = 0
+    dropped = 0
+    lock = threading.Lock()
+
+    def setup(self):
+        super().setup()
+        self.requests_on_connection = 0
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        self.requests_on_connection += 1
+        if self.requests_on_connection > 1:
+            with self.lock:
+                PeerLikeHandler.dropped += 1
+            self.close_connection = True
+            return
+        self.send_response(200)
+        self.send_header("Content-Type", "text/event-stream")
+        self.send_header("Transfer-Encoding", "chunked")
+        self.send_header("Keep-Alive", "timeout=5, max=100")
+        self.end_headers()
+        n = body["max_tokens"]
+        events = [{"choices": [{"text": "" if i == 1 else f" t{i}", "index": 0,
+                                "finish_reason": None}]} for i in range(n)]
+        events.append({"choices": [{"text": "", "index": 0, "finish_reason": "length"}],
+                       "usage": {"prompt_tokens": len(body["prompt"]), "completion_tokens": n}})
+        for event in events:
+            self.write_chunk(f"data: {json.dumps(event)}\n\n")
+        self.write_chunk("data: [DONE]\n\n")
+        self.wfile.write(b"0\r\n\r\n")
+        self.wfile.flush()
+        with self.lock:
+            PeerLikeHandler.answered += 1
+
+    def write_chunk(self, text):
+        data = text.encode()
+        self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
+
+
+class ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
+    daemon_threads = True
+
+
+def test_peer_like_server(args):
+    server = ThreadingServer(("127.0.0.1", 0), PeerLikeHandler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        report = json.loads(bench(args, server.server_address[1], "--concurrency", "4",
+                                  "--model-name", "peer", "--json").stdout)
+    finally:
+        server.shutdown()
+        server.server_close()
+    check_report(report, "a server that drops kept-alive connections")
+    h.check(PeerLikeHandler.answered == REQUESTS,
+            f"the server answered {PeerLikeHandler.answered} requests, expected each of the "
+            f"{REQUESTS} once")
+    # Every client's requests after its first found the connection dropped.
+    h.check(PeerLikeHandler.dropped >= REQUESTS - 4,
+            f"only {PeerLikeHandler.dropped} requests were dropped: the retry went untested")
+    h.log(f"{PeerLikeHandler.dropped} dropped requests were sent again on a new connection")
+
+
 def test(args):
+    if args.mode == "single":
+        test_peer_like_server(args)
     with h.Server(args) as server:
         streamed = json.loads(bench(args, server.port, "--concurrency", "8", "--json").stdout)
         check_report(streamed, "streamed")
