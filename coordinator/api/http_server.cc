@@ -180,6 +180,10 @@ void HttpServer::RegisterRoutes() {
   const size_t num_threads = static_cast<size_t>(options_.num_http_threads);
   server.new_task_queue = [num_threads] { return new httplib::ThreadPool(num_threads); };
   server.set_payload_max_length(static_cast<size_t>(options_.max_body_bytes));
+  // A stream writes one small chunk per token, which should leave at once
+  // rather than wait, by Nagle's algorithm, for the ACK of the one before (as
+  // uvicorn and Go's net/http, TCP_NODELAY on every connection).
+  server.set_tcp_nodelay(true);
   // SO_REUSEADDR only: cpp-httplib's default adds SO_REUSEPORT, with which a
   // second server would silently share a taken port instead of failing.
   // Called for the listening socket only (the last call is the bound one).

@@ -3,7 +3,8 @@
 the token counts it reports equal what the server's /metrics counted, its
 latency samples are one TTFT per request and at most one ITL per token after
 the first; with a tiny queue (--max-running 1 --max-waiting 1, and --api-key) it
-retries the 429s and still completes every request.
+retries the 429s and still completes every request; whole responses on a
+kept-alive connection take a millisecond, not the 40 ms of a delayed ACK.
 
 Then (one process only) against a small HTTP server that behaves as
 llama.cpp's llama-server does where herd's does not: it announces keep-alive
@@ -13,11 +14,14 @@ at the end. Every request must complete, each served exactly once, and the
 token count must be the server's usage, not the chunks with text.
 """
 
+import http.client
 import http.server
 import json
+import socket
 import socketserver
 import subprocess
 import threading
+import time
 
 import serve_harness as h
 
@@ -109,6 +113,32 @@ class PeerLikeHandler(http.server.BaseHTTPRequestHandler):
         self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
 
 
+class QuickHandler(http.server.BaseHTTPRequestHandler):
+    """Answers each /v1/completions at once, whole, keeping the connection
+    (and with TCP_NODELAY, or its body would wait for the ACK of its headers)."""
+
+    protocol_version = "HTTP/1.1"
+
+    def setup(self):
+        super().setup()
+        self.connection.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+
+    def log_message(self, format, *args):  # noqa: A002 - the base class's name
+        pass
+
+    def do_POST(self):
+        body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        n = body["max_tokens"]
+        data = json.dumps({"choices": [{"text": " t" * n, "index": 0, "finish_reason": "length"}],
+                           "usage": {"prompt_tokens": len(body["prompt"]),
+                                     "completion_tokens": n}}).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+
 class ThreadingServer(socketserver.ThreadingMixIn, http.server.HTTPServer):
     daemon_threads = True
 
@@ -133,9 +163,52 @@ def test_peer_like_server(args):
     h.log(f"{PeerLikeHandler.dropped} dropped requests were sent again on a new connection")
 
 
+def test_latency_of_a_quick_server(args):
+    """A server that answers at once takes well under the 40 ms a client's
+    request body would wait, with Nagle's algorithm, for the delayed ACK of
+    its headers on a kept-alive connection."""
+    server = ThreadingServer(("127.0.0.1", 0), QuickHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        report = json.loads(bench(args, server.server_address[1], "--concurrency", "1",
+                                  "--stream", "false", "--model-name", "quick",
+                                  "--json").stdout)
+    finally:
+        server.shutdown()
+        server.server_close()
+    check_report(report, "a server that answers at once", stream=False)
+    h.check(report["e2e"]["p50_ms"] < 25,
+            f"E2E p50 {report['e2e']['p50_ms']} ms against a server that answers at once: "
+            "the request waited for an ACK")
+
+
+def check_kept_alive_latency(port):
+    """Whole responses on one kept-alive connection leave at once: with Nagle's
+    algorithm the server's body waited for the client's delayed ACK of its
+    headers, 40 ms on Linux, where the tiny model takes a millisecond."""
+    connection = http.client.HTTPConnection("127.0.0.1", port, timeout=60)
+    seconds = []
+    try:
+        for _ in range(21):
+            start = time.monotonic()
+            connection.request("POST", "/v1/completions", json.dumps(h.completion_body([5], 1)),
+                               {"Content-Type": "application/json"})
+            response = connection.getresponse()
+            body = response.read()
+            seconds.append(time.monotonic() - start)
+            h.check(response.status == 200, f"HTTP {response.status}: {body[:200]!r}")
+    finally:
+        connection.close()
+    median_ms = 1000 * sorted(seconds)[len(seconds) // 2]
+    h.log(f"one-token completions on a kept-alive connection: median {median_ms:.1f} ms")
+    h.check(median_ms < 25, f"one-token completions on a kept-alive connection took {median_ms:.1f}"
+            " ms (median of 21): the responses waited for ACKs")
+
+
 def test(args):
     if args.mode == "single":
         test_peer_like_server(args)
+        test_latency_of_a_quick_server(args)
     with h.Server(args) as server:
         streamed = json.loads(bench(args, server.port, "--concurrency", "8", "--json").stdout)
         check_report(streamed, "streamed")
@@ -150,6 +223,7 @@ def test(args):
         h.log("herd bench serve's table:\n" + table)
         h.check("| requests ok |" in table and "| TTFT " in table and "| ITL " in table,
                 f"the table lacks its rows:\n{table}")
+        check_kept_alive_latency(server.port)
 
     with h.Server(args, ["--max-running", "1", "--max-waiting", "1", "--api-key", "k"],
                   name="bench-429") as server:
