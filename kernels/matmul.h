@@ -14,6 +14,12 @@
 // block to int8 with a float scale, as llama.cpp does (Q8_0 rounding), and
 // each block product is an integer dot product scaled by both block scales.
 // This keeps Herd within float reassociation of llama.cpp's results.
+// For BF16 weights the activations are first rounded to BF16 (to nearest
+// even), as llama.cpp does too (its BF16 dot product takes BF16 activations):
+// every product is then exact in F32, and where the CPU has AVX512_BF16 a
+// prefill's token tiles multiply on the BF16 dot product (vdpbf16ps, two
+// products per lane per instruction), within float reassociation of the
+// other kernels (it also reads BF16 subnormals as zero).
 //
 // Layout of a repacked group of 16 rows (rows past `out` are zero padding):
 //   for each 32-value block b:  payload, then F16 scales [16] (one per row)

@@ -398,6 +398,15 @@ size_t SharedInput(const MatmulTask* tasks, size_t i, bool (*prepared)(const Mat
 
 bool Quantized(const MatmulTask& t) { return TakesQuantizedActivations(*t.weight); }
 
+// BF16 weights multiply x rounded to BF16 (kernels/matmul.h).
+bool RoundsInput(const MatmulTask& t) {
+  return t.weight->layout == PackedLayout::kHalfRows16 && t.weight->source.dtype() == DType::kBF16;
+}
+
+size_t RoundedInputBytes(const MatmulTask& t) {
+  return t.num_tokens * t.weight->cols * sizeof(float) + 64;
+}
+
 // Room for the token tiles of task t, as floor(num_tokens / 12) tiles: at
 // least TokenTiles(num_tokens) (ceil(n / 24) <= floor(n / 12) for n >= 12),
 // and additive, so that a bound taken for all rows of an MoE layer at once
@@ -410,6 +419,17 @@ size_t TokenTileBytes(const MatmulTask& t) {
 }
 
 bool Tiled(const MatmulTask& t) { return TokenTileBytes(t) > 0; }
+
+// Tiled tasks whose tiles come from x as it is (F16), and those whose tiles
+// come from x rounded to BF16 (BF16: BF16 pairs in x_pair_tiles, no more
+// bytes than float tiles, where UseBf16DotProduct(), else floats): two
+// tasks share tiles only when they are of the same kind.
+bool RawTiled(const MatmulTask& t) { return Tiled(t) && !RoundsInput(t); }
+bool RoundedTiled(const MatmulTask& t) { return Tiled(t) && RoundsInput(t); }
+
+uint8_t* AlignUp64(uint8_t* p) {
+  return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
+}
 
 // x F32 [num_tokens, cols] -> tiles [tile][cols][kHalfTileTokens], tokens
 // past num_tokens zero.
@@ -429,7 +449,44 @@ void MakeTokenTiles(const float* x, int64_t num_tokens, int64_t cols, int64_t ti
   }
 }
 
+// x F32 [num_tokens, cols], already rounded to BF16 -> tiles of BF16 pairs
+// (KernelArgs::x_pair_tiles), tokens past num_tokens zero.
+void MakePairTiles(const float* x, int64_t num_tokens, int64_t cols, int64_t tile_begin,
+                   int64_t tile_end, uint32_t* tiles) {
+  const int64_t pairs = (cols + 1) / 2;
+  const auto bits = [](float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, sizeof(u));
+    return u >> 16;  // exact: v is a BF16 value
+  };
+  for (int64_t tile = tile_begin; tile < tile_end; ++tile) {
+    uint32_t* out = tiles + tile * pairs * kHalfTileTokens;
+    const float* in = x + tile * kHalfTileTokens * cols;
+    const int64_t tokens = std::min(kHalfTileTokens, num_tokens - tile * kHalfTileTokens);
+    for (int64_t kp = 0; kp < pairs; ++kp) {
+      const int64_t k = 2 * kp;
+      for (int64_t j = 0; j < kHalfTileTokens; ++j) {
+        uint32_t pair = 0;
+        if (j < tokens) {
+          pair = bits(in[j * cols + k]);
+          if (k + 1 < cols) pair |= bits(in[j * cols + k + 1]) << 16;
+        }
+        out[kp * kHalfTileTokens + j] = pair;
+      }
+    }
+  }
+}
+
 }  // namespace
+
+bool UseBf16DotProduct() {
+  static const bool has_bf16 = DetectCpuFeatures().avx512bf16;
+  return has_bf16 && ActiveIsa() >= Isa::kAvx512;
+}
+
+void RoundToBf16(const float* x, int64_t n, float* out) {
+  for (int64_t i = 0; i < n; ++i) out[i] = BF16ToF32(F32ToBF16(x[i]));
+}
 
 size_t MatmulWorkspaceBytes(const PackedMatrix& weight, int64_t num_tokens) {
   const MatmulTask task{&weight, nullptr, nullptr, num_tokens, nullptr};
@@ -452,13 +509,17 @@ size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks) {
           bytes, MatmulReferenceWorkspaceBytes(w.source.dtype(), tasks[i].num_tokens, w.cols));
     }
   }
-  size_t prepared = 0;  // quantized activations, and float token tiles
+  size_t prepared = 0;  // quantized or rounded activations, and token tiles
   for (size_t i = 0; i < num_tasks; ++i) {
     const PackedMatrix& w = *tasks[i].weight;
     if (Quantized(tasks[i]) && SharedInput(tasks, i, Quantized) == i) {
       prepared += QuantizedActivationsBytes(tasks[i].num_tokens, w.cols);
     }
-    if (SharedInput(tasks, i, Tiled) == i) prepared += TokenTileBytes(tasks[i]);
+    if (RoundsInput(tasks[i]) && SharedInput(tasks, i, RoundsInput) == i) {
+      prepared += RoundedInputBytes(tasks[i]);
+    }
+    bool (*const tiled)(const MatmulTask&) = RoundsInput(tasks[i]) ? RoundedTiled : RawTiled;
+    if (SharedInput(tasks, i, tiled) == i) prepared += TokenTileBytes(tasks[i]);
   }
   return std::max(bytes, prepared);
 }
@@ -504,20 +565,41 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
       }
     }
     args[i] = KernelArgs{&w, &acts[i], t.x, t.num_tokens, t.bias, t.y};
-    // Only the AVX-512 kernel reads the tiles (the AVX2 one takes 6 tokens,
+    if (RoundsInput(t)) {
+      const size_t shared = SharedInput(tasks, i, RoundsInput);
+      if (shared == i) {
+        auto* rounded = reinterpret_cast<float*>(AlignUp64(cursor));
+        cursor += RoundedInputBytes(t);
+        pool.ParallelFor(t.num_tokens, 1, [&](int64_t begin, int64_t end, int) {
+          RoundToBf16(t.x + begin * w.cols, (end - begin) * w.cols, rounded + begin * w.cols);
+        });
+        args[i].x = rounded;
+      } else {
+        args[i].x = args[shared].x;
+      }
+    }
+    // Only the AVX-512 kernels read the tiles (the AVX2 one takes 6 tokens,
     // few enough for the cache sets, straight from x).
     if (Tiled(t) && isa >= Isa::kAvx512) {
-      const size_t shared = SharedInput(tasks, i, Tiled);
-      if (shared == i) {
-        auto* tiles =
-            reinterpret_cast<float*>((reinterpret_cast<uintptr_t>(cursor) + 63) & ~uintptr_t{63});
+      const bool pairs = RoundsInput(t) && UseBf16DotProduct();
+      const size_t shared = SharedInput(tasks, i, RoundsInput(t) ? RoundedTiled : RawTiled);
+      if (shared != i) {
+        args[i].x_tiles = args[shared].x_tiles;
+        args[i].x_pair_tiles = args[shared].x_pair_tiles;
+      } else if (pairs) {
+        auto* tiles = reinterpret_cast<uint32_t*>(AlignUp64(cursor));
         cursor += TokenTileBytes(t);
         pool.ParallelFor(TokenTiles(t.num_tokens), 1, [&](int64_t begin, int64_t end, int) {
-          MakeTokenTiles(t.x, t.num_tokens, w.cols, begin, end, tiles);
+          MakePairTiles(args[i].x, t.num_tokens, w.cols, begin, end, tiles);
+        });
+        args[i].x_pair_tiles = tiles;
+      } else {
+        auto* tiles = reinterpret_cast<float*>(AlignUp64(cursor));
+        cursor += TokenTileBytes(t);
+        pool.ParallelFor(TokenTiles(t.num_tokens), 1, [&](int64_t begin, int64_t end, int) {
+          MakeTokenTiles(args[i].x, t.num_tokens, w.cols, begin, end, tiles);
         });
         args[i].x_tiles = tiles;
-      } else {
-        args[i].x_tiles = args[shared].x_tiles;
       }
     }
     total_groups += w.num_groups();
@@ -553,6 +635,8 @@ size_t MatmulReferenceWorkspaceBytes(DType weight_type, int64_t num_tokens, int6
       return num_tokens * (in / 32) * sizeof(ActQ8_1);
     case DType::kQuant:
       return QuantizedActivationsBytes(num_tokens, in);
+    case DType::kBF16:
+      return num_tokens * in * sizeof(float);
     default:
       return 0;
   }
@@ -602,6 +686,12 @@ absl::Status MatmulReference(const TensorView& weight, const float* bias, const 
     pool.ParallelFor(num_tokens, 1, [&](int64_t begin, int64_t end, int) {
       for (int64_t t = begin; t < end; ++t) QuantizeRowQ8_1(x + t * in, in, xq + t * num_blocks);
     });
+  } else if (type == DType::kBF16) {
+    auto* rounded = static_cast<float*>(workspace);
+    pool.ParallelFor(num_tokens, 1, [&](int64_t begin, int64_t end, int) {
+      RoundToBf16(x + begin * in, (end - begin) * in, rounded + begin * in);
+    });
+    x = rounded;
   }
 
   pool.ParallelFor(out, 8, [&](int64_t begin, int64_t end, int) {

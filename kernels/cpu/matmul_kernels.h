@@ -26,7 +26,8 @@ void QuantizeActivationsAvx512(const float* x, int64_t cols, int64_t token_begin
                                const QuantizedActivations& a);
 
 // Whether the kernels for w's layout read activations quantized per block
-// (Q8_0x16, Q4_0x16, Herd formats) rather than x itself (F32, F16, BF16).
+// (Q8_0x16, Q4_0x16, Herd formats) rather than x itself (F32, F16, BF16;
+// for BF16, x rounded to BF16: see kernels/matmul.h).
 bool TakesQuantizedActivations(const PackedMatrix& w);
 
 // Computes y F32 [num_tokens, w.rows] for the row groups [group_begin,
@@ -43,9 +44,23 @@ struct KernelArgs {
   // kHalfTileTokens tokens, each column-major (F32 [cols, kHalfTileTokens]),
   // so a tile's activations at one column are adjacent instead of a row
   // stride apart (which maps them all onto the same few cache sets); the last
-  // tile may be partial, zero-padded. Null otherwise.
+  // tile may be partial, zero-padded. Null otherwise, and for BF16 when
+  // x_pair_tiles is set.
   const float* x_tiles = nullptr;
+  // BF16 HalfRows16 on AVX-512 with the BF16 dot product
+  // (UseBf16DotProduct()) and TokenTiles(num_tokens) > 0: the same tiles as
+  // pairs of BF16 activations, U32 [tile][ceil(cols / 2)][kHalfTileTokens];
+  // pair kp of token j holds x[j][2kp] in its low half and x[j][2kp + 1]
+  // (0 past the last column) in its high half. Null otherwise.
+  const uint32_t* x_pair_tiles = nullptr;
 };
+
+// Whether BF16 weights' token tiles run on the BF16 dot product
+// (vdpbf16ps): ActiveIsa() is an AVX-512 one and the CPU has AVX512_BF16.
+bool UseBf16DotProduct();
+
+// out[i] = x[i] rounded to the nearest BF16 value (ties to even), as F32.
+void RoundToBf16(const float* x, int64_t n, float* out);
 
 // Tokens per tile of the float kernels' prefill (HalfRows16), and how many
 // tiles x is cut into: a task of kHalfTileMinTokens tokens or more is cut

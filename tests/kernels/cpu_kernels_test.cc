@@ -93,6 +93,11 @@ std::vector<QuantFormat> AllQuantFormats() {
 
 // What the activations become before an integer dot product with `type`.
 std::vector<float> ActivationsAsSeen(DType type, const std::vector<float>& x, int64_t cols) {
+  if (type == DType::kBF16) {  // rounded to BF16, as llama.cpp does (kernels/matmul.h)
+    std::vector<float> out(x.size());
+    for (size_t i = 0; i < x.size(); ++i) out[i] = BF16ToF32(F32ToBF16(x[i]));
+    return out;
+  }
   if (!IsQuantized(type)) return x;
   std::vector<float> out(x.size());
   std::vector<BlockQ8_0> blocks(cols / 32);
@@ -328,22 +333,25 @@ TEST(MatmulTest, BatchOfTasksMatchesSeparateCalls) {
     SCOPED_TRACE(IsaName(isa));
     ThreadPool pool(2);
     StoredMatrix a = Store(DType::kQ4_0, 48, 64, 1), b = Store(DType::kQ8_0, 20, 64, 2),
-                 c = Store(DType::kF16, 9, 32, 3), d = Store(DType::kBF16, 17, 32, 4);
+                 c = Store(DType::kF16, 9, 32, 3), d = Store(DType::kBF16, 17, 32, 4),
+                 e = Store(DType::kBF16, 5, 32, 5), f = Store(DType::kF16, 12, 32, 6);
     auto pa = PackMatrix(a.view), pb = PackMatrix(b.view), pc = PackMatrix(c.view),
-         pd = PackMatrix(d.view);
-    ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok() && pd.ok());
+         pd = PackMatrix(d.view), pe = PackMatrix(e.view), pf = PackMatrix(f.view);
+    ASSERT_TRUE(pa.ok() && pb.ok() && pc.ok() && pd.ok() && pe.ok() && pf.ok());
     const std::vector<float> x1 = Random(3 * 64, 5), x2 = Random(30 * 32, 6);
-    std::vector<float> ya(3 * 48), yb(3 * 20), yc(30 * 9), yd(30 * 17);
-    // a and b share x1 (one quantization); c and d share x2, 30 tokens (one
-    // set of token tiles on AVX-512: the workspace holds it once).
-    const MatmulTask tasks[4] = {{&*pa, nullptr, x1.data(), 3, ya.data()},
-                                 {&*pb, nullptr, x1.data(), 3, yb.data()},
-                                 {&*pc, nullptr, x2.data(), 30, yc.data()},
-                                 {&*pd, nullptr, x2.data(), 30, yd.data()}};
-    EXPECT_EQ(MatmulBatchWorkspaceBytes(tasks + 2, 2), MatmulWorkspaceBytes(*pc, 30));
-    std::vector<uint8_t> ws(MatmulBatchWorkspaceBytes(tasks, 4));
-    ASSERT_TRUE(MatmulBatch(tasks, 4, ws.data(), ws.size(), pool).ok());
-    for (int i = 0; i < 4; ++i) {
+    std::vector<float> ya(3 * 48), yb(3 * 20), yc(30 * 9), yd(30 * 17), ye(30 * 5), yf(30 * 12);
+    // a and b share x1 (one quantization); c to f share x2, 30 tokens: c and
+    // f share one set of token tiles on AVX-512, d and e one rounding to BF16
+    // and one set of tiles of it, and each pair holds them once.
+    const MatmulTask tasks[6] = {
+        {&*pa, nullptr, x1.data(), 3, ya.data()},  {&*pb, nullptr, x1.data(), 3, yb.data()},
+        {&*pc, nullptr, x2.data(), 30, yc.data()}, {&*pd, nullptr, x2.data(), 30, yd.data()},
+        {&*pe, nullptr, x2.data(), 30, ye.data()}, {&*pf, nullptr, x2.data(), 30, yf.data()}};
+    EXPECT_EQ(MatmulBatchWorkspaceBytes(tasks + 2, 4),
+              MatmulWorkspaceBytes(*pc, 30) + MatmulWorkspaceBytes(*pd, 30));
+    std::vector<uint8_t> ws(MatmulBatchWorkspaceBytes(tasks, 6));
+    ASSERT_TRUE(MatmulBatch(tasks, 6, ws.data(), ws.size(), pool).ok());
+    for (int i = 0; i < 6; ++i) {
       std::vector<float> expected(tasks[i].num_tokens * tasks[i].weight->rows);
       std::vector<uint8_t> ws1(MatmulWorkspaceBytes(*tasks[i].weight, tasks[i].num_tokens));
       ASSERT_TRUE(Matmul(*tasks[i].weight, nullptr, tasks[i].x, tasks[i].num_tokens,
