@@ -64,8 +64,10 @@ struct HttpResponse {
 // arrives; return false to abandon the request (Post then returns Cancelled).
 using SseEventFn = std::function<bool(absl::string_view data)>;
 
-// One connection to one server, kept alive between requests. Not
-// thread-safe: give each thread its own client.
+// One connection to one server, kept alive between requests (TCP_NODELAY).
+// A request that fails on a kept-alive connection before any response
+// arrives (the server had closed it) is sent once more on a new connection.
+// Not thread-safe: give each thread its own client.
 class HttpClient {
  public:
   // `url` is "http://host[:port][/prefix]" or "https://..."; request paths are
