@@ -53,31 +53,6 @@ const GgmlTypeTraits* FindGgmlType(uint32_t id) {
   return nullptr;
 }
 
-// Bytes of one scalar of `type`, or 0 for string/array/unknown.
-uint64_t ScalarBytes(GgufType type) {
-  switch (type) {
-    case GgufType::kU8:
-    case GgufType::kI8:
-    case GgufType::kBool:
-      return 1;
-    case GgufType::kU16:
-    case GgufType::kI16:
-      return 2;
-    case GgufType::kU32:
-    case GgufType::kI32:
-    case GgufType::kF32:
-      return 4;
-    case GgufType::kU64:
-    case GgufType::kI64:
-    case GgufType::kF64:
-      return 8;
-    case GgufType::kString:
-    case GgufType::kArray:
-      return 0;
-  }
-  return 0;
-}
-
 bool IsKnownType(uint32_t type) { return type <= static_cast<uint32_t>(GgufType::kF64); }
 
 template <typename T>
@@ -102,6 +77,30 @@ std::string Printable(absl::string_view s, size_t max_chars = 64) {
 }
 
 }  // namespace
+
+uint64_t GgufScalarBytes(GgufType type) {
+  switch (type) {
+    case GgufType::kU8:
+    case GgufType::kI8:
+    case GgufType::kBool:
+      return 1;
+    case GgufType::kU16:
+    case GgufType::kI16:
+      return 2;
+    case GgufType::kU32:
+    case GgufType::kI32:
+    case GgufType::kF32:
+      return 4;
+    case GgufType::kU64:
+    case GgufType::kI64:
+    case GgufType::kF64:
+      return 8;
+    case GgufType::kString:
+    case GgufType::kArray:
+      return 0;
+  }
+  return 0;
+}
 
 std::string GgufTypeName(GgufType type) {
   switch (type) {
@@ -264,7 +263,7 @@ std::optional<absl::string_view> GgufValue::AsString() const {
 
 GgufValue GgufValue::element(uint64_t idx) const {
   HERD_CHECK(is_array() && idx < array_size_);
-  const uint64_t size = ScalarBytes(element_type_);
+  const uint64_t size = GgufScalarBytes(element_type_);
   if (size > 0) {
     GgufValue v;
     v.type_ = element_type_;
@@ -382,7 +381,7 @@ class GgufParser {
 absl::Status GgufParser::ParseValue(GgufType type, int depth, const std::string& context,
                                     GgufValue* out) {
   out->type_ = type;
-  const uint64_t scalar_bytes = ScalarBytes(type);
+  const uint64_t scalar_bytes = GgufScalarBytes(type);
   if (scalar_bytes > 0) {
     if (remaining() < scalar_bytes) return Truncated("value", context, scalar_bytes);
     const uint8_t* p = data_ + pos_;
@@ -418,7 +417,7 @@ absl::Status GgufParser::ParseValue(GgufType type, int depth, const std::string&
   HERD_ASSIGN_OR_RETURN(const uint64_t count, Read<uint64_t>("array length", context));
   out->element_type_ = static_cast<GgufType>(element_type);
   out->array_size_ = count;
-  const uint64_t element_bytes = ScalarBytes(out->element_type_);
+  const uint64_t element_bytes = GgufScalarBytes(out->element_type_);
   // NOTE: compare by division so that an absurd count cannot overflow.
   const uint64_t min_element_bytes =
       element_bytes > 0

@@ -60,6 +60,9 @@ enum class GgufType : uint32_t {
 };
 // "u8", "i32", "string", "array", ...; "type(N)" for numbers outside the enum.
 std::string GgufTypeName(GgufType type);
+// Bytes of one scalar of `type` as the file stores it (bool: 1), or 0 for
+// string, array and unknown types.
+uint64_t GgufScalarBytes(GgufType type);
 
 // ggml tensor type ids that Herd maps to a DType.
 inline constexpr uint32_t kGgmlTypeF32 = 0;

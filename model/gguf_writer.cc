@@ -33,36 +33,18 @@ std::vector<uint8_t> Scalar(T value) {
   return out;
 }
 
-// Bytes of an integer GGUF type; 0 for the others.
-int IntegerWidth(GgufType type) {
-  switch (type) {
-    case GgufType::kU8:
-    case GgufType::kI8:
-      return 1;
-    case GgufType::kU16:
-    case GgufType::kI16:
-      return 2;
-    case GgufType::kU32:
-    case GgufType::kI32:
-      return 4;
-    case GgufType::kU64:
-    case GgufType::kI64:
-      return 8;
-    default:
-      return 0;
-  }
-}
-
 // `value` as the file stores it after its type id: little-endian scalars,
 // { length; bytes } strings, { element type; count; elements } arrays.
 void AppendValue(std::vector<uint8_t>* out, const GgufValue& value) {
   const GgufType type = value.type();
-  if (const int width = IntegerWidth(type); width > 0) {
+  if (value.is_integer()) {
     // Two's complement: a negative value's low bytes are its encoding.
     const std::optional<uint64_t> unsigned_value = value.AsUint64();
     const uint64_t bits =
         unsigned_value ? *unsigned_value : static_cast<uint64_t>(value.AsInt64().value_or(0));
-    for (int i = 0; i < width; ++i) out->push_back(static_cast<uint8_t>(bits >> (8 * i)));
+    for (uint64_t i = 0; i < GgufScalarBytes(type); ++i) {
+      out->push_back(static_cast<uint8_t>(bits >> (8 * i)));
+    }
     return;
   }
   switch (type) {
