@@ -24,9 +24,10 @@
   __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,f16c,fma,avx2,gfni")))
 // The BF16 dot-product kernels, run only when the CPU has AVX512_BF16
 // (args.x_pair_tiles set; see UseBf16DotProduct).
-#define HERD_AVX512_BF16                                                                     \
-  __attribute__((target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx512bf16,f16c,fma," \
-                        "avx2")))
+#define HERD_AVX512_BF16                                                          \
+  __attribute__((                                                                 \
+      target("avx512f,avx512bw,avx512vl,avx512vnni,avx512dq,avx512bf16,f16c,fma," \
+             "avx2")))
 
 namespace herd::cpu {
 namespace {
