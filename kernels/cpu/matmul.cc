@@ -480,8 +480,8 @@ void MakePairTiles(const float* x, int64_t num_tokens, int64_t cols, int64_t til
 }  // namespace
 
 bool UseBf16DotProduct() {
-  static const bool has_bf16 = DetectCpuFeatures().avx512bf16;
-  return has_bf16 && ActiveIsa() >= Isa::kAvx512;
+  static const bool kHasBf16 = DetectCpuFeatures().avx512bf16;
+  return kHasBf16 && ActiveIsa() >= Isa::kAvx512;
 }
 
 void RoundToBf16(const float* x, int64_t n, float* out) {
