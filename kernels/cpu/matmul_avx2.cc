@@ -227,8 +227,41 @@ HERD_AVX2 inline __m256 LoadScales8(const uint16_t* p, DType type) {
 // 4 bits are small enough for vpmaddubsw to sum all 8 steps in int16
 // (8 x 2 x 15 x 127 < 2^15); int8 codes are flipped to signed and take the
 // |w| x sign(a, w) route of Q8_0, which yields the centred dot directly.
-template <int kBits, bool kSymmetric, int kTokens>
-HERD_AVX2 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
+// One token's dot with one half of a block: u holds the half's 8 code
+// vectors (int8 codes already flipped), qa the token's 32 activations.
+template <int kBits>
+HERD_AVX2 inline __attribute__((always_inline)) __m256i CodesDotHalf(const __m256i* u,
+                                                                     const int8_t* qa,
+                                                                     int32_t activation_sum) {
+  constexpr int32_t kZero = 1 << (kBits - 1);
+  if constexpr (kBits == 8) {
+    __m256i dot = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int s = 0; s < 8; ++s) {
+      const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(LoadQuad(qa + 4 * s)), u[s]);
+      dot = _mm256_add_epi32(dot, DotU8S8(_mm256_abs_epi8(u[s]), signed_a));
+    }
+    return dot;
+  } else {
+    __m256i pairs = _mm256_maddubs_epi16(u[0], _mm256_set1_epi32(LoadQuad(qa)));
+#pragma GCC unroll 8
+    for (int s = 1; s < 8; ++s) {
+      pairs = _mm256_add_epi16(pairs,
+                               _mm256_maddubs_epi16(u[s], _mm256_set1_epi32(LoadQuad(qa + 4 * s))));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
+                            _mm256_set1_epi32(-kZero * activation_sum));
+  }
+}
+
+// Rows 8h..8h+7 of group g for kTokens tokens from t0, the scales (and mins)
+// applied per scale group. Several tokens run one half at a time, so that the
+// half's 8 code vectors and the accumulators fit the 16 registers (as
+// Q4_0BlockHalf); one token runs both halves of each block in turn (kHalves
+// = 2, h = 0), so that the codes stream past once.
+template <int kBits, bool kSymmetric, int kTokens, int kHalves>
+HERD_AVX2 inline __attribute__((always_inline)) void QuantRows(const KernelArgs& args, int64_t g,
+                                                               int64_t t0, int h0) {
   const PackedMatrix& w = *args.w;
   const QuantizedActivations& a = *args.a;
   const int64_t cols = w.cols;
@@ -240,70 +273,72 @@ HERD_AVX2 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
   const uint16_t* scales = w.scales + g * groups * kPackRows;
   const uint16_t* mins = kSymmetric ? nullptr : w.mins + g * groups * kPackRows;
   const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256 acc[kTokens][2];
-  for (int j = 0; j < kTokens; ++j) acc[j][0] = acc[j][1] = _mm256_setzero_ps();
+  __m256 acc[kHalves * kTokens];
+#pragma GCC unroll 8
+  for (int i = 0; i < kHalves * kTokens; ++i) acc[i] = _mm256_setzero_ps();
   for (int64_t k = 0; k < groups; ++k) {
-    __m256 dots[kTokens][2];
+    __m256 dots[kHalves * kTokens];
     float sums[kTokens];
-    for (int j = 0; j < kTokens; ++j) {
-      dots[j][0] = dots[j][1] = _mm256_setzero_ps();
-      sums[j] = 0.0f;
-    }
+#pragma GCC unroll 8
+    for (int i = 0; i < kHalves * kTokens; ++i) dots[i] = _mm256_setzero_ps();
+#pragma GCC unroll 8
+    for (int j = 0; j < kTokens; ++j) sums[j] = 0.0f;
     for (int64_t b = k * blocks_per_group; b < (k + 1) * blocks_per_group; ++b) {
-      __m256i u[2][8];
-      PrefetchAhead(codes + b * 64 * kBits, 64 * kBits);
-      UnpackCodesHalf<kBits>(codes + b * 64 * kBits, 0, u[0]);
-      UnpackCodesHalf<kBits>(codes + b * 64 * kBits, 1, u[1]);
-      if constexpr (kBits == 8) {
-        for (int h = 0; h < 2; ++h) {
-          for (int s = 0; s < 8; ++s) u[h][s] = _mm256_xor_si256(u[h][s], flip);
+      if (h0 == 0) PrefetchAhead(codes + b * 64 * kBits, 64 * kBits);
+#pragma GCC unroll 2
+      for (int hh = 0; hh < kHalves; ++hh) {
+        __m256i u[8];
+        UnpackCodesHalf<kBits>(codes + b * 64 * kBits, h0 + hh, u);
+        if constexpr (kBits == 8) {
+#pragma GCC unroll 8
+          for (int s = 0; s < 8; ++s) u[s] = _mm256_xor_si256(u[s], flip);
+        }
+#pragma GCC unroll 8
+        for (int j = 0; j < kTokens; ++j) {
+          const int64_t t = t0 + j;
+          const __m256i dot = CodesDotHalf<kBits>(u, a.qs + t * cols + b * 32, a.sum[t * nb + b]);
+          dots[hh * kTokens + j] = _mm256_fmadd_ps(
+              _mm256_cvtepi32_ps(dot), _mm256_set1_ps(a.d[t * nb + b]), dots[hh * kTokens + j]);
         }
       }
-      for (int j = 0; j < kTokens; ++j) {
-        const int64_t t = t0 + j;
-        int32_t chunk[8];
-        std::memcpy(chunk, a.qs + t * cols + b * 32, 32);
-        const float d = a.d[t * nb + b];
-        for (int h = 0; h < 2; ++h) {
-          __m256i dot;
-          if constexpr (kBits == 8) {
-            dot = _mm256_setzero_si256();
-            for (int s = 0; s < 8; ++s) {
-              const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(chunk[s]), u[h][s]);
-              dot = _mm256_add_epi32(dot, DotU8S8(_mm256_abs_epi8(u[h][s]), signed_a));
-            }
-          } else {
-            __m256i pairs = _mm256_maddubs_epi16(u[h][0], _mm256_set1_epi32(chunk[0]));
-            for (int s = 1; s < 8; ++s) {
-              pairs = _mm256_add_epi16(pairs,
-                                       _mm256_maddubs_epi16(u[h][s], _mm256_set1_epi32(chunk[s])));
-            }
-            dot = _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
-                                   _mm256_set1_epi32(-kZero * a.sum[t * nb + b]));
-          }
-          dots[j][h] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot), _mm256_set1_ps(d), dots[j][h]);
+      if constexpr (!kSymmetric) {
+#pragma GCC unroll 8
+        for (int j = 0; j < kTokens; ++j) {
+          sums[j] += a.d[(t0 + j) * nb + b] * static_cast<float>(a.sum[(t0 + j) * nb + b]);
         }
-        if constexpr (!kSymmetric) sums[j] += d * static_cast<float>(a.sum[t * nb + b]);
       }
     }
-    for (int h = 0; h < 2; ++h) {
+#pragma GCC unroll 2
+    for (int hh = 0; hh < kHalves; ++hh) {
+      const int h = h0 + hh;
       const __m256 s = LoadScales8(scales + k * kPackRows + h * 8, w.format.scale_type);
       __m256 offset = _mm256_setzero_ps();
       if constexpr (!kSymmetric) {
         offset = _mm256_fmadd_ps(s, _mm256_set1_ps(static_cast<float>(kZero)),
                                  LoadScales8(mins + k * kPackRows + h * 8, w.format.scale_type));
       }
+#pragma GCC unroll 8
       for (int j = 0; j < kTokens; ++j) {
-        acc[j][h] = _mm256_fmadd_ps(s, dots[j][h], acc[j][h]);
-        if constexpr (!kSymmetric) {
-          acc[j][h] = _mm256_fmadd_ps(offset, _mm256_set1_ps(sums[j]), acc[j][h]);
-        }
+        __m256& out = acc[hh * kTokens + j];
+        out = _mm256_fmadd_ps(s, dots[hh * kTokens + j], out);
+        if constexpr (!kSymmetric) out = _mm256_fmadd_ps(offset, _mm256_set1_ps(sums[j]), out);
       }
     }
   }
-  for (int j = 0; j < kTokens; ++j) {
-    StoreHalf(args, g, 0, t0 + j, acc[j][0]);
-    StoreHalf(args, g, 1, t0 + j, acc[j][1]);
+#pragma GCC unroll 2
+  for (int hh = 0; hh < kHalves; ++hh) {
+#pragma GCC unroll 8
+    for (int j = 0; j < kTokens; ++j) StoreHalf(args, g, h0 + hh, t0 + j, acc[hh * kTokens + j]);
+  }
+}
+
+template <int kBits, bool kSymmetric, int kTokens>
+HERD_AVX2 void QuantGroup(const KernelArgs& args, int64_t g, int64_t t0) {
+  if constexpr (kTokens == 1) {
+    QuantRows<kBits, kSymmetric, 1, 2>(args, g, t0, 0);
+  } else {
+    QuantRows<kBits, kSymmetric, kTokens, 1>(args, g, t0, 0);
+    QuantRows<kBits, kSymmetric, kTokens, 1>(args, g, t0, 1);
   }
 }
 
