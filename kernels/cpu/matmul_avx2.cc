@@ -42,11 +42,42 @@ HERD_AVX2 inline __m256i DotU8S8(__m256i u, __m256i s) {
   return _mm256_madd_epi16(_mm256_maddubs_epi16(u, s), _mm256_set1_epi16(1));
 }
 
+// One token's integer dot with one half (8 rows) of a 32-column block: u
+// holds the half's 8 vectors of unsigned codes, 4 columns per 32-bit lane
+// (kBits 8: flipped to signed, as Q8_0's bytes), qa the token's 32 int8
+// activations. Codes of at most 4 bits sum all 8 vpmaddubsw pair sums in
+// int16 (8 x 2 x 15 x 127 < 2^15) and subtract the zero code times the
+// activations' sum; 8-bit codes take |w| x sign(a, w), which yields the
+// centred dot directly.
+template <int kBits>
+HERD_AVX2 inline __attribute__((always_inline)) __m256i CodesDotHalf(const __m256i* u,
+                                                                     const int8_t* qa,
+                                                                     int32_t activation_sum) {
+  constexpr int32_t kZero = 1 << (kBits - 1);
+  if constexpr (kBits == 8) {
+    __m256i dot = _mm256_setzero_si256();
+#pragma GCC unroll 8
+    for (int s = 0; s < 8; ++s) {
+      const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(LoadQuad(qa + 4 * s)), u[s]);
+      dot = _mm256_add_epi32(dot, DotU8S8(_mm256_abs_epi8(u[s]), signed_a));
+    }
+    return dot;
+  } else {
+    __m256i pairs = _mm256_maddubs_epi16(u[0], _mm256_set1_epi32(LoadQuad(qa)));
+#pragma GCC unroll 8
+    for (int s = 1; s < 8; ++s) {
+      pairs = _mm256_add_epi16(pairs,
+                               _mm256_maddubs_epi16(u[s], _mm256_set1_epi32(LoadQuad(qa + 4 * s))));
+    }
+    return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
+                            _mm256_set1_epi32(-kZero * activation_sum));
+  }
+}
+
 // Q4_0x16, half h (rows 8h..8h+7) of block b for kTokens tokens from t0: 4
-// loads give the half's 8 u8 vectors (low and high nibbles); each token adds
-// its 8 vpmaddubsw pair sums in 16 bits (nibbles <= 15 and |a| <= 127: at
-// most 8 x 2 x 15 x 127 = 30480) before one vpmaddwd, subtracts 8 *
-// sum(activations) (the nibbles' offset), scales, and adds into acc[j].
+// loads give the half's 8 u8 vectors (low nibbles: columns 4s..4s+3, high:
+// 16+4s..16+4s+3, so in CodesDotHalf's column order), dotted as 4-bit codes
+// with zero 8, scaled and added into acc[j].
 template <int kTokens>
 HERD_AVX2 inline __attribute__((always_inline)) void Q4_0BlockHalf(const KernelArgs& args,
                                                                    const uint8_t* blk, int h,
@@ -56,38 +87,26 @@ HERD_AVX2 inline __attribute__((always_inline)) void Q4_0BlockHalf(const KernelA
   const int64_t cols = args.w->cols;
   const int64_t nb = cols / 32;
   const __m256i low_mask = _mm256_set1_epi8(0x0F);
-  __m256i lo[4], hi[4];
+  __m256i u[8];
 #pragma GCC unroll 4
   for (int s = 0; s < 4; ++s) {
     const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + s * 64 + h * 32));
-    lo[s] = _mm256_and_si256(v, low_mask);
-    hi[s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask);
+    u[s] = _mm256_and_si256(v, low_mask);
+    u[4 + s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask);
   }
   const __m256 wscale =
       _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 256 + h * 16)));
 #pragma GCC unroll 8
   for (int j = 0; j < kTokens; ++j) {
     const int64_t t = t0 + j;
-    const int8_t* qa = a.qs + t * cols + b * 32;
-    __m256i pairs = _mm256_setzero_si256();
-#pragma GCC unroll 4
-    for (int s = 0; s < 4; ++s) {
-      pairs = _mm256_add_epi16(
-          pairs, _mm256_add_epi16(
-                     _mm256_maddubs_epi16(lo[s], _mm256_set1_epi32(LoadQuad(qa + 4 * s))),
-                     _mm256_maddubs_epi16(hi[s], _mm256_set1_epi32(LoadQuad(qa + 16 + 4 * s)))));
-    }
-    const __m256i dot = _mm256_add_epi32(_mm256_set1_epi32(-8 * a.sum[t * nb + b]),
-                                         _mm256_madd_epi16(pairs, _mm256_set1_epi16(1)));
+    const __m256i dot = CodesDotHalf<4>(u, a.qs + t * cols + b * 32, a.sum[t * nb + b]);
     acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
                              _mm256_mul_ps(wscale, _mm256_set1_ps(a.d[t * nb + b])), acc[j]);
   }
 }
 
-// Q8_0x16, half h of block b, as Q4_0BlockHalf. Q8_0 bytes are value + 128;
-// flipping the top bit gives the signed value, and |w| x sign(a, w) keeps
-// vpmaddubsw's pair sums within int16. Each token takes |w| again (one
-// instruction), so that only the 8 signed vectors stay in registers.
+// Q8_0x16, half h of block b, as Q4_0BlockHalf: Q8_0 bytes are value + 128,
+// so flipping the top bit gives the signed value, dotted as 8-bit codes.
 template <int kTokens>
 HERD_AVX2 inline __attribute__((always_inline)) void Q8_0BlockHalf(const KernelArgs& args,
                                                                    const uint8_t* blk, int h,
@@ -108,13 +127,7 @@ HERD_AVX2 inline __attribute__((always_inline)) void Q8_0BlockHalf(const KernelA
 #pragma GCC unroll 8
   for (int j = 0; j < kTokens; ++j) {
     const int64_t t = t0 + j;
-    const int8_t* qa = a.qs + t * cols + b * 32;
-    __m256i dot = _mm256_setzero_si256();
-#pragma GCC unroll 8
-    for (int s = 0; s < 8; ++s) {
-      const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(LoadQuad(qa + 4 * s)), wv[s]);
-      dot = _mm256_add_epi32(dot, DotU8S8(_mm256_abs_epi8(wv[s]), signed_a));
-    }
+    const __m256i dot = CodesDotHalf<8>(wv, a.qs + t * cols + b * 32, 0);
     acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
                              _mm256_mul_ps(wscale, _mm256_set1_ps(a.d[t * nb + b])), acc[j]);
   }
@@ -223,37 +236,8 @@ HERD_AVX2 inline __m256 LoadScales8(const uint16_t* p, DType type) {
   return _mm256_cvtph_ps(raw);
 }
 
-// Herd's quantized formats (kQuantRows16), 8 rows per half. Codes of at most
-// 4 bits are small enough for vpmaddubsw to sum all 8 steps in int16
-// (8 x 2 x 15 x 127 < 2^15); int8 codes are flipped to signed and take the
-// |w| x sign(a, w) route of Q8_0, which yields the centred dot directly.
-// One token's dot with one half of a block: u holds the half's 8 code
-// vectors (int8 codes already flipped), qa the token's 32 activations.
-template <int kBits>
-HERD_AVX2 inline __attribute__((always_inline)) __m256i CodesDotHalf(const __m256i* u,
-                                                                     const int8_t* qa,
-                                                                     int32_t activation_sum) {
-  constexpr int32_t kZero = 1 << (kBits - 1);
-  if constexpr (kBits == 8) {
-    __m256i dot = _mm256_setzero_si256();
-#pragma GCC unroll 8
-    for (int s = 0; s < 8; ++s) {
-      const __m256i signed_a = _mm256_sign_epi8(_mm256_set1_epi32(LoadQuad(qa + 4 * s)), u[s]);
-      dot = _mm256_add_epi32(dot, DotU8S8(_mm256_abs_epi8(u[s]), signed_a));
-    }
-    return dot;
-  } else {
-    __m256i pairs = _mm256_maddubs_epi16(u[0], _mm256_set1_epi32(LoadQuad(qa)));
-#pragma GCC unroll 8
-    for (int s = 1; s < 8; ++s) {
-      pairs = _mm256_add_epi16(pairs,
-                               _mm256_maddubs_epi16(u[s], _mm256_set1_epi32(LoadQuad(qa + 4 * s))));
-    }
-    return _mm256_add_epi32(_mm256_madd_epi16(pairs, _mm256_set1_epi16(1)),
-                            _mm256_set1_epi32(-kZero * activation_sum));
-  }
-}
-
+// Herd's quantized formats (kQuantRows16), 8 rows per half, dotted by
+// CodesDotHalf (int8 codes flipped to signed first).
 // Rows 8h..8h+7 of group g for kTokens tokens from t0, the scales (and mins)
 // applied per scale group. Several tokens run one half at a time, so that the
 // half's 8 code vectors and the accumulators fit the 16 registers (as
