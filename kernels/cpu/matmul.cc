@@ -426,6 +426,8 @@ bool Tiled(const MatmulTask& t) { return TokenTileBytes(t) > 0; }
 // tasks share tiles only when they are of the same kind.
 bool RawTiled(const MatmulTask& t) { return Tiled(t) && !RoundsInput(t); }
 bool RoundedTiled(const MatmulTask& t) { return Tiled(t) && RoundsInput(t); }
+// The kind of tiles t shares (SharedInput's `prepared`).
+auto TileKind(const MatmulTask& t) { return RoundsInput(t) ? RoundedTiled : RawTiled; }
 
 uint8_t* AlignUp64(uint8_t* p) {
   return reinterpret_cast<uint8_t*>((reinterpret_cast<uintptr_t>(p) + 63) & ~uintptr_t{63});
@@ -518,8 +520,7 @@ size_t MatmulBatchWorkspaceBytes(const MatmulTask* tasks, size_t num_tasks) {
     if (RoundsInput(tasks[i]) && SharedInput(tasks, i, RoundsInput) == i) {
       prepared += RoundedInputBytes(tasks[i]);
     }
-    bool (*const tiled)(const MatmulTask&) = RoundsInput(tasks[i]) ? RoundedTiled : RawTiled;
-    if (SharedInput(tasks, i, tiled) == i) prepared += TokenTileBytes(tasks[i]);
+    if (SharedInput(tasks, i, TileKind(tasks[i])) == i) prepared += TokenTileBytes(tasks[i]);
   }
   return std::max(bytes, prepared);
 }
@@ -582,7 +583,7 @@ absl::Status MatmulBatch(const MatmulTask* tasks, size_t num_tasks, void* worksp
     // few enough for the cache sets, straight from x).
     if (Tiled(t) && isa >= Isa::kAvx512) {
       const bool pairs = RoundsInput(t) && UseBf16DotProduct();
-      const size_t shared = SharedInput(tasks, i, RoundsInput(t) ? RoundedTiled : RawTiled);
+      const size_t shared = SharedInput(tasks, i, TileKind(t));
       if (shared != i) {
         args[i].x_tiles = args[shared].x_tiles;
         args[i].x_pair_tiles = args[shared].x_pair_tiles;
