@@ -74,130 +74,20 @@ HERD_AVX2 inline __attribute__((always_inline)) __m256i CodesDotHalf(const __m25
   }
 }
 
-// Q4_0x16, half h (rows 8h..8h+7) of block b for kTokens tokens from t0: 4
-// loads give the half's 8 u8 vectors (low nibbles: columns 4s..4s+3, high:
-// 16+4s..16+4s+3, so in CodesDotHalf's column order), dotted as 4-bit codes
-// with zero 8, scaled and added into acc[j].
-template <int kTokens>
-HERD_AVX2 inline __attribute__((always_inline)) void Q4_0BlockHalf(const KernelArgs& args,
-                                                                   const uint8_t* blk, int h,
-                                                                   int64_t b, int64_t t0,
-                                                                   __m256* acc) {
-  const QuantizedActivations& a = *args.a;
-  const int64_t cols = args.w->cols;
-  const int64_t nb = cols / 32;
-  const __m256i low_mask = _mm256_set1_epi8(0x0F);
-  __m256i u[8];
-#pragma GCC unroll 4
-  for (int s = 0; s < 4; ++s) {
-    const __m256i v = _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + s * 64 + h * 32));
-    u[s] = _mm256_and_si256(v, low_mask);
-    u[4 + s] = _mm256_and_si256(_mm256_srli_epi16(v, 4), low_mask);
-  }
-  const __m256 wscale =
-      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 256 + h * 16)));
-#pragma GCC unroll 8
-  for (int j = 0; j < kTokens; ++j) {
-    const int64_t t = t0 + j;
-    const __m256i dot = CodesDotHalf<4>(u, a.qs + t * cols + b * 32, a.sum[t * nb + b]);
-    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
-                             _mm256_mul_ps(wscale, _mm256_set1_ps(a.d[t * nb + b])), acc[j]);
-  }
-}
-
-// Q8_0x16, half h of block b, as Q4_0BlockHalf: Q8_0 bytes are value + 128,
-// so flipping the top bit gives the signed value, dotted as 8-bit codes.
-template <int kTokens>
-HERD_AVX2 inline __attribute__((always_inline)) void Q8_0BlockHalf(const KernelArgs& args,
-                                                                   const uint8_t* blk, int h,
-                                                                   int64_t b, int64_t t0,
-                                                                   __m256* acc) {
-  const QuantizedActivations& a = *args.a;
-  const int64_t cols = args.w->cols;
-  const int64_t nb = cols / 32;
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
-  __m256i wv[8];
-#pragma GCC unroll 8
-  for (int s = 0; s < 8; ++s) {
-    wv[s] = _mm256_xor_si256(
-        _mm256_loadu_si256(reinterpret_cast<const __m256i*>(blk + s * 64 + h * 32)), flip);
-  }
-  const __m256 wscale =
-      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + 512 + h * 16)));
-#pragma GCC unroll 8
-  for (int j = 0; j < kTokens; ++j) {
-    const int64_t t = t0 + j;
-    const __m256i dot = CodesDotHalf<8>(wv, a.qs + t * cols + b * 32, 0);
-    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
-                             _mm256_mul_ps(wscale, _mm256_set1_ps(a.d[t * nb + b])), acc[j]);
-  }
-}
-
-// One group of a Q4_0x16 or Q8_0x16 matrix for kTokens tokens from t0, by
-// halves. Several tokens: one half at a time over all blocks, so that the
-// half's unpacked weights and the kTokens accumulators fit the 16 registers
-// (both halves at once spilled them to the stack: Q4_0 177 -> 226, Q8_0
-// 122 -> 159 GOP/s on one core, 2816 x 1024, 32 tokens); the second half
-// reads the group from L1. One token (decode, bound by memory): both halves
-// of each block in turn, so that the weights stream past once.
-template <int kTokens, int kBlockBytes, typename BlockHalf>
-HERD_AVX2 inline __attribute__((always_inline)) void QuantGroupByHalves(const KernelArgs& args,
-                                                                        int64_t g, int64_t t0,
-                                                                        BlockHalf block_half) {
-  const int64_t nb = args.w->cols / 32;
-  const uint8_t* group = args.w->data + g * nb * kBlockBytes;
-  if constexpr (kTokens == 1) {
-    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
-    for (int64_t b = 0; b < nb; ++b) {
-      const uint8_t* blk = group + b * kBlockBytes;
-      PrefetchAhead(blk, kBlockBytes);
-      block_half(blk, 0, b, &acc[0]);
-      block_half(blk, 1, b, &acc[1]);
-    }
-    StoreHalf(args, g, 0, t0, acc[0]);
-    StoreHalf(args, g, 1, t0, acc[1]);
-  } else {
-    for (int h = 0; h < 2; ++h) {
-      __m256 acc[kTokens];
-#pragma GCC unroll 8
-      for (int j = 0; j < kTokens; ++j) acc[j] = _mm256_setzero_ps();
-      for (int64_t b = 0; b < nb; ++b) {
-        const uint8_t* blk = group + b * kBlockBytes;
-        if (h == 0) PrefetchAhead(blk, kBlockBytes);
-        block_half(blk, h, b, acc);
-      }
-#pragma GCC unroll 8
-      for (int j = 0; j < kTokens; ++j) StoreHalf(args, g, h, t0 + j, acc[j]);
-    }
-  }
-}
-
-template <int kTokens>
-HERD_AVX2 void Q4_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
-  QuantGroupByHalves<kTokens, 4 * 64 + 32>(
-      args, g, t0, [&](const uint8_t* blk, int h, int64_t b, __m256* acc) HERD_AVX2 {
-        Q4_0BlockHalf<kTokens>(args, blk, h, b, t0, acc);
-      });
-}
-
-template <int kTokens>
-HERD_AVX2 void Q8_0Group(const KernelArgs& args, int64_t g, int64_t t0) {
-  QuantGroupByHalves<kTokens, 8 * 64 + 32>(
-      args, g, t0, [&](const uint8_t* blk, int h, int64_t b, __m256* acc) HERD_AVX2 {
-        Q8_0BlockHalf<kTokens>(args, blk, h, b, t0, acc);
-      });
-}
-
 // Half `h` (rows 8h..8h+7) of the 8 steps of one rows16 block, unsigned
 // (core/quant_format.h); as in matmul_avx512.cc.
 HERD_AVX2 inline __m256i LoadSliceHalf(const uint8_t* block, int slice, int h) {
   return _mm256_loadu_si256(reinterpret_cast<const __m256i*>(block + slice * 64 + h * 32));
 }
 
+// The codes as CodesDotHalf takes them: 8-bit ones flipped to signed (Herd's
+// unsigned codes and Q8_0's value + 128 bytes alike); Q4_0's nibbles are
+// 4-bit codes.
 template <int kBits>
 HERD_AVX2 inline void UnpackCodesHalf(const uint8_t* block, int h, __m256i u[8]) {
   if constexpr (kBits == 8) {
-    for (int s = 0; s < 8; ++s) u[s] = LoadSliceHalf(block, s, h);
+    const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
+    for (int s = 0; s < 8; ++s) u[s] = _mm256_xor_si256(LoadSliceHalf(block, s, h), flip);
   } else if constexpr (kBits == 4) {
     const __m256i mask = _mm256_set1_epi8(0x0F);
     for (int j = 0; j < 4; ++j) {
@@ -228,6 +118,69 @@ HERD_AVX2 inline void UnpackCodesHalf(const uint8_t* block, int h, __m256i u[8])
   }
 }
 
+// Q4_0x16 (kBits 4) and Q8_0x16 (kBits 8), half h (rows 8h..8h+7) of block b
+// for kTokens tokens from t0: the half's codes, then its F16 scales after the
+// block's payload; each token's dot is scaled by both scales and added into
+// acc[j].
+template <int kBits, int kTokens>
+HERD_AVX2 inline __attribute__((always_inline)) void GgmlBlockHalf(const KernelArgs& args,
+                                                                   const uint8_t* blk, int h,
+                                                                   int64_t b, int64_t t0,
+                                                                   __m256* acc) {
+  const QuantizedActivations& a = *args.a;
+  const int64_t cols = args.w->cols;
+  const int64_t nb = cols / 32;
+  __m256i u[8];
+  UnpackCodesHalf<kBits>(blk, h, u);
+  const __m256 wscale =
+      _mm256_cvtph_ps(_mm_loadu_si128(reinterpret_cast<const __m128i*>(blk + kBits * 64 + h * 16)));
+#pragma GCC unroll 8
+  for (int j = 0; j < kTokens; ++j) {
+    const int64_t t = t0 + j;
+    const __m256i dot = CodesDotHalf<kBits>(u, a.qs + t * cols + b * 32, a.sum[t * nb + b]);
+    acc[j] = _mm256_fmadd_ps(_mm256_cvtepi32_ps(dot),
+                             _mm256_mul_ps(wscale, _mm256_set1_ps(a.d[t * nb + b])), acc[j]);
+  }
+}
+
+// One group of a Q4_0x16 (kBits 4) or Q8_0x16 (kBits 8) matrix for kTokens
+// tokens from t0, by halves. Several tokens: one half at a time over all
+// blocks, so that the half's unpacked weights and the kTokens accumulators fit
+// the 16 registers (both halves at once spilled them to the stack: Q4_0 177
+// -> 226, Q8_0 122 -> 159 GOP/s on one core, 2816 x 1024, 32 tokens); the
+// second half reads the group from L1. One token (decode, bound by memory):
+// both halves of each block in turn, so that the weights stream past once.
+template <int kBits, int kTokens>
+HERD_AVX2 void GgmlGroup(const KernelArgs& args, int64_t g, int64_t t0) {
+  constexpr int64_t kBlockBytes = kBits * 64 + 32;
+  const int64_t nb = args.w->cols / 32;
+  const uint8_t* group = args.w->data + g * nb * kBlockBytes;
+  if constexpr (kTokens == 1) {
+    __m256 acc[2] = {_mm256_setzero_ps(), _mm256_setzero_ps()};
+    for (int64_t b = 0; b < nb; ++b) {
+      const uint8_t* blk = group + b * kBlockBytes;
+      PrefetchAhead(blk, kBlockBytes);
+      GgmlBlockHalf<kBits, 1>(args, blk, 0, b, t0, &acc[0]);
+      GgmlBlockHalf<kBits, 1>(args, blk, 1, b, t0, &acc[1]);
+    }
+    StoreHalf(args, g, 0, t0, acc[0]);
+    StoreHalf(args, g, 1, t0, acc[1]);
+  } else {
+    for (int h = 0; h < 2; ++h) {
+      __m256 acc[kTokens];
+#pragma GCC unroll 8
+      for (int j = 0; j < kTokens; ++j) acc[j] = _mm256_setzero_ps();
+      for (int64_t b = 0; b < nb; ++b) {
+        const uint8_t* blk = group + b * kBlockBytes;
+        if (h == 0) PrefetchAhead(blk, kBlockBytes);
+        GgmlBlockHalf<kBits, kTokens>(args, blk, h, b, t0, acc);
+      }
+#pragma GCC unroll 8
+      for (int j = 0; j < kTokens; ++j) StoreHalf(args, g, h, t0 + j, acc[j]);
+    }
+  }
+}
+
 HERD_AVX2 inline __m256 LoadScales8(const uint16_t* p, DType type) {
   const __m128i raw = _mm_loadu_si128(reinterpret_cast<const __m128i*>(p));
   if (type == DType::kBF16) {
@@ -236,12 +189,10 @@ HERD_AVX2 inline __m256 LoadScales8(const uint16_t* p, DType type) {
   return _mm256_cvtph_ps(raw);
 }
 
-// Herd's quantized formats (kQuantRows16), 8 rows per half, dotted by
-// CodesDotHalf (int8 codes flipped to signed first).
-// Rows 8h..8h+7 of group g for kTokens tokens from t0, the scales (and mins)
-// applied per scale group. Several tokens run one half at a time, so that the
+// Herd's quantized formats (kQuantRows16), rows 8h..8h+7 of group g for kTokens tokens from t0, the
+// scales (and mins) applied per scale group. Several tokens run one half at a time, so that the
 // half's 8 code vectors and the accumulators fit the 16 registers (as
-// Q4_0BlockHalf); one token runs both halves of each block in turn (kHalves
+// GgmlGroup); one token runs both halves of each block in turn (kHalves
 // = 2, h = 0), so that the codes stream past once.
 template <int kBits, bool kSymmetric, int kTokens, int kHalves>
 HERD_AVX2 inline __attribute__((always_inline)) void QuantRows(const KernelArgs& args, int64_t g,
@@ -256,7 +207,6 @@ HERD_AVX2 inline __attribute__((always_inline)) void QuantRows(const KernelArgs&
   const uint8_t* codes = w.data + g * nb * 64 * kBits;
   const uint16_t* scales = w.scales + g * groups * kPackRows;
   const uint16_t* mins = kSymmetric ? nullptr : w.mins + g * groups * kPackRows;
-  const __m256i flip = _mm256_set1_epi8(static_cast<char>(0x80));
   __m256 acc[kHalves * kTokens];
 #pragma GCC unroll 8
   for (int i = 0; i < kHalves * kTokens; ++i) acc[i] = _mm256_setzero_ps();
@@ -273,10 +223,6 @@ HERD_AVX2 inline __attribute__((always_inline)) void QuantRows(const KernelArgs&
       for (int hh = 0; hh < kHalves; ++hh) {
         __m256i u[8];
         UnpackCodesHalf<kBits>(codes + b * 64 * kBits, h0 + hh, u);
-        if constexpr (kBits == 8) {
-#pragma GCC unroll 8
-          for (int s = 0; s < 8; ++s) u[s] = _mm256_xor_si256(u[s], flip);
-        }
 #pragma GCC unroll 8
         for (int j = 0; j < kTokens; ++j) {
           const int64_t t = t0 + j;
@@ -498,11 +444,11 @@ HERD_AVX2 void MatmulGroupsAvx2(const KernelArgs& args, int64_t group_begin, int
       for (; t < num_tokens; ++t) F32Rows<1>(args, row_begin, row_end, t);
     } else if (w.layout == PackedLayout::kQ4_0x16) {
       ForTokenPasses<kTokenTile>(num_tokens, [&](auto tokens, int64_t t) {
-        Q4_0Group<decltype(tokens)::value>(args, g, t);
+        GgmlGroup<4, decltype(tokens)::value>(args, g, t);
       });
     } else {
       ForTokenPasses<kTokenTile>(num_tokens, [&](auto tokens, int64_t t) {
-        Q8_0Group<decltype(tokens)::value>(args, g, t);
+        GgmlGroup<8, decltype(tokens)::value>(args, g, t);
       });
     }
   }
