@@ -10,6 +10,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <type_traits>
 
 #include "core/dtype.h"
 #include "kernels/cpu/matmul_kernels.h"
@@ -425,26 +426,28 @@ HERD_AVX512 void HalfTile(const KernelArgs& args, int64_t g, int64_t t0) {
 }
 
 // Groups [group_begin, group_end) over the tile of `tokens` tokens at t0,
-// as the multiple of 4 at or above `tokens`.
-template <DType kType>
-HERD_AVX512 void HalfTileGroups(const KernelArgs& args, int64_t group_begin, int64_t group_end,
-                                int64_t t0, int64_t tokens) {
-  const auto run = [&](auto kernel) {
+// as the multiple of 4 at or above `tokens`: kernel_for(std::integral_constant
+// <int, n>) gives the kernel for n tokens.
+template <typename KernelFor>
+HERD_AVX512 void TileGroups(const KernelArgs& args, int64_t group_begin, int64_t group_end,
+                            int64_t t0, int64_t tokens, KernelFor kernel_for) {
+  const auto run = [&](auto n) {
+    const auto kernel = kernel_for(n);
     for (int64_t g = group_begin; g < group_end; ++g) kernel(args, g, t0);
   };
   switch ((tokens + 3) / 4) {
     case 1:
-      return run(HalfTile<kType, 4, true>);
+      return run(std::integral_constant<int, 4>{});
     case 2:
-      return run(HalfTile<kType, 8, true>);
+      return run(std::integral_constant<int, 8>{});
     case 3:
-      return run(HalfTile<kType, 12, true>);
+      return run(std::integral_constant<int, 12>{});
     case 4:
-      return run(HalfTile<kType, 16, true>);
+      return run(std::integral_constant<int, 16>{});
     case 5:
-      return run(HalfTile<kType, 20, true>);
+      return run(std::integral_constant<int, 20>{});
     default:
-      return run(HalfTile<kType, kHalfTileTokens, true>);
+      return run(std::integral_constant<int, kHalfTileTokens>{});
   }
 }
 
@@ -491,28 +494,6 @@ HERD_AVX512_BF16 void Bf16DotTile(const KernelArgs& args, int64_t g, int64_t t0)
   }
 }
 
-// HalfTileGroups with Bf16DotTile.
-HERD_AVX512_BF16 void Bf16DotTileGroups(const KernelArgs& args, int64_t group_begin,
-                                        int64_t group_end, int64_t t0, int64_t tokens) {
-  const auto run = [&](auto kernel) {
-    for (int64_t g = group_begin; g < group_end; ++g) kernel(args, g, t0);
-  };
-  switch ((tokens + 3) / 4) {
-    case 1:
-      return run(Bf16DotTile<4>);
-    case 2:
-      return run(Bf16DotTile<8>);
-    case 3:
-      return run(Bf16DotTile<12>);
-    case 4:
-      return run(Bf16DotTile<16>);
-    case 5:
-      return run(Bf16DotTile<20>);
-    default:
-      return run(Bf16DotTile<kHalfTileTokens>);
-  }
-}
-
 // Token tiles outer, groups inner: a tile's activations stay in cache while
 // the piece's weights stream past them.
 template <DType kType>
@@ -522,9 +503,11 @@ HERD_AVX512 void HalfRows(const KernelArgs& args, int64_t group_begin, int64_t g
     const int64_t t0 = tile * kHalfTileTokens;
     const int64_t tokens = std::min(kHalfTileTokens, n - t0);
     if (kType == DType::kBF16 && args.x_pair_tiles != nullptr) {
-      Bf16DotTileGroups(args, group_begin, group_end, t0, tokens);
+      TileGroups(args, group_begin, group_end, t0, tokens,
+                 [](auto n) { return Bf16DotTile<decltype(n)::value>; });
     } else {
-      HalfTileGroups<kType>(args, group_begin, group_end, t0, tokens);
+      TileGroups(args, group_begin, group_end, t0, tokens,
+                 [](auto n) { return HalfTile<kType, decltype(n)::value, true>; });
     }
   }
   if (TokenTiles(n) > 0) return;
