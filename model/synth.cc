@@ -165,10 +165,9 @@ absl::StatusOr<std::unique_ptr<GgufFile>> OpenTokenizerSource(const std::string&
   const auto num_tokens = static_cast<int64_t>(tokens->array_size());
   if (*vocab_size == 0) *vocab_size = num_tokens;
   if (*vocab_size != num_tokens) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "--vocab is ", *vocab_size, " but the tokenizer of ", path, " has ", num_tokens,
-        " tokens; leave --vocab out to "
-        "take its count"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--vocab is ", *vocab_size, " but the tokenizer of ", path, " has ",
+                     num_tokens, " tokens; leave --vocab out to take its count"));
   }
   return file;
 }

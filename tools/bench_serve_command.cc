@@ -171,15 +171,20 @@ int64_t CountTokens(const nlohmann::json& completion) {
   return num_tokens;
 }
 
-// Tokens of a whole (non-streamed) completion: usage.completion_tokens, else
-// as CountTokens.
-int64_t CountCompletionTokens(const nlohmann::json& completion) {
-  if (completion.contains("usage") && completion["usage"].is_object() &&
+// The server's own count, usage.completion_tokens, when the object has one.
+std::optional<int64_t> UsageCompletionTokens(const nlohmann::json& completion) {
+  if (completion.is_object() && completion.contains("usage") && completion["usage"].is_object() &&
       completion["usage"].contains("completion_tokens") &&
       completion["usage"]["completion_tokens"].is_number_integer()) {
     return completion["usage"]["completion_tokens"].get<int64_t>();
   }
-  return CountTokens(completion);
+  return std::nullopt;
+}
+
+// Tokens of a whole (non-streamed) completion: usage.completion_tokens, else
+// as CountTokens.
+int64_t CountCompletionTokens(const nlohmann::json& completion) {
+  return UsageCompletionTokens(completion).value_or(CountTokens(completion));
 }
 
 // Seconds a 429's Retry-After asks for (delay-seconds; an HTTP-date or
@@ -227,11 +232,7 @@ void RunRequest(HttpClient& client, const BenchServeOptions& options, const std:
         stream_error = absl::StrCat("error in the stream: ", ErrorMessage(std::string(data)));
         return false;
       }
-      if (chunk.is_object() && chunk.contains("usage") && chunk["usage"].is_object() &&
-          chunk["usage"].contains("completion_tokens") &&
-          chunk["usage"]["completion_tokens"].is_number_integer()) {
-        usage_tokens = chunk["usage"]["completion_tokens"].get<int64_t>();
-      }
+      if (const std::optional<int64_t> usage = UsageCompletionTokens(chunk)) usage_tokens = *usage;
       const int64_t n = CountTokens(chunk);
       if (n == 0) return true;  // a role, usage or finish-only chunk
       if (!have_first) {
