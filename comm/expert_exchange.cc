@@ -27,9 +27,7 @@ DispatchHandle& DispatchHandle::operator=(DispatchHandle&& other) noexcept {
   recv_expert_idx_ = std::move(other.recv_expert_idx_);
   num_recv_rows_per_rank_ = std::move(other.num_recv_rows_per_rank_);
   recv_rank_offsets_ = std::move(other.recv_rank_offsets_);
-  send_slots_ = std::move(other.send_slots_);
-  send_rank_offsets_ = std::move(other.send_rank_offsets_);
-  unsent_slots_ = std::move(other.unsent_slots_);
+  send_ = std::move(other.send_);
   return *this;
 }
 
@@ -37,6 +35,39 @@ ExpertExchange::ExpertExchange(Communicator* comm)
     : comm_(comm), id_(g_next_exchange_id.fetch_add(1)) {}
 
 ExpertExchange::~ExpertExchange() = default;
+
+absl::Status PlanSends(const int32_t* dest_rank, int64_t num_slots, int64_t top_k, int world_size,
+                       SendPlan& plan) {
+  // Rows per destination, then the slots grouped by destination (stable).
+  std::vector<int64_t>& offsets = plan.rank_offsets;
+  offsets.assign(world_size + 1, 0);
+  plan.unsent_slots.clear();
+  for (int64_t slot = 0; slot < num_slots; ++slot) {
+    const int32_t dest = dest_rank[slot];
+    if (dest < -1 || dest >= world_size) {
+      return absl::InvalidArgumentError(absl::StrCat("dispatch: dest_rank of token ", slot / top_k,
+                                                     " slot ", slot % top_k, " is ", dest,
+                                                     ", outside [-1, ", world_size, ")"));
+    }
+    if (dest >= 0) {
+      ++offsets[dest + 1];
+    } else {
+      plan.unsent_slots.push_back(static_cast<int32_t>(slot));
+    }
+  }
+  for (int p = 0; p < world_size; ++p) offsets[p + 1] += offsets[p];
+  plan.slots.resize(offsets[world_size]);
+  plan.tokens.resize(offsets[world_size]);
+  std::vector<int64_t> cursor(offsets.begin(), offsets.end() - 1);
+  for (int64_t slot = 0; slot < num_slots; ++slot) {
+    const int32_t dest = dest_rank[slot];
+    if (dest < 0) continue;
+    const int64_t i = cursor[dest]++;
+    plan.slots[i] = static_cast<int32_t>(slot);
+    plan.tokens[i] = static_cast<int32_t>(slot / top_k);
+  }
+  return absl::OkStatus();
+}
 
 int64_t ExpertExchange::CombineOutputBytes(int64_t num_tokens, int64_t top_k, int64_t hidden_size) {
   return num_tokens * top_k * hidden_size * static_cast<int64_t>(sizeof(float));
@@ -67,47 +98,19 @@ absl::StatusOr<DispatchHandle> ExpertExchange::Dispatch(const DispatchArgs& args
   handle.top_k_ = top_k;
   handle.hidden_size_ = hidden_size;
 
-  // Rows per destination, then the slots grouped by destination (stable).
-  std::vector<int64_t> num_send_rows(world_size, 0);
-  for (int64_t slot = 0; slot < num_slots; ++slot) {
-    const int32_t dest = args.dest_rank[slot];
-    if (dest < -1 || dest >= world_size) {
-      return absl::InvalidArgumentError(absl::StrCat("dispatch: dest_rank of token ", slot / top_k,
-                                                     " slot ", slot % top_k, " is ", dest,
-                                                     ", outside [-1, ", world_size, ")"));
-    }
-    if (dest >= 0) {
-      ++num_send_rows[dest];
-    } else {
-      handle.unsent_slots_.push_back(static_cast<int32_t>(slot));
-    }
-  }
-  std::vector<int64_t>& send_offsets = handle.send_rank_offsets_;
-  send_offsets.assign(world_size + 1, 0);
-  for (int p = 0; p < world_size; ++p) send_offsets[p + 1] = send_offsets[p] + num_send_rows[p];
-  handle.send_slots_.resize(send_offsets[world_size]);
-  send_tokens_.resize(send_offsets[world_size]);
-  {
-    std::vector<int64_t> cursor(send_offsets.begin(), send_offsets.end() - 1);
-    for (int64_t slot = 0; slot < num_slots; ++slot) {
-      const int32_t dest = args.dest_rank[slot];
-      if (dest < 0) continue;
-      const int64_t i = cursor[dest]++;
-      handle.send_slots_[i] = static_cast<int32_t>(slot);
-      send_tokens_[i] = static_cast<int32_t>(slot / top_k);
-    }
-  }
+  HERD_RETURN_IF_ERROR(PlanSends(args.dest_rank, num_slots, top_k, world_size, handle.send_));
+  const SendPlan& send = handle.send_;
 
   // Ids and rows in one call, gathered by slot and by token; the counts
   // travel with them (or in one all-to-all first, see
   // GroupedRowAllToAllVUnknownCounts) and `place` sizes the receive buffers,
   // reusing the last combined handle's.
   const RowAllToAllVArgs ops[2] = {
-      {sizeof(int32_t), args.topk_idx, handle.send_slots_, send_offsets, nullptr, {}, {}},
+      {sizeof(int32_t), args.topk_idx, send.slots, send.rank_offsets, nullptr, {}, {}},
       {hidden_size * static_cast<int64_t>(sizeof(float)),
        args.hidden,
-       send_tokens_,
-       send_offsets,
+       send.tokens,
+       send.rank_offsets,
        nullptr,
        {},
        {}},
@@ -154,10 +157,10 @@ absl::Status ExpertExchange::Combine(DispatchHandle handle, const float* expert_
   // expert_out is grouped by source rank already; each row goes back into
   // its slot of `out`.
   const RowAllToAllVArgs op{static_cast<int64_t>(row_bytes), expert_out, {},
-                            handle.recv_rank_offsets_,       out,        handle.send_slots_,
-                            handle.send_rank_offsets_};
+                            handle.recv_rank_offsets_,       out,        handle.send_.slots,
+                            handle.send_.rank_offsets};
   HERD_RETURN_IF_ERROR(Exchange(absl::MakeConstSpan(&op, 1), deadline));
-  for (const int32_t slot : handle.unsent_slots_) {
+  for (const int32_t slot : handle.send_.unsent_slots) {
     std::memset(out + slot * hidden_size, 0, row_bytes);
   }
   if (handle.recv_x_.capacity() > spare_recv_x_.capacity()) {

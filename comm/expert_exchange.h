@@ -52,6 +52,22 @@
 
 namespace herd::comm {
 
+// Where a rank's dispatched slots go: its slots grouped by destination rank
+// (ascending slot inside a group), what the exchange sends and Combine
+// returns rows into.
+struct SendPlan {
+  std::vector<int32_t> slots;         // I32 [num_send_rows]
+  std::vector<int32_t> tokens;        // I32 [num_send_rows]: slots[i] / top_k
+  std::vector<int64_t> rank_offsets;  // [world_size + 1]: first row for each rank
+  std::vector<int32_t> unsent_slots;  // slots with dest_rank -1, ascending
+};
+
+// Fills `plan` from dest_rank I32 [num_slots] (num_slots a multiple of
+// top_k, top_k >= 1 when num_slots > 0). InvalidArgument naming the token
+// and slot of a dest rank outside [-1, world_size).
+absl::Status PlanSends(const int32_t* dest_rank, int64_t num_slots, int64_t top_k, int world_size,
+                       SendPlan& plan);
+
 // What one rank dispatches. Pointers are host memory, borrowed for the call.
 struct DispatchArgs {
   const float* hidden = nullptr;       // F32 [num_tokens, hidden_size]
@@ -95,11 +111,8 @@ class DispatchHandle {
   std::vector<int32_t> recv_expert_idx_;
   std::vector<int64_t> num_recv_rows_per_rank_;
   std::vector<int64_t> recv_rank_offsets_;
-  // This rank's side, for Combine: the slots it sent, grouped by destination
-  // rank (ascending slot inside a group), and the group boundaries.
-  std::vector<int32_t> send_slots_;         // I32 [num_send_rows]
-  std::vector<int64_t> send_rank_offsets_;  // [world_size + 1]
-  std::vector<int32_t> unsent_slots_;       // slots with dest_rank -1
+  // This rank's side, for Combine.
+  SendPlan send_;
 };
 
 class ExpertExchange {
@@ -135,9 +148,6 @@ class ExpertExchange {
 
   Communicator* const comm_;
   const uint64_t id_;
-  // Dispatch scratch: I32 [num_send_rows], the token of each sent slot, in
-  // handle.send_slots_ order (the rows gathered from `hidden`).
-  std::vector<int32_t> send_tokens_;
   // The last combined handle's receive buffers, reused by the next Dispatch:
   // a fresh multi-megabyte buffer per layer costs page faults on every call.
   std::vector<float> spare_recv_x_;

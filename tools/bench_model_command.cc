@@ -17,6 +17,7 @@
 #include "tools/commands.h"
 #include "tools/device.h"
 #include "tools/flags.h"
+#include "tools/rank_flags.h"
 #include "worker/benchmark.h"
 #include "worker/engine.h"
 #include "worker/kv_cache.h"
@@ -38,9 +39,7 @@ const std::vector<FlagSpec> kBenchFlags = {
     {"json", false, "print one JSON object instead of the table"},
     {"local-ranks", true,
      "expert parallelism: N ranks as threads, each running the tests on its own sequence"},
-    {"comm", true,
-     "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
-     "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
+    {"comm", true, kCommFlagHelp},
     {"placement", true, "expert placement file for --local-ranks or mpirun"},
     {"no-expert-skip", false,
      "run every routed expert, ignoring the checkpoint's dynamic skip thresholds"},
@@ -79,9 +78,10 @@ absl::Status RunExpertParallelBench(const RankGroupOptions& group, const std::st
   int rank0_threads = 0;
   bool output_rank = true;
   HERD_RETURN_IF_ERROR(
-      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
+      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel* control) -> absl::Status {
         const int rank = comm->rank();
-        if (comm->backend_name() != std::string("local")) output_rank = rank == 0;
+        // Ranks that are processes (not threads) print only on rank 0.
+        if (control->backend_name() != std::string("local")) output_rank = rank == 0;
         HERD_ASSIGN_OR_RETURN(RankModel rank_model, LoadModelForRank(path, comm, placement));
         EngineOptions engine_options = rank_engine_options;
         engine_options.expert_parallelism = {comm, &*rank_model.placement,
@@ -243,6 +243,11 @@ absl::Status RunBenchModelCommand(const std::vector<std::string>& args, std::ost
   }
   group.local_ranks = static_cast<int>(local_ranks);
   if (flags.Has("comm")) group.comm = flags.GetString("comm");
+  if (group.comm == "nccl") {
+    return absl::UnimplementedError(
+        "herd bench runs one GPU (--device cuda) or CPU ranks; --comm nccl runs in herd generate "
+        "and herd serve");
+  }
   if (device == Device::kCuda) {
     if (flags.Has("step-tokens")) {
       return absl::UnimplementedError("--step-tokens applies to the CPU engine, not --device cuda");

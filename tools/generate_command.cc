@@ -21,6 +21,7 @@
 #include "tools/commands.h"
 #include "tools/device.h"
 #include "tools/flags.h"
+#include "tools/rank_flags.h"
 #include "worker/engine.h"
 #include "worker/generator.h"
 #include "worker/rank_group.h"
@@ -41,9 +42,7 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"dump-logits", true, "write F32 logits [prompt + new tokens, vocab] to this file"},
     {"config", true, "YAML config file (flags override it)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
-    {"comm", true,
-     "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
-     "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
+    {"comm", true, kCommFlagHelp},
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"record-expert-load", true,
      "write the tokens routed to each expert of each layer as a herd plan trace (JSON)"},
@@ -174,9 +173,10 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
   GenerateResult result;
   bool output_rank = true;
   const absl::Status status =
-      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel*) -> absl::Status {
+      RunRanks(group, [&](comm::Communicator* comm, comm::ControlChannel* control) -> absl::Status {
         const int rank = comm != nullptr ? comm->rank() : 0;
-        if (comm != nullptr && comm->backend_name() != std::string("local"))
+        // Ranks that are processes (not threads) print only on rank 0.
+        if (control != nullptr && control->backend_name() != std::string("local"))
           output_rank = rank == 0;
         const absl::Time load_start = absl::Now();
         HERD_ASSIGN_OR_RETURN(RankModel rank_model,

@@ -31,6 +31,7 @@
 #include "tools/commands.h"
 #include "tools/device.h"
 #include "tools/flags.h"
+#include "tools/rank_flags.h"
 #include "worker/engine.h"
 #include "worker/rank_group.h"
 #include "worker/rank_model.h"
@@ -50,9 +51,7 @@ const std::vector<FlagSpec> kServeFlags = {
     {"device", true, "cpu (default) or cuda: each rank on GPU rank % number of GPUs"},
     {"threads", true, "kernel threads per rank; 0 = all cores (split among local ranks)"},
     {"local-ranks", true, "run N expert-parallel ranks as threads of this process (default 1)"},
-    {"comm", true,
-     "ranks as processes without mpirun: ucx (rank, world size, leader from HERD_RANK, "
-     "HERD_WORLD_SIZE, HERD_LEADER_ADDRESS; default $HERD_COMM)"},
+    {"comm", true, kCommFlagHelp},
     {"placement", true, "expert placement file (YAML/JSON); default: contiguous split"},
     {"kv-cache-bytes", true, "KV cache per rank in bytes (default: max-running full contexts)"},
     {"kv-block-tokens", true, "tokens per KV cache block (default 16)"},

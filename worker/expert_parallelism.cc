@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cstring>
+#include <memory>
 #include <utility>
 #include <vector>
 
@@ -63,6 +64,26 @@ int64_t PickDestinationRanks(const ExpertPlacement& placement, int layer_idx, in
   return num_sent;
 }
 
+absl::Status GroupByStorageSlot(const int32_t* recv_expert_idx, int64_t num_recv,
+                                const std::vector<int32_t>& local_slot, int64_t num_slots,
+                                int layer_idx, int rank, std::vector<int32_t>& recv_slot,
+                                std::vector<int32_t>& row_to_recv, std::vector<int32_t>& offsets) {
+  recv_slot.resize(num_recv);
+  for (int64_t r = 0; r < num_recv; ++r) {
+    const int32_t e = recv_expert_idx[r];
+    const int32_t slot = e >= 0 && e < static_cast<int32_t>(local_slot.size()) ? local_slot[e] : -1;
+    if (slot < 0 || slot >= num_slots) {
+      return absl::InternalError(absl::StrCat("rank ", rank, " received a row for expert ", e,
+                                              " of layer ", layer_idx, ", which it does not hold"));
+    }
+    recv_slot[r] = slot;
+  }
+  row_to_recv.resize(num_recv);
+  offsets.assign(num_slots + 1, 0);
+  cpu::PermuteByExpert(recv_slot.data(), num_recv, num_slots, row_to_recv.data(), offsets.data());
+  return absl::OkStatus();
+}
+
 ExpertRowExchange::ExpertRowExchange(const ExpertParallelism& ep)
     : comm_(ep.comm), timeout_(ep.timeout), exchange_(ep.comm) {}
 
@@ -95,21 +116,9 @@ absl::Status ExpertRowExchange::Dispatch(const ExpertPlacement& placement, int l
   stats.received_rows += num_recv;
   stats.layer_expert_rows[layer_idx] += num_recv;
 
-  // Group what arrived by the storage slot of its expert.
-  recv_slot_.resize(num_recv);
-  for (int64_t r = 0; r < num_recv; ++r) {
-    const int32_t e = handle_.recv_expert_idx()[r];
-    const int32_t slot = e >= 0 && e < static_cast<int32_t>(local_slot.size()) ? local_slot[e] : -1;
-    if (slot < 0 || slot >= num_slots) {
-      return absl::InternalError(absl::StrCat("rank ", rank, " received a row for expert ", e,
-                                              " of layer ", layer_idx, ", which it does not hold"));
-    }
-    recv_slot_[r] = slot;
-  }
-  row_to_recv_.resize(num_recv);
-  offsets_.assign(num_slots + 1, 0);
-  cpu::PermuteByExpert(recv_slot_.data(), num_recv, num_slots, row_to_recv_.data(),
-                       offsets_.data());
+  HERD_RETURN_IF_ERROR(GroupByStorageSlot(handle_.recv_expert_idx(), num_recv, local_slot,
+                                          num_slots, layer_idx, rank, recv_slot_, row_to_recv_,
+                                          offsets_));
   grouped_in_.resize(num_recv * hidden_size);
   grouped_out_.resize(num_recv * hidden_size);
   for (int64_t r = 0; r < num_recv; ++r) {
@@ -138,8 +147,17 @@ absl::Status ExpertRowExchange::Combine(float* out, EngineStats& stats) {
 
 absl::StatusOr<int64_t> AgreeOnStepCount(comm::Communicator& comm, int64_t num_steps,
                                          absl::Time deadline) {
-  std::vector<int64_t> all(comm.world_size());
-  HERD_RETURN_IF_ERROR(comm.AllGather(&num_steps, sizeof(int64_t), all.data(), deadline));
+  // Through a buffer of the communicator's memory space (device memory for
+  // nccl): this rank's count, then everyone's.
+  const int world_size = comm.world_size();
+  constexpr int64_t kBytes = sizeof(int64_t);
+  HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::CommBuffer> buffer,
+                        comm.Allocate((world_size + 1) * kBytes));
+  HERD_RETURN_IF_ERROR(buffer->CopyFromHost(0, &num_steps, kBytes));
+  HERD_RETURN_IF_ERROR(comm.AllGather(buffer->data(), kBytes,
+                                      static_cast<uint8_t*>(buffer->data()) + kBytes, deadline));
+  std::vector<int64_t> all(world_size);
+  HERD_RETURN_IF_ERROR(buffer->CopyToHost(kBytes, all.data(), world_size * kBytes));
   return std::max<int64_t>(1, *std::max_element(all.begin(), all.end()));
 }
 

@@ -48,6 +48,18 @@ absl::Status CheckPlacementShape(const ExpertPlacement& placement, const ModelSp
 int64_t PickDestinationRanks(const ExpertPlacement& placement, int layer_idx, int rank,
                              const int32_t* expert_idx, int64_t num_slots, int32_t* dest_rank);
 
+// Groups a layer's received rows by the storage slot of their expert, as the
+// grouped expert GEMMs take them: row r of recv_expert_idx I32 [num_recv]
+// (logical experts) belongs to slot local_slot[e] of [0, num_slots);
+// row_to_recv I32 [num_recv] lists the received rows slot by slot (stable)
+// and offsets I32 [num_slots + 1] bounds each slot's rows. recv_slot is
+// scratch. InternalError naming layer and rank for a row whose expert this
+// rank does not hold.
+absl::Status GroupByStorageSlot(const int32_t* recv_expert_idx, int64_t num_recv,
+                                const std::vector<int32_t>& local_slot, int64_t num_slots,
+                                int layer_idx, int rank, std::vector<int32_t>& recv_slot,
+                                std::vector<int32_t>& row_to_recv, std::vector<int32_t>& offsets);
+
 // One rank's side of a layer's expert all-to-all, as both engines run it:
 // Dispatch sends each slot's row to the rank the placement picks and groups
 // what arrives by the slot of its expert in this rank's expert storage; the
@@ -92,7 +104,8 @@ class ExpertRowExchange {
 };
 
 // Every rank of `comm` runs the same number of engine steps (each is a
-// collective): as many as the rank needing the most, and at least one.
+// collective): as many as the rank needing the most, and at least one. Any
+// communicator (the count goes through a buffer of its memory space).
 absl::StatusOr<int64_t> AgreeOnStepCount(comm::Communicator& comm, int64_t num_steps,
                                          absl::Time deadline);
 

@@ -23,32 +23,42 @@ int MpiWorldSizeFromEnvironment() {
   return 1;
 }
 
-// "ucx" or "" (decided by the launch), from the option or else HERD_COMM.
+// "ucx", "nccl" or "" (decided by the launch), from the option or else
+// HERD_COMM.
 absl::StatusOr<std::string> ProcessBackend(const RankGroupOptions& options) {
   std::string comm = options.comm;
   if (comm.empty()) {
     if (const char* value = std::getenv("HERD_COMM")) comm = value;
   }
-  if (!comm.empty() && comm != "ucx") {
+  if (!comm.empty() && comm != "ucx" && comm != "nccl") {
     return absl::InvalidArgumentError(
-        absl::StrCat("--comm (or HERD_COMM) must be ucx, or unset to let the launch decide "
-                     "(mpirun: mpi; else --local-ranks threads); got '",
+        absl::StrCat("--comm (or HERD_COMM) must be ucx or nccl, or unset to let the launch "
+                     "decide (mpirun: mpi; else --local-ranks threads); got '",
                      comm, "'"));
   }
   return comm;
 }
 
-// This process is one rank of `backend` ("mpi" or "ucx").
-absl::Status RunProcessRank(const std::string& backend, const RankGroupOptions& options,
-                            const RankBody& body) {
-  if (backend == "mpi") HERD_RETURN_IF_ERROR(comm::InitializeMpi());
+bool CommunicatorBuilt(const std::string& name) {
+  for (const comm::CommunicatorBackend& b : comm::CommunicatorBackends()) {
+    if (name == b.name) return true;
+  }
+  return false;
+}
+
+// This process is one rank: control messages over `control_backend` ("mpi"
+// or "ucx"), the data plane over `comm_backend` (the same, or "nccl").
+absl::Status RunProcessRank(const std::string& control_backend, const std::string& comm_backend,
+                            const RankGroupOptions& options, const RankBody& body) {
+  const bool mpi = control_backend == "mpi";
+  if (mpi) HERD_RETURN_IF_ERROR(comm::InitializeMpi());
   const absl::Time deadline = absl::Now() + options.join_timeout;
   comm::CommContext context;
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::ControlChannel> control,
-                        comm::CreateControlChannel(backend, context, deadline));
+                        comm::CreateControlChannel(control_backend, context, deadline));
   context.control = control.get();
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
-                        comm::CreateCommunicator(backend, context, deadline));
+                        comm::CreateCommunicator(comm_backend, context, deadline));
   SetLogPrefix(absl::StrCat("rank ", communicator->rank()));
   absl::Status status = body(communicator.get(), control.get());
   if (!status.ok()) {
@@ -61,11 +71,14 @@ absl::Status RunProcessRank(const std::string& backend, const RankGroupOptions& 
   }
   communicator.reset();
   control.reset();
-  if (backend == "mpi") HERD_RETURN_IF_ERROR(comm::FinalizeMpi());
+  if (mpi) HERD_RETURN_IF_ERROR(comm::FinalizeMpi());
   return status;
 }
 
-absl::Status RunLocalRanks(int num_ranks, const RankBody& body) {
+// Threads of this process are the ranks: local control channels, and the
+// data plane over `comm_backend` ("local" or "nccl").
+absl::Status RunLocalRanks(int num_ranks, const std::string& comm_backend,
+                           const RankGroupOptions& options, const RankBody& body) {
   HERD_ASSIGN_OR_RETURN(std::shared_ptr<comm::LocalWorld> world,
                         comm::LocalWorld::Create(num_ranks));
   std::vector<absl::Status> statuses(num_ranks);
@@ -73,10 +86,15 @@ absl::Status RunLocalRanks(int num_ranks, const RankBody& body) {
   for (int rank = 0; rank < num_ranks; ++rank) {
     threads.emplace_back([&, rank] {
       statuses[rank] = [&]() -> absl::Status {
+        comm::CommContext context;
+        context.local_world = world;
+        context.local_rank = rank;
+        const absl::Time deadline = absl::Now() + options.join_timeout;
         HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::ControlChannel> control,
-                              world->CreateControlChannel(rank));
+                              comm::CreateControlChannel("local", context, deadline));
+        context.control = control.get();
         HERD_ASSIGN_OR_RETURN(std::unique_ptr<comm::Communicator> communicator,
-                              world->CreateCommunicator(rank));
+                              comm::CreateCommunicator(comm_backend, context, deadline));
         return body(communicator.get(), control.get());
       }();
       if (!statuses[rank].ok()) world->Abort(rank, statuses[rank].message());
@@ -101,6 +119,12 @@ int PlannedWorldSize(const RankGroupOptions& options) {
     return env.ok() ? env->world_size : 1;
   }
   if (comm::LaunchedByMpirun()) return MpiWorldSizeFromEnvironment();
+  if (backend.ok() && *backend == "nccl") {
+    if (const absl::StatusOr<comm::UcxBootstrapEnv> env = comm::UcxBootstrapEnvFromProcess();
+        env.ok()) {
+      return env->world_size;
+    }
+  }
   return options.local_ranks;
 }
 
@@ -114,15 +138,37 @@ absl::Status RunRanks(const RankGroupOptions& options, const RankBody& body) {
     if (options.local_ranks > 1) {
       return absl::InvalidArgumentError("--local-ranks cannot be combined with --comm ucx");
     }
-    return RunProcessRank("ucx", options, body);
+    return RunProcessRank("ucx", "ucx", options, body);
+  }
+  const std::string data_plane = backend == "nccl" ? "nccl" : "";
+  if (!data_plane.empty() && !CommunicatorBuilt(data_plane)) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("--comm ", data_plane,
+                     " needs a build with NCCL (HERD_WITH_NCCL, on when CUDA is found); "
+                     "this build has ",
+                     comm::CommunicatorBackendNames()));
   }
   if (comm::LaunchedByMpirun() && MpiWorldSizeFromEnvironment() > 1) {
     if (options.local_ranks > 1) {
       return absl::InvalidArgumentError("--local-ranks cannot be combined with mpirun");
     }
-    return RunProcessRank("mpi", options, body);
+    return RunProcessRank("mpi", data_plane.empty() ? "mpi" : data_plane, options, body);
   }
-  if (options.local_ranks > 1) return RunLocalRanks(options.local_ranks, body);
+  // nccl between processes that the environment describes (Kubernetes, a
+  // shell): their control channel is ucx's, as with --comm ucx.
+  if (!data_plane.empty() && comm::UcxBootstrapEnvFromProcess().ok()) {
+    if (options.local_ranks > 1) {
+      return absl::InvalidArgumentError(
+          "--local-ranks cannot be combined with ranks from HERD_WORLD_SIZE or LWS_GROUP_SIZE");
+    }
+    return RunProcessRank("ucx", data_plane, options, body);
+  }
+  // nccl forms a group even of one rank: its expert exchange then runs
+  // through NCCL to itself, the device path on one GPU.
+  if (options.local_ranks > 1 || !data_plane.empty()) {
+    return RunLocalRanks(options.local_ranks, data_plane.empty() ? "local" : data_plane, options,
+                         body);
+  }
   return body(nullptr, nullptr);
 }
 

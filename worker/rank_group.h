@@ -9,7 +9,13 @@
 //     HERD_LEADER_ADDRESS, ...: comm/ucx/ucx_env.h), no mpirun; the body runs
 //     once with a ucx communicator;
 //   - --local-ranks N: N threads of this process are the ranks (the `local`
-//     backends); the body runs once per thread.
+//     backends); the body runs once per thread;
+//   - --comm nccl (or HERD_COMM=nccl): the data plane is NCCL on the GPUs,
+//     with the control channel of the launch: mpi under mpirun; ucx when the
+//     environment describes the group as for --comm ucx (HERD_WORLD_SIZE or
+//     LWS_GROUP_SIZE set); else local, for --local-ranks threads or one
+//     thread (a group of one rank, whose expert exchange runs through NCCL
+//     to itself).
 #pragma once
 
 #include <functional>
@@ -27,7 +33,8 @@ struct RankGroupOptions {
   int local_ranks = 1;
   // How ranks are processes: "" = the HERD_COMM variable, else by launch
   // (mpi under mpirun); "ucx" = join the group that the environment
-  // describes. Comes from the commands' --comm flag.
+  // describes; "nccl" = the launch's ranks with NCCL as the data plane.
+  // Comes from the commands' --comm flag.
   std::string comm;
   // Deadline for joining the group.
   absl::Duration join_timeout = absl::Seconds(120);
@@ -48,7 +55,8 @@ using RankBody =
 // When a local rank fails, the others are aborted so that none waits for its
 // deadline. Returns the error of the lowest failing rank of this process, or
 // OK. InvalidArgument when local_ranks < 1, local ranks are asked for
-// under mpirun or with ucx, or `comm` (or HERD_COMM) is not "" or "ucx".
+// under mpirun or with ucx, or `comm` (or HERD_COMM) is not "", "ucx" or
+// "nccl"; NotFound when this build has no NCCL (comm/registry.h).
 absl::Status RunRanks(const RankGroupOptions& options, const RankBody& body);
 
 }  // namespace herd

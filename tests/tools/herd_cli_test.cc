@@ -393,6 +393,10 @@ TEST(HerdCliTest, ErrorsGoToStderrWithNonZeroExit) {
            {"serve --model " + model + " --device tpu", "--device must be cpu or cuda, got 'tpu'"},
            {"serve --model " + model + " --device cuda --local-ranks 2 --rebalance",
             "with --device cuda it is not implemented yet"},
+           {"generate --model " + model + " --prompt-ids 1 --comm tcp",
+            "--comm (or HERD_COMM) must be ucx or nccl"},
+           {"bench --model " + model + " --comm nccl",
+            "--comm nccl runs in herd generate and herd serve"},
        }) {
     SCOPED_TRACE(c.args);
     const RunResult r = RunHerd(c.args);
@@ -422,6 +426,15 @@ TEST(HerdCliTest, DeviceCudaRunsOnAGpuOrSaysWhyNot) {
                 " --prompt-ids " + kIds + " --max-new-tokens 16 --device cuda --local-ranks 2");
     ASSERT_EQ(ep.exit_code, 0) << ep.err;
     EXPECT_EQ(ep.out, cpu.out);
+    // A group of one rank over NCCL: the experts' rows stay on the GPU and
+    // go through NCCL to the rank itself.
+    const RunResult nccl =
+        RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
+                " --prompt-ids " + kIds + " --max-new-tokens 16 --device cuda --comm nccl");
+    ASSERT_EQ(nccl.exit_code, 0) << nccl.err;
+    EXPECT_EQ(nccl.out, RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf") +
+                                " --prompt-ids " + kIds + " --max-new-tokens 16 --device cuda")
+                            .out);
     const auto trace = nlohmann::json::parse(testing::ReadFileText(trace_path));
     const std::vector<std::vector<int64_t>> expected = FixtureExpertLoads();
     for (int layer = 0; layer < 2; ++layer) {
@@ -431,6 +444,15 @@ TEST(HerdCliTest, DeviceCudaRunsOnAGpuOrSaysWhyNot) {
   } else {
     EXPECT_EQ(r.out, "");
     EXPECT_NE(r.err.find("--device cuda"), std::string::npos) << r.err;
+    // NCCL is refused with the reason: not built, or no GPU for its check.
+    const RunResult nccl =
+        RunHerd("generate --model " + TestDataPath("llamacpp-tiny/tiny-f32.gguf") +
+                " --prompt-ids " + kIds + " --max-new-tokens 2 --device cuda --comm nccl");
+    EXPECT_NE(nccl.exit_code, 0);
+    EXPECT_EQ(nccl.out, "");
+    EXPECT_TRUE(nccl.err.find("--comm nccl needs a build with NCCL") != std::string::npos ||
+                nccl.err.find("NCCL pre-flight check failed") != std::string::npos)
+        << nccl.err;
   }
 }
 

@@ -22,6 +22,8 @@
 #include "kernels/cuda/dense_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/routing.h"
+#include "worker/cuda/cuda_row_mover.h"
+#include "worker/resident_row_exchange.h"
 
 namespace herd {
 namespace {
@@ -444,10 +446,13 @@ struct CudaEngine::State {
   absl::Status DenseExperts(const DeviceLayer& d, int64_t slots);
   // Expert parallelism: the routed experts of layer `layer_idx` for a step of
   // `t` tokens (0: this rank has none, but takes part): the rows go to the
-  // ranks holding their experts through host memory, this rank's experts run
-  // on what it received, and expert_out gets each slot's row back, in slot
-  // order (slot_to_row the identity).
+  // ranks holding their experts, this rank's experts run on what it
+  // received, and expert_out gets each slot's row back, in slot order
+  // (slot_to_row the identity). The routing comes to the host either way;
+  // the rows travel through host memory with a host communicator, and stay
+  // on the GPU with a device one (nccl: ExchangeOnDevice).
   absl::Status ExchangeExperts(int layer_idx, int64_t t);
+  absl::Status ExchangeOnDevice(int layer_idx, int64_t t);
   // proj += the shared expert's output over h, scaled by its sigmoid gate.
   absl::Status SharedExpert(const DeviceLayer& d, int64_t t);
   // Room for `rows` received rows in the expert buffers and the workspace.
@@ -519,11 +524,14 @@ struct CudaEngine::State {
   bool graphs_enabled = false;
   std::vector<int32_t> host_offsets;  // DenseExperts' copy of expert_offsets
 
-  // Expert parallelism (ep.comm null: none): the placement, the exchange,
+  // Expert parallelism (ep.comm null: none): the placement, the exchange
+  // (through the host for a host communicator, on the GPU for a device one),
   // and the host side of ExchangeExperts.
   ExpertParallelism ep;  // ep.placement is not used after Create: `placement` is the copy
   std::unique_ptr<ExpertPlacement> placement;
   std::unique_ptr<ExpertRowExchange> exchange;
+  std::unique_ptr<CudaRowMover> row_mover;  // on `stream`
+  std::unique_ptr<ResidentRowExchange> device_exchange;
   int64_t reserved_expert_rows = 0;
   std::vector<int32_t> host_idx, identity;  // the step's routing; slot -> slot
   std::vector<float> host_h, combined;      // normed rows out; expert rows back
@@ -1011,17 +1019,22 @@ absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
   const int64_t top_k = s.num_experts_per_token;
   const int64_t slots = t * top_k;
   const int64_t hidden = s.hidden_size;
-  // The routing and the normed rows come to the host.
+  // The routing comes to the host, and the normed rows unless they stay on
+  // the GPU.
+  const bool rows_on_device = device_exchange != nullptr;
   host_idx.resize(slots);
-  host_h.resize(t * hidden);
+  host_h.resize(rows_on_device ? 0 : t * hidden);
   if (t > 0) {
     HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_idx.data(),
                                                expert_idx.as<int32_t>() + layer_idx * slots,
                                                slots * sizeof(int32_t), stream));
-    HERD_RETURN_IF_ERROR(
-        cuda::CopyToHostAsync(host_h.data(), h.get(), t * hidden * sizeof(float), stream));
+    if (!rows_on_device) {
+      HERD_RETURN_IF_ERROR(
+          cuda::CopyToHostAsync(host_h.data(), h.get(), t * hidden * sizeof(float), stream));
+    }
     HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
   }
+  if (rows_on_device) return ExchangeOnDevice(layer_idx, t);
   HERD_RETURN_IF_ERROR(exchange->Dispatch(*placement, layer_idx, host_h.data(), host_idx.data(), t,
                                           top_k, hidden, d.gate.local_slot, d.gate.num_slots,
                                           stats));
@@ -1053,6 +1066,34 @@ absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
                                  stream);
 }
 
+absl::Status CudaEngine::State::ExchangeOnDevice(int layer_idx, int64_t t) {
+  const ModelSpec& s = model.spec;
+  const DeviceLayer& d = layers[layer_idx];
+  const int64_t slots = t * s.num_experts_per_token;
+  HERD_RETURN_IF_ERROR(device_exchange->Dispatch(
+      *placement, layer_idx, h.as<float>(), host_idx.data(), t, s.num_experts_per_token,
+      s.hidden_size, d.gate.local_slot, d.gate.num_slots, stats));
+  // expert_out takes the experts' rows, then every slot's row back.
+  const int64_t num_recv = device_exchange->num_recv();
+  if (num_recv > 0 || slots > 0) HERD_RETURN_IF_ERROR(ReserveExpertRows(std::max(num_recv, slots)));
+  if (num_recv > 0) {
+    HERD_RETURN_IF_ERROR(device_exchange->GatherGrouped(expert_in.as<float>()));
+    host_offsets.assign(device_exchange->offsets(),
+                        device_exchange->offsets() + d.gate.num_slots + 1);
+    HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_offsets.get(), host_offsets.data(),
+                                                 host_offsets.size() * sizeof(int32_t), stream));
+    HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, num_recv)
+                                              : DenseExperts(d, num_recv));
+  }
+  HERD_RETURN_IF_ERROR(
+      device_exchange->Combine(expert_out.as<float>(), expert_out.as<float>(), stats));
+  if (t == 0) return absl::OkStatus();
+  identity.resize(slots);
+  std::iota(identity.begin(), identity.end(), 0);
+  return cuda::CopyToDeviceAsync(slot_to_row.get(), identity.data(), slots * sizeof(int32_t),
+                                 stream);
+}
+
 CudaEngine::CudaEngine(std::unique_ptr<State> state) : state_(std::move(state)) {}
 CudaEngine::~CudaEngine() = default;
 
@@ -1073,21 +1114,20 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const Model& mode
   const ExpertParallelism& ep = options.expert_parallelism;
   HERD_RETURN_IF_ERROR(CheckSupported(model, options, /*need_every_expert=*/ep.comm == nullptr));
   HERD_RETURN_IF_ERROR(CheckRankHoldsItsExperts(model, ep));
-  if (ep.comm != nullptr && ep.comm->memory_space() != comm::MemorySpace::kHost) {
-    return absl::UnimplementedError(absl::StrCat(
-        "the CUDA engine stages expert rows through the host and needs a host communicator "
-        "(mpi, ucx, local), not ",
-        ep.comm->backend_name()));
-  }
   auto state = std::make_unique<State>(model, options);
-  if (ep.comm != nullptr) {
-    state->ep = ep;
-    state->placement = std::make_unique<ExpertPlacement>(*ep.placement);
-    state->exchange = std::make_unique<ExpertRowExchange>(ep);
-  }
   state->stats.layer_expert_rows.assign(s.num_layers, 0);
   HERD_RETURN_IF_ERROR(cuda::DeviceName(&state->device_name, &state->ordinal));
   HERD_RETURN_IF_ERROR(cuda::StreamCreate(&state->stream));
+  if (ep.comm != nullptr) {
+    state->ep = ep;
+    state->placement = std::make_unique<ExpertPlacement>(*ep.placement);
+    if (ep.comm->memory_space() == comm::MemorySpace::kDevice) {
+      state->row_mover = std::make_unique<CudaRowMover>(state->stream);
+      state->device_exchange = std::make_unique<ResidentRowExchange>(ep, state->row_mover.get());
+    } else {
+      state->exchange = std::make_unique<ExpertRowExchange>(ep);
+    }
+  }
   HERD_RETURN_IF_ERROR(cuda::BlasHandle::Create(&state->blas));
   HERD_RETURN_IF_ERROR(state->Upload());
   for (const LayerWeights& w : model.layers) {

@@ -16,6 +16,7 @@
 #include <cmath>
 #include <cstdio>
 #include <functional>
+#include <memory>
 #include <numeric>
 #include <string>
 #include <thread>
@@ -23,7 +24,9 @@
 #include <vector>
 
 #include "comm/local_world.h"
+#include "comm/registry.h"
 #include "core/placement.h"
+#include "core/status.h"
 #include "gtest/gtest.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "model/model_loader.h"
@@ -325,62 +328,137 @@ TEST_P(CudaEngineFixtureTest, DynamicExpertSkippingMatchesTheCpu) {
   EXPECT_GT(all_experts->stats().routed_slots, 0);
 }
 
+// Connects rank `rank` of a group of ranks that are threads of this process.
+using Connect = std::function<absl::StatusOr<std::unique_ptr<comm::Communicator>>(int rank)>;
+
+struct RankRun {
+  std::vector<float> logits;  // empty for a rank without tokens
+  EngineStats stats;
+};
+
+// Expert parallelism: `num_ranks` engines (threads) on GPU `device(rank)`,
+// each holding its contiguous share of every layer's experts and exchanging
+// rows over the communicator `connect` gives it. Rank 0 runs the fixture's
+// sequence teacher-forced, the other ranks too when `all_have_tokens`, else
+// empty batches (as many Forward calls), serving their experts all the same.
+std::vector<RankRun> RunExpertParallel(const Model& model, int num_ranks, bool all_have_tokens,
+                                       const Connect& connect,
+                                       const std::function<int(int rank)>& device,
+                                       const std::vector<int32_t>& sequence,
+                                       const std::vector<int32_t>& table) {
+  const ModelSpec& spec = model.spec;
+  auto placement = ExpertPlacement::Contiguous(static_cast<int>(spec.num_layers),
+                                               static_cast<int>(spec.num_experts), num_ranks);
+  EXPECT_TRUE(placement.ok()) << placement.status();
+  std::vector<RankRun> runs(num_ranks);
+  std::vector<std::thread> threads;
+  for (int rank = 0; rank < num_ranks; ++rank) {
+    threads.emplace_back([&, rank] {
+      auto comm = connect(rank);
+      ASSERT_TRUE(comm.ok()) << comm.status();
+      CudaEngineOptions options;
+      options.device = device(rank);
+      options.expert_parallelism = {comm->get(), &*placement, absl::Seconds(60)};
+      auto engine = CudaEngine::Create(model, options);
+      ASSERT_TRUE(engine.ok()) << engine.status();
+      EXPECT_TRUE((*engine)->expert_parallel());
+      if (rank == 0 || all_have_tokens) {
+        runs[rank].logits = TeacherForced(**engine, sequence, 16, table);
+      } else {
+        // As many Forward calls as TeacherForced makes: one prefill, then one per token.
+        const int64_t calls = static_cast<int64_t>(sequence.size()) - 16 + 1;
+        for (int64_t i = 0; i < calls; ++i) {
+          const absl::Status s = (*engine)->Forward(Batch{}, nullptr);
+          EXPECT_TRUE(s.ok()) << s;
+        }
+      }
+      runs[rank].stats = (*engine)->stats();
+    });
+  }
+  for (std::thread& t : threads) t.join();
+  return runs;
+}
+
 // Expert parallelism on one GPU: two ranks (threads), each an engine that
-// holds half of every layer's experts, exchanging rows over a local
-// communicator. Run 1: both ranks run the fixture's sequence; run 2: rank 1
-// has no tokens (empty batches) but still serves its experts. Rank 0's
-// logits are the single-GPU engine's, and rank 1 computed rows for rank 0.
+// holds half of every layer's experts, exchanging rows through the host over
+// a local communicator. Run 1: both ranks run the fixture's sequence; run 2:
+// rank 1 has no tokens (empty batches) but still serves its experts. Rank
+// 0's logits are the single-GPU engine's, and rank 1 computed rows for rank 0.
 TEST_P(CudaEngineFixtureTest, ExpertParallelRanksMatchOneGpu) {
   auto one_gpu = MakeCudaEngine();
   ASSERT_NE(one_gpu, nullptr);
   const std::vector<int32_t> table = {0, 1, 2, 3};
   const std::vector<float> reference = TeacherForced(*one_gpu, Sequence(), 16, table);
   const ModelSpec& spec = model_->spec;
-  auto placement = ExpertPlacement::Contiguous(static_cast<int>(spec.num_layers),
-                                               static_cast<int>(spec.num_experts), 2);
-  ASSERT_TRUE(placement.ok()) << placement.status();
   for (const bool rank1_has_tokens : {true, false}) {
     SCOPED_TRACE(rank1_has_tokens ? "both ranks run the sequence" : "rank 1 has no tokens");
     auto world = comm::LocalWorld::Create(2);
     ASSERT_TRUE(world.ok()) << world.status();
-    std::vector<std::vector<float>> logits(2);
-    std::vector<EngineStats> stats(2);
-    std::vector<std::thread> threads;
-    for (int rank = 0; rank < 2; ++rank) {
-      threads.emplace_back([&, rank] {
-        auto comm = (*world)->CreateCommunicator(rank);
-        ASSERT_TRUE(comm.ok()) << comm.status();
-        CudaEngineOptions options;
-        options.device = 0;
-        options.expert_parallelism = {comm->get(), &*placement, absl::Seconds(60)};
-        auto engine = CudaEngine::Create(*model_, options);
-        ASSERT_TRUE(engine.ok()) << engine.status();
-        EXPECT_TRUE((*engine)->expert_parallel());
-        if (rank == 0 || rank1_has_tokens) {
-          logits[rank] = TeacherForced(**engine, Sequence(), 16, table);
-        } else {
-          // As many Forward calls as TeacherForced makes: one prefill, then one per token.
-          const int64_t calls = static_cast<int64_t>(Sequence().size()) - 16 + 1;
-          for (int64_t i = 0; i < calls; ++i) {
-            const absl::Status s = (*engine)->Forward(Batch{}, nullptr);
-            EXPECT_TRUE(s.ok()) << s;
-          }
-        }
-        stats[rank] = (*engine)->stats();
-      });
-    }
-    for (std::thread& t : threads) t.join();
-    ASSERT_EQ(logits[0].size(), reference.size());
-    const Difference d = Compare(logits[0], reference);
+    const std::vector<RankRun> runs = RunExpertParallel(
+        *model_, 2, rank1_has_tokens, [&](int rank) { return (*world)->CreateCommunicator(rank); },
+        [](int) { return 0; }, Sequence(), table);
+    ASSERT_EQ(runs[0].logits.size(), reference.size());
+    const Difference d = Compare(runs[0].logits, reference);
     std::printf("[ %s ] expert-parallel rank 0 vs one GPU: max |diff| = %.3g (bound %.3g)\n",
                 GetParam().c_str(), d.max_abs, d.bound);
     EXPECT_LE(d.max_abs, d.bound) << "position " << d.worst / spec.vocab_size;
     if (rank1_has_tokens) {
-      const Difference d1 = Compare(logits[1], reference);
+      const Difference d1 = Compare(runs[1].logits, reference);
       EXPECT_LE(d1.max_abs, d1.bound) << "rank 1, position " << d1.worst / spec.vocab_size;
     }
-    EXPECT_GT(stats[1].received_rows, 0);
-    EXPECT_GT(stats[0].dispatched_slots, 0);
+    EXPECT_GT(runs[1].stats.received_rows, 0);
+    EXPECT_GT(runs[0].stats.dispatched_slots, 0);
+  }
+}
+
+// The same over NCCL, the rows staying on the GPUs (ResidentRowExchange):
+// one rank (rows through NCCL to itself) on any GPU, and two ranks, one
+// per GPU, where there are two.
+TEST_P(CudaEngineFixtureTest, ExpertParallelOverNcclMatchesOneGpu) {
+  auto one_gpu = MakeCudaEngine();
+  ASSERT_NE(one_gpu, nullptr);
+  const bool nccl_built = [] {
+    for (const comm::CommunicatorBackend& b : comm::CommunicatorBackends()) {
+      if (std::string(b.name) == "nccl") return true;
+    }
+    return false;
+  }();
+  if (!nccl_built) GTEST_SKIP() << "this build has no NCCL";
+  const std::vector<int32_t> table = {3, 2, 1, 0};
+  const std::vector<float> reference = TeacherForced(*one_gpu, Sequence(), 16, table);
+  int gpus = 0;
+  ASSERT_TRUE(cuda::DeviceCount(&gpus).ok());
+  for (const int num_ranks : {1, 2}) {
+    if (num_ranks > gpus) {
+      std::printf("[ %s ] %d NCCL ranks need %d GPUs; this machine has %d\n", GetParam().c_str(),
+                  num_ranks, num_ranks, gpus);
+      continue;
+    }
+    for (const bool all_have_tokens : {true, false}) {
+      if (num_ranks == 1 && !all_have_tokens) continue;
+      SCOPED_TRACE(::testing::Message() << num_ranks << " NCCL ranks"
+                                        << (all_have_tokens ? "" : ", rank 1 has no tokens"));
+      auto world = comm::LocalWorld::Create(num_ranks);
+      ASSERT_TRUE(world.ok()) << world.status();
+      std::vector<std::unique_ptr<comm::ControlChannel>> controls(num_ranks);
+      const Connect connect = [&](int rank) -> absl::StatusOr<std::unique_ptr<comm::Communicator>> {
+        HERD_ASSIGN_OR_RETURN(controls[rank], (*world)->CreateControlChannel(rank));
+        comm::CommContext context;
+        context.control = controls[rank].get();
+        context.cuda_device = rank;
+        return comm::CreateCommunicator("nccl", context, absl::Now() + absl::Seconds(60));
+      };
+      const std::vector<RankRun> runs = RunExpertParallel(
+          *model_, num_ranks, all_have_tokens, connect, [](int rank) { return rank; }, Sequence(),
+          table);
+      ASSERT_EQ(runs[0].logits.size(), reference.size());
+      const Difference d = Compare(runs[0].logits, reference);
+      std::printf("[ %s ] %d NCCL ranks, rank 0 vs one GPU: max |diff| = %.3g (bound %.3g)\n",
+                  GetParam().c_str(), num_ranks, d.max_abs, d.bound);
+      EXPECT_LE(d.max_abs, d.bound) << "position " << d.worst / model_->spec.vocab_size;
+      EXPECT_GT(runs[num_ranks - 1].stats.received_rows, 0);
+      EXPECT_GT(runs[0].stats.dispatched_slots, 0);
+    }
   }
 }
 
