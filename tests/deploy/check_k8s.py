@@ -17,7 +17,8 @@
    /ready and /health of the config's serve.port on rank 0 only, a grace
    period that outlasts the preStop and serve.drain_timeout_s, CPU requests
    equal to engine.threads, NetworkPolicy ports equal to the Services' ports
-   and the data-plane env, and the ServiceMonitor, the PodDisruptionBudget and
+   and the data-plane env (every port between ranks on GPU overlays, whose
+   ranks run `--device cuda --comm nccl`), and the ServiceMonitor, the PodDisruptionBudget and
    the Prometheus annotations pointing at the right pods and port.
 
 Run from the repository root (ctest does), with the .venv scripts/setup.sh
@@ -39,6 +40,10 @@ SCHEMA_DIR = "tests/deploy/k8s-schemas"
 MIN_KUBERNETES = "1.31"
 CONFIG_PATH = "/etc/herd/config.yaml"
 COMMAND = ["herd", "serve", "--comm", "ucx", "--config", CONFIG_PATH]
+# GPU overlays: each rank on its GPU, the experts' rows over NCCL.
+GPU_COMMAND = ["herd", "serve", "--comm", "nccl", "--device", "cuda", "--config", CONFIG_PATH]
+# A NetworkPolicy rule without ports opens every port.
+EVERY_PORT = (1, 65535)
 CUSTOM_SCHEMAS = {
     ("leaderworkerset.x-k8s.io/v1", "LeaderWorkerSet"): "leaderworkerset-v1.json",
     ("monitoring.coreos.com/v1", "ServiceMonitor"): "servicemonitor-v1.json",
@@ -189,8 +194,9 @@ def check_overlay(overlay, objects, errors):
             fail(f"{t.where}: no container named herd")
             return
         command = c.get("command", []) + c.get("args", [])
-        if command[:len(COMMAND)] != COMMAND:
-            fail(f"{t.where}: runs {' '.join(command)!r}, not {' '.join(COMMAND)} ...")
+        expected = GPU_COMMAND if "gpu" in overlay else COMMAND
+        if command[:len(expected)] != expected:
+            fail(f"{t.where}: runs {' '.join(command)!r}, not {' '.join(expected)} ...")
         if t.spec.get("enableServiceLinks") is not False:
             fail(f"{t.where}: enableServiceLinks must be false (Service env vars named HERD_*)")
 
@@ -392,7 +398,8 @@ def check_overlay(overlay, objects, errors):
             from_anyone = not rule.get("from")
             from_ranks = all(selects(peer.get("podSelector", {}).get("matchLabels"), t.labels)
                              for peer in rule.get("from", []) for t in templates)
-            ports = {(p["port"], p.get("endPort", p["port"])) for p in rule.get("ports", [])}
+            ports = ({(p["port"], p.get("endPort", p["port"])) for p in rule["ports"]}
+                     if rule.get("ports") else {EVERY_PORT})
             for t in templates:
                 if not selects(spec["podSelector"].get("matchLabels"), t.labels):
                     continue
@@ -410,11 +417,14 @@ def check_overlay(overlay, objects, errors):
              f"API Service ports {sorted(api_ports)}")
     if worker_ports:
         fail(f"NetworkPolicy opens {sorted(worker_ports)} on workers to clients")
-    ranks_expected = {(p, p) for p in rank_ports} | {ucx_range}
+    # NCCL (GPU overlays) listens on ephemeral ports: every port between ranks.
+    ranks_expected = ({EVERY_PORT} if "gpu" in overlay
+                      else {(p, p) for p in rank_ports} | {ucx_range})
     for role, got in (("leader", leader_ranges), ("worker", worker_ranges)):
         if got != ranks_expected:
-            fail(f"NetworkPolicy ports between ranks on the {role} {sorted(got)} are not the "
-                 f"bootstrap port and UCX_TCP_PORT_RANGE {sorted(ranks_expected)}")
+            fail(f"NetworkPolicy ports between ranks on the {role} {sorted(got)} are not "
+                 f"{sorted(ranks_expected)} (the bootstrap port and UCX_TCP_PORT_RANGE; every "
+                 "port for NCCL's ephemeral ones on GPUs)")
 
     # Monitoring and disruptions.
     for monitor in by_kind.get("ServiceMonitor", []):
