@@ -24,7 +24,7 @@ fi
 if [ -z "${SKIP_TESTS:-}" ]; then
   ctest --test-dir "$BUILD_DIR" -L gpu --output-on-failure 2>&1 | log tests.txt
   # Tests outside the label that take the GPU path when there is one.
-  ctest --test-dir "$BUILD_DIR" -R 'HerdCliTest.DeviceCuda|NcclPreflightTest' \
+  ctest --test-dir "$BUILD_DIR" -R 'HerdCliTest.DeviceCuda|NcclPreflightTest|RankGroupTest.Nccl' \
     --output-on-failure 2>&1 | log tests.txt
 fi
 bench=("$HERD" bench kernels --iterations "$ITERATIONS" --warmup 3)

@@ -132,9 +132,10 @@ absl::Status ResidentRowExchange::GatherGrouped(float* grouped_in) {
   HERD_RETURN_IF_ERROR(mover_->Finish());
   HERD_RETURN_IF_ERROR(index_->CopyFromHost(0, row_to_recv_.data(),
                                             num_recv * static_cast<int64_t>(sizeof(int32_t))));
-  return mover_->GatherRows(static_cast<const float*>(recv_rows_->data()),
-                            static_cast<const int32_t*>(index_->data()), num_recv, hidden_size_,
-                            grouped_in);
+  HERD_RETURN_IF_ERROR(mover_->GatherRows(static_cast<const float*>(recv_rows_->data()),
+                                          static_cast<const int32_t*>(index_->data()), num_recv,
+                                          hidden_size_, grouped_in));
+  return mover_->ComputeWaitsForGathers();
 }
 
 absl::Status ResidentRowExchange::Combine(const float* grouped_out, float* out,
@@ -146,11 +147,12 @@ absl::Status ResidentRowExchange::Combine(const float* grouped_out, float* out,
   const int64_t bytes_before = comm_->stats().bytes_sent;
   const absl::Time start = absl::Now();
 
-  // Back to arrival order (the experts' GEMMs finish first).
+  // Back to arrival order, once the experts' GEMMs are done.
   recv_to_row_.resize(num_recv);
   for (int64_t r = 0; r < num_recv; ++r) recv_to_row_[row_to_recv_[r]] = static_cast<int32_t>(r);
   HERD_RETURN_IF_ERROR(mover_->Finish());
   HERD_RETURN_IF_ERROR(index_->CopyFromHost(0, recv_to_row_.data(), i32(num_recv)));
+  HERD_RETURN_IF_ERROR(mover_->WaitForCompute());
   HERD_RETURN_IF_ERROR(mover_->GatherRows(grouped_out, static_cast<const int32_t*>(index_->data()),
                                           num_recv, hidden_size_,
                                           static_cast<float*>(recv_rows_->data())));
@@ -174,7 +176,7 @@ absl::Status ResidentRowExchange::Combine(const float* grouped_out, float* out,
                                           static_cast<const int32_t*>(index_->data()),
                                           num_slots_sent_, hidden_size_, out));
   num_recv_ = 0;
-  return absl::OkStatus();
+  return mover_->ComputeWaitsForGathers();
 }
 
 }  // namespace herd

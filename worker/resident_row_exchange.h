@@ -17,8 +17,12 @@
 //   Combine: the experts' outputs go back to arrival order, then to their
 //     senders in one all-to-all-v, and each lands in its slot of `out`
 //     (zeros for slots not sent).
-// The mover finishes before every collective; GatherGrouped and the end of
-// Combine may still be running on it (a CUDA stream) when they return.
+// The mover (a CUDA stream of its own) finishes before every collective, so
+// the compute side (the engine's stream) may run other work meanwhile, such
+// as a shared expert: the gathers of Combine wait for the compute work issued
+// before it (the experts' GEMMs), and compute work issued after
+// GatherGrouped or Combine waits for their gathers. Both may return before
+// those gathers are done.
 //
 // Thread-safety: one thread, one layer at a time.
 #pragma once
@@ -44,7 +48,7 @@ class ResidentRowExchange {
   ResidentRowExchange(const ExpertParallelism& ep, RowMover* mover);
 
   // Collective. hidden F32 [num_tokens, hidden_size] in the communicator's
-  // memory space, complete on the mover's stream; expert_idx I32
+  // memory space, already computed (the caller waited for it); expert_idx I32
   // [num_tokens, top_k] on the host (-1: skipped, not sent). A received row
   // for expert e belongs to storage slot local_slot[e] of [0, num_slots);
   // InternalError for a row whose expert this rank does not hold, then the
@@ -58,13 +62,14 @@ class ResidentRowExchange {
   // [offsets[s], offsets[s + 1]).
   const int32_t* offsets() const { return offsets_.data(); }
   // grouped_in F32 [num_recv, hidden_size], in the memory space, gets the
-  // received rows grouped by storage slot.
+  // received rows grouped by storage slot (for compute work issued after).
   absl::Status GatherGrouped(float* grouped_in);
 
   // Collective. grouped_out F32 [num_recv, hidden_size]: the experts'
   // outputs in the grouping's row order; out F32 [num_tokens * top_k,
   // hidden_size] gets each slot's row, in slot order, zeros for skipped
-  // slots. Both in the memory space; they may be the same buffer.
+  // slots (for compute work issued after). Both in the memory space; they
+  // may be the same buffer.
   absl::Status Combine(const float* grouped_out, float* out, EngineStats& stats);
 
  private:

@@ -10,6 +10,8 @@
 
 namespace herd {
 
+// The mover may run beside a compute side (the engine's CUDA stream): the
+// two are ordered only where the caller says so.
 class RowMover {
  public:
   virtual ~RowMover() = default;
@@ -19,11 +21,18 @@ class RowMover {
   // CUDA stream); gathers run in the order they were issued.
   virtual absl::Status GatherRows(const float* src, const int32_t* index, int64_t num_rows,
                                   int64_t row_floats, float* dst) = 0;
+  // Gathers issued from now on start after the compute side's work issued so
+  // far: they may read what it writes.
+  virtual absl::Status WaitForCompute() = 0;
+  // Compute work issued from now on starts after the gathers issued so far:
+  // it may read what they write.
+  virtual absl::Status ComputeWaitsForGathers() = 0;
   // Returns once every gather issued so far is done.
   virtual absl::Status Finish() = 0;
 };
 
-// Host memory: each gather is done when it returns.
+// Host memory: each gather is done when it returns, on the caller's thread,
+// which is the compute side too.
 class HostRowMover final : public RowMover {
  public:
   absl::Status GatherRows(const float* src, const int32_t* index, int64_t num_rows,
@@ -39,6 +48,8 @@ class HostRowMover final : public RowMover {
     }
     return absl::OkStatus();
   }
+  absl::Status WaitForCompute() override { return absl::OkStatus(); }
+  absl::Status ComputeWaitsForGathers() override { return absl::OkStatus(); }
   absl::Status Finish() override { return absl::OkStatus(); }
 };
 

@@ -70,6 +70,17 @@ absl::Status SetDevice(int ordinal);
 // The current device's name ("NVIDIA H100 80GB HBM3") and its number in this process.
 absl::Status DeviceName(std::string* name, int* ordinal);
 
+// Events (cudaEvent_t passed as void*, without timing): a point in a
+// stream's work, to order two streams or to wait for part of a stream.
+absl::Status EventCreate(void** event);
+absl::Status EventDestroy(void* event);
+// The point after the work issued on `stream` so far.
+absl::Status EventRecord(void* event, void* stream);
+// The host waits until the recorded point is reached.
+absl::Status EventSynchronize(void* event);
+// Work issued on `stream` from now on starts after the recorded point.
+absl::Status StreamWaitEvent(void* stream, void* event);
+
 // CUDA graphs: the launches a stream receives between StreamBeginCapture and
 // StreamEndCapture become a graph (no kernel runs meanwhile); GraphLaunch
 // replays it on a stream. Handles are cudaGraphExec_t passed as void*.

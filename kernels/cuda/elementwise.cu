@@ -264,6 +264,30 @@ absl::Status DeviceName(std::string* name, int* ordinal) {
   return absl::OkStatus();
 }
 
+absl::Status EventCreate(void** event) {
+  cudaEvent_t e = nullptr;
+  HERD_RETURN_IF_ERROR(
+      FromCuda(cudaEventCreateWithFlags(&e, cudaEventDisableTiming), "cudaEventCreate"));
+  *event = e;
+  return absl::OkStatus();
+}
+absl::Status EventDestroy(void* event) {
+  return FromCuda(cudaEventDestroy(static_cast<cudaEvent_t>(event)), "cudaEventDestroy");
+}
+absl::Status EventRecord(void* event, void* stream) {
+  return FromCuda(
+      cudaEventRecord(static_cast<cudaEvent_t>(event), static_cast<cudaStream_t>(stream)),
+      "cudaEventRecord");
+}
+absl::Status EventSynchronize(void* event) {
+  return FromCuda(cudaEventSynchronize(static_cast<cudaEvent_t>(event)), "cudaEventSynchronize");
+}
+absl::Status StreamWaitEvent(void* stream, void* event) {
+  return FromCuda(
+      cudaStreamWaitEvent(static_cast<cudaStream_t>(stream), static_cast<cudaEvent_t>(event), 0),
+      "cudaStreamWaitEvent");
+}
+
 absl::Status StreamBeginCapture(void* stream) {
   return FromCuda(
       cudaStreamBeginCapture(static_cast<cudaStream_t>(stream), cudaStreamCaptureModeThreadLocal),

@@ -425,6 +425,9 @@ struct CudaEngine::State {
   State(const Model& m, const CudaEngineOptions& o) : model(m), options(o) {}
   ~State() {
     for (auto& [key, graph] : graphs) (void)cuda::GraphDestroy(graph);
+    device_exchange.reset();
+    row_mover.reset();  // its stream waits on `stream`: before that goes
+    if (routed != nullptr) (void)cuda::EventDestroy(routed);
     if (stream != nullptr) (void)cuda::StreamDestroy(stream);
   }
 
@@ -450,11 +453,17 @@ struct CudaEngine::State {
   // received, and expert_out gets each slot's row back, in slot order
   // (slot_to_row the identity). The routing comes to the host either way;
   // the rows travel through host memory with a host communicator, and stay
-  // on the GPU with a device one (nccl: ExchangeOnDevice).
+  // on the GPU with a device one (nccl: ExchangeOnDevice), where the layer's
+  // shared expert (SharedExpertRows) runs on `stream` while they travel.
   absl::Status ExchangeExperts(int layer_idx, int64_t t);
   absl::Status ExchangeOnDevice(int layer_idx, int64_t t);
-  // proj += the shared expert's output over h, scaled by its sigmoid gate.
-  absl::Status SharedExpert(const DeviceLayer& d, int64_t t);
+  // Whether ExchangeExperts runs the shared expert's rows itself.
+  bool SharedExpertBesideExchange() const { return device_exchange != nullptr; }
+  // The shared expert (Qwen2-MoE) over h into shared_out (and its gate
+  // logits into shared_logit), then proj += shared_out scaled by the gate's
+  // sigmoid.
+  absl::Status SharedExpertRows(const DeviceLayer& d, int64_t t);
+  absl::Status AddSharedExpert(const DeviceLayer& d, int64_t t);
   // Room for `rows` received rows in the expert buffers and the workspace.
   absl::Status ReserveExpertRows(int64_t rows);
   void ClearGraphs() {
@@ -530,8 +539,9 @@ struct CudaEngine::State {
   ExpertParallelism ep;  // ep.placement is not used after Create: `placement` is the copy
   std::unique_ptr<ExpertPlacement> placement;
   std::unique_ptr<ExpertRowExchange> exchange;
-  std::unique_ptr<CudaRowMover> row_mover;  // on `stream`
+  std::unique_ptr<CudaRowMover> row_mover;  // its own stream, ordered against `stream`
   std::unique_ptr<ResidentRowExchange> device_exchange;
+  void* routed = nullptr;  // event: the layer's routing (and rows) copied to the host
   int64_t reserved_expert_rows = 0;
   std::vector<int32_t> host_idx, identity;  // the step's routing; slot -> slot
   std::vector<float> host_h, combined;      // normed rows out; expert rows back
@@ -819,7 +829,10 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
     HERD_RETURN_IF_ERROR(cuda::CombineWeighted(expert_out.as<float>(), slot_to_row.as<int32_t>(),
                                                layer_expert_weights, t, top_k, hidden,
                                                proj.as<float>(), stream));
-    if (d.has_shared) HERD_RETURN_IF_ERROR(SharedExpert(d, t));
+    if (d.has_shared) {
+      if (!SharedExpertBesideExchange()) HERD_RETURN_IF_ERROR(SharedExpertRows(d, t));
+      HERD_RETURN_IF_ERROR(AddSharedExpert(d, t));
+    }
     HERD_RETURN_IF_ERROR(cuda::AddInPlace(xs, proj.as<float>(), t * hidden, stream));
   }
 
@@ -968,7 +981,7 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
   return absl::OkStatus();
 }
 
-absl::Status CudaEngine::State::SharedExpert(const DeviceLayer& d, int64_t t) {
+absl::Status CudaEngine::State::SharedExpertRows(const DeviceLayer& d, int64_t t) {
   const ModelSpec& s = model.spec;
   const float* hs = h.as<float>();
   HERD_RETURN_IF_ERROR(
@@ -980,18 +993,21 @@ absl::Status CudaEngine::State::SharedExpert(const DeviceLayer& d, int64_t t) {
                                     stream));
   HERD_RETURN_IF_ERROR(Linear(d.shared_down, no_bias, shared_gate_out.as<float>(), t, token_offsets,
                               shared_out.as<float>()));
-  const float* gate_logits = nullptr;
-  if (d.shared_gated) {
-    HERD_RETURN_IF_ERROR(
-        Linear(d.shared_gate_logit, no_bias, hs, t, token_offsets, shared_logit.as<float>()));
-    gate_logits = shared_logit.as<float>();
-  }
-  return cuda::AddGatedRows(proj.as<float>(), shared_out.as<float>(), gate_logits, t, s.hidden_size,
-                            stream);
+  if (!d.shared_gated) return absl::OkStatus();
+  return Linear(d.shared_gate_logit, no_bias, hs, t, token_offsets, shared_logit.as<float>());
+}
+
+absl::Status CudaEngine::State::AddSharedExpert(const DeviceLayer& d, int64_t t) {
+  return cuda::AddGatedRows(proj.as<float>(), shared_out.as<float>(),
+                            d.shared_gated ? shared_logit.as<float>() : nullptr, t,
+                            model.spec.hidden_size, stream);
 }
 
 absl::Status CudaEngine::State::ReserveExpertRows(int64_t rows) {
   if (rows <= reserved_expert_rows) return absl::OkStatus();
+  // The buffers (the workspace too) may be in use by work on `stream`, such
+  // as a shared expert beside the exchange.
+  HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
   const ModelSpec& s = model.spec;
   const int64_t top_k = s.num_experts_per_token;
   // expert_out also takes this step's slots back from Combine.
@@ -1032,7 +1048,10 @@ absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
       HERD_RETURN_IF_ERROR(
           cuda::CopyToHostAsync(host_h.data(), h.get(), t * hidden * sizeof(float), stream));
     }
-    HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
+    HERD_RETURN_IF_ERROR(cuda::EventRecord(routed, stream));
+    // The shared expert runs on `stream` while the rows travel.
+    if (rows_on_device && d.has_shared) HERD_RETURN_IF_ERROR(SharedExpertRows(d, t));
+    HERD_RETURN_IF_ERROR(cuda::EventSynchronize(routed));
   }
   if (rows_on_device) return ExchangeOnDevice(layer_idx, t);
   HERD_RETURN_IF_ERROR(exchange->Dispatch(*placement, layer_idx, host_h.data(), host_idx.data(), t,
@@ -1121,8 +1140,9 @@ absl::StatusOr<std::unique_ptr<CudaEngine>> CudaEngine::Create(const Model& mode
   if (ep.comm != nullptr) {
     state->ep = ep;
     state->placement = std::make_unique<ExpertPlacement>(*ep.placement);
+    HERD_RETURN_IF_ERROR(cuda::EventCreate(&state->routed));
     if (ep.comm->memory_space() == comm::MemorySpace::kDevice) {
-      state->row_mover = std::make_unique<CudaRowMover>(state->stream);
+      HERD_ASSIGN_OR_RETURN(state->row_mover, CudaRowMover::Create(state->stream));
       state->device_exchange = std::make_unique<ResidentRowExchange>(ep, state->row_mover.get());
     } else {
       state->exchange = std::make_unique<ExpertRowExchange>(ep);

@@ -1,31 +1,40 @@
-// RowMover (worker/row_mover.h) on a CUDA stream: the gathers of a
-// ResidentRowExchange run as cuda::GatherRows on the engine's stream, in order
-// with its kernels, and Finish synchronises the stream.
+// RowMover (worker/row_mover.h) on the GPU: the gathers of a
+// ResidentRowExchange run as cuda::GatherRows on a stream of their own, so
+// that the engine's stream (the compute side) can run other work, such as a
+// shared expert, while rows travel; events order the two where asked.
 #pragma once
 
 #include <cstdint>
+#include <memory>
 
 #include "absl/status/status.h"
-#include "kernels/cuda/cuda_ops.h"
-#include "kernels/cuda/routing.h"
+#include "absl/status/statusor.h"
 #include "worker/row_mover.h"
 
 namespace herd {
 
 class CudaRowMover final : public RowMover {
  public:
-  // `stream` (a cudaStream_t) is borrowed.
-  explicit CudaRowMover(void* stream) : stream_(stream) {}
+  // On the current device; `compute_stream` (a cudaStream_t) is borrowed.
+  // Errors: Internal with CUDA's message.
+  static absl::StatusOr<std::unique_ptr<CudaRowMover>> Create(void* compute_stream);
+  ~CudaRowMover() override;
+  CudaRowMover(const CudaRowMover&) = delete;
+  CudaRowMover& operator=(const CudaRowMover&) = delete;
 
   absl::Status GatherRows(const float* src, const int32_t* index, int64_t num_rows,
-                          int64_t row_floats, float* dst) override {
-    // A row of index i is src row i / top_k: top_k 1 gathers by index.
-    return cuda::GatherRows(src, index, num_rows, /*top_k=*/1, row_floats, dst, stream_);
-  }
-  absl::Status Finish() override { return cuda::Synchronize(stream_); }
+                          int64_t row_floats, float* dst) override;
+  absl::Status WaitForCompute() override;
+  absl::Status ComputeWaitsForGathers() override;
+  absl::Status Finish() override;
 
  private:
-  void* const stream_;
+  explicit CudaRowMover(void* compute_stream) : compute_stream_(compute_stream) {}
+
+  void* const compute_stream_;
+  void* stream_ = nullptr;         // the gathers'
+  void* compute_point_ = nullptr;  // event: compute work issued before WaitForCompute
+  void* gathers_point_ = nullptr;  // event: gathers issued before ComputeWaitsForGathers
 };
 
 }  // namespace herd

@@ -52,6 +52,13 @@ bool HaveGpu() {
 #define SKIP_WITHOUT_GPU() \
   if (!HaveGpu()) GTEST_SKIP() << "no CUDA device"
 
+bool NcclBuilt() {
+  for (const comm::CommunicatorBackend& b : comm::CommunicatorBackends()) {
+    if (std::string(b.name) == "nccl") return true;
+  }
+  return false;
+}
+
 // max |a - b| and the bound it must meet for reference `ref`.
 struct Difference {
   float max_abs = 0.0f;
@@ -417,13 +424,7 @@ TEST_P(CudaEngineFixtureTest, ExpertParallelRanksMatchOneGpu) {
 TEST_P(CudaEngineFixtureTest, ExpertParallelOverNcclMatchesOneGpu) {
   auto one_gpu = MakeCudaEngine();
   ASSERT_NE(one_gpu, nullptr);
-  const bool nccl_built = [] {
-    for (const comm::CommunicatorBackend& b : comm::CommunicatorBackends()) {
-      if (std::string(b.name) == "nccl") return true;
-    }
-    return false;
-  }();
-  if (!nccl_built) GTEST_SKIP() << "this build has no NCCL";
+  if (!NcclBuilt()) GTEST_SKIP() << "this build has no NCCL";
   const std::vector<int32_t> table = {3, 2, 1, 0};
   const std::vector<float> reference = TeacherForced(*one_gpu, Sequence(), 16, table);
   int gpus = 0;
@@ -619,6 +620,38 @@ TEST_P(CudaHfReferenceTest, LogitsAndGreedyTokensMatchTransformers) {
         return CudaEngine::Create(model, {});
       },
       1e-3f, "cuda");
+}
+
+// The same as one rank of an expert-parallel group over NCCL: its rows go
+// through NCCL to itself (ResidentRowExchange), and Qwen2-MoE's shared expert
+// runs beside the exchange.
+TEST_P(CudaHfReferenceTest, ThroughTheNcclExchangeAtOneRank) {
+  SKIP_WITHOUT_GPU();
+  if (!NcclBuilt()) GTEST_SKIP() << "this build has no NCCL";
+  auto world = comm::LocalWorld::Create(1);
+  ASSERT_TRUE(world.ok()) << world.status();
+  auto control = (*world)->CreateControlChannel(0);
+  ASSERT_TRUE(control.ok()) << control.status();
+  comm::CommContext context;
+  context.control = control->get();
+  context.cuda_device = 0;
+  auto comm = comm::CreateCommunicator("nccl", context, absl::Now() + absl::Seconds(60));
+  ASSERT_TRUE(comm.ok()) << comm.status();
+  testing::ExpectTransformersLogitsAndTokens(
+      GetParam(),
+      [&](const Model& model) -> absl::StatusOr<std::unique_ptr<ForwardEngine>> {
+        HERD_ASSIGN_OR_RETURN(
+            const ExpertPlacement placement,
+            ExpertPlacement::Contiguous(static_cast<int>(model.spec.num_layers),
+                                        static_cast<int>(model.spec.num_experts), 1));
+        CudaEngineOptions options;
+        options.device = 0;
+        options.expert_parallelism = {comm->get(), &placement, absl::Seconds(60)};
+        HERD_ASSIGN_OR_RETURN(std::unique_ptr<CudaEngine> engine,
+                              CudaEngine::Create(model, options));
+        return std::unique_ptr<ForwardEngine>(std::move(engine));
+      },
+      1e-3f, "cuda, nccl exchange");
 }
 
 INSTANTIATE_TEST_SUITE_P(Architectures, CudaHfReferenceTest,
