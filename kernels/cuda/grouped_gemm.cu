@@ -26,6 +26,7 @@
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/cuda_status.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/packed_layout.h"
 
 namespace herd::cuda {
 namespace {
@@ -394,6 +395,24 @@ absl::Status MultiplyForGroup(const Config& config, const GroupedWeights& w, int
   }
 }
 
+// ---- dequantization -------------------------------------------------------
+
+// One thread per output value, rows and columns in order, so the stores
+// coalesce; the packed bytes of a warp's 32 values lie within a few lanes'
+// 16 or 32 bytes and come through L1.
+__global__ void DequantizeKernel(const uint8_t* qweight, const uint16_t* scales, int64_t rows,
+                                 int64_t cols, int64_t padded_cols, int bits, int group_size,
+                                 __nv_bfloat16* out) {
+  const int64_t i = blockIdx.x * static_cast<int64_t>(blockDim.x) + threadIdx.x;
+  if (i >= rows * cols) return;
+  const int64_t r = i / cols;
+  const int64_t c = i % cols;
+  const int q = LoadPacked(padded_cols, bits, r, c, qweight);
+  const float scale =
+      __half2float(__ushort_as_half(scales[PackedScaleIndex(padded_cols, group_size, r, c)]));
+  out[i] = __float2bfloat16_rn(static_cast<float>(q) * scale);
+}
+
 }  // namespace
 
 size_t GroupedGemmWorkspaceBytes(const GroupedWeights& weights, int64_t max_rows) {
@@ -443,6 +462,29 @@ absl::Status GroupedGemm(const GroupedWeights& weights, const float* x, int64_t 
   }
   return MultiplyForGroup<8>(config, weights, num_rows, num_super, supers, fragments, out,
                              cuda_stream);
+}
+
+size_t DequantizedBytes(const PackedShape& shape) {
+  return static_cast<size_t>(shape.rows * shape.cols) * sizeof(uint16_t);
+}
+
+absl::Status DequantizeExpert(const GroupedWeights& weights, int64_t expert, uint16_t* out,
+                              void* stream) {
+  const PackedShape& shape = weights.shape;
+  HERD_RETURN_IF_ERROR(ValidatePackedShape(shape));
+  if (expert < 0 || expert >= weights.num_experts) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("expert ", expert, " of ", weights.num_experts, " to dequantize"));
+  }
+  constexpr int kThreads = 256;
+  const int64_t n = shape.rows * shape.cols;
+  DequantizeKernel<<<static_cast<unsigned>((n + kThreads - 1) / kThreads), kThreads, 0,
+                     static_cast<cudaStream_t>(stream)>>>(
+      weights.qweight + expert * shape.weight_bytes(),
+      weights.scales + expert * (shape.scale_bytes() / 2), shape.rows, shape.cols,
+      shape.padded_cols(), shape.format.bits, shape.format.group_size,
+      reinterpret_cast<__nv_bfloat16*>(out));
+  return FromCuda(cudaGetLastError(), "DequantizeExpert launch");
 }
 
 }  // namespace herd::cuda

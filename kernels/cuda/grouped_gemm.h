@@ -103,4 +103,16 @@ absl::Status GroupedGemm(const GroupedWeights& weights, const float* x, int64_t 
                          const int32_t* expert_offsets, float* out, void* workspace,
                          size_t workspace_bytes, void* stream);
 
+// Bytes of one expert's matrix as bf16 [shape.rows, shape.cols].
+size_t DequantizedBytes(const PackedShape& shape);
+
+// Expert `expert`'s weights as bf16 [shape.rows, shape.cols], row major, into
+// `out` (device, DequantizedBytes bytes): each value q * scale rounded to
+// nearest, what a cuBLAS bf16 GEMM multiplies (kernels/cuda/
+// dequantized_gemm.h). UnpackWeight's values, rounded to bf16. Asynchronous
+// on `stream`. InvalidArgument for a bad shape or an expert outside
+// [0, num_experts).
+absl::Status DequantizeExpert(const GroupedWeights& weights, int64_t expert, uint16_t* out,
+                              void* stream);
+
 }  // namespace herd::cuda

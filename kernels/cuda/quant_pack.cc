@@ -6,40 +6,17 @@
 
 #include "absl/strings/str_cat.h"
 #include "kernels/cuda/grouped_gemm.h"
+#include "kernels/cuda/packed_layout.h"
 
 namespace herd::cuda {
 namespace {
 
-// Where element (row, col) of a packed matrix lives: its byte, and for int4
-// the shift of its nibble inside that byte.
-struct PackedPosition {
-  int64_t byte = 0;
-  int shift = 0;
-};
-
 PackedPosition Locate(const PackedShape& shape, int64_t row, int64_t col) {
-  const int64_t chunks = shape.padded_cols() / 64;
-  const int64_t row_tile = row / 16;
-  const int64_t tile_row = row % 16;
-  const int64_t chunk = col / 64;
-  const int64_t k16 = (col % 64) / 16;  // which 16 x 16 tile of the chunk
-  const int64_t tile_col = col % 16;
-  const int64_t lane = (tile_row % 8) * 4 + (tile_col % 8) / 2;
-  const int reg = static_cast<int>(tile_row / 8 + 2 * (tile_col / 8));  // A-fragment register
-  const int elem = static_cast<int>(tile_col % 2);                      // first or second half
-  const int64_t lane_base = (row_tile * chunks + chunk) * 32 + lane;
-  if (shape.format.bits == 4) {
-    const int nibble = reg + 4 * elem;
-    return {lane_base * 16 + k16 * 4 + nibble / 2, 4 * (nibble % 2)};
-  }
-  return {lane_base * 32 + (2 * k16 + reg / 2) * 4 + (reg % 2) * 2 + elem, 0};
+  return LocatePacked(shape.padded_cols(), shape.format.bits, row, col);
 }
 
 int64_t ScaleIndex(const PackedShape& shape, int64_t row, int64_t col) {
-  const int64_t groups = shape.padded_cols() / shape.format.group_size;
-  const int64_t tile_row = row % 16;
-  return (((row / 16) * 8 + tile_row % 8) * groups + col / shape.format.group_size) * 2 +
-         tile_row / 8;
+  return PackedScaleIndex(shape.padded_cols(), shape.format.group_size, row, col);
 }
 
 void Store(const PackedShape& shape, int64_t row, int64_t col, int q, uint8_t* qweight) {
@@ -51,12 +28,6 @@ void Store(const PackedShape& shape, int64_t row, int64_t col, int q, uint8_t* q
   } else {
     qweight[pos.byte] = static_cast<uint8_t>(static_cast<int8_t>(q));
   }
-}
-
-int Load(const PackedShape& shape, int64_t row, int64_t col, const uint8_t* qweight) {
-  const PackedPosition pos = Locate(shape, row, col);
-  if (shape.format.bits == 4) return ((qweight[pos.byte] >> pos.shift) & 0xF) - 8;
-  return static_cast<int8_t>(qweight[pos.byte]);
 }
 
 // Quantizes one group of float values symmetric to `bits`; returns the scale.
@@ -187,8 +158,9 @@ std::vector<float> UnpackWeight(const PackedShape& shape, const uint8_t* qweight
   std::vector<float> out(shape.rows * shape.cols);
   for (int64_t r = 0; r < shape.rows; ++r) {
     for (int64_t c = 0; c < shape.cols; ++c) {
-      out[r * shape.cols + c] = static_cast<float>(Load(shape, r, c, qweight)) *
-                                F16ToF32(scales[ScaleIndex(shape, r, c)]);
+      out[r * shape.cols + c] =
+          static_cast<float>(LoadPacked(shape.padded_cols(), shape.format.bits, r, c, qweight)) *
+          F16ToF32(scales[ScaleIndex(shape, r, c)]);
     }
   }
   return out;

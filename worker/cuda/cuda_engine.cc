@@ -20,6 +20,7 @@
 #include "kernels/cuda/attention.h"
 #include "kernels/cuda/cuda_ops.h"
 #include "kernels/cuda/dense_gemm.h"
+#include "kernels/cuda/dequantized_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/cuda/routing.h"
 #include "worker/cuda/cuda_row_mover.h"
@@ -209,6 +210,38 @@ absl::Status UploadMatrix(const TensorView& w, bool f32, const std::string& name
   HERD_RETURN_IF_ERROR(m->dense_data.Upload(bf16.data(), bf16.size() * 2, name));
   m->dense = {m->dense_data.get(), DType::kBF16, rows, cols};
   return absl::OkStatus();
+}
+
+// What the prefill form of quantized experts (DequantizedExperts) needs in a
+// step of `tokens` tokens: a bf16 matrix of the largest expert, and a
+// workspace for the bf16 activations of up to all of the step's rows on one
+// expert (a rank holding one expert may get them all). Zeros when the form
+// cannot be taken.
+struct DequantizedExpertsBuffers {
+  size_t scratch = 0;
+  size_t workspace = 0;
+};
+DequantizedExpertsBuffers DequantizedExpertsBytes(const Model& model,
+                                                  const CudaEngineOptions& options,
+                                                  int64_t tokens) {
+  const int64_t rows = tokens * model.spec.num_experts_per_token;
+  DequantizedExpertsBuffers bytes;
+  if (options.dequantized_experts_min_rows <= 0 || rows < options.dequantized_experts_min_rows) {
+    return bytes;
+  }
+  for (const LayerWeights& w : model.layers) {
+    for (const ExpertFfnWeights& e : w.experts) {
+      if (e.gate.empty() || IsFloatDType(e.gate.dtype())) continue;
+      for (const TensorView* m : {&e.gate, &e.up, &e.down}) {
+        bytes.scratch =
+            std::max(bytes.scratch, static_cast<size_t>(m->dim(0) * m->dim(1)) * sizeof(uint16_t));
+        bytes.workspace =
+            std::max(bytes.workspace, static_cast<size_t>(rows * m->dim(1)) * sizeof(uint16_t));
+      }
+      break;  // a layer's experts share one shape and dtype
+    }
+  }
+  return bytes;
 }
 
 // One of a layer's expert projections (gate, up or down). Quantized experts
@@ -447,6 +480,21 @@ struct CudaEngine::State {
   absl::Status GroupedExperts(const DeviceLayer& d, int64_t slots);
   // host_offsets holds the row offsets of d's slots ([num_slots + 1]).
   absl::Status DenseExperts(const DeviceLayer& d, int64_t slots);
+  // Whether `rows` rows of d's quantized experts take the prefill form:
+  // each expert dequantized to bf16 and multiplied by cuBLAS (never while a
+  // graph is being captured: it needs the offsets on the host).
+  bool DequantizesExperts(const DeviceLayer& d, int64_t rows) const {
+    const int64_t min_rows = options.dequantized_experts_min_rows;
+    return !capturing && min_rows > 0 && d.gate.dense.empty() && d.gate.num_slots > 0 &&
+           rows >= min_rows * d.gate.num_slots;
+  }
+  // The prefill form, with host_offsets as for DenseExperts.
+  absl::Status DequantizedExperts(const DeviceLayer& d, int64_t slots);
+  // The layer's experts over `slots` grouped rows of expert_in, in whichever
+  // form fits (DenseExperts, DequantizedExperts or GroupedExperts), with
+  // host_offsets filled when `offsets_on_host`, else copied here when the
+  // form needs them.
+  absl::Status RunExperts(const DeviceLayer& d, int64_t slots, bool offsets_on_host);
   // Expert parallelism: the routed experts of layer `layer_idx` for a step of
   // `t` tokens (0: this rank has none, but takes part): the rows go to the
   // ranks holding their experts, this rank's experts run on what it
@@ -521,6 +569,8 @@ struct CudaEngine::State {
   DeviceBuffer expert_in, gate_out, up_out, expert_out, logits_h, logits_out;
   DeviceBuffer shared_gate_out, shared_up_out, shared_out, shared_logit;
   DeviceBuffer workspace, attention_workspace;
+  DeviceBuffer dequantized_expert;  // DequantizedExperts' bf16 matrix
+  bool capturing = false;           // a decode step is being captured
 
   RoutingObserver routing_observer;
   // Dynamic expert skipping is on and some layer has a threshold.
@@ -709,6 +759,56 @@ absl::Status CudaEngine::State::GroupedExperts(const DeviceLayer& d, int64_t slo
                            expert_out.as<float>(), workspace.get(), workspace.bytes(), stream);
 }
 
+absl::Status CudaEngine::State::RunExperts(const DeviceLayer& d, int64_t slots,
+                                           bool offsets_on_host) {
+  const bool dense = !d.gate.dense.empty();
+  const bool dequantized = DequantizesExperts(d, slots);
+  if (!dense && !dequantized) return GroupedExperts(d, slots);
+  if (!offsets_on_host) {
+    host_offsets.resize(d.gate.num_slots + 1);
+    HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_offsets.data(), expert_offsets.get(),
+                                               host_offsets.size() * sizeof(int32_t), stream));
+    HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
+  }
+  return dense ? DenseExperts(d, slots) : DequantizedExperts(d, slots);
+}
+
+absl::Status CudaEngine::State::DequantizedExperts(const DeviceLayer& d, int64_t slots) {
+  int64_t most_rows = 0;
+  for (int64_t e = 0; e < d.gate.num_slots; ++e) {
+    most_rows = std::max<int64_t>(most_rows, host_offsets[e + 1] - host_offsets[e]);
+  }
+  size_t scratch_bytes = 0;
+  size_t workspace_bytes = 0;
+  for (const DeviceExperts* p : {&d.gate, &d.up, &d.down}) {
+    scratch_bytes = std::max(scratch_bytes, cuda::DequantizedGroupedGemmScratchBytes(p->weights));
+    workspace_bytes = std::max(workspace_bytes,
+                               cuda::DequantizedGroupedGemmWorkspaceBytes(p->weights, most_rows));
+  }
+  if (dequantized_expert.bytes() < scratch_bytes || workspace.bytes() < workspace_bytes) {
+    // Work on the stream may still read the old buffers; graphs point at them.
+    HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
+    if (dequantized_expert.bytes() < scratch_bytes) {
+      HERD_RETURN_IF_ERROR(dequantized_expert.Allocate(scratch_bytes, "a dequantized expert"));
+    }
+    if (workspace.bytes() < workspace_bytes) {
+      HERD_RETURN_IF_ERROR(workspace.Allocate(workspace_bytes, "the GEMM workspace"));
+      ClearGraphs();
+    }
+  }
+  const auto project = [&](const DeviceExperts& p, const float* in, float* out) {
+    return cuda::DequantizedGroupedGemm(blas, p.weights, in, slots, host_offsets.data(), out,
+                                        dequantized_expert.get(), dequantized_expert.bytes(),
+                                        workspace.get(), workspace.bytes(), stream);
+  };
+  HERD_RETURN_IF_ERROR(project(d.gate, expert_in.as<float>(), gate_out.as<float>()));
+  HERD_RETURN_IF_ERROR(project(d.up, expert_in.as<float>(), up_out.as<float>()));
+  HERD_RETURN_IF_ERROR(cuda::SwiGlu(gate_out.as<float>(), up_out.as<float>(),
+                                    slots * model.spec.expert_ffn_size, gate_out.as<float>(),
+                                    stream));
+  return project(d.down, gate_out.as<float>(), expert_out.as<float>());
+}
+
 absl::Status CudaEngine::State::DenseExperts(const DeviceLayer& d, int64_t slots) {
   const ModelSpec& s = model.spec;
   const int64_t hidden = s.hidden_size;
@@ -815,15 +915,7 @@ absl::Status CudaEngine::State::Launch(int64_t num_tokens, int64_t num_sequences
                                 workspace.get(), workspace.bytes(), stream));
       HERD_RETURN_IF_ERROR(cuda::GatherRows(hs, row_to_slot.as<int32_t>(), slots, top_k, hidden,
                                             expert_in.as<float>(), stream));
-      if (d.gate.dense.empty()) {
-        HERD_RETURN_IF_ERROR(GroupedExperts(d, slots));
-      } else {
-        host_offsets.resize(d.gate.num_slots + 1);
-        HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(host_offsets.data(), expert_offsets.get(),
-                                                   host_offsets.size() * sizeof(int32_t), stream));
-        HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
-        HERD_RETURN_IF_ERROR(DenseExperts(d, slots));
-      }
+      HERD_RETURN_IF_ERROR(RunExperts(d, slots, /*offsets_on_host=*/false));
     }
     HERD_RETURN_IF_ERROR(cuda::MemsetAsync(proj.get(), 0, t * hidden * sizeof(float), stream));
     HERD_RETURN_IF_ERROR(cuda::CombineWeighted(expert_out.as<float>(), slot_to_row.as<int32_t>(),
@@ -934,7 +1026,9 @@ absl::Status CudaEngine::State::Step(const Batch& batch, float* logits) {
     auto it = graphs.find(key);
     if (it == graphs.end()) {
       HERD_RETURN_IF_ERROR(cuda::StreamBeginCapture(stream));
+      capturing = true;
       const absl::Status launched = Launch(t, num_sequences, max_chunk_tokens, num_rows, cache);
+      capturing = false;
       void* graph = nullptr;
       const absl::Status captured = cuda::StreamEndCapture(stream, &graph);
       HERD_RETURN_IF_ERROR(launched);
@@ -1066,8 +1160,7 @@ absl::Status CudaEngine::State::ExchangeExperts(int layer_idx, int64_t t) {
     host_offsets.assign(exchange->offsets(), exchange->offsets() + d.gate.num_slots + 1);
     HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_offsets.get(), host_offsets.data(),
                                                  host_offsets.size() * sizeof(int32_t), stream));
-    HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, num_recv)
-                                              : DenseExperts(d, num_recv));
+    HERD_RETURN_IF_ERROR(RunExperts(d, num_recv, /*offsets_on_host=*/true));
     HERD_RETURN_IF_ERROR(cuda::CopyToHostAsync(exchange->grouped_out(), expert_out.get(),
                                                num_recv * hidden * sizeof(float), stream));
     HERD_RETURN_IF_ERROR(cuda::Synchronize(stream));
@@ -1101,8 +1194,7 @@ absl::Status CudaEngine::State::ExchangeOnDevice(int layer_idx, int64_t t) {
                         device_exchange->offsets() + d.gate.num_slots + 1);
     HERD_RETURN_IF_ERROR(cuda::CopyToDeviceAsync(expert_offsets.get(), host_offsets.data(),
                                                  host_offsets.size() * sizeof(int32_t), stream));
-    HERD_RETURN_IF_ERROR(d.gate.dense.empty() ? GroupedExperts(d, num_recv)
-                                              : DenseExperts(d, num_recv));
+    HERD_RETURN_IF_ERROR(RunExperts(d, num_recv, /*offsets_on_host=*/true));
   }
   HERD_RETURN_IF_ERROR(
       device_exchange->Combine(expert_out.as<float>(), expert_out.as<float>(), stats));
@@ -1216,8 +1308,10 @@ absl::StatusOr<CudaMemoryPlan> CudaEngine::PlanMemory(
   }
   const int64_t tokens = options.max_step_tokens;
   for (size_t bytes : StepBufferBytes(s, tokens)) plan.step_buffers += static_cast<int64_t>(bytes);
+  const DequantizedExpertsBuffers dequantized = DequantizedExpertsBytes(model, options, tokens);
   plan.step_buffers +=
-      static_cast<int64_t>(StepWorkspaceBytes(model, tokens)) + cuda::BlasHandle::kWorkspaceBytes;
+      static_cast<int64_t>(std::max(StepWorkspaceBytes(model, tokens), dequantized.workspace) +
+                           dequantized.scratch + cuda::BlasHandle::kWorkspaceBytes);
   plan.kv_bytes_per_token = KvCache::BytesPerBlock(s, 1);
   return plan;
 }

@@ -60,6 +60,11 @@ struct CudaEngineOptions {
   int device = -1;
   // A rank of an expert-parallel group (comm null: every expert here).
   ExpertParallelism expert_parallelism;
+  // Quantized experts run in their prefill form (each expert dequantized to
+  // bf16 and multiplied by cuBLAS: kernels/cuda/dequantized_gemm.h) when a
+  // layer's expert rows are at least this many per expert held; below, the
+  // grouped W4A16/W8A16 kernel. 0: always the grouped kernel.
+  int64_t dequantized_experts_min_rows = 256;
 };
 
 class CudaEngine final : public ForwardEngine {

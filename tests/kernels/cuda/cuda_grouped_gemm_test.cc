@@ -1,13 +1,17 @@
-// The grouped W4A16 / W8A16 GEMM against a float64 reference on the same
-// quantized values, and the host repacking against the stored tensors.
+// The grouped W4A16 / W8A16 GEMM, and its dequantize-and-cuBLAS form for
+// prefill, against a float64 reference on the same quantized values; the
+// host repacking against the stored tensors.
+#include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <random>
+#include <utility>
 #include <vector>
 
 #include "core/dtype.h"
 #include "core/thread_pool.h"
 #include "gtest/gtest.h"
+#include "kernels/cuda/dequantized_gemm.h"
 #include "kernels/cuda/grouped_gemm.h"
 #include "kernels/matmul.h"
 #include "tests/kernels/cuda/cuda_test_support.h"
@@ -115,12 +119,20 @@ TEST(QuantPackTest, RejectsBadInput) {
   EXPECT_FALSE(cuda::NativeFormat(DType::kQ4_1).ok());
 }
 
+// Which form of the expert GEMM a check runs.
+enum class ExpertGemm {
+  kGrouped,      // GroupedGemm: offsets on the device, exact int products scaled in f32
+  kDequantized,  // DequantizedGroupedGemm: offsets on the host, weights rounded to bf16
+};
+
 class CudaGroupedGemmTest : public cuda_test::CudaTest {
  protected:
-  // Runs GroupedGemm for experts with `rows_per_expert` rows each and checks
-  // every output against float64 products of the packed values and bf16(x).
+  // Runs `gemm` for experts with `rows_per_expert` rows each and checks every
+  // output against float64 products of the packed values (rounded to bf16
+  // for kDequantized) and bf16(x).
   void Check(DType dtype, cuda::QuantFormat format, int64_t out_features, int64_t in_features,
-             const std::vector<int32_t>& rows_per_expert, uint32_t seed) {
+             const std::vector<int32_t>& rows_per_expert, uint32_t seed,
+             ExpertGemm gemm = ExpertGemm::kGrouped) {
     const int64_t num_experts = static_cast<int64_t>(rows_per_expert.size());
     std::vector<Packed> experts;
     for (int64_t e = 0; e < num_experts; ++e) {
@@ -140,16 +152,31 @@ class CudaGroupedGemmTest : public cuda_test::CudaTest {
     const auto x = RandomNormal(num_rows * in_features, seed + 100);
 
     cuda::GroupedWeights weights{Upload(all_q), Upload(all_s), num_experts, shape};
-    const size_t ws_bytes = cuda::GroupedGemmWorkspaceBytes(weights, num_rows);
-    void* workspace = Alloc<uint8_t>(ws_bytes);
     float* out = Alloc<float>(num_rows * out_features);
-    const absl::Status status = cuda::GroupedGemm(weights, Upload(x), num_rows, Upload(offsets),
-                                                  out, workspace, ws_bytes, nullptr);
-    ASSERT_TRUE(status.ok()) << status;
+    if (gemm == ExpertGemm::kGrouped) {
+      const size_t ws_bytes = cuda::GroupedGemmWorkspaceBytes(weights, num_rows);
+      const absl::Status status =
+          cuda::GroupedGemm(weights, Upload(x), num_rows, Upload(offsets), out,
+                            Alloc<uint8_t>(ws_bytes), ws_bytes, nullptr);
+      ASSERT_TRUE(status.ok()) << status;
+    } else {
+      cuda::BlasHandle blas;
+      ASSERT_TRUE(cuda::BlasHandle::Create(&blas).ok());
+      const size_t scratch_bytes = cuda::DequantizedGroupedGemmScratchBytes(weights);
+      const size_t ws_bytes = cuda::DequantizedGroupedGemmWorkspaceBytes(
+          weights, *std::max_element(rows_per_expert.begin(), rows_per_expert.end()));
+      const absl::Status status = cuda::DequantizedGroupedGemm(
+          blas, weights, Upload(x), num_rows, offsets.data(), out, Alloc<uint8_t>(scratch_bytes),
+          scratch_bytes, Alloc<uint8_t>(ws_bytes), ws_bytes, nullptr);
+      ASSERT_TRUE(status.ok()) << status;
+    }
     const auto got = Download(out, num_rows * out_features);
 
     for (int64_t e = 0; e < num_experts; ++e) {
-      const auto w = cuda::UnpackWeight(shape, experts[e].qweight.data(), experts[e].scales.data());
+      auto w = cuda::UnpackWeight(shape, experts[e].qweight.data(), experts[e].scales.data());
+      if (gemm == ExpertGemm::kDequantized) {
+        for (float& v : w) v = BF16ToF32(F32ToBF16(v));
+      }
       for (int64_t r = offsets[e]; r < offsets[e + 1]; ++r) {
         for (int64_t f = 0; f < out_features; ++f) {
           double sum = 0.0;
@@ -232,6 +259,47 @@ TEST_F(CudaGroupedGemmTest, CloseToTheCpuMatmulReference) {
     ref += expected[i] * expected[i];
   }
   EXPECT_LT(std::sqrt(err / ref), 1e-2);
+}
+
+// The prefill form: every format, and shapes that pad rows and K.
+TEST_F(CudaGroupedGemmTest, DequantizedFormMatchesItsBf16Weights) {
+  for (int bits : {4, 8}) {
+    for (int group : {32, 64, 128}) {
+      SCOPED_TRACE(testing::Message() << "int" << bits << " g" << group);
+      Check(DType::kF32, {bits, group}, 48, 256, {70, 0, 3, 129}, 5, ExpertGemm::kDequantized);
+    }
+  }
+  Check(DType::kQ4_0, {4, 32}, 40, 96, {5, 2, 0, 9}, 21, ExpertGemm::kDequantized);
+  Check(DType::kQ8_0, {8, 32}, 1000, 1024, {300, 1, 0}, 22, ExpertGemm::kDequantized);
+  Check(DType::kF16, {4, 128}, 17, 1000, {1, 0, 0, 300}, 25, ExpertGemm::kDequantized);
+}
+
+// DequantizeExpert gives UnpackWeight's values rounded to bf16, bit for bit.
+TEST_F(CudaGroupedGemmTest, DequantizeExpertIsUnpackWeightInBf16) {
+  for (const auto& [dtype, format] : std::vector<std::pair<DType, cuda::QuantFormat>>{
+           {DType::kQ4_0, {4, 32}}, {DType::kQ8_0, {8, 32}}, {DType::kF32, {4, 128}}}) {
+    SCOPED_TRACE(DTypeName(dtype));
+    std::vector<uint8_t> all_q;
+    std::vector<uint16_t> all_s;
+    std::vector<Packed> experts;
+    for (uint32_t e = 0; e < 3; ++e) {
+      const HostWeight w = MakeWeight(dtype, 40, 160, 50 + e);
+      experts.push_back(Pack(w.view, format));
+      all_q.insert(all_q.end(), experts.back().qweight.begin(), experts.back().qweight.end());
+      all_s.insert(all_s.end(), experts.back().scales.begin(), experts.back().scales.end());
+    }
+    const cuda::GroupedWeights weights{Upload(all_q), Upload(all_s), 3, experts[0].shape};
+    uint16_t* out = Alloc<uint16_t>(40 * 160);
+    ASSERT_TRUE(cuda::DequantizeExpert(weights, 2, out, nullptr).ok());
+    const auto got = Download(out, 40 * 160);
+    const auto want =
+        cuda::UnpackWeight(experts[2].shape, experts[2].qweight.data(), experts[2].scales.data());
+    for (size_t i = 0; i < want.size(); ++i) {
+      ASSERT_EQ(got[i], F32ToBF16(want[i])) << "element " << i;
+    }
+    EXPECT_EQ(cuda::DequantizeExpert(weights, 3, out, nullptr).code(),
+              absl::StatusCode::kInvalidArgument);
+  }
 }
 
 TEST_F(CudaGroupedGemmTest, RejectsASmallWorkspace) {

@@ -256,6 +256,32 @@ TEST_P(CudaEngineFixtureTest, GreedyGenerationReproducesLlamaCpp) {
   EXPECT_EQ(result->tokens, Greedy());
 }
 
+// The prefill form of quantized experts (each dequantized to bf16, then
+// cuBLAS) forced on every uncaptured step: the prompt's step takes it, the
+// captured decode steps keep the grouped kernel. Logits within the bound of
+// llama.cpp's and of the default engine's. (F32 experts are cuBLAS matrices
+// either way.)
+TEST_P(CudaEngineFixtureTest, PrefillFormOfQuantizedExpertsMatchesLlamaCpp) {
+  CudaEngineOptions options;
+  options.dequantized_experts_min_rows = 1;
+  auto prefill_form = MakeCudaEngine(options);
+  auto grouped = MakeCudaEngine();
+  ASSERT_NE(prefill_form, nullptr);
+  ASSERT_NE(grouped, nullptr);
+  const std::vector<int32_t> table = {0, 2, 1, 3};
+  const std::vector<float> got = TeacherForced(*prefill_form, Sequence(), 16, table);
+  const std::vector<float> ref = LlamaCppLogits();
+  ASSERT_EQ(got.size(), ref.size());
+  const Difference vs_llama = Compare(got, ref);
+  const Difference vs_grouped = Compare(got, TeacherForced(*grouped, Sequence(), 16, table));
+  std::printf(
+      "[ %s ] prefill form: max |cuda - llama.cpp| = %.3g, vs the grouped kernel %.3g "
+      "(bound %.3g)\n",
+      GetParam().c_str(), vs_llama.max_abs, vs_grouped.max_abs, vs_llama.bound);
+  EXPECT_LE(vs_llama.max_abs, vs_llama.bound) << "position " << vs_llama.worst / 512;
+  EXPECT_LE(vs_grouped.max_abs, vs_grouped.bound) << "position " << vs_grouped.worst / 512;
+}
+
 // Decode graphs replay the same kernels: the logits equal those of plain
 // launches bit for bit, and a second sequence reuses the graphs.
 TEST_P(CudaEngineFixtureTest, DecodeGraphsGiveTheLogitsOfPlainLaunches) {
