@@ -281,17 +281,22 @@ absl::Status SetTokensPerExpert(const GemmSetup& s, int64_t experts, int64_t tok
 // they stream far more than L2 holds.
 constexpr int kOpsPerGraph = 16;
 
+// The weight set of the i-th op of a graph.
+GroupedWeights RotatedWeights(const KernelBenchOptions& options, const GemmSetup& s, int i) {
+  const size_t set = i % s.qweights.size();
+  return {s.qweights[set]->get<uint8_t>(), s.scales[set]->get<uint16_t>(), options.experts,
+          s.packed};
+}
+
 absl::StatusOr<double> TimeHerdGemm(const KernelBenchOptions& options, const GemmSetup& s,
                                     int64_t tokens) {
   HERD_RETURN_IF_ERROR(SetTokensPerExpert(s, options.experts, tokens));
   const int64_t rows = options.experts * tokens;
   return TimeGraphMs(
       [&](int i, cudaStream_t stream) {
-        const size_t set = i % s.qweights.size();
-        GroupedWeights w{s.qweights[set]->get<uint8_t>(), s.scales[set]->get<uint16_t>(),
-                         options.experts, s.packed};
-        return GroupedGemm(w, s.x->get<float>(), rows, s.offsets->get<int32_t>(),
-                           s.out->get<float>(), s.workspace->get(), s.workspace->bytes(), stream);
+        return GroupedGemm(RotatedWeights(options, s, i), s.x->get<float>(), rows,
+                           s.offsets->get<int32_t>(), s.out->get<float>(), s.workspace->get(),
+                           s.workspace->bytes(), stream);
       },
       kOpsPerGraph, options.warmup, options.iterations);
 }
@@ -310,12 +315,10 @@ absl::StatusOr<double> TimePrefillForm(const BlasHandle& blas, const KernelBench
   const int64_t rows = options.experts * tokens;
   return TimeGraphMs(
       [&](int i, cudaStream_t stream) {
-        const size_t set = i % s.qweights.size();
-        GroupedWeights w{s.qweights[set]->get<uint8_t>(), s.scales[set]->get<uint16_t>(),
-                         options.experts, s.packed};
-        return DequantizedGroupedGemm(blas, w, s.x->get<float>(), rows, offsets.data(),
-                                      s.out->get<float>(), scratch->get(), scratch->bytes(),
-                                      workspace->get(), workspace->bytes(), stream);
+        return DequantizedGroupedGemm(blas, RotatedWeights(options, s, i), s.x->get<float>(), rows,
+                                      offsets.data(), s.out->get<float>(), scratch->get(),
+                                      scratch->bytes(), workspace->get(), workspace->bytes(),
+                                      stream);
       },
       kOpsPerGraph, options.warmup, options.iterations);
 }

@@ -56,11 +56,13 @@ def parse_args(description, argv=None):
     parser = argparse.ArgumentParser(description=description)
     parser.add_argument("--herd", required=True, help="the herd binary")
     parser.add_argument("--model", required=True, help="the GGUF model to serve")
-    parser.add_argument("--mode", choices=["single", "mpi", "cuda", "cuda-ep"], default="single",
+    parser.add_argument("--mode", choices=["single", "mpi", "cuda", "cuda-ep", "cuda-nccl"],
+                        default="single",
                         help="one process, mpirun -np 2 (two expert-parallel ranks), one "
-                             "process with --device cuda, or that with two expert-parallel "
-                             "ranks as threads (--local-ranks 2); the cuda modes skip without "
-                             "a GPU")
+                             "process with --device cuda, that with two expert-parallel "
+                             "ranks as threads (--local-ranks 2), or one rank whose experts' "
+                             "rows go through NCCL to itself (--comm nccl); the cuda modes "
+                             "skip without a GPU")
     parser.add_argument("--mpirun", default="mpirun", help="mpirun for --mode mpi")
     parser.add_argument("--prometheus", default="/usr/bin/prometheus",
                         help="the prometheus binary (prometheus test only)")
@@ -368,7 +370,10 @@ def greedy_reference(args, prompt, max_new_tokens):
 
 # What `herd serve --device cuda` says on a machine it cannot run on: these
 # end a cuda-mode test as skipped, any other failure fails it.
-_NO_GPU_MESSAGES = ("--device cuda needs a CUDA GPU", "this herd was built without CUDA")
+_NO_GPU_MESSAGES = ("--device cuda needs a CUDA GPU", "this herd was built without CUDA",
+                    "--comm nccl needs a build with NCCL", "no NVIDIA driver is loaded",
+                    "no usable CUDA device", "the driver sees no CUDA device")
+CUDA_MODES = ("cuda", "cuda-ep", "cuda-nccl")
 
 
 class Server:
@@ -396,10 +401,12 @@ class Server:
                "--port", "0", "--port-file", self.port_file, "--threads", "1",
                "--kv-cache-type", self.args.kv_cache_type]
         cmd += self.extra_args
-        if self.args.mode in ("cuda", "cuda-ep"):
+        if self.args.mode in CUDA_MODES:
             cmd += ["--device", "cuda"]
         if self.args.mode == "cuda-ep":
             cmd += ["--local-ranks", "2"]
+        if self.args.mode == "cuda-nccl":
+            cmd += ["--comm", "nccl"]
         if self.args.mode == "mpi":
             cmd = [self.args.mpirun, "-np", str(self.num_ranks), "--allow-run-as-root",
                    "--oversubscribe",
@@ -455,7 +462,7 @@ class Server:
         code = self.proc.poll()
         if code is None:
             return
-        if self.args.mode in ("cuda", "cuda-ep") and any(
+        if self.args.mode in CUDA_MODES and any(
                 reason in self.log_text() for reason in _NO_GPU_MESSAGES):
             raise TestSkip(f"--device cuda cannot run here:\n{self.log_tail(5)}")
         raise TestFailure(f"herd serve exited with {code} {when}\n{self.log_tail()}")
