@@ -27,4 +27,12 @@ int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_
 int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature, float top_p,
                               double u01, std::vector<std::pair<float, int32_t>>& scratch);
 
+// The raw distribution's log probabilities (log softmax of the logits: no
+// temperature, no top-p; sums in double): returns token `chosen`'s, and
+// fills `top` with the k most likely tokens as (log probability, id), most
+// likely first, ties by lower id. 0 <= k <= n; 0 <= chosen < n. What the API
+// reports as logprobs (vLLM's default, raw logprobs). `top` is resized to k.
+float LogProbabilities(const float* logits, int64_t n, int32_t chosen, int k,
+                       std::vector<std::pair<float, int32_t>>& top);
+
 }  // namespace herd::cpu

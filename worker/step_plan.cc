@@ -18,26 +18,29 @@ namespace {
 //           U64 stage_version | string stage_placement
 //   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
 //           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
-//           F32 top_p | U64 seed | I64 sample_idx
+//           F32 top_p | U64 seed | I32 top_logprobs | I64 sample_idx
 //   result: U32 magic "HRSR" | U32 version | U64 step_idx | I32 rank |
-//           string error | U32 n | (U64 sequence_id, I32 token_id)[n] |
+//           string error | U32 n | sampled[n] |
 //           I64 num_tokens | U32 l | I64 layer_expert_rows[l] |
 //           U32 e | I64 expert_tokens[e] | F64 forward_seconds |
 //           F64 dispatch_seconds | F64 combine_seconds | I64 all_to_all_bytes |
 //           U64 placement_version | U64 ready_version | I64 staged_bytes |
 //           string stage_error | F64 load_wait_seconds |
 //           I64 routed_expert_calls | I64 skipped_expert_calls
+//   sampled: U64 sequence_id | I32 token_id | U8 has_logprobs, and when it
+//           is 1: F32 logprob | U32 k | (I32 token_id, F32 logprob)[k]
 //
 // A new field bumps the version; a reader rejects versions it does not know
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 3;
+constexpr uint32_t kVersion = 4;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
-constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 8 + 8;
-constexpr size_t kSampledTokenBytes = 8 + 4;
+constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 8 + 4 + 8;
+constexpr size_t kSampledTokenBytes = 8 + 4 + 1;
+constexpr size_t kTokenLogprobBytes = 4 + 4;
 
 class Writer {
  public:
@@ -203,6 +206,7 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.F32(c.sampling.temperature);
     w.F32(c.sampling.top_p);
     w.U64(c.sampling.seed);
+    w.I32(c.sampling.top_logprobs);
     w.I64(c.sample_idx);
   }
   w.U64(plan.placement_version);
@@ -227,6 +231,7 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.sampling.temperature = r.F32();
     c.sampling.top_p = r.F32();
     c.sampling.seed = r.U64();
+    c.sampling.top_logprobs = r.I32();
     c.sample_idx = r.I64();
   }
   plan.placement_version = r.U64();
@@ -247,6 +252,14 @@ std::string EncodeStepResult(const RankStepResult& result) {
   for (const SampledToken& t : result.sampled) {
     w.U64(t.sequence_id);
     w.I32(t.token_id);
+    w.Bool(t.logprobs.has_value());
+    if (!t.logprobs) continue;
+    w.F32(t.logprobs->logprob);
+    w.Count(t.logprobs->top.size());
+    for (const TokenLogprob& top : t.logprobs->top) {
+      w.I32(top.token_id);
+      w.F32(top.logprob);
+    }
   }
   w.I64(result.num_tokens);
   w.I64s(result.layer_expert_rows);
@@ -276,6 +289,14 @@ absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes) {
   for (SampledToken& t : result.sampled) {
     t.sequence_id = r.U64();
     t.token_id = r.I32();
+    if (!r.Bool()) continue;
+    SampledLogprobs& logprobs = t.logprobs.emplace();
+    logprobs.logprob = r.F32();
+    logprobs.top.resize(r.Count(kTokenLogprobBytes));
+    for (TokenLogprob& top : logprobs.top) {
+      top.token_id = r.I32();
+      top.logprob = r.F32();
+    }
   }
   result.num_tokens = r.I64();
   result.layer_expert_rows = r.I64s();

@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -24,6 +25,10 @@ namespace herd {
 inline constexpr int kStepPlanTag = 101;
 inline constexpr int kStepResultTag = 102;
 
+// Most top log probabilities a sampled token may carry (vLLM's default
+// max_logprobs).
+inline constexpr int32_t kMaxTopLogprobs = 20;
+
 struct SamplingParams {
   // <= 0: greedy (argmax). Otherwise softmax(logits / temperature).
   float temperature = 0.0f;
@@ -32,6 +37,16 @@ struct SamplingParams {
   // With sample_idx, selects the random stream: the same seed gives the same
   // tokens whichever rank runs the sequence and however often it is preempted.
   uint64_t seed = 0;
+  // Log probabilities with each sampled token (cpu::LogProbabilities: the raw
+  // distribution): -1 none; k in [0, kMaxTopLogprobs]: the sampled token's
+  // and the k most likely tokens'.
+  int32_t top_logprobs = -1;
+};
+
+// A token and its log probability.
+struct TokenLogprob {
+  int32_t token_id = 0;
+  float logprob = 0.0f;
 };
 
 // A run of consecutive tokens of one sequence.
@@ -68,9 +83,19 @@ struct RankStepPlan {
   std::string stage_placement;
 };
 
+// A sampled token's log probabilities (cpu::LogProbabilities).
+struct SampledLogprobs {
+  float logprob = 0.0f;  // of the sampled token
+  // The sampling.top_logprobs most likely tokens, most likely first (ties:
+  // lower id).
+  std::vector<TokenLogprob> top;
+};
+
 struct SampledToken {
   uint64_t sequence_id = 0;
   int32_t token_id = 0;
+  // When the chunk asked for them (sampling.top_logprobs >= 0).
+  std::optional<SampledLogprobs> logprobs;
 };
 
 struct RankStepResult {

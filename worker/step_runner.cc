@@ -40,6 +40,10 @@ absl::Status ValidateChunk(const PlannedChunk& c) {
   if (c.sample_idx < 0) {
     return absl::InvalidArgumentError(absl::StrCat("sample_idx must be >= 0, got ", c.sample_idx));
   }
+  if (c.sampling.top_logprobs < -1 || c.sampling.top_logprobs > kMaxTopLogprobs) {
+    return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ", kMaxTopLogprobs,
+                                                   "], got ", c.sampling.top_logprobs));
+  }
   return absl::OkStatus();
 }
 
@@ -189,7 +193,16 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
       token_id = cpu::SampleTopP(logits, s.vocab_size, c.sampling.temperature, c.sampling.top_p,
                                  rng, sampling_scratch_);
     }
-    result.sampled.push_back({c.sequence_id, token_id});
+    SampledToken& sampled = result.sampled.emplace_back();
+    sampled.sequence_id = c.sequence_id;
+    sampled.token_id = token_id;
+    if (c.sampling.top_logprobs >= 0) {
+      const int k = static_cast<int>(std::min<int64_t>(c.sampling.top_logprobs, s.vocab_size));
+      SampledLogprobs& logprobs = sampled.logprobs.emplace();
+      logprobs.logprob =
+          cpu::LogProbabilities(logits, s.vocab_size, token_id, k, sampling_scratch_);
+      for (const auto& [logprob, id] : sampling_scratch_) logprobs.top.push_back({id, logprob});
+    }
   }
   result.num_tokens = static_cast<int64_t>(batch.token_ids.size());
   result.layer_expert_rows.resize(s.num_layers);

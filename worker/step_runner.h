@@ -56,11 +56,13 @@ class StepRunner {
 
   // Runs one step: one engine batch of all the plan's chunks, logits for the
   // last token of each chunk with sample = true, one sampled token each
-  // (argmax when temperature <= 0, else nucleus sampling). A plan the rank
-  // cannot run (an empty chunk, ids outside the vocabulary, block ids outside
-  // the cache, a block table too short for the chunk, two tokens writing one
-  // cache position, temperature < 0 or not finite, top_p outside (0, 1],
-  // sample_idx < 0) gives a result whose `error` says why, with nothing
+  // (argmax when temperature <= 0, else nucleus sampling), with its log
+  // probabilities when the chunk asks (sampling.top_logprobs >= 0). A plan
+  // the rank cannot run (an empty chunk, ids outside the vocabulary, block
+  // ids outside the cache, a block table too short for the chunk, two tokens
+  // writing one cache position, temperature < 0 or not finite, top_p
+  // outside (0, 1], sample_idx < 0, top_logprobs outside [-1,
+  // kMaxTopLogprobs]) gives a result whose `error` says why, with nothing
   // written to the cache and nothing sampled; the rank still takes part in
   // the step's collectives (an empty batch) so its peers do not hang.
   //

@@ -167,14 +167,14 @@ absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
       RequireNeutral(root, "frequency_penalty", {0}, "Herd does not apply penalties"));
   HERD_RETURN_IF_ERROR(
       RequireNeutral(root, "logit_bias", {Json::object()}, "Herd does not bias logits"));
-  HERD_RETURN_IF_ERROR(RequireNeutral(root, "top_logprobs", {0}, "no log probabilities"));
   if (endpoint == ApiEndpoint::kCompletions) {
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "best_of", {1}, "one candidate per request"));
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "echo", {false}, "the prompt is not echoed"));
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "logprobs", {}, "no log probabilities"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "echo", {false},
+                                        "the prompt is not echoed (no prompt log probabilities)"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "suffix", {""}, "no insertion (suffix)"));
+    HERD_RETURN_IF_ERROR(
+        RequireNeutral(root, "top_logprobs", {0}, "completions take 'logprobs': N"));
   } else {
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "logprobs", {false}, "no log probabilities"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "tools", {Json::array()}, "no tool calls"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "functions", {Json::array()}, "no tool calls"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "tool_choice", {"none"}, "no tool calls"));
@@ -345,6 +345,37 @@ absl::Status ParseSampling(const Json& root, ApiRequest* request) {
   return absl::OkStatus();
 }
 
+// Log probabilities: completions' 'logprobs': N (the sampled token's and the
+// N most likely tokens'), chat's 'logprobs': true with 'top_logprobs': N
+// (0 when absent).
+absl::Status ParseLogprobs(const Json& root, ApiRequest* request) {
+  int32_t& top = request->generation.sampling.top_logprobs;
+  const auto read_count = [&](const char* key) -> absl::Status {
+    int64_t n = 0;
+    bool given = false;
+    HERD_RETURN_IF_ERROR(ReadInt(root, key, 0, &n, &given));
+    if (n > kMaxTopLogprobs) {
+      return Invalid(key, absl::StrCat("'", key, "' = ", n, " is more than the ", kMaxTopLogprobs,
+                                       " log probabilities Herd returns per token"));
+    }
+    if (given) top = static_cast<int32_t>(n);
+    return absl::OkStatus();
+  };
+  if (request->endpoint == ApiEndpoint::kCompletions) return read_count("logprobs");
+  bool logprobs = false;
+  HERD_RETURN_IF_ERROR(ReadBool(root, "logprobs", "logprobs", &logprobs));
+  HERD_RETURN_IF_ERROR(read_count("top_logprobs"));
+  if (!logprobs) {
+    if (top > 0) {
+      return Invalid("top_logprobs", "'top_logprobs' needs 'logprobs': true");
+    }
+    top = -1;
+  } else if (top < 0) {
+    top = 0;
+  }
+  return absl::OkStatus();
+}
+
 absl::Status ParseStreaming(const Json& root, ApiRequest* request) {
   HERD_RETURN_IF_ERROR(ReadBool(root, "stream", "stream", &request->stream));
   const Json* options = Find(root, "stream_options");
@@ -391,6 +422,7 @@ absl::Status ParseCommon(const Json& root, const ApiModel& model, ApiRequest* re
   HERD_RETURN_IF_ERROR(CheckModel(root, model));
   HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
   HERD_RETURN_IF_ERROR(ParseSampling(root, request));
+  HERD_RETURN_IF_ERROR(ParseLogprobs(root, request));
   HERD_RETURN_IF_ERROR(ParseStop(root, model, request));
   return ParseStreaming(root, request);
 }
@@ -672,7 +704,8 @@ std::string ApiErrorBody(const ApiError& error) {
 OutputAccumulator::OutputAccumulator(const ApiRequest& request, const ApiModel& model)
     : tokenizer_(model.tokenizer),
       stop_strings_(request.stop_strings),
-      prompt_tokens_(static_cast<int64_t>(request.generation.prompt_ids.size())) {
+      prompt_tokens_(static_cast<int64_t>(request.generation.prompt_ids.size())),
+      wants_logprobs_(request.generation.sampling.top_logprobs >= 0) {
   if (tokenizer_ != nullptr) {
     DecodeOptions options;
     // A completion continues its prompt, so its leading space is part of the
@@ -693,9 +726,16 @@ absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& res
                                    : "the request failed");
   }
   OutputDelta delta;
-  for (int32_t id : response.token_ids) {
+  const bool with_logprobs =
+      wants_logprobs_ && response.logprobs.size() == response.token_ids.size();
+  for (size_t i = 0; i < response.token_ids.size(); ++i) {
+    const int32_t id = response.token_ids[i];
     token_ids_.push_back(id);
     delta.token_ids.push_back(id);
+    if (with_logprobs) {
+      logprobs_.push_back(MakeLogprob(id, response.logprobs[i]));
+      delta.logprobs.push_back(logprobs_.back());
+    }
     if (decoder_ == nullptr) continue;
     // An id past the tokenizer's vocabulary (a model whose embedding is
     // padded beyond it) has no text.
@@ -715,6 +755,28 @@ absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& res
     delta.finish_reason = finish_reason_;
   }
   return delta;
+}
+
+std::string OutputAccumulator::TokenText(int32_t id) const {
+  if (tokenizer_ != nullptr && id < tokenizer_->vocab_size()) {
+    if (absl::StatusOr<std::string> bytes = tokenizer_->TokenBytes(id); bytes.ok()) return *bytes;
+  }
+  return absl::StrCat("token_id:", id);
+}
+
+OutputLogprob OutputAccumulator::MakeLogprob(int32_t id, const SampledLogprobs& logprobs) {
+  // OpenAI reports what no sampling can reach as -9999.0; JSON has no -inf.
+  constexpr float kLowest = -9999.0f;
+  OutputLogprob out;
+  out.token = TokenText(id);
+  out.logprob = std::max(logprobs.logprob, kLowest);
+  for (const TokenLogprob& top : logprobs.top) {
+    out.top.emplace_back(TokenText(top.token_id), std::max(top.logprob, kLowest));
+  }
+  out.text_offset = text_offset_;
+  // Characters: bytes that do not continue a UTF-8 sequence.
+  for (const char c : out.token) text_offset_ += (static_cast<uint8_t>(c) & 0xC0) != 0x80;
+  return out;
 }
 
 bool OutputAccumulator::AppendText(absl::string_view piece, bool final, OutputDelta* delta) {
@@ -747,6 +809,54 @@ bool OutputAccumulator::AppendText(absl::string_view piece, bool final, OutputDe
   return match != std::string::npos;
 }
 
+// The choice's "logprobs" for `tokens`: completions' {tokens, token_logprobs,
+// top_logprobs (a map per token, with the sampled token in it), text_offset};
+// chat's {content: [{token, logprob, bytes, top_logprobs: [...]}]}.
+OrderedJson LogprobsJson(ApiEndpoint endpoint, const std::vector<OutputLogprob>& tokens) {
+  const auto bytes = [](const std::string& text) {
+    OrderedJson list = OrderedJson::array();
+    for (const char c : text) list.push_back(static_cast<uint8_t>(c));
+    return list;
+  };
+  OrderedJson out;
+  if (endpoint == ApiEndpoint::kChatCompletions) {
+    OrderedJson content = OrderedJson::array();
+    for (const OutputLogprob& t : tokens) {
+      OrderedJson entry;
+      entry["token"] = t.token;
+      entry["logprob"] = t.logprob;
+      entry["bytes"] = bytes(t.token);
+      entry["top_logprobs"] = OrderedJson::array();
+      for (const auto& [token, logprob] : t.top) {
+        OrderedJson top;
+        top["token"] = token;
+        top["logprob"] = logprob;
+        top["bytes"] = bytes(token);
+        entry["top_logprobs"].push_back(std::move(top));
+      }
+      content.push_back(std::move(entry));
+    }
+    out["content"] = std::move(content);
+    return out;
+  }
+  out["tokens"] = OrderedJson::array();
+  out["token_logprobs"] = OrderedJson::array();
+  out["top_logprobs"] = OrderedJson::array();
+  out["text_offset"] = OrderedJson::array();
+  for (const OutputLogprob& t : tokens) {
+    out["tokens"].push_back(t.token);
+    out["token_logprobs"].push_back(t.logprob);
+    OrderedJson top = OrderedJson::object();
+    for (const auto& [token, logprob] : t.top) {
+      if (!top.contains(token)) top[token] = logprob;
+    }
+    if (!top.contains(t.token)) top[t.token] = t.logprob;
+    out["top_logprobs"].push_back(std::move(top));
+    out["text_offset"].push_back(t.text_offset);
+  }
+  return out;
+}
+
 std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& output) {
   OrderedJson object = ObjectHead(meta, /*chunk=*/false);
   OrderedJson choice;
@@ -757,7 +867,8 @@ std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& ou
     choice["text"] = output.text();
   }
   choice["token_ids"] = output.token_ids();
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] =
+      output.wants_logprobs() ? LogprobsJson(meta.endpoint, output.logprobs()) : nullptr;
   choice["finish_reason"] = FinishReasonJson(output.finish_reason());
   object["choices"] = OrderedJson::array({std::move(choice)});
   object["usage"] = UsageJson(output.prompt_tokens(), output.completion_tokens());
@@ -787,7 +898,8 @@ std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta
     choice["text"] = delta.text;
   }
   choice["token_ids"] = delta.token_ids;
-  choice["logprobs"] = nullptr;
+  choice["logprobs"] =
+      delta.logprobs.empty() ? OrderedJson(nullptr) : LogprobsJson(meta.endpoint, delta.logprobs);
   choice["finish_reason"] = FinishReasonJson(delta.finish_reason);
   object["choices"] = OrderedJson::array({std::move(choice)});
   if (meta.include_usage) object["usage"] = nullptr;

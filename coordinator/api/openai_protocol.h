@@ -77,9 +77,10 @@ struct ApiRequest {
 // list holding one of those), max_tokens (default 16), temperature ([0, 2],
 // default 1; 0 is greedy), top_p ((0, 1]), seed, stop (a string, or a list
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
-// stream_options.include_usage, model (when given, the served model's name).
-// n and best_of must be 1, echo false; logprobs, suffix, logit_bias and the
-// penalties must be left at their defaults. null means "default"; unknown
+// stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
+// returned beside each sampled one), model (when given, the served model's
+// name). n and best_of must be 1, echo false; top_logprobs, suffix,
+// logit_bias and the penalties must be left at their defaults. null means "default"; unknown
 // fields are ignored, as OpenAI does.
 //
 // Errors: InvalidArgument naming the field (ParamOf gives it) for malformed
@@ -93,7 +94,8 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
 // or a list of {"type": "text", "text": ...} parts), rendered with the
 // model's chat template and tokenized; max_completion_tokens or max_tokens
 // (default: the rest of the context); the sampling, stop and stream fields of
-// ParseCompletionRequest; logprobs false, no tools.
+// ParseCompletionRequest; logprobs (true or false) with top_logprobs
+// (0..kMaxTopLogprobs, needs logprobs true); no tools.
 //
 // Errors: those of ParseCompletionRequest, and FailedPrecondition when the
 // model has no tokenizer or chat template.
@@ -130,9 +132,26 @@ std::string ApiErrorBody(const ApiError& error);
 
 // ---------------------------------------------------------------- output
 
+// One generated token's log probabilities as the API reports them.
+struct OutputLogprob {
+  // The token's text: its bytes on its own (possibly part of a UTF-8
+  // character; the JSON shows U+FFFD for such bytes), or "token_id:N" for an
+  // id the tokenizer does not have (or without a tokenizer), as vLLM's
+  // return_tokens_as_token_ids.
+  std::string token;
+  float logprob = 0.0f;  // -inf (a token top-p could not reach) as -9999.0, OpenAI's
+  // The most likely tokens, most likely first.
+  std::vector<std::pair<std::string, float>> top;
+  // Characters of the earlier tokens' texts: where this one starts in the
+  // completion (completions' text_offset).
+  int64_t text_offset = 0;
+};
+
 // What one executor response adds to a request's output.
 struct OutputDelta {
   std::vector<int32_t> token_ids;
+  // One per token id when the request asked for log probabilities.
+  std::vector<OutputLogprob> logprobs;
   std::string text;
   // "stop" or "length" on the last delta; empty before.
   std::string finish_reason;
@@ -165,6 +184,9 @@ class OutputAccumulator {
   bool executor_finished() const { return executor_finished_; }
 
   const std::vector<int32_t>& token_ids() const { return token_ids_; }
+  // One per token id when the request asked for log probabilities.
+  const std::vector<OutputLogprob>& logprobs() const { return logprobs_; }
+  bool wants_logprobs() const { return wants_logprobs_; }
   // The text returned so far (the concatenation of every delta's text).
   const std::string& text() const { return text_; }
   const std::string& finish_reason() const { return finish_reason_; }
@@ -175,6 +197,9 @@ class OutputAccumulator {
   // Appends newly decoded text and moves what can no longer be part of a
   // stop string into `delta`. Returns true when a stop string matched.
   bool AppendText(absl::string_view piece, bool final, OutputDelta* delta);
+  // The API's view of token `id`'s log probabilities; advances text_offset_.
+  OutputLogprob MakeLogprob(int32_t id, const SampledLogprobs& logprobs);
+  std::string TokenText(int32_t id) const;
 
   const Tokenizer* tokenizer_;
   std::vector<std::string> stop_strings_;
@@ -182,6 +207,9 @@ class OutputAccumulator {
   int64_t prompt_tokens_ = 0;
 
   std::vector<int32_t> token_ids_;
+  const bool wants_logprobs_;
+  std::vector<OutputLogprob> logprobs_;
+  int64_t text_offset_ = 0;  // characters of the tokens' texts so far
   // Decoded text: text_ has been returned, held_ is held back because it may
   // be the start of a stop string.
   std::string text_;

@@ -58,8 +58,10 @@ struct Sequence {
   bool cancel_requested = false;
   FinishReason cancel_reason = FinishReason::kAbort;
   bool finished = false;
-  // Not yet collected by AwaitResponses.
+  // Not yet collected by AwaitResponses (pending_logprobs: one per pending
+  // token when the request asked for log probabilities).
   std::vector<int32_t> pending_tokens;
+  std::vector<SampledLogprobs> pending_logprobs;
   bool pending_finish = false;
   FinishReason finish_reason = FinishReason::kStop;
   absl::Status finish_status;
@@ -144,6 +146,8 @@ class Executor::Impl {
     response.request_id = id;
     response.token_ids = std::move(seq->pending_tokens);
     seq->pending_tokens.clear();
+    response.logprobs = std::move(seq->pending_logprobs);
+    seq->pending_logprobs.clear();
     response.prompt_tokens = static_cast<int64_t>(seq->request.prompt_ids.size());
     response.completion_tokens = static_cast<int64_t>(seq->generated.size());
     if (seq->pending_finish) {
@@ -249,6 +253,10 @@ class Executor::Impl {
     }
     if (!(s.top_p > 0 && s.top_p <= 1)) {
       return absl::InvalidArgumentError(absl::StrCat("top_p must be in (0, 1], got ", s.top_p));
+    }
+    if (s.top_logprobs < -1 || s.top_logprobs > kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ",
+                                                     kMaxTopLogprobs, "], got ", s.top_logprobs));
     }
     return absl::OkStatus();
   }
@@ -492,9 +500,9 @@ class Executor::Impl {
                      absl::StrCat("rank ", r, " returned no token for request ", seq->id)));
           continue;
         }
-        const int32_t token = result.sampled[sampled_idx++].token_id;
+        const SampledToken& sampled = result.sampled[sampled_idx++];
         if (seq->finished) continue;  // cancelled while the step ran: drop the token
-        AppendToken(seq, token, now);
+        AppendToken(seq, sampled, now);
         ++generated_tokens;
       }
     }
@@ -512,8 +520,9 @@ class Executor::Impl {
     if (metrics_ != nullptr) metrics_->RecordExpertStep(load);
   }
 
-  void AppendToken(Sequence* seq, int32_t token, absl::Time now)
+  void AppendToken(Sequence* seq, const SampledToken& sampled, absl::Time now)
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const int32_t token = sampled.token_id;
     if (metrics_ != nullptr) {
       if (seq->generated.empty()) {
         metrics_->ObserveTimeToFirstToken(SecondsBetween(seq->arrival_time, now));
@@ -524,6 +533,9 @@ class Executor::Impl {
     seq->last_token_time = now;
     seq->generated.push_back(token);
     seq->pending_tokens.push_back(token);
+    if (seq->request.sampling.top_logprobs >= 0) {
+      seq->pending_logprobs.push_back(sampled.logprobs.value_or(SampledLogprobs{}));
+    }
     const auto& stop = seq->request.stop_ids;
     if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
       Finish(seq, FinishReason::kStop, absl::OkStatus());

@@ -57,6 +57,9 @@ const char* FinishReasonName(FinishReason reason);
 struct GenerationResponse {
   RequestId request_id = 0;
   std::vector<int32_t> token_ids;
+  // One per token id when the request asked for log probabilities
+  // (sampling.top_logprobs >= 0); empty otherwise.
+  std::vector<SampledLogprobs> logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kStop;  // when finished
   // When finished with kAbort or kError: why (Cancelled, DeadlineExceeded,

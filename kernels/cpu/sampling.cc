@@ -70,4 +70,36 @@ int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature,
   return scratch[keep - 1].second;
 }
 
+float LogProbabilities(const float* logits, int64_t n, int32_t chosen, int k,
+                       std::vector<std::pair<float, int32_t>>& top) {
+  const float max = logits[ArgMax(logits, n)];
+  double sum = 0.0;
+  for (int64_t i = 0; i < n; ++i) sum += std::exp(static_cast<double>(logits[i]) - max);
+  const double log_sum = std::log(sum) + max;
+  const auto log_prob = [&](int64_t i) {
+    return static_cast<float>(static_cast<double>(logits[i]) - log_sum);
+  };
+  // The k largest by a bounded min-heap: (logit, id), the worst on top.
+  const auto better = [](const std::pair<float, int32_t>& a, const std::pair<float, int32_t>& b) {
+    return a.first > b.first || (a.first == b.first && a.second < b.second);
+  };
+  top.clear();
+  if (k > 0) {
+    for (int64_t i = 0; i < n; ++i) {
+      const std::pair<float, int32_t> entry{logits[i], static_cast<int32_t>(i)};
+      if (static_cast<int>(top.size()) < k) {
+        top.push_back(entry);
+        std::push_heap(top.begin(), top.end(), better);
+      } else if (better(entry, top.front())) {
+        std::pop_heap(top.begin(), top.end(), better);
+        top.back() = entry;
+        std::push_heap(top.begin(), top.end(), better);
+      }
+    }
+    std::sort_heap(top.begin(), top.end(), better);
+    for (auto& [value, id] : top) value = log_prob(id);
+  }
+  return log_prob(chosen);
+}
+
 }  // namespace herd::cpu

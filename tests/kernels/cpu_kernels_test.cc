@@ -1012,6 +1012,41 @@ TEST(SamplingTest, ArgMaxIsTheFirstLargestOverSizesAndTies) {
   EXPECT_EQ(ArgMax(flat.data(), 130), 0);
 }
 
+// Log probabilities against a direct log softmax in long double, and the top
+// k against a full sort (ties by lower id); they sum to 1 in probability.
+TEST(SamplingTest, LogProbabilitiesAreTheLogSoftmaxAndItsTopK) {
+  std::vector<std::pair<float, int32_t>> top;
+  for (int64_t n : {1, 7, 32000}) {
+    for (int k : {0, 1, 5, 20}) {
+      if (k > n) continue;
+      std::vector<float> logits = Random(n, 11);
+      for (float& v : logits) v *= 8.0f;  // spread: probabilities from ~1 to ~0
+      if (n > 3) logits[2] = logits[1];   // a tie
+      long double sum = 0;
+      const float max = *std::max_element(logits.begin(), logits.end());
+      for (float v : logits) sum += std::exp(static_cast<long double>(v) - max);
+      const auto want = [&](int64_t i) {
+        return static_cast<double>(static_cast<long double>(logits[i]) - max - std::log(sum));
+      };
+      const int32_t chosen = static_cast<int32_t>(n / 2);
+      const float got = LogProbabilities(logits.data(), n, chosen, k, top);
+      EXPECT_NEAR(got, want(chosen), 1e-5) << "n=" << n << " k=" << k;
+      std::vector<int32_t> order(n);
+      std::iota(order.begin(), order.end(), 0);
+      std::stable_sort(order.begin(), order.end(),
+                       [&](int32_t a, int32_t b) { return logits[a] > logits[b]; });
+      ASSERT_EQ(static_cast<int>(top.size()), k);
+      for (int i = 0; i < k; ++i) {
+        EXPECT_EQ(top[i].second, order[i]) << "n=" << n << " k=" << k << " rank " << i;
+        EXPECT_NEAR(top[i].first, want(order[i]), 1e-5);
+      }
+    }
+  }
+  const std::vector<float> two = {0.0f, 0.0f};
+  EXPECT_NEAR(LogProbabilities(two.data(), 2, 1, 2, top), std::log(0.5), 1e-7);
+  EXPECT_EQ(top[0].second, 0);  // the tie goes to the lower id
+}
+
 TEST(EmbeddingTest, LooksUpAndRejectsOutOfRangeIds) {
   StoredMatrix table = Store(DType::kQ8_0, 10, 32, 5);
   const std::vector<int32_t> ids = {9, 0};

@@ -33,6 +33,7 @@ RankStepPlan FullPlan() {
   decode.sampling.temperature = 0.8f;
   decode.sampling.top_p = 0.95f;
   decode.sampling.seed = 0xfeedfacecafebeefULL;
+  decode.sampling.top_logprobs = 5;
   decode.sample_idx = 99;
   PlannedChunk empty;  // no tokens, no blocks: still encodes
   plan.chunks = {prefill, decode, empty};
@@ -48,6 +49,8 @@ RankStepResult FullResult() {
   result.rank = 3;
   result.error = std::string("chunk 2: block 9 is outside\0the cache", 37);
   result.sampled = {{42, 17}, {std::numeric_limits<uint64_t>::max(), -1}};
+  result.sampled[0].logprobs =
+      SampledLogprobs{-0.25f, {{17, -0.25f}, {3, -std::numeric_limits<float>::infinity()}}};
   result.num_tokens = 1025;
   result.layer_expert_rows = {2050, 0, std::numeric_limits<int64_t>::min()};
   result.expert_tokens = {1, 2, 3, 4, 5, 6};
@@ -81,6 +84,7 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     EXPECT_EQ(x.sampling.temperature, y.sampling.temperature);
     EXPECT_EQ(x.sampling.top_p, y.sampling.top_p);
     EXPECT_EQ(x.sampling.seed, y.sampling.seed);
+    EXPECT_EQ(x.sampling.top_logprobs, y.sampling.top_logprobs);
     EXPECT_EQ(x.sample_idx, y.sample_idx);
   }
   EXPECT_EQ(a.placement_version, b.placement_version);
@@ -96,6 +100,16 @@ void ExpectSameResult(const RankStepResult& a, const RankStepResult& b) {
   for (size_t i = 0; i < a.sampled.size(); ++i) {
     EXPECT_EQ(a.sampled[i].sequence_id, b.sampled[i].sequence_id);
     EXPECT_EQ(a.sampled[i].token_id, b.sampled[i].token_id);
+    ASSERT_EQ(a.sampled[i].logprobs.has_value(), b.sampled[i].logprobs.has_value());
+    if (!a.sampled[i].logprobs) continue;
+    const SampledLogprobs& x = *a.sampled[i].logprobs;
+    const SampledLogprobs& y = *b.sampled[i].logprobs;
+    EXPECT_EQ(x.logprob, y.logprob);
+    ASSERT_EQ(x.top.size(), y.top.size());
+    for (size_t j = 0; j < x.top.size(); ++j) {
+      EXPECT_EQ(x.top[j].token_id, y.top[j].token_id);
+      EXPECT_EQ(x.top[j].logprob, y.top[j].logprob);
+    }
   }
   EXPECT_EQ(a.num_tokens, b.num_tokens);
   EXPECT_EQ(a.layer_expert_rows, b.layer_expert_rows);

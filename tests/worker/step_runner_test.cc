@@ -19,6 +19,7 @@
 #include "comm/local_world.h"
 #include "core/status.h"
 #include "gtest/gtest.h"
+#include "kernels/sampling.h"
 #include "model/model_loader.h"
 #include "nlohmann/json.hpp"
 #include "tests/support/test_support.h"
@@ -180,6 +181,64 @@ TEST_F(StepRunnerTest, GreedyPlansReproduceGenerate) {
       16, /*prefill_chunk=*/7);
   EXPECT_EQ(both[0], expected);
   EXPECT_EQ(both[1], other_expected);
+}
+
+// A chunk that asks for log probabilities gets the log softmax of the
+// engine's logits for its sampled token and the top k, for greedy and
+// sampled tokens alike; a chunk that does not ask gets none.
+TEST_F(StepRunnerTest, SampledTokensCarryTheLogProbabilitiesAskedFor) {
+  // The engine's logits after the prompt, on a cache of its own.
+  auto cache = engine_->CreateKvCache(4, kBlockTokens);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const std::vector<int32_t> table = {0, 1, 2, 3};  // 16 positions
+  Batch batch;
+  batch.cache = cache->get();
+  batch.token_ids = prompt_;
+  batch.chunks = {{table, 0, static_cast<int64_t>(prompt_.size())}};
+  batch.logit_rows = {static_cast<int64_t>(prompt_.size()) - 1};
+  std::vector<float> logits(model_->spec.vocab_size);
+  ASSERT_TRUE(engine_->Forward(batch, logits.data()).ok());
+
+  auto runner = NewRunner();
+  RankStepPlan plan;
+  SamplingParams greedy;
+  greedy.top_logprobs = 5;
+  SamplingParams sampled{.temperature = 0.9f, .top_p = 0.8f, .seed = 7, .top_logprobs = 0};
+  plan.chunks = {NextChunk(NewSequence(1, prompt_, Blocks(0, 1, 4), greedy), 64),
+                 NextChunk(NewSequence(2, prompt_, Blocks(4, 1, 4), sampled), 64),
+                 NextChunk(NewSequence(3, prompt_, Blocks(8, 1, 4)), 64)};
+  auto result = runner->Run(plan);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->error, "");
+  ASSERT_EQ(result->sampled.size(), 3u);
+  std::vector<std::pair<float, int32_t>> want_top;
+  for (int i = 0; i < 2; ++i) {
+    const SampledToken& t = result->sampled[i];
+    SCOPED_TRACE(i == 0 ? "greedy, top 5" : "sampled, top 0");
+    ASSERT_TRUE(t.logprobs.has_value());
+    const int k = i == 0 ? 5 : 0;
+    const float want =
+        cpu::LogProbabilities(logits.data(), model_->spec.vocab_size, t.token_id, k, want_top);
+    EXPECT_NEAR(t.logprobs->logprob, want, 1e-6);
+    EXPECT_LE(t.logprobs->logprob, 0.0f);
+    ASSERT_EQ(t.logprobs->top.size(), static_cast<size_t>(k));
+    for (int j = 0; j < k; ++j) {
+      EXPECT_EQ(t.logprobs->top[j].token_id, want_top[j].second) << "rank " << j;
+      EXPECT_NEAR(t.logprobs->top[j].logprob, want_top[j].first, 1e-6);
+    }
+  }
+  // Greedy: the sampled token is the most likely one.
+  const SampledLogprobs& greedy_logprobs = *result->sampled[0].logprobs;
+  EXPECT_EQ(greedy_logprobs.top[0].token_id, result->sampled[0].token_id);
+  EXPECT_EQ(greedy_logprobs.top[0].logprob, greedy_logprobs.logprob);
+  EXPECT_FALSE(result->sampled[2].logprobs.has_value());
+
+  plan.chunks.resize(1);
+  plan.chunks[0].sampling.top_logprobs = kMaxTopLogprobs + 1;
+  auto refused = runner->Run(plan);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->error.find("top_logprobs must be in [-1, 20]"), std::string::npos)
+      << refused->error;
 }
 
 TEST_F(StepRunnerTest, SampledTokensDependOnlyOnSeedAndIndex) {

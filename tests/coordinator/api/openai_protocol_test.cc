@@ -7,6 +7,7 @@
 // SentencePiece vocabulary: BOS 1, EOS 2, <0xXX> byte tokens).
 #include "coordinator/api/openai_protocol.h"
 
+#include <limits>
 #include <memory>
 #include <string>
 #include <vector>
@@ -263,8 +264,6 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
       {R"("n": "1")", "n"},
       {R"("best_of": 3)", "best_of"},
       {R"("echo": true)", "echo"},
-      {R"("logprobs": 0)", "logprobs"},
-      {R"("logprobs": 5)", "logprobs"},
       {R"("suffix": "end")", "suffix"},
       {R"("presence_penalty": 0.5)", "presence_penalty"},
       {R"("frequency_penalty": -1)", "frequency_penalty"},
@@ -285,6 +284,25 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
     EXPECT_TRUE(request.ok()) << fields << ": " << request.status();
   }
   ExpectInvalid(R"({"prompt": [1], "n": 2})", IdModel(), "n", "one choice per request");
+}
+
+// Completions' logprobs: N is the number of top tokens beside the sampled one.
+TEST(CompletionRequestTest, LogprobsAskForTheTopTokens) {
+  for (const auto& [field, want] :
+       std::vector<std::pair<std::string, int32_t>>{{"", -1},
+                                                    {R"(, "logprobs": null)", -1},
+                                                    {R"(, "logprobs": 0)", 0},
+                                                    {R"(, "logprobs": 5)", 5},
+                                                    {R"(, "logprobs": 20)", 20}}) {
+    auto request = ParseCompletionRequest(absl::StrCat(R"({"prompt": [1])", field, "}"), IdModel());
+    ASSERT_TRUE(request.ok()) << field << ": " << request.status();
+    EXPECT_EQ(request->generation.sampling.top_logprobs, want) << field;
+  }
+  ExpectInvalid(R"({"prompt": [1], "logprobs": 21})", IdModel(), "logprobs",
+                "more than the 20 log probabilities");
+  ExpectInvalid(R"({"prompt": [1], "logprobs": -1})", IdModel(), "logprobs", "must be >= 0");
+  ExpectInvalid(R"({"prompt": [1], "logprobs": true})", IdModel(), "logprobs",
+                "must be an integer");
 }
 
 TEST(CompletionRequestTest, ChecksTheContextLikeVllm) {
@@ -474,8 +492,6 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
               absl::StatusCode::kInvalidArgument, "max_completion_tokens", "must be >= 1");
 
   const std::pair<std::string, std::string> rejected[] = {
-      {R"("logprobs": true)", "logprobs"},
-      {R"("top_logprobs": 3)", "top_logprobs"},
       {R"("tools": [{"type": "function"}])", "tools"},
       {R"("tool_choice": "auto")", "tool_choice"},
       {R"("response_format": {"type": "json_object"})", "response_format"},
@@ -499,6 +515,32 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
   EXPECT_FALSE(neutral->include_usage);
   EXPECT_THAT(neutral->stop_strings, ElementsAre("\n\n"));
   EXPECT_EQ(neutral->generation.sampling.seed, 3u);
+  EXPECT_EQ(neutral->generation.sampling.top_logprobs, -1);
+}
+
+// Chat's logprobs: true (with top_logprobs: N, 0 when absent).
+TEST_F(TextModelTest, ChatLogprobsAndTopLogprobs) {
+  const std::string messages = R"("messages": [{"role": "user", "content": "hi"}])";
+  for (const auto& [fields, want] :
+       std::vector<std::pair<std::string, int32_t>>{{R"("logprobs": true)", 0},
+                                                    {R"("logprobs": true, "top_logprobs": 4)", 4},
+                                                    {R"("logprobs": false, "top_logprobs": 0)", -1},
+                                                    {R"("top_logprobs": null)", -1}}) {
+    auto request =
+        ParseChatCompletionRequest(absl::StrCat("{", messages, ", ", fields, "}"), TextModel());
+    ASSERT_TRUE(request.ok()) << fields << ": " << request.status();
+    EXPECT_EQ(request->generation.sampling.top_logprobs, want) << fields;
+  }
+  ExpectError(ParseChatCompletionRequest(absl::StrCat("{", messages, R"(, "top_logprobs": 2})"),
+                                         TextModel()),
+              absl::StatusCode::kInvalidArgument, "top_logprobs", "needs 'logprobs': true");
+  ExpectError(
+      ParseChatCompletionRequest(
+          absl::StrCat("{", messages, R"(, "logprobs": true, "top_logprobs": 21})"), TextModel()),
+      absl::StatusCode::kInvalidArgument, "top_logprobs", "more than the 20");
+  ExpectError(
+      ParseChatCompletionRequest(absl::StrCat("{", messages, R"(, "logprobs": 1})"), TextModel()),
+      absl::StatusCode::kInvalidArgument, "logprobs", "must be true or false");
 }
 
 // ---------------------------------------------------------------- errors
@@ -827,6 +869,68 @@ TEST(FormatTest, ChatStreamFraming) {
   const Json last = EventJson(FormatStreamDelta(meta, delta));
   EXPECT_EQ(last["choices"][0]["delta"], Json::object());
   EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
+}
+
+// Log probabilities: completions' four parallel lists (the sampled token is
+// in its top map), chat's content entries with bytes, -inf as -9999, the
+// stream's chunks carrying their own tokens' entries, and token_id:N for ids
+// without text.
+TEST_F(TextModelTest, LogprobsInResponsesAndStreamChunks) {
+  const std::vector<int32_t> ids = Encode("Hello world");
+  ASSERT_EQ(ids.size(), 2u);
+  const auto logprobs = [&](float chosen) {
+    return SampledLogprobs{chosen, {{ids[1], -0.5f}, {ids[0], chosen}}};
+  };
+  GenerationResponse first = Response({ids[0]});
+  first.logprobs = {logprobs(-1.25f)};
+  GenerationResponse last = Response({ids[1]}, true, FinishReason::kLength);
+  last.logprobs = {SampledLogprobs{-std::numeric_limits<float>::infinity(), {}}};
+
+  ApiRequest request = IdRequest();
+  request.generation.sampling.top_logprobs = 2;
+  OutputAccumulator completion(request, TextModel());
+  auto delta = completion.Add(first);
+  ASSERT_TRUE(delta.ok());
+  const Json chunk = EventJson(FormatStreamDelta(Meta(ApiEndpoint::kCompletions), *delta));
+  EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"], Json({" Hello"}));
+  ASSERT_TRUE(completion.Add(last).ok());
+  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), completion));
+  const Json& lp = json["choices"][0]["logprobs"];
+  EXPECT_EQ(lp["tokens"], Json({" Hello", " world"}));
+  EXPECT_EQ(lp["token_logprobs"], Json({-1.25, -9999.0}));
+  EXPECT_EQ(lp["text_offset"], Json({0, 6}));
+  EXPECT_EQ(lp["top_logprobs"][0], Json({{" world", -0.5}, {" Hello", -1.25}}));
+  EXPECT_EQ(lp["top_logprobs"][1], Json({{" world", -9999.0}}));  // the sampled token alone
+
+  request.endpoint = ApiEndpoint::kChatCompletions;
+  OutputAccumulator chat(request, TextModel());
+  ASSERT_TRUE(chat.Add(first).ok());
+  const Json reply = Json::parse(FormatResponse(Meta(ApiEndpoint::kChatCompletions), chat));
+  const Json& content = reply["choices"][0]["logprobs"]["content"];
+  ASSERT_EQ(content.size(), 1u);
+  EXPECT_EQ(content[0]["token"], " Hello");
+  EXPECT_EQ(content[0]["logprob"], -1.25);
+  EXPECT_EQ(content[0]["bytes"], Json({32, 72, 101, 108, 108, 111}));
+  ASSERT_EQ(content[0]["top_logprobs"].size(), 2u);
+  EXPECT_EQ(content[0]["top_logprobs"][0]["token"], " world");
+  EXPECT_EQ(content[0]["top_logprobs"][0]["logprob"], -0.5);
+
+  // Not asked: null, as before.
+  OutputAccumulator plain(IdRequest(), TextModel());
+  ASSERT_TRUE(plain.Add(Response({ids[0]})).ok());
+  EXPECT_TRUE(
+      Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), plain))["choices"][0]["logprobs"]
+          .is_null());
+  // Without a tokenizer: token_id:N.
+  ApiRequest ids_only = IdRequest();
+  ids_only.generation.sampling.top_logprobs = 0;
+  OutputAccumulator no_text(ids_only, IdModel());
+  GenerationResponse seven = Response({7});
+  seven.logprobs = {SampledLogprobs{-0.75f, {}}};
+  ASSERT_TRUE(no_text.Add(seven).ok());
+  EXPECT_EQ(Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions),
+                                       no_text))["choices"][0]["logprobs"]["tokens"],
+            Json({"token_id:7"}));
 }
 
 TEST(FormatTest, StreamErrorAndModelList) {

@@ -13,10 +13,12 @@ Mistral chat template. Text goes in and text comes out.
 import array
 import copy
 import json
+import math
 import os
 import random
 import shutil
 import struct
+import subprocess
 
 import serve_harness as h
 
@@ -99,6 +101,73 @@ def write_model(directory, seed):
         json.dump(tokenizer_config, f)
 
 
+def log_softmax_row(row, token):
+    top = max(row)
+    return row[token] - top - math.log(sum(math.exp(v - top) for v in row))
+
+
+def check_logprobs(client, args, model_dir):
+    """Greedy completions with logprobs against the logits `herd generate
+    --dump-logits` writes for the same prompt ids: each token's log
+    probability is the log softmax of its row, the most likely of its top
+    entries; the stream carries the same entries; chat's content entries
+    have their tokens' bytes."""
+    prompt_ids = [1, 100, 200, 300, 400, 500]
+    new = 8
+    done = client.completions.create(model="tiny-mixtral", prompt=prompt_ids, max_tokens=new,
+                                     temperature=0, logprobs=3)
+    lp = done.choices[0].logprobs
+    h.check(lp is not None and len(lp.tokens) == done.usage.completion_tokens == new,
+            f"completion logprobs {lp}")
+    ids = done.choices[0].model_extra["token_ids"]
+    logits_path = os.path.join(h.make_temp_dir("herd-logprobs-"), "logits.f32")
+    cmd = [args.herd, "generate", "--model", model_dir, "--prompt-ids",
+           ",".join(map(str, prompt_ids)), "--max-new-tokens", str(new), "--threads", "1",
+           "--dump-logits", logits_path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    h.check(proc.returncode == 0, f"{' '.join(cmd)} failed: {proc.stderr}")
+    h.check([int(x) for x in proc.stdout.split(",")] == ids,
+            f"generate gave {proc.stdout.strip()}, the server {ids}")
+    values = array.array("f")
+    with open(logits_path, "rb") as f:
+        values.frombytes(f.read())
+    vocab = len(values) // (len(prompt_ids) + new)
+    for i, token in enumerate(ids):
+        row = values[(len(prompt_ids) - 1 + i) * vocab:(len(prompt_ids) + i) * vocab]
+        want = log_softmax_row(row, token)
+        got = lp.token_logprobs[i]
+        h.check(abs(got - want) < 1e-4, f"token {i} ({token}): logprob {got}, generate's {want}")
+        top = lp.top_logprobs[i]
+        h.check(len(top) == 3 and abs(max(top.values()) - got) < 1e-6,
+                f"token {i}: top {top} (greedy: the sampled token is the most likely)")
+        h.check(lp.tokens[i] in top, f"token {i}: {lp.tokens[i]!r} not in its top {top}")
+    h.check(lp.text_offset[0] == 0 and lp.text_offset == sorted(lp.text_offset),
+            f"text_offset {lp.text_offset}")
+    h.log(f"completion logprobs match generate's logits: {lp.token_logprobs}")
+
+    streamed = []
+    for chunk in client.completions.create(model="tiny-mixtral", prompt=prompt_ids,
+                                           max_tokens=new, temperature=0, logprobs=3,
+                                           stream=True):
+        if chunk.choices and chunk.choices[0].logprobs is not None:
+            streamed += chunk.choices[0].logprobs.token_logprobs
+    h.check(streamed == lp.token_logprobs, f"streamed logprobs {streamed} vs {lp.token_logprobs}")
+
+    messages = [{"role": "user", "content": "Hello"}]
+    chat = client.chat.completions.create(model="tiny-mixtral", messages=messages, max_tokens=6,
+                                          temperature=0, logprobs=True, top_logprobs=2)
+    content = chat.choices[0].logprobs.content
+    h.check(len(content) == chat.usage.completion_tokens, f"chat logprobs {content}")
+    for entry in content:
+        h.check(len(entry.top_logprobs) == 2 and entry.top_logprobs[0].logprob == entry.logprob,
+                f"chat entry {entry}")
+        if "\ufffd" not in entry.token:
+            h.check(bytes(entry.bytes) == entry.token.encode(), f"chat entry bytes {entry}")
+    plain = client.chat.completions.create(model="tiny-mixtral", messages=messages, max_tokens=2,
+                                           temperature=0)
+    h.check(plain.choices[0].logprobs is None, f"logprobs without asking: {plain.choices[0]}")
+
+
 def test(args):
     try:
         import openai
@@ -161,6 +230,8 @@ def test(args):
         h.check(content == message.content,
                 f"streamed chat {content!r} differs from {message.content!r}")
         h.check(roles == {"assistant"}, f"streamed roles {roles}")
+
+        check_logprobs(client, args, model_dir)
 
         # A bad request comes back as the client's typed error, with the reason.
         try:
