@@ -18,7 +18,8 @@ namespace {
 //           U64 stage_version | string stage_placement
 //   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
 //           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
-//           F32 top_p | U64 seed | I32 top_logprobs | I64 sample_idx
+//           F32 top_p | U64 seed | I32 top_logprobs | I64 sample_idx |
+//           U8 prompt_logprobs | I32 next_token_id
 //   result: U32 magic "HRSR" | U32 version | U64 step_idx | I32 rank |
 //           string error | U32 n | sampled[n] |
 //           I64 num_tokens | U32 l | I64 layer_expert_rows[l] |
@@ -26,9 +27,11 @@ namespace {
 //           F64 dispatch_seconds | F64 combine_seconds | I64 all_to_all_bytes |
 //           U64 placement_version | U64 ready_version | I64 staged_bytes |
 //           string stage_error | F64 load_wait_seconds |
-//           I64 routed_expert_calls | I64 skipped_expert_calls
+//           I64 routed_expert_calls | I64 skipped_expert_calls |
+//           U32 c | (U64 sequence_id, I64 start_pos, U32 e, logprobs[e])[c]
+//   logprobs: F32 logprob | U32 k | (I32 token_id, F32 logprob)[k]
 //   sampled: U64 sequence_id | I32 token_id | U8 has_logprobs, and when it
-//           is 1: F32 logprob | U32 k | (I32 token_id, F32 logprob)[k]
+//           is 1: logprobs
 //
 // A new field bumps the version; a reader rejects versions it does not know
 // (every rank runs the same build).
@@ -38,9 +41,11 @@ constexpr uint32_t kVersion = 4;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
-constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 8 + 4 + 8;
+constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 8 + 4 + 8 + 1 + 4;
 constexpr size_t kSampledTokenBytes = 8 + 4 + 1;
 constexpr size_t kTokenLogprobBytes = 4 + 4;
+constexpr size_t kLogprobsBytes = 4 + 4;
+constexpr size_t kChunkLogprobsBytes = 8 + 8 + 4;
 
 class Writer {
  public:
@@ -188,6 +193,26 @@ class Reader {
   absl::Status status_;
 };
 
+void WriteLogprobs(Writer& w, const SampledLogprobs& logprobs) {
+  w.F32(logprobs.logprob);
+  w.Count(logprobs.top.size());
+  for (const TokenLogprob& top : logprobs.top) {
+    w.I32(top.token_id);
+    w.F32(top.logprob);
+  }
+}
+
+SampledLogprobs ReadLogprobs(Reader& r) {
+  SampledLogprobs logprobs;
+  logprobs.logprob = r.F32();
+  logprobs.top.resize(r.Count(kTokenLogprobBytes));
+  for (TokenLogprob& top : logprobs.top) {
+    top.token_id = r.I32();
+    top.logprob = r.F32();
+  }
+  return logprobs;
+}
+
 }  // namespace
 
 std::string EncodeStepPlan(const RankStepPlan& plan) {
@@ -208,6 +233,8 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.U64(c.sampling.seed);
     w.I32(c.sampling.top_logprobs);
     w.I64(c.sample_idx);
+    w.Bool(c.prompt_logprobs);
+    w.I32(c.next_token_id);
   }
   w.U64(plan.placement_version);
   w.U64(plan.stage_version);
@@ -233,6 +260,8 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.sampling.seed = r.U64();
     c.sampling.top_logprobs = r.I32();
     c.sample_idx = r.I64();
+    c.prompt_logprobs = r.Bool();
+    c.next_token_id = r.I32();
   }
   plan.placement_version = r.U64();
   plan.stage_version = r.U64();
@@ -253,13 +282,7 @@ std::string EncodeStepResult(const RankStepResult& result) {
     w.U64(t.sequence_id);
     w.I32(t.token_id);
     w.Bool(t.logprobs.has_value());
-    if (!t.logprobs) continue;
-    w.F32(t.logprobs->logprob);
-    w.Count(t.logprobs->top.size());
-    for (const TokenLogprob& top : t.logprobs->top) {
-      w.I32(top.token_id);
-      w.F32(top.logprob);
-    }
+    if (t.logprobs) WriteLogprobs(w, *t.logprobs);
   }
   w.I64(result.num_tokens);
   w.I64s(result.layer_expert_rows);
@@ -275,6 +298,13 @@ std::string EncodeStepResult(const RankStepResult& result) {
   w.F64(result.load_wait_seconds);
   w.I64(result.routed_expert_calls);
   w.I64(result.skipped_expert_calls);
+  w.Count(result.prompt_logprobs.size());
+  for (const ChunkLogprobs& c : result.prompt_logprobs) {
+    w.U64(c.sequence_id);
+    w.I64(c.start_pos);
+    w.Count(c.entries.size());
+    for (const SampledLogprobs& e : c.entries) WriteLogprobs(w, e);
+  }
   return w.Take();
 }
 
@@ -289,14 +319,7 @@ absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes) {
   for (SampledToken& t : result.sampled) {
     t.sequence_id = r.U64();
     t.token_id = r.I32();
-    if (!r.Bool()) continue;
-    SampledLogprobs& logprobs = t.logprobs.emplace();
-    logprobs.logprob = r.F32();
-    logprobs.top.resize(r.Count(kTokenLogprobBytes));
-    for (TokenLogprob& top : logprobs.top) {
-      top.token_id = r.I32();
-      top.logprob = r.F32();
-    }
+    if (r.Bool()) t.logprobs = ReadLogprobs(r);
   }
   result.num_tokens = r.I64();
   result.layer_expert_rows = r.I64s();
@@ -312,6 +335,13 @@ absl::StatusOr<RankStepResult> DecodeStepResult(absl::string_view bytes) {
   result.load_wait_seconds = r.F64();
   result.routed_expert_calls = r.I64();
   result.skipped_expert_calls = r.I64();
+  result.prompt_logprobs.resize(r.Count(kChunkLogprobsBytes));
+  for (ChunkLogprobs& c : result.prompt_logprobs) {
+    c.sequence_id = r.U64();
+    c.start_pos = r.I64();
+    c.entries.resize(r.Count(kLogprobsBytes));
+    for (SampledLogprobs& e : c.entries) e = ReadLogprobs(r);
+  }
   HERD_RETURN_IF_ERROR(r.Finish());
   return result;
 }

@@ -64,6 +64,14 @@ struct PlannedChunk {
   SamplingParams sampling;
   // Index of the token being sampled among the sequence's generated tokens.
   int64_t sample_idx = 0;
+  // Prompt log probabilities (the API's echo): the rank returns, for each
+  // position of the chunk, the log probability of the token that follows it
+  // (ChunkLogprobs), with sampling.top_logprobs (>= 0) top tokens. The token
+  // after the chunk's last position is next_token_id when the chunk does not
+  // sample (-1: none, that position is left out); a sampling chunk's last
+  // position predicts the sampled token, whose log probabilities come with it.
+  bool prompt_logprobs = false;
+  int32_t next_token_id = -1;
 };
 
 struct RankStepPlan {
@@ -98,6 +106,14 @@ struct SampledToken {
   std::optional<SampledLogprobs> logprobs;
 };
 
+// The log probabilities of the tokens following a chunk's positions:
+// entries[j] is that of the token at position start_pos + j + 1.
+struct ChunkLogprobs {
+  uint64_t sequence_id = 0;
+  int64_t start_pos = 0;
+  std::vector<SampledLogprobs> entries;
+};
+
 struct RankStepResult {
   uint64_t step_idx = 0;
   int rank = 0;
@@ -105,6 +121,8 @@ struct RankStepResult {
   std::string error;
   // One per chunk with sample = true, in chunk order.
   std::vector<SampledToken> sampled;
+  // One per chunk with prompt_logprobs = true, in chunk order.
+  std::vector<ChunkLogprobs> prompt_logprobs;
   // Tokens of this rank's sequences in the step.
   int64_t num_tokens = 0;
   // F32-row count this rank's experts computed in the step, per layer (the

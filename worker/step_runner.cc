@@ -26,8 +26,20 @@ uint64_t TokenSeed(uint64_t seed, int64_t sample_idx) {
   return SplitMix64(SplitMix64(seed) ^ static_cast<uint64_t>(sample_idx));
 }
 
-absl::Status ValidateChunk(const PlannedChunk& c) {
+absl::Status ValidateChunk(const PlannedChunk& c, int64_t vocab_size) {
   if (c.token_ids.empty()) return absl::InvalidArgumentError("the chunk has no tokens");
+  if (c.prompt_logprobs) {
+    if (c.sampling.top_logprobs < 0 || c.sampling.top_logprobs > kMaxTopLogprobs) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("prompt log probabilities need top_logprobs in [0, ", kMaxTopLogprobs,
+                       "], got ", c.sampling.top_logprobs));
+    }
+    if (c.next_token_id < -1 || c.next_token_id >= vocab_size ||
+        (c.sample && c.next_token_id >= 0)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "next_token_id ", c.next_token_id, " (a sampling chunk has none; else -1 or an id)"));
+    }
+  }
   if (!c.sample) return absl::OkStatus();
   if (!std::isfinite(c.sampling.temperature) || c.sampling.temperature < 0.0f) {
     return absl::InvalidArgumentError(
@@ -89,23 +101,40 @@ int64_t StepRunner::KvBlocksForBytes(const ModelSpec& spec, int64_t kv_cache_byt
   return std::min<int64_t>(kv_cache_bytes / block_bytes, std::numeric_limits<int32_t>::max());
 }
 
+// The positions of chunk c whose next token's log probability it asks for:
+// all but the last, and the last too when its next token is given.
+int64_t PromptLogprobRows(const PlannedChunk& c) {
+  if (!c.prompt_logprobs) return 0;
+  return static_cast<int64_t>(c.token_ids.size()) - 1 + (c.next_token_id >= 0 ? 1 : 0);
+}
+
 absl::Status StepRunner::BuildBatch(const RankStepPlan& plan, Batch& batch,
-                                    std::vector<const PlannedChunk*>& to_sample) const {
+                                    std::vector<const PlannedChunk*>& to_sample,
+                                    std::vector<const PlannedChunk*>& to_score) const {
   batch.cache = cache_.get();
+  std::vector<int64_t> chunk_begin;
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
     const PlannedChunk& c = plan.chunks[i];
-    absl::Status chunk_status = ValidateChunk(c);
+    absl::Status chunk_status = ValidateChunk(c, engine_->spec().vocab_size);
     if (!chunk_status.ok()) {
       return absl::InvalidArgumentError(
           absl::StrCat("chunk ", i, " (sequence ", c.sequence_id, "): ", chunk_status.message()));
     }
     const int64_t num_tokens = static_cast<int64_t>(c.token_ids.size());
+    chunk_begin.push_back(static_cast<int64_t>(batch.token_ids.size()));
     batch.token_ids.insert(batch.token_ids.end(), c.token_ids.begin(), c.token_ids.end());
     batch.chunks.push_back({c.block_table, c.start_pos, num_tokens});
     if (c.sample) {
       batch.logit_rows.push_back(static_cast<int64_t>(batch.token_ids.size()) - 1);
       to_sample.push_back(&c);
     }
+  }
+  // The rows scored for prompt log probabilities follow the sampled ones.
+  for (size_t i = 0; i < plan.chunks.size(); ++i) {
+    const int64_t rows = PromptLogprobRows(plan.chunks[i]);
+    if (!plan.chunks[i].prompt_logprobs) continue;
+    for (int64_t j = 0; j < rows; ++j) batch.logit_rows.push_back(chunk_begin[i] + j);
+    to_score.push_back(&plan.chunks[i]);
   }
   return engine_->ValidateBatch(batch);
 }
@@ -167,18 +196,20 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
 
   Batch batch;
   std::vector<const PlannedChunk*> to_sample;
-  absl::Status valid = BuildBatch(plan, batch, to_sample);
+  std::vector<const PlannedChunk*> to_score;
+  absl::Status valid = BuildBatch(plan, batch, to_sample, to_score);
   if (!valid.ok()) {
     // Nothing of this plan runs, but the collectives still need this rank.
     result.error =
         absl::StrCat("step ", plan.step_idx, " on rank ", result.rank, ": ", valid.message());
     batch = Batch();
     to_sample.clear();
+    to_score.clear();
   }
 
   const EngineStats before = engine_->stats();
   std::fill(expert_tokens_.begin(), expert_tokens_.end(), 0);
-  logits_.resize(to_sample.size() * s.vocab_size);
+  logits_.resize(batch.logit_rows.size() * s.vocab_size);
   HERD_RETURN_IF_ERROR(engine_->Forward(batch, logits_.data()));
   const EngineStats& after = engine_->stats();
 
@@ -202,6 +233,22 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
       logprobs.logprob =
           cpu::LogProbabilities(logits, s.vocab_size, token_id, k, sampling_scratch_);
       for (const auto& [logprob, id] : sampling_scratch_) logprobs.top.push_back({id, logprob});
+    }
+  }
+  int64_t row = static_cast<int64_t>(to_sample.size());
+  for (const PlannedChunk* c : to_score) {
+    ChunkLogprobs& scored = result.prompt_logprobs.emplace_back();
+    scored.sequence_id = c->sequence_id;
+    scored.start_pos = c->start_pos;
+    const int64_t rows = PromptLogprobRows(*c);
+    const int k = static_cast<int>(std::min<int64_t>(c->sampling.top_logprobs, s.vocab_size));
+    for (int64_t j = 0; j < rows; ++j, ++row) {
+      const int32_t next = j + 1 < static_cast<int64_t>(c->token_ids.size()) ? c->token_ids[j + 1]
+                                                                             : c->next_token_id;
+      SampledLogprobs& entry = scored.entries.emplace_back();
+      entry.logprob = cpu::LogProbabilities(logits_.data() + row * s.vocab_size, s.vocab_size, next,
+                                            k, sampling_scratch_);
+      for (const auto& [logprob, id] : sampling_scratch_) entry.top.push_back({id, logprob});
     }
   }
   result.num_tokens = static_cast<int64_t>(batch.token_ids.size());

@@ -57,7 +57,9 @@ class StepRunner {
   // Runs one step: one engine batch of all the plan's chunks, logits for the
   // last token of each chunk with sample = true, one sampled token each
   // (argmax when temperature <= 0, else nucleus sampling), with its log
-  // probabilities when the chunk asks (sampling.top_logprobs >= 0). A plan
+  // probabilities when the chunk asks (sampling.top_logprobs >= 0), and the
+  // log probabilities of each position's next token for chunks with
+  // prompt_logprobs (the API's echo). A plan
   // the rank cannot run (an empty chunk, ids outside the vocabulary, block
   // ids outside the cache, a block table too short for the chunk, two tokens
   // writing one cache position, temperature < 0 or not finite, top_p
@@ -92,8 +94,12 @@ class StepRunner {
              std::unique_ptr<KvCache> cache);
   // The plan's chunks as one batch (borrowing the plan's block tables), and
   // the chunks to sample, in order; an error when the plan cannot run.
+  // to_sample: the chunks that sample, whose last rows are the batch's
+  // first logit rows; to_score: those asking for prompt log probabilities,
+  // whose rows follow.
   absl::Status BuildBatch(const RankStepPlan& plan, Batch& batch,
-                          std::vector<const PlannedChunk*>& to_sample) const;
+                          std::vector<const PlannedChunk*>& to_sample,
+                          std::vector<const PlannedChunk*>& to_score) const;
   // Starts loading the plan's staged placement; why it cannot, if so.
   absl::Status StartStaging(const RankStepPlan& plan);
   // Swaps in the placement staged as `version`; its wait goes into `result`.

@@ -169,8 +169,6 @@ absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
       RequireNeutral(root, "logit_bias", {Json::object()}, "Herd does not bias logits"));
   if (endpoint == ApiEndpoint::kCompletions) {
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "best_of", {1}, "one candidate per request"));
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "echo", {false},
-                                        "the prompt is not echoed (no prompt log probabilities)"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "suffix", {""}, "no insertion (suffix)"));
     HERD_RETURN_IF_ERROR(
         RequireNeutral(root, "top_logprobs", {0}, "completions take 'logprobs': N"));
@@ -574,6 +572,9 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
   request.endpoint = ApiEndpoint::kCompletions;
   HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
   HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, ParsePrompt(root, model));
+  HERD_RETURN_IF_ERROR(ReadBool(root, "echo", "echo", &request.echo));
+  request.generation.prompt_logprobs =
+      request.echo && request.generation.sampling.top_logprobs >= 0;
   int64_t max_tokens = kDefaultCompletionMaxTokens;
   bool max_tokens_given = false;
   HERD_RETURN_IF_ERROR(ReadInt(root, "max_tokens", 1, &max_tokens, &max_tokens_given));
@@ -706,6 +707,7 @@ OutputAccumulator::OutputAccumulator(const ApiRequest& request, const ApiModel& 
       stop_strings_(request.stop_strings),
       prompt_tokens_(static_cast<int64_t>(request.generation.prompt_ids.size())),
       wants_logprobs_(request.generation.sampling.top_logprobs >= 0) {
+  if (request.echo) echo_ids_ = request.generation.prompt_ids;
   if (tokenizer_ != nullptr) {
     DecodeOptions options;
     // A completion continues its prompt, so its leading space is part of the
@@ -726,6 +728,7 @@ absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& res
                                    : "the request failed");
   }
   OutputDelta delta;
+  if (!echo_ids_.empty()) Echo(response, &delta);
   const bool with_logprobs =
       wants_logprobs_ && response.logprobs.size() == response.token_ids.size();
   for (size_t i = 0; i < response.token_ids.size(); ++i) {
@@ -733,7 +736,7 @@ absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& res
     token_ids_.push_back(id);
     delta.token_ids.push_back(id);
     if (with_logprobs) {
-      logprobs_.push_back(MakeLogprob(id, response.logprobs[i]));
+      logprobs_.push_back(MakeLogprob(id, &response.logprobs[i]));
       delta.logprobs.push_back(logprobs_.back());
     }
     if (decoder_ == nullptr) continue;
@@ -764,19 +767,43 @@ std::string OutputAccumulator::TokenText(int32_t id) const {
   return absl::StrCat("token_id:", id);
 }
 
-OutputLogprob OutputAccumulator::MakeLogprob(int32_t id, const SampledLogprobs& logprobs) {
+OutputLogprob OutputAccumulator::MakeLogprob(int32_t id, const SampledLogprobs* logprobs) {
   // OpenAI reports what no sampling can reach as -9999.0; JSON has no -inf.
   constexpr float kLowest = -9999.0f;
   OutputLogprob out;
   out.token = TokenText(id);
-  out.logprob = std::max(logprobs.logprob, kLowest);
-  for (const TokenLogprob& top : logprobs.top) {
-    out.top.emplace_back(TokenText(top.token_id), std::max(top.logprob, kLowest));
+  out.has_logprob = logprobs != nullptr;
+  if (logprobs != nullptr) {
+    out.logprob = std::max(logprobs->logprob, kLowest);
+    for (const TokenLogprob& top : logprobs->top) {
+      out.top.emplace_back(TokenText(top.token_id), std::max(top.logprob, kLowest));
+    }
   }
   out.text_offset = text_offset_;
   // Characters: bytes that do not continue a UTF-8 sequence.
   for (const char c : out.token) text_offset_ += (static_cast<uint8_t>(c) & 0xC0) != 0x80;
   return out;
+}
+
+void OutputAccumulator::Echo(const GenerationResponse& response, OutputDelta* delta) {
+  if (tokenizer_ != nullptr) {
+    DecodeOptions options;
+    options.strip_space_prefix = false;
+    if (absl::StatusOr<std::string> text = tokenizer_->Decode(echo_ids_, options); text.ok()) {
+      delta->text = *text;
+      text_ = *text;
+    }
+  }
+  if (wants_logprobs_) {
+    // Token 0 has no log probability; the others come with the first response.
+    for (size_t p = 0; p < echo_ids_.size(); ++p) {
+      const bool scored = p > 0 && p - 1 < response.prompt_logprobs.size();
+      logprobs_.push_back(
+          MakeLogprob(echo_ids_[p], scored ? &response.prompt_logprobs[p - 1] : nullptr));
+      delta->logprobs.push_back(logprobs_.back());
+    }
+  }
+  echo_ids_.clear();
 }
 
 bool OutputAccumulator::AppendText(absl::string_view piece, bool final, OutputDelta* delta) {
@@ -845,6 +872,12 @@ OrderedJson LogprobsJson(ApiEndpoint endpoint, const std::vector<OutputLogprob>&
   out["text_offset"] = OrderedJson::array();
   for (const OutputLogprob& t : tokens) {
     out["tokens"].push_back(t.token);
+    out["text_offset"].push_back(t.text_offset);
+    if (!t.has_logprob) {
+      out["token_logprobs"].push_back(nullptr);
+      out["top_logprobs"].push_back(nullptr);
+      continue;
+    }
     out["token_logprobs"].push_back(t.logprob);
     OrderedJson top = OrderedJson::object();
     for (const auto& [token, logprob] : t.top) {
@@ -852,7 +885,6 @@ OrderedJson LogprobsJson(ApiEndpoint endpoint, const std::vector<OutputLogprob>&
     }
     if (!top.contains(t.token)) top[t.token] = t.logprob;
     out["top_logprobs"].push_back(std::move(top));
-    out["text_offset"].push_back(t.text_offset);
   }
   return out;
 }

@@ -63,6 +63,9 @@ struct ApiRequest {
   // equal requests give different samples, as OpenAI's do.
   bool has_seed = false;
   bool stream = false;
+  // Completions' echo: the output starts with the prompt's text (and, with
+  // log probabilities, its tokens').
+  bool echo = false;
   // stream_options.include_usage: a last chunk with the usage.
   bool include_usage = false;
   // Text stop sequences (tokenizer only). The output ends before the first
@@ -78,9 +81,10 @@ struct ApiRequest {
 // default 1; 0 is greedy), top_p ((0, 1]), seed, stop (a string, or a list
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
-// returned beside each sampled one), model (when given, the served model's
-// name). n and best_of must be 1, echo false; top_logprobs, suffix,
-// logit_bias and the penalties must be left at their defaults. null means "default"; unknown
+// returned beside each sampled one), echo (with logprobs: the prompt's log
+// probabilities too), model (when given, the served model's name). n and
+// best_of must be 1; top_logprobs, suffix, logit_bias and the penalties must
+// be left at their defaults. null means "default"; unknown
 // fields are ignored, as OpenAI does.
 //
 // Errors: InvalidArgument naming the field (ParamOf gives it) for malformed
@@ -134,6 +138,8 @@ std::string ApiErrorBody(const ApiError& error);
 
 // One generated token's log probabilities as the API reports them.
 struct OutputLogprob {
+  // False for the first token of an echoed prompt, which has none (null).
+  bool has_logprob = true;
   // The token's text: its bytes on its own (possibly part of a UTF-8
   // character; the JSON shows U+FFFD for such bytes), or "token_id:N" for an
   // id the tokenizer does not have (or without a tokenizer), as vLLM's
@@ -197,8 +203,11 @@ class OutputAccumulator {
   // Appends newly decoded text and moves what can no longer be part of a
   // stop string into `delta`. Returns true when a stop string matched.
   bool AppendText(absl::string_view piece, bool final, OutputDelta* delta);
-  // The API's view of token `id`'s log probabilities; advances text_offset_.
-  OutputLogprob MakeLogprob(int32_t id, const SampledLogprobs& logprobs);
+  // The API's view of token `id`'s log probabilities (nullptr: none, the
+  // first token of an echoed prompt); advances text_offset_.
+  OutputLogprob MakeLogprob(int32_t id, const SampledLogprobs* logprobs);
+  // The echoed prompt: its text, and its tokens' log probabilities.
+  void Echo(const GenerationResponse& response, OutputDelta* delta);
   std::string TokenText(int32_t id) const;
 
   const Tokenizer* tokenizer_;
@@ -208,6 +217,7 @@ class OutputAccumulator {
 
   std::vector<int32_t> token_ids_;
   const bool wants_logprobs_;
+  std::vector<int32_t> echo_ids_;  // the prompt, until echoed (empty without echo)
   std::vector<OutputLogprob> logprobs_;
   int64_t text_offset_ = 0;  // characters of the tokens' texts so far
   // Decoded text: text_ has been returned, held_ is held back because it may

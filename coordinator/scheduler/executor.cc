@@ -62,6 +62,10 @@ struct Sequence {
   // token when the request asked for log probabilities).
   std::vector<int32_t> pending_tokens;
   std::vector<SampledLogprobs> pending_logprobs;
+  // With request.prompt_logprobs: those of prompt positions 1, 2, ... so far,
+  // handed out once complete.
+  std::vector<SampledLogprobs> prompt_logprobs;
+  bool prompt_logprobs_sent = false;
   bool pending_finish = false;
   FinishReason finish_reason = FinishReason::kStop;
   absl::Status finish_status;
@@ -74,6 +78,7 @@ struct Sequence {
     return pos < prompt ? request.prompt_ids[pos] : generated[pos - prompt];
   }
   bool has_news() const { return !pending_tokens.empty() || pending_finish; }
+  int64_t num_prompt_logprobs() const { return static_cast<int64_t>(prompt_logprobs.size()); }
 };
 
 }  // namespace
@@ -148,6 +153,11 @@ class Executor::Impl {
     seq->pending_tokens.clear();
     response.logprobs = std::move(seq->pending_logprobs);
     seq->pending_logprobs.clear();
+    if (seq->request.prompt_logprobs && !seq->prompt_logprobs_sent &&
+        seq->num_prompt_logprobs() + 1 >= static_cast<int64_t>(seq->request.prompt_ids.size())) {
+      response.prompt_logprobs = std::move(seq->prompt_logprobs);
+      seq->prompt_logprobs_sent = true;
+    }
     response.prompt_tokens = static_cast<int64_t>(seq->request.prompt_ids.size());
     response.completion_tokens = static_cast<int64_t>(seq->generated.size());
     if (seq->pending_finish) {
@@ -258,6 +268,9 @@ class Executor::Impl {
       return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ",
                                                      kMaxTopLogprobs, "], got ", s.top_logprobs));
     }
+    if (request.prompt_logprobs && s.top_logprobs < 0) {
+      return absl::InvalidArgumentError("prompt log probabilities need top_logprobs >= 0");
+    }
     return absl::OkStatus();
   }
 
@@ -358,6 +371,15 @@ class Executor::Impl {
     chunk.sample = seq.num_computed + num_tokens == seq.num_tokens();
     chunk.sampling = seq.request.sampling;
     chunk.sample_idx = static_cast<int64_t>(seq.generated.size());
+    // Prompt log probabilities until every prompt position has scored its
+    // next token (a preempted sequence's recompute asks for none).
+    const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());
+    const int64_t end = chunk.start_pos + num_tokens;
+    if (seq.request.prompt_logprobs && seq.num_prompt_logprobs() < prompt - 1 &&
+        chunk.start_pos < prompt - 1) {
+      chunk.prompt_logprobs = true;
+      chunk.next_token_id = !chunk.sample && end < prompt ? seq.request.prompt_ids[end] : -1;
+    }
     return chunk;
   }
 
@@ -481,9 +503,14 @@ class Executor::Impl {
         continue;
       }
       size_t sampled_idx = 0;
+      size_t scored_idx = 0;
       for (size_t c = 0; c < scheduled[r].size(); ++c) {
         Sequence* seq = scheduled[r][c];
         const PlannedChunk& chunk = plans[r].chunks[c];
+        if (chunk.prompt_logprobs && scored_idx < result.prompt_logprobs.size() &&
+            result.prompt_logprobs[scored_idx].sequence_id == seq->id) {
+          AddPromptLogprobs(seq, result.prompt_logprobs[scored_idx++]);
+        }
         seq->num_computed += static_cast<int64_t>(chunk.token_ids.size());
         if (!seq->prompt_counted &&
             seq->num_computed >= static_cast<int64_t>(seq->request.prompt_ids.size())) {
@@ -518,6 +545,17 @@ class Executor::Impl {
       }
     }
     if (metrics_ != nullptr) metrics_->RecordExpertStep(load);
+  }
+
+  // Keeps the entries of `scored` for prompt positions not yet scored.
+  static void AddPromptLogprobs(Sequence* seq, const ChunkLogprobs& scored) {
+    const int64_t prompt = static_cast<int64_t>(seq->request.prompt_ids.size());
+    for (size_t j = 0; j < scored.entries.size(); ++j) {
+      const int64_t position = scored.start_pos + static_cast<int64_t>(j) + 1;
+      if (position == seq->num_prompt_logprobs() + 1 && position < prompt) {
+        seq->prompt_logprobs.push_back(scored.entries[j]);
+      }
+    }
   }
 
   void AppendToken(Sequence* seq, const SampledToken& sampled, absl::Time now)

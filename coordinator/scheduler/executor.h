@@ -44,6 +44,9 @@ struct GenerationRequest {
   SamplingParams sampling;
   // Generation stops after any of these ids (the id is part of the output).
   std::vector<int32_t> stop_ids;
+  // The log probabilities of prompt tokens 1, 2, ... too (the API's echo),
+  // with sampling.top_logprobs (>= 0) top tokens each.
+  bool prompt_logprobs = false;
   // Past it, the request finishes with reason kAbort (status DeadlineExceeded).
   absl::Time deadline = absl::InfiniteFuture();
 };
@@ -60,6 +63,9 @@ struct GenerationResponse {
   // One per token id when the request asked for log probabilities
   // (sampling.top_logprobs >= 0); empty otherwise.
   std::vector<SampledLogprobs> logprobs;
+  // With request.prompt_logprobs, in the first response (once the prompt is
+  // computed): those of prompt tokens 1 .. prompt_tokens - 1.
+  std::vector<SampledLogprobs> prompt_logprobs;
   bool finished = false;
   FinishReason finish_reason = FinishReason::kStop;  // when finished
   // When finished with kAbort or kError: why (Cancelled, DeadlineExceeded,

@@ -34,6 +34,8 @@ RankStepPlan FullPlan() {
   decode.sampling.top_p = 0.95f;
   decode.sampling.seed = 0xfeedfacecafebeefULL;
   decode.sampling.top_logprobs = 5;
+  decode.prompt_logprobs = true;
+  decode.next_token_id = 77;
   decode.sample_idx = 99;
   PlannedChunk empty;  // no tokens, no blocks: still encodes
   plan.chunks = {prefill, decode, empty};
@@ -51,6 +53,8 @@ RankStepResult FullResult() {
   result.sampled = {{42, 17}, {std::numeric_limits<uint64_t>::max(), -1}};
   result.sampled[0].logprobs =
       SampledLogprobs{-0.25f, {{17, -0.25f}, {3, -std::numeric_limits<float>::infinity()}}};
+  result.prompt_logprobs = {{42, 3, {SampledLogprobs{-1.5f, {{9, -0.5f}}}, SampledLogprobs{}}},
+                            {7, 0, {}}};
   result.num_tokens = 1025;
   result.layer_expert_rows = {2050, 0, std::numeric_limits<int64_t>::min()};
   result.expert_tokens = {1, 2, 3, 4, 5, 6};
@@ -85,6 +89,8 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     EXPECT_EQ(x.sampling.top_p, y.sampling.top_p);
     EXPECT_EQ(x.sampling.seed, y.sampling.seed);
     EXPECT_EQ(x.sampling.top_logprobs, y.sampling.top_logprobs);
+    EXPECT_EQ(x.prompt_logprobs, y.prompt_logprobs);
+    EXPECT_EQ(x.next_token_id, y.next_token_id);
     EXPECT_EQ(x.sample_idx, y.sample_idx);
   }
   EXPECT_EQ(a.placement_version, b.placement_version);
@@ -92,7 +98,25 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
   EXPECT_EQ(a.stage_placement, b.stage_placement);
 }
 
+void ExpectSameLogprobs(const SampledLogprobs& x, const SampledLogprobs& y) {
+  EXPECT_EQ(x.logprob, y.logprob);
+  ASSERT_EQ(x.top.size(), y.top.size());
+  for (size_t j = 0; j < x.top.size(); ++j) {
+    EXPECT_EQ(x.top[j].token_id, y.top[j].token_id);
+    EXPECT_EQ(x.top[j].logprob, y.top[j].logprob);
+  }
+}
+
 void ExpectSameResult(const RankStepResult& a, const RankStepResult& b) {
+  ASSERT_EQ(a.prompt_logprobs.size(), b.prompt_logprobs.size());
+  for (size_t i = 0; i < a.prompt_logprobs.size(); ++i) {
+    const ChunkLogprobs& x = a.prompt_logprobs[i];
+    const ChunkLogprobs& y = b.prompt_logprobs[i];
+    EXPECT_EQ(x.sequence_id, y.sequence_id);
+    EXPECT_EQ(x.start_pos, y.start_pos);
+    ASSERT_EQ(x.entries.size(), y.entries.size());
+    for (size_t j = 0; j < x.entries.size(); ++j) ExpectSameLogprobs(x.entries[j], y.entries[j]);
+  }
   EXPECT_EQ(a.step_idx, b.step_idx);
   EXPECT_EQ(a.rank, b.rank);
   EXPECT_EQ(a.error, b.error);
@@ -101,15 +125,7 @@ void ExpectSameResult(const RankStepResult& a, const RankStepResult& b) {
     EXPECT_EQ(a.sampled[i].sequence_id, b.sampled[i].sequence_id);
     EXPECT_EQ(a.sampled[i].token_id, b.sampled[i].token_id);
     ASSERT_EQ(a.sampled[i].logprobs.has_value(), b.sampled[i].logprobs.has_value());
-    if (!a.sampled[i].logprobs) continue;
-    const SampledLogprobs& x = *a.sampled[i].logprobs;
-    const SampledLogprobs& y = *b.sampled[i].logprobs;
-    EXPECT_EQ(x.logprob, y.logprob);
-    ASSERT_EQ(x.top.size(), y.top.size());
-    for (size_t j = 0; j < x.top.size(); ++j) {
-      EXPECT_EQ(x.top[j].token_id, y.top[j].token_id);
-      EXPECT_EQ(x.top[j].logprob, y.top[j].logprob);
-    }
+    if (a.sampled[i].logprobs) ExpectSameLogprobs(*a.sampled[i].logprobs, *b.sampled[i].logprobs);
   }
   EXPECT_EQ(a.num_tokens, b.num_tokens);
   EXPECT_EQ(a.layer_expert_rows, b.layer_expert_rows);

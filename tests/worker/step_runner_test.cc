@@ -241,6 +241,63 @@ TEST_F(StepRunnerTest, SampledTokensCarryTheLogProbabilitiesAskedFor) {
       << refused->error;
 }
 
+// Prompt log probabilities (echo): a prompt in two chunks over two steps,
+// the first naming the token after it; each position's next token gets the
+// log softmax of the engine's logits at that position.
+TEST_F(StepRunnerTest, ChunksScoreTheirPromptsNextTokens) {
+  const int64_t n = static_cast<int64_t>(prompt_.size());
+  auto cache = engine_->CreateKvCache(4, kBlockTokens);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const std::vector<int32_t> table = {0, 1, 2, 3};
+  Batch batch;
+  batch.cache = cache->get();
+  batch.token_ids = prompt_;
+  batch.chunks = {{table, 0, n}};
+  for (int64_t p = 0; p < n; ++p) batch.logit_rows.push_back(p);
+  const int64_t vocab = model_->spec.vocab_size;
+  std::vector<float> logits(n * vocab);
+  ASSERT_TRUE(engine_->Forward(batch, logits.data()).ok());
+
+  auto runner = NewRunner();
+  SamplingParams sampling;
+  sampling.top_logprobs = 2;
+  PlannedSequence seq = NewSequence(9, prompt_, Blocks(0, 1, 4), sampling);
+  std::vector<ChunkLogprobs> scored;
+  for (uint64_t step = 0; step < 2; ++step) {
+    RankStepPlan plan;
+    plan.step_idx = step;
+    PlannedChunk chunk = NextChunk(seq, 10);
+    chunk.prompt_logprobs = true;
+    const int64_t end = chunk.start_pos + static_cast<int64_t>(chunk.token_ids.size());
+    chunk.next_token_id = end < n ? prompt_[end] : -1;
+    plan.chunks = {chunk};
+    auto result = runner->Run(plan);
+    ASSERT_TRUE(result.ok()) << result.status();
+    ASSERT_EQ(result->error, "");
+    ASSERT_EQ(result->prompt_logprobs.size(), 1u);
+    scored.push_back(result->prompt_logprobs[0]);
+    seq.num_cached = end;
+  }
+  // Positions 0..9 (the 10th predicts the second chunk's first token), then
+  // 10..14 (the last position samples instead).
+  EXPECT_EQ(scored[0].start_pos, 0);
+  EXPECT_EQ(scored[0].entries.size(), 10u);
+  EXPECT_EQ(scored[1].start_pos, 10);
+  EXPECT_EQ(scored[1].entries.size(), 5u);
+  std::vector<std::pair<float, int32_t>> want_top;
+  for (const ChunkLogprobs& c : scored) {
+    EXPECT_EQ(c.sequence_id, 9u);
+    for (size_t j = 0; j < c.entries.size(); ++j) {
+      const int64_t p = c.start_pos + static_cast<int64_t>(j);
+      const float want =
+          cpu::LogProbabilities(logits.data() + p * vocab, vocab, prompt_[p + 1], 2, want_top);
+      EXPECT_NEAR(c.entries[j].logprob, want, 1e-5) << "position " << p;
+      ASSERT_EQ(c.entries[j].top.size(), 2u);
+      EXPECT_EQ(c.entries[j].top[0].token_id, want_top[0].second) << "position " << p;
+    }
+  }
+}
+
 TEST_F(StepRunnerTest, SampledTokensDependOnlyOnSeedAndIndex) {
   SamplingParams sampling;
   sampling.temperature = 0.8f;

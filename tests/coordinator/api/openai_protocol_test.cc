@@ -263,7 +263,6 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
       {R"("n": 2)", "n"},
       {R"("n": "1")", "n"},
       {R"("best_of": 3)", "best_of"},
-      {R"("echo": true)", "echo"},
       {R"("suffix": "end")", "suffix"},
       {R"("presence_penalty": 0.5)", "presence_penalty"},
       {R"("frequency_penalty": -1)", "frequency_penalty"},
@@ -303,6 +302,19 @@ TEST(CompletionRequestTest, LogprobsAskForTheTopTokens) {
   ExpectInvalid(R"({"prompt": [1], "logprobs": -1})", IdModel(), "logprobs", "must be >= 0");
   ExpectInvalid(R"({"prompt": [1], "logprobs": true})", IdModel(), "logprobs",
                 "must be an integer");
+}
+
+// echo: the prompt comes back; with logprobs, the prompt's too.
+TEST(CompletionRequestTest, EchoAsksForThePromptsLogprobsWithLogprobs) {
+  auto plain = ParseCompletionRequest(R"({"prompt": [1, 2], "echo": true})", IdModel());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  EXPECT_TRUE(plain->echo);
+  EXPECT_FALSE(plain->generation.prompt_logprobs);
+  auto scored =
+      ParseCompletionRequest(R"({"prompt": [1, 2], "echo": true, "logprobs": 1})", IdModel());
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  EXPECT_TRUE(scored->generation.prompt_logprobs);
+  ExpectInvalid(R"({"prompt": [1], "echo": "yes"})", IdModel(), "echo", "must be true or false");
 }
 
 TEST(CompletionRequestTest, ChecksTheContextLikeVllm) {
@@ -931,6 +943,37 @@ TEST_F(TextModelTest, LogprobsInResponsesAndStreamChunks) {
   EXPECT_EQ(Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions),
                                        no_text))["choices"][0]["logprobs"]["tokens"],
             Json({"token_id:7"}));
+}
+
+// Echo: the prompt's text first, and with logprobs its tokens (the first
+// with null), then the generated ones; a stream sends them in its first chunk.
+TEST_F(TextModelTest, EchoedPromptWithLogprobs) {
+  const std::vector<int32_t> ids = Encode("Hello world");
+  ASSERT_EQ(ids.size(), 2u);
+  const std::vector<int32_t> prompt = {ids[0]};
+  const std::vector<int32_t> reply = {ids[1]};
+  ApiRequest request = IdRequest();
+  request.generation.prompt_ids = {prompt[0], reply[0]};  // " Hello world"
+  request.echo = true;
+  request.generation.sampling.top_logprobs = 1;
+  GenerationResponse first = Response({reply[0]}, true, FinishReason::kLength);
+  first.logprobs = {SampledLogprobs{-2.0f, {{reply[0], -2.0f}}}};
+  first.prompt_logprobs = {SampledLogprobs{-3.0f, {{prompt[0], -1.0f}}}};
+  OutputAccumulator output(request, TextModel());
+  auto delta = output.Add(first);
+  ASSERT_TRUE(delta.ok());
+  EXPECT_EQ(delta->text, " Hello world world");
+  EXPECT_EQ(delta->logprobs.size(), 3u);
+  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), output));
+  const Json& lp = json["choices"][0]["logprobs"];
+  EXPECT_EQ(json["choices"][0]["text"], " Hello world world");
+  EXPECT_EQ(lp["tokens"], Json({" Hello", " world", " world"}));
+  EXPECT_EQ(lp["token_logprobs"], Json({nullptr, -3.0, -2.0}));
+  EXPECT_TRUE(lp["top_logprobs"][0].is_null());
+  EXPECT_EQ(lp["top_logprobs"][1], Json({{" Hello", -1.0}, {" world", -3.0}}));
+  EXPECT_EQ(lp["text_offset"], Json({0, 6, 12}));
+  EXPECT_EQ(json["choices"][0]["token_ids"], Json({reply[0]}));  // the generated ones
+  EXPECT_EQ(json["usage"]["completion_tokens"], 1);
 }
 
 TEST(FormatTest, StreamErrorAndModelList) {

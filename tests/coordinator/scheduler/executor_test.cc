@@ -7,6 +7,7 @@
 
 #include <map>
 #include <memory>
+#include <numeric>
 #include <thread>
 #include <vector>
 
@@ -14,6 +15,7 @@
 #include "comm/local_world.h"
 #include "core/status.h"
 #include "gtest/gtest.h"
+#include "kernels/sampling.h"
 #include "model/model_loader.h"
 #include "tests/support/test_support.h"
 #include "worker/engine.h"
@@ -45,6 +47,8 @@ std::vector<std::vector<int32_t>> Prompts(int count, int64_t vocab) {
 
 struct Outcome {
   std::vector<int32_t> tokens;
+  std::vector<SampledLogprobs> prompt_logprobs;
+  int responses_with_prompt_logprobs = 0;
   GenerationResponse last;
 };
 
@@ -59,6 +63,10 @@ Outcome Collect(Executor& executor, RequestId id) {
     if (responses->empty()) return outcome;
     for (GenerationResponse& r : *responses) {
       outcome.tokens.insert(outcome.tokens.end(), r.token_ids.begin(), r.token_ids.end());
+      if (!r.prompt_logprobs.empty()) {
+        ++outcome.responses_with_prompt_logprobs;
+        outcome.prompt_logprobs = r.prompt_logprobs;
+      }
       outcome.last = r;
     }
     if (outcome.last.finished) return outcome;
@@ -170,6 +178,58 @@ TEST_F(ExecutorTest, ChunkedPrefillAndPreemptionKeepEveryToken) {
   }
   EXPECT_GT(executor_->stats().num_preemptions, 0);
   EXPECT_EQ(executor_->stats().num_kv_blocks_used, 0);
+}
+
+// Prompt log probabilities (echo) under chunked prefill and preemption: each
+// prompt token's comes once, in one response, and is the log softmax of the
+// engine's logits at the position before it.
+TEST_F(ExecutorTest, PromptLogprobsSurviveChunkedPrefillAndPreemption) {
+  ExecutorOptions options;
+  options.num_kv_blocks = 12;
+  options.kv_block_tokens = 4;
+  options.max_step_tokens = 5;
+  options.max_context_tokens = 48;
+  Start(options);
+  const auto prompts = Prompts(6, model_->spec.vocab_size);
+  std::vector<RequestId> ids;
+  for (const auto& prompt : prompts) {
+    GenerationRequest request = Request(prompt, 16);
+    request.sampling.top_logprobs = 1;
+    request.prompt_logprobs = true;
+    ids.push_back(*executor_->Enqueue(request));
+  }
+  const int64_t vocab = model_->spec.vocab_size;
+  std::vector<std::pair<float, int32_t>> top;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    const Outcome outcome = Collect(*executor_, ids[i]);
+    const auto& prompt = prompts[i];
+    const int64_t n = static_cast<int64_t>(prompt.size());
+    EXPECT_EQ(outcome.responses_with_prompt_logprobs, 1);
+    ASSERT_EQ(static_cast<int64_t>(outcome.prompt_logprobs.size()), n - 1);
+    auto cache = reference_engine_->CreateKvCache((n + 15) / 16, 16);
+    ASSERT_TRUE(cache.ok());
+    std::vector<int32_t> table((n + 15) / 16);
+    std::iota(table.begin(), table.end(), 0);
+    Batch batch;
+    batch.cache = cache->get();
+    batch.token_ids = prompt;
+    batch.chunks = {{table, 0, n}};
+    for (int64_t p = 0; p + 1 < n; ++p) batch.logit_rows.push_back(p);
+    std::vector<float> logits(batch.logit_rows.size() * vocab);
+    ASSERT_TRUE(reference_engine_->Forward(batch, logits.data()).ok());
+    for (int64_t p = 0; p + 1 < n; ++p) {
+      const float want =
+          cpu::LogProbabilities(logits.data() + p * vocab, vocab, prompt[p + 1], 1, top);
+      EXPECT_NEAR(outcome.prompt_logprobs[p].logprob, want, 1e-4) << "token " << p + 1;
+      ASSERT_EQ(outcome.prompt_logprobs[p].top.size(), 1u);
+      EXPECT_EQ(outcome.prompt_logprobs[p].top[0].token_id, top[0].second) << "token " << p + 1;
+    }
+  }
+  EXPECT_GT(executor_->stats().num_preemptions, 0);
+  GenerationRequest without_top = Request({1, 2, 3}, 2);
+  without_top.prompt_logprobs = true;
+  EXPECT_EQ(executor_->Enqueue(without_top).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ExecutorTest, SeededSamplingIsTheSameUnderPreemption) {

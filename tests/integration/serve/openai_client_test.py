@@ -145,6 +145,25 @@ def check_logprobs(client, args, model_dir):
             f"text_offset {lp.text_offset}")
     h.log(f"completion logprobs match generate's logits: {lp.token_logprobs}")
 
+    # The prompt's log probabilities, as lm-eval's loglikelihood requests ask
+    # for them (echo, logprobs 1, max_tokens 1): prompt token p (p >= 1) has
+    # the log softmax of row p - 1; token 0 has none.
+    echoed = client.completions.create(model="tiny-mixtral", prompt=prompt_ids, max_tokens=1,
+                                       temperature=0, logprobs=1, echo=True)
+    elp = echoed.choices[0].logprobs
+    h.check(len(elp.tokens) == len(prompt_ids) + 1 and elp.token_logprobs[0] is None
+            and elp.top_logprobs[0] is None, f"echoed logprobs {elp}")
+    for p in range(1, len(prompt_ids)):
+        row = values[(p - 1) * vocab:p * vocab]
+        want = log_softmax_row(row, prompt_ids[p])
+        got = elp.token_logprobs[p]
+        h.check(abs(got - want) < 1e-4, f"prompt token {p}: logprob {got}, generate's {want}")
+        h.check(1 <= len(elp.top_logprobs[p]) <= 2, f"prompt token {p}: {elp.top_logprobs[p]}")
+    h.check(abs(elp.token_logprobs[-1] - lp.token_logprobs[0]) < 1e-6,
+            f"the generated token after the echo: {elp.token_logprobs[-1]} vs "
+            f"{lp.token_logprobs[0]}")
+    h.log(f"echoed prompt logprobs match generate's logits: {elp.token_logprobs}")
+
     streamed = []
     for chunk in client.completions.create(model="tiny-mixtral", prompt=prompt_ids,
                                            max_tokens=new, temperature=0, logprobs=3,
