@@ -160,16 +160,20 @@ TEST_F(ExecutorTest, ConcurrentGreedyRequestsMatchGenerate) {
   EXPECT_EQ(stats.num_running, 0);
 }
 
-TEST_F(ExecutorTest, ChunkedPrefillAndPreemptionKeepEveryToken) {
-  // 5 tokens per step force chunked prefill; 12 blocks of 4 tokens (48
-  // positions) cannot hold six sequences of up to 31 + 16: some are preempted
-  // and recompute.
+// 5 tokens per step force chunked prefill; 12 blocks of 4 tokens (48
+// positions) cannot hold six of Prompts' sequences of up to 31 + 16 tokens:
+// some are preempted and recompute.
+ExecutorOptions CrampedOptions() {
   ExecutorOptions options;
   options.num_kv_blocks = 12;
   options.kv_block_tokens = 4;
   options.max_step_tokens = 5;
   options.max_context_tokens = 48;
-  Start(options);
+  return options;
+}
+
+TEST_F(ExecutorTest, ChunkedPrefillAndPreemptionKeepEveryToken) {
+  Start(CrampedOptions());
   const auto prompts = Prompts(6, model_->spec.vocab_size);
   std::vector<RequestId> ids;
   for (const auto& prompt : prompts) ids.push_back(*executor_->Enqueue(Request(prompt, 16)));
@@ -184,12 +188,7 @@ TEST_F(ExecutorTest, ChunkedPrefillAndPreemptionKeepEveryToken) {
 // prompt token's comes once, in one response, and is the log softmax of the
 // engine's logits at the position before it.
 TEST_F(ExecutorTest, PromptLogprobsSurviveChunkedPrefillAndPreemption) {
-  ExecutorOptions options;
-  options.num_kv_blocks = 12;
-  options.kv_block_tokens = 4;
-  options.max_step_tokens = 5;
-  options.max_context_tokens = 48;
-  Start(options);
+  Start(CrampedOptions());
   const auto prompts = Prompts(6, model_->spec.vocab_size);
   std::vector<RequestId> ids;
   for (const auto& prompt : prompts) {
