@@ -101,6 +101,17 @@ int64_t StepRunner::KvBlocksForBytes(const ModelSpec& spec, int64_t kv_cache_byt
   return std::min<int64_t>(kv_cache_bytes / block_bytes, std::numeric_limits<int32_t>::max());
 }
 
+// The log probabilities of `token` and of the top_logprobs most likely
+// tokens under one row of logits.
+SampledLogprobs ScoreToken(const float* logits, int64_t vocab, int32_t token, int32_t top_logprobs,
+                           std::vector<std::pair<float, int32_t>>& scratch) {
+  const int k = static_cast<int>(std::min<int64_t>(top_logprobs, vocab));
+  SampledLogprobs scored;
+  scored.logprob = cpu::LogProbabilities(logits, vocab, token, k, scratch);
+  for (const auto& [logprob, id] : scratch) scored.top.push_back({id, logprob});
+  return scored;
+}
+
 // The positions of chunk c whose next token's log probability it asks for:
 // all but the last, and the last too when its next token is given.
 int64_t PromptLogprobRows(const PlannedChunk& c) {
@@ -131,8 +142,8 @@ absl::Status StepRunner::BuildBatch(const RankStepPlan& plan, Batch& batch,
   }
   // The rows scored for prompt log probabilities follow the sampled ones.
   for (size_t i = 0; i < plan.chunks.size(); ++i) {
-    const int64_t rows = PromptLogprobRows(plan.chunks[i]);
     if (!plan.chunks[i].prompt_logprobs) continue;
+    const int64_t rows = PromptLogprobRows(plan.chunks[i]);
     for (int64_t j = 0; j < rows; ++j) batch.logit_rows.push_back(chunk_begin[i] + j);
     to_score.push_back(&plan.chunks[i]);
   }
@@ -228,11 +239,8 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
     sampled.sequence_id = c.sequence_id;
     sampled.token_id = token_id;
     if (c.sampling.top_logprobs >= 0) {
-      const int k = static_cast<int>(std::min<int64_t>(c.sampling.top_logprobs, s.vocab_size));
-      SampledLogprobs& logprobs = sampled.logprobs.emplace();
-      logprobs.logprob =
-          cpu::LogProbabilities(logits, s.vocab_size, token_id, k, sampling_scratch_);
-      for (const auto& [logprob, id] : sampling_scratch_) logprobs.top.push_back({id, logprob});
+      sampled.logprobs =
+          ScoreToken(logits, s.vocab_size, token_id, c.sampling.top_logprobs, sampling_scratch_);
     }
   }
   int64_t row = static_cast<int64_t>(to_sample.size());
@@ -241,14 +249,11 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
     scored.sequence_id = c->sequence_id;
     scored.start_pos = c->start_pos;
     const int64_t rows = PromptLogprobRows(*c);
-    const int k = static_cast<int>(std::min<int64_t>(c->sampling.top_logprobs, s.vocab_size));
     for (int64_t j = 0; j < rows; ++j, ++row) {
       const int32_t next = j + 1 < static_cast<int64_t>(c->token_ids.size()) ? c->token_ids[j + 1]
                                                                              : c->next_token_id;
-      SampledLogprobs& entry = scored.entries.emplace_back();
-      entry.logprob = cpu::LogProbabilities(logits_.data() + row * s.vocab_size, s.vocab_size, next,
-                                            k, sampling_scratch_);
-      for (const auto& [logprob, id] : sampling_scratch_) entry.top.push_back({id, logprob});
+      scored.entries.push_back(ScoreToken(logits_.data() + row * s.vocab_size, s.vocab_size, next,
+                                          c->sampling.top_logprobs, sampling_scratch_));
     }
   }
   result.num_tokens = static_cast<int64_t>(batch.token_ids.size());
