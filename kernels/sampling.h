@@ -12,12 +12,16 @@ int32_t ArgMax(const float* logits, int64_t n);
 
 // Samples from softmax(logits / temperature) restricted to the smallest set of
 // most likely tokens whose probability reaches top_p (nucleus sampling).
-// temperature <= 0 means greedy. Deterministic for a given rng state.
-// `scratch` is reused across calls to avoid allocation after the first.
-// Draws one number from `rng` (none when greedy) and returns what
-// SampleTopPWithUniform returns for it.
+// Before that, as vLLM orders them, min_p > 0 drops the tokens less likely
+// than min_p times the most likely one, and top_k > 0 keeps at most the top_k
+// most likely; top_p's mass is then that of what is left. temperature <= 0
+// means greedy. Deterministic for a given rng state. `scratch` is reused
+// across calls to avoid allocation after the first. Draws one number from
+// `rng` (none when greedy) and returns what SampleTopPWithUniform returns for
+// it.
 int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_p,
-                   std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch);
+                   std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch,
+                   int32_t top_k = 0, float min_p = 0.0f);
 
 // SampleTopP with its random draw given: u01 in [0, 1). The kept tokens are
 // sorted by probability (descending, ties by lower id), `kept` is their summed
@@ -25,7 +29,8 @@ int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_
 // sum exceeds u01 * kept is chosen (the last kept token if none does).
 // temperature <= 0 means greedy (u01 unused).
 int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature, float top_p,
-                              double u01, std::vector<std::pair<float, int32_t>>& scratch);
+                              double u01, std::vector<std::pair<float, int32_t>>& scratch,
+                              int32_t top_k = 0, float min_p = 0.0f);
 
 // The raw distribution's log probabilities (log softmax of the logits: no
 // temperature, no top-p; sums in double): returns token `chosen`'s, and

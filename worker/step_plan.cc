@@ -18,7 +18,8 @@ namespace {
 //           U64 stage_version | string stage_placement
 //   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
 //           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
-//           F32 top_p | U64 seed | I32 top_logprobs | I64 sample_idx |
+//           F32 top_p | I32 top_k | F32 min_p | U64 seed | I32 top_logprobs |
+//           I64 sample_idx |
 //           U8 prompt_logprobs | I32 next_token_id
 //   result: U32 magic "HRSR" | U32 version | U64 step_idx | I32 rank |
 //           string error | U32 n | sampled[n] |
@@ -37,11 +38,11 @@ namespace {
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 4;
+constexpr uint32_t kVersion = 5;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
-constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 8 + 4 + 8 + 1 + 4;
+constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4 + 8 + 4 + 8 + 1 + 4;
 constexpr size_t kSampledTokenBytes = 8 + 4 + 1;
 constexpr size_t kTokenLogprobBytes = 4 + 4;
 constexpr size_t kLogprobsBytes = 4 + 4;
@@ -230,6 +231,8 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.Bool(c.sample);
     w.F32(c.sampling.temperature);
     w.F32(c.sampling.top_p);
+    w.I32(c.sampling.top_k);
+    w.F32(c.sampling.min_p);
     w.U64(c.sampling.seed);
     w.I32(c.sampling.top_logprobs);
     w.I64(c.sample_idx);
@@ -257,6 +260,8 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.sample = r.Bool();
     c.sampling.temperature = r.F32();
     c.sampling.top_p = r.F32();
+    c.sampling.top_k = r.I32();
+    c.sampling.min_p = r.F32();
     c.sampling.seed = r.U64();
     c.sampling.top_logprobs = r.I32();
     c.sample_idx = r.I64();

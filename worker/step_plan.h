@@ -34,6 +34,11 @@ struct SamplingParams {
   float temperature = 0.0f;
   // Nucleus mass in (0, 1].
   float top_p = 1.0f;
+  // vLLM's: keep at most top_k most likely tokens (0: all), and drop those
+  // less likely than min_p times the most likely (0: none); applied before
+  // top_p (cpu::SampleTopP).
+  int32_t top_k = 0;
+  float min_p = 0.0f;
   // With sample_idx, selects the random stream: the same seed gives the same
   // tokens whichever rank runs the sequence and however often it is preempted.
   uint64_t seed = 0;

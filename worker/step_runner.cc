@@ -52,6 +52,13 @@ absl::Status ValidateChunk(const PlannedChunk& c, int64_t vocab_size) {
   if (c.sample_idx < 0) {
     return absl::InvalidArgumentError(absl::StrCat("sample_idx must be >= 0, got ", c.sample_idx));
   }
+  if (c.sampling.top_k < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", c.sampling.top_k));
+  }
+  if (!(c.sampling.min_p >= 0.0f && c.sampling.min_p <= 1.0f)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("min_p must be in [0, 1], got ", c.sampling.min_p));
+  }
   if (c.sampling.top_logprobs < -1 || c.sampling.top_logprobs > kMaxTopLogprobs) {
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ", kMaxTopLogprobs,
                                                    "], got ", c.sampling.top_logprobs));
@@ -233,7 +240,7 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
     } else {
       std::mt19937_64 rng(TokenSeed(c.sampling.seed, c.sample_idx));
       token_id = cpu::SampleTopP(logits, s.vocab_size, c.sampling.temperature, c.sampling.top_p,
-                                 rng, sampling_scratch_);
+                                 rng, sampling_scratch_, c.sampling.top_k, c.sampling.min_p);
     }
     SampledToken& sampled = result.sampled.emplace_back();
     sampled.sequence_id = c.sequence_id;

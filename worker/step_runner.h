@@ -63,8 +63,8 @@ class StepRunner {
   // the rank cannot run (an empty chunk, ids outside the vocabulary, block
   // ids outside the cache, a block table too short for the chunk, two tokens
   // writing one cache position, temperature < 0 or not finite, top_p
-  // outside (0, 1], sample_idx < 0, top_logprobs outside [-1,
-  // kMaxTopLogprobs]) gives a result whose `error` says why, with nothing
+  // outside (0, 1], top_k < 0, min_p outside [0, 1], sample_idx < 0,
+  // top_logprobs outside [-1, kMaxTopLogprobs]) gives a result whose `error` says why, with nothing
   // written to the cache and nothing sampled; the rank still takes part in
   // the step's collectives (an empty batch) so its peers do not hang.
   //

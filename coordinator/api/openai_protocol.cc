@@ -331,6 +331,18 @@ absl::Status ParseSampling(const Json& root, ApiRequest* request) {
     return Invalid("top_p", absl::StrCat("'top_p' = ", top_p, " is outside (0, 1]"));
   }
   sampling.top_p = static_cast<float>(top_p);
+  // vLLM's extensions: top_k (-1 or 0: off) and min_p.
+  int64_t top_k = 0;
+  bool top_k_given = false;
+  HERD_RETURN_IF_ERROR(ReadInt(root, "top_k", -1, &top_k, &top_k_given));
+  sampling.top_k = static_cast<int32_t>(
+      std::min<int64_t>(std::max<int64_t>(top_k, 0), std::numeric_limits<int32_t>::max()));
+  double min_p = 0.0;
+  HERD_RETURN_IF_ERROR(ReadNumber(root, "min_p", &min_p));
+  if (!(min_p >= 0 && min_p <= 1)) {
+    return Invalid("min_p", absl::StrCat("'min_p' = ", min_p, " is outside [0, 1]"));
+  }
+  sampling.min_p = static_cast<float>(min_p);
   if (const Json* seed = Find(root, "seed"); seed != nullptr) {
     if (!seed->is_number_integer()) {
       return Invalid("seed", absl::StrCat("'seed' must be an integer, got ", Quote(*seed)));

@@ -78,7 +78,8 @@ struct ApiRequest {
 //
 // Fields: prompt (token ids, a string when the model has a tokenizer, or a
 // list holding one of those), max_tokens (default 16), temperature ([0, 2],
-// default 1; 0 is greedy), top_p ((0, 1]), seed, stop (a string, or a list
+// default 1; 0 is greedy), top_p ((0, 1]), top_k (>= -1; -1 and 0: off) and
+// min_p ([0, 1]) as vLLM's, seed, stop (a string, or a list
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
 // returned beside each sampled one), echo (with logprobs: the prompt's log

@@ -268,6 +268,12 @@ class Executor::Impl {
       return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ",
                                                      kMaxTopLogprobs, "], got ", s.top_logprobs));
     }
+    if (s.top_k < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", s.top_k));
+    }
+    if (!(s.min_p >= 0 && s.min_p <= 1)) {
+      return absl::InvalidArgumentError(absl::StrCat("min_p must be in [0, 1], got ", s.min_p));
+    }
     if (request.prompt_logprobs && s.top_logprobs < 0) {
       return absl::InvalidArgumentError("prompt log probabilities need top_logprobs >= 0");
     }

@@ -34,16 +34,18 @@ __attribute__((target_clones("avx512f", "avx2", "default"))) int32_t ArgMax(cons
 }
 
 int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_p,
-                   std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch) {
+                   std::mt19937_64& rng, std::vector<std::pair<float, int32_t>>& scratch,
+                   int32_t top_k, float min_p) {
   if (temperature <= 0.0f) return ArgMax(logits, n);
   // libstdc++'s uniform_real_distribution<double>(0, kept) returns this draw
   // times (kept - 0) plus 0, bit for bit the u01 * kept used below.
   const double u01 = std::generate_canonical<double, std::numeric_limits<double>::digits>(rng);
-  return SampleTopPWithUniform(logits, n, temperature, top_p, u01, scratch);
+  return SampleTopPWithUniform(logits, n, temperature, top_p, u01, scratch, top_k, min_p);
 }
 
 int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature, float top_p,
-                              double u01, std::vector<std::pair<float, int32_t>>& scratch) {
+                              double u01, std::vector<std::pair<float, int32_t>>& scratch,
+                              int32_t top_k, float min_p) {
   if (temperature <= 0.0f) return ArgMax(logits, n);
   scratch.resize(n);
   const float max_logit = *std::max_element(logits, logits + n);
@@ -57,10 +59,21 @@ int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature,
   std::sort(scratch.begin(), scratch.end(), [](const auto& a, const auto& b) {
     return a.first > b.first || (a.first == b.first && a.second < b.second);
   });
+  // min_p, then top_k, cut the sorted list; top_p keeps a share of the rest.
+  int64_t candidates = n;
+  if (min_p > 0.0f) {
+    const float floor = min_p * scratch[0].first;
+    while (candidates > 1 && scratch[candidates - 1].first < floor) --candidates;
+  }
+  if (top_k > 0) candidates = std::min<int64_t>(candidates, top_k);
+  if (candidates < n) {
+    sum = 0.0;
+    for (int64_t i = 0; i < candidates; ++i) sum += scratch[i].first;
+  }
   const double keep_mass = std::clamp(static_cast<double>(top_p), 0.0, 1.0) * sum;
   int64_t keep = 0;
   double kept = 0.0;
-  while (keep < n && (keep == 0 || kept < keep_mass)) kept += scratch[keep++].first;
+  while (keep < candidates && (keep == 0 || kept < keep_mass)) kept += scratch[keep++].first;
   const double u = u01 * kept;
   double acc = 0.0;
   for (int64_t i = 0; i < keep; ++i) {

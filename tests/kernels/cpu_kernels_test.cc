@@ -1012,6 +1012,35 @@ TEST(SamplingTest, ArgMaxIsTheFirstLargestOverSizesAndTies) {
   EXPECT_EQ(ArgMax(flat.data(), 130), 0);
 }
 
+// top_k and min_p cut the sorted distribution before top_p: with top_k 1 or
+// min_p 1 only the most likely token is drawn; with top_k 2 the draw covers
+// the top two in proportion; min_p drops exactly the tokens below the floor;
+// top_p's mass is that of what top_k left. Off (0), the results are top-p's.
+TEST(SamplingTest, TopKAndMinPCutBeforeTopP) {
+  // Probabilities (temperature 1): 0.4, 0.3, 0.2, 0.1 (as logits of their logs).
+  const std::vector<float> logits = {std::log(0.2f), std::log(0.4f), std::log(0.1f),
+                                     std::log(0.3f)};
+  std::vector<std::pair<float, int32_t>> scratch;
+  const auto draw = [&](double u, int32_t top_k, float min_p, float top_p = 1.0f) {
+    return SampleTopPWithUniform(logits.data(), 4, 1.0f, top_p, u, scratch, top_k, min_p);
+  };
+  for (double u : {0.0, 0.3, 0.6, 0.999}) {
+    EXPECT_EQ(draw(u, 1, 0.0f), 1) << u;
+    EXPECT_EQ(draw(u, 0, 1.0f), 1) << u;
+    EXPECT_EQ(draw(u, 0, 0.0f), SampleTopPWithUniform(logits.data(), 4, 1.0f, 1.0f, u, scratch))
+        << u;
+  }
+  // top_k 2: 0.4 and 0.3, renormalised: u < 4/7 gives id 1, else id 3.
+  EXPECT_EQ(draw(0.5, 2, 0.0f), 1);
+  EXPECT_EQ(draw(0.6, 2, 0.0f), 3);
+  // min_p 0.45: the floor is 0.18; 0.1 is dropped, 0.2 kept.
+  EXPECT_EQ(draw(0.999, 0, 0.45f), 0);
+  EXPECT_EQ(draw(0.999, 0, 0.6f), 3);  // floor 0.24: 0.2 dropped too
+  // top_k 3 then top_p 0.7: the three hold 0.9; 0.7 of it is reached by 0.4 + 0.3.
+  EXPECT_EQ(draw(0.999, 3, 0.0f, 0.7f), 3);
+  EXPECT_EQ(draw(0.999, 3, 0.0f, 0.8f), 0);
+}
+
 // Log probabilities against a direct log softmax in long double, and the top
 // k against a full sort (ties by lower id); they sum to 1 in probability.
 TEST(SamplingTest, LogProbabilitiesAreTheLogSoftmaxAndItsTopK) {

@@ -34,6 +34,8 @@ RankStepPlan FullPlan() {
   decode.sampling.top_p = 0.95f;
   decode.sampling.seed = 0xfeedfacecafebeefULL;
   decode.sampling.top_logprobs = 5;
+  decode.sampling.top_k = 40;
+  decode.sampling.min_p = 0.05f;
   decode.prompt_logprobs = true;
   decode.next_token_id = 77;
   decode.sample_idx = 99;
@@ -89,6 +91,8 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     EXPECT_EQ(x.sampling.top_p, y.sampling.top_p);
     EXPECT_EQ(x.sampling.seed, y.sampling.seed);
     EXPECT_EQ(x.sampling.top_logprobs, y.sampling.top_logprobs);
+    EXPECT_EQ(x.sampling.top_k, y.sampling.top_k);
+    EXPECT_EQ(x.sampling.min_p, y.sampling.min_p);
     EXPECT_EQ(x.prompt_logprobs, y.prompt_logprobs);
     EXPECT_EQ(x.next_token_id, y.next_token_id);
     EXPECT_EQ(x.sample_idx, y.sample_idx);

@@ -304,6 +304,21 @@ TEST(CompletionRequestTest, LogprobsAskForTheTopTokens) {
                 "must be an integer");
 }
 
+// vLLM's top_k (-1 or 0: off) and min_p.
+TEST(CompletionRequestTest, TopKAndMinP) {
+  auto request =
+      ParseCompletionRequest(R"({"prompt": [1], "top_k": 40, "min_p": 0.05})", IdModel());
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->generation.sampling.top_k, 40);
+  EXPECT_FLOAT_EQ(request->generation.sampling.min_p, 0.05f);
+  auto off = ParseCompletionRequest(R"({"prompt": [1], "top_k": -1})", IdModel());
+  ASSERT_TRUE(off.ok()) << off.status();
+  EXPECT_EQ(off->generation.sampling.top_k, 0);
+  ExpectInvalid(R"({"prompt": [1], "top_k": -2})", IdModel(), "top_k", "must be >= -1");
+  ExpectInvalid(R"({"prompt": [1], "top_k": 1.5})", IdModel(), "top_k", "must be an integer");
+  ExpectInvalid(R"({"prompt": [1], "min_p": 1.5})", IdModel(), "min_p", "outside [0, 1]");
+}
+
 // echo: the prompt comes back; with logprobs, the prompt's too.
 TEST(CompletionRequestTest, EchoAsksForThePromptsLogprobsWithLogprobs) {
   auto plain = ParseCompletionRequest(R"({"prompt": [1, 2], "echo": true})", IdModel());

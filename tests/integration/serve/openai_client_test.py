@@ -252,6 +252,20 @@ def test(args):
 
         check_logprobs(client, args, model_dir)
 
+        # vLLM's sampling extensions travel in extra_body: top_k 1 (or min_p 1)
+        # at temperature 1 leaves only the most likely token, the greedy text.
+        for extra in ({"top_k": 1}, {"min_p": 1.0}):
+            narrowed = client.completions.create(model="tiny-mixtral", prompt=prompt,
+                                                 max_tokens=12, temperature=1.0, seed=5,
+                                                 extra_body=extra)
+            h.check(narrowed.choices[0].text == choice.text,
+                    f"{extra} at temperature 1 gave {narrowed.choices[0].text!r}, greedy "
+                    f"{choice.text!r}")
+        wide = client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=12,
+                                         temperature=1.0, seed=5, extra_body={"top_k": 50})
+        h.check(wide.choices[0].text != choice.text,
+                "top_k 50 at temperature 1 gave the greedy text: is top_k ignored?")
+
         # A bad request comes back as the client's typed error, with the reason.
         try:
             client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=-1)
