@@ -1,6 +1,7 @@
 #include <algorithm>
 #include <cstdio>
 #include <fstream>
+#include <limits>
 #include <optional>
 
 #include "absl/strings/str_cat.h"
@@ -37,6 +38,8 @@ const std::vector<FlagSpec> kGenerateFlags = {
     {"max-new-tokens", true, "tokens to generate (default 16; 0 evaluates the prompt only)"},
     {"temperature", true, "sampling temperature; 0 = greedy (default 0)"},
     {"top-p", true, "nucleus sampling mass in (0, 1] (default 1)"},
+    {"top-k", true, "sample among the k most likely tokens (default 0: all)"},
+    {"min-p", true, "drop tokens less likely than min-p times the most likely (default 0)"},
     {"seed", true, "sampler seed (default 0)"},
     {"threads", true, "kernel threads; 0 = all cores (default: config or 0)"},
     {"dump-logits", true, "write F32 logits [prompt + new tokens, vocab] to this file"},
@@ -131,10 +134,17 @@ absl::Status RunGenerateCommand(const std::vector<std::string>& args, std::ostre
   HERD_ASSIGN_OR_RETURN(options.max_new_tokens, flags.GetInt("max-new-tokens", 16));
   HERD_ASSIGN_OR_RETURN(double temperature, flags.GetDouble("temperature", 0.0));
   HERD_ASSIGN_OR_RETURN(double top_p, flags.GetDouble("top-p", 1.0));
+  HERD_ASSIGN_OR_RETURN(int64_t top_k, flags.GetInt("top-k", 0));
+  HERD_ASSIGN_OR_RETURN(double min_p, flags.GetDouble("min-p", 0.0));
+  if (top_k < 0 || top_k > std::numeric_limits<int32_t>::max()) {
+    return absl::InvalidArgumentError(absl::StrCat("--top-k must be >= 0, got ", top_k));
+  }
   HERD_ASSIGN_OR_RETURN(options.sampling.seed, flags.GetUint("seed", 0));
   HERD_ASSIGN_OR_RETURN(int64_t threads, flags.GetInt("threads", config.engine.threads));
   options.sampling.temperature = static_cast<float>(temperature);
   options.sampling.top_p = static_cast<float>(top_p);
+  options.sampling.top_k = static_cast<int32_t>(top_k);
+  options.sampling.min_p = static_cast<float>(min_p);
   options.keep_logits = flags.Has("dump-logits");
   options.max_context_tokens = config.engine.max_context_tokens;
   if (threads < 0 || threads > 1024) {

@@ -42,6 +42,12 @@ absl::StatusOr<GenerateResult> Generate(ForwardEngine& engine, const std::vector
     return absl::InvalidArgumentError(
         absl::StrCat("top_p must be in (0, 1], got ", options.sampling.top_p));
   }
+  if (options.sampling.top_k < 0 ||
+      !(options.sampling.min_p >= 0.0f && options.sampling.min_p <= 1.0f)) {
+    return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0 and min_p in [0, 1], got ",
+                                                   options.sampling.top_k, " and ",
+                                                   options.sampling.min_p));
+  }
   if (!std::isfinite(options.sampling.temperature) || options.sampling.temperature < 0.0f) {
     return absl::InvalidArgumentError(
         absl::StrCat("temperature must be >= 0, got ", options.sampling.temperature));
@@ -83,8 +89,9 @@ absl::StatusOr<GenerateResult> Generate(ForwardEngine& engine, const std::vector
   }
 
   for (int64_t g = 0; g < options.max_new_tokens; ++g) {
-    const int32_t next = cpu::SampleTopP(last.data(), vocab, options.sampling.temperature,
-                                         options.sampling.top_p, rng, scratch);
+    const int32_t next =
+        cpu::SampleTopP(last.data(), vocab, options.sampling.temperature, options.sampling.top_p,
+                        rng, scratch, options.sampling.top_k, options.sampling.min_p);
     result.tokens.push_back(next);
     const bool last_step = g + 1 == options.max_new_tokens;
     if (last_step && !options.keep_logits) break;

@@ -14,6 +14,10 @@ struct SamplingOptions {
   float temperature = 0.0f;
   // Nucleus sampling mass in (0, 1]; 1 keeps every token.
   float top_p = 1.0f;
+  // Before top_p, as the server's (cpu::SampleTopP): the top_k most likely
+  // tokens (0: all), and none less likely than min_p times the most likely.
+  int32_t top_k = 0;
+  float min_p = 0.0f;
   // Seeds the sampler; the same seed and inputs give the same tokens.
   uint64_t seed = 0;
 };

@@ -74,6 +74,24 @@ TEST(HerdCliTest, SamplingIsSeeded) {
   EXPECT_NE(a.out, c.out);
 }
 
+// --top-k 1 or --min-p 1 leave only the most likely token: the greedy output
+// at any temperature; a negative --top-k is refused.
+TEST(HerdCliTest, TopKAndMinPNarrowSampling) {
+  const std::string base = "generate --model " + TestDataPath("llamacpp-tiny/tiny-q8_0.gguf") +
+                           " --prompt-ids 1,2,3 --max-new-tokens 12";
+  const RunResult greedy = RunHerd(base);
+  ASSERT_EQ(greedy.exit_code, 0) << greedy.err;
+  for (const char* narrow : {" --top-k 1", " --min-p 1"}) {
+    const RunResult r = RunHerd(base + " --temperature 1.5 --seed 7" + narrow);
+    ASSERT_EQ(r.exit_code, 0) << r.err;
+    EXPECT_EQ(r.out, greedy.out) << narrow;
+  }
+  EXPECT_NE(RunHerd(base + " --temperature 1.5 --seed 7 --top-k 40").out, greedy.out);
+  const RunResult bad = RunHerd(base + " --top-k -1");
+  EXPECT_NE(bad.exit_code, 0);
+  EXPECT_NE(bad.err.find("--top-k must be >= 0"), std::string::npos) << bad.err;
+}
+
 TEST(HerdCliTest, InspectDescribesTheModel) {
   const RunResult text = RunHerd("inspect --model " + TestDataPath("llamacpp-tiny/tiny-q4_0.gguf"));
   ASSERT_EQ(text.exit_code, 0) << text.err;
