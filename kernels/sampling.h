@@ -3,6 +3,7 @@
 
 #include <cstdint>
 #include <random>
+#include <span>
 #include <vector>
 
 namespace herd::cpu {
@@ -31,6 +32,17 @@ int32_t SampleTopP(const float* logits, int64_t n, float temperature, float top_
 int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature, float top_p,
                               double u01, std::vector<std::pair<float, int32_t>>& scratch,
                               int32_t top_k = 0, float min_p = 0.0f);
+
+// The penalties of OpenAI and vLLM on one row of logits, in place, in vLLM's
+// order: repetition_penalty r (> 0; 1: none) on every token of `prompt` or
+// `output` (a positive logit divided by r, another multiplied by it, as
+// Hugging Face's), then for each token of `output` (the generated ones),
+// frequency_penalty times its count plus presence_penalty subtracted. Ids
+// must be in [0, n). `scratch` is reused across calls.
+void ApplyPenalties(float* logits, int64_t n, std::span<const int32_t> prompt,
+                    std::span<const int32_t> output, float presence_penalty,
+                    float frequency_penalty, float repetition_penalty,
+                    std::vector<int32_t>& scratch);
 
 // The raw distribution's log probabilities (log softmax of the logits: no
 // temperature, no top-p; sums in double): returns token `chosen`'s, and

@@ -18,9 +18,11 @@ namespace {
 //           U64 stage_version | string stage_placement
 //   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
 //           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
-//           F32 top_p | I32 top_k | F32 min_p | U64 seed | I32 top_logprobs |
-//           I64 sample_idx |
-//           U8 prompt_logprobs | I32 next_token_id
+//           F32 top_p | I32 top_k | F32 min_p | F32 presence_penalty |
+//           F32 frequency_penalty | F32 repetition_penalty | U64 seed |
+//           I32 top_logprobs | I64 sample_idx |
+//           U8 prompt_logprobs | I32 next_token_id |
+//           U32 p | I32 penalized_prompt[p] | U32 o | I32 penalized_output[o]
 //   result: U32 magic "HRSR" | U32 version | U64 step_idx | I32 rank |
 //           string error | U32 n | sampled[n] |
 //           I64 num_tokens | U32 l | I64 layer_expert_rows[l] |
@@ -38,11 +40,12 @@ namespace {
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 5;
+constexpr uint32_t kVersion = 6;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
-constexpr size_t kMinChunkBytes = 8 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4 + 8 + 4 + 8 + 1 + 4;
+constexpr size_t kMinChunkBytes =
+    8 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 4 + 8 + 1 + 4 + 4 + 4;
 constexpr size_t kSampledTokenBytes = 8 + 4 + 1;
 constexpr size_t kTokenLogprobBytes = 4 + 4;
 constexpr size_t kLogprobsBytes = 4 + 4;
@@ -233,11 +236,16 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.F32(c.sampling.top_p);
     w.I32(c.sampling.top_k);
     w.F32(c.sampling.min_p);
+    w.F32(c.sampling.presence_penalty);
+    w.F32(c.sampling.frequency_penalty);
+    w.F32(c.sampling.repetition_penalty);
     w.U64(c.sampling.seed);
     w.I32(c.sampling.top_logprobs);
     w.I64(c.sample_idx);
     w.Bool(c.prompt_logprobs);
     w.I32(c.next_token_id);
+    w.I32s(c.penalized_prompt);
+    w.I32s(c.penalized_output);
   }
   w.U64(plan.placement_version);
   w.U64(plan.stage_version);
@@ -262,11 +270,16 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.sampling.top_p = r.F32();
     c.sampling.top_k = r.I32();
     c.sampling.min_p = r.F32();
+    c.sampling.presence_penalty = r.F32();
+    c.sampling.frequency_penalty = r.F32();
+    c.sampling.repetition_penalty = r.F32();
     c.sampling.seed = r.U64();
     c.sampling.top_logprobs = r.I32();
     c.sample_idx = r.I64();
     c.prompt_logprobs = r.Bool();
     c.next_token_id = r.I32();
+    c.penalized_prompt = r.I32s();
+    c.penalized_output = r.I32s();
   }
   plan.placement_version = r.U64();
   plan.stage_version = r.U64();

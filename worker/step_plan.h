@@ -39,6 +39,15 @@ struct SamplingParams {
   // top_p (cpu::SampleTopP).
   int32_t top_k = 0;
   float min_p = 0.0f;
+  // OpenAI's presence and frequency penalties ([-2, 2]) and vLLM's
+  // repetition penalty (> 0; 1: none), cpu::ApplyPenalties before sampling
+  // (greedy too) over the chunk's penalized_prompt and penalized_output.
+  float presence_penalty = 0.0f;
+  float frequency_penalty = 0.0f;
+  float repetition_penalty = 1.0f;
+  bool has_penalties() const {
+    return presence_penalty != 0.0f || frequency_penalty != 0.0f || repetition_penalty != 1.0f;
+  }
   // With sample_idx, selects the random stream: the same seed gives the same
   // tokens whichever rank runs the sequence and however often it is preempted.
   uint64_t seed = 0;
@@ -77,6 +86,10 @@ struct PlannedChunk {
   // position predicts the sampled token, whose log probabilities come with it.
   bool prompt_logprobs = false;
   int32_t next_token_id = -1;
+  // A sampling chunk of a sequence with penalties: its generated tokens so
+  // far, and its prompt when the repetition penalty needs it.
+  std::vector<int32_t> penalized_prompt;
+  std::vector<int32_t> penalized_output;
 };
 
 struct RankStepPlan {

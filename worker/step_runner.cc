@@ -59,6 +59,22 @@ absl::Status ValidateChunk(const PlannedChunk& c, int64_t vocab_size) {
     return absl::InvalidArgumentError(
         absl::StrCat("min_p must be in [0, 1], got ", c.sampling.min_p));
   }
+  if (!(std::fabs(c.sampling.presence_penalty) <= 2.0f &&
+        std::fabs(c.sampling.frequency_penalty) <= 2.0f && c.sampling.repetition_penalty > 0.0f &&
+        std::isfinite(c.sampling.repetition_penalty))) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "penalties: presence and frequency must be in [-2, 2] and repetition > 0, got ",
+        c.sampling.presence_penalty, ", ", c.sampling.frequency_penalty, ", ",
+        c.sampling.repetition_penalty));
+  }
+  for (const std::vector<int32_t>* ids : {&c.penalized_prompt, &c.penalized_output}) {
+    for (const int32_t id : *ids) {
+      if (id < 0 || id >= vocab_size) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("penalized token ", id, " is outside the vocabulary"));
+      }
+    }
+  }
   if (c.sampling.top_logprobs < -1 || c.sampling.top_logprobs > kMaxTopLogprobs) {
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ", kMaxTopLogprobs,
                                                    "], got ", c.sampling.top_logprobs));
@@ -234,13 +250,25 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
   for (size_t k = 0; k < to_sample.size(); ++k) {
     const PlannedChunk& c = *to_sample[k];
     const float* logits = logits_.data() + k * s.vocab_size;
+    // Penalties change what is sampled, not the reported (raw) log
+    // probabilities.
+    const float* choose_from = logits;
+    if (c.sampling.has_penalties()) {
+      penalized_logits_.assign(logits, logits + s.vocab_size);
+      cpu::ApplyPenalties(penalized_logits_.data(), s.vocab_size, c.penalized_prompt,
+                          c.penalized_output, c.sampling.presence_penalty,
+                          c.sampling.frequency_penalty, c.sampling.repetition_penalty,
+                          penalty_scratch_);
+      choose_from = penalized_logits_.data();
+    }
     int32_t token_id;
     if (c.sampling.temperature <= 0.0f) {
-      token_id = cpu::ArgMax(logits, s.vocab_size);
+      token_id = cpu::ArgMax(choose_from, s.vocab_size);
     } else {
       std::mt19937_64 rng(TokenSeed(c.sampling.seed, c.sample_idx));
-      token_id = cpu::SampleTopP(logits, s.vocab_size, c.sampling.temperature, c.sampling.top_p,
-                                 rng, sampling_scratch_, c.sampling.top_k, c.sampling.min_p);
+      token_id =
+          cpu::SampleTopP(choose_from, s.vocab_size, c.sampling.temperature, c.sampling.top_p, rng,
+                          sampling_scratch_, c.sampling.top_k, c.sampling.min_p);
     }
     SampledToken& sampled = result.sampled.emplace_back();
     sampled.sequence_id = c.sequence_id;

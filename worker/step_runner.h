@@ -63,8 +63,9 @@ class StepRunner {
   // the rank cannot run (an empty chunk, ids outside the vocabulary, block
   // ids outside the cache, a block table too short for the chunk, two tokens
   // writing one cache position, temperature < 0 or not finite, top_p
-  // outside (0, 1], top_k < 0, min_p outside [0, 1], sample_idx < 0,
-  // top_logprobs outside [-1, kMaxTopLogprobs]) gives a result whose `error` says why, with nothing
+  // outside (0, 1], top_k < 0, min_p outside [0, 1], penalties out of range
+  // or penalizing ids outside the vocabulary, sample_idx < 0, top_logprobs
+  // outside [-1, kMaxTopLogprobs]) gives a result whose `error` says why, with nothing
   // written to the cache and nothing sampled; the rank still takes part in
   // the step's collectives (an empty batch) so its peers do not hang.
   //
@@ -120,6 +121,8 @@ class StepRunner {
   // Scratch reused across steps.
   std::vector<float> logits_;  // F32 [samples, vocab]
   std::vector<std::pair<float, int32_t>> sampling_scratch_;
+  std::vector<float> penalized_logits_;  // F32 [vocab]: a row with penalties
+  std::vector<int32_t> penalty_scratch_;
 };
 
 // The loop of a rank other than the coordinator's: receives a plan from rank

@@ -162,10 +162,6 @@ absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
   HERD_RETURN_IF_ERROR(
       RequireNeutral(root, "n", {1}, "one choice per request (send several requests instead)"));
   HERD_RETURN_IF_ERROR(
-      RequireNeutral(root, "presence_penalty", {0}, "Herd does not apply penalties"));
-  HERD_RETURN_IF_ERROR(
-      RequireNeutral(root, "frequency_penalty", {0}, "Herd does not apply penalties"));
-  HERD_RETURN_IF_ERROR(
       RequireNeutral(root, "logit_bias", {Json::object()}, "Herd does not bias logits"));
   if (endpoint == ApiEndpoint::kCompletions) {
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "best_of", {1}, "one candidate per request"));
@@ -343,6 +339,24 @@ absl::Status ParseSampling(const Json& root, ApiRequest* request) {
     return Invalid("min_p", absl::StrCat("'min_p' = ", min_p, " is outside [0, 1]"));
   }
   sampling.min_p = static_cast<float>(min_p);
+  // OpenAI's penalties, and vLLM's repetition_penalty.
+  for (const auto& [key, out] :
+       {std::pair<const char*, float*>{"presence_penalty", &sampling.presence_penalty},
+        {"frequency_penalty", &sampling.frequency_penalty}}) {
+    double value = 0.0;
+    HERD_RETURN_IF_ERROR(ReadNumber(root, key, &value));
+    if (!(value >= -2 && value <= 2)) {
+      return Invalid(key, absl::StrCat("'", key, "' = ", value, " is outside [-2, 2]"));
+    }
+    *out = static_cast<float>(value);
+  }
+  double repetition = 1.0;
+  HERD_RETURN_IF_ERROR(ReadNumber(root, "repetition_penalty", &repetition));
+  if (!(repetition > 0 && repetition <= 1e6)) {
+    return Invalid("repetition_penalty",
+                   absl::StrCat("'repetition_penalty' = ", repetition, " must be > 0"));
+  }
+  sampling.repetition_penalty = static_cast<float>(repetition);
   if (const Json* seed = Find(root, "seed"); seed != nullptr) {
     if (!seed->is_number_integer()) {
       return Invalid("seed", absl::StrCat("'seed' must be an integer, got ", Quote(*seed)));

@@ -79,14 +79,15 @@ struct ApiRequest {
 // Fields: prompt (token ids, a string when the model has a tokenizer, or a
 // list holding one of those), max_tokens (default 16), temperature ([0, 2],
 // default 1; 0 is greedy), top_p ((0, 1]), top_k (>= -1; -1 and 0: off) and
-// min_p ([0, 1]) as vLLM's, seed, stop (a string, or a list
+// min_p ([0, 1]) as vLLM's, presence_penalty and frequency_penalty ([-2, 2]),
+// repetition_penalty (> 0, vLLM's), seed, stop (a string, or a list
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
 // returned beside each sampled one), echo (with logprobs: the prompt's log
 // probabilities too), model (when given, the served model's name). n and
-// best_of must be 1; top_logprobs, suffix, logit_bias and the penalties must
-// be left at their defaults. null means "default"; unknown
-// fields are ignored, as OpenAI does.
+// best_of must be 1; top_logprobs, suffix and logit_bias must be left at
+// their defaults. null means "default"; unknown fields are ignored, as OpenAI
+// does.
 //
 // Errors: InvalidArgument naming the field (ParamOf gives it) for malformed
 // JSON, a wrong type, a value out of range, an id outside the vocabulary, an

@@ -268,6 +268,11 @@ class Executor::Impl {
       return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ",
                                                      kMaxTopLogprobs, "], got ", s.top_logprobs));
     }
+    if (!(std::fabs(s.presence_penalty) <= 2 && std::fabs(s.frequency_penalty) <= 2 &&
+          s.repetition_penalty > 0 && std::isfinite(s.repetition_penalty))) {
+      return absl::InvalidArgumentError(
+          "presence and frequency penalties must be in [-2, 2] and the repetition penalty > 0");
+    }
     if (s.top_k < 0) {
       return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", s.top_k));
     }
@@ -377,6 +382,12 @@ class Executor::Impl {
     chunk.sample = seq.num_computed + num_tokens == seq.num_tokens();
     chunk.sampling = seq.request.sampling;
     chunk.sample_idx = static_cast<int64_t>(seq.generated.size());
+    if (chunk.sample && chunk.sampling.has_penalties()) {
+      chunk.penalized_output = seq.generated;
+      if (chunk.sampling.repetition_penalty != 1.0f) {
+        chunk.penalized_prompt = seq.request.prompt_ids;
+      }
+    }
     // Prompt log probabilities until every prompt position has scored its
     // next token (a preempted sequence's recompute asks for none).
     const int64_t prompt = static_cast<int64_t>(seq.request.prompt_ids.size());

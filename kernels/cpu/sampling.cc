@@ -83,6 +83,32 @@ int32_t SampleTopPWithUniform(const float* logits, int64_t n, float temperature,
   return scratch[keep - 1].second;
 }
 
+void ApplyPenalties(float* logits, int64_t n, std::span<const int32_t> prompt,
+                    std::span<const int32_t> output, float presence_penalty,
+                    float frequency_penalty, float repetition_penalty,
+                    std::vector<int32_t>& scratch) {
+  (void)n;  // ids are in range by contract
+  if (repetition_penalty != 1.0f) {
+    scratch.assign(prompt.begin(), prompt.end());
+    scratch.insert(scratch.end(), output.begin(), output.end());
+    std::sort(scratch.begin(), scratch.end());
+    scratch.erase(std::unique(scratch.begin(), scratch.end()), scratch.end());
+    for (const int32_t id : scratch) {
+      logits[id] =
+          logits[id] > 0.0f ? logits[id] / repetition_penalty : logits[id] * repetition_penalty;
+    }
+  }
+  if (presence_penalty == 0.0f && frequency_penalty == 0.0f) return;
+  scratch.assign(output.begin(), output.end());
+  std::sort(scratch.begin(), scratch.end());
+  for (size_t i = 0; i < scratch.size();) {
+    size_t end = i;
+    while (end < scratch.size() && scratch[end] == scratch[i]) ++end;
+    logits[scratch[i]] -= frequency_penalty * static_cast<float>(end - i) + presence_penalty;
+    i = end;
+  }
+}
+
 float LogProbabilities(const float* logits, int64_t n, int32_t chosen, int k,
                        std::vector<std::pair<float, int32_t>>& top) {
   const float max = logits[ArgMax(logits, n)];

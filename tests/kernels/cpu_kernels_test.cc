@@ -1012,6 +1012,25 @@ TEST(SamplingTest, ArgMaxIsTheFirstLargestOverSizesAndTies) {
   EXPECT_EQ(ArgMax(flat.data(), 130), 0);
 }
 
+// Penalties in vLLM's order: repetition on every prompt or output token
+// (dividing positive logits, multiplying negative ones), then frequency per
+// occurrence and presence once per generated token.
+TEST(SamplingTest, PenaltiesFollowVllm) {
+  std::vector<float> logits = {2.0f, -1.0f, 0.5f, 4.0f, 1.0f};
+  const std::vector<int32_t> prompt = {0, 1};
+  const std::vector<int32_t> output = {3, 2, 3};
+  std::vector<int32_t> scratch;
+  ApplyPenalties(logits.data(), 5, prompt, output, 0.25f, 0.5f, 2.0f, scratch);
+  EXPECT_FLOAT_EQ(logits[0], 1.0f);                     // prompt: 2 / 2
+  EXPECT_FLOAT_EQ(logits[1], -2.0f);                    // prompt: -1 * 2
+  EXPECT_FLOAT_EQ(logits[2], 0.25f - 0.5f - 0.25f);     // once: 0.5 / 2 - 0.5 - 0.25
+  EXPECT_FLOAT_EQ(logits[3], 2.0f - 2 * 0.5f - 0.25f);  // twice: 4 / 2 - 1 - 0.25
+  EXPECT_FLOAT_EQ(logits[4], 1.0f);                     // untouched
+  std::vector<float> none = {2.0f, -1.0f};
+  ApplyPenalties(none.data(), 2, prompt, {}, 0.0f, 0.0f, 1.0f, scratch);
+  EXPECT_EQ(none, (std::vector<float>{2.0f, -1.0f}));
+}
+
 // top_k and min_p cut the sorted distribution before top_p: with top_k 1 or
 // min_p 1 only the most likely token is drawn; with top_k 2 the draw covers
 // the top two in proportion; min_p drops exactly the tokens below the floor;

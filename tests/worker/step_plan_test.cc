@@ -36,6 +36,11 @@ RankStepPlan FullPlan() {
   decode.sampling.top_logprobs = 5;
   decode.sampling.top_k = 40;
   decode.sampling.min_p = 0.05f;
+  decode.sampling.presence_penalty = 0.5f;
+  decode.sampling.frequency_penalty = -1.0f;
+  decode.sampling.repetition_penalty = 1.2f;
+  decode.penalized_prompt = {1, 2};
+  decode.penalized_output = {3};
   decode.prompt_logprobs = true;
   decode.next_token_id = 77;
   decode.sample_idx = 99;
@@ -93,6 +98,11 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     EXPECT_EQ(x.sampling.top_logprobs, y.sampling.top_logprobs);
     EXPECT_EQ(x.sampling.top_k, y.sampling.top_k);
     EXPECT_EQ(x.sampling.min_p, y.sampling.min_p);
+    EXPECT_EQ(x.sampling.presence_penalty, y.sampling.presence_penalty);
+    EXPECT_EQ(x.sampling.frequency_penalty, y.sampling.frequency_penalty);
+    EXPECT_EQ(x.sampling.repetition_penalty, y.sampling.repetition_penalty);
+    EXPECT_EQ(x.penalized_prompt, y.penalized_prompt);
+    EXPECT_EQ(x.penalized_output, y.penalized_output);
     EXPECT_EQ(x.prompt_logprobs, y.prompt_logprobs);
     EXPECT_EQ(x.next_token_id, y.next_token_id);
     EXPECT_EQ(x.sample_idx, y.sample_idx);

@@ -298,6 +298,54 @@ TEST_F(StepRunnerTest, ChunksScoreTheirPromptsNextTokens) {
   }
 }
 
+// Penalties change the greedy choice as cpu::ApplyPenalties changes the
+// engine's logits (the most likely token, penalized as if generated three
+// times, loses), while the reported log probability stays the raw one.
+TEST_F(StepRunnerTest, PenaltiesSteerSamplingButNotTheReportedLogprobs) {
+  const int64_t n = static_cast<int64_t>(prompt_.size());
+  auto cache = engine_->CreateKvCache(4, kBlockTokens);
+  ASSERT_TRUE(cache.ok()) << cache.status();
+  const std::vector<int32_t> table = {0, 1, 2, 3};
+  Batch batch;
+  batch.cache = cache->get();
+  batch.token_ids = prompt_;
+  batch.chunks = {{table, 0, n}};
+  batch.logit_rows = {n - 1};
+  const int64_t vocab = model_->spec.vocab_size;
+  std::vector<float> logits(vocab);
+  ASSERT_TRUE(engine_->Forward(batch, logits.data()).ok());
+  const int32_t best = cpu::ArgMax(logits.data(), vocab);
+  const std::vector<int32_t> output = {best, best, best};
+  std::vector<float> penalized = logits;
+  std::vector<int32_t> scratch;
+  cpu::ApplyPenalties(penalized.data(), vocab, prompt_, output, 0.5f, 1.0f, 1.3f, scratch);
+  const int32_t want = cpu::ArgMax(penalized.data(), vocab);
+  ASSERT_NE(want, best);
+
+  auto runner = NewRunner();
+  SamplingParams sampling;
+  sampling.presence_penalty = 0.5f;
+  sampling.frequency_penalty = 1.0f;
+  sampling.repetition_penalty = 1.3f;
+  sampling.top_logprobs = 0;
+  RankStepPlan plan;
+  plan.chunks = {NextChunk(NewSequence(1, prompt_, Blocks(0, 1, 4), sampling), 64)};
+  plan.chunks[0].penalized_prompt = prompt_;
+  plan.chunks[0].penalized_output = output;
+  auto result = runner->Run(plan);
+  ASSERT_TRUE(result.ok()) << result.status();
+  ASSERT_EQ(result->error, "");
+  EXPECT_EQ(result->sampled[0].token_id, want);
+  std::vector<std::pair<float, int32_t>> top;
+  EXPECT_NEAR(result->sampled[0].logprobs->logprob,
+              cpu::LogProbabilities(logits.data(), vocab, want, 0, top), 1e-6);
+
+  plan.chunks[0].penalized_output = {static_cast<int32_t>(vocab)};
+  auto refused = runner->Run(plan);
+  ASSERT_TRUE(refused.ok());
+  EXPECT_NE(refused->error.find("outside the vocabulary"), std::string::npos) << refused->error;
+}
+
 TEST_F(StepRunnerTest, SampledTokensDependOnlyOnSeedAndIndex) {
   SamplingParams sampling;
   sampling.temperature = 0.8f;

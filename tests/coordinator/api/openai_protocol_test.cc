@@ -264,8 +264,6 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
       {R"("n": "1")", "n"},
       {R"("best_of": 3)", "best_of"},
       {R"("suffix": "end")", "suffix"},
-      {R"("presence_penalty": 0.5)", "presence_penalty"},
-      {R"("frequency_penalty": -1)", "frequency_penalty"},
       {R"("logit_bias": {"50256": -100})", "logit_bias"},
       {R"("top_logprobs": 2)", "top_logprobs"},
   };
@@ -302,6 +300,25 @@ TEST(CompletionRequestTest, LogprobsAskForTheTopTokens) {
   ExpectInvalid(R"({"prompt": [1], "logprobs": -1})", IdModel(), "logprobs", "must be >= 0");
   ExpectInvalid(R"({"prompt": [1], "logprobs": true})", IdModel(), "logprobs",
                 "must be an integer");
+}
+
+// OpenAI's presence and frequency penalties ([-2, 2]), vLLM's repetition
+// penalty (> 0).
+TEST(CompletionRequestTest, Penalties) {
+  auto request = ParseCompletionRequest(
+      R"({"prompt": [1], "presence_penalty": 0.5, "frequency_penalty": -1,
+          "repetition_penalty": 1.1})",
+      IdModel());
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_FLOAT_EQ(request->generation.sampling.presence_penalty, 0.5f);
+  EXPECT_FLOAT_EQ(request->generation.sampling.frequency_penalty, -1.0f);
+  EXPECT_FLOAT_EQ(request->generation.sampling.repetition_penalty, 1.1f);
+  ExpectInvalid(R"({"prompt": [1], "presence_penalty": 2.5})", IdModel(), "presence_penalty",
+                "outside [-2, 2]");
+  ExpectInvalid(R"({"prompt": [1], "frequency_penalty": -3})", IdModel(), "frequency_penalty",
+                "outside [-2, 2]");
+  ExpectInvalid(R"({"prompt": [1], "repetition_penalty": 0})", IdModel(), "repetition_penalty",
+                "must be > 0");
 }
 
 // vLLM's top_k (-1 or 0: off) and min_p.

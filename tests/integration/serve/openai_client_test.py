@@ -261,6 +261,15 @@ def test(args):
             h.check(narrowed.choices[0].text == choice.text,
                     f"{extra} at temperature 1 gave {narrowed.choices[0].text!r}, greedy "
                     f"{choice.text!r}")
+        # A frequency penalty of 2 (past any logit gap of this random model)
+        # forbids repeats, which the greedy output has.
+        greedy_ids = done.choices[0].model_extra["token_ids"]
+        penalized = client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=12,
+                                              temperature=0, frequency_penalty=2.0)
+        penalized_ids = penalized.choices[0].model_extra["token_ids"]
+        h.check(len(set(greedy_ids)) < len(greedy_ids) and
+                len(set(penalized_ids)) == len(penalized_ids),
+                f"greedy {greedy_ids}, with frequency_penalty 2: {penalized_ids}")
         wide = client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=12,
                                          temperature=1.0, seed=5, extra_body={"top_k": 50})
         h.check(wide.choices[0].text != choice.text,
