@@ -19,7 +19,8 @@ namespace {
 //   chunk:  U64 sequence_id | I64 start_pos | U32 n | I32 token_ids[n] |
 //           U32 m | I32 block_table[m] | U8 sample | F32 temperature |
 //           F32 top_p | I32 top_k | F32 min_p | F32 presence_penalty |
-//           F32 frequency_penalty | F32 repetition_penalty | U64 seed |
+//           F32 frequency_penalty | F32 repetition_penalty |
+//           U32 b | (I32 token_id, F32 bias)[b] | U64 seed |
 //           I32 top_logprobs | I64 sample_idx |
 //           U8 prompt_logprobs | I32 next_token_id |
 //           U32 p | I32 penalized_prompt[p] | U32 o | I32 penalized_output[o]
@@ -40,12 +41,13 @@ namespace {
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 6;
+constexpr uint32_t kVersion = 7;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
 constexpr size_t kMinChunkBytes =
-    8 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 4 + 8 + 1 + 4 + 4 + 4;
+    8 + 8 + 4 + 4 + 1 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 4 + 8 + 4 + 8 + 1 + 4 + 4 + 4;
+constexpr size_t kTokenBiasBytes = 4 + 4;
 constexpr size_t kSampledTokenBytes = 8 + 4 + 1;
 constexpr size_t kTokenLogprobBytes = 4 + 4;
 constexpr size_t kLogprobsBytes = 4 + 4;
@@ -239,6 +241,11 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.F32(c.sampling.presence_penalty);
     w.F32(c.sampling.frequency_penalty);
     w.F32(c.sampling.repetition_penalty);
+    w.Count(c.sampling.logit_bias.size());
+    for (const TokenBias& b : c.sampling.logit_bias) {
+      w.I32(b.token_id);
+      w.F32(b.bias);
+    }
     w.U64(c.sampling.seed);
     w.I32(c.sampling.top_logprobs);
     w.I64(c.sample_idx);
@@ -273,6 +280,11 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.sampling.presence_penalty = r.F32();
     c.sampling.frequency_penalty = r.F32();
     c.sampling.repetition_penalty = r.F32();
+    c.sampling.logit_bias.resize(r.Count(kTokenBiasBytes));
+    for (TokenBias& b : c.sampling.logit_bias) {
+      b.token_id = r.I32();
+      b.bias = r.F32();
+    }
     c.sampling.seed = r.U64();
     c.sampling.top_logprobs = r.I32();
     c.sample_idx = r.I64();

@@ -29,6 +29,12 @@ inline constexpr int kStepResultTag = 102;
 // max_logprobs).
 inline constexpr int32_t kMaxTopLogprobs = 20;
 
+// A value added to one token's logit before sampling (OpenAI's logit_bias).
+struct TokenBias {
+  int32_t token_id = 0;
+  float bias = 0.0f;  // [-100, 100]
+};
+
 struct SamplingParams {
   // <= 0: greedy (argmax). Otherwise softmax(logits / temperature).
   float temperature = 0.0f;
@@ -45,6 +51,8 @@ struct SamplingParams {
   float presence_penalty = 0.0f;
   float frequency_penalty = 0.0f;
   float repetition_penalty = 1.0f;
+  // Added to the logits before the penalties, as vLLM orders them.
+  std::vector<TokenBias> logit_bias;
   bool has_penalties() const {
     return presence_penalty != 0.0f || frequency_penalty != 0.0f || repetition_penalty != 1.0f;
   }

@@ -67,6 +67,14 @@ absl::Status ValidateChunk(const PlannedChunk& c, int64_t vocab_size) {
         c.sampling.presence_penalty, ", ", c.sampling.frequency_penalty, ", ",
         c.sampling.repetition_penalty));
   }
+  for (const TokenBias& b : c.sampling.logit_bias) {
+    if (b.token_id < 0 || b.token_id >= vocab_size || !(std::fabs(b.bias) <= 100.0f)) {
+      return absl::InvalidArgumentError(absl::StrCat("logit bias ", b.bias, " of token ",
+                                                     b.token_id,
+                                                     " (ids in the vocabulary, "
+                                                     "biases in [-100, 100])"));
+    }
+  }
   for (const std::vector<int32_t>* ids : {&c.penalized_prompt, &c.penalized_output}) {
     for (const int32_t id : *ids) {
       if (id < 0 || id >= vocab_size) {
@@ -250,11 +258,12 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
   for (size_t k = 0; k < to_sample.size(); ++k) {
     const PlannedChunk& c = *to_sample[k];
     const float* logits = logits_.data() + k * s.vocab_size;
-    // Penalties change what is sampled, not the reported (raw) log
-    // probabilities.
+    // Biases and penalties change what is sampled, not the reported (raw)
+    // log probabilities.
     const float* choose_from = logits;
-    if (c.sampling.has_penalties()) {
+    if (!c.sampling.logit_bias.empty() || c.sampling.has_penalties()) {
       penalized_logits_.assign(logits, logits + s.vocab_size);
+      for (const TokenBias& b : c.sampling.logit_bias) penalized_logits_[b.token_id] += b.bias;
       cpu::ApplyPenalties(penalized_logits_.data(), s.vocab_size, c.penalized_prompt,
                           c.penalized_output, c.sampling.presence_penalty,
                           c.sampling.frequency_penalty, c.sampling.repetition_penalty,

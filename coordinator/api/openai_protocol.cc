@@ -1,12 +1,14 @@
 #include "coordinator/api/openai_protocol.h"
 
 #include <algorithm>
+#include <cmath>
 #include <initializer_list>
 #include <limits>
 #include <utility>
 
 #include "absl/strings/cord.h"
 #include "absl/strings/match.h"
+#include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
 #include "core/status.h"
@@ -161,8 +163,6 @@ absl::Status RequireNeutral(const Json& root, const char* key, std::initializer_
 absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
   HERD_RETURN_IF_ERROR(
       RequireNeutral(root, "n", {1}, "one choice per request (send several requests instead)"));
-  HERD_RETURN_IF_ERROR(
-      RequireNeutral(root, "logit_bias", {Json::object()}, "Herd does not bias logits"));
   if (endpoint == ApiEndpoint::kCompletions) {
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "best_of", {1}, "one candidate per request"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "suffix", {""}, "no insertion (suffix)"));
@@ -312,7 +312,7 @@ absl::Status ParseStop(const Json& root, const ApiModel& model, ApiRequest* requ
   return absl::OkStatus();
 }
 
-absl::Status ParseSampling(const Json& root, ApiRequest* request) {
+absl::Status ParseSampling(const Json& root, int64_t vocab_size, ApiRequest* request) {
   SamplingParams& sampling = request->generation.sampling;
   double temperature = kDefaultTemperature;
   HERD_RETURN_IF_ERROR(ReadNumber(root, "temperature", &temperature));
@@ -357,6 +357,26 @@ absl::Status ParseSampling(const Json& root, ApiRequest* request) {
                    absl::StrCat("'repetition_penalty' = ", repetition, " must be > 0"));
   }
   sampling.repetition_penalty = static_cast<float>(repetition);
+  // logit_bias: {"token id": bias in [-100, 100]}.
+  if (const Json* bias = Find(root, "logit_bias"); bias != nullptr) {
+    if (!bias->is_object()) {
+      return Invalid("logit_bias", absl::StrCat("'logit_bias' must be an object of token ids to "
+                                                "biases, got ",
+                                                Quote(*bias)));
+    }
+    for (const auto& [key, value] : bias->items()) {
+      int32_t id = -1;
+      if (!absl::SimpleAtoi(key, &id) || id < 0 || id >= vocab_size) {
+        return Invalid("logit_bias", absl::StrCat("'logit_bias' key ", Quote(Json(key)),
+                                                  " is not a token id in [0, ", vocab_size, ")"));
+      }
+      if (!value.is_number() || !(std::fabs(value.get<double>()) <= 100)) {
+        return Invalid("logit_bias", absl::StrCat("'logit_bias'[", key, "] = ", Quote(value),
+                                                  " is not a number in [-100, 100]"));
+      }
+      sampling.logit_bias.push_back({id, static_cast<float>(value.get<double>())});
+    }
+  }
   if (const Json* seed = Find(root, "seed"); seed != nullptr) {
     if (!seed->is_number_integer()) {
       return Invalid("seed", absl::StrCat("'seed' must be an integer, got ", Quote(*seed)));
@@ -445,7 +465,7 @@ absl::Status CheckContext(const ApiModel& model, ApiEndpoint endpoint, int64_t p
 absl::Status ParseCommon(const Json& root, const ApiModel& model, ApiRequest* request) {
   HERD_RETURN_IF_ERROR(CheckModel(root, model));
   HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
-  HERD_RETURN_IF_ERROR(ParseSampling(root, request));
+  HERD_RETURN_IF_ERROR(ParseSampling(root, model.vocab_size, request));
   HERD_RETURN_IF_ERROR(ParseLogprobs(root, request));
   HERD_RETURN_IF_ERROR(ParseStop(root, model, request));
   return ParseStreaming(root, request);

@@ -80,13 +80,14 @@ struct ApiRequest {
 // list holding one of those), max_tokens (default 16), temperature ([0, 2],
 // default 1; 0 is greedy), top_p ((0, 1]), top_k (>= -1; -1 and 0: off) and
 // min_p ([0, 1]) as vLLM's, presence_penalty and frequency_penalty ([-2, 2]),
-// repetition_penalty (> 0, vLLM's), seed, stop (a string, or a list
+// repetition_penalty (> 0, vLLM's), logit_bias ({"id": [-100, 100]}), seed,
+// stop (a string, or a list
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
 // returned beside each sampled one), echo (with logprobs: the prompt's log
 // probabilities too), model (when given, the served model's name). n and
-// best_of must be 1; top_logprobs, suffix and logit_bias must be left at
-// their defaults. null means "default"; unknown fields are ignored, as OpenAI
+// best_of must be 1; top_logprobs and suffix must be left at their
+// defaults. null means "default"; unknown fields are ignored, as OpenAI
 // does.
 //
 // Errors: InvalidArgument naming the field (ParamOf gives it) for malformed

@@ -273,6 +273,13 @@ class Executor::Impl {
       return absl::InvalidArgumentError(
           "presence and frequency penalties must be in [-2, 2] and the repetition penalty > 0");
     }
+    for (const TokenBias& b : s.logit_bias) {
+      if (b.token_id < 0 || b.token_id >= options_.vocab_size || !(std::fabs(b.bias) <= 100)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("logit bias ", b.bias, " of token ", b.token_id,
+                         ": ids must be in the vocabulary, biases in [-100, 100]"));
+      }
+    }
     if (s.top_k < 0) {
       return absl::InvalidArgumentError(absl::StrCat("top_k must be >= 0, got ", s.top_k));
     }

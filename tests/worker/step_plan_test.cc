@@ -39,6 +39,7 @@ RankStepPlan FullPlan() {
   decode.sampling.presence_penalty = 0.5f;
   decode.sampling.frequency_penalty = -1.0f;
   decode.sampling.repetition_penalty = 1.2f;
+  decode.sampling.logit_bias = {{5, 100.0f}, {6, -0.5f}};
   decode.penalized_prompt = {1, 2};
   decode.penalized_output = {3};
   decode.prompt_logprobs = true;
@@ -101,6 +102,11 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     EXPECT_EQ(x.sampling.presence_penalty, y.sampling.presence_penalty);
     EXPECT_EQ(x.sampling.frequency_penalty, y.sampling.frequency_penalty);
     EXPECT_EQ(x.sampling.repetition_penalty, y.sampling.repetition_penalty);
+    ASSERT_EQ(x.sampling.logit_bias.size(), y.sampling.logit_bias.size());
+    for (size_t j = 0; j < x.sampling.logit_bias.size(); ++j) {
+      EXPECT_EQ(x.sampling.logit_bias[j].token_id, y.sampling.logit_bias[j].token_id);
+      EXPECT_EQ(x.sampling.logit_bias[j].bias, y.sampling.logit_bias[j].bias);
+    }
     EXPECT_EQ(x.penalized_prompt, y.penalized_prompt);
     EXPECT_EQ(x.penalized_output, y.penalized_output);
     EXPECT_EQ(x.prompt_logprobs, y.prompt_logprobs);

@@ -340,6 +340,16 @@ TEST_F(StepRunnerTest, PenaltiesSteerSamplingButNotTheReportedLogprobs) {
   EXPECT_NEAR(result->sampled[0].logprobs->logprob,
               cpu::LogProbabilities(logits.data(), vocab, want, 0, top), 1e-6);
 
+  // A bias of 100 makes any token the greedy choice (before the penalties).
+  const int32_t favoured = (best + 7) % static_cast<int32_t>(vocab);
+  plan.chunks[0].sampling.logit_bias = {{favoured, 100.0f}};
+  plan.chunks[0].penalized_output.clear();
+  auto biased = runner->Run(plan);
+  ASSERT_TRUE(biased.ok()) << biased.status();
+  ASSERT_EQ(biased->error, "");
+  EXPECT_EQ(biased->sampled[0].token_id, favoured);
+
+  plan.chunks[0].sampling.logit_bias.clear();
   plan.chunks[0].penalized_output = {static_cast<int32_t>(vocab)};
   auto refused = runner->Run(plan);
   ASSERT_TRUE(refused.ok());

@@ -264,7 +264,6 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
       {R"("n": "1")", "n"},
       {R"("best_of": 3)", "best_of"},
       {R"("suffix": "end")", "suffix"},
-      {R"("logit_bias": {"50256": -100})", "logit_bias"},
       {R"("top_logprobs": 2)", "top_logprobs"},
   };
   for (const auto& [fields, param] : rejected) {
@@ -319,6 +318,27 @@ TEST(CompletionRequestTest, Penalties) {
                 "outside [-2, 2]");
   ExpectInvalid(R"({"prompt": [1], "repetition_penalty": 0})", IdModel(), "repetition_penalty",
                 "must be > 0");
+}
+
+// logit_bias: token id strings to biases in [-100, 100].
+TEST(CompletionRequestTest, LogitBias) {
+  auto request =
+      ParseCompletionRequest(R"({"prompt": [1], "logit_bias": {"5": 100, "7": -2.5}})", IdModel());
+  ASSERT_TRUE(request.ok()) << request.status();
+  const auto& bias = request->generation.sampling.logit_bias;
+  ASSERT_EQ(bias.size(), 2u);
+  EXPECT_EQ(bias[0].token_id, 5);
+  EXPECT_EQ(bias[0].bias, 100.0f);
+  EXPECT_EQ(bias[1].token_id, 7);
+  EXPECT_EQ(bias[1].bias, -2.5f);
+  ExpectInvalid(R"({"prompt": [1], "logit_bias": {"x": 1}})", IdModel(), "logit_bias",
+                "is not a token id");
+  ExpectInvalid(R"({"prompt": [1], "logit_bias": {"99999999": 1}})", IdModel(), "logit_bias",
+                "is not a token id");
+  ExpectInvalid(R"({"prompt": [1], "logit_bias": {"5": 101}})", IdModel(), "logit_bias",
+                "not a number in [-100, 100]");
+  ExpectInvalid(R"({"prompt": [1], "logit_bias": [5]})", IdModel(), "logit_bias",
+                "must be an object");
 }
 
 // vLLM's top_k (-1 or 0: off) and min_p.

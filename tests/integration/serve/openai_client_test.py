@@ -270,6 +270,12 @@ def test(args):
         h.check(len(set(greedy_ids)) < len(greedy_ids) and
                 len(set(penalized_ids)) == len(penalized_ids),
                 f"greedy {greedy_ids}, with frequency_penalty 2: {penalized_ids}")
+        # A logit bias of 100 on one token makes it the greedy choice every time.
+        favoured = greedy_ids[0] + 1
+        biased = client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=4,
+                                           temperature=0, logit_bias={str(favoured): 100})
+        h.check(biased.choices[0].model_extra["token_ids"] == [favoured] * 4,
+                f"logit_bias {favoured}: 100 gave {biased.choices[0].model_extra['token_ids']}")
         wide = client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=12,
                                          temperature=1.0, seed=5, extra_body={"top_k": 50})
         h.check(wide.choices[0].text != choice.text,
