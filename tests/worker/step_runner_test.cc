@@ -158,6 +158,26 @@ class StepRunnerTest : public ::testing::Test {
     return result.ok() ? result->tokens : std::vector<int32_t>();
   }
 
+  // The engine's logits at positions `rows` of the prompt, run alone on a
+  // cache of its own: F32 [rows, vocab].
+  std::vector<float> PromptLogits(const std::vector<int64_t>& rows) {
+    const int64_t n = static_cast<int64_t>(prompt_.size());
+    auto cache = engine_->CreateKvCache((n + kBlockTokens - 1) / kBlockTokens, kBlockTokens);
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    if (!cache.ok()) return {};
+    std::vector<int32_t> table((n + kBlockTokens - 1) / kBlockTokens);
+    std::iota(table.begin(), table.end(), 0);
+    Batch batch;
+    batch.cache = cache->get();
+    batch.token_ids = prompt_;
+    batch.chunks = {{table, 0, n}};
+    batch.logit_rows = rows;
+    std::vector<float> logits(rows.size() * model_->spec.vocab_size);
+    const absl::Status status = engine_->Forward(batch, logits.data());
+    EXPECT_TRUE(status.ok()) << status;
+    return logits;
+  }
+
   std::vector<int32_t> prompt_;
   std::unique_ptr<Model> model_;
   std::unique_ptr<Engine> engine_;
@@ -187,17 +207,7 @@ TEST_F(StepRunnerTest, GreedyPlansReproduceGenerate) {
 // engine's logits for its sampled token and the top k, for greedy and
 // sampled tokens alike; a chunk that does not ask gets none.
 TEST_F(StepRunnerTest, SampledTokensCarryTheLogProbabilitiesAskedFor) {
-  // The engine's logits after the prompt, on a cache of its own.
-  auto cache = engine_->CreateKvCache(4, kBlockTokens);
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  const std::vector<int32_t> table = {0, 1, 2, 3};  // 16 positions
-  Batch batch;
-  batch.cache = cache->get();
-  batch.token_ids = prompt_;
-  batch.chunks = {{table, 0, static_cast<int64_t>(prompt_.size())}};
-  batch.logit_rows = {static_cast<int64_t>(prompt_.size()) - 1};
-  std::vector<float> logits(model_->spec.vocab_size);
-  ASSERT_TRUE(engine_->Forward(batch, logits.data()).ok());
+  const std::vector<float> logits = PromptLogits({static_cast<int64_t>(prompt_.size()) - 1});
 
   auto runner = NewRunner();
   RankStepPlan plan;
@@ -246,17 +256,10 @@ TEST_F(StepRunnerTest, SampledTokensCarryTheLogProbabilitiesAskedFor) {
 // log softmax of the engine's logits at that position.
 TEST_F(StepRunnerTest, ChunksScoreTheirPromptsNextTokens) {
   const int64_t n = static_cast<int64_t>(prompt_.size());
-  auto cache = engine_->CreateKvCache(4, kBlockTokens);
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  const std::vector<int32_t> table = {0, 1, 2, 3};
-  Batch batch;
-  batch.cache = cache->get();
-  batch.token_ids = prompt_;
-  batch.chunks = {{table, 0, n}};
-  for (int64_t p = 0; p < n; ++p) batch.logit_rows.push_back(p);
+  std::vector<int64_t> rows(n);
+  std::iota(rows.begin(), rows.end(), 0);
+  const std::vector<float> logits = PromptLogits(rows);
   const int64_t vocab = model_->spec.vocab_size;
-  std::vector<float> logits(n * vocab);
-  ASSERT_TRUE(engine_->Forward(batch, logits.data()).ok());
 
   auto runner = NewRunner();
   SamplingParams sampling;
@@ -302,18 +305,8 @@ TEST_F(StepRunnerTest, ChunksScoreTheirPromptsNextTokens) {
 // engine's logits (the most likely token, penalized as if generated three
 // times, loses), while the reported log probability stays the raw one.
 TEST_F(StepRunnerTest, PenaltiesSteerSamplingButNotTheReportedLogprobs) {
-  const int64_t n = static_cast<int64_t>(prompt_.size());
-  auto cache = engine_->CreateKvCache(4, kBlockTokens);
-  ASSERT_TRUE(cache.ok()) << cache.status();
-  const std::vector<int32_t> table = {0, 1, 2, 3};
-  Batch batch;
-  batch.cache = cache->get();
-  batch.token_ids = prompt_;
-  batch.chunks = {{table, 0, n}};
-  batch.logit_rows = {n - 1};
+  const std::vector<float> logits = PromptLogits({static_cast<int64_t>(prompt_.size()) - 1});
   const int64_t vocab = model_->spec.vocab_size;
-  std::vector<float> logits(vocab);
-  ASSERT_TRUE(engine_->Forward(batch, logits.data()).ok());
   const int32_t best = cpu::ArgMax(logits.data(), vocab);
   const std::vector<int32_t> output = {best, best, best};
   std::vector<float> penalized = logits;
