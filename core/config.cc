@@ -46,11 +46,12 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
   }
   if (const YAML::Node serve = root["serve"]) {
     ServeConfig& c = config.serve;
-    HERD_RETURN_IF_ERROR(CheckYamlKeys(
-        source, serve, "'serve'",
-        {"host", "port", "api_key", "model_name", "kv_cache_bytes", "kv_block_tokens",
-         "kv_cache_type", "max_step_tokens", "max_waiting", "max_running", "max_body_bytes",
-         "drain_timeout_s", "request_timeout_s", "detailed_expert_metrics", "rebalance"}));
+    HERD_RETURN_IF_ERROR(
+        CheckYamlKeys(source, serve, "'serve'",
+                      {"host", "port", "api_key", "model_name", "kv_cache_bytes", "kv_block_tokens",
+                       "kv_cache_type", "max_step_tokens", "max_waiting", "max_running",
+                       "max_body_bytes", "drain_timeout_s", "request_timeout_s",
+                       "detailed_expert_metrics", "prefix_caching", "rebalance"}));
     HERD_RETURN_IF_ERROR(Read(source, serve, "host", "serve.host", &c.host));
     HERD_RETURN_IF_ERROR(Read(source, serve, "port", "serve.port", &c.port));
     HERD_RETURN_IF_ERROR(Read(source, serve, "api_key", "serve.api_key", &c.api_key));
@@ -79,6 +80,8 @@ absl::StatusOr<HerdConfig> ParseRoot(const std::string& source, const YAML::Node
         Read(source, serve, "drain_timeout_s", "serve.drain_timeout_s", &c.drain_timeout_s));
     HERD_RETURN_IF_ERROR(
         Read(source, serve, "request_timeout_s", "serve.request_timeout_s", &c.request_timeout_s));
+    HERD_RETURN_IF_ERROR(
+        Read(source, serve, "prefix_caching", "serve.prefix_caching", &c.prefix_caching));
     HERD_RETURN_IF_ERROR(Read(source, serve, "detailed_expert_metrics",
                               "serve.detailed_expert_metrics", &c.detailed_expert_metrics));
     if (const YAML::Node rebalance = serve["rebalance"]) {

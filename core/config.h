@@ -105,6 +105,9 @@ struct ServeConfig {
   double request_timeout_s = 0;
   // herd:expert_tokens_total{layer,expert} (layers x experts series).
   bool detailed_expert_metrics = false;
+  // Reuse the keys and values of prompts' leading blocks a rank already
+  // computed (automatic prefix caching; ExecutorOptions::prefix_caching).
+  bool prefix_caching = true;
   RebalanceConfig rebalance;
 
   // Checks ranges; InvalidArgument naming the field.

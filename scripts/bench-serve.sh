@@ -16,16 +16,21 @@
 # tokens of context each, a fresh server per concurrency.
 #
 # Variables: CONCURRENCY (default "1 4 16 64"), REQUESTS_PER_CLIENT (4, at
-# least 16 requests per row), PROMPT (128), GEN (64), THREADS (2: cores per
-# process, split between the ranks under mpirun), MODES ("single mpi", plus
-# "llama" with LLAMA_SERVER), KV_CACHE_TYPE (f16), MODELS_DIR
+# least 16 requests per row), PROMPT (128), PREFIX (0: tokens of one shared
+# prefix before every prompt, as a system prompt), GEN (64), THREADS (2: cores
+# per process, split between the ranks under mpirun), MODES ("single mpi",
+# plus "llama" with LLAMA_SERVER; "single-nocache" is one process with
+# --no-prefix-caching), KV_CACHE_TYPE (f16), MODELS_DIR
 # (/tmp/herd-bench-models), BUILD_DIR (build).
+#
+#   PREFIX=1024 PROMPT=64 GEN=32 MODES="single single-nocache" scripts/bench-serve.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 BUILD_DIR=${BUILD_DIR:-build}
 CONCURRENCY=${CONCURRENCY:-1 4 16 64}
 REQUESTS_PER_CLIENT=${REQUESTS_PER_CLIENT:-4}
 PROMPT=${PROMPT:-128}
+PREFIX=${PREFIX:-0}
 GEN=${GEN:-64}
 THREADS=${THREADS:-2}
 KV_CACHE_TYPE=${KV_CACHE_TYPE:-f16}
@@ -68,6 +73,9 @@ start_server() {
     single)
       "${serve[@]}" --threads "$THREADS" > "$workdir/server.log" 2>&1 &
       ;;
+    single-nocache)
+      "${serve[@]}" --threads "$THREADS" --no-prefix-caching > "$workdir/server.log" 2>&1 &
+      ;;
     mpi)
       # Two ranks on the machine's cores: each gets THREADS / 2.
       mpirun -np 2 --allow-run-as-root --oversubscribe --mca btl self,vader,tcp \
@@ -79,7 +87,7 @@ start_server() {
       python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])' \
         > "$workdir/port"
       "$LLAMA_SERVER" -m "$model" -t "$THREADS" -tb "$THREADS" -np "$clients" \
-        -c $((clients * (PROMPT + GEN + 16))) -ctk "$KV_CACHE_TYPE" -ctv "$KV_CACHE_TYPE" \
+        -c $((clients * (PREFIX + PROMPT + GEN + 16))) -ctk "$KV_CACHE_TYPE" -ctv "$KV_CACHE_TYPE" \
         --host 127.0.0.1 --port "$(cat "$workdir/port")" > "$workdir/server.log" 2>&1 &
       ;;
   esac
@@ -101,26 +109,31 @@ start_server() {
 describe() {
   case "$1" in
     single) echo "herd serve, one process" ;;
+    single-nocache) echo "herd serve, one process, --no-prefix-caching" ;;
     mpi) echo "herd serve, mpirun -np 2" ;;
     llama) echo "llama-server $("$LLAMA_SERVER" --version 2>&1 | sed -n 's/^version: //p')" ;;
   esac
 }
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"
-echo "model: $model; prompt $PROMPT tokens, $GEN generated, temperature 0; KV cache $KV_CACHE_TYPE"
+echo "model: $model; prompt $PREFIX shared + $PROMPT tokens, $GEN generated, temperature 0;" \
+  "KV cache $KV_CACHE_TYPE"
 for mode in $MODES; do
   echo
   echo "== $mode ($(describe "$mode"), $THREADS cores)"
-  printf '%-5s %9s %9s %10s %9s %9s %9s %9s %9s %9s %9s\n' conc requests "req/s" "out tok/s" \
-    "ttft p50" "ttft p90" "ttft p99" "itl p50" "itl p90" "itl p99" "e2e p50"
+  printf '%-5s %9s %9s %10s %9s %9s %9s %9s %9s %9s %9s %9s\n' conc requests "req/s" "out tok/s" \
+    "ttft p50" "ttft p90" "ttft p99" "itl p50" "itl p90" "itl p99" "e2e p50" "cached"
   for c in $CONCURRENCY; do
-    if [ -z "$server_pid" ] || [ "$mode" = llama ]; then
+    # A fresh server per row for llama-server (its slots) and with a shared
+    # prefix (every row starts with a cold prefix cache).
+    if [ -z "$server_pid" ] || [ "$mode" = llama ] || [ "$PREFIX" -gt 0 ]; then
       stop_server
       start_server "$mode" "$c"
     fi
     requests=$((c * REQUESTS_PER_CLIENT < 16 ? 16 : c * REQUESTS_PER_CLIENT))
     "$HERD" bench serve --url "$url" --concurrency "$c" --requests "$requests" \
-      --prompt-len "$PROMPT" --gen-len "$GEN" --vocab 32000 --json > "$workdir/result.json"
+      --prompt-len "$PROMPT" --prefix-len "$PREFIX" --gen-len "$GEN" --vocab 32000 --json \
+      > "$workdir/result.json"
     python3 - "$workdir/result.json" "$c" << 'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))
@@ -132,7 +145,7 @@ failed = f" ({r['failed']} failed: {errors})" if r["failed"] else ""
 print(f"{sys.argv[2]:<5} {r['completed']:>9} {r['request_throughput']:9.2f} "
       f"{r['output_throughput']:10.1f} {ms('ttft', 'p50')} {ms('ttft', 'p90')} "
       f"{ms('ttft', 'p99')} {ms('itl', 'p50')} {ms('itl', 'p90')} {ms('itl', 'p99')} "
-      f"{ms('e2e', 'p50')}{failed}")
+      f"{ms('e2e', 'p50')} {r['total_cached_tokens']:9d}{failed}")
 PY
   done
   stop_server

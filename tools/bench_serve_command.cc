@@ -54,6 +54,8 @@ const std::vector<FlagSpec> kBenchServeFlags = {
     {"concurrency", true, "client threads, each keeping one request in flight (default 8)"},
     {"requests", true, "requests in all (default 64)"},
     {"prompt-len", true, "prompt tokens of each request (default 128)"},
+    {"prefix-len", true,
+     "tokens of one shared prefix before every prompt, as a system prompt (default 0)"},
     {"gen-len", true, "max_tokens of each request (default 128)"},
     {"api-key", true, "sent as 'Authorization: Bearer KEY'"},
     {"vocab", true,
@@ -74,6 +76,8 @@ struct BenchServeOptions {
   int64_t concurrency = 8;
   int64_t num_requests = 64;
   int64_t prompt_tokens = 128;
+  // The same random ids before every prompt (vLLM's benchmark --prefix-len).
+  int64_t prefix_tokens = 0;
   // max_tokens. Requests ask for ignore_eos (herd's and vLLM's extension;
   // OpenAI ignores unknown fields), but a server without it may stop at EOS,
   // so the tokens that came back are what the throughput counts.
@@ -94,6 +98,8 @@ struct RequestResult {
   bool ok = false;
   std::string error;  // when !ok
   int64_t output_tokens = 0;
+  // usage.prompt_tokens_details.cached_tokens, when the server sends it.
+  int64_t cached_tokens = 0;
   int64_t num_retries = 0;  // 429s before the accepted attempt
   double ttft_seconds = 0;  // streaming: to the first chunk with tokens; else = e2e
   double e2e_seconds = 0;
@@ -181,6 +187,21 @@ std::optional<int64_t> UsageCompletionTokens(const nlohmann::json& completion) {
   return std::nullopt;
 }
 
+// Prompt tokens the server's prefix cache held:
+// usage.prompt_tokens_details.cached_tokens (OpenAI's; vLLM's and herd's), when
+// the object has it.
+std::optional<int64_t> UsageCachedTokens(const nlohmann::json& completion) {
+  if (!completion.is_object() || !completion.contains("usage")) return std::nullopt;
+  const nlohmann::json& usage = completion["usage"];
+  if (usage.is_object() && usage.contains("prompt_tokens_details") &&
+      usage["prompt_tokens_details"].is_object() &&
+      usage["prompt_tokens_details"].contains("cached_tokens") &&
+      usage["prompt_tokens_details"]["cached_tokens"].is_number_integer()) {
+    return usage["prompt_tokens_details"]["cached_tokens"].get<int64_t>();
+  }
+  return std::nullopt;
+}
+
 // Tokens of a whole (non-streamed) completion: usage.completion_tokens, else
 // as CountTokens.
 int64_t CountCompletionTokens(const nlohmann::json& completion) {
@@ -233,6 +254,9 @@ void RunRequest(HttpClient& client, const BenchServeOptions& options, const std:
         return false;
       }
       if (const std::optional<int64_t> usage = UsageCompletionTokens(chunk)) usage_tokens = *usage;
+      if (const std::optional<int64_t> cached = UsageCachedTokens(chunk)) {
+        result->cached_tokens = *cached;
+      }
       const int64_t n = CountTokens(chunk);
       if (n == 0) return true;  // a role, usage or finish-only chunk
       if (!have_first) {
@@ -287,6 +311,7 @@ void RunRequest(HttpClient& client, const BenchServeOptions& options, const std:
         return;
       }
       output_tokens = CountCompletionTokens(completion);
+      result->cached_tokens = UsageCachedTokens(completion).value_or(0);
       result->ttft_seconds = result->e2e_seconds;
     }
     if (output_tokens == 0) {
@@ -365,7 +390,8 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kBenchServeFlags));
   if (flags.Has("help")) {
     out << "usage: herd bench serve --url URL [--concurrency 8] [--requests 64]\n"
-        << "                        [--prompt-len 128] [--gen-len 128] [--api-key K] [--vocab V]\n"
+        << "                        [--prompt-len 128] [--prefix-len 0] [--gen-len 128]\n"
+        << "                        [--api-key K] [--vocab V]\n"
         << "                        [--seed 1] [--stream true] [--json]\n"
         << FlagsHelp(kBenchServeFlags)
         << "Each request is /v1/completions with random prompt ids, temperature 0, no stop ids\n"
@@ -383,6 +409,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(options.concurrency, flags.GetInt("concurrency", options.concurrency));
   HERD_ASSIGN_OR_RETURN(options.num_requests, flags.GetInt("requests", options.num_requests));
   HERD_ASSIGN_OR_RETURN(options.prompt_tokens, flags.GetInt("prompt-len", options.prompt_tokens));
+  HERD_ASSIGN_OR_RETURN(options.prefix_tokens, flags.GetInt("prefix-len", options.prefix_tokens));
   HERD_ASSIGN_OR_RETURN(options.gen_tokens, flags.GetInt("gen-len", options.gen_tokens));
   HERD_ASSIGN_OR_RETURN(options.vocab_size, flags.GetInt("vocab", 0));
   HERD_ASSIGN_OR_RETURN(options.seed, flags.GetUint("seed", options.seed));
@@ -392,11 +419,12 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(options.stream, ParseBool("stream", flags.GetString("stream", "true")));
   if (options.concurrency < 1 || options.concurrency > 4096 || options.num_requests < 1 ||
       options.num_requests > 10000000 || options.prompt_tokens < 1 ||
-      options.prompt_tokens > 10000000 || options.gen_tokens < 1 || options.gen_tokens > 10000000 ||
+      options.prompt_tokens > 10000000 || options.prefix_tokens < 0 ||
+      options.prefix_tokens > 10000000 || options.gen_tokens < 1 || options.gen_tokens > 10000000 ||
       !(options.timeout_seconds > 0) || options.max_retries < 0 || options.max_retries > 1000000) {
     return absl::InvalidArgumentError(
         "--concurrency must be in [1, 4096], --requests, --prompt-len and --gen-len in "
-        "[1, 10^7], --timeout-s > 0, --max-retries in [0, 10^6]");
+        "[1, 10^7], --prefix-len in [0, 10^7], --timeout-s > 0, --max-retries in [0, 10^6]");
   }
   if (flags.Has("vocab") &&
       (options.vocab_size <= kFirstPromptId || options.vocab_size > kMaxVocab)) {
@@ -405,9 +433,9 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
                                                    " are not drawn)"));
   }
   // The bodies are built before the clock starts; keep them to a few GiB.
-  if (options.num_requests * options.prompt_tokens > kMaxPromptIds) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("--requests x --prompt-len must be <= ", kMaxPromptIds, " ids"));
+  if (options.num_requests * (options.prefix_tokens + options.prompt_tokens) > kMaxPromptIds) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "--requests x (--prefix-len + --prompt-len) must be <= ", kMaxPromptIds, " ids"));
   }
   // A server that closes a connection while a request is being written must
   // give this client an error, not kill it with SIGPIPE.
@@ -426,10 +454,12 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   std::mt19937_64 rng(options.seed);
   std::uniform_int_distribution<int32_t> id_dist(kFirstPromptId,
                                                  static_cast<int32_t>(options.vocab_size - 1));
+  std::vector<int32_t> prefix(options.prefix_tokens);
+  for (int32_t& id : prefix) id = id_dist(rng);
   std::vector<std::string> bodies(options.num_requests);
   for (std::string& body : bodies) {
-    std::vector<int32_t> prompt(options.prompt_tokens);
-    for (int32_t& id : prompt) id = id_dist(rng);
+    std::vector<int32_t> prompt = prefix;
+    for (int64_t i = 0; i < options.prompt_tokens; ++i) prompt.push_back(id_dist(rng));
     nlohmann::json json_body{{"model", options.model_name},
                              {"prompt", prompt},
                              {"max_tokens", options.gen_tokens},
@@ -461,7 +491,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   for (std::thread& thread : threads) thread.join();
   const double duration_seconds = SecondsSince(start);
 
-  int64_t num_ok = 0, num_retries = 0, output_tokens = 0;
+  int64_t num_ok = 0, num_retries = 0, output_tokens = 0, cached_tokens = 0;
   std::vector<double> ttft, itl, e2e;
   std::map<std::string, int64_t> errors;
   for (const RequestResult& r : results) {
@@ -472,6 +502,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     }
     ++num_ok;
     output_tokens += r.output_tokens;
+    cached_tokens += r.cached_tokens;
     if (options.stream) {
       ttft.push_back(r.ttft_seconds);
       itl.insert(itl.end(), r.itl_seconds.begin(), r.itl_seconds.end());
@@ -483,7 +514,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   std::vector<std::pair<std::string, int64_t>> sorted_errors(errors.begin(), errors.end());
   std::stable_sort(sorted_errors.begin(), sorted_errors.end(),
                    [](const auto& a, const auto& b) { return a.second > b.second; });
-  const int64_t input_tokens = num_ok * options.prompt_tokens;
+  const int64_t input_tokens = num_ok * (options.prefix_tokens + options.prompt_tokens);
   const LatencyStats ttft_stats = ComputeLatencyStats(std::move(ttft));
   const LatencyStats itl_stats = ComputeLatencyStats(std::move(itl));
   const LatencyStats e2e_stats = ComputeLatencyStats(std::move(e2e));
@@ -499,6 +530,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     j["concurrency"] = options.concurrency;
     j["requests"] = options.num_requests;
     j["prompt_len"] = options.prompt_tokens;
+    j["prefix_len"] = options.prefix_tokens;
     j["gen_len"] = options.gen_tokens;
     j["stream"] = options.stream;
     j["seed"] = options.seed;
@@ -508,6 +540,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     j["duration_s"] = duration_seconds;
     j["total_input_tokens"] = input_tokens;
     j["total_output_tokens"] = output_tokens;
+    j["total_cached_tokens"] = cached_tokens;
     j["request_throughput"] = request_throughput;
     j["output_throughput"] = output_throughput;
     j["total_token_throughput"] = total_throughput;
@@ -525,10 +558,10 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     out << absl::StrFormat("url       %s/v1/completions, model %s\n", options.url,
                            options.model_name);
     out << absl::StrFormat(
-        "load      %d requests, %d at a time; prompt %d ids in [%d, %d) (vocab %s), "
+        "load      %d requests, %d at a time; prompt %d shared + %d ids in [%d, %d) (vocab %s), "
         "max_tokens %d, temperature 0, %s, seed %d\n\n",
-        options.num_requests, num_threads, options.prompt_tokens, kFirstPromptId,
-        options.vocab_size, vocab_source, options.gen_tokens,
+        options.num_requests, num_threads, options.prefix_tokens, options.prompt_tokens,
+        kFirstPromptId, options.vocab_size, vocab_source, options.gen_tokens,
         options.stream ? "streamed" : "not streamed", options.seed);
     out << "| requests ok | failed | 429 retries | duration s |    req/s | output tok/s | "
            "total tok/s |\n";
@@ -542,7 +575,9 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     out << LatencyRow("TTFT", ttft_stats) << LatencyRow("ITL", itl_stats)
         << LatencyRow("E2E", e2e_stats);
     out << absl::StrFormat(
-        "\ntokens    %d in, %d out (%.1f per request of %d asked)\n", input_tokens, output_tokens,
+        "\ntokens    %d in (%d from the server's prefix cache), %d out (%.1f per request of %d "
+        "asked)\n",
+        input_tokens, cached_tokens, output_tokens,
         num_ok > 0 ? static_cast<double>(output_tokens) / num_ok : 0.0, options.gen_tokens);
     if (!sorted_errors.empty()) out << "errors:\n";
     for (size_t i = 0; i < sorted_errors.size() && i < kMaxTableErrors; ++i) {

@@ -63,6 +63,8 @@ const std::vector<FlagSpec> kServeFlags = {
     {"max-body-bytes", true, "largest request body accepted (default 1048576)"},
     {"drain-timeout-s", true, "on SIGTERM, seconds to finish accepted requests (default 30)"},
     {"request-timeout-s", true, "per-request deadline in seconds; 0 = none (default 0)"},
+    {"no-prefix-caching", false,
+     "compute every prompt in full instead of reusing cached leading blocks"},
     {"detailed-expert-metrics", false, "export herd:expert_tokens_total{layer,expert}"},
     {"record-expert-load", true,
      "on shutdown, write the tokens routed to each expert as a herd plan trace (JSON)"},
@@ -152,6 +154,7 @@ absl::StatusOr<ServeSettings> ParseSettings(const ParsedFlags& flags) {
   HERD_ASSIGN_OR_RETURN(c.request_timeout_s,
                         flags.GetDouble("request-timeout-s", c.request_timeout_s));
   if (flags.Has("detailed-expert-metrics")) c.detailed_expert_metrics = true;
+  if (flags.Has("no-prefix-caching")) c.prefix_caching = false;
   RebalanceConfig& r = c.rebalance;
   if (flags.Has("rebalance")) r.enabled = true;
   HERD_ASSIGN_OR_RETURN(r.window_steps, flags.GetInt("rebalance-window-steps", r.window_steps));
@@ -285,6 +288,7 @@ absl::Status ServeOnCoordinator(const ServeSettings& s, const Model& model, Step
   options.max_step_tokens = s.serve.max_step_tokens;
   options.num_kv_blocks = runner.options().num_kv_blocks;
   options.kv_block_tokens = runner.options().kv_block_tokens;
+  options.prefix_caching = s.serve.prefix_caching;
   options.max_context_tokens = max_context_tokens;
   options.vocab_size = spec.vocab_size;
   options.rebalance = s.serve.rebalance;
@@ -322,7 +326,8 @@ absl::Status ServeOnCoordinator(const ServeSettings& s, const Model& model, Step
                  << " (model " << model_name << ", "
                  << (control != nullptr ? control->world_size() : 1) << " rank(s), "
                  << options.num_kv_blocks << " KV blocks of " << options.kv_block_tokens
-                 << " tokens per rank)";
+                 << " tokens per rank, prefix caching " << (options.prefix_caching ? "on" : "off")
+                 << ")";
   if (!s.port_file.empty()) {
     HERD_RETURN_IF_ERROR(WriteFileAtomically(s.port_file, absl::StrCat(server->port(), "\n")));
   }

@@ -544,11 +544,14 @@ std::string SpecialTokenText(const Tokenizer& tokenizer, int32_t id) {
   return tokenizer.token_text(id);
 }
 
-OrderedJson UsageJson(int64_t prompt_tokens, int64_t completion_tokens) {
+OrderedJson UsageJson(const OutputAccumulator& output) {
   OrderedJson usage;
-  usage["prompt_tokens"] = prompt_tokens;
-  usage["completion_tokens"] = completion_tokens;
-  usage["total_tokens"] = prompt_tokens + completion_tokens;
+  usage["prompt_tokens"] = output.prompt_tokens();
+  usage["completion_tokens"] = output.completion_tokens();
+  usage["total_tokens"] = output.prompt_tokens() + output.completion_tokens();
+  OrderedJson details;
+  details["cached_tokens"] = output.cached_prompt_tokens();
+  usage["prompt_tokens_details"] = std::move(details);
   return usage;
 }
 
@@ -774,6 +777,7 @@ absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& res
                                    : "the request failed");
   }
   OutputDelta delta;
+  cached_prompt_tokens_ = response.cached_prompt_tokens;
   if (!echo_ids_.empty()) Echo(response, &delta);
   const bool with_logprobs =
       wants_logprobs_ && response.logprobs.size() == response.token_ids.size();
@@ -949,7 +953,7 @@ std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& ou
       output.wants_logprobs() ? LogprobsJson(meta.endpoint, output.logprobs()) : nullptr;
   choice["finish_reason"] = FinishReasonJson(output.finish_reason());
   object["choices"] = OrderedJson::array({std::move(choice)});
-  object["usage"] = UsageJson(output.prompt_tokens(), output.completion_tokens());
+  object["usage"] = UsageJson(output);
   return Dump(object);
 }
 
@@ -989,7 +993,7 @@ std::string FormatStreamEnd(const ResponseMeta& meta, const OutputAccumulator& o
   if (meta.include_usage) {
     OrderedJson object = ObjectHead(meta, /*chunk=*/true);
     object["choices"] = OrderedJson::array();
-    object["usage"] = UsageJson(output.prompt_tokens(), output.completion_tokens());
+    object["usage"] = UsageJson(output);
     events = SseEvent(object);
   }
   return absl::StrCat(events, kSseDone);

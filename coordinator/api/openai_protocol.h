@@ -201,6 +201,8 @@ class OutputAccumulator {
   const std::string& finish_reason() const { return finish_reason_; }
   int64_t prompt_tokens() const { return prompt_tokens_; }
   int64_t completion_tokens() const { return static_cast<int64_t>(token_ids_.size()); }
+  // Prompt tokens the prefix cache held (usage.prompt_tokens_details).
+  int64_t cached_prompt_tokens() const { return cached_prompt_tokens_; }
 
  private:
   // Appends newly decoded text and moves what can no longer be part of a
@@ -217,6 +219,7 @@ class OutputAccumulator {
   std::vector<std::string> stop_strings_;
   std::unique_ptr<StreamDecoder> decoder_;  // nullptr without a tokenizer
   int64_t prompt_tokens_ = 0;
+  int64_t cached_prompt_tokens_ = 0;
 
   std::vector<int32_t> token_ids_;
   const bool wants_logprobs_;

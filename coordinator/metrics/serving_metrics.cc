@@ -104,6 +104,8 @@ struct ServingMetrics::Impl {
   prometheus::Counter& generation_tokens;
   prometheus::Family<prometheus::Counter>& request_success;
   prometheus::Counter& num_preemptions;
+  prometheus::Counter& prefix_cache_queries;
+  prometheus::Counter& prefix_cache_hits;
   prometheus::Counter& all_to_all_bytes;
   prometheus::Counter& expert_calls;
   prometheus::Counter& expert_calls_skipped;
@@ -208,6 +210,14 @@ ServingMetrics::Impl::Impl(const ServingMetricsOptions& opts)
       num_preemptions(CounterFamily(*registry, options, "herd:num_preemptions_total",
                                     "Sequences preempted to free KV cache blocks.")
                           .Add({})),
+      prefix_cache_queries(
+          CounterFamily(*registry, options, "herd:prefix_cache_queries_total",
+                        "Tokens of the sequences admitted to run, looked up in the prefix cache.")
+              .Add({})),
+      prefix_cache_hits(CounterFamily(*registry, options, "herd:prefix_cache_hits_total",
+                                      "Tokens of the sequences admitted to run whose keys and "
+                                      "values the prefix cache already held.")
+                            .Add({})),
       all_to_all_bytes(CounterFamily(*registry, options, "herd:all_to_all_bytes_total",
                                      "Bytes sent between ranks by expert dispatch and combine.")
                            .Add({})),
@@ -373,6 +383,11 @@ void ServingMetrics::AddRequestSuccess(absl::string_view finished_reason) {
 
 void ServingMetrics::AddPreemptions(int64_t num_preemptions) {
   impl_->num_preemptions.Increment(static_cast<double>(num_preemptions));
+}
+
+void ServingMetrics::AddPrefixCacheLookup(int64_t queried_tokens, int64_t hit_tokens) {
+  impl_->prefix_cache_queries.Increment(static_cast<double>(queried_tokens));
+  impl_->prefix_cache_hits.Increment(static_cast<double>(hit_tokens));
 }
 
 void ServingMetrics::RecordExpertStep(const ExpertStepLoad& load) {

@@ -99,6 +99,9 @@ class ServingMetrics {
   // another value gets its own series on first use.
   void AddRequestSuccess(absl::string_view finished_reason);
   void AddPreemptions(int64_t num_preemptions);
+  // A sequence admitted to run (new or after preemption): its tokens looked
+  // up in the prefix cache, and how many of them the cache held.
+  void AddPrefixCacheLookup(int64_t queried_tokens, int64_t hit_tokens);
 
   // Expert parallelism. Requires every non-empty vector of `load` to have the
   // sizes ExpertStepLoad states (checked: the executor builds it, so a

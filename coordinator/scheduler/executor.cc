@@ -13,6 +13,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
+#include "coordinator/scheduler/kv_block_pool.h"
 #include "coordinator/scheduler/rebalancer.h"
 #include "core/logging.h"
 #include "core/status.h"
@@ -49,6 +50,12 @@ struct Sequence {
   // The rank running it, or -1 while it waits (new or preempted).
   int rank = -1;
   std::vector<int32_t> blocks;
+  // Leading blocks entered in (or found in) the prefix cache, and the key of
+  // the prefix through them.
+  int64_t num_committed_blocks = 0;
+  KvBlockPool::PrefixKey committed_key = KvBlockPool::kEmptyPrefix;
+  // Prompt tokens the prefix cache held when the request first ran.
+  int64_t cached_prompt_tokens = 0;
   absl::Time arrival_time;
   absl::Time last_token_time;
   bool scheduled_once = false;
@@ -77,6 +84,13 @@ struct Sequence {
     const int64_t prompt = static_cast<int64_t>(request.prompt_ids.size());
     return pos < prompt ? request.prompt_ids[pos] : generated[pos - prompt];
   }
+  // Tokens [begin, end) of prompt + generated.
+  std::vector<int32_t> tokens(int64_t begin, int64_t end) const {
+    std::vector<int32_t> out;
+    out.reserve(end - begin);
+    for (int64_t p = begin; p < end; ++p) out.push_back(token_at(p));
+    return out;
+  }
   bool has_news() const { return !pending_tokens.empty() || pending_finish; }
   int64_t num_prompt_logprobs() const { return static_cast<int64_t>(prompt_logprobs.size()); }
 };
@@ -93,14 +107,11 @@ class Executor::Impl {
         metrics_(metrics),
         rebalancer_(std::move(rebalancer)),
         world_size_(control != nullptr ? control->world_size() : 1),
-        free_blocks_(world_size_),
         running_count_(world_size_, 0) {
-    for (auto& free : free_blocks_) {
-      free.reserve(options_.num_kv_blocks);
-      // Handed out from the back: lowest ids first.
-      for (int64_t b = options_.num_kv_blocks - 1; b >= 0; --b) {
-        free.push_back(static_cast<int32_t>(b));
-      }
+    pools_.reserve(world_size_);
+    for (int r = 0; r < world_size_; ++r) {
+      pools_.emplace_back(options_.num_kv_blocks, options_.kv_block_tokens,
+                          options_.prefix_caching);
     }
     loop_ = std::thread([this] { StepLoop(); });
   }
@@ -160,6 +171,7 @@ class Executor::Impl {
     }
     response.prompt_tokens = static_cast<int64_t>(seq->request.prompt_ids.size());
     response.completion_tokens = static_cast<int64_t>(seq->generated.size());
+    response.cached_prompt_tokens = seq->cached_prompt_tokens;
     if (seq->pending_finish) {
       response.finished = true;
       response.finish_reason = seq->finish_reason;
@@ -215,7 +227,10 @@ class Executor::Impl {
     stats.num_preemptions = num_preemptions_;
     stats.num_finished = num_finished_;
     stats.num_kv_blocks_total = options_.num_kv_blocks * world_size_;
-    stats.num_kv_blocks_used = stats.num_kv_blocks_total - FreeBlocksTotal();
+    stats.num_kv_blocks_used = HeldBlocksTotal();
+    for (const KvBlockPool& pool : pools_) stats.num_kv_blocks_cached += pool.num_cached();
+    stats.prefix_cache_queried_tokens = prefix_cache_queried_tokens_;
+    stats.prefix_cache_hit_tokens = prefix_cache_hit_tokens_;
     return stats;
   }
 
@@ -292,9 +307,9 @@ class Executor::Impl {
     return absl::OkStatus();
   }
 
-  int64_t FreeBlocksTotal() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+  int64_t HeldBlocksTotal() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     int64_t total = 0;
-    for (const auto& free : free_blocks_) total += static_cast<int64_t>(free.size());
+    for (const KvBlockPool& pool : pools_) total += pool.num_held();
     return total;
   }
 
@@ -303,16 +318,16 @@ class Executor::Impl {
     metrics_->SetRequestsWaiting(static_cast<int64_t>(waiting_.size()));
     metrics_->SetRequestsRunning(static_cast<int64_t>(running_.size()));
     const int64_t total = options_.num_kv_blocks * world_size_;
-    metrics_->SetKvCacheUsage(total > 0 ? static_cast<double>(total - FreeBlocksTotal()) / total
-                                        : 0.0);
+    metrics_->SetKvCacheUsage(total > 0 ? static_cast<double>(HeldBlocksTotal()) / total : 0.0);
   }
 
   void ReleaseBlocks(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     if (seq->rank < 0) return;
-    auto& free = free_blocks_[seq->rank];
-    for (auto it = seq->blocks.rbegin(); it != seq->blocks.rend(); ++it) free.push_back(*it);
+    pools_[seq->rank].Release(seq->blocks);
     seq->blocks.clear();
     seq->num_computed = 0;
+    seq->num_committed_blocks = 0;
+    seq->committed_key = KvBlockPool::kEmptyPrefix;
     --running_count_[seq->rank];
     running_.remove(seq);
     seq->rank = -1;
@@ -355,7 +370,8 @@ class Executor::Impl {
     const int rank = seq->rank;
     const int64_t needed =
         CeilDiv(num_positions, options_.kv_block_tokens) - static_cast<int64_t>(seq->blocks.size());
-    while (static_cast<int64_t>(free_blocks_[rank].size()) < needed) {
+    KvBlockPool& pool = pools_[rank];
+    while (pool.num_available() < needed) {
       Sequence* victim = nullptr;
       for (auto it = running_.rbegin(); it != running_.rend(); ++it) {
         Sequence* s = *it;
@@ -370,11 +386,61 @@ class Executor::Impl {
       }
       Preempt(victim);
     }
-    for (int64_t i = 0; i < needed; ++i) {
-      seq->blocks.push_back(free_blocks_[rank].back());
-      free_blocks_[rank].pop_back();
-    }
+    for (int64_t i = 0; i < needed; ++i) seq->blocks.push_back(pool.Allocate());
     return true;
+  }
+
+  // Enters `seq`'s blocks whose positions are all computed in its rank's
+  // prefix cache.
+  void CommitBlocks(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    if (seq->rank < 0 || !options_.prefix_caching) return;
+    const int64_t block_tokens = options_.kv_block_tokens;
+    KvBlockPool& pool = pools_[seq->rank];
+    while ((seq->num_committed_blocks + 1) * block_tokens <= seq->num_computed) {
+      const int64_t b = seq->num_committed_blocks++;
+      seq->committed_key =
+          pool.Commit(seq->committed_key, seq->tokens(b * block_tokens, (b + 1) * block_tokens),
+                      seq->blocks[b]);
+    }
+  }
+
+  // Where a waiting sequence may start: a rank and the cached blocks of its
+  // leading tokens there.
+  struct Admission {
+    int rank = -1;
+    KvBlockPool::Match match;
+  };
+
+  // The rank for waiting `seq` (budget and running slots left): the one
+  // caching most of it unless it runs kCacheAffinitySlack more sequences than
+  // the one with the most available blocks, which is the choice otherwise.
+  Admission ChooseRank(const Sequence& seq, const std::vector<int64_t>& budget) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    // At least the last token is computed (its logits sample the next one);
+    // a request scoring its prompt computes every position.
+    const int64_t max_blocks =
+        seq.request.prompt_logprobs ? 0 : (seq.num_tokens() - 1) / options_.kv_block_tokens;
+    const std::vector<int32_t> tokens = max_blocks > 0
+                                            ? seq.tokens(0, max_blocks * options_.kv_block_tokens)
+                                            : std::vector<int32_t>{};
+    Admission balanced;
+    Admission cached;
+    for (int r = 0; r < world_size_; ++r) {
+      if (budget[r] <= 0 || running_count_[r] >= options_.max_running_per_rank) continue;
+      KvBlockPool::Match match = pools_[r].Lookup(tokens, max_blocks);
+      if (balanced.rank < 0 || pools_[r].num_available() > pools_[balanced.rank].num_available()) {
+        balanced = {r, match};
+      }
+      if (!match.blocks.empty() &&
+          (cached.rank < 0 || match.blocks.size() > cached.match.blocks.size())) {
+        cached = {r, std::move(match)};
+      }
+    }
+    if (cached.rank >= 0 && cached.match.blocks.size() > balanced.match.blocks.size() &&
+        running_count_[cached.rank] <= running_count_[balanced.rank] + kCacheAffinitySlack) {
+      return cached;
+    }
+    return balanced;
   }
 
   PlannedChunk MakeChunk(const Sequence& seq, int64_t num_tokens) const {
@@ -453,22 +519,32 @@ class Executor::Impl {
     // Waiting sequences, in queue order, onto the rank with the most free KV.
     while (!waiting_.empty()) {
       Sequence* seq = waiting_.front();
-      int best = -1;
-      for (int r = 0; r < world_size_; ++r) {
-        if (budget[r] <= 0 || running_count_[r] >= options_.max_running_per_rank) continue;
-        if (best < 0 || free_blocks_[r].size() > free_blocks_[best].size()) best = r;
-      }
-      if (best < 0) break;
-      const int64_t num_tokens = std::min(seq->num_tokens(), budget[best]);
-      const int64_t needed = CeilDiv(num_tokens, options_.kv_block_tokens);
-      if (static_cast<int64_t>(free_blocks_[best].size()) < needed) break;
+      Admission admission = ChooseRank(*seq, budget);
+      if (admission.rank < 0) break;
+      const int best = admission.rank;
+      KvBlockPool& pool = pools_[best];
+      const std::vector<int32_t>& shared = admission.match.blocks;
+      const int64_t cached_tokens = static_cast<int64_t>(shared.size()) * options_.kv_block_tokens;
+      const int64_t num_tokens = std::min(seq->num_tokens() - cached_tokens, budget[best]);
+      const int64_t needed = CeilDiv(cached_tokens + num_tokens, options_.kv_block_tokens) -
+                             static_cast<int64_t>(shared.size());
+      if (pool.num_available() - pool.NumUnreferenced(shared) < needed) break;
       waiting_.pop_front();
       seq->rank = best;
       running_.push_back(seq);
       ++running_count_[best];
-      ReserveBlocks(seq, num_tokens, all_scheduled);
+      pool.Hold(shared);
+      seq->blocks = shared;
+      seq->num_computed = cached_tokens;
+      seq->num_committed_blocks = static_cast<int64_t>(shared.size());
+      seq->committed_key = admission.match.key;
+      ReserveBlocks(seq, cached_tokens + num_tokens, all_scheduled);
+      prefix_cache_queried_tokens_ += seq->num_tokens();
+      prefix_cache_hit_tokens_ += cached_tokens;
+      if (metrics_ != nullptr) metrics_->AddPrefixCacheLookup(seq->num_tokens(), cached_tokens);
       if (!seq->scheduled_once) {
         seq->scheduled_once = true;
+        seq->cached_prompt_tokens = cached_tokens;
         if (metrics_ != nullptr) {
           metrics_->ObserveRequestQueueTime(SecondsBetween(seq->arrival_time, absl::Now()));
         }
@@ -536,6 +612,7 @@ class Executor::Impl {
           AddPromptLogprobs(seq, result.prompt_logprobs[scored_idx++]);
         }
         seq->num_computed += static_cast<int64_t>(chunk.token_ids.size());
+        CommitBlocks(seq);
         if (!seq->prompt_counted &&
             seq->num_computed >= static_cast<int64_t>(seq->request.prompt_ids.size())) {
           seq->prompt_counted = true;
@@ -727,7 +804,7 @@ class Executor::Impl {
   std::deque<Sequence*> waiting_ ABSL_GUARDED_BY(mu_);
   // In admission order: the back is the newest (the first to be preempted).
   std::list<Sequence*> running_ ABSL_GUARDED_BY(mu_);
-  std::vector<std::vector<int32_t>> free_blocks_ ABSL_GUARDED_BY(mu_);
+  std::vector<KvBlockPool> pools_ ABSL_GUARDED_BY(mu_);  // by rank
   std::vector<int64_t> running_count_ ABSL_GUARDED_BY(mu_);
   RequestId next_id_ ABSL_GUARDED_BY(mu_) = 1;
   bool accepting_ ABSL_GUARDED_BY(mu_) = true;
@@ -737,6 +814,8 @@ class Executor::Impl {
   int64_t num_steps_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t num_preemptions_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t num_finished_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t prefix_cache_queried_tokens_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t prefix_cache_hit_tokens_ ABSL_GUARDED_BY(mu_) = 0;
   ExpertLoadTotals expert_load_ ABSL_GUARDED_BY(mu_);
   std::thread loop_;
 };

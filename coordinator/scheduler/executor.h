@@ -13,7 +13,12 @@
 //     when a sequence needs a block and its rank has none, the newest running
 //     sequence of that rank is preempted (its blocks freed, it waits again and
 //     recomputes its prompt plus what it had generated; tokens already
-//     streamed are not repeated).
+//     streamed are not repeated);
+//   - prefix caching (kv_block_pool.h): a sequence starts from the longest run
+//     of whole blocks its rank already computed for the same leading tokens,
+//     and computes only the rest (at least its last token). A new request
+//     prefers the rank caching most of it unless that rank runs
+//     kCacheAffinitySlack more sequences than the emptiest one.
 //
 // Thread-safety: every public method may be called from any thread. The step
 // loop runs on a thread the executor owns, which also drives rank 0's engine.
@@ -51,6 +56,11 @@ struct GenerationRequest {
   absl::Time deadline = absl::InfiniteFuture();
 };
 
+// A new request goes to the rank caching the longest part of it unless that
+// rank runs this many sequences more than the rank with the most free KV
+// blocks (SGLang's cache-aware routing, with its balance guard).
+inline constexpr int64_t kCacheAffinitySlack = 4;
+
 enum class FinishReason { kStop, kLength, kAbort, kError };
 // "stop", "length", "abort", "error" (OpenAI's finish_reason where it has one).
 const char* FinishReasonName(FinishReason reason);
@@ -73,6 +83,9 @@ struct GenerationResponse {
   absl::Status status;
   int64_t prompt_tokens = 0;
   int64_t completion_tokens = 0;  // so far
+  // Prompt tokens whose keys and values came from the prefix cache when the
+  // request first ran (OpenAI's usage.prompt_tokens_details.cached_tokens).
+  int64_t cached_prompt_tokens = 0;
 };
 
 struct ExecutorOptions {
@@ -85,6 +98,10 @@ struct ExecutorOptions {
   // Paged KV cache of each rank.
   int64_t num_kv_blocks = 0;
   int64_t kv_block_tokens = 16;
+  // Reuse the keys and values of whole blocks of leading tokens a rank
+  // already computed (vLLM's --enable-prefix-caching; on by default there
+  // too). Requests that ask for the prompt's log probabilities compute it all.
+  bool prefix_caching = true;
   // Longest sequence (prompt + generated) a request may ask for.
   int64_t max_context_tokens = 4096;
   int64_t vocab_size = 0;
@@ -105,8 +122,14 @@ struct ExecutorStats {
   int64_t num_steps = 0;
   int64_t num_preemptions = 0;
   int64_t num_finished = 0;
-  int64_t num_kv_blocks_used = 0;  // all ranks
+  int64_t num_kv_blocks_used = 0;  // held by sequences, all ranks
   int64_t num_kv_blocks_total = 0;
+  // Blocks with a prefix cache entry (held or not), all ranks.
+  int64_t num_kv_blocks_cached = 0;
+  // Tokens of the sequences admitted to run, and those of them the prefix
+  // cache held (their hit rate is prefix_cache_hit_tokens / queried).
+  int64_t prefix_cache_queried_tokens = 0;
+  int64_t prefix_cache_hit_tokens = 0;
 };
 
 // Tokens routed to each expert since the executor started, all ranks

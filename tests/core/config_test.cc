@@ -65,7 +65,8 @@ TEST(ConfigTest, ReadsTheServeSection) {
       "serve:\n  host: 0.0.0.0\n  port: 9000\n  api_key: k\n  kv_cache_bytes: 1024\n"
       "  kv_block_tokens: 8\n  max_step_tokens: 64\n  max_waiting: 3\n  max_running: 2\n"
       "  max_body_bytes: 100\n  drain_timeout_s: 1.5\n  request_timeout_s: 9\n"
-      "  detailed_expert_metrics: true\n  model_name: m\n  kv_cache_type: f16\n",
+      "  detailed_expert_metrics: true\n  model_name: m\n  kv_cache_type: f16\n"
+      "  prefix_caching: false\n",
       "serve.yaml");
   ASSERT_TRUE(config.ok()) << config.status();
   const ServeConfig& s = config->serve;
@@ -83,7 +84,9 @@ TEST(ConfigTest, ReadsTheServeSection) {
   EXPECT_DOUBLE_EQ(s.request_timeout_s, 9);
   EXPECT_TRUE(s.detailed_expert_metrics);
   EXPECT_EQ(s.kv_cache_type, DType::kF16);
+  EXPECT_FALSE(s.prefix_caching);
   EXPECT_EQ(ParseConfig("", "empty.yaml")->serve.kv_cache_type, DType::kF32);
+  EXPECT_TRUE(ParseConfig("", "empty.yaml")->serve.prefix_caching);
 }
 
 TEST(ConfigTest, RejectsBadServeValues) {
@@ -91,7 +94,7 @@ TEST(ConfigTest, RejectsBadServeValues) {
        {"serve:\n  port: 70000\n", "serve:\n  max_waiting: 0\n", "serve:\n  kv_block_tokens: -1\n",
         "serve:\n  kv_cache_bytes: -5\n", "serve:\n  drain_timeout_s: -1\n", "serve:\n  host: ''\n",
         "serve:\n  prot: 1\n", "serve:\n  port: eighty\n", "serve:\n  kv_cache_type: bf16\n",
-        "serve:\n  kv_cache_type: [f16]\n",
+        "serve:\n  kv_cache_type: [f16]\n", "serve:\n  prefix_caching: maybe\n",
         "engine:\n  device: cuda\nserve:\n  kv_cache_type: f16\n"}) {
     SCOPED_TRACE(text);
     auto config = ParseConfig(text, "bad.yaml");

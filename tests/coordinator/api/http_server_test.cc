@@ -270,7 +270,8 @@ TEST_F(HttpServerTest, CompletionMatchesGenerate) {
               ElementsAreArray(Greedy(kPrompt, 12)));
   EXPECT_EQ(body["usage"], Json({{"prompt_tokens", kPrompt.size()},
                                  {"completion_tokens", 12},
-                                 {"total_tokens", kPrompt.size() + 12}}));
+                                 {"total_tokens", kPrompt.size() + 12},
+                                 {"prompt_tokens_details", {{"cached_tokens", 0}}}}));
   // A stop id ends the completion after it (the id is part of the output).
   const std::vector<int32_t> greedy = Greedy(kPrompt, 12);
   auto stopped = Post("/v1/completions", {{"prompt", kPrompt},

@@ -849,7 +849,9 @@ Json EventJson(const std::string& event) {
 
 TEST(FormatTest, CompletionResponse) {
   OutputAccumulator output(IdRequest(4), IdModel());
-  ASSERT_TRUE(output.Add(Response({7, 8}, true, FinishReason::kLength)).ok());
+  GenerationResponse response = Response({7, 8}, true, FinishReason::kLength);
+  response.cached_prompt_tokens = 3;  // the prefix cache held them
+  ASSERT_TRUE(output.Add(response).ok());
   const std::string text = FormatResponse(Meta(ApiEndpoint::kCompletions), output);
   EXPECT_THAT(text, StartsWith(R"({"id":"cmpl-1","object":"text_completion","created":1700000000,)"
                                R"("model":"tiny","choices":[)"));
@@ -860,8 +862,10 @@ TEST(FormatTest, CompletionResponse) {
   EXPECT_EQ(choice["token_ids"], Json({7, 8}));
   EXPECT_TRUE(choice["logprobs"].is_null());
   EXPECT_EQ(choice["finish_reason"], "length");
-  EXPECT_EQ(json["usage"],
-            Json({{"prompt_tokens", 4}, {"completion_tokens", 2}, {"total_tokens", 6}}));
+  EXPECT_EQ(json["usage"], Json({{"prompt_tokens", 4},
+                                 {"completion_tokens", 2},
+                                 {"total_tokens", 6},
+                                 {"prompt_tokens_details", {{"cached_tokens", 3}}}}));
 }
 
 TEST_F(TextModelTest, ChatResponse) {
@@ -912,8 +916,10 @@ TEST(FormatTest, StreamUsageChunk) {
   ASSERT_THAT(end, ::testing::EndsWith(done));
   const Json usage = EventJson(end.substr(0, end.size() - done.size()));
   EXPECT_EQ(usage["choices"], Json::array());
-  EXPECT_EQ(usage["usage"],
-            Json({{"prompt_tokens", 2}, {"completion_tokens", 3}, {"total_tokens", 5}}));
+  EXPECT_EQ(usage["usage"], Json({{"prompt_tokens", 2},
+                                  {"completion_tokens", 3},
+                                  {"total_tokens", 5},
+                                  {"prompt_tokens_details", {{"cached_tokens", 0}}}}));
 }
 
 TEST(FormatTest, ChatStreamFraming) {

@@ -148,6 +148,8 @@ TEST(ServingMetricsTest, ExposesEveryMetricWithExactNamesAndTypes) {
       {"herd:generation_tokens_total", "counter"},
       {"herd:request_success_total", "counter"},
       {"herd:num_preemptions_total", "counter"},
+      {"herd:prefix_cache_queries_total", "counter"},
+      {"herd:prefix_cache_hits_total", "counter"},
       {"herd:ep_balancedness", "gauge"},
       {"herd:ep_rank_tokens_total", "counter"},
       {"herd:dispatch_seconds", "histogram"},
@@ -195,6 +197,8 @@ TEST(ServingMetricsTest, RequestMetricsReadBackAfterCalls) {
   metrics.AddRequestSuccess("length");
   metrics.AddRequestSuccess("abort");
   metrics.AddPreemptions(2);
+  metrics.AddPrefixCacheLookup(100, 64);
+  metrics.AddPrefixCacheLookup(28, 0);
   metrics.SetPlacementVersion(5);
   metrics.ObserveInterTokenLatency(0.02);
   metrics.ObserveE2eRequestLatency(3.0);
@@ -211,6 +215,8 @@ TEST(ServingMetricsTest, RequestMetricsReadBackAfterCalls) {
   EXPECT_EQ(Value(e, "herd:request_success_total", {{"finished_reason", "abort"}}), 1);
   EXPECT_EQ(Value(e, "herd:request_success_total", {{"finished_reason", "error"}}), 0);
   EXPECT_EQ(Value(e, "herd:num_preemptions_total"), 2);
+  EXPECT_EQ(Value(e, "herd:prefix_cache_queries_total"), 128);
+  EXPECT_EQ(Value(e, "herd:prefix_cache_hits_total"), 64);
   EXPECT_EQ(Value(e, "herd:placement_version"), 5);
   EXPECT_EQ(Value(e, "herd:inter_token_latency_seconds_count"), 1);
   EXPECT_EQ(Value(e, "herd:inter_token_latency_seconds_bucket", {{"le", "0.01"}}), 0);
@@ -362,7 +368,7 @@ TEST(ServingMetricsTest, NoExpertSeriesByDefault) {
   metrics.RecordExpertStep(load);
   const std::string text = metrics.Serialize();
   EXPECT_EQ(text.find("expert_tokens"), std::string::npos);
-  // Series grow with layers and ranks only, never layers * experts: 130 for
+  // Series grow with layers and ranks only, never layers * experts: 132 for
   // the model (docs/metrics.md), one balancedness per layer, and per rank two
   // counters (tokens, expert rows) plus two histograms of 19 buckets + +Inf,
   // _sum, _count.
@@ -370,7 +376,7 @@ TEST(ServingMetricsTest, NoExpertSeriesByDefault) {
   std::set<std::string> names;
   for (const Sample& s : e.samples) names.insert(s.name);
   EXPECT_EQ(names.count("herd:expert_tokens_total"), 0u);
-  EXPECT_EQ(e.samples.size(), 130u + 4 * 1 + 2 * (2 + 2 * 22));
+  EXPECT_EQ(e.samples.size(), 132u + 4 * 1 + 2 * (2 + 2 * 22));
 }
 
 TEST(ServingMetricsTest, DetailedExpertSeriesWhenAsked) {

@@ -5,6 +5,7 @@
 // two expert-parallel ranks (rank 1 in RunWorkerLoop).
 #include "coordinator/scheduler/executor.h"
 
+#include <functional>
 #include <map>
 #include <memory>
 #include <numeric>
@@ -47,6 +48,7 @@ std::vector<std::vector<int32_t>> Prompts(int count, int64_t vocab) {
 
 struct Outcome {
   std::vector<int32_t> tokens;
+  std::vector<SampledLogprobs> logprobs;  // one per token, when asked for
   std::vector<SampledLogprobs> prompt_logprobs;
   int responses_with_prompt_logprobs = 0;
   GenerationResponse last;
@@ -63,6 +65,7 @@ Outcome Collect(Executor& executor, RequestId id) {
     if (responses->empty()) return outcome;
     for (GenerationResponse& r : *responses) {
       outcome.tokens.insert(outcome.tokens.end(), r.token_ids.begin(), r.token_ids.end());
+      outcome.logprobs.insert(outcome.logprobs.end(), r.logprobs.begin(), r.logprobs.end());
       if (!r.prompt_logprobs.empty()) {
         ++outcome.responses_with_prompt_logprobs;
         outcome.prompt_logprobs = r.prompt_logprobs;
@@ -111,6 +114,55 @@ class ExecutorTest : public ::testing::Test {
     auto result = Generate(*reference_engine_, prompt, options);
     EXPECT_TRUE(result.ok()) << result.status();
     return result.ok() ? result->tokens : std::vector<int32_t>{};
+  }
+
+  // The reference engine's logits at positions 0 .. n - 2 of `tokens`, all
+  // computed in one prefill: [n - 1][vocab].
+  std::vector<float> Logits(const std::vector<int32_t>& tokens) {
+    const int64_t n = static_cast<int64_t>(tokens.size());
+    const int64_t vocab = model_->spec.vocab_size;
+    auto cache = reference_engine_->CreateKvCache((n + 15) / 16, 16);
+    EXPECT_TRUE(cache.ok()) << cache.status();
+    if (!cache.ok()) return {};
+    std::vector<int32_t> table((n + 15) / 16);
+    std::iota(table.begin(), table.end(), 0);
+    Batch batch;
+    batch.cache = cache->get();
+    batch.token_ids = tokens;
+    batch.chunks = {{table, 0, n}};
+    for (int64_t p = 0; p + 1 < n; ++p) batch.logit_rows.push_back(p);
+    std::vector<float> logits(batch.logit_rows.size() * vocab);
+    const absl::Status status = reference_engine_->Forward(batch, logits.data());
+    EXPECT_TRUE(status.ok()) << status;
+    return logits;
+  }
+
+  // Expects `outcome`'s generated tokens to be greedy Generate's and each
+  // one's log probability to be the log softmax of the reference logits
+  // after prompt + the tokens before it: a wrong key or value anywhere in
+  // the context moves them, even where it leaves the greedy choice alone.
+  void ExpectReferenceOutput(const std::vector<int32_t>& prompt, const Outcome& outcome) {
+    const int64_t max_tokens = static_cast<int64_t>(outcome.tokens.size());
+    EXPECT_EQ(outcome.tokens, Reference(prompt, max_tokens));
+    ASSERT_EQ(outcome.logprobs.size(), outcome.tokens.size());
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), outcome.tokens.begin(), outcome.tokens.end());
+    const std::vector<float> logits = Logits(all);
+    const int64_t vocab = model_->spec.vocab_size;
+    std::vector<std::pair<float, int32_t>> top;
+    for (int64_t i = 0; i < max_tokens; ++i) {
+      const int64_t p = static_cast<int64_t>(prompt.size()) - 1 + i;
+      const float want =
+          cpu::LogProbabilities(logits.data() + p * vocab, vocab, outcome.tokens[i], 0, top);
+      EXPECT_NEAR(outcome.logprobs[i].logprob, want, 1e-4) << "generated token " << i;
+    }
+  }
+
+  // Request() asking for the generated tokens' log probabilities.
+  GenerationRequest WithLogprobs(const std::vector<int32_t>& prompt, int64_t max_tokens) {
+    GenerationRequest request = Request(prompt, max_tokens);
+    request.sampling.top_logprobs = 0;
+    return request;
   }
 
   GenerationRequest Request(const std::vector<int32_t>& prompt, int64_t max_tokens) {
@@ -206,17 +258,7 @@ TEST_F(ExecutorTest, PromptLogprobsSurviveChunkedPrefillAndPreemption) {
     const int64_t n = static_cast<int64_t>(prompt.size());
     EXPECT_EQ(outcome.responses_with_prompt_logprobs, 1);
     ASSERT_EQ(static_cast<int64_t>(outcome.prompt_logprobs.size()), n - 1);
-    auto cache = reference_engine_->CreateKvCache((n + 15) / 16, 16);
-    ASSERT_TRUE(cache.ok());
-    std::vector<int32_t> table((n + 15) / 16);
-    std::iota(table.begin(), table.end(), 0);
-    Batch batch;
-    batch.cache = cache->get();
-    batch.token_ids = prompt;
-    batch.chunks = {{table, 0, n}};
-    for (int64_t p = 0; p + 1 < n; ++p) batch.logit_rows.push_back(p);
-    std::vector<float> logits(batch.logit_rows.size() * vocab);
-    ASSERT_TRUE(reference_engine_->Forward(batch, logits.data()).ok());
+    const std::vector<float> logits = Logits(prompt);
     for (int64_t p = 0; p + 1 < n; ++p) {
       const float want =
           cpu::LogProbabilities(logits.data() + p * vocab, vocab, prompt[p + 1], 1, top);
@@ -423,17 +465,133 @@ TEST_F(ExecutorTest, ShutdownPastTheDrainTimeoutCancels) {
   EXPECT_GT(cancelled, 0);
 }
 
-// Two expert-parallel ranks as threads: rank 1 runs the worker loop, rank 0
-// the executor; sequences spread over both ranks (data-parallel attention) and
-// every greedy token equals the single-process Generate.
-TEST_F(ExecutorTest, TwoExpertParallelRanksMatchGenerate) {
-  const auto prompts = Prompts(8, model_->spec.vocab_size);
-  std::vector<std::vector<int32_t>> references;
-  for (const auto& prompt : prompts) references.push_back(Reference(prompt, 10));
+// Prefix caching: requests that share leading tokens reuse the blocks the
+// first computed, only whole blocks of exactly the same leading tokens, and
+// not one greedy token changes.
+TEST_F(ExecutorTest, PrefixCacheReusesWholeBlocksOfTheSameLeadingTokens) {
+  Start(RoomyOptions());  // blocks of 16 tokens
+  const int64_t vocab = model_->spec.vocab_size;
+  const auto randoms = Prompts(8, vocab);
+  std::vector<int32_t> system;  // 40 tokens: two whole blocks and 8 more
+  for (const auto& p : randoms) system.insert(system.end(), p.begin(), p.end());
+  system.resize(40);
+  auto with_suffix = [&](const std::vector<int32_t>& prefix, int i) {
+    std::vector<int32_t> prompt = prefix;
+    prompt.insert(prompt.end(), randoms[i].begin(), randoms[i].end());
+    return prompt;
+  };
+  // The first computes the system prompt; its blocks are cached once done.
+  const Outcome first =
+      Collect(*executor_, *executor_->Enqueue(WithLogprobs(with_suffix(system, 1), 8)));
+  ExpectReferenceOutput(with_suffix(system, 1), first);
+  EXPECT_EQ(first.last.cached_prompt_tokens, 0);
 
+  // Then three at once: each reuses the two whole blocks of the system prompt.
+  std::vector<std::vector<int32_t>> prompts = {with_suffix(system, 2), with_suffix(system, 3),
+                                               with_suffix(system, 4)};
+  // The same second block after another first block is another prefix.
+  std::vector<int32_t> other_first = system;
+  other_first[0] = (other_first[0] + 1) % static_cast<int32_t>(vocab);
+  prompts.push_back(with_suffix(other_first, 5));
+  // A prompt that is exactly the cached blocks computes its last token again.
+  prompts.emplace_back(system.begin(), system.begin() + 32);
+  const std::vector<int64_t> cached = {32, 32, 32, 0, 16};
+  const ExecutorStats before = executor_->stats();
+  std::vector<RequestId> ids;
+  for (const auto& prompt : prompts) ids.push_back(*executor_->Enqueue(WithLogprobs(prompt, 8)));
+  int64_t prompt_tokens = 0;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    const Outcome outcome = Collect(*executor_, ids[i]);
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    ExpectReferenceOutput(prompts[i], outcome);
+    EXPECT_EQ(outcome.last.cached_prompt_tokens, cached[i]) << "request " << i;
+    prompt_tokens += static_cast<int64_t>(prompts[i].size());
+  }
+  const ExecutorStats stats = executor_->stats();
+  EXPECT_EQ(stats.prefix_cache_queried_tokens - before.prefix_cache_queried_tokens, prompt_tokens);
+  EXPECT_EQ(stats.prefix_cache_hit_tokens - before.prefix_cache_hit_tokens, 3 * 32 + 16);
+  EXPECT_EQ(stats.num_kv_blocks_used, 0);
+  EXPECT_GT(stats.num_kv_blocks_cached, 0);
+}
+
+// The next turn of a conversation (prompt + reply + a new message) reuses the
+// blocks of the earlier prompt and of the generated reply.
+TEST_F(ExecutorTest, PrefixCacheCoversGeneratedTokensOfAnEarlierTurn) {
+  Start(RoomyOptions());
+  const auto prompts = Prompts(4, model_->spec.vocab_size);
+  const std::vector<int32_t>& turn1 = prompts[3];  // 24 tokens
+  const Outcome reply = Collect(*executor_, *executor_->Enqueue(WithLogprobs(turn1, 20)));
+  ASSERT_EQ(reply.tokens.size(), 20u);
+  std::vector<int32_t> turn2 = turn1;
+  turn2.insert(turn2.end(), reply.tokens.begin(), reply.tokens.end());
+  turn2.insert(turn2.end(), prompts[1].begin(), prompts[1].end());
+  // 24 + 20 = 44 positions, of which the first 43 were computed (the last
+  // reply token never was): two whole blocks.
+  const Outcome next = Collect(*executor_, *executor_->Enqueue(WithLogprobs(turn2, 8)));
+  EXPECT_EQ(next.last.cached_prompt_tokens, 32);
+  ExpectReferenceOutput(turn2, next);
+}
+
+// Without prefix caching nothing is reused; a request that scores its prompt
+// (echo) computes every position even with it.
+TEST_F(ExecutorTest, NoPrefixReuseWhenOffOrWhenThePromptIsScored) {
+  const auto prompts = Prompts(6, model_->spec.vocab_size);
+  std::vector<int32_t> prompt = prompts[4];
+  prompt.insert(prompt.end(), prompts[5].begin(), prompts[5].end());  // 35 tokens
+  ExecutorOptions off = RoomyOptions();
+  off.prefix_caching = false;
+  Start(off);
+  for (int i = 0; i < 2; ++i) {
+    const Outcome outcome = Collect(*executor_, *executor_->Enqueue(WithLogprobs(prompt, 4)));
+    EXPECT_EQ(outcome.last.cached_prompt_tokens, 0);
+    ExpectReferenceOutput(prompt, outcome);
+  }
+  EXPECT_EQ(executor_->stats().prefix_cache_hit_tokens, 0);
+  EXPECT_EQ(executor_->stats().num_kv_blocks_cached, 0);
+
+  Start(RoomyOptions());
+  Collect(*executor_, *executor_->Enqueue(WithLogprobs(prompt, 4)));
+  GenerationRequest scored = WithLogprobs(prompt, 4);
+  scored.prompt_logprobs = true;
+  const Outcome outcome = Collect(*executor_, *executor_->Enqueue(scored));
+  EXPECT_EQ(outcome.last.cached_prompt_tokens, 0);
+  EXPECT_EQ(outcome.prompt_logprobs.size(), prompt.size() - 1);
+  EXPECT_EQ(
+      Collect(*executor_, *executor_->Enqueue(WithLogprobs(prompt, 4))).last.cached_prompt_tokens,
+      32);
+}
+
+// Under a cramped cache, preempted sequences come back through their cached
+// blocks (while they are not reused) and cached blocks are reused for new
+// ones: every token still matches.
+TEST_F(ExecutorTest, PrefixCacheUnderPreemptionKeepsEveryToken) {
+  Start(CrampedOptions());
+  const auto randoms = Prompts(6, model_->spec.vocab_size);
+  std::vector<std::vector<int32_t>> prompts;
+  for (int i = 0; i < 6; ++i) {
+    std::vector<int32_t> prompt(randoms[5].begin(), randoms[5].begin() + 9);  // shared
+    prompt.insert(prompt.end(), randoms[i].begin(), randoms[i].begin() + 3 + i);
+    prompts.push_back(prompt);
+  }
+  std::vector<RequestId> ids;
+  for (const auto& prompt : prompts) ids.push_back(*executor_->Enqueue(WithLogprobs(prompt, 16)));
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    ExpectReferenceOutput(prompts[i], Collect(*executor_, ids[i]));
+  }
+  const ExecutorStats stats = executor_->stats();
+  EXPECT_GT(stats.num_preemptions, 0);
+  EXPECT_GT(stats.prefix_cache_hit_tokens, 0);
+  EXPECT_EQ(stats.num_kv_blocks_used, 0);
+}
+
+// Runs `body` on rank 0's executor with two expert-parallel ranks as threads
+// (rank 1 in the worker loop), then shuts down; returns the tokens rank 1's
+// sequences ran through the first layer.
+int64_t RunOnTwoRanks(const std::function<void(Executor&)>& body) {
   auto world = comm::LocalWorld::Create(2);
-  ASSERT_TRUE(world.ok()) << world.status();
-  std::vector<std::vector<int32_t>> outputs(prompts.size());
+  EXPECT_TRUE(world.ok()) << world.status();
+  if (!world.ok()) return 0;
   std::vector<absl::Status> statuses(2);
   int64_t rank1_tokens = 0;
   std::vector<std::thread> threads;
@@ -466,12 +624,7 @@ TEST_F(ExecutorTest, TwoExpertParallelRanksMatchGenerate) {
         options.vocab_size = rank_model.model->spec.vocab_size;
         HERD_ASSIGN_OR_RETURN(auto executor,
                               Executor::Create(runner.get(), control.get(), options, nullptr));
-        std::vector<RequestId> ids;
-        for (const auto& prompt : prompts) {
-          HERD_ASSIGN_OR_RETURN(RequestId id, executor->Enqueue(Request(prompt, 10)));
-          ids.push_back(id);
-        }
-        for (size_t i = 0; i < ids.size(); ++i) outputs[i] = Collect(*executor, ids[i]).tokens;
+        body(*executor);
         return executor->Shutdown(absl::Seconds(60));
       }();
       if (!statuses[rank].ok()) (*world)->Abort(rank, statuses[rank].message());
@@ -480,8 +633,59 @@ TEST_F(ExecutorTest, TwoExpertParallelRanksMatchGenerate) {
   for (std::thread& t : threads) t.join();
   EXPECT_TRUE(statuses[0].ok()) << statuses[0];
   EXPECT_TRUE(statuses[1].ok()) << statuses[1];
+  return rank1_tokens;
+}
+
+// Sequences spread over both ranks (data-parallel attention) and every greedy
+// token equals the single-process Generate.
+TEST_F(ExecutorTest, TwoExpertParallelRanksMatchGenerate) {
+  const auto prompts = Prompts(8, model_->spec.vocab_size);
+  std::vector<std::vector<int32_t>> references;
+  for (const auto& prompt : prompts) references.push_back(Reference(prompt, 10));
+  std::vector<std::vector<int32_t>> outputs(prompts.size());
+  const int64_t rank1_tokens = RunOnTwoRanks([&](Executor& executor) {
+    std::vector<RequestId> ids;
+    for (const auto& prompt : prompts) ids.push_back(*executor.Enqueue(Request(prompt, 10)));
+    for (size_t i = 0; i < ids.size(); ++i) outputs[i] = Collect(executor, ids[i]).tokens;
+  });
   EXPECT_GT(rank1_tokens, 0);
   for (size_t i = 0; i < prompts.size(); ++i) EXPECT_EQ(outputs[i], references[i]) << i;
+}
+
+// Each rank caches what it computed: a request goes to the rank holding its
+// prefix even where the most-free-blocks rule would pick the other.
+TEST_F(ExecutorTest, TwoRanksSendARequestToTheRankCachingItsPrefix) {
+  const auto prompts = Prompts(8, model_->spec.vocab_size);
+  std::vector<int32_t> system;  // 3 blocks of 8 tokens and 2 more
+  for (const auto& p : prompts) system.insert(system.end(), p.begin(), p.end());
+  system.resize(26);
+  auto with_suffix = [&](int i) {
+    std::vector<int32_t> prompt = system;
+    prompt.insert(prompt.end(), prompts[i].begin(), prompts[i].end());
+    return prompt;
+  };
+  std::vector<Outcome> outcomes;
+  RunOnTwoRanks([&](Executor& executor) {
+    // A long request takes rank 0 (both equally free: the lower rank), so the
+    // first with the system prompt goes to rank 1, which caches it.
+    const RequestId other = *executor.Enqueue(WithLogprobs(prompts[7], 200));
+    const RequestId first = *executor.Enqueue(WithLogprobs(with_suffix(1), 4));
+    outcomes.push_back(Collect(executor, first));
+    outcomes.push_back(Collect(executor, other));
+    // Both ranks are as free again; the next ones go where the prefix is.
+    for (int i = 2; i < 5; ++i) {
+      outcomes.push_back(Collect(executor, *executor.Enqueue(WithLogprobs(with_suffix(i), 4))));
+    }
+  });
+  ASSERT_EQ(outcomes.size(), 5u);
+  EXPECT_EQ(outcomes[0].last.cached_prompt_tokens, 0);
+  ExpectReferenceOutput(with_suffix(1), outcomes[0]);
+  ExpectReferenceOutput(prompts[7], outcomes[1]);
+  for (int i = 2; i < 5; ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    EXPECT_EQ(outcomes[i].last.cached_prompt_tokens, 24);
+    ExpectReferenceOutput(with_suffix(i), outcomes[i]);
+  }
 }
 
 }  // namespace

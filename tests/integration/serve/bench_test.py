@@ -4,7 +4,9 @@ the token counts it reports equal what the server's /metrics counted, its
 latency samples are one TTFT per request and at most one ITL per token after
 the first; with a tiny queue (--max-running 1 --max-waiting 1, and --api-key) it
 retries the 429s and still completes every request; whole responses on a
-kept-alive connection take a millisecond, not the 40 ms of a delayed ACK.
+kept-alive connection take a millisecond, not the 40 ms of a delayed ACK;
+with a shared prefix (--prefix-len) it reports the prompt tokens the server's
+prefix cache held, as the server counted them (none with --no-prefix-caching).
 
 Then (one process only) against a small HTTP server that behaves as
 llama.cpp's llama-server does where herd's does not: it announces keep-alive
@@ -42,14 +44,14 @@ def bench(args, port, *flags, expect_ok=True):
     return proc
 
 
-def check_report(report, what, stream=True):
+def check_report(report, what, stream=True, prefix_len=0):
     h.check(report["completed"] == REQUESTS and report["failed"] == 0,
             f"{what}: completed {report['completed']}, failed {report['failed']}, "
             f"errors {report['errors']}")
     h.check(report["total_output_tokens"] == REQUESTS * GEN_LEN,
             f"{what}: {report['total_output_tokens']} output tokens, expected "
             f"{REQUESTS} x {GEN_LEN} (ignore_eos)")
-    h.check(report["total_input_tokens"] == REQUESTS * PROMPT_LEN,
+    h.check(report["total_input_tokens"] == REQUESTS * (prefix_len + PROMPT_LEN),
             f"{what}: {report['total_input_tokens']} input tokens")
     h.check(report["e2e"]["samples"] == REQUESTS, f"{what}: e2e samples {report['e2e']}")
     if stream:
@@ -224,6 +226,29 @@ def test(args):
         h.check("| requests ok |" in table and "| TTFT " in table and "| ITL " in table,
                 f"the table lacks its rows:\n{table}")
         check_kept_alive_latency(server.port)
+
+        # A shared 40-token prefix: once a request has computed it, the
+        # others reuse its two whole blocks of 16 (as many as the server's
+        # counter says: nothing is preempted with this cache).
+        hits_before = h.metric_sum(h.scrape(server.port), "herd:prefix_cache_hits_total")
+        shared = json.loads(bench(args, server.port, "--concurrency", "4", "--prefix-len", "40",
+                                  "--seed", "3", "--json").stdout)
+        check_report(shared, "a shared prefix", prefix_len=40)
+        hits = h.metric_sum(h.scrape(server.port), "herd:prefix_cache_hits_total") - hits_before
+        h.check(shared["total_cached_tokens"] == hits and
+                (REQUESTS - 4) * 32 <= hits <= REQUESTS * 32,
+                f"a shared 40-token prefix: {shared['total_cached_tokens']} cached prompt tokens "
+                f"reported, {hits} counted by the server; expected 32 for each request after "
+                "the first four")
+
+    with h.Server(args, ["--no-prefix-caching"], name="bench-no-prefix") as server:
+        computed = json.loads(bench(args, server.port, "--concurrency", "4", "--prefix-len",
+                                    "40", "--seed", "3", "--json").stdout)
+        check_report(computed, "a shared prefix without prefix caching", prefix_len=40)
+        hits = h.metric_sum(h.scrape(server.port), "herd:prefix_cache_hits_total")
+        h.check(computed["total_cached_tokens"] == 0 and hits == 0,
+                f"--no-prefix-caching: {computed['total_cached_tokens']} cached prompt tokens "
+                f"reported, {hits} counted")
 
     with h.Server(args, ["--max-running", "1", "--max-waiting", "1", "--api-key", "k"],
                   name="bench-429") as server:

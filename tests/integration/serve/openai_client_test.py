@@ -19,6 +19,7 @@ import random
 import shutil
 import struct
 import subprocess
+import urllib.request
 
 import serve_harness as h
 
@@ -106,6 +107,23 @@ def log_softmax_row(row, token):
     return row[token] - top - math.log(sum(math.exp(v - top) for v in row))
 
 
+def generate_logits(args, model_dir, prompt_ids, new):
+    """`herd generate --dump-logits` on the prompt ids: the greedy ids, and a
+    function giving the logits row of a position."""
+    logits_path = os.path.join(h.make_temp_dir("herd-logits-"), "logits.f32")
+    cmd = [args.herd, "generate", "--model", model_dir, "--prompt-ids",
+           ",".join(map(str, prompt_ids)), "--max-new-tokens", str(new), "--threads", "1",
+           "--dump-logits", logits_path]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    h.check(proc.returncode == 0, f"{' '.join(cmd)} failed: {proc.stderr}")
+    values = array.array("f")
+    with open(logits_path, "rb") as f:
+        values.frombytes(f.read())
+    vocab = len(values) // (len(prompt_ids) + new)
+    return ([int(x) for x in proc.stdout.split(",")],
+            lambda position: values[position * vocab:(position + 1) * vocab])
+
+
 def check_logprobs(client, args, model_dir):
     """Greedy completions with logprobs against the logits `herd generate
     --dump-logits` writes for the same prompt ids: each token's log
@@ -120,21 +138,10 @@ def check_logprobs(client, args, model_dir):
     h.check(lp is not None and len(lp.tokens) == done.usage.completion_tokens == new,
             f"completion logprobs {lp}")
     ids = done.choices[0].model_extra["token_ids"]
-    logits_path = os.path.join(h.make_temp_dir("herd-logprobs-"), "logits.f32")
-    cmd = [args.herd, "generate", "--model", model_dir, "--prompt-ids",
-           ",".join(map(str, prompt_ids)), "--max-new-tokens", str(new), "--threads", "1",
-           "--dump-logits", logits_path]
-    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
-    h.check(proc.returncode == 0, f"{' '.join(cmd)} failed: {proc.stderr}")
-    h.check([int(x) for x in proc.stdout.split(",")] == ids,
-            f"generate gave {proc.stdout.strip()}, the server {ids}")
-    values = array.array("f")
-    with open(logits_path, "rb") as f:
-        values.frombytes(f.read())
-    vocab = len(values) // (len(prompt_ids) + new)
+    generated, row = generate_logits(args, model_dir, prompt_ids, new)
+    h.check(generated == ids, f"generate gave {generated}, the server {ids}")
     for i, token in enumerate(ids):
-        row = values[(len(prompt_ids) - 1 + i) * vocab:(len(prompt_ids) + i) * vocab]
-        want = log_softmax_row(row, token)
+        want = log_softmax_row(row(len(prompt_ids) - 1 + i), token)
         got = lp.token_logprobs[i]
         h.check(abs(got - want) < 1e-4, f"token {i} ({token}): logprob {got}, generate's {want}")
         top = lp.top_logprobs[i]
@@ -154,8 +161,7 @@ def check_logprobs(client, args, model_dir):
     h.check(len(elp.tokens) == len(prompt_ids) + 1 and elp.token_logprobs[0] is None
             and elp.top_logprobs[0] is None, f"echoed logprobs {elp}")
     for p in range(1, len(prompt_ids)):
-        row = values[(p - 1) * vocab:p * vocab]
-        want = log_softmax_row(row, prompt_ids[p])
+        want = log_softmax_row(row(p - 1), prompt_ids[p])
         got = elp.token_logprobs[p]
         h.check(abs(got - want) < 1e-4, f"prompt token {p}: logprob {got}, generate's {want}")
         h.check(1 <= len(elp.top_logprobs[p]) <= 2, f"prompt token {p}: {elp.top_logprobs[p]}")
@@ -185,6 +191,35 @@ def check_logprobs(client, args, model_dir):
     plain = client.chat.completions.create(model="tiny-mixtral", messages=messages, max_tokens=2,
                                            temperature=0)
     h.check(plain.choices[0].logprobs is None, f"logprobs without asking: {plain.choices[0]}")
+
+
+def check_prefix_cache(client, args, model_dir, port):
+    """The same 40-token prompt twice: the second reuses its two whole blocks
+    of 16 (usage.prompt_tokens_details.cached_tokens, the Prometheus
+    counters), and both give generate's tokens and log probabilities."""
+    prompt_ids = [(37 * i + 11) % 600 for i in range(40)]
+    new = 6
+    ids, row = generate_logits(args, model_dir, prompt_ids, new)
+    for want_cached in (0, 32):
+        done = client.completions.create(model="tiny-mixtral", prompt=prompt_ids, max_tokens=new,
+                                         temperature=0, logprobs=0)
+        details = done.usage.prompt_tokens_details
+        h.check(details is not None and details.cached_tokens == want_cached,
+                f"usage {done.usage}: want {want_cached} cached prompt tokens")
+        got_ids = done.choices[0].model_extra["token_ids"]
+        h.check(got_ids == ids, f"with {want_cached} cached: {got_ids}, generate {ids}")
+        for i, token in enumerate(got_ids):
+            want = log_softmax_row(row(len(prompt_ids) - 1 + i), token)
+            got = done.choices[0].logprobs.token_logprobs[i]
+            h.check(abs(got - want) < 1e-4,
+                    f"with {want_cached} cached, token {i}: logprob {got}, generate's {want}")
+    metrics = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics",
+                                     timeout=30).read().decode()
+    hits = [line for line in metrics.splitlines()
+            if line.startswith("herd:prefix_cache_hits_total")]
+    h.check(len(hits) == 1 and float(hits[0].split()[-1]) >= 32, f"prefix cache hits: {hits}")
+    h.log(f"prefix cache: the second request reused 32 of {len(prompt_ids)} prompt tokens, "
+          "same logprobs as generate")
 
 
 def test(args):
@@ -251,6 +286,7 @@ def test(args):
         h.check(roles == {"assistant"}, f"streamed roles {roles}")
 
         check_logprobs(client, args, model_dir)
+        check_prefix_cache(client, args, model_dir, server.port)
 
         # vLLM's sampling extensions travel in extra_body: top_k 1 (or min_p 1)
         # at temperature 1 leaves only the most likely token, the greedy text.
