@@ -3,8 +3,10 @@
 #include <httplib.h>
 #include <sys/socket.h>
 
+#include <algorithm>
 #include <cerrno>
 #include <cstring>
+#include <deque>
 #include <utility>
 #include <vector>
 
@@ -81,19 +83,21 @@ ApiError StoppingError() {
 
 }  // namespace
 
-// One generation request in the executor, owned by the HTTP exchange that
-// made it. When the exchange ends before the executor finished the request
-// (the client left, a stop string matched, the server stops, an error), the
-// destructor cancels it and waits for its last response so that the
-// executor forgets it.
+// The executor requests of one API request (one per choice: prompts x n),
+// owned by the HTTP exchange that made them. When the exchange ends before
+// the executor finished them (the client left, a stop string matched, the
+// server stops, an error), the destructor cancels what is left and waits
+// for the last responses so that the executor forgets them.
 struct HttpServer::Generation {
-  Generation(Executor* executor, std::atomic<int>* num_generations, RequestId id,
-             const ApiRequest& request, const ApiModel& model, ResponseMeta meta)
-      : executor(executor),
-        num_generations(num_generations),
-        id(id),
-        output(request, model),
-        meta(std::move(meta)) {
+  struct Choice {
+    Choice(RequestId id, const ApiRequest& request, int64_t index, const ApiModel& model)
+        : id(id), output(request, index, model) {}
+    RequestId id;
+    OutputAccumulator output;
+  };
+
+  Generation(Executor* executor, std::atomic<int>* num_generations, ResponseMeta meta)
+      : executor(executor), num_generations(num_generations), meta(std::move(meta)) {
     ++*num_generations;
   }
 
@@ -102,27 +106,76 @@ struct HttpServer::Generation {
     --*num_generations;
   }
 
-  // Ends the request unless the executor finished it (as stopped when a stop
+  // Ends the requests the executor has not finished (as stopped where a stop
   // string ended the output, else as aborted), and waits for the executor to
   // confirm.
   void Release() {
-    if (output.executor_finished()) return;
-    if (output.finished()) {
-      executor->FinishAsStopped(id);
-    } else {
-      executor->Cancel(id);
+    std::vector<RequestId> open;
+    for (Choice& choice : choices) {
+      if (choice.output.executor_finished()) continue;
+      if (choice.output.finished()) {
+        executor->FinishAsStopped(choice.id);
+      } else {
+        executor->Cancel(choice.id);
+      }
+      open.push_back(choice.id);
     }
     const absl::Time give_up = absl::Now() + kCancelWait;
-    while (absl::Now() < give_up) {
+    while (!open.empty() && absl::Now() < give_up) {
       absl::StatusOr<std::vector<GenerationResponse>> responses =
-          executor->AwaitResponses(id, kPollInterval);
+          executor->AwaitResponses(open, kPollInterval);
       if (!responses.ok()) return;  // already forgotten, or the executor stopped
       for (const GenerationResponse& response : *responses) {
-        if (response.finished) return;
+        if (response.finished) std::erase(open, response.request_id);
       }
     }
-    HERD_LOG(WARN) << "request " << id << " was cancelled but did not finish within "
-                   << absl::FormatDuration(kCancelWait);
+    if (!open.empty()) {
+      HERD_LOG(WARN) << open.size() << " request(s) (" << open.front()
+                     << "...) were cancelled but did not finish within "
+                     << absl::FormatDuration(kCancelWait);
+    }
+  }
+
+  bool finished() const {
+    return std::all_of(choices.begin(), choices.end(),
+                       [](const Choice& c) { return c.output.finished(); });
+  }
+
+  // The executor ids of the choices whose output is not complete.
+  std::vector<RequestId> OpenIds() const {
+    std::vector<RequestId> ids;
+    for (const Choice& choice : choices) {
+      if (!choice.output.finished()) ids.push_back(choice.id);
+    }
+    return ids;
+  }
+
+  Choice* Find(RequestId id) {
+    for (Choice& choice : choices) {
+      if (choice.id == id) return &choice;
+    }
+    return nullptr;
+  }
+
+  std::vector<const OutputAccumulator*> Outputs() const {
+    std::vector<const OutputAccumulator*> outputs;
+    for (const Choice& choice : choices) outputs.push_back(&choice.output);
+    return outputs;
+  }
+
+  // Adds `response` to its choice's output. A choice that a stop string ended
+  // stops running in the executor at once; the others go on.
+  absl::StatusOr<OutputDelta> Add(const GenerationResponse& response) {
+    Choice* choice = Find(response.request_id);
+    if (choice == nullptr || choice->output.finished()) {
+      return absl::InternalError(
+          absl::StrCat("a response for request ", response.request_id, ", not awaited"));
+    }
+    absl::StatusOr<OutputDelta> delta = choice->output.Add(response);
+    if (delta.ok() && choice->output.finished() && !choice->output.executor_finished()) {
+      executor->FinishAsStopped(choice->id);
+    }
+    return delta;
   }
 
   Generation(const Generation&) = delete;
@@ -131,10 +184,10 @@ struct HttpServer::Generation {
   Executor* const executor;
   // The server's count of live Generations (Stop waits for it to drop to 0).
   std::atomic<int>* const num_generations;
-  const RequestId id;
-  OutputAccumulator output;
   const ResponseMeta meta;
-  // A stream's first provider call has happened (chat: the role chunk is out).
+  // In choice index order. std::deque: an OutputAccumulator does not move.
+  std::deque<Choice> choices;
+  // A stream's first provider call has happened (chat: the role chunks are out).
   bool stream_started = false;
 };
 
@@ -374,13 +427,17 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
   meta.model = model_.name;
   meta.include_usage = request->include_usage;
 
-  absl::StatusOr<RequestId> id = executor_->Enqueue(request->generation);
-  if (!id.ok()) {
-    WriteError(res, ApiErrorFromStatus(id.status()));
-    return;
+  auto generation = std::make_shared<Generation>(executor_, &num_generations_, std::move(meta));
+  for (int64_t index = 0; index < request->num_choices(); ++index) {
+    // The other choices of a prompt wait for its first to compute it, then
+    // find it in the prefix cache (the executor sees to it).
+    absl::StatusOr<RequestId> id = executor_->Enqueue(request->ChoiceRequest(index));
+    if (!id.ok()) {
+      WriteError(res, ApiErrorFromStatus(id.status()));
+      return;  // the Generation cancels the choices already queued
+    }
+    generation->choices.emplace_back(*id, *request, index, model_);
   }
-  auto generation = std::make_shared<Generation>(executor_, &num_generations_, *id, *request,
-                                                 model_, std::move(meta));
   if (!request->stream) {
     CompleteNonStreaming(*generation, req, res);
     return;
@@ -402,9 +459,10 @@ void HttpServer::CompleteNonStreaming(Generation& generation, const httplib::Req
   // is watched instead: a client that gave up cancels the request (the
   // Generation's destructor) rather than leaving it to run to max_tokens.
   const PeerSocket peer = PeerSocket::Find(req.local_port, req.remote_addr, req.remote_port);
-  while (!generation.output.finished()) {
+  while (!generation.finished()) {
     if (peer.PeerClosed()) {
-      HERD_LOG(DEBUG) << "request " << generation.id << ": the client closed its connection";
+      HERD_LOG(DEBUG) << "request " << generation.choices.front().id
+                      << ": the client closed its connection";
       return;
     }
     if (stopping_) {
@@ -412,21 +470,20 @@ void HttpServer::CompleteNonStreaming(Generation& generation, const httplib::Req
       return;
     }
     absl::StatusOr<std::vector<GenerationResponse>> responses =
-        executor_->AwaitResponses(generation.id, kPollInterval);
+        executor_->AwaitResponses(generation.OpenIds(), kPollInterval);
     if (!responses.ok()) {
       WriteError(res, ApiErrorFromStatus(AwaitError(responses.status())));
       return;
     }
     for (const GenerationResponse& response : *responses) {
-      absl::StatusOr<OutputDelta> delta = generation.output.Add(response);
+      absl::StatusOr<OutputDelta> delta = generation.Add(response);
       if (!delta.ok()) {
         WriteError(res, ApiErrorFromStatus(delta.status()));
         return;
       }
-      if (generation.output.finished()) break;
     }
   }
-  res.set_content(FormatResponse(generation.meta, generation.output), kJson);
+  res.set_content(FormatResponse(generation.meta, generation.Outputs()), kJson);
 }
 
 bool HttpServer::WriteStreamEvents(Generation& generation, httplib::DataSink& sink) {
@@ -437,7 +494,10 @@ bool HttpServer::WriteStreamEvents(Generation& generation, httplib::DataSink& si
   if (!generation.stream_started) {
     generation.stream_started = true;
     if (meta.endpoint == ApiEndpoint::kChatCompletions) {
-      const std::string start = FormatStreamStart(meta);
+      std::string start;
+      for (const Generation::Choice& choice : generation.choices) {
+        absl::StrAppend(&start, FormatStreamStart(meta, choice.output.index()));
+      }
       return sink.write(start.data(), start.size());
     }
   }
@@ -448,13 +508,13 @@ bool HttpServer::WriteStreamEvents(Generation& generation, httplib::DataSink& si
     last = true;
   } else {
     absl::StatusOr<std::vector<GenerationResponse>> responses =
-        executor_->AwaitResponses(generation.id, kPollInterval);
+        executor_->AwaitResponses(generation.OpenIds(), kPollInterval);
     if (!responses.ok()) {
       events = FormatStreamError(ApiErrorFromStatus(AwaitError(responses.status())));
       last = true;
     } else {
       for (const GenerationResponse& response : *responses) {
-        absl::StatusOr<OutputDelta> delta = generation.output.Add(response);
+        absl::StatusOr<OutputDelta> delta = generation.Add(response);
         if (!delta.ok()) {
           absl::StrAppend(&events, FormatStreamError(ApiErrorFromStatus(delta.status())));
           last = true;
@@ -463,11 +523,10 @@ bool HttpServer::WriteStreamEvents(Generation& generation, httplib::DataSink& si
         if (!delta->token_ids.empty() || !delta->text.empty() || !delta->finish_reason.empty()) {
           absl::StrAppend(&events, FormatStreamDelta(meta, *delta));
         }
-        if (generation.output.finished()) {
-          absl::StrAppend(&events, FormatStreamEnd(meta, generation.output));
-          last = true;
-          break;
-        }
+      }
+      if (!last && generation.finished()) {
+        absl::StrAppend(&events, FormatStreamEnd(meta, generation.Outputs()));
+        last = true;
       }
     }
   }

@@ -161,10 +161,7 @@ absl::Status RequireNeutral(const Json& root, const char* key, std::initializer_
 }
 
 absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
-  HERD_RETURN_IF_ERROR(
-      RequireNeutral(root, "n", {1}, "one choice per request (send several requests instead)"));
   if (endpoint == ApiEndpoint::kCompletions) {
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "best_of", {1}, "one candidate per request"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "suffix", {""}, "no insertion (suffix)"));
     HERD_RETURN_IF_ERROR(
         RequireNeutral(root, "top_logprobs", {0}, "completions take 'logprobs': N"));
@@ -210,42 +207,77 @@ absl::StatusOr<std::vector<int32_t>> ReadIdList(const Json& list, absl::string_v
   return ids;
 }
 
-// `prompt`: token ids, a string, or a list holding exactly one of those.
-absl::StatusOr<std::vector<int32_t>> ParsePrompt(const Json& root, const ApiModel& model) {
-  const Json* prompt = Find(root, "prompt");
-  if (prompt == nullptr) return Invalid("prompt", "'prompt' is required");
+// One prompt: a string or token ids; `where` names it in errors.
+absl::StatusOr<std::vector<int32_t>> ParseOnePrompt(const Json& prompt, const std::string& where,
+                                                    const ApiModel& model) {
   std::vector<int32_t> ids;
-  if (prompt->is_string()) {
-    HERD_ASSIGN_OR_RETURN(ids, EncodePrompt(prompt->get<std::string>(), "prompt", model));
-  } else if (prompt->is_array() && !prompt->empty() &&
-             ((*prompt)[0].is_string() || (*prompt)[0].is_array())) {
-    if (prompt->size() > 1) {
-      return Invalid("prompt", absl::StrCat("'prompt' holds ", prompt->size(),
-                                            " prompts; batches are not supported, send one "
-                                            "request per prompt"));
-    }
-    const Json& only = (*prompt)[0];
-    if (only.is_string()) {
-      HERD_ASSIGN_OR_RETURN(ids, EncodePrompt(only.get<std::string>(), "prompt", model));
-    } else {
-      HERD_ASSIGN_OR_RETURN(ids, ReadIdList(only, "prompt[0]", model));
-    }
-  } else if (prompt->is_array()) {
-    HERD_ASSIGN_OR_RETURN(ids, ReadIdList(*prompt, "prompt", model));
+  if (prompt.is_string()) {
+    HERD_ASSIGN_OR_RETURN(ids, EncodePrompt(prompt.get<std::string>(), "prompt", model));
+  } else if (prompt.is_array()) {
+    HERD_ASSIGN_OR_RETURN(ids, ReadIdList(prompt, where, model));
   } else {
-    return Invalid("prompt", absl::StrCat("'prompt' must be a string or a list of token ids, got ",
-                                          Quote(*prompt)));
+    return Invalid(
+        "prompt",
+        absl::StrCat("'", where, "' must be a string or a list of token ids, got ", Quote(prompt)));
   }
-  if (ids.empty()) return Invalid("prompt", "'prompt' is empty");
+  if (ids.empty()) return Invalid("prompt", absl::StrCat("'", where, "' is empty"));
   for (size_t i = 0; i < ids.size(); ++i) {
     // Text prompts: the tokenizer's vocabulary may be larger than the model's.
     if (ids[i] >= model.vocab_size) {
-      return Invalid(
-          "prompt", absl::StrCat("the prompt's token ", i, " = ", ids[i],
-                                 " is outside the model's vocabulary [0, ", model.vocab_size, ")"));
+      return Invalid("prompt", absl::StrCat("the token ", i, " = ", ids[i], " of '", where,
+                                            "' is outside the model's vocabulary [0, ",
+                                            model.vocab_size, ")"));
     }
   }
   return ids;
+}
+
+// `prompt`: token ids, a string, or a batch: a list of strings or of token
+// id lists.
+absl::StatusOr<std::vector<std::vector<int32_t>>> ParsePrompts(const Json& root,
+                                                               const ApiModel& model) {
+  const Json* prompt = Find(root, "prompt");
+  if (prompt == nullptr) return Invalid("prompt", "'prompt' is required");
+  std::vector<std::vector<int32_t>> prompts;
+  if (prompt->is_array() && !prompt->empty() &&
+      ((*prompt)[0].is_string() || (*prompt)[0].is_array())) {
+    if (static_cast<int64_t>(prompt->size()) > kMaxChoices) {
+      return Invalid("prompt", absl::StrCat("'prompt' holds ", prompt->size(), " prompts; at most ",
+                                            kMaxChoices, " per request"));
+    }
+    for (size_t i = 0; i < prompt->size(); ++i) {
+      HERD_ASSIGN_OR_RETURN(std::vector<int32_t> ids,
+                            ParseOnePrompt((*prompt)[i], absl::StrCat("prompt[", i, "]"), model));
+      prompts.push_back(std::move(ids));
+    }
+  } else {
+    HERD_ASSIGN_OR_RETURN(std::vector<int32_t> ids, ParseOnePrompt(*prompt, "prompt", model));
+    prompts.push_back(std::move(ids));
+  }
+  return prompts;
+}
+
+// `n` (choices per prompt) and completions' `best_of`, which may only repeat
+// it: Herd returns every candidate it generates.
+absl::Status ParseChoiceCount(const Json& root, int64_t num_prompts, ApiRequest* request) {
+  bool given = false;
+  HERD_RETURN_IF_ERROR(ReadInt(root, "n", 1, &request->n, &given));
+  if (request->n * num_prompts > kMaxChoices) {
+    return Invalid("n", absl::StrCat("the request asks for ", request->n * num_prompts,
+                                     " choices (n = ", request->n, " for each of ", num_prompts,
+                                     " prompt(s)); at most ", kMaxChoices, " per request"));
+  }
+  if (request->endpoint == ApiEndpoint::kCompletions) {
+    int64_t best_of = request->n;
+    HERD_RETURN_IF_ERROR(ReadInt(root, "best_of", 1, &best_of, &given));
+    if (best_of != request->n) {
+      return Invalid("best_of", absl::StrCat("'best_of' = ", best_of, " is not supported: ",
+                                             "every candidate is returned, so best_of must equal "
+                                             "n (",
+                                             request->n, ")"));
+    }
+  }
+  return absl::OkStatus();
 }
 
 void AddStopId(int32_t id, std::vector<int32_t>* stop_ids) {
@@ -544,13 +576,23 @@ std::string SpecialTokenText(const Tokenizer& tokenizer, int32_t id) {
   return tokenizer.token_text(id);
 }
 
-OrderedJson UsageJson(const OutputAccumulator& output) {
+// Prompt tokens once per prompt (with those the prefix cache held for its
+// first choice), completion tokens of every choice.
+OrderedJson UsageJson(absl::Span<const OutputAccumulator* const> choices) {
+  int64_t prompt_tokens = 0, cached_tokens = 0, completion_tokens = 0;
+  for (const OutputAccumulator* choice : choices) {
+    if (choice->first_of_prompt()) {
+      prompt_tokens += choice->prompt_tokens();
+      cached_tokens += choice->cached_prompt_tokens();
+    }
+    completion_tokens += choice->completion_tokens();
+  }
   OrderedJson usage;
-  usage["prompt_tokens"] = output.prompt_tokens();
-  usage["completion_tokens"] = output.completion_tokens();
-  usage["total_tokens"] = output.prompt_tokens() + output.completion_tokens();
+  usage["prompt_tokens"] = prompt_tokens;
+  usage["completion_tokens"] = completion_tokens;
+  usage["total_tokens"] = prompt_tokens + completion_tokens;
   OrderedJson details;
-  details["cached_tokens"] = output.cached_prompt_tokens();
+  details["cached_tokens"] = cached_tokens;
   usage["prompt_tokens_details"] = std::move(details);
   return usage;
 }
@@ -620,17 +662,22 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
   ApiRequest request;
   request.endpoint = ApiEndpoint::kCompletions;
   HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
-  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, ParsePrompt(root, model));
+  HERD_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> prompts, ParsePrompts(root, model));
+  HERD_RETURN_IF_ERROR(ParseChoiceCount(root, static_cast<int64_t>(prompts.size()), &request));
   HERD_RETURN_IF_ERROR(ReadBool(root, "echo", "echo", &request.echo));
   request.generation.prompt_logprobs =
       request.echo && request.generation.sampling.top_logprobs >= 0;
   int64_t max_tokens = kDefaultCompletionMaxTokens;
   bool max_tokens_given = false;
   HERD_RETURN_IF_ERROR(ReadInt(root, "max_tokens", 1, &max_tokens, &max_tokens_given));
-  const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());
-  HERD_RETURN_IF_ERROR(CheckContext(model, request.endpoint, prompt_tokens, max_tokens,
-                                    max_tokens_given ? "max_tokens" : ""));
+  for (const std::vector<int32_t>& ids : prompts) {
+    HERD_RETURN_IF_ERROR(CheckContext(model, request.endpoint, static_cast<int64_t>(ids.size()),
+                                      max_tokens, max_tokens_given ? "max_tokens" : ""));
+  }
   request.generation.max_tokens = max_tokens;
+  request.generation.prompt_ids = std::move(prompts.front());
+  request.extra_prompts.assign(std::make_move_iterator(prompts.begin() + 1),
+                               std::make_move_iterator(prompts.end()));
   return request;
 }
 
@@ -641,6 +688,7 @@ absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
   ApiRequest request;
   request.endpoint = ApiEndpoint::kChatCompletions;
   HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
+  HERD_RETURN_IF_ERROR(ParseChoiceCount(root, 1, &request));
   HERD_ASSIGN_OR_RETURN(const std::vector<ChatMessage> messages, ParseMessages(root));
 
   const Tokenizer& tokenizer = *model.tokenizer;
@@ -751,12 +799,22 @@ std::string ApiErrorBody(const ApiError& error) {
   return Dump(body);
 }
 
-OutputAccumulator::OutputAccumulator(const ApiRequest& request, const ApiModel& model)
+GenerationRequest ApiRequest::ChoiceRequest(int64_t index) const {
+  GenerationRequest choice = generation;
+  if (index >= n) choice.prompt_ids = prompt_ids(index / n);
+  choice.sampling.seed += static_cast<uint64_t>(index % n);
+  return choice;
+}
+
+OutputAccumulator::OutputAccumulator(const ApiRequest& request, int64_t index,
+                                     const ApiModel& model)
     : tokenizer_(model.tokenizer),
+      index_(index),
+      first_of_prompt_(index % request.n == 0),
       stop_strings_(request.stop_strings),
-      prompt_tokens_(static_cast<int64_t>(request.generation.prompt_ids.size())),
+      prompt_tokens_(static_cast<int64_t>(request.prompt_ids(index / request.n).size())),
       wants_logprobs_(request.generation.sampling.top_logprobs >= 0) {
-  if (request.echo) echo_ids_ = request.generation.prompt_ids;
+  if (request.echo) echo_ids_ = request.prompt_ids(index / request.n);
   if (tokenizer_ != nullptr) {
     DecodeOptions options;
     // A completion continues its prompt, so its leading space is part of the
@@ -777,6 +835,7 @@ absl::StatusOr<OutputDelta> OutputAccumulator::Add(const GenerationResponse& res
                                    : "the request failed");
   }
   OutputDelta delta;
+  delta.index = index_;
   cached_prompt_tokens_ = response.cached_prompt_tokens;
   if (!echo_ids_.empty()) Echo(response, &delta);
   const bool with_logprobs =
@@ -939,28 +998,32 @@ OrderedJson LogprobsJson(ApiEndpoint endpoint, const std::vector<OutputLogprob>&
   return out;
 }
 
-std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& output) {
+std::string FormatResponse(const ResponseMeta& meta,
+                           absl::Span<const OutputAccumulator* const> choices) {
   OrderedJson object = ObjectHead(meta, /*chunk=*/false);
-  OrderedJson choice;
-  choice["index"] = 0;
-  if (meta.endpoint == ApiEndpoint::kChatCompletions) {
-    choice["message"] = {{"role", "assistant"}, {"content", output.text()}};
-  } else {
-    choice["text"] = output.text();
+  object["choices"] = OrderedJson::array();
+  for (const OutputAccumulator* output : choices) {
+    OrderedJson choice;
+    choice["index"] = output->index();
+    if (meta.endpoint == ApiEndpoint::kChatCompletions) {
+      choice["message"] = {{"role", "assistant"}, {"content", output->text()}};
+    } else {
+      choice["text"] = output->text();
+    }
+    choice["token_ids"] = output->token_ids();
+    choice["logprobs"] =
+        output->wants_logprobs() ? LogprobsJson(meta.endpoint, output->logprobs()) : nullptr;
+    choice["finish_reason"] = FinishReasonJson(output->finish_reason());
+    object["choices"].push_back(std::move(choice));
   }
-  choice["token_ids"] = output.token_ids();
-  choice["logprobs"] =
-      output.wants_logprobs() ? LogprobsJson(meta.endpoint, output.logprobs()) : nullptr;
-  choice["finish_reason"] = FinishReasonJson(output.finish_reason());
-  object["choices"] = OrderedJson::array({std::move(choice)});
-  object["usage"] = UsageJson(output);
+  object["usage"] = UsageJson(choices);
   return Dump(object);
 }
 
-std::string FormatStreamStart(const ResponseMeta& meta) {
+std::string FormatStreamStart(const ResponseMeta& meta, int64_t index) {
   OrderedJson object = ObjectHead(meta, /*chunk=*/true);
   OrderedJson choice;
-  choice["index"] = 0;
+  choice["index"] = index;
   choice["delta"] = {{"role", "assistant"}, {"content", ""}};
   choice["logprobs"] = nullptr;
   choice["finish_reason"] = nullptr;
@@ -972,7 +1035,7 @@ std::string FormatStreamStart(const ResponseMeta& meta) {
 std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta) {
   OrderedJson object = ObjectHead(meta, /*chunk=*/true);
   OrderedJson choice;
-  choice["index"] = 0;
+  choice["index"] = delta.index;
   if (meta.endpoint == ApiEndpoint::kChatCompletions) {
     choice["delta"] = OrderedJson::object();
     if (!delta.text.empty()) choice["delta"]["content"] = delta.text;
@@ -988,12 +1051,13 @@ std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta
   return SseEvent(object);
 }
 
-std::string FormatStreamEnd(const ResponseMeta& meta, const OutputAccumulator& output) {
+std::string FormatStreamEnd(const ResponseMeta& meta,
+                            absl::Span<const OutputAccumulator* const> choices) {
   std::string events;
   if (meta.include_usage) {
     OrderedJson object = ObjectHead(meta, /*chunk=*/true);
     object["choices"] = OrderedJson::array();
-    object["usage"] = UsageJson(output);
+    object["usage"] = UsageJson(choices);
     events = SseEvent(object);
   }
   return absl::StrCat(events, kSseDone);

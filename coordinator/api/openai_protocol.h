@@ -21,6 +21,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
+#include "absl/types/span.h"
 #include "coordinator/scheduler/executor.h"
 #include "model/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
@@ -53,12 +54,21 @@ ApiModel MakeApiModel(std::string name, int64_t vocab_size, int64_t max_context_
 
 enum class ApiEndpoint { kCompletions, kChatCompletions };
 
+// Most choices one request may ask for: prompts x n (OpenAI's limit on n).
+inline constexpr int64_t kMaxChoices = 128;
+
 // A validated request, ready for Executor::Enqueue.
 struct ApiRequest {
   ApiEndpoint endpoint = ApiEndpoint::kCompletions;
-  // Prompt ids, max_tokens, sampling and stop ids (the request's plus the
-  // end-of-generation ids). The deadline is left to the server.
+  // Prompt ids (of the first prompt), max_tokens, sampling and stop ids (the
+  // request's plus the end-of-generation ids). The deadline is left to the
+  // server.
   GenerationRequest generation;
+  // Completions' further prompts: `prompt` as a batch, a list of several.
+  std::vector<std::vector<int32_t>> extra_prompts;
+  // Choices per prompt (`n`). Choice i answers prompt i / n, as OpenAI
+  // indexes them.
+  int64_t n = 1;
   // Whether the request chose its seed; if not, the server picks one so that
   // equal requests give different samples, as OpenAI's do.
   bool has_seed = false;
@@ -72,12 +82,24 @@ struct ApiRequest {
   // occurrence (which is not part of the returned text); the token ids run up
   // to and including the token that completed it.
   std::vector<std::string> stop_strings;
+
+  int64_t num_prompts() const { return 1 + static_cast<int64_t>(extra_prompts.size()); }
+  int64_t num_choices() const { return num_prompts() * n; }
+  // Prompt `prompt`'s ids (< num_prompts()).
+  const std::vector<int32_t>& prompt_ids(int64_t prompt) const {
+    return prompt == 0 ? generation.prompt_ids : extra_prompts[prompt - 1];
+  }
+  // The executor's request for choice `index` (< num_choices()): `generation`
+  // with prompt index / n and seed + index % n, so that the n choices of a
+  // prompt sample differently and a seeded request repeats.
+  GenerationRequest ChoiceRequest(int64_t index) const;
 };
 
 // Parses the body of POST /v1/completions.
 //
 // Fields: prompt (token ids, a string when the model has a tokenizer, or a
-// list holding one of those), max_tokens (default 16), temperature ([0, 2],
+// batch: a list of strings or of id lists, one choice each), n (choices per
+// prompt; best_of may only repeat it), max_tokens (default 16), temperature ([0, 2],
 // default 1; 0 is greedy), top_p ((0, 1]), top_k (>= -1; -1 and 0: off) and
 // min_p ([0, 1]) as vLLM's, presence_penalty and frequency_penalty ([-2, 2]),
 // repetition_penalty (> 0, vLLM's), logit_bias ({"id": [-100, 100]}), seed,
@@ -85,8 +107,8 @@ struct ApiRequest {
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
 // returned beside each sampled one), echo (with logprobs: the prompt's log
-// probabilities too), model (when given, the served model's name). n and
-// best_of must be 1; top_logprobs and suffix must be left at their
+// probabilities too), model (when given, the served model's name); at most
+// kMaxChoices choices in all. top_logprobs and suffix must be left at their
 // defaults. null means "default"; unknown fields are ignored, as OpenAI
 // does.
 //
@@ -100,8 +122,8 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
 // (role system, developer (as system), user or assistant; content a string
 // or a list of {"type": "text", "text": ...} parts), rendered with the
 // model's chat template and tokenized; max_completion_tokens or max_tokens
-// (default: the rest of the context); the sampling, stop and stream fields of
-// ParseCompletionRequest; logprobs (true or false) with top_logprobs
+// (default: the rest of the context); n and the sampling, stop and stream
+// fields of ParseCompletionRequest; logprobs (true or false) with top_logprobs
 // (0..kMaxTopLogprobs, needs logprobs true); no tools.
 //
 // Errors: those of ParseCompletionRequest, and FailedPrecondition when the
@@ -156,8 +178,9 @@ struct OutputLogprob {
   int64_t text_offset = 0;
 };
 
-// What one executor response adds to a request's output.
+// What one executor response adds to a choice's output.
 struct OutputDelta {
+  int64_t index = 0;  // the choice's
   std::vector<int32_t> token_ids;
   // One per token id when the request asked for log probabilities.
   std::vector<OutputLogprob> logprobs;
@@ -166,7 +189,8 @@ struct OutputDelta {
   std::string finish_reason;
 };
 
-// Turns the executor's responses for one request into OpenAI output: the
+// Turns the executor's responses for one choice of a request into OpenAI
+// output: the
 // token ids, the text decoded incrementally (never ending inside a UTF-8
 // character), the stop strings matched on that text (text that may be the
 // start of a stop string is held back until it is known not to be), and the
@@ -176,7 +200,8 @@ struct OutputDelta {
 // Borrows `model`'s tokenizer. Not thread-safe: one per request.
 class OutputAccumulator {
  public:
-  OutputAccumulator(const ApiRequest& request, const ApiModel& model);
+  // For choice `index` of `request` (< request.num_choices()).
+  OutputAccumulator(const ApiRequest& request, int64_t index, const ApiModel& model);
 
   // Adds the next response of the request. Returns what it adds to the
   // output; the last delta carries the finish reason. A response that
@@ -199,7 +224,11 @@ class OutputAccumulator {
   // The text returned so far (the concatenation of every delta's text).
   const std::string& text() const { return text_; }
   const std::string& finish_reason() const { return finish_reason_; }
+  int64_t index() const { return index_; }
   int64_t prompt_tokens() const { return prompt_tokens_; }
+  // Whether this is the first choice of its prompt, which the usage counts
+  // the prompt (and its cached tokens) for.
+  bool first_of_prompt() const { return first_of_prompt_; }
   int64_t completion_tokens() const { return static_cast<int64_t>(token_ids_.size()); }
   // Prompt tokens the prefix cache held (usage.prompt_tokens_details).
   int64_t cached_prompt_tokens() const { return cached_prompt_tokens_; }
@@ -216,6 +245,8 @@ class OutputAccumulator {
   std::string TokenText(int32_t id) const;
 
   const Tokenizer* tokenizer_;
+  const int64_t index_;
+  const bool first_of_prompt_;
   std::vector<std::string> stop_strings_;
   std::unique_ptr<StreamDecoder> decoder_;  // nullptr without a tokenizer
   int64_t prompt_tokens_ = 0;
@@ -245,22 +276,25 @@ struct ResponseMeta {
   bool include_usage = false;
 };
 
-// The non-streaming response: a "text_completion" object (choices[0].text)
-// or a "chat.completion" (choices[0].message), with token_ids and usage.
-// `output` must be finished().
-std::string FormatResponse(const ResponseMeta& meta, const OutputAccumulator& output);
+// The non-streaming response: a "text_completion" object (choices[i].text)
+// or a "chat.completion" (choices[i].message), with token_ids and usage
+// (prompt tokens once per prompt, completion tokens of every choice). Every
+// choice must be finished().
+std::string FormatResponse(const ResponseMeta& meta,
+                           absl::Span<const OutputAccumulator* const> choices);
 
 // Server-sent events of a streaming response, each "data: <json>\n\n":
-//   chat only: FormatStreamStart (delta.role = "assistant");
+//   chat only: FormatStreamStart for each choice (delta.role = "assistant");
 //   one FormatStreamDelta per delta ("text_completion" with text, or
-//   "chat.completion.chunk" with delta.content; token_ids in both), the last
-//   with finish_reason;
+//   "chat.completion.chunk" with delta.content; token_ids in both; the
+//   delta's choice index), each choice's last with finish_reason;
 //   FormatStreamEnd: the usage chunk (empty choices) when include_usage,
 //   then "data: [DONE]\n\n".
 // With include_usage every chunk before the usage chunk has "usage": null.
-std::string FormatStreamStart(const ResponseMeta& meta);
+std::string FormatStreamStart(const ResponseMeta& meta, int64_t index);
 std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta);
-std::string FormatStreamEnd(const ResponseMeta& meta, const OutputAccumulator& output);
+std::string FormatStreamEnd(const ResponseMeta& meta,
+                            absl::Span<const OutputAccumulator* const> choices);
 // An error after the stream began: "data: {"error": ...}\n\n" then "data: [DONE]\n\n".
 std::string FormatStreamError(const ApiError& error);
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "absl/container/flat_hash_map.h"
+#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "absl/synchronization/mutex.h"
 #include "coordinator/scheduler/kv_block_pool.h"
@@ -38,6 +39,20 @@ namespace {
 
 int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
 
+// Names the prompt prefix through a block: a 64-bit mix of the previous
+// block's hash and this block's tokens. Only scheduling looks at it (a
+// collision at worst holds a request back a few steps); the prefix cache
+// itself matches tokens exactly.
+uint64_t PromptBlockHash(uint64_t previous, absl::Span<const int32_t> tokens) {
+  uint64_t h = previous ^ 0x9E3779B97F4A7C15ULL;
+  for (const int32_t token : tokens) {
+    h ^= static_cast<uint32_t>(token);
+    h *= 0xBF58476D1CE4E5B9ULL;
+    h ^= h >> 31;
+  }
+  return h;
+}
+
 double SecondsBetween(absl::Time from, absl::Time to) { return absl::ToDoubleSeconds(to - from); }
 
 // One request from Enqueue until its final response is collected.
@@ -56,6 +71,8 @@ struct Sequence {
   KvBlockPool::PrefixKey committed_key = KvBlockPool::kEmptyPrefix;
   // Prompt tokens the prefix cache held when the request first ran.
   int64_t cached_prompt_tokens = 0;
+  // With prefix caching: PromptBlockHash of each whole block of the prompt.
+  std::vector<uint64_t> prompt_block_hashes;
   absl::Time arrival_time;
   absl::Time last_token_time;
   bool scheduled_once = false;
@@ -136,6 +153,15 @@ class Executor::Impl {
     auto seq = std::make_unique<Sequence>();
     seq->id = next_id_++;
     seq->request = std::move(request);
+    if (options_.prefix_caching) {
+      const absl::Span<const int32_t> prompt = seq->request.prompt_ids;
+      const int64_t block_tokens = options_.kv_block_tokens;
+      uint64_t hash = 0;
+      for (int64_t b = 0; (b + 1) * block_tokens <= static_cast<int64_t>(prompt.size()); ++b) {
+        hash = PromptBlockHash(hash, prompt.subspan(b * block_tokens, block_tokens));
+        seq->prompt_block_hashes.push_back(hash);
+      }
+    }
     seq->arrival_time = absl::Now();
     Sequence* raw = seq.get();
     sequences_.emplace(raw->id, std::move(seq));
@@ -145,20 +171,36 @@ class Executor::Impl {
     return raw->id;
   }
 
-  absl::StatusOr<std::vector<GenerationResponse>> AwaitResponses(RequestId id,
+  absl::StatusOr<std::vector<GenerationResponse>> AwaitResponses(absl::Span<const RequestId> ids,
                                                                  absl::Duration timeout) {
     absl::MutexLock lock(&mu_);
-    auto it = sequences_.find(id);
-    if (it == sequences_.end()) return absl::NotFoundError(absl::StrCat("no request ", id));
-    Sequence* seq = it->second.get();
+    std::vector<Sequence*> seqs;
+    for (RequestId id : ids) {
+      auto it = sequences_.find(id);
+      if (it == sequences_.end()) return absl::NotFoundError(absl::StrCat("no request ", id));
+      seqs.push_back(it->second.get());
+    }
     mu_.AwaitWithTimeout(absl::Condition(
-                             +[](Sequence* s) { return s->has_news(); }, seq),
+                             +[](std::vector<Sequence*>* waited) {
+                               return std::any_of(waited->begin(), waited->end(),
+                                                  [](Sequence* s) { return s->has_news(); });
+                             },
+                             &seqs),
                          timeout);
-    // The wait released mu_: an Enqueue may have rehashed the map (`it` is
-    // stale), but `seq` itself stays put (one awaiter per id).
+    // The wait released mu_: an Enqueue may have rehashed the map, but the
+    // sequences themselves stay put (one awaiter per id).
     std::vector<GenerationResponse> responses;
-    if (!seq->has_news()) return responses;
-    GenerationResponse& response = responses.emplace_back();
+    for (Sequence* seq : seqs) {
+      if (seq->has_news()) responses.push_back(CollectNews(seq));
+    }
+    return responses;
+  }
+
+  // Hands out what `seq` has queued since the last call; a finished sequence
+  // is then forgotten.
+  GenerationResponse CollectNews(Sequence* seq) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
+    const RequestId id = seq->id;
+    GenerationResponse response;
     response.request_id = id;
     response.token_ids = std::move(seq->pending_tokens);
     seq->pending_tokens.clear();
@@ -178,7 +220,7 @@ class Executor::Impl {
       response.status = seq->finish_status;
       sequences_.erase(id);
     }
-    return responses;
+    return response;
   }
 
   void Cancel(RequestId id, FinishReason reason) {
@@ -404,6 +446,23 @@ class Executor::Impl {
     }
   }
 
+  // The most leading blocks of `seq` the prefix cache may offer it: at
+  // least its last token is computed, and a request scoring its prompt
+  // computes every position.
+  int64_t MaxCachedBlocks(const Sequence& seq) const {
+    return seq.request.prompt_logprobs ? 0 : (seq.num_tokens() - 1) / options_.kv_block_tokens;
+  }
+
+  // Leading prompt blocks of waiting `seq` that sequences in their prefill
+  // are computing now (`pending`: their prompt block hashes).
+  int64_t PendingBlocks(const Sequence& seq, const absl::flat_hash_set<uint64_t>& pending) const {
+    const int64_t max_blocks =
+        std::min<int64_t>(MaxCachedBlocks(seq), seq.prompt_block_hashes.size());
+    int64_t blocks = 0;
+    while (blocks < max_blocks && pending.contains(seq.prompt_block_hashes[blocks])) ++blocks;
+    return blocks;
+  }
+
   // Where a waiting sequence may start: a rank and the cached blocks of its
   // leading tokens there.
   struct Admission {
@@ -418,8 +477,7 @@ class Executor::Impl {
       ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) {
     // At least the last token is computed (its logits sample the next one);
     // a request scoring its prompt computes every position.
-    const int64_t max_blocks =
-        seq.request.prompt_logprobs ? 0 : (seq.num_tokens() - 1) / options_.kv_block_tokens;
+    const int64_t max_blocks = MaxCachedBlocks(seq);
     const std::vector<int32_t> tokens = max_blocks > 0
                                             ? seq.tokens(0, max_blocks * options_.kv_block_tokens)
                                             : std::vector<int32_t>{};
@@ -516,11 +574,25 @@ class Executor::Impl {
       if (!ReserveBlocks(seq, seq->num_computed + num_tokens, all_scheduled)) continue;
       schedule(seq, num_tokens);
     }
-    // Waiting sequences, in queue order, onto the rank with the most free KV.
-    while (!waiting_.empty()) {
-      Sequence* seq = waiting_.front();
+    // The prompt blocks of the sequences in their prefill.
+    absl::flat_hash_set<uint64_t> pending;
+    auto add_pending = [&](const Sequence& seq) {
+      if (seq.num_computed < static_cast<int64_t>(seq.request.prompt_ids.size())) {
+        pending.insert(seq.prompt_block_hashes.begin(), seq.prompt_block_hashes.end());
+      }
+    };
+    for (const Sequence* seq : running_) add_pending(*seq);
+    // Waiting sequences, in queue order, onto the rank with the most free KV
+    // (or the one caching most of them). One whose leading blocks are being
+    // computed waits for them rather than computing them again.
+    for (auto it = waiting_.begin(); it != waiting_.end();) {
+      Sequence* seq = *it;
       Admission admission = ChooseRank(*seq, budget);
       if (admission.rank < 0) break;
+      if (PendingBlocks(*seq, pending) > static_cast<int64_t>(admission.match.blocks.size())) {
+        ++it;
+        continue;
+      }
       const int best = admission.rank;
       KvBlockPool& pool = pools_[best];
       const std::vector<int32_t>& shared = admission.match.blocks;
@@ -529,7 +601,8 @@ class Executor::Impl {
       const int64_t needed = CeilDiv(cached_tokens + num_tokens, options_.kv_block_tokens) -
                              static_cast<int64_t>(shared.size());
       if (pool.num_available() - pool.NumUnreferenced(shared) < needed) break;
-      waiting_.pop_front();
+      it = waiting_.erase(it);
+      add_pending(*seq);
       seq->rank = best;
       running_.push_back(seq);
       ++running_count_[best];
@@ -880,7 +953,12 @@ absl::StatusOr<RequestId> Executor::Enqueue(GenerationRequest request) {
 
 absl::StatusOr<std::vector<GenerationResponse>> Executor::AwaitResponses(RequestId id,
                                                                          absl::Duration timeout) {
-  return impl_->AwaitResponses(id, timeout);
+  return impl_->AwaitResponses({id}, timeout);
+}
+
+absl::StatusOr<std::vector<GenerationResponse>> Executor::AwaitResponses(
+    absl::Span<const RequestId> ids, absl::Duration timeout) {
+  return impl_->AwaitResponses(ids, timeout);
 }
 
 void Executor::Cancel(RequestId id) { impl_->Cancel(id, FinishReason::kAbort); }

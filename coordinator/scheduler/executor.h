@@ -18,7 +18,11 @@
 //     of whole blocks its rank already computed for the same leading tokens,
 //     and computes only the rest (at least its last token). A new request
 //     prefers the rank caching most of it unless that rank runs
-//     kCacheAffinitySlack more sequences than the emptiest one.
+//     kCacheAffinitySlack more sequences than the emptiest one. A waiting
+//     request whose leading blocks a running one is still computing (the
+//     same system prompt arriving in a burst, the n choices of one API
+//     request) waits for them instead of computing them a second time
+//     (SGLang's in-batch prefix caching).
 //
 // Thread-safety: every public method may be called from any thread. The step
 // loop runs on a thread the executor owns, which also drives rank 0's engine.
@@ -32,6 +36,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/time/time.h"
+#include "absl/types/span.h"
 #include "comm/control_channel.h"
 #include "coordinator/metrics/serving_metrics.h"
 #include "core/config.h"
@@ -164,6 +169,11 @@ class Executor {
   // id is forgotten; later calls return NotFound, as for unknown ids. One
   // thread at a time awaits a given id.
   absl::StatusOr<std::vector<GenerationResponse>> AwaitResponses(RequestId id,
+                                                                 absl::Duration timeout);
+  // The same for several requests: waits up to `timeout` for news of any of
+  // `ids` (at least one) and returns the responses of every one with news
+  // (each names its request). NotFound if any id is unknown.
+  absl::StatusOr<std::vector<GenerationResponse>> AwaitResponses(absl::Span<const RequestId> ids,
                                                                  absl::Duration timeout);
 
   // Finishes `id` with kAbort (status Cancelled) at the next step and frees its

@@ -334,6 +334,81 @@ TEST_F(HttpServerTest, StreamCarriesTheSameTokens) {
   EXPECT_EQ(usage["usage"]["prompt_tokens"], kPrompt.size());
 }
 
+// `n` choices of each prompt of a batch: choice i answers prompt i / n, whole
+// or streamed (each chunk naming its choice), with the usage counting each
+// prompt once; seeded samples differ between the choices and repeat.
+TEST_F(HttpServerTest, SeveralChoicesOfABatchOfPrompts) {
+  StartServer();
+  const std::vector<std::vector<int32_t>> prompts = {kPrompt, {5, 6, 7, 300}};
+  auto res = Post("/v1/completions",
+                  {{"prompt", prompts}, {"n", 2}, {"max_tokens", 6}, {"temperature", 0}});
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  const Json body = Json::parse(res->body);
+  ASSERT_EQ(body["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    const Json& choice = body["choices"][i];
+    EXPECT_EQ(choice["index"], i);
+    EXPECT_THAT(choice["token_ids"].get<std::vector<int32_t>>(),
+                ElementsAreArray(Greedy(prompts[i / 2], 6)))
+        << "choice " << i;
+    EXPECT_EQ(choice["finish_reason"], "length");
+  }
+  EXPECT_EQ(body["usage"]["prompt_tokens"], prompts[0].size() + prompts[1].size());
+  EXPECT_EQ(body["usage"]["completion_tokens"], 24);
+
+  auto streamed = Post("/v1/completions", {{"prompt", prompts},
+                                           {"n", 2},
+                                           {"max_tokens", 6},
+                                           {"temperature", 0},
+                                           {"stream", true},
+                                           {"stream_options", {{"include_usage", true}}}});
+  ASSERT_TRUE(streamed);
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  const Events events = ParseEvents(streamed->body);
+  EXPECT_TRUE(events.done);
+  EXPECT_EQ(events.malformed, "");
+  std::vector<std::vector<int32_t>> ids(4);
+  std::vector<int> finishes(4, 0);
+  for (size_t c = 0; c + 1 < events.chunks.size(); ++c) {
+    const Json& choices = events.chunks[c]["choices"];
+    ASSERT_EQ(choices.size(), 1u) << events.chunks[c];
+    const int index = choices[0]["index"].get<int>();
+    ASSERT_TRUE(index >= 0 && index < 4) << events.chunks[c];
+    for (const Json& id : choices[0]["token_ids"]) ids[index].push_back(id.get<int32_t>());
+    finishes[index] += choices[0]["finish_reason"].is_null() ? 0 : 1;
+  }
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_THAT(ids[i], ElementsAreArray(Greedy(prompts[i / 2], 6))) << "choice " << i;
+    EXPECT_EQ(finishes[i], 1) << "choice " << i;
+  }
+  EXPECT_EQ(events.chunks.back()["usage"]["completion_tokens"], 24);
+
+  const Json sampled = {{"prompt", kPrompt}, {"n", 3}, {"max_tokens", 8}, {"seed", 5}};
+  auto first = Post("/v1/completions", sampled);
+  auto again = Post("/v1/completions", sampled);
+  ASSERT_TRUE(first && again);
+  ASSERT_EQ(first->status, 200) << first->body;
+  const Json a = Json::parse(first->body)["choices"];
+  const Json b = Json::parse(again->body)["choices"];
+  ASSERT_EQ(a.size(), 3u);
+  EXPECT_EQ(a, b);
+  EXPECT_FALSE(a[0]["token_ids"] == a[1]["token_ids"] && a[1]["token_ids"] == a[2]["token_ids"])
+      << "the three seeded choices sampled the same tokens: " << a;
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+}
+
+// A request whose choices do not all fit the queue is refused whole.
+TEST_F(HttpServerTest, ChoicesThatDoNotFitTheQueueAre429AndNoneRuns) {
+  ExecutorOptions executor_options;
+  executor_options.max_waiting_requests = 2;
+  StartServer({}, executor_options);
+  auto res = Post("/v1/completions", {{"prompt", kPrompt}, {"n", 3}, {"max_tokens", kLongTokens}});
+  ExpectError(res, 429, "server_overloaded", "the request queue is full");
+  EXPECT_TRUE(WaitIdle(absl::Seconds(10)));
+  EXPECT_EQ(executor_->stats().num_running + executor_->stats().num_waiting, 0);
+}
+
 TEST_F(HttpServerTest, ChatWithATokenizer) {
   const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
   ASSERT_NE(tokenizer, nullptr);
@@ -428,8 +503,8 @@ TEST_F(HttpServerTest, RequestErrorsAreOpenAiJson) {
               "invalid_request_error", "maximum context length is 32768 tokens", "max_tokens");
   ExpectError(Post("/v1/completions", {{"prompt", "hello"}}), 400, "invalid_request_error",
               "has no tokenizer", "prompt");
-  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"n", 2}}), 400,
-              "invalid_request_error", "is not supported", "n");
+  ExpectError(Post("/v1/completions", {{"prompt", kPrompt}, {"n", 0}}), 400,
+              "invalid_request_error", "must be >= 1", "n");
   auto other = Post("/v1/completions", {{"model", "gpt-4"}, {"prompt", kPrompt}});
   ExpectError(other, 404, "invalid_request_error", "The model `gpt-4` does not exist", "model");
   EXPECT_EQ(Json::parse(other->body)["error"]["code"], "model_not_found");

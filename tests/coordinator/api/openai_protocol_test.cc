@@ -13,6 +13,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_join.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -174,7 +175,8 @@ TEST(CompletionRequestTest, RejectsBadPrompts) {
       {R"({})", "'prompt' is required"},
       {R"({"prompt": null})", "'prompt' is required"},
       {R"({"prompt": []})", "'prompt' is empty"},
-      {R"({"prompt": [[]]})", "'prompt' is empty"},
+      {R"({"prompt": [[]]})", "'prompt[0]' is empty"},
+      {R"({"prompt": [[1], []]})", "'prompt[1]' is empty"},
       {R"({"prompt": 5})", "must be a string or a list of token ids, got 5"},
       {R"({"prompt": {"ids": [1]}})", "must be a string or a list of token ids"},
       {R"({"prompt": [1, "a"]})", "prompt[1] must be an integer token id, got \"a\""},
@@ -183,8 +185,8 @@ TEST(CompletionRequestTest, RejectsBadPrompts) {
       {R"({"prompt": [-1]})", "prompt[0] = -1 is outside the vocabulary [0, 512)"},
       {R"({"prompt": [1, 512]})", "prompt[1] = 512 is outside the vocabulary [0, 512)"},
       {R"({"prompt": [18446744073709551615]})", "prompt[0] = 18446744073709551615 is outside"},
-      {R"({"prompt": [[1, 2], [3]]})", "'prompt' holds 2 prompts; batches are not supported"},
-      {R"({"prompt": ["a", "b"]})", "'prompt' holds 2 prompts"},
+      {R"({"prompt": [[1], [1, 512]]})", "prompt[1][1] = 512 is outside the vocabulary"},
+      {R"({"prompt": [[1], 2]})", "'prompt[1]' must be a string or a list of token ids, got 2"},
       {R"({"prompt": [[1, "x"]]})", "prompt[0][1] must be an integer token id"},
       {R"({"prompt": "hello"})", "'prompt' is text but model `tiny` has no tokenizer"},
       {R"({"prompt": ["hello"]})", "has no tokenizer"},
@@ -260,9 +262,8 @@ TEST(CompletionRequestTest, RejectsValuesOutOfRange) {
 
 TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
   const std::pair<std::string, std::string> rejected[] = {
-      {R"("n": 2)", "n"},
-      {R"("n": "1")", "n"},
       {R"("best_of": 3)", "best_of"},
+      {R"("n": 2, "best_of": 3)", "best_of"},
       {R"("suffix": "end")", "suffix"},
       {R"("top_logprobs": 2)", "top_logprobs"},
   };
@@ -270,7 +271,7 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
     ExpectInvalid(absl::StrCat(R"({"prompt": [1], )", fields, "}"), IdModel(), param,
                   "is not supported");
   }
-  const char* accepted[] = {R"("n": 1)",           R"("n": 1.0)",
+  const char* accepted[] = {R"("n": 1)",           R"("n": 2, "best_of": 2)",
                             R"("best_of": 1)",     R"("echo": false)",
                             R"("suffix": "")",     R"("presence_penalty": 0.0)",
                             R"("logit_bias": {})", R"("top_logprobs": 0)"};
@@ -279,7 +280,41 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
         ParseCompletionRequest(absl::StrCat(R"({"prompt": [1], )", fields, "}"), IdModel());
     EXPECT_TRUE(request.ok()) << fields << ": " << request.status();
   }
-  ExpectInvalid(R"({"prompt": [1], "n": 2})", IdModel(), "n", "one choice per request");
+}
+
+// A batch of prompts and n choices each: choice i answers prompt i / n, with
+// seed + i % n; at most kMaxChoices in all.
+TEST(CompletionRequestTest, BatchesOfPromptsAndSeveralChoices) {
+  auto request = ParseCompletionRequest(
+      R"({"prompt": [[1, 2], [3], [4, 5, 6]], "n": 2, "seed": 10})", IdModel());
+  ASSERT_TRUE(request.ok()) << request.status();
+  EXPECT_EQ(request->num_prompts(), 3);
+  EXPECT_EQ(request->num_choices(), 6);
+  const std::vector<std::vector<int32_t>> prompts = {{1, 2}, {3}, {4, 5, 6}};
+  for (int64_t i = 0; i < 6; ++i) {
+    const GenerationRequest choice = request->ChoiceRequest(i);
+    EXPECT_EQ(choice.prompt_ids, prompts[i / 2]) << i;
+    EXPECT_EQ(choice.sampling.seed, 10u + i % 2) << i;
+    EXPECT_EQ(choice.max_tokens, 16) << i;
+  }
+  auto single = ParseCompletionRequest(R"({"prompt": [7], "n": 3})", IdModel());
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_EQ(single->num_choices(), 3);
+  EXPECT_EQ(single->ChoiceRequest(2).prompt_ids, std::vector<int32_t>{7});
+
+  ExpectInvalid(R"({"prompt": [1], "n": 0})", IdModel(), "n", "must be >= 1");
+  ExpectInvalid(R"({"prompt": [1], "n": "2"})", IdModel(), "n", "must be an integer");
+  ExpectInvalid(R"({"prompt": [1], "n": 129})", IdModel(), "n", "at most 128 per request");
+  ExpectInvalid(R"({"prompt": [[1], [2]], "n": 65})", IdModel(), "n",
+                "asks for 130 choices (n = 65 for each of 2 prompt(s))");
+  std::string many = R"({"prompt": [)";
+  for (int i = 0; i < 129; ++i) absl::StrAppend(&many, i > 0 ? ", " : "", "[1]");
+  ExpectInvalid(many + "]}", IdModel(), "prompt", "holds 129 prompts; at most 128");
+  // Every prompt must fit the context (64) with max_tokens.
+  const std::string long_prompt =
+      absl::StrCat("[", absl::StrJoin(std::vector<int>(60, 1), ","), "]");
+  ExpectInvalid(absl::StrCat(R"({"prompt": [[1], )", long_prompt, R"(], "max_tokens": 8})"),
+                IdModel(), "max_tokens", "maximum context length");
 }
 
 // Completions' logprobs: N is the number of top tokens beside the sampled one.
@@ -559,7 +594,6 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
       {R"("tools": [{"type": "function"}])", "tools"},
       {R"("tool_choice": "auto")", "tool_choice"},
       {R"("response_format": {"type": "json_object"})", "response_format"},
-      {R"("n": 3)", "n"},
   };
   for (const auto& [fields, param] : rejected) {
     SCOPED_TRACE(fields);
@@ -684,7 +718,7 @@ ApiRequest IdRequest(size_t prompt_tokens = 3) {
 }
 
 TEST(OutputAccumulatorTest, TokenIdsOnlyWithoutATokenizer) {
-  OutputAccumulator output(IdRequest(), IdModel());
+  OutputAccumulator output(IdRequest(), 0, IdModel());
   auto first = output.Add(Response({7, 8}));
   ASSERT_TRUE(first.ok());
   EXPECT_THAT(first->token_ids, ElementsAre(7, 8));
@@ -700,11 +734,11 @@ TEST(OutputAccumulatorTest, TokenIdsOnlyWithoutATokenizer) {
   EXPECT_EQ(output.prompt_tokens(), 3);
   EXPECT_EQ(output.completion_tokens(), 3);
 
-  OutputAccumulator stopped(IdRequest(), IdModel());
+  OutputAccumulator stopped(IdRequest(), 0, IdModel());
   auto stop = stopped.Add(Response({4}, true, FinishReason::kStop));
   EXPECT_EQ(stop->finish_reason, "stop");
   // The last response may carry no tokens.
-  OutputAccumulator empty_end(IdRequest(), IdModel());
+  OutputAccumulator empty_end(IdRequest(), 0, IdModel());
   ASSERT_TRUE(empty_end.Add(Response({5})).ok());
   auto end = empty_end.Add(Response({}, true, FinishReason::kLength));
   EXPECT_THAT(end->token_ids, IsEmpty());
@@ -712,14 +746,14 @@ TEST(OutputAccumulatorTest, TokenIdsOnlyWithoutATokenizer) {
 }
 
 TEST(OutputAccumulatorTest, AbortAndErrorReturnTheirStatus) {
-  OutputAccumulator cancelled(IdRequest(), IdModel());
+  OutputAccumulator cancelled(IdRequest(), 0, IdModel());
   GenerationResponse abort = Response({1}, true, FinishReason::kAbort);
   abort.status = absl::DeadlineExceededError("past its deadline");
   EXPECT_EQ(cancelled.Add(abort).status().code(), absl::StatusCode::kDeadlineExceeded);
   EXPECT_TRUE(cancelled.executor_finished());
   EXPECT_FALSE(cancelled.finished());
 
-  OutputAccumulator failed(IdRequest(), IdModel());
+  OutputAccumulator failed(IdRequest(), 0, IdModel());
   EXPECT_EQ(failed.Add(Response({}, true, FinishReason::kError)).status().code(),
             absl::StatusCode::kInternal);
 }
@@ -727,7 +761,7 @@ TEST(OutputAccumulatorTest, AbortAndErrorReturnTheirStatus) {
 TEST_F(TextModelTest, CompletionTextKeepsItsLeadingSpaceChatDropsIt) {
   const std::vector<int32_t> ids = Encode("Hello world");
   ApiRequest completion = IdRequest();
-  OutputAccumulator text(completion, TextModel());
+  OutputAccumulator text(completion, 0, TextModel());
   std::string streamed;
   for (int32_t id : ids) streamed += text.Add(Response({id}))->text;
   streamed += text.Add(Response({}, true))->text;
@@ -736,11 +770,11 @@ TEST_F(TextModelTest, CompletionTextKeepsItsLeadingSpaceChatDropsIt) {
 
   ApiRequest chat = IdRequest();
   chat.endpoint = ApiEndpoint::kChatCompletions;
-  OutputAccumulator reply(chat, TextModel());
+  OutputAccumulator reply(chat, 0, TextModel());
   ASSERT_TRUE(reply.Add(Response(ids, true)).ok());
   EXPECT_EQ(reply.text(), "Hello world");
   // EOS ends the turn and decodes to nothing.
-  OutputAccumulator eos(chat, TextModel());
+  OutputAccumulator eos(chat, 0, TextModel());
   ASSERT_TRUE(eos.Add(Response({ids[0], tokenizer_->eos_id()}, true)).ok());
   EXPECT_EQ(eos.text(), "Hello");
   EXPECT_EQ(eos.completion_tokens(), 2);
@@ -749,7 +783,7 @@ TEST_F(TextModelTest, CompletionTextKeepsItsLeadingSpaceChatDropsIt) {
 TEST_F(TextModelTest, HoldsBackIncompleteUtf8) {
   // "🦙" is four byte tokens.
   const std::vector<int32_t> ids = {Id("<0xF0>"), Id("<0x9F>"), Id("<0xA6>"), Id("<0x99>")};
-  OutputAccumulator output(IdRequest(), TextModel());
+  OutputAccumulator output(IdRequest(), 0, TextModel());
   std::vector<std::string> deltas;
   for (int32_t id : ids) {
     auto delta = output.Add(Response({id}));
@@ -759,7 +793,7 @@ TEST_F(TextModelTest, HoldsBackIncompleteUtf8) {
   }
   EXPECT_THAT(deltas, ElementsAre("", "", "", "\xF0\x9F\xA6\x99"));
   // A stream that ends inside a character ends with U+FFFD.
-  OutputAccumulator cut(IdRequest(), TextModel());
+  OutputAccumulator cut(IdRequest(), 0, TextModel());
   EXPECT_EQ(cut.Add(Response({ids[0], ids[1]}))->text, "");
   auto last = cut.Add(Response({}, true, FinishReason::kLength));
   EXPECT_EQ(last->text, "\xEF\xBF\xBD");
@@ -771,7 +805,7 @@ TEST_F(TextModelTest, StopStringEndsTheTextBeforeIt) {
   const std::vector<int32_t> ids = Encode("Hello world again");
   ApiRequest request = IdRequest();
   request.stop_strings = {"o w"};
-  OutputAccumulator output(request, TextModel());
+  OutputAccumulator output(request, 0, TextModel());
   auto hello = output.Add(Response({ids[0]}));
   ASSERT_TRUE(hello.ok());
   // " Hello" ends with "o", the start of the stop string: held back.
@@ -792,7 +826,7 @@ TEST_F(TextModelTest, HeldBackTextIsReleasedWhenItIsNoMatch) {
   const std::vector<int32_t> ids = Encode("Hello world");
   ApiRequest request = IdRequest();
   request.stop_strings = {"lox", "Hello!"};
-  OutputAccumulator output(request, TextModel());
+  OutputAccumulator output(request, 0, TextModel());
   // " Hello" could start "Hello!" (and ends with "lo" of "lox").
   EXPECT_EQ(output.Add(Response({ids[0]}))->text, " ");
   EXPECT_EQ(output.Add(Response({ids[1]}))->text, "Hello world");
@@ -801,7 +835,7 @@ TEST_F(TextModelTest, HeldBackTextIsReleasedWhenItIsNoMatch) {
   EXPECT_EQ(last->text, "");
   EXPECT_EQ(output.text(), " Hello world");
   // Held text is flushed when the executor finishes.
-  OutputAccumulator flushed(request, TextModel());
+  OutputAccumulator flushed(request, 0, TextModel());
   auto only = flushed.Add(Response({ids[0]}, true, FinishReason::kLength));
   EXPECT_EQ(only->text, " Hello");
   EXPECT_EQ(only->finish_reason, "length");
@@ -811,7 +845,7 @@ TEST_F(TextModelTest, StopStringInTheLastResponseAndEarliestMatchWins) {
   const std::vector<int32_t> ids = Encode("one two three");
   ApiRequest request = IdRequest();
   request.stop_strings = {"three", "two"};
-  OutputAccumulator output(request, TextModel());
+  OutputAccumulator output(request, 0, TextModel());
   auto delta = output.Add(Response(ids, true, FinishReason::kLength));
   ASSERT_TRUE(delta.ok());
   EXPECT_EQ(delta->text, " one ");
@@ -820,7 +854,7 @@ TEST_F(TextModelTest, StopStringInTheLastResponseAndEarliestMatchWins) {
   // A stop string matched at the very first token returns no text.
   ApiRequest first = IdRequest();
   first.stop_strings = {" one"};
-  OutputAccumulator at_start(first, TextModel());
+  OutputAccumulator at_start(first, 0, TextModel());
   auto start = at_start.Add(Response(ids));
   EXPECT_EQ(start->text, "");
   EXPECT_THAT(start->token_ids, ElementsAre(ids[0]));
@@ -848,11 +882,11 @@ Json EventJson(const std::string& event) {
 }
 
 TEST(FormatTest, CompletionResponse) {
-  OutputAccumulator output(IdRequest(4), IdModel());
+  OutputAccumulator output(IdRequest(4), 0, IdModel());
   GenerationResponse response = Response({7, 8}, true, FinishReason::kLength);
   response.cached_prompt_tokens = 3;  // the prefix cache held them
   ASSERT_TRUE(output.Add(response).ok());
-  const std::string text = FormatResponse(Meta(ApiEndpoint::kCompletions), output);
+  const std::string text = FormatResponse(Meta(ApiEndpoint::kCompletions), {&output});
   EXPECT_THAT(text, StartsWith(R"({"id":"cmpl-1","object":"text_completion","created":1700000000,)"
                                R"("model":"tiny","choices":[)"));
   const Json json = Json::parse(text);
@@ -871,10 +905,10 @@ TEST(FormatTest, CompletionResponse) {
 TEST_F(TextModelTest, ChatResponse) {
   ApiRequest request = IdRequest(5);
   request.endpoint = ApiEndpoint::kChatCompletions;
-  OutputAccumulator output(request, TextModel());
+  OutputAccumulator output(request, 0, TextModel());
   const std::vector<int32_t> ids = Encode("Hi there");
   ASSERT_TRUE(output.Add(Response(ids, true, FinishReason::kStop)).ok());
-  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kChatCompletions), output));
+  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kChatCompletions), {&output}));
   EXPECT_EQ(json["object"], "chat.completion");
   EXPECT_EQ(json["id"], "chatcmpl-1");
   const Json& choice = json["choices"][0];
@@ -882,6 +916,46 @@ TEST_F(TextModelTest, ChatResponse) {
   EXPECT_EQ(choice["finish_reason"], "stop");
   EXPECT_EQ(choice["token_ids"], Json(ids));
   EXPECT_EQ(json["usage"]["total_tokens"], 5 + static_cast<int>(ids.size()));
+}
+
+// Two prompts, two choices each: every choice in index order, each chunk
+// naming its choice, and the usage counting each prompt (and its cached
+// tokens) once and every choice's tokens.
+TEST(FormatTest, SeveralChoices) {
+  auto request = ParseCompletionRequest(R"({"prompt": [[1, 2], [3]], "n": 2})", IdModel());
+  ASSERT_TRUE(request.ok()) << request.status();
+  const ResponseMeta meta = Meta(ApiEndpoint::kCompletions, /*include_usage=*/true);
+  std::vector<std::unique_ptr<OutputAccumulator>> outputs;
+  std::vector<const OutputAccumulator*> choices;
+  for (int64_t i = 0; i < request->num_choices(); ++i) {
+    outputs.push_back(std::make_unique<OutputAccumulator>(*request, i, IdModel()));
+    choices.push_back(outputs.back().get());
+    GenerationResponse response =
+        Response({static_cast<int32_t>(10 + i), 20}, true, FinishReason::kLength);
+    response.cached_prompt_tokens = i;  // the first choice of each prompt: 0, then 2
+    auto delta = outputs.back()->Add(response);
+    ASSERT_TRUE(delta.ok()) << delta.status();
+    EXPECT_EQ(delta->index, i);
+    EXPECT_EQ(EventJson(FormatStreamDelta(meta, *delta))["choices"][0]["index"], i);
+    EXPECT_EQ(outputs.back()->first_of_prompt(), i % 2 == 0);
+  }
+  const Json json = Json::parse(FormatResponse(meta, choices));
+  ASSERT_EQ(json["choices"].size(), 4u);
+  for (int i = 0; i < 4; ++i) {
+    EXPECT_EQ(json["choices"][i]["index"], i);
+    EXPECT_EQ(json["choices"][i]["token_ids"], Json({10 + i, 20}));
+    EXPECT_EQ(json["choices"][i]["finish_reason"], "length");
+  }
+  const Json usage = Json({{"prompt_tokens", 3},
+                           {"completion_tokens", 8},
+                           {"total_tokens", 11},
+                           {"prompt_tokens_details", {{"cached_tokens", 2}}}});
+  EXPECT_EQ(json["usage"], usage);
+  const std::string end = FormatStreamEnd(meta, choices);
+  EXPECT_EQ(EventJson(end.substr(0, end.find("\n\n") + 2))["usage"], usage);
+  EXPECT_EQ(
+      EventJson(FormatStreamStart(Meta(ApiEndpoint::kChatCompletions), 3))["choices"][0]["index"],
+      3);
 }
 
 TEST(FormatTest, CompletionStreamFraming) {
@@ -899,9 +973,9 @@ TEST(FormatTest, CompletionStreamFraming) {
   delta.finish_reason = "length";
   EXPECT_EQ(EventJson(FormatStreamDelta(meta, delta))["choices"][0]["finish_reason"], "length");
 
-  OutputAccumulator output(IdRequest(2), IdModel());
+  OutputAccumulator output(IdRequest(2), 0, IdModel());
   ASSERT_TRUE(output.Add(Response({1, 2, 3}, true)).ok());
-  EXPECT_EQ(FormatStreamEnd(meta, output), "data: [DONE]\n\n");
+  EXPECT_EQ(FormatStreamEnd(meta, {&output}), "data: [DONE]\n\n");
 }
 
 TEST(FormatTest, StreamUsageChunk) {
@@ -909,9 +983,9 @@ TEST(FormatTest, StreamUsageChunk) {
   OutputDelta delta;
   delta.token_ids = {3};
   EXPECT_TRUE(EventJson(FormatStreamDelta(meta, delta))["usage"].is_null());
-  OutputAccumulator output(IdRequest(2), IdModel());
+  OutputAccumulator output(IdRequest(2), 0, IdModel());
   ASSERT_TRUE(output.Add(Response({1, 2, 3}, true)).ok());
-  const std::string end = FormatStreamEnd(meta, output);
+  const std::string end = FormatStreamEnd(meta, {&output});
   const std::string done = "data: [DONE]\n\n";
   ASSERT_THAT(end, ::testing::EndsWith(done));
   const Json usage = EventJson(end.substr(0, end.size() - done.size()));
@@ -924,7 +998,7 @@ TEST(FormatTest, StreamUsageChunk) {
 
 TEST(FormatTest, ChatStreamFraming) {
   const ResponseMeta meta = Meta(ApiEndpoint::kChatCompletions);
-  const Json start = EventJson(FormatStreamStart(meta));
+  const Json start = EventJson(FormatStreamStart(meta, 0));
   EXPECT_EQ(start["object"], "chat.completion.chunk");
   EXPECT_EQ(start["choices"][0]["delta"], Json({{"role", "assistant"}, {"content", ""}}));
   EXPECT_TRUE(start["choices"][0]["finish_reason"].is_null());
@@ -958,13 +1032,13 @@ TEST_F(TextModelTest, LogprobsInResponsesAndStreamChunks) {
 
   ApiRequest request = IdRequest();
   request.generation.sampling.top_logprobs = 2;
-  OutputAccumulator completion(request, TextModel());
+  OutputAccumulator completion(request, 0, TextModel());
   auto delta = completion.Add(first);
   ASSERT_TRUE(delta.ok());
   const Json chunk = EventJson(FormatStreamDelta(Meta(ApiEndpoint::kCompletions), *delta));
   EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"], Json({" Hello"}));
   ASSERT_TRUE(completion.Add(last).ok());
-  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), completion));
+  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), {&completion}));
   const Json& lp = json["choices"][0]["logprobs"];
   EXPECT_EQ(lp["tokens"], Json({" Hello", " world"}));
   EXPECT_EQ(lp["token_logprobs"], Json({-1.25, -9999.0}));
@@ -973,9 +1047,9 @@ TEST_F(TextModelTest, LogprobsInResponsesAndStreamChunks) {
   EXPECT_EQ(lp["top_logprobs"][1], Json({{" world", -9999.0}}));  // the sampled token alone
 
   request.endpoint = ApiEndpoint::kChatCompletions;
-  OutputAccumulator chat(request, TextModel());
+  OutputAccumulator chat(request, 0, TextModel());
   ASSERT_TRUE(chat.Add(first).ok());
-  const Json reply = Json::parse(FormatResponse(Meta(ApiEndpoint::kChatCompletions), chat));
+  const Json reply = Json::parse(FormatResponse(Meta(ApiEndpoint::kChatCompletions), {&chat}));
   const Json& content = reply["choices"][0]["logprobs"]["content"];
   ASSERT_EQ(content.size(), 1u);
   EXPECT_EQ(content[0]["token"], " Hello");
@@ -986,20 +1060,20 @@ TEST_F(TextModelTest, LogprobsInResponsesAndStreamChunks) {
   EXPECT_EQ(content[0]["top_logprobs"][0]["logprob"], -0.5);
 
   // Not asked: null, as before.
-  OutputAccumulator plain(IdRequest(), TextModel());
+  OutputAccumulator plain(IdRequest(), 0, TextModel());
   ASSERT_TRUE(plain.Add(Response({ids[0]})).ok());
-  EXPECT_TRUE(
-      Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), plain))["choices"][0]["logprobs"]
-          .is_null());
+  EXPECT_TRUE(Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions),
+                                         {&plain}))["choices"][0]["logprobs"]
+                  .is_null());
   // Without a tokenizer: token_id:N.
   ApiRequest ids_only = IdRequest();
   ids_only.generation.sampling.top_logprobs = 0;
-  OutputAccumulator no_text(ids_only, IdModel());
+  OutputAccumulator no_text(ids_only, 0, IdModel());
   GenerationResponse seven = Response({7});
   seven.logprobs = {SampledLogprobs{-0.75f, {}}};
   ASSERT_TRUE(no_text.Add(seven).ok());
   EXPECT_EQ(Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions),
-                                       no_text))["choices"][0]["logprobs"]["tokens"],
+                                       {&no_text}))["choices"][0]["logprobs"]["tokens"],
             Json({"token_id:7"}));
 }
 
@@ -1017,12 +1091,12 @@ TEST_F(TextModelTest, EchoedPromptWithLogprobs) {
   GenerationResponse first = Response({reply[0]}, true, FinishReason::kLength);
   first.logprobs = {SampledLogprobs{-2.0f, {{reply[0], -2.0f}}}};
   first.prompt_logprobs = {SampledLogprobs{-3.0f, {{prompt[0], -1.0f}}}};
-  OutputAccumulator output(request, TextModel());
+  OutputAccumulator output(request, 0, TextModel());
   auto delta = output.Add(first);
   ASSERT_TRUE(delta.ok());
   EXPECT_EQ(delta->text, " Hello world world");
   EXPECT_EQ(delta->logprobs.size(), 3u);
-  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), output));
+  const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), {&output}));
   const Json& lp = json["choices"][0]["logprobs"];
   EXPECT_EQ(json["choices"][0]["text"], " Hello world world");
   EXPECT_EQ(lp["tokens"], Json({" Hello", " world", " world"}));

@@ -561,6 +561,40 @@ TEST_F(ExecutorTest, NoPrefixReuseWhenOffOrWhenThePromptIsScored) {
       32);
 }
 
+// Requests with the same prompt arriving together (the n choices of one API
+// request, a burst with one system prompt): the others wait for the first to
+// compute the prompt and take it from the cache; one AwaitResponses call
+// follows them all.
+TEST_F(ExecutorTest, RequestsArrivingTogetherComputeASharedPromptOnce) {
+  Start(RoomyOptions());
+  const auto prompts = Prompts(8, model_->spec.vocab_size);
+  std::vector<int32_t> prompt = prompts[6];
+  prompt.insert(prompt.end(), prompts[7].begin(), prompts[7].end());  // 44 tokens
+  std::vector<RequestId> ids = {*executor_->Enqueue(WithLogprobs(prompt, 6))};
+  for (int i = 0; i < 3; ++i) ids.push_back(*executor_->Enqueue(WithLogprobs(prompt, 6)));
+  std::map<RequestId, Outcome> outcomes;
+  std::vector<RequestId> open = ids;
+  while (!open.empty()) {
+    auto responses = executor_->AwaitResponses(open, absl::Seconds(60));
+    ASSERT_TRUE(responses.ok()) << responses.status();
+    ASSERT_FALSE(responses->empty()) << "no news for 60 s";
+    for (GenerationResponse& r : *responses) {
+      Outcome& outcome = outcomes[r.request_id];
+      outcome.tokens.insert(outcome.tokens.end(), r.token_ids.begin(), r.token_ids.end());
+      outcome.logprobs.insert(outcome.logprobs.end(), r.logprobs.begin(), r.logprobs.end());
+      outcome.last = r;
+      if (r.finished) open.erase(std::find(open.begin(), open.end(), r.request_id));
+    }
+  }
+  for (size_t i = 0; i < ids.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "choice " << i);
+    EXPECT_EQ(outcomes[ids[i]].last.cached_prompt_tokens, i == 0 ? 0 : 32);
+    ExpectReferenceOutput(prompt, outcomes[ids[i]]);
+  }
+  EXPECT_EQ(executor_->AwaitResponses(ids, absl::ZeroDuration()).status().code(),
+            absl::StatusCode::kNotFound);
+}
+
 // Under a cramped cache, preempted sequences come back through their cached
 // blocks (while they are not reused) and cached blocks are reused for new
 // ones: every token still matches.

@@ -222,6 +222,49 @@ def check_prefix_cache(client, args, model_dir, port):
           "same logprobs as generate")
 
 
+def check_choices(client, prompt, greedy_text, messages, chat_text):
+    """`n` choices and a batch of prompts through the client: choice i answers
+    prompt i / n (greedy: each is that prompt's text alone), streamed choices
+    arrive by index, and the usage counts each prompt once."""
+    other = "A second prompt"
+    alone = client.completions.create(model="tiny-mixtral", prompt=other, max_tokens=12,
+                                      temperature=0)
+    batch = client.completions.create(model="tiny-mixtral", prompt=[prompt, other], n=2,
+                                      max_tokens=12, temperature=0)
+    h.check([c.index for c in batch.choices] == [0, 1, 2, 3], f"choices {batch.choices}")
+    want = [greedy_text, greedy_text, alone.choices[0].text, alone.choices[0].text]
+    h.check([c.text for c in batch.choices] == want,
+            f"batch texts {[c.text for c in batch.choices]}, expected {want}")
+    h.check(batch.usage.prompt_tokens == alone.usage.prompt_tokens +
+            client.completions.create(model="tiny-mixtral", prompt=prompt, max_tokens=1,
+                                      temperature=0).usage.prompt_tokens,
+            f"batch usage {batch.usage}: each prompt counts once")
+    h.check(batch.usage.completion_tokens == sum(
+        len(c.model_extra["token_ids"]) for c in batch.choices), f"batch usage {batch.usage}")
+
+    contents = {}
+    roles = {}
+    usage = None
+    for chunk in client.chat.completions.create(model="tiny-mixtral", messages=messages,
+                                                max_tokens=10, temperature=0, n=2, stream=True,
+                                                stream_options={"include_usage": True}):
+        for c in chunk.choices:
+            contents[c.index] = contents.get(c.index, "") + (c.delta.content or "")
+            if c.delta.role:
+                roles[c.index] = c.delta.role
+        if chunk.usage is not None:
+            usage = chunk.usage
+    h.check(contents == {0: chat_text, 1: chat_text} and roles == {0: "assistant",
+                                                                  1: "assistant"},
+            f"n=2 streamed chat: {contents}, roles {roles}; greedy {chat_text!r}")
+    h.check(usage is not None and usage.completion_tokens > 0, f"n=2 chat usage {usage}")
+    sampled = client.chat.completions.create(model="tiny-mixtral", messages=messages,
+                                             max_tokens=10, n=3, seed=11)
+    h.check(len(sampled.choices) == 3 and len({c.message.content for c in sampled.choices}) > 1,
+            f"3 seeded chat samples: {[c.message.content for c in sampled.choices]}")
+    h.log(f"n and batches: {len(batch.choices)} choices of 2 prompts, chat n=2 streamed by index")
+
+
 def test(args):
     try:
         import openai
@@ -287,6 +330,7 @@ def test(args):
 
         check_logprobs(client, args, model_dir)
         check_prefix_cache(client, args, model_dir, server.port)
+        check_choices(client, prompt, choice.text, messages, message.content)
 
         # vLLM's sampling extensions travel in extra_body: top_k 1 (or min_p 1)
         # at temperature 1 leaves only the most likely token, the greedy text.
