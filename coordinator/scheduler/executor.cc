@@ -602,7 +602,6 @@ class Executor::Impl {
                              static_cast<int64_t>(shared.size());
       if (pool.num_available() - pool.NumUnreferenced(shared) < needed) break;
       it = waiting_.erase(it);
-      add_pending(*seq);
       seq->rank = best;
       running_.push_back(seq);
       ++running_count_[best];
@@ -611,6 +610,7 @@ class Executor::Impl {
       seq->num_computed = cached_tokens;
       seq->num_committed_blocks = static_cast<int64_t>(shared.size());
       seq->committed_key = admission.match.key;
+      add_pending(*seq);
       ReserveBlocks(seq, cached_tokens + num_tokens, all_scheduled);
       prefix_cache_queried_tokens_ += seq->num_tokens();
       prefix_cache_hit_tokens_ += cached_tokens;
