@@ -40,7 +40,8 @@ struct Route {
 };
 constexpr Route kRoutes[] = {
     {"/v1/completions", "POST"}, {"/v1/chat/completions", "POST"},
-    {"/v1/models", "GET"},       {"/health", "GET"},
+    {"/v1/models", "GET"},       {"/tokenize", "POST"},
+    {"/detokenize", "POST"},     {"/health", "GET"},
     {"/ready", "GET"},           {"/metrics", "GET"},
 };
 
@@ -257,6 +258,14 @@ void HttpServer::RegisterRoutes() {
   server.Get("/v1/models", [this](const httplib::Request& req, httplib::Response& res) {
     HandleModels(req, res);
   });
+  server.Post("/tokenize", [this](const httplib::Request& req, httplib::Response& res,
+                                  const httplib::ContentReader& reader) {
+    HandleTokenizer(req, res, reader, Tokenize);
+  });
+  server.Post("/detokenize", [this](const httplib::Request& req, httplib::Response& res,
+                                    const httplib::ContentReader& reader) {
+    HandleTokenizer(req, res, reader, Detokenize);
+  });
   server.Get("/health",
              [this](const httplib::Request&, httplib::Response& res) { HandleHealth(res); });
   server.Get("/ready",
@@ -380,30 +389,49 @@ bool HttpServer::Admit(const httplib::Request& req, httplib::Response& res) cons
   return true;
 }
 
-void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response& res,
-                                  const httplib::ContentReader& reader, ApiEndpoint endpoint) {
+bool HttpServer::ReadBody(const httplib::ContentReader& reader, httplib::Response& res,
+                          std::string* body) const {
   // The body is read here, not by cpp-httplib, so that a chunked upload is
   // held to max_body_bytes too (Content-Length bodies are refused unread).
-  std::string body;
   bool too_large = false;
   const bool read = reader([&](const char* data, size_t size) {
-    if (body.size() + size > static_cast<size_t>(options_.max_body_bytes)) {
+    if (body->size() + size > static_cast<size_t>(options_.max_body_bytes)) {
       too_large = true;
       return false;
     }
-    body.append(data, size);
+    body->append(data, size);
     return true;
   });
   if (too_large || res.status == 413) {
     WriteError(res, MakeError(413, absl::StrCat("the request body is larger than ",
                                                 options_.max_body_bytes, " bytes")));
-    return;
+    return false;
   }
   if (!read) {
     WriteError(res, MakeError(400, "the request body could not be read"));
+    return false;
+  }
+  return true;
+}
+
+void HttpServer::HandleTokenizer(const httplib::Request& req, httplib::Response& res,
+                                 const httplib::ContentReader& reader,
+                                 absl::StatusOr<std::string> (*handle)(absl::string_view,
+                                                                       const ApiModel&)) {
+  std::string body;
+  if (!ReadBody(reader, res, &body) || !Admit(req, res)) return;
+  absl::StatusOr<std::string> answer = handle(body, model_);
+  if (!answer.ok()) {
+    WriteError(res, ApiErrorFromStatus(answer.status()));
     return;
   }
-  if (!Admit(req, res)) return;
+  res.set_content(*answer, kJson);
+}
+
+void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response& res,
+                                  const httplib::ContentReader& reader, ApiEndpoint endpoint) {
+  std::string body;
+  if (!ReadBody(reader, res, &body) || !Admit(req, res)) return;
 
   const absl::Time arrival = absl::Now();
   absl::StatusOr<ApiRequest> request = endpoint == ApiEndpoint::kCompletions

@@ -5,6 +5,7 @@
 //   POST /v1/completions        text_completion, or server-sent events with "stream": true
 //   POST /v1/chat/completions   chat.completion(.chunk); needs a tokenizer and a chat template
 //   GET  /v1/models             the one served model
+//   POST /tokenize, /detokenize vLLM's: text or messages to ids, ids to text
 //   GET  /health                200 "ok" while the executor's step loop runs, else 503
 //   GET  /ready                 200 "ready" while healthy and not draining, else 503
 //   GET  /metrics               Prometheus text format 0.0.4 (ServingMetrics)
@@ -14,11 +15,11 @@
 // max_body_bytes 413, a full executor queue 429 with `Retry-After: 1`, a
 // draining server 503. docs/serving.md documents the API for clients.
 //
-// Each generation request is enqueued in the executor and followed with
-// AwaitResponses every 100 ms. A stream whose client goes away is cancelled
-// at the next poll. A non-streaming request cannot see its client leave
-// (cpp-httplib offers no way to tell while the handler runs): it runs to its
-// end, which max_tokens and request_timeout bound.
+// Each generation request is enqueued in the executor (one request per
+// choice) and followed with AwaitResponses every 100 ms. A stream whose
+// client goes away is cancelled at the next poll; a non-streaming request
+// watches its client's socket (peer_socket.h) between polls and is cancelled
+// when the client closes it.
 //
 // Thread-safety: BeginDrain and port may be called from any thread; Start and
 // Stop from the owner's.
@@ -118,8 +119,18 @@ class HttpServer {
   HttpServer(Executor* executor, ServingMetrics* metrics, const HttpServerOptions& options);
   void RegisterRoutes();
 
-  // /v1 admission: the API key and draining. False when `res` is already an error.
+  // Admission of /v1 and the tokenizer routes: the API key and draining.
+  // False when `res` is already an error.
   bool Admit(const httplib::Request& req, httplib::Response& res) const;
+  // Reads a request body of at most max_body_bytes into `body`. False when
+  // `res` is already an error (413, 400).
+  bool ReadBody(const httplib::ContentReader& reader, httplib::Response& res,
+                std::string* body) const;
+  // /tokenize and /detokenize: `handle` (openai_protocol.h) turns the body
+  // into the answer.
+  void HandleTokenizer(const httplib::Request& req, httplib::Response& res,
+                       const httplib::ContentReader& reader,
+                       absl::StatusOr<std::string> (*handle)(absl::string_view, const ApiModel&));
   void HandleGeneration(const httplib::Request& req, httplib::Response& res,
                         const httplib::ContentReader& reader, ApiEndpoint endpoint);
   void CompleteNonStreaming(Generation& generation, const httplib::Request& req,

@@ -657,6 +657,35 @@ ApiModel MakeApiModel(std::string name, int64_t vocab_size, int64_t max_context_
   return model;
 }
 
+// `messages` rendered with the model's chat template and tokenized, as the
+// model sees a chat (the model must have a tokenizer and a chat template).
+absl::StatusOr<std::vector<int32_t>> EncodeMessages(const Json& root, const ApiModel& model) {
+  HERD_ASSIGN_OR_RETURN(const std::vector<ChatMessage> messages, ParseMessages(root));
+  const Tokenizer& tokenizer = *model.tokenizer;
+  ChatTemplateOptions options;
+  options.bos_token = SpecialTokenText(tokenizer, tokenizer.bos_id());
+  options.eos_token = SpecialTokenText(tokenizer, tokenizer.eos_id());
+  options.default_system = model.chat_template->default_system;
+  absl::StatusOr<std::string> prompt = RenderChat(model.chat_template->format, messages, options);
+  if (!prompt.ok()) return Invalid("messages", prompt.status().message());
+  // The rendered prompt spells the template's special tokens (and its BOS).
+  EncodeOptions encode;
+  encode.parse_special = true;
+  absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(*prompt, encode);
+  if (!ids.ok()) {
+    return Invalid("messages",
+                   absl::StrCat("cannot tokenize the messages: ", ids.status().message()));
+  }
+  for (int32_t id : *ids) {
+    if (id >= model.vocab_size) {
+      return Invalid("messages", absl::StrCat("the messages' token ", id,
+                                              " is outside the model's vocabulary [0, ",
+                                              model.vocab_size, ")"));
+    }
+  }
+  return ids;
+}
+
 absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const ApiModel& model) {
   HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
   ApiRequest request;
@@ -689,31 +718,7 @@ absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
   request.endpoint = ApiEndpoint::kChatCompletions;
   HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
   HERD_RETURN_IF_ERROR(ParseChoiceCount(root, 1, &request));
-  HERD_ASSIGN_OR_RETURN(const std::vector<ChatMessage> messages, ParseMessages(root));
-
-  const Tokenizer& tokenizer = *model.tokenizer;
-  ChatTemplateOptions options;
-  options.bos_token = SpecialTokenText(tokenizer, tokenizer.bos_id());
-  options.eos_token = SpecialTokenText(tokenizer, tokenizer.eos_id());
-  options.default_system = model.chat_template->default_system;
-  absl::StatusOr<std::string> prompt = RenderChat(model.chat_template->format, messages, options);
-  if (!prompt.ok()) return Invalid("messages", prompt.status().message());
-  // The rendered prompt spells the template's special tokens (and its BOS).
-  EncodeOptions encode;
-  encode.parse_special = true;
-  absl::StatusOr<std::vector<int32_t>> ids = tokenizer.Encode(*prompt, encode);
-  if (!ids.ok()) {
-    return Invalid("messages",
-                   absl::StrCat("cannot tokenize the messages: ", ids.status().message()));
-  }
-  for (int32_t id : *ids) {
-    if (id >= model.vocab_size) {
-      return Invalid("messages", absl::StrCat("the messages' token ", id,
-                                              " is outside the model's vocabulary [0, ",
-                                              model.vocab_size, ")"));
-    }
-  }
-  request.generation.prompt_ids = *std::move(ids);
+  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, EncodeMessages(root, model));
   const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());
 
   // max_completion_tokens replaced max_tokens in OpenAI's chat API; either
@@ -1065,6 +1070,74 @@ std::string FormatStreamEnd(const ResponseMeta& meta,
 
 std::string FormatStreamError(const ApiError& error) {
   return absl::StrCat("data: ", ApiErrorBody(error), "\n\n", kSseDone);
+}
+
+absl::StatusOr<std::string> Tokenize(absl::string_view body, const ApiModel& model) {
+  HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
+  HERD_RETURN_IF_ERROR(CheckModel(root, model));
+  if (model.tokenizer == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model `", model.name, "` has no tokenizer: it takes token ids only"));
+  }
+  std::vector<int32_t> ids;
+  const Json* prompt = Find(root, "prompt");
+  if (Find(root, "messages") != nullptr) {
+    if (prompt != nullptr) return Invalid("prompt", "send 'prompt' or 'messages', not both");
+    if (!model.chat_template.ok()) return model.chat_template.status();
+    HERD_ASSIGN_OR_RETURN(ids, EncodeMessages(root, model));
+  } else {
+    if (prompt == nullptr || !prompt->is_string()) {
+      return Invalid("prompt", "'prompt' (a string) or 'messages' is required");
+    }
+    bool add_special_tokens = true;
+    HERD_RETURN_IF_ERROR(
+        ReadBool(root, "add_special_tokens", "add_special_tokens", &add_special_tokens));
+    EncodeOptions options;
+    options.add_bos = add_special_tokens && model.tokenizer->add_bos();
+    options.parse_special = true;
+    absl::StatusOr<std::vector<int32_t>> encoded =
+        model.tokenizer->Encode(prompt->get<std::string>(), options);
+    if (!encoded.ok()) {
+      return Invalid("prompt",
+                     absl::StrCat("cannot tokenize 'prompt': ", encoded.status().message()));
+    }
+    ids = *std::move(encoded);
+  }
+  OrderedJson out;
+  out["count"] = ids.size();
+  out["max_model_len"] = model.max_context_tokens;
+  out["tokens"] = ids;
+  return Dump(out);
+}
+
+absl::StatusOr<std::string> Detokenize(absl::string_view body, const ApiModel& model) {
+  HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
+  HERD_RETURN_IF_ERROR(CheckModel(root, model));
+  if (model.tokenizer == nullptr) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("model `", model.name, "` has no tokenizer: it has no text"));
+  }
+  const Json* tokens = Find(root, "tokens");
+  if (tokens == nullptr || !tokens->is_array()) {
+    return Invalid("tokens", "'tokens' (a list of token ids) is required");
+  }
+  std::vector<int32_t> ids;
+  for (size_t i = 0; i < tokens->size(); ++i) {
+    HERD_ASSIGN_OR_RETURN(
+        int32_t id,
+        ReadTokenId((*tokens)[i], "tokens", absl::StrCat("tokens[", i, "]"),
+                    std::min<int64_t>(model.vocab_size, model.tokenizer->vocab_size())));
+    ids.push_back(id);
+  }
+  // As Hugging Face's decode: special tokens spelled out, SentencePiece's
+  // leading space dropped.
+  DecodeOptions options;
+  options.render_special = true;
+  absl::StatusOr<std::string> text = model.tokenizer->Decode(ids, options);
+  if (!text.ok()) return Invalid("tokens", text.status().message());
+  OrderedJson out;
+  out["prompt"] = *text;
+  return Dump(out);
 }
 
 std::string FormatModelList(const ApiModel& model, int64_t created) {

@@ -131,6 +131,20 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
 absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
                                                       const ApiModel& model);
 
+// POST /tokenize (vLLM's): {"prompt": text, "add_special_tokens": true}
+// (encoded as a completion prompt is: BOS when the tokenizer says so and
+// add_special_tokens, control tokens recognised), or {"messages": [...]}
+// (rendered and encoded as chat completions does). Returns the response
+// body {"count", "max_model_len", "tokens"}. Errors: InvalidArgument naming
+// the field, NotFound for another model, FailedPrecondition without a
+// tokenizer (or, for messages, a chat template).
+absl::StatusOr<std::string> Tokenize(absl::string_view body, const ApiModel& model);
+
+// POST /detokenize (vLLM's): {"tokens": [ids]} -> {"prompt": text}, decoded
+// as Hugging Face's tokenizer.decode does (special tokens spelled out,
+// SentencePiece's leading space dropped). Errors as Tokenize's.
+absl::StatusOr<std::string> Detokenize(absl::string_view body, const ApiModel& model);
+
 // ---------------------------------------------------------------- errors
 
 // An error as the API reports it.

@@ -409,6 +409,40 @@ TEST_F(HttpServerTest, ChoicesThatDoNotFitTheQueueAre429AndNoneRuns) {
   EXPECT_EQ(executor_->stats().num_running + executor_->stats().num_waiting, 0);
 }
 
+// /tokenize and /detokenize answer with the served tokenizer's ids and text,
+// behind the API key like /v1.
+TEST_F(HttpServerTest, TokenizerRoutes) {
+  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  HttpServerOptions options;
+  options.tokenizer = tokenizer.get();
+  options.chat_template = kMistralTemplate;
+  options.api_key = "k";
+  StartServer(options);
+  const httplib::Headers auth = {{"Authorization", "Bearer k"}};
+  ExpectError(Post("/tokenize", {{"prompt", "hi"}}), 401, "invalid_request_error",
+              "missing API key");
+  auto res = Post("/tokenize", {{"prompt", "hi"}}, auth);
+  ASSERT_TRUE(res);
+  ASSERT_EQ(res->status, 200) << res->body;
+  EncodeOptions encode;
+  encode.add_bos = tokenizer->add_bos();
+  encode.parse_special = true;
+  const std::vector<int32_t> ids = *tokenizer->Encode("hi", encode);
+  const Json body = Json::parse(res->body);
+  EXPECT_EQ(body["tokens"], Json(ids));
+  EXPECT_EQ(body["count"], ids.size());
+  EXPECT_EQ(body["max_model_len"], kContext);
+  const std::vector<int32_t> h_i = {'h', 'i'};
+  auto text = Post("/detokenize", {{"tokens", h_i}}, auth);
+  ASSERT_TRUE(text);
+  ASSERT_EQ(text->status, 200) << text->body;
+  EXPECT_EQ(Json::parse(text->body)["prompt"], "hi");
+  ExpectError(Post("/detokenize", {{"tokens", {1, 9999}}}, auth), 400, "invalid_request_error",
+              "tokens[1] = 9999 is outside", "tokens");
+  ExpectError(client_->Get("/tokenize"), 405, "invalid_request_error", "use POST");
+}
+
 TEST_F(HttpServerTest, ChatWithATokenizer) {
   const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
   ASSERT_NE(tokenizer, nullptr);

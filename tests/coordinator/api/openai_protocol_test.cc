@@ -521,6 +521,47 @@ TEST_F(TextModelTest, ChatRendersTheTemplateAndFillsTheContext) {
   EXPECT_THAT(request->generation.stop_ids, ElementsAre(tokenizer_->eos_id()));
 }
 
+// /tokenize and /detokenize (vLLM's): a prompt as completions encodes it, or
+// messages as chat renders them; ids back to text.
+TEST_F(TextModelTest, TokenizeAndDetokenize) {
+  auto tokenized = Tokenize(R"({"model": "llama", "prompt": "Hello world"})", TextModel());
+  ASSERT_TRUE(tokenized.ok()) << tokenized.status();
+  const std::vector<int32_t> with_bos = Encode("Hello world", /*add_bos=*/true);
+  EXPECT_EQ(Json::parse(*tokenized),
+            Json({{"count", with_bos.size()}, {"max_model_len", kContext}, {"tokens", with_bos}}));
+  auto plain = Tokenize(R"({"prompt": "Hello world", "add_special_tokens": false})", TextModel());
+  ASSERT_TRUE(plain.ok()) << plain.status();
+  const std::vector<int32_t> ids = Encode("Hello world");
+  EXPECT_EQ(Json::parse(*plain)["tokens"], Json(ids));
+  auto chat = Tokenize(R"({"messages": [{"role": "user", "content": "hi"}]})", TextModel());
+  ASSERT_TRUE(chat.ok()) << chat.status();
+  EXPECT_EQ(Json::parse(*chat)["tokens"], Json(Encode("<s>[INST] hi [/INST]")));
+
+  auto text = Detokenize(Json({{"tokens", ids}}).dump(), TextModel());
+  ASSERT_TRUE(text.ok()) << text.status();
+  EXPECT_EQ(Json::parse(*text), Json({{"prompt", "Hello world"}}));
+  auto special = Detokenize(Json({{"tokens", with_bos}}).dump(), TextModel());
+  ASSERT_TRUE(special.ok()) << special.status();
+  EXPECT_THAT(Json::parse(*special)["prompt"].get<std::string>(), StartsWith("<s>"));
+
+  ExpectError(Tokenize(R"({"prompt": "a", "messages": []})", TextModel()),
+              absl::StatusCode::kInvalidArgument, "prompt", "not both");
+  ExpectError(Tokenize(R"({"prompt": [1, 2]})", TextModel()), absl::StatusCode::kInvalidArgument,
+              "prompt", "'prompt' (a string) or 'messages' is required");
+  ExpectError(Tokenize(R"({"prompt": "a", "model": "gpt-4"})", TextModel()),
+              absl::StatusCode::kNotFound, "model", "does not exist", 404);
+  ExpectError(Tokenize(R"({"messages": [{"role": "user", "content": "hi"}]})", TextModel("")),
+              absl::StatusCode::kFailedPrecondition, "", "has no chat template");
+  ExpectError(Tokenize(R"({"prompt": "a"})", IdModel()), absl::StatusCode::kFailedPrecondition, "",
+              "has no tokenizer");
+  ExpectError(Detokenize(R"({"tokens": [1, -1]})", TextModel()), absl::StatusCode::kInvalidArgument,
+              "tokens", "tokens[1] = -1 is outside");
+  ExpectError(Detokenize(R"({"tokens": "1"})", TextModel()), absl::StatusCode::kInvalidArgument,
+              "tokens", "'tokens' (a list of token ids) is required");
+  ExpectError(Detokenize(R"({"tokens": [1]})", IdModel()), absl::StatusCode::kFailedPrecondition,
+              "", "has no tokenizer");
+}
+
 TEST_F(TextModelTest, ChatMessageForms) {
   // Text parts joined by newlines, an assistant turn without content; then
   // developer as system (ChatML).

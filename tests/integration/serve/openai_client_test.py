@@ -265,6 +265,23 @@ def check_choices(client, prompt, greedy_text, messages, chat_text):
     h.log(f"n and batches: {len(batch.choices)} choices of 2 prompts, chat n=2 streamed by index")
 
 
+def check_tokenize(port, prompt, prompt_tokens):
+    """/tokenize gives the ids a completion of the prompt counts, and
+    /detokenize turns them back into the prompt."""
+    def post(path, body):
+        request = urllib.request.Request(f"http://127.0.0.1:{port}{path}",
+                                         data=json.dumps(body).encode(),
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            return json.loads(response.read())
+    tokens = post("/tokenize", {"prompt": prompt})
+    h.check(tokens["count"] == len(tokens["tokens"]) == prompt_tokens,
+            f"/tokenize {tokens}: the completion counted {prompt_tokens} prompt tokens")
+    plain = post("/tokenize", {"prompt": prompt, "add_special_tokens": False})["tokens"]
+    text = post("/detokenize", {"tokens": plain})["prompt"]
+    h.check(text == prompt, f"/detokenize of {plain} gave {text!r}, not {prompt!r}")
+
+
 def test(args):
     try:
         import openai
@@ -331,6 +348,7 @@ def test(args):
         check_logprobs(client, args, model_dir)
         check_prefix_cache(client, args, model_dir, server.port)
         check_choices(client, prompt, choice.text, messages, message.content)
+        check_tokenize(server.port, prompt, done.usage.prompt_tokens)
 
         # vLLM's sampling extensions travel in extra_body: top_k 1 (or min_p 1)
         # at temperature 1 leaves only the most likely token, the greedy text.
