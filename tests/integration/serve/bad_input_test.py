@@ -76,6 +76,9 @@ CASES = [
      {"messages": [{"role": "user", "content": "hi"}], "max_tokens": 4}, 400, None),
     ("chat messages not a list", "/v1/chat/completions", {"messages": "hi"}, 400, None),
     ("chat with malformed JSON", "/v1/chat/completions", "{", 400, None),
+    ("tokenize without a tokenizer", "/tokenize", {"prompt": "hi"}, 400, None),
+    ("tokenize with malformed JSON", "/tokenize", "{", 400, None),
+    ("detokenize without a tokenizer", "/detokenize", {"tokens": [5]}, 400, None),
 ]
 
 
