@@ -20,7 +20,8 @@
 # prefix before every prompt, as a system prompt), GEN (64), THREADS (2: cores
 # per process, split between the ranks under mpirun), MODES ("single mpi",
 # plus "llama" with LLAMA_SERVER; "single-nocache" is one process with
-# --no-prefix-caching), KV_CACHE_TYPE (f16), MODELS_DIR
+# --no-prefix-caching), KV_CACHE_TYPE (f16), JSON_MODE (0; 1: every request
+# asks for JSON output, response_format json_object), MODELS_DIR
 # (/tmp/herd-bench-models), BUILD_DIR (build).
 #
 #   PREFIX=1024 PROMPT=64 GEN=32 MODES="single single-nocache" scripts/bench-serve.sh
@@ -31,6 +32,7 @@ CONCURRENCY=${CONCURRENCY:-1 4 16 64}
 REQUESTS_PER_CLIENT=${REQUESTS_PER_CLIENT:-4}
 PROMPT=${PROMPT:-128}
 PREFIX=${PREFIX:-0}
+JSON_MODE=${JSON_MODE:-0}
 GEN=${GEN:-64}
 THREADS=${THREADS:-2}
 KV_CACHE_TYPE=${KV_CACHE_TYPE:-f16}
@@ -117,7 +119,7 @@ describe() {
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"
 echo "model: $model; prompt $PREFIX shared + $PROMPT tokens, $GEN generated, temperature 0;" \
-  "KV cache $KV_CACHE_TYPE"
+  "KV cache $KV_CACHE_TYPE$([ "$JSON_MODE" = 1 ] && echo "; JSON mode")"
 for mode in $MODES; do
   echo
   echo "== $mode ($(describe "$mode"), $THREADS cores)"
@@ -131,9 +133,11 @@ for mode in $MODES; do
       start_server "$mode" "$c"
     fi
     requests=$((c * REQUESTS_PER_CLIENT < 16 ? 16 : c * REQUESTS_PER_CLIENT))
+    json_mode=()
+    if [ "$JSON_MODE" = 1 ]; then json_mode=(--json-mode); fi
     "$HERD" bench serve --url "$url" --concurrency "$c" --requests "$requests" \
-      --prompt-len "$PROMPT" --prefix-len "$PREFIX" --gen-len "$GEN" --vocab 32000 --json \
-      > "$workdir/result.json"
+      --prompt-len "$PROMPT" --prefix-len "$PREFIX" --gen-len "$GEN" --vocab 32000 \
+      "${json_mode[@]}" --json > "$workdir/result.json"
     python3 - "$workdir/result.json" "$c" << 'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -56,6 +56,7 @@ const std::vector<FlagSpec> kBenchServeFlags = {
     {"prompt-len", true, "prompt tokens of each request (default 128)"},
     {"prefix-len", true,
      "tokens of one shared prefix before every prompt, as a system prompt (default 0)"},
+    {"json-mode", false, "ask for JSON output (response_format json_object)"},
     {"gen-len", true, "max_tokens of each request (default 128)"},
     {"api-key", true, "sent as 'Authorization: Bearer KEY'"},
     {"vocab", true,
@@ -78,6 +79,8 @@ struct BenchServeOptions {
   int64_t prompt_tokens = 128;
   // The same random ids before every prompt (vLLM's benchmark --prefix-len).
   int64_t prefix_tokens = 0;
+  // response_format {"type": "json_object"} on every request.
+  bool json_mode = false;
   // max_tokens. Requests ask for ignore_eos (herd's and vLLM's extension;
   // OpenAI ignores unknown fields), but a server without it may stop at EOS,
   // so the tokens that came back are what the throughput counts.
@@ -390,7 +393,8 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(ParsedFlags flags, ParseFlags(args, kBenchServeFlags));
   if (flags.Has("help")) {
     out << "usage: herd bench serve --url URL [--concurrency 8] [--requests 64]\n"
-        << "                        [--prompt-len 128] [--prefix-len 0] [--gen-len 128]\n"
+        << "                        [--prompt-len 128] [--prefix-len 0] [--gen-len 128] "
+           "[--json-mode]\n"
         << "                        [--api-key K] [--vocab V]\n"
         << "                        [--seed 1] [--stream true] [--json]\n"
         << FlagsHelp(kBenchServeFlags)
@@ -410,6 +414,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(options.num_requests, flags.GetInt("requests", options.num_requests));
   HERD_ASSIGN_OR_RETURN(options.prompt_tokens, flags.GetInt("prompt-len", options.prompt_tokens));
   HERD_ASSIGN_OR_RETURN(options.prefix_tokens, flags.GetInt("prefix-len", options.prefix_tokens));
+  options.json_mode = flags.Has("json-mode");
   HERD_ASSIGN_OR_RETURN(options.gen_tokens, flags.GetInt("gen-len", options.gen_tokens));
   HERD_ASSIGN_OR_RETURN(options.vocab_size, flags.GetInt("vocab", 0));
   HERD_ASSIGN_OR_RETURN(options.seed, flags.GetUint("seed", options.seed));
@@ -467,6 +472,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
                              {"ignore_eos", true},
                              {"stream", options.stream}};
     if (options.stream) json_body["stream_options"] = {{"include_usage", true}};
+    if (options.json_mode) json_body["response_format"] = {{"type", "json_object"}};
     body = json_body.dump();
   }
 
@@ -531,6 +537,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     j["requests"] = options.num_requests;
     j["prompt_len"] = options.prompt_tokens;
     j["prefix_len"] = options.prefix_tokens;
+    j["json_mode"] = options.json_mode;
     j["gen_len"] = options.gen_tokens;
     j["stream"] = options.stream;
     j["seed"] = options.seed;
@@ -559,10 +566,11 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
                            options.model_name);
     out << absl::StrFormat(
         "load      %d requests, %d at a time; prompt %d shared + %d ids in [%d, %d) (vocab %s), "
-        "max_tokens %d, temperature 0, %s, seed %d\n\n",
+        "max_tokens %d, temperature 0%s, %s, seed %d\n\n",
         options.num_requests, num_threads, options.prefix_tokens, options.prompt_tokens,
         kFirstPromptId, options.vocab_size, vocab_source, options.gen_tokens,
-        options.stream ? "streamed" : "not streamed", options.seed);
+        options.json_mode ? ", JSON mode" : "", options.stream ? "streamed" : "not streamed",
+        options.seed);
     out << "| requests ok | failed | 429 retries | duration s |    req/s | output tok/s | "
            "total tok/s |\n";
     out << "|------------:|-------:|------------:|-----------:|---------:|-------------:|"

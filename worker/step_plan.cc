@@ -23,7 +23,8 @@ namespace {
 //           U32 b | (I32 token_id, F32 bias)[b] | U64 seed |
 //           I32 top_logprobs | I64 sample_idx |
 //           U8 prompt_logprobs | I32 next_token_id |
-//           U32 p | I32 penalized_prompt[p] | U32 o | I32 penalized_output[o]
+//           U32 p | I32 penalized_prompt[p] | U32 o | I32 penalized_output[o] |
+//           U32 a | U64 allowed_tokens[a]
 //   result: U32 magic "HRSR" | U32 version | U64 step_idx | I32 rank |
 //           string error | U32 n | sampled[n] |
 //           I64 num_tokens | U32 l | I64 layer_expert_rows[l] |
@@ -41,7 +42,7 @@ namespace {
 // (every rank runs the same build).
 constexpr uint32_t kPlanMagic = 0x50535248;    // "HRSP"
 constexpr uint32_t kResultMagic = 0x52535248;  // "HRSR"
-constexpr uint32_t kVersion = 7;
+constexpr uint32_t kVersion = 8;
 
 // Bytes of the fixed-size fields of one chunk and one sampled token: the
 // least a count of them can take, checked before anything is allocated.
@@ -83,6 +84,10 @@ class Writer {
   void I64s(const std::vector<int64_t>& v) {
     Count(v.size());
     for (int64_t x : v) I64(x);
+  }
+  void U64s(const std::vector<uint64_t>& v) {
+    Count(v.size());
+    for (uint64_t x : v) U64(x);
   }
   std::string Take() { return std::move(out_); }
 
@@ -150,6 +155,11 @@ class Reader {
   std::vector<int64_t> I64s() {
     std::vector<int64_t> v(Count(8));
     for (int64_t& x : v) x = I64();
+    return v;
+  }
+  std::vector<uint64_t> U64s() {
+    std::vector<uint64_t> v(Count(8));
+    for (uint64_t& x : v) x = U64();
     return v;
   }
   void Header(uint32_t magic) {
@@ -253,6 +263,7 @@ std::string EncodeStepPlan(const RankStepPlan& plan) {
     w.I32(c.next_token_id);
     w.I32s(c.penalized_prompt);
     w.I32s(c.penalized_output);
+    w.U64s(c.allowed_tokens);
   }
   w.U64(plan.placement_version);
   w.U64(plan.stage_version);
@@ -292,6 +303,7 @@ absl::StatusOr<RankStepPlan> DecodeStepPlan(absl::string_view bytes) {
     c.next_token_id = r.I32();
     c.penalized_prompt = r.I32s();
     c.penalized_output = r.I32s();
+    c.allowed_tokens = r.U64s();
   }
   plan.placement_version = r.U64();
   plan.stage_version = r.U64();

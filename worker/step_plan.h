@@ -98,6 +98,9 @@ struct PlannedChunk {
   // far, and its prompt when the repetition penalty needs it.
   std::vector<int32_t> penalized_prompt;
   std::vector<int32_t> penalized_output;
+  // Guided decoding: a sampling chunk may only sample the tokens whose bits
+  // are set (bit t % 64 of word t / 64, over the vocabulary); empty: any.
+  std::vector<uint64_t> allowed_tokens;
 };
 
 struct RankStepPlan {

@@ -87,6 +87,17 @@ absl::Status ValidateChunk(const PlannedChunk& c, int64_t vocab_size) {
     return absl::InvalidArgumentError(absl::StrCat("top_logprobs must be in [-1, ", kMaxTopLogprobs,
                                                    "], got ", c.sampling.top_logprobs));
   }
+  if (!c.allowed_tokens.empty()) {
+    if (static_cast<int64_t>(c.allowed_tokens.size()) != (vocab_size + 63) / 64) {
+      return absl::InvalidArgumentError(absl::StrCat("the allowed-token mask has ",
+                                                     c.allowed_tokens.size(), " words, not ",
+                                                     (vocab_size + 63) / 64));
+    }
+    bool any = false;
+    for (int64_t t = 0; t < vocab_size && !any; ++t)
+      any = (c.allowed_tokens[t / 64] >> (t % 64)) & 1;
+    if (!any) return absl::InvalidArgumentError("the allowed-token mask allows no token");
+  }
   return absl::OkStatus();
 }
 
@@ -261,13 +272,21 @@ absl::StatusOr<RankStepResult> StepRunner::Run(const RankStepPlan& plan) {
     // Biases and penalties change what is sampled, not the reported (raw)
     // log probabilities.
     const float* choose_from = logits;
-    if (!c.sampling.logit_bias.empty() || c.sampling.has_penalties()) {
+    if (!c.sampling.logit_bias.empty() || c.sampling.has_penalties() || !c.allowed_tokens.empty()) {
       penalized_logits_.assign(logits, logits + s.vocab_size);
       for (const TokenBias& b : c.sampling.logit_bias) penalized_logits_[b.token_id] += b.bias;
       cpu::ApplyPenalties(penalized_logits_.data(), s.vocab_size, c.penalized_prompt,
                           c.penalized_output, c.sampling.presence_penalty,
                           c.sampling.frequency_penalty, c.sampling.repetition_penalty,
                           penalty_scratch_);
+      // Guided decoding: what the mask leaves out cannot be sampled.
+      if (!c.allowed_tokens.empty()) {
+        for (int64_t t = 0; t < s.vocab_size; ++t) {
+          if (!((c.allowed_tokens[t / 64] >> (t % 64)) & 1)) {
+            penalized_logits_[t] = -std::numeric_limits<float>::infinity();
+          }
+        }
+      }
       choose_from = penalized_logits_.data();
     }
     int32_t token_id;

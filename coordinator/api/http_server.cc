@@ -13,6 +13,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
+#include "coordinator/api/json_constraint.h"
 #include "coordinator/api/peer_socket.h"
 #include "core/logging.h"
 
@@ -221,6 +222,9 @@ HttpServer::HttpServer(Executor* executor, ServingMetrics* metrics,
       options_(options),
       model_(MakeApiModel(options.model_name, options.vocab_size, options.max_context_tokens,
                           options.tokenizer, options.chat_template)),
+      token_texts_(options.tokenizer != nullptr
+                       ? std::make_unique<TokenTexts>(*options.tokenizer, options.vocab_size)
+                       : nullptr),
       started_seconds_(absl::ToUnixSeconds(absl::Now())),
       server_(std::make_unique<httplib::Server>()),
       rng_(std::random_device{}()) {
@@ -459,7 +463,12 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
   for (int64_t index = 0; index < request->num_choices(); ++index) {
     // The other choices of a prompt wait for its first to compute it, then
     // find it in the prefix cache (the executor sees to it).
-    absl::StatusOr<RequestId> id = executor_->Enqueue(request->ChoiceRequest(index));
+    GenerationRequest choice = request->ChoiceRequest(index);
+    if (request->json_object) {
+      choice.constraint = std::make_shared<JsonConstraint>(
+          token_texts_.get(), endpoint == ApiEndpoint::kChatCompletions);
+    }
+    absl::StatusOr<RequestId> id = executor_->Enqueue(std::move(choice));
     if (!id.ok()) {
       WriteError(res, ApiErrorFromStatus(id.status()));
       return;  // the Generation cancels the choices already queued

@@ -37,6 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
+#include "coordinator/api/json_constraint.h"
 #include "coordinator/api/openai_protocol.h"
 #include "coordinator/metrics/serving_metrics.h"
 #include "coordinator/scheduler/executor.h"
@@ -150,6 +151,9 @@ class HttpServer {
   ServingMetrics* const metrics_;
   const HttpServerOptions options_;
   const ApiModel model_;
+  // What each token adds to an output, for JSON mode; nullptr without a
+  // tokenizer.
+  const std::unique_ptr<const TokenTexts> token_texts_;
   const int64_t started_seconds_;  // "created" of /v1/models
   std::unique_ptr<httplib::Server> server_;
 

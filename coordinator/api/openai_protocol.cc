@@ -169,8 +169,6 @@ absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "tools", {Json::array()}, "no tool calls"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "functions", {Json::array()}, "no tool calls"));
     HERD_RETURN_IF_ERROR(RequireNeutral(root, "tool_choice", {"none"}, "no tool calls"));
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "response_format", {Json{{"type", "text"}}},
-                                        "the output is plain text"));
   }
   return absl::OkStatus();
 }
@@ -494,9 +492,37 @@ absl::Status CheckContext(const ApiModel& model, ApiEndpoint endpoint, int64_t p
 
 // The fields both endpoints share: model, unsupported options, sampling,
 // stop and streaming.
+// `response_format`: {"type": "text"} (the default) or {"type":
+// "json_object"} (JSON mode, which needs the model's tokenizer to know what
+// text each token adds).
+absl::Status ParseResponseFormat(const Json& root, const ApiModel& model, ApiRequest* request) {
+  const Json* format = Find(root, "response_format");
+  if (format == nullptr) return absl::OkStatus();
+  const Json* type = format->is_object() ? Find(*format, "type") : nullptr;
+  if (type == nullptr || !type->is_string()) {
+    return Invalid("response_format", absl::StrCat("'response_format' must be an object with a "
+                                                   "string 'type', got ",
+                                                   Quote(*format)));
+  }
+  if (*type == "text") return absl::OkStatus();
+  if (*type != "json_object") {
+    return Invalid("response_format",
+                   absl::StrCat("'response_format' type ", Quote(*type),
+                                " is not supported: \"text\" or \"json_object\" (JSON mode; no "
+                                "schemas)"));
+  }
+  if (model.tokenizer == nullptr) {
+    return Invalid("response_format", absl::StrCat("JSON mode needs a tokenizer and model `",
+                                                   model.name, "` has none"));
+  }
+  request->json_object = true;
+  return absl::OkStatus();
+}
+
 absl::Status ParseCommon(const Json& root, const ApiModel& model, ApiRequest* request) {
   HERD_RETURN_IF_ERROR(CheckModel(root, model));
   HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
+  HERD_RETURN_IF_ERROR(ParseResponseFormat(root, model, request));
   HERD_RETURN_IF_ERROR(ParseSampling(root, model.vocab_size, request));
   HERD_RETURN_IF_ERROR(ParseLogprobs(root, request));
   HERD_RETURN_IF_ERROR(ParseStop(root, model, request));

@@ -78,6 +78,9 @@ struct ApiRequest {
   bool echo = false;
   // stream_options.include_usage: a last chunk with the usage.
   bool include_usage = false;
+  // response_format json_object: each choice's output is one JSON object
+  // (the server gives each choice a JsonConstraint).
+  bool json_object = false;
   // Text stop sequences (tokenizer only). The output ends before the first
   // occurrence (which is not part of the returned text); the token ids run up
   // to and including the token that completed it.
@@ -107,7 +110,9 @@ struct ApiRequest {
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
 // returned beside each sampled one), echo (with logprobs: the prompt's log
-// probabilities too), model (when given, the served model's name); at most
+// probabilities too), response_format ({"type": "text"} or {"type":
+// "json_object"}: JSON mode, with a tokenizer), model (when given, the served
+// model's name); at most
 // kMaxChoices choices in all. top_logprobs and suffix must be left at their
 // defaults. null means "default"; unknown fields are ignored, as OpenAI
 // does.

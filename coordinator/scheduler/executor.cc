@@ -73,6 +73,8 @@ struct Sequence {
   int64_t cached_prompt_tokens = 0;
   // With prefix caching: PromptBlockHash of each whole block of the prompt.
   std::vector<uint64_t> prompt_block_hashes;
+  // With a constraint: the tokens it allows next (AllowedMask).
+  std::vector<uint64_t> allowed_tokens;
   absl::Time arrival_time;
   absl::Time last_token_time;
   bool scheduled_once = false;
@@ -153,6 +155,12 @@ class Executor::Impl {
     auto seq = std::make_unique<Sequence>();
     seq->id = next_id_++;
     seq->request = std::move(request);
+    if (seq->request.constraint != nullptr) {
+      seq->allowed_tokens = AllowedMask(seq->request);
+      if (seq->allowed_tokens.empty()) {
+        return absl::InvalidArgumentError("the output constraint allows no first token");
+      }
+    }
     if (options_.prefix_caching) {
       const absl::Span<const int32_t> prompt = seq->request.prompt_ids;
       const int64_t block_tokens = options_.kv_block_tokens;
@@ -513,6 +521,7 @@ class Executor::Impl {
     chunk.sample = seq.num_computed + num_tokens == seq.num_tokens();
     chunk.sampling = seq.request.sampling;
     chunk.sample_idx = static_cast<int64_t>(seq.generated.size());
+    if (chunk.sample) chunk.allowed_tokens = seq.allowed_tokens;
     if (chunk.sample && chunk.sampling.has_penalties()) {
       chunk.penalized_output = seq.generated;
       if (chunk.sampling.repetition_penalty != 1.0f) {
@@ -529,6 +538,16 @@ class Executor::Impl {
       chunk.next_token_id = !chunk.sample && end < prompt ? seq.request.prompt_ids[end] : -1;
     }
     return chunk;
+  }
+
+  // The tokens `request`'s constraint allows next, as a vocabulary bitmask;
+  // its stop ids when it allows none; empty when that is nothing either.
+  std::vector<uint64_t> AllowedMask(const GenerationRequest& request) const {
+    std::vector<uint64_t> mask((options_.vocab_size + 63) / 64, 0);
+    if (request.constraint->Allowed(absl::MakeSpan(mask)) > 0) return mask;
+    for (const int32_t id : request.stop_ids) mask[id / 64] |= uint64_t{1} << (id % 64);
+    if (request.stop_ids.empty()) mask.clear();
+    return mask;
   }
 
   // Finishes cancelled and expired requests (step boundary).
@@ -749,7 +768,13 @@ class Executor::Impl {
       seq->pending_logprobs.push_back(sampled.logprobs.value_or(SampledLogprobs{}));
     }
     const auto& stop = seq->request.stop_ids;
-    if (std::find(stop.begin(), stop.end(), token) != stop.end()) {
+    bool constrained_end = false;
+    if (seq->request.constraint != nullptr) {
+      seq->request.constraint->Accept(token);
+      if (!seq->request.constraint->complete()) seq->allowed_tokens = AllowedMask(seq->request);
+      constrained_end = seq->request.constraint->complete() || seq->allowed_tokens.empty();
+    }
+    if (std::find(stop.begin(), stop.end(), token) != stop.end() || constrained_end) {
       Finish(seq, FinishReason::kStop, absl::OkStatus());
     } else if (static_cast<int64_t>(seq->generated.size()) >= seq->request.max_tokens) {
       Finish(seq, FinishReason::kLength, absl::OkStatus());

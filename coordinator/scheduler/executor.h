@@ -39,6 +39,7 @@
 #include "absl/types/span.h"
 #include "comm/control_channel.h"
 #include "coordinator/metrics/serving_metrics.h"
+#include "coordinator/scheduler/token_constraint.h"
 #include "core/config.h"
 #include "core/placement.h"
 #include "worker/step_plan.h"
@@ -59,6 +60,11 @@ struct GenerationRequest {
   bool prompt_logprobs = false;
   // Past it, the request finishes with reason kAbort (status DeadlineExceeded).
   absl::Time deadline = absl::InfiniteFuture();
+  // Guided decoding (JSON mode): what each sampled token may be; the request
+  // ends as stopped once it is complete(). Its own instance (not shared with
+  // another request); nullptr: unconstrained. When it allows nothing, only
+  // stop_ids may be sampled.
+  std::shared_ptr<TokenConstraint> constraint;
 };
 
 // A new request goes to the rank caching the longest part of it unless that

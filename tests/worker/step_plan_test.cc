@@ -42,6 +42,7 @@ RankStepPlan FullPlan() {
   decode.sampling.logit_bias = {{5, 100.0f}, {6, -0.5f}};
   decode.penalized_prompt = {1, 2};
   decode.penalized_output = {3};
+  decode.allowed_tokens = {0x5, ~uint64_t{0}};
   decode.prompt_logprobs = true;
   decode.next_token_id = 77;
   decode.sample_idx = 99;
@@ -109,6 +110,7 @@ void ExpectSamePlan(const RankStepPlan& a, const RankStepPlan& b) {
     }
     EXPECT_EQ(x.penalized_prompt, y.penalized_prompt);
     EXPECT_EQ(x.penalized_output, y.penalized_output);
+    EXPECT_EQ(x.allowed_tokens, y.allowed_tokens);
     EXPECT_EQ(x.prompt_logprobs, y.prompt_logprobs);
     EXPECT_EQ(x.next_token_id, y.next_token_id);
     EXPECT_EQ(x.sample_idx, y.sample_idx);

@@ -8,6 +8,7 @@
 #include <httplib.h>
 
 #include <atomic>
+#include <iostream>
 #include <memory>
 #include <string>
 #include <thread>
@@ -398,15 +399,90 @@ TEST_F(HttpServerTest, SeveralChoicesOfABatchOfPrompts) {
   EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
 }
 
-// A request whose choices do not all fit the queue is refused whole.
+// A request whose choices do not all fit the queue is refused whole: with
+// one running sequence per rank taken, its three choices wait in a queue of
+// two, so the third is refused and the first two are cancelled.
 TEST_F(HttpServerTest, ChoicesThatDoNotFitTheQueueAre429AndNoneRuns) {
   ExecutorOptions executor_options;
+  executor_options.max_running_per_rank = 1;
   executor_options.max_waiting_requests = 2;
   StartServer({}, executor_options);
-  auto res = Post("/v1/completions", {{"prompt", kPrompt}, {"n", 3}, {"max_tokens", kLongTokens}});
+  GenerationRequest long_request;
+  long_request.prompt_ids = kPrompt;
+  long_request.max_tokens = kLongTokens;
+  const absl::StatusOr<RequestId> running = executor_->Enqueue(long_request);
+  ASSERT_TRUE(running.ok()) << running.status();
+  for (int i = 0; i < 1000 && executor_->stats().num_running == 0; ++i) {
+    absl::SleepFor(absl::Milliseconds(2));
+  }
+  ASSERT_EQ(executor_->stats().num_running, 1);
+  auto res = Post("/v1/completions", {{"prompt", kPrompt}, {"n", 3}, {"max_tokens", 4}});
   ExpectError(res, 429, "server_overloaded", "the request queue is full");
+  EXPECT_EQ(executor_->stats().num_waiting, 0);
+  executor_->Cancel(*running);
   EXPECT_TRUE(WaitIdle(absl::Seconds(10)));
-  EXPECT_EQ(executor_->stats().num_running + executor_->stats().num_waiting, 0);
+}
+
+// JSON mode: every choice's text is a JSON object, or (cut by max_tokens) a
+// prefix of one, as nlohmann::json judges it: it parses, or fails only at the
+// end of the text; an object that closes ends its choice as stopped.
+TEST_F(HttpServerTest, JsonModeOutputsAreObjectsOrTheirPrefixes) {
+  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
+  ASSERT_NE(tokenizer, nullptr);
+  HttpServerOptions options;
+  options.tokenizer = tokenizer.get();
+  options.chat_template = kMistralTemplate;
+  StartServer(options);
+  const Json format = {{"type", "json_object"}};
+  const Json messages = Json::array({Json{{"role", "user"}, {"content", "JSON please"}}});
+  int objects = 0;
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    Json request = {{"n", 8}, {"max_tokens", 96}, {"seed", 4}, {"response_format", format}};
+    if (std::string(path) == "/v1/completions") {
+      request["prompt"] = "Here is the JSON:";
+    } else {
+      request["messages"] = messages;
+    }
+    auto res = Post(path, request);
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    for (const Json& choice : Json::parse(res->body)["choices"]) {
+      const std::string text = choice.contains("text")
+                                   ? choice["text"].get<std::string>()
+                                   : choice["message"]["content"].get<std::string>();
+      SCOPED_TRACE(::testing::Message() << path << " choice " << choice["index"] << ": " << text);
+      ASSERT_FALSE(text.empty());
+      EXPECT_EQ(text[0], '{');
+      try {
+        EXPECT_TRUE(Json::parse(text).is_object());
+        EXPECT_EQ(choice["finish_reason"], "stop");
+        ++objects;
+      } catch (const Json::parse_error& e) {
+        EXPECT_EQ(e.byte, text.size() + 1) << e.what();
+        EXPECT_EQ(choice["finish_reason"], "length");
+      }
+    }
+  }
+  std::cout << objects << " of 16 choices closed their object within 96 tokens\n";
+  // Biased toward '"', ':', '1' and '}' (the mask still decides what is
+  // valid), the objects close: `{"":1}`-like outputs that end as stopped.
+  auto biased =
+      Post("/v1/completions", {{"prompt", "x"},
+                               {"n", 4},
+                               {"max_tokens", 96},
+                               {"seed", 4},
+                               {"response_format", format},
+                               {"logit_bias", {{"34", 10}, {"58", 10}, {"49", 10}, {"125", 10}}}});
+  ASSERT_TRUE(biased);
+  ASSERT_EQ(biased->status, 200) << biased->body;
+  for (const Json& choice : Json::parse(biased->body)["choices"]) {
+    const std::string text = choice["text"];
+    EXPECT_EQ(choice["finish_reason"], "stop") << text;
+    EXPECT_NO_THROW(EXPECT_TRUE(Json::parse(text).is_object())) << text;
+  }
+  ExpectError(
+      Post("/v1/completions", {{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}),
+      400, "invalid_request_error", "is not supported", "response_format");
 }
 
 // /tokenize and /detokenize answer with the served tokenizer's ids and text,

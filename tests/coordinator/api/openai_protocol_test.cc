@@ -562,6 +562,34 @@ TEST_F(TextModelTest, TokenizeAndDetokenize) {
               "", "has no tokenizer");
 }
 
+// response_format: text, or json_object (JSON mode) with a tokenizer.
+TEST_F(TextModelTest, ResponseFormat) {
+  for (const char* path : {"completions", "chat"}) {
+    SCOPED_TRACE(path);
+    const auto parse = [&](const std::string& format, const ApiModel& model) {
+      const std::string body =
+          std::string(path) == "chat"
+              ? absl::StrCat(R"({"messages": [{"role": "user", "content": "hi"}], )", format, "}")
+              : absl::StrCat(R"({"prompt": [1], )", format, "}");
+      return std::string(path) == "chat" ? ParseChatCompletionRequest(body, model)
+                                         : ParseCompletionRequest(body, model);
+    };
+    auto json = parse(R"("response_format": {"type": "json_object"})", TextModel());
+    ASSERT_TRUE(json.ok()) << json.status();
+    EXPECT_TRUE(json->json_object);
+    auto text = parse(R"("response_format": {"type": "text"})", TextModel());
+    ASSERT_TRUE(text.ok()) << text.status();
+    EXPECT_FALSE(text->json_object);
+    ExpectError(parse(R"("response_format": "json")", TextModel()),
+                absl::StatusCode::kInvalidArgument, "response_format", "string 'type'");
+    ExpectError(parse(R"("response_format": {"type": "yaml"})", TextModel()),
+                absl::StatusCode::kInvalidArgument, "response_format", "is not supported");
+  }
+  ExpectError(ParseCompletionRequest(
+                  R"({"prompt": [1], "response_format": {"type": "json_object"}})", IdModel()),
+              absl::StatusCode::kInvalidArgument, "response_format", "JSON mode needs a tokenizer");
+}
+
 TEST_F(TextModelTest, ChatMessageForms) {
   // Text parts joined by newlines, an assistant turn without content; then
   // developer as system (ChatML).
@@ -634,7 +662,7 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
   const std::pair<std::string, std::string> rejected[] = {
       {R"("tools": [{"type": "function"}])", "tools"},
       {R"("tool_choice": "auto")", "tool_choice"},
-      {R"("response_format": {"type": "json_object"})", "response_format"},
+      {R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format"},
   };
   for (const auto& [fields, param] : rejected) {
     SCOPED_TRACE(fields);
@@ -650,6 +678,7 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
                       "stop": ["\n\n"], "seed": 3})"),
       TextModel());
   ASSERT_TRUE(neutral.ok()) << neutral.status();
+  EXPECT_FALSE(neutral->json_object);
   EXPECT_TRUE(neutral->stream);
   EXPECT_FALSE(neutral->include_usage);
   EXPECT_THAT(neutral->stop_strings, ElementsAre("\n\n"));

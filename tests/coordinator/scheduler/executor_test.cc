@@ -595,6 +595,68 @@ TEST_F(ExecutorTest, RequestsArrivingTogetherComputeASharedPromptOnce) {
             absl::StatusCode::kNotFound);
 }
 
+// Allows script[i] as the i-th token, then nothing.
+class ScriptedConstraint : public TokenConstraint {
+ public:
+  explicit ScriptedConstraint(std::vector<int32_t> script) : script_(std::move(script)) {}
+  int64_t Allowed(absl::Span<uint64_t> mask) const override {
+    if (next_ >= script_.size()) return 0;
+    mask[script_[next_] / 64] |= uint64_t{1} << (script_[next_] % 64);
+    return 1;
+  }
+  void Accept(int32_t token_id) override {
+    // Past the script, only a stop id may come (what the executor allows then).
+    if (next_ < script_.size()) EXPECT_EQ(token_id, script_[next_]);
+    ++next_;
+  }
+  bool complete() const override { return false; }
+
+ private:
+  std::vector<int32_t> script_;
+  size_t next_ = 0;
+};
+
+// Guided decoding: the mask travels with the sampling chunk and nothing else
+// is sampled (greedy and seeded sampling alike); reported log probabilities
+// stay the raw ones; a constraint that allows nothing leaves the stop ids,
+// and without them ends the request.
+TEST_F(ExecutorTest, AConstraintDecidesWhatIsSampled) {
+  Start(RoomyOptions());
+  const auto prompts = Prompts(3, model_->spec.vocab_size);
+  const std::vector<int32_t> script = {7, 300, 7, 42};
+  for (const float temperature : {0.0f, 1.0f}) {
+    SCOPED_TRACE(::testing::Message() << "temperature " << temperature);
+    GenerationRequest request = WithLogprobs(prompts[2], 16);
+    request.sampling.temperature = temperature;
+    request.sampling.seed = 3;
+    request.stop_ids = {5};
+    request.constraint = std::make_shared<ScriptedConstraint>(script);
+    const Outcome outcome = Collect(*executor_, *executor_->Enqueue(request));
+    EXPECT_EQ(outcome.tokens, (std::vector<int32_t>{7, 300, 7, 42, 5}));
+    EXPECT_EQ(outcome.last.finish_reason, FinishReason::kStop);
+    // The raw distribution's log probability of each forced token.
+    std::vector<int32_t> all = prompts[2];
+    all.insert(all.end(), outcome.tokens.begin(), outcome.tokens.end());
+    const std::vector<float> logits = Logits(all);
+    std::vector<std::pair<float, int32_t>> top;
+    const int64_t vocab = model_->spec.vocab_size;
+    for (size_t i = 0; i < outcome.tokens.size(); ++i) {
+      const int64_t p = static_cast<int64_t>(prompts[2].size()) - 1 + static_cast<int64_t>(i);
+      EXPECT_NEAR(
+          outcome.logprobs[i].logprob,
+          cpu::LogProbabilities(logits.data() + p * vocab, vocab, outcome.tokens[i], 0, top), 1e-4);
+    }
+  }
+  GenerationRequest no_stop = Request(prompts[1], 16);
+  no_stop.constraint = std::make_shared<ScriptedConstraint>(script);
+  const Outcome ended = Collect(*executor_, *executor_->Enqueue(no_stop));
+  EXPECT_EQ(ended.tokens, script);
+  EXPECT_EQ(ended.last.finish_reason, FinishReason::kStop);
+  GenerationRequest nothing = Request(prompts[1], 16);
+  nothing.constraint = std::make_shared<ScriptedConstraint>(std::vector<int32_t>{});
+  EXPECT_EQ(executor_->Enqueue(nothing).status().code(), absl::StatusCode::kInvalidArgument);
+}
+
 // Under a cramped cache, preempted sequences come back through their cached
 // blocks (while they are not reused) and cached blocks are reused for new
 // ones: every token still matches.

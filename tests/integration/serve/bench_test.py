@@ -120,6 +120,8 @@ class QuickHandler(http.server.BaseHTTPRequestHandler):
     (and with TCP_NODELAY, or its body would wait for the ACK of its headers)."""
 
     protocol_version = "HTTP/1.1"
+    # The response_format of every request received.
+    formats = []
 
     def setup(self):
         super().setup()
@@ -130,6 +132,7 @@ class QuickHandler(http.server.BaseHTTPRequestHandler):
 
     def do_POST(self):
         body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+        QuickHandler.formats.append(body.get("response_format"))
         n = body["max_tokens"]
         data = json.dumps({"choices": [{"text": " t" * n, "index": 0, "finish_reason": "length"}],
                            "usage": {"prompt_tokens": len(body["prompt"]),
@@ -182,6 +185,21 @@ def test_latency_of_a_quick_server(args):
     h.check(report["e2e"]["p50_ms"] < 25,
             f"E2E p50 {report['e2e']['p50_ms']} ms against a server that answers at once: "
             "the request waited for an ACK")
+    h.check(QuickHandler.formats == [None] * REQUESTS,
+            f"response_format without --json-mode: {set(map(str, QuickHandler.formats))}")
+    QuickHandler.formats = []
+    server = ThreadingServer(("127.0.0.1", 0), QuickHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        json_mode = json.loads(bench(args, server.server_address[1], "--concurrency", "1",
+                                     "--stream", "false", "--model-name", "quick", "--json-mode",
+                                     "--json").stdout)
+    finally:
+        server.shutdown()
+        server.server_close()
+    h.check(json_mode["json_mode"] and
+            QuickHandler.formats == [{"type": "json_object"}] * REQUESTS,
+            f"--json-mode sent response_format {set(map(str, QuickHandler.formats))}")
 
 
 def check_kept_alive_latency(port):

@@ -282,6 +282,28 @@ def check_tokenize(port, prompt, prompt_tokens):
     h.check(text == prompt, f"/detokenize of {plain} gave {text!r}, not {prompt!r}")
 
 
+def check_json_mode(client, openai, messages):
+    """JSON mode through the client: each reply starts an object, and one
+    that stopped is a whole object; a schema is refused as a BadRequestError."""
+    replies = client.chat.completions.create(model="tiny-mixtral", messages=messages,
+                                             max_tokens=48, n=4, seed=3,
+                                             response_format={"type": "json_object"})
+    for c in replies.choices:
+        text = c.message.content
+        h.check(text.startswith("{"), f"JSON mode reply {c.index}: {text!r}")
+        if c.finish_reason == "stop":
+            h.check(isinstance(json.loads(text), dict), f"JSON mode reply {c.index}: {text!r}")
+    try:
+        client.chat.completions.create(
+            model="tiny-mixtral", messages=messages, max_tokens=4,
+            response_format={"type": "json_schema",
+                             "json_schema": {"name": "x", "schema": {"type": "object"}}})
+        raise h.TestFailure("a json_schema response_format was accepted")
+    except openai.BadRequestError as e:
+        h.check("response_format" in str(e), f"the 400 does not name response_format: {e}")
+    h.log(f"JSON mode: {[c.message.content[:24] for c in replies.choices]}")
+
+
 def test(args):
     try:
         import openai
@@ -349,6 +371,7 @@ def test(args):
         check_prefix_cache(client, args, model_dir, server.port)
         check_choices(client, prompt, choice.text, messages, message.content)
         check_tokenize(server.port, prompt, done.usage.prompt_tokens)
+        check_json_mode(client, openai, messages)
 
         # vLLM's sampling extensions travel in extra_body: top_k 1 (or min_p 1)
         # at temperature 1 leaves only the most likely token, the greedy text.
