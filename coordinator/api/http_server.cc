@@ -225,6 +225,8 @@ HttpServer::HttpServer(Executor* executor, ServingMetrics* metrics,
       token_texts_(options.tokenizer != nullptr
                        ? std::make_unique<TokenTexts>(*options.tokenizer, options.vocab_size)
                        : nullptr),
+      json_masks_(token_texts_ != nullptr ? std::make_unique<JsonMaskCache>(token_texts_.get())
+                                          : nullptr),
       started_seconds_(absl::ToUnixSeconds(absl::Now())),
       server_(std::make_unique<httplib::Server>()),
       rng_(std::random_device{}()) {
@@ -466,7 +468,7 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
     GenerationRequest choice = request->ChoiceRequest(index);
     if (request->json_object) {
       choice.constraint = std::make_shared<JsonConstraint>(
-          token_texts_.get(), endpoint == ApiEndpoint::kChatCompletions);
+          json_masks_.get(), endpoint == ApiEndpoint::kChatCompletions);
     }
     absl::StatusOr<RequestId> id = executor_->Enqueue(std::move(choice));
     if (!id.ok()) {

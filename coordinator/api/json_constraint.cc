@@ -25,21 +25,41 @@ TokenTexts::TokenTexts(const Tokenizer& tokenizer, int64_t vocab_size)
   }
 }
 
-int64_t JsonConstraint::Allowed(absl::Span<uint64_t> mask) const {
-  int64_t count = 0;
-  for (int32_t id = 0; id < texts_->vocab_size(); ++id) {
-    const std::string& text = TextOf(id);
-    if (text.empty()) continue;
-    JsonPrefix next = prefix_;
-    if (!next.Push(text)) continue;
-    mask[id / 64] |= uint64_t{1} << (id % 64);
-    ++count;
+std::shared_ptr<const JsonMaskCache::Mask> JsonMaskCache::Get(const JsonPrefix& state, bool first) {
+  {
+    absl::MutexLock lock(&mu_);
+    if (auto it = masks_.find(std::make_pair(state, first)); it != masks_.end()) {
+      return it->second;
+    }
   }
-  return count;
+  auto mask = std::make_shared<Mask>();
+  mask->bits.assign((texts_->vocab_size() + 63) / 64, 0);
+  for (int32_t id = 0; id < texts_->vocab_size(); ++id) {
+    const std::string& text = first ? texts_->first_text(id) : texts_->text(id);
+    if (text.empty()) continue;
+    JsonPrefix next = state;
+    if (!next.Push(text)) continue;
+    mask->bits[id / 64] |= uint64_t{1} << (id % 64);
+    ++mask->count;
+  }
+  absl::MutexLock lock(&mu_);
+  if (masks_.size() >= kMaxEntries) masks_.clear();
+  masks_.emplace(std::make_pair(state, first), mask);
+  return mask;
+}
+
+int64_t JsonConstraint::Allowed(absl::Span<uint64_t> mask) const {
+  const std::shared_ptr<const JsonMaskCache::Mask> allowed =
+      masks_->Get(prefix_, chat_ && !started_);
+  for (size_t w = 0; w < mask.size() && w < allowed->bits.size(); ++w) mask[w] |= allowed->bits[w];
+  return allowed->count;
 }
 
 void JsonConstraint::Accept(int32_t token_id) {
-  if (token_id >= 0 && token_id < texts_->vocab_size()) prefix_.Push(TextOf(token_id));
+  const TokenTexts& texts = masks_->texts();
+  if (token_id >= 0 && token_id < texts.vocab_size()) {
+    prefix_.Push(chat_ && !started_ ? texts.first_text(token_id) : texts.text(token_id));
+  }
   started_ = true;
 }
 

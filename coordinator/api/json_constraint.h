@@ -4,9 +4,14 @@
 #pragma once
 
 #include <cstdint>
+#include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
+#include "absl/base/thread_annotations.h"
+#include "absl/container/flat_hash_map.h"
+#include "absl/synchronization/mutex.h"
 #include "coordinator/api/json_prefix.h"
 #include "coordinator/scheduler/token_constraint.h"
 #include "model/tokenizer/tokenizer.h"
@@ -32,22 +37,45 @@ class TokenTexts {
   std::vector<std::string> first_texts_;
 };
 
+// The tokens allowed after each recognizer state, worked out once: inside a
+// string the state stays the same token after token, so most masks are a
+// lookup. Shared by a server's requests; thread-safe. Holds at most
+// kMaxEntries masks (then starts over).
+class JsonMaskCache {
+ public:
+  static constexpr size_t kMaxEntries = 4096;
+
+  struct Mask {
+    std::vector<uint64_t> bits;  // bit t % 64 of word t / 64
+    int64_t count = 0;
+  };
+
+  // `texts` is borrowed and must outlive the cache.
+  explicit JsonMaskCache(const TokenTexts* texts) : texts_(texts) {}
+
+  const TokenTexts& texts() const { return *texts_; }
+  // The tokens that may follow `state` (`first`: as a chat reply's first).
+  std::shared_ptr<const Mask> Get(const JsonPrefix& state, bool first);
+
+ private:
+  const TokenTexts* const texts_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::pair<JsonPrefix, bool>, std::shared_ptr<const Mask>> masks_
+      ABSL_GUARDED_BY(mu_);
+};
+
 class JsonConstraint : public TokenConstraint {
  public:
-  // `texts` is borrowed and must outlive the constraint. `chat`: the output
+  // `masks` is borrowed and must outlive the constraint. `chat`: the output
   // is a chat reply (its first token's space prefix is not part of it).
-  JsonConstraint(const TokenTexts* texts, bool chat) : texts_(texts), chat_(chat) {}
+  JsonConstraint(JsonMaskCache* masks, bool chat) : masks_(masks), chat_(chat) {}
 
   int64_t Allowed(absl::Span<uint64_t> mask) const override;
   void Accept(int32_t token_id) override;
   bool complete() const override { return prefix_.complete(); }
 
  private:
-  const std::string& TextOf(int32_t id) const {
-    return chat_ && !started_ ? texts_->first_text(id) : texts_->text(id);
-  }
-
-  const TokenTexts* texts_;
+  JsonMaskCache* const masks_;
   const bool chat_;
   bool started_ = false;
   JsonPrefix prefix_;

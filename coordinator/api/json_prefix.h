@@ -12,6 +12,7 @@
 #pragma once
 
 #include <cstdint>
+#include <utility>
 
 #include "absl/strings/string_view.h"
 
@@ -29,6 +30,22 @@ class JsonPrefix {
   bool Push(absl::string_view bytes);
   // The object is whole (nothing more may follow).
   bool complete() const { return mode_ == Mode::kDone; }
+
+  // Equal states take the same bytes alike (masks are cached by state).
+  friend bool operator==(const JsonPrefix& a, const JsonPrefix& b) {
+    return a.mode_ == b.mode_ && a.number_ == b.number_ && a.containers_ == b.containers_ &&
+           a.depth_ == b.depth_ && a.whitespace_run_ == b.whitespace_run_ &&
+           a.string_is_key_ == b.string_is_key_ && a.utf8_left_ == b.utf8_left_ &&
+           a.utf8_low_ == b.utf8_low_ && a.utf8_high_ == b.utf8_high_ &&
+           a.hex_left_ == b.hex_left_ && a.escape_starts_with_d_ == b.escape_starts_with_d_ &&
+           a.literal_ == b.literal_ && a.literal_pos_ == b.literal_pos_;
+  }
+  template <typename H>
+  friend H AbslHashValue(H h, const JsonPrefix& p) {
+    return H::combine(std::move(h), p.mode_, p.number_, p.containers_, p.depth_, p.whitespace_run_,
+                      p.string_is_key_, p.utf8_left_, p.utf8_low_, p.utf8_high_, p.hex_left_,
+                      p.escape_starts_with_d_, p.literal_, p.literal_pos_);
+  }
 
  private:
   enum class Mode : uint8_t {

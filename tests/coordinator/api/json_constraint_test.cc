@@ -22,8 +22,10 @@ class JsonConstraintTest : public ::testing::Test {
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
     tokenizer_ = tokenizer->release();
     texts_ = new TokenTexts(*tokenizer_, tokenizer_->vocab_size());
+    masks_ = new JsonMaskCache(texts_);
   }
   static void TearDownTestSuite() {
+    delete masks_;
     delete texts_;
     delete tokenizer_;
   }
@@ -40,12 +42,14 @@ class JsonConstraintTest : public ::testing::Test {
 
   static const Tokenizer* tokenizer_;
   static const TokenTexts* texts_;
+  static JsonMaskCache* masks_;
 };
 const Tokenizer* JsonConstraintTest::tokenizer_ = nullptr;
 const TokenTexts* JsonConstraintTest::texts_ = nullptr;
+JsonMaskCache* JsonConstraintTest::masks_ = nullptr;
 
 TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
-  JsonConstraint constraint(texts_, /*chat=*/false);
+  JsonConstraint constraint(masks_, /*chat=*/false);
   int64_t count = 0;
   std::vector<uint64_t> mask = Mask(constraint, &count);
   // Brute force over the vocabulary with JsonPrefix on the texts.
@@ -85,7 +89,7 @@ TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
 }
 
 TEST_F(JsonConstraintTest, AChatReplysFirstTokenCountsWithoutItsSpacePrefix) {
-  JsonConstraint constraint(texts_, /*chat=*/true);
+  JsonConstraint constraint(masks_, /*chat=*/true);
   int64_t count = 0;
   std::vector<uint64_t> mask = Mask(constraint, &count);
   EXPECT_TRUE(Has(mask, Id("{")));
