@@ -42,6 +42,7 @@ constexpr int64_t kContext = 32768;
 constexpr int64_t kLongTokens = 30000;
 constexpr int64_t kBlockTokens = 16;
 constexpr char kMistralTemplate[] = "{{ bos_token }}[INST] {{ content }} [/INST]";
+const std::vector<int32_t> kPrompt = {1, 17, 255, 3, 99, 42};
 
 // The parsed events of a server-sent-event body.
 struct Events {
@@ -199,6 +200,26 @@ class HttpServerTest : public ::testing::Test {
   }
 
   // Waits up to `timeout` for the executor to have nothing running or waiting.
+  // Starts a server whose executor runs one sequence at a time and queues
+  // `max_waiting`, with a long request running (returned); the test cancels
+  // it or leaves it to StopAll.
+  RequestId StartWithOneSlotTaken(int64_t max_waiting) {
+    ExecutorOptions executor_options;
+    executor_options.max_running_per_rank = 1;
+    executor_options.max_waiting_requests = max_waiting;
+    StartServer({}, executor_options);
+    GenerationRequest long_request;
+    long_request.prompt_ids = kPrompt;
+    long_request.max_tokens = kLongTokens;
+    const absl::StatusOr<RequestId> running = executor_->Enqueue(long_request);
+    EXPECT_TRUE(running.ok()) << running.status();
+    for (int i = 0; i < 1000 && executor_->stats().num_running == 0; ++i) {
+      absl::SleepFor(absl::Milliseconds(2));
+    }
+    EXPECT_EQ(executor_->stats().num_running, 1);
+    return running.value_or(0);
+  }
+
   bool WaitIdle(absl::Duration timeout) {
     const absl::Time give_up = absl::Now() + timeout;
     while (absl::Now() < give_up) {
@@ -248,8 +269,6 @@ class HttpServerTest : public ::testing::Test {
 Model* HttpServerTest::model_ = nullptr;
 Engine* HttpServerTest::engine_ = nullptr;
 Engine* HttpServerTest::reference_engine_ = nullptr;
-
-const std::vector<int32_t> kPrompt = {1, 17, 255, 3, 99, 42};
 
 TEST_F(HttpServerTest, CompletionMatchesGenerate) {
   StartServer();
@@ -403,23 +422,11 @@ TEST_F(HttpServerTest, SeveralChoicesOfABatchOfPrompts) {
 // one running sequence per rank taken, its three choices wait in a queue of
 // two, so the third is refused and the first two are cancelled.
 TEST_F(HttpServerTest, ChoicesThatDoNotFitTheQueueAre429AndNoneRuns) {
-  ExecutorOptions executor_options;
-  executor_options.max_running_per_rank = 1;
-  executor_options.max_waiting_requests = 2;
-  StartServer({}, executor_options);
-  GenerationRequest long_request;
-  long_request.prompt_ids = kPrompt;
-  long_request.max_tokens = kLongTokens;
-  const absl::StatusOr<RequestId> running = executor_->Enqueue(long_request);
-  ASSERT_TRUE(running.ok()) << running.status();
-  for (int i = 0; i < 1000 && executor_->stats().num_running == 0; ++i) {
-    absl::SleepFor(absl::Milliseconds(2));
-  }
-  ASSERT_EQ(executor_->stats().num_running, 1);
+  const RequestId running = StartWithOneSlotTaken(/*max_waiting=*/2);
   auto res = Post("/v1/completions", {{"prompt", kPrompt}, {"n", 3}, {"max_tokens", 4}});
   ExpectError(res, 429, "server_overloaded", "the request queue is full");
   EXPECT_EQ(executor_->stats().num_waiting, 0);
-  executor_->Cancel(*running);
+  executor_->Cancel(running);
   EXPECT_TRUE(WaitIdle(absl::Seconds(10)));
 }
 
@@ -736,20 +743,12 @@ TEST_F(HttpServerTest, DrainRefusesNewRequests) {
 }
 
 TEST_F(HttpServerTest, FullQueueIs429WithRetryAfter) {
-  ExecutorOptions executor_options;
-  executor_options.max_running_per_rank = 1;
-  executor_options.max_waiting_requests = 1;
-  StartServer({}, executor_options);
+  StartWithOneSlotTaken(/*max_waiting=*/1);
+  // The second waits behind the first, which runs alone: the queue is full.
   GenerationRequest long_request;
   long_request.prompt_ids = kPrompt;
   long_request.max_tokens = kLongTokens;
-  ASSERT_TRUE(executor_->Enqueue(long_request).ok());
-  // The second waits behind the first, which runs alone: the queue is full.
-  absl::StatusOr<RequestId> waiting = executor_->Enqueue(long_request);
-  for (int i = 0; i < 1000 && !waiting.ok(); ++i) {
-    absl::SleepFor(absl::Milliseconds(2));
-    waiting = executor_->Enqueue(long_request);
-  }
+  const absl::StatusOr<RequestId> waiting = executor_->Enqueue(long_request);
   ASSERT_TRUE(waiting.ok()) << waiting.status();
   auto res = Post("/v1/completions", {{"prompt", kPrompt}, {"max_tokens", 2}});
   ExpectError(res, 429, "server_overloaded", "the request queue is full");
