@@ -220,6 +220,16 @@ class HttpServerTest : public ::testing::Test {
     return running.value_or(0);
   }
 
+  // StartServer with the byte-level tokenizer (byte_tokenizer_) and the
+  // Mistral chat template.
+  void StartTextServer(HttpServerOptions options = {}) {
+    byte_tokenizer_ = ByteTokenizer();
+    ASSERT_NE(byte_tokenizer_, nullptr);
+    options.tokenizer = byte_tokenizer_.get();
+    options.chat_template = kMistralTemplate;
+    StartServer(options);
+  }
+
   bool WaitIdle(absl::Duration timeout) {
     const absl::Time give_up = absl::Now() + timeout;
     while (absl::Now() < give_up) {
@@ -260,6 +270,8 @@ class HttpServerTest : public ::testing::Test {
   static Model* model_;
   static Engine* engine_;
   static Engine* reference_engine_;
+  // Outlives the server (StopAll runs in TearDown).
+  std::unique_ptr<Tokenizer> byte_tokenizer_;
   std::unique_ptr<StepRunner> runner_;
   std::unique_ptr<ServingMetrics> metrics_;
   std::unique_ptr<Executor> executor_;
@@ -434,12 +446,7 @@ TEST_F(HttpServerTest, ChoicesThatDoNotFitTheQueueAre429AndNoneRuns) {
 // prefix of one, as nlohmann::json judges it: it parses, or fails only at the
 // end of the text; an object that closes ends its choice as stopped.
 TEST_F(HttpServerTest, JsonModeOutputsAreObjectsOrTheirPrefixes) {
-  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
-  ASSERT_NE(tokenizer, nullptr);
-  HttpServerOptions options;
-  options.tokenizer = tokenizer.get();
-  options.chat_template = kMistralTemplate;
-  StartServer(options);
+  StartTextServer();
   const Json format = {{"type", "json_object"}};
   const Json messages = Json::array({Json{{"role", "user"}, {"content", "JSON please"}}});
   int objects = 0;
@@ -495,13 +502,10 @@ TEST_F(HttpServerTest, JsonModeOutputsAreObjectsOrTheirPrefixes) {
 // /tokenize and /detokenize answer with the served tokenizer's ids and text,
 // behind the API key like /v1.
 TEST_F(HttpServerTest, TokenizerRoutes) {
-  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
-  ASSERT_NE(tokenizer, nullptr);
   HttpServerOptions options;
-  options.tokenizer = tokenizer.get();
-  options.chat_template = kMistralTemplate;
   options.api_key = "k";
-  StartServer(options);
+  StartTextServer(options);
+  const Tokenizer* tokenizer = byte_tokenizer_.get();
   const httplib::Headers auth = {{"Authorization", "Bearer k"}};
   ExpectError(Post("/tokenize", {{"prompt", "hi"}}), 401, "invalid_request_error",
               "missing API key");
@@ -527,12 +531,7 @@ TEST_F(HttpServerTest, TokenizerRoutes) {
 }
 
 TEST_F(HttpServerTest, ChatWithATokenizer) {
-  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
-  ASSERT_NE(tokenizer, nullptr);
-  HttpServerOptions options;
-  options.tokenizer = tokenizer.get();
-  options.chat_template = kMistralTemplate;
-  StartServer(options);
+  StartTextServer();
   const Json messages = Json::array({Json{{"role", "user"}, {"content", "hi"}}});
   auto res =
       Post("/v1/chat/completions", {{"messages", messages}, {"max_tokens", 8}, {"temperature", 0}});
@@ -553,10 +552,10 @@ TEST_F(HttpServerTest, ChatWithATokenizer) {
   EXPECT_THAT(ids, ElementsAreArray(greedy.begin(), greedy.begin() + ids.size()));
   std::vector<int32_t> decodable;
   for (int32_t id : ids) {
-    if (id < tokenizer->vocab_size()) decodable.push_back(id);
+    if (id < byte_tokenizer_->vocab_size()) decodable.push_back(id);
   }
   DecodeOptions decode;
-  EXPECT_EQ(body["choices"][0]["message"]["content"], *tokenizer->Decode(decodable, decode));
+  EXPECT_EQ(body["choices"][0]["message"]["content"], *byte_tokenizer_->Decode(decodable, decode));
 
   auto stream =
       Post("/v1/chat/completions",
@@ -578,11 +577,7 @@ TEST_F(HttpServerTest, ChatWithATokenizer) {
 }
 
 TEST_F(HttpServerTest, StopStringEndsTheRequestAsStopped) {
-  const std::unique_ptr<Tokenizer> tokenizer = ByteTokenizer();
-  ASSERT_NE(tokenizer, nullptr);
-  HttpServerOptions options;
-  options.tokenizer = tokenizer.get();
-  StartServer(options);
+  StartTextServer();
   // The first generated ASCII byte (ids below 128 are one-byte characters)
   // becomes the stop string; the tiny model's greedy run has one early.
   const std::vector<int32_t> greedy = Greedy(kPrompt, 64);
