@@ -36,6 +36,7 @@ bool JsonPrefix::Push(uint8_t c) {
       if (c == '"') {
         if (string_is_key_) {
           mode_ = Mode::kColon;
+          string_is_key_ = false;
         } else {
           EndValue();
         }
@@ -84,7 +85,10 @@ bool JsonPrefix::Push(uint8_t c) {
       } else if (hex_left_ == 3 && escape_starts_with_d_ && (!IsDigit(c) || c >= '8')) {
         return false;
       }
-      if (--hex_left_ == 0) mode_ = Mode::kString;
+      if (--hex_left_ == 0) {
+        mode_ = Mode::kString;
+        escape_starts_with_d_ = false;
+      }
       return true;
     case Mode::kLiteral:
       if (c != static_cast<uint8_t>(literal_[literal_pos_])) return false;
@@ -223,6 +227,12 @@ bool JsonPrefix::AfterValue(uint8_t c) {
   return true;
 }
 
-void JsonPrefix::EndValue() { mode_ = Mode::kCommaOrEnd; }
+void JsonPrefix::EndValue() {
+  mode_ = Mode::kCommaOrEnd;
+  // What only the value's own bytes needed: equal states compare equal.
+  number_ = Number::kMinus;
+  literal_ = nullptr;
+  literal_pos_ = 0;
+}
 
 }  // namespace herd

@@ -31,7 +31,9 @@ class JsonPrefix {
   // The object is whole (nothing more may follow).
   bool complete() const { return mode_ == Mode::kDone; }
 
-  // Equal states take the same bytes alike (masks are cached by state).
+  // Equal states take the same bytes alike (masks are cached by state);
+  // fields a finished string, number or literal used are reset, so states
+  // that behave alike mostly compare equal.
   friend bool operator==(const JsonPrefix& a, const JsonPrefix& b) {
     return a.mode_ == b.mode_ && a.number_ == b.number_ && a.containers_ == b.containers_ &&
            a.depth_ == b.depth_ && a.whitespace_run_ == b.whitespace_run_ &&
