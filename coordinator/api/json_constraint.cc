@@ -22,6 +22,10 @@ TokenTexts::TokenTexts(const Tokenizer& tokenizer, int64_t vocab_size)
         first_texts_[id] = *text;
       }
     }
+    if (!texts_[id].empty()) by_byte_[static_cast<uint8_t>(texts_[id][0])].push_back(id);
+    if (!first_texts_[id].empty()) {
+      first_by_byte_[static_cast<uint8_t>(first_texts_[id][0])].push_back(id);
+    }
   }
 }
 
@@ -34,13 +38,19 @@ std::shared_ptr<const JsonMaskCache::Mask> JsonMaskCache::Get(const JsonPrefix& 
   }
   auto mask = std::make_shared<Mask>();
   mask->bits.assign((texts_->vocab_size() + 63) / 64, 0);
-  for (int32_t id = 0; id < texts_->vocab_size(); ++id) {
-    const std::string& text = first ? texts_->first_text(id) : texts_->text(id);
-    if (text.empty()) continue;
-    JsonPrefix next = state;
-    if (!next.Push(text)) continue;
-    mask->bits[id / 64] |= uint64_t{1} << (id % 64);
-    ++mask->count;
+  // By first byte: outside strings few bytes may come next, and the tokens
+  // starting with the others are never tried.
+  for (int b = 0; b < 256; ++b) {
+    const std::vector<int32_t>& ids = texts_->starting_with(static_cast<uint8_t>(b), first);
+    JsonPrefix after_first = state;
+    if (ids.empty() || !after_first.Push(static_cast<uint8_t>(b))) continue;
+    for (const int32_t id : ids) {
+      const std::string& text = first ? texts_->first_text(id) : texts_->text(id);
+      JsonPrefix next = after_first;
+      if (!next.Push(absl::string_view(text).substr(1))) continue;
+      mask->bits[id / 64] |= uint64_t{1} << (id % 64);
+      ++mask->count;
+    }
   }
   absl::MutexLock lock(&mu_);
   if (masks_.size() >= kMaxEntries) masks_.clear();

@@ -3,6 +3,7 @@
 // prefix of one JSON object (JsonPrefix), and ends it when the object closes.
 #pragma once
 
+#include <array>
 #include <cstdint>
 #include <memory>
 #include <string>
@@ -31,10 +32,16 @@ class TokenTexts {
   // The bytes id adds as the first token of a chat reply, whose
   // SentencePiece space prefix the server's decoding drops.
   const std::string& first_text(int32_t id) const { return first_texts_[id]; }
+  // The ids whose text (first: first_text) starts with byte b, by b.
+  const std::vector<int32_t>& starting_with(uint8_t b, bool first) const {
+    return (first ? first_by_byte_ : by_byte_)[b];
+  }
 
  private:
   std::vector<std::string> texts_;
   std::vector<std::string> first_texts_;
+  std::array<std::vector<int32_t>, 256> by_byte_;
+  std::array<std::vector<int32_t>, 256> first_by_byte_;
 };
 
 // The tokens allowed after each recognizer state, worked out once: inside a
