@@ -306,6 +306,12 @@ class Executor::Impl {
                                                        options_.vocab_size, ")"));
       }
     }
+    for (const int32_t id : request.stop_ids) {
+      if (id < 0 || id >= options_.vocab_size) {
+        return absl::InvalidArgumentError(absl::StrCat(
+            "stop id ", id, " is outside the vocabulary [0, ", options_.vocab_size, ")"));
+      }
+    }
     if (request.max_tokens < 1) {
       return absl::InvalidArgumentError(
           absl::StrCat("max_tokens must be >= 1, got ", request.max_tokens));

@@ -319,6 +319,9 @@ TEST_F(ExecutorTest, RejectsRequestsThatCanNeverRun) {
   GenerationRequest bad_temperature = Request({1, 2}, 4);
   bad_temperature.sampling.temperature = -1;
   EXPECT_EQ(code(bad_temperature), absl::StatusCode::kInvalidArgument);
+  GenerationRequest bad_stop = Request({1, 2}, 4);
+  bad_stop.stop_ids = {static_cast<int32_t>(vocab)};
+  EXPECT_EQ(code(bad_stop), absl::StatusCode::kInvalidArgument);
   // Still serving.
   const auto id = executor_->Enqueue(Request({1, 2, 3}, 3));
   ASSERT_TRUE(id.ok());
