@@ -184,10 +184,7 @@ bool JsonPrefix::Push(uint8_t c) {
 bool JsonPrefix::StartValue(uint8_t c) {
   if (c == '{' || c == '[') {
     if (depth_ >= kMaxDepth) return false;
-    if (c == '{')
-      containers_ |= uint64_t{1} << depth_;
-    else
-      containers_ &= ~(uint64_t{1} << depth_);
+    if (c == '{') containers_ |= uint64_t{1} << depth_;
     ++depth_;
     mode_ = c == '{' ? Mode::kKeyOrEnd : Mode::kValueOrEnd;
     return true;
@@ -219,6 +216,7 @@ bool JsonPrefix::AfterValue(uint8_t c) {
     return false;
   }
   --depth_;
+  containers_ &= ~(uint64_t{1} << depth_);  // no stale bit above the open containers
   if (depth_ == 0) {
     mode_ = Mode::kDone;
   } else {
