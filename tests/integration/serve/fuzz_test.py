@@ -23,12 +23,12 @@ import serve_harness as h
 
 NUM_CASES = 3000
 NUM_THREADS = 4
-API_PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/models", "/health", "/ready",
-             "/metrics"]
+API_PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize",
+             "/detokenize", "/health", "/ready", "/metrics"]
 FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stop_token_ids",
           "ignore_eos", "stream", "stream_options", "model", "n", "best_of", "echo", "logprobs",
           "suffix", "logit_bias", "presence_penalty", "frequency_penalty", "user", "messages",
-          "max_completion_tokens"]
+          "max_completion_tokens", "response_format", "top_k", "min_p", "tokens"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 INTERESTING_NUMBERS = [0, 1, -1, 2, 15, 16, 17, 511, 512, 2047, 2048, 2049, 2 ** 31 - 1, 2 ** 31,
                        2 ** 32, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, 2 ** 64, -2 ** 63, -2 ** 64,
@@ -70,6 +70,11 @@ def valid_body(rng):
         body["seed"] = rng.randrange(2 ** 32)
     if rng.random() < 0.2:
         body["stop_token_ids"] = [rng.randrange(h.TINY_VOCAB) for _ in range(rng.randrange(3))]
+    if rng.random() < 0.1:
+        body["n"] = rng.randrange(1, 4)
+    if rng.random() < 0.1:  # a batch of prompts
+        body["prompt"] = [body["prompt"], [rng.randrange(h.TINY_VOCAB)
+                                           for _ in range(rng.randrange(1, 20))]]
     return body
 
 
