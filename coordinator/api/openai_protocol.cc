@@ -724,7 +724,10 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
       request.echo && request.generation.sampling.top_logprobs >= 0;
   int64_t max_tokens = kDefaultCompletionMaxTokens;
   bool max_tokens_given = false;
-  HERD_RETURN_IF_ERROR(ReadInt(root, "max_tokens", 1, &max_tokens, &max_tokens_given));
+  // 0 scores the prompt and generates nothing (OpenAI's legacy loglikelihood
+  // form: echo, logprobs, max_tokens 0).
+  HERD_RETURN_IF_ERROR(ReadInt(root, "max_tokens", request.generation.prompt_logprobs ? 0 : 1,
+                               &max_tokens, &max_tokens_given));
   for (const std::vector<int32_t>& ids : prompts) {
     HERD_RETURN_IF_ERROR(CheckContext(model, request.endpoint, static_cast<int64_t>(ids.size()),
                                       max_tokens, max_tokens_given ? "max_tokens" : ""));

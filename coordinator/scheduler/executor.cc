@@ -312,9 +312,9 @@ class Executor::Impl {
             "stop id ", id, " is outside the vocabulary [0, ", options_.vocab_size, ")"));
       }
     }
-    if (request.max_tokens < 1) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("max_tokens must be >= 1, got ", request.max_tokens));
+    if (request.max_tokens < (request.prompt_logprobs ? 0 : 1)) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "max_tokens must be >= 1 (0 only to score the prompt), got ", request.max_tokens));
     }
     if (prompt + request.max_tokens > options_.max_context_tokens) {
       return absl::InvalidArgumentError(
@@ -524,7 +524,7 @@ class Executor::Impl {
       chunk.token_ids.push_back(seq.token_at(p));
     }
     chunk.block_table = seq.blocks;
-    chunk.sample = seq.num_computed + num_tokens == seq.num_tokens();
+    chunk.sample = seq.num_computed + num_tokens == seq.num_tokens() && seq.request.max_tokens > 0;
     chunk.sampling = seq.request.sampling;
     chunk.sample_idx = static_cast<int64_t>(seq.generated.size());
     if (chunk.sample) chunk.allowed_tokens = seq.allowed_tokens;
@@ -718,7 +718,13 @@ class Executor::Impl {
             metrics_->AddPromptTokens(static_cast<int64_t>(seq->request.prompt_ids.size()));
           }
         }
-        if (!chunk.sample) continue;
+        if (!chunk.sample) {
+          // A request that only scores its prompt ends once it is computed.
+          if (seq->request.max_tokens == 0 && seq->num_computed == seq->num_tokens()) {
+            Finish(seq, FinishReason::kLength, absl::OkStatus());
+          }
+          continue;
+        }
         if (sampled_idx >= result.sampled.size() ||
             result.sampled[sampled_idx].sequence_id != seq->id) {
           Finish(seq, FinishReason::kError,

@@ -51,7 +51,10 @@ using RequestId = uint64_t;
 
 struct GenerationRequest {
   std::vector<int32_t> prompt_ids;  // not empty; ids < vocab
-  int64_t max_tokens = 16;          // >= 1; prompt + max_tokens <= max_context_tokens
+  // >= 1, or 0 with prompt_logprobs (the prompt is scored, nothing is
+  // generated, the request ends as kLength); prompt + max_tokens <=
+  // max_context_tokens.
+  int64_t max_tokens = 16;
   SamplingParams sampling;
   // Generation stops after any of these ids (the id is part of the output).
   std::vector<int32_t> stop_ids;

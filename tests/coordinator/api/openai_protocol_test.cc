@@ -282,6 +282,20 @@ TEST(CompletionRequestTest, RejectsUnsupportedOptionsButAcceptsTheirDefaults) {
   }
 }
 
+// max_tokens 0 only scores the prompt: with echo and logprobs.
+TEST(CompletionRequestTest, MaxTokensZeroScoresThePrompt) {
+  auto scored = ParseCompletionRequest(
+      R"({"prompt": [1, 2, 3], "max_tokens": 0, "echo": true, "logprobs": 1})", IdModel());
+  ASSERT_TRUE(scored.ok()) << scored.status();
+  EXPECT_EQ(scored->generation.max_tokens, 0);
+  EXPECT_TRUE(scored->generation.prompt_logprobs);
+  ExpectInvalid(R"({"prompt": [1], "max_tokens": 0})", IdModel(), "max_tokens", "must be >= 1");
+  ExpectInvalid(R"({"prompt": [1], "max_tokens": 0, "echo": true})", IdModel(), "max_tokens",
+                "must be >= 1");
+  ExpectInvalid(R"({"prompt": [1], "max_tokens": -1, "echo": true, "logprobs": 0})", IdModel(),
+                "max_tokens", "must be >= 0");
+}
+
 // A batch of prompts and n choices each: choice i answers prompt i / n, with
 // seed + i % n; at most kMaxChoices in all.
 TEST(CompletionRequestTest, BatchesOfPromptsAndSeveralChoices) {

@@ -273,6 +273,42 @@ TEST_F(ExecutorTest, PromptLogprobsSurviveChunkedPrefillAndPreemption) {
   EXPECT_EQ(executor_->Enqueue(without_top).status().code(), absl::StatusCode::kInvalidArgument);
 }
 
+// max_tokens 0 scores the prompt only (OpenAI's legacy loglikelihood form):
+// no token, finish reason length, every prompt position scored once, in
+// chunks of 5 tokens; without prompt log probabilities it is refused.
+TEST_F(ExecutorTest, MaxTokensZeroScoresThePromptOnly) {
+  Start(CrampedOptions());
+  const auto prompts = Prompts(6, model_->spec.vocab_size);
+  std::vector<RequestId> ids;
+  for (const auto& prompt : prompts) {
+    GenerationRequest request = Request(prompt, 0);
+    request.sampling.top_logprobs = 0;
+    request.prompt_logprobs = true;
+    ids.push_back(*executor_->Enqueue(request));
+  }
+  const int64_t vocab = model_->spec.vocab_size;
+  std::vector<std::pair<float, int32_t>> top;
+  for (size_t i = 0; i < prompts.size(); ++i) {
+    SCOPED_TRACE(::testing::Message() << "request " << i);
+    const Outcome outcome = Collect(*executor_, ids[i]);
+    EXPECT_TRUE(outcome.tokens.empty());
+    EXPECT_EQ(outcome.last.finish_reason, FinishReason::kLength);
+    EXPECT_EQ(outcome.last.completion_tokens, 0);
+    const auto& prompt = prompts[i];
+    ASSERT_EQ(outcome.prompt_logprobs.size(), prompt.size() - 1);
+    const std::vector<float> logits = Logits(prompt);
+    for (size_t p = 0; p + 1 < prompt.size(); ++p) {
+      EXPECT_NEAR(outcome.prompt_logprobs[p].logprob,
+                  cpu::LogProbabilities(logits.data() + p * vocab, vocab, prompt[p + 1], 0, top),
+                  1e-4)
+          << "token " << p + 1;
+    }
+  }
+  EXPECT_EQ(executor_->stats().num_kv_blocks_used, 0);
+  EXPECT_EQ(executor_->Enqueue(Request(prompts[0], 0)).status().code(),
+            absl::StatusCode::kInvalidArgument);
+}
+
 TEST_F(ExecutorTest, SeededSamplingIsTheSameUnderPreemption) {
   SamplingParams sampling;
   sampling.temperature = 0.9f;

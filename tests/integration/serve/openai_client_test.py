@@ -170,6 +170,14 @@ def check_logprobs(client, args, model_dir):
             f"{lp.token_logprobs[0]}")
     h.log(f"echoed prompt logprobs match generate's logits: {elp.token_logprobs}")
 
+    # max_tokens 0 scores the prompt alone (OpenAI's legacy loglikelihood form).
+    scored = client.completions.create(model="tiny-mixtral", prompt=prompt_ids, max_tokens=0,
+                                       temperature=0, logprobs=1, echo=True)
+    slp = scored.choices[0].logprobs
+    h.check(scored.usage.completion_tokens == 0 and scored.choices[0].finish_reason == "length"
+            and slp.token_logprobs == elp.token_logprobs[:len(prompt_ids)],
+            f"max_tokens 0: {scored.choices[0]}, usage {scored.usage}")
+
     streamed = []
     for chunk in client.completions.create(model="tiny-mixtral", prompt=prompt_ids,
                                            max_tokens=new, temperature=0, logprobs=3,
