@@ -137,25 +137,41 @@ class ExecutorTest : public ::testing::Test {
     return logits;
   }
 
-  // Expects `outcome`'s generated tokens to be greedy Generate's and each
-  // one's log probability to be the log softmax of the reference logits
-  // after prompt + the tokens before it: a wrong key or value anywhere in
-  // the context moves them, even where it leaves the greedy choice alone.
-  void ExpectReferenceOutput(const std::vector<int32_t>& prompt, const Outcome& outcome) {
-    const int64_t max_tokens = static_cast<int64_t>(outcome.tokens.size());
-    EXPECT_EQ(outcome.tokens, Reference(prompt, max_tokens));
-    ASSERT_EQ(outcome.logprobs.size(), outcome.tokens.size());
-    std::vector<int32_t> all = prompt;
-    all.insert(all.end(), outcome.tokens.begin(), outcome.tokens.end());
-    const std::vector<float> logits = Logits(all);
+  // Expects scored[j] to be the log probability of tokens[first + j] after
+  // the tokens before it, under one reference prefill of `tokens` (1e-4),
+  // with the reference's top_k most likely tokens.
+  void ExpectScored(const std::vector<int32_t>& tokens, int64_t first,
+                    const std::vector<SampledLogprobs>& scored, int top_k) {
+    ASSERT_EQ(first + static_cast<int64_t>(scored.size()), static_cast<int64_t>(tokens.size()));
+    const std::vector<float> logits = Logits(tokens);
     const int64_t vocab = model_->spec.vocab_size;
     std::vector<std::pair<float, int32_t>> top;
-    for (int64_t i = 0; i < max_tokens; ++i) {
-      const int64_t p = static_cast<int64_t>(prompt.size()) - 1 + i;
+    for (size_t j = 0; j < scored.size(); ++j) {
+      const int64_t t = first + static_cast<int64_t>(j);
       const float want =
-          cpu::LogProbabilities(logits.data() + p * vocab, vocab, outcome.tokens[i], 0, top);
-      EXPECT_NEAR(outcome.logprobs[i].logprob, want, 1e-4) << "generated token " << i;
+          cpu::LogProbabilities(logits.data() + (t - 1) * vocab, vocab, tokens[t], top_k, top);
+      EXPECT_NEAR(scored[j].logprob, want, 1e-4) << "token " << t;
+      ASSERT_EQ(scored[j].top.size(), static_cast<size_t>(top_k)) << "token " << t;
+      for (int k = 0; k < top_k; ++k) {
+        EXPECT_EQ(scored[j].top[k].token_id, top[k].second) << "token " << t << ", top " << k;
+      }
     }
+  }
+
+  // Expects the generated tokens' log probabilities to be the reference's
+  // (ExpectScored): a wrong key or value anywhere in the context moves them,
+  // even where it leaves the greedy choice alone.
+  void ExpectReferenceLogprobs(const std::vector<int32_t>& prompt, const Outcome& outcome) {
+    std::vector<int32_t> all = prompt;
+    all.insert(all.end(), outcome.tokens.begin(), outcome.tokens.end());
+    ExpectScored(all, static_cast<int64_t>(prompt.size()), outcome.logprobs, 0);
+  }
+
+  // Expects `outcome`'s generated tokens to be greedy Generate's, with the
+  // reference's log probabilities.
+  void ExpectReferenceOutput(const std::vector<int32_t>& prompt, const Outcome& outcome) {
+    EXPECT_EQ(outcome.tokens, Reference(prompt, static_cast<int64_t>(outcome.tokens.size())));
+    ExpectReferenceLogprobs(prompt, outcome);
   }
 
   // Request() asking for the generated tokens' log probabilities.
@@ -249,23 +265,11 @@ TEST_F(ExecutorTest, PromptLogprobsSurviveChunkedPrefillAndPreemption) {
     request.prompt_logprobs = true;
     ids.push_back(*executor_->Enqueue(request));
   }
-  const int64_t vocab = model_->spec.vocab_size;
-  std::vector<std::pair<float, int32_t>> top;
   for (size_t i = 0; i < prompts.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "request " << i);
     const Outcome outcome = Collect(*executor_, ids[i]);
-    const auto& prompt = prompts[i];
-    const int64_t n = static_cast<int64_t>(prompt.size());
     EXPECT_EQ(outcome.responses_with_prompt_logprobs, 1);
-    ASSERT_EQ(static_cast<int64_t>(outcome.prompt_logprobs.size()), n - 1);
-    const std::vector<float> logits = Logits(prompt);
-    for (int64_t p = 0; p + 1 < n; ++p) {
-      const float want =
-          cpu::LogProbabilities(logits.data() + p * vocab, vocab, prompt[p + 1], 1, top);
-      EXPECT_NEAR(outcome.prompt_logprobs[p].logprob, want, 1e-4) << "token " << p + 1;
-      ASSERT_EQ(outcome.prompt_logprobs[p].top.size(), 1u);
-      EXPECT_EQ(outcome.prompt_logprobs[p].top[0].token_id, top[0].second) << "token " << p + 1;
-    }
+    ExpectScored(prompts[i], 1, outcome.prompt_logprobs, 1);
   }
   EXPECT_GT(executor_->stats().num_preemptions, 0);
   GenerationRequest without_top = Request({1, 2, 3}, 2);
@@ -286,23 +290,13 @@ TEST_F(ExecutorTest, MaxTokensZeroScoresThePromptOnly) {
     request.prompt_logprobs = true;
     ids.push_back(*executor_->Enqueue(request));
   }
-  const int64_t vocab = model_->spec.vocab_size;
-  std::vector<std::pair<float, int32_t>> top;
   for (size_t i = 0; i < prompts.size(); ++i) {
     SCOPED_TRACE(::testing::Message() << "request " << i);
     const Outcome outcome = Collect(*executor_, ids[i]);
     EXPECT_TRUE(outcome.tokens.empty());
     EXPECT_EQ(outcome.last.finish_reason, FinishReason::kLength);
     EXPECT_EQ(outcome.last.completion_tokens, 0);
-    const auto& prompt = prompts[i];
-    ASSERT_EQ(outcome.prompt_logprobs.size(), prompt.size() - 1);
-    const std::vector<float> logits = Logits(prompt);
-    for (size_t p = 0; p + 1 < prompt.size(); ++p) {
-      EXPECT_NEAR(outcome.prompt_logprobs[p].logprob,
-                  cpu::LogProbabilities(logits.data() + p * vocab, vocab, prompt[p + 1], 0, top),
-                  1e-4)
-          << "token " << p + 1;
-    }
+    ExpectScored(prompts[i], 1, outcome.prompt_logprobs, 0);
   }
   EXPECT_EQ(executor_->stats().num_kv_blocks_used, 0);
   EXPECT_EQ(executor_->Enqueue(Request(prompts[0], 0)).status().code(),
@@ -674,17 +668,7 @@ TEST_F(ExecutorTest, AConstraintDecidesWhatIsSampled) {
     EXPECT_EQ(outcome.tokens, (std::vector<int32_t>{7, 300, 7, 42, 5}));
     EXPECT_EQ(outcome.last.finish_reason, FinishReason::kStop);
     // The raw distribution's log probability of each forced token.
-    std::vector<int32_t> all = prompts[2];
-    all.insert(all.end(), outcome.tokens.begin(), outcome.tokens.end());
-    const std::vector<float> logits = Logits(all);
-    std::vector<std::pair<float, int32_t>> top;
-    const int64_t vocab = model_->spec.vocab_size;
-    for (size_t i = 0; i < outcome.tokens.size(); ++i) {
-      const int64_t p = static_cast<int64_t>(prompts[2].size()) - 1 + static_cast<int64_t>(i);
-      EXPECT_NEAR(
-          outcome.logprobs[i].logprob,
-          cpu::LogProbabilities(logits.data() + p * vocab, vocab, outcome.tokens[i], 0, top), 1e-4);
-    }
+    ExpectReferenceLogprobs(prompts[2], outcome);
   }
   GenerationRequest no_stop = Request(prompts[1], 16);
   no_stop.constraint = std::make_shared<ScriptedConstraint>(script);
