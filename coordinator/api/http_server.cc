@@ -13,7 +13,6 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_format.h"
-#include "coordinator/api/json_constraint.h"
 #include "coordinator/api/peer_socket.h"
 #include "core/logging.h"
 

@@ -464,7 +464,8 @@ class Executor::Impl {
   // least its last token is computed, and a request scoring its prompt
   // computes every position.
   int64_t MaxCachedBlocks(const Sequence& seq) const {
-    return seq.request.prompt_logprobs ? 0 : (seq.num_tokens() - 1) / options_.kv_block_tokens;
+    if (!options_.prefix_caching || seq.request.prompt_logprobs) return 0;
+    return (seq.num_tokens() - 1) / options_.kv_block_tokens;
   }
 
   // Leading prompt blocks of waiting `seq` that sequences in their prefill

@@ -24,8 +24,8 @@ KvBlockPool::Match KvBlockPool::Lookup(absl::Span<const int32_t> tokens, int64_t
     key.second.assign(tokens.begin() + i * block_tokens_, tokens.begin() + (i + 1) * block_tokens_);
     auto it = blocks_by_key_.find(key);
     if (it == blocks_by_key_.end()) break;
-    match.blocks.push_back(it->second.first);
-    match.key = it->second.second;
+    match.blocks.push_back(it->second.block);
+    match.key = it->second.prefix;
   }
   return match;
 }
@@ -39,7 +39,7 @@ int64_t KvBlockPool::NumUnreferenced(absl::Span<const int32_t> blocks) const {
 void KvBlockPool::Hold(absl::Span<const int32_t> blocks) {
   for (int32_t b : blocks) {
     if (refs_[b]++ == 0) {
-      assert(entries_.contains(b));  // only cached blocks are found unreferenced
+      assert(keys_by_block_.contains(b));  // only cached blocks are found unreferenced
       evictable_.erase(evictable_pos_[b]);
     }
   }
@@ -66,7 +66,7 @@ void KvBlockPool::Release(absl::Span<const int32_t> blocks) {
     const int32_t b = *it;
     assert(refs_[b] > 0);
     if (--refs_[b] > 0) continue;
-    if (entries_.contains(b)) {
+    if (keys_by_block_.contains(b)) {
       evictable_pos_[b] = evictable_.insert(evictable_.end(), b);
     } else {
       free_.push_back(b);
@@ -78,19 +78,20 @@ KvBlockPool::PrefixKey KvBlockPool::Commit(PrefixKey parent, absl::Span<const in
                                            int32_t block) {
   if (!prefix_caching_) return kEmptyPrefix;
   assert(static_cast<int64_t>(tokens.size()) == block_tokens_ && refs_[block] > 0);
+  // A block from Allocate has no entry; one from Lookup is never committed.
+  assert(!keys_by_block_.contains(block));
   EntryKey key(parent, std::vector<int32_t>(tokens.begin(), tokens.end()));
-  if (auto it = blocks_by_key_.find(key); it != blocks_by_key_.end()) return it->second.second;
-  if (auto it = entries_.find(block); it != entries_.end()) return it->second.prefix;
+  if (auto it = blocks_by_key_.find(key); it != blocks_by_key_.end()) return it->second.prefix;
   const PrefixKey prefix = next_key_++;
-  blocks_by_key_.emplace(key, std::make_pair(block, prefix));
-  entries_.emplace(block, Entry{std::move(key), prefix});
+  keys_by_block_.emplace(block, key);
+  blocks_by_key_.emplace(std::move(key), Entry{block, prefix});
   return prefix;
 }
 
 void KvBlockPool::Forget(int32_t block) {
-  auto it = entries_.find(block);
-  blocks_by_key_.erase(it->second.key);
-  entries_.erase(it);
+  auto it = keys_by_block_.find(block);
+  blocks_by_key_.erase(it->second);
+  keys_by_block_.erase(it);
 }
 
 }  // namespace herd

@@ -49,7 +49,7 @@ class KvBlockPool {
   // Blocks some sequence holds.
   int64_t num_held() const { return num_blocks() - num_available(); }
   // Blocks with a cache entry, held or not.
-  int64_t num_cached() const { return static_cast<int64_t>(entries_.size()); }
+  int64_t num_cached() const { return static_cast<int64_t>(keys_by_block_.size()); }
 
   struct Match {
     std::vector<int32_t> blocks;   // the cached blocks of tokens' first blocks
@@ -76,16 +76,18 @@ class KvBlockPool {
   // before its first), an unreferenced uncached one is free.
   void Release(absl::Span<const int32_t> blocks);
 
-  // Records that held `block` holds `tokens` (block_tokens of them) after the
-  // prefix `parent`, and returns the key of the prefix through it. When
-  // another block already caches that prefix, `block` stays uncached and
-  // that block's key is returned (the contents are the same).
+  // Records that held `block` (one from Allocate, not yet committed) holds
+  // `tokens` (block_tokens of them) after the prefix `parent`, and returns
+  // the key of the prefix through it. When another block already caches
+  // that prefix, `block` stays uncached and that block's key is returned
+  // (the contents are the same).
   PrefixKey Commit(PrefixKey parent, absl::Span<const int32_t> tokens, int32_t block);
 
  private:
+  // (The prefix before a block, its tokens).
   using EntryKey = std::pair<PrefixKey, std::vector<int32_t>>;
   struct Entry {
-    EntryKey key;
+    int32_t block = -1;
     PrefixKey prefix = kEmptyPrefix;  // the key through this block
   };
 
@@ -100,8 +102,8 @@ class KvBlockPool {
   // Cached unreferenced blocks, least recently released first.
   std::list<int32_t> evictable_;
   std::vector<std::list<int32_t>::iterator> evictable_pos_;
-  absl::flat_hash_map<int32_t, Entry> entries_;  // by block
-  absl::flat_hash_map<EntryKey, std::pair<int32_t, PrefixKey>> blocks_by_key_;
+  absl::flat_hash_map<EntryKey, Entry> blocks_by_key_;
+  absl::flat_hash_map<int32_t, EntryKey> keys_by_block_;  // the cached blocks'
   PrefixKey next_key_ = kEmptyPrefix + 1;
 };
 
