@@ -224,7 +224,7 @@ HttpServer::HttpServer(Executor* executor, ServingMetrics* metrics,
       token_texts_(options.tokenizer != nullptr
                        ? std::make_unique<TokenTexts>(*options.tokenizer, options.vocab_size)
                        : nullptr),
-      json_masks_(token_texts_ != nullptr ? std::make_unique<JsonMaskCache>(token_texts_.get())
+      json_masks_(token_texts_ != nullptr ? std::make_unique<JsonMaskCaches>(token_texts_.get())
                                           : nullptr),
       started_seconds_(absl::ToUnixSeconds(absl::Now())),
       server_(std::make_unique<httplib::Server>()),
@@ -465,9 +465,9 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
     // The other choices of a prompt wait for its first to compute it, then
     // find it in the prefix cache (the executor sees to it).
     GenerationRequest choice = request->ChoiceRequest(index);
-    if (request->json_object) {
+    if (request->json_schema != nullptr) {
       choice.constraint = std::make_shared<JsonConstraint>(
-          json_masks_.get(), endpoint == ApiEndpoint::kChatCompletions);
+          json_masks_->For(request->json_schema), endpoint == ApiEndpoint::kChatCompletions);
     }
     absl::StatusOr<RequestId> id = executor_->Enqueue(std::move(choice));
     if (!id.ok()) {

@@ -151,10 +151,10 @@ class HttpServer {
   ServingMetrics* const metrics_;
   const HttpServerOptions options_;
   const ApiModel model_;
-  // What each token adds to an output, and the masks of JSON mode; nullptr
-  // without a tokenizer.
+  // What each token adds to an output, and guided JSON's masks by schema;
+  // nullptr without a tokenizer.
   const std::unique_ptr<const TokenTexts> token_texts_;
-  const std::unique_ptr<JsonMaskCache> json_masks_;
+  const std::unique_ptr<JsonMaskCaches> json_masks_;
   const int64_t started_seconds_;  // "created" of /v1/models
   std::unique_ptr<httplib::Server> server_;
 

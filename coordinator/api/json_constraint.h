@@ -1,6 +1,7 @@
-// JSON mode (response_format {"type": "json_object"}): a TokenConstraint
-// that lets a sequence sample only tokens whose text keeps the output a
-// prefix of one JSON object (JsonPrefix), and ends it when the object closes.
+// Guided decoding to JSON (response_format json_object and json_schema): a
+// TokenConstraint that lets a sequence sample only tokens whose text keeps
+// the output a prefix of a JSON value its schema accepts (JsonPrefix), and
+// ends it when the value is whole.
 #pragma once
 
 #include <array>
@@ -14,6 +15,7 @@
 #include "absl/container/flat_hash_map.h"
 #include "absl/synchronization/mutex.h"
 #include "coordinator/api/json_prefix.h"
+#include "coordinator/api/json_schema.h"
 #include "coordinator/scheduler/token_constraint.h"
 #include "model/tokenizer/tokenizer.h"
 
@@ -36,21 +38,28 @@ class TokenTexts {
   const std::vector<int32_t>& starting_with(uint8_t b, bool first) const {
     return (first ? first_by_byte_ : by_byte_)[b];
   }
+  // The code points of id's text if it is plain string content (see
+  // JsonPrefix::PlainStringRoom), else -1 (0: no text).
+  int32_t plain_chars(int32_t id) const { return plain_chars_[id]; }
+  // The ids with text that is not plain string content.
+  const std::vector<int32_t>& not_plain() const { return not_plain_; }
 
  private:
   std::vector<std::string> texts_;
   std::vector<std::string> first_texts_;
+  std::vector<int32_t> plain_chars_;
+  std::vector<int32_t> not_plain_;
   std::array<std::vector<int32_t>, 256> by_byte_;
   std::array<std::vector<int32_t>, 256> first_by_byte_;
 };
 
-// The tokens allowed after each recognizer state, worked out once: inside a
-// string the state stays the same token after token, so most masks are a
-// lookup. Shared by a server's requests; thread-safe. Holds at most
-// kMaxEntries masks (then starts over).
+// One schema's allowed tokens after each recognizer state, worked out once:
+// inside a string the state stays the same token after token, so most masks
+// are a lookup. Shared by the requests that use the schema; thread-safe.
+// Holds at most kMaxEntries masks (then starts over).
 class JsonMaskCache {
  public:
-  static constexpr size_t kMaxEntries = 4096;
+  static constexpr size_t kMaxEntries = 1024;
 
   struct Mask {
     std::vector<uint64_t> bits;  // bit t % 64 of word t / 64
@@ -58,31 +67,63 @@ class JsonMaskCache {
   };
 
   // `texts` is borrowed and must outlive the cache.
-  explicit JsonMaskCache(const TokenTexts* texts) : texts_(texts) {}
+  JsonMaskCache(const TokenTexts* texts, std::shared_ptr<const JsonSchema> schema)
+      : texts_(texts), schema_(std::move(schema)) {}
 
   const TokenTexts& texts() const { return *texts_; }
+  const JsonSchema& schema() const { return *schema_; }
   // The tokens that may follow `state` (`first`: as a chat reply's first).
   std::shared_ptr<const Mask> Get(const JsonPrefix& state, bool first);
 
  private:
+  std::shared_ptr<const Mask> Remember(const JsonPrefix& state, bool first,
+                                       std::shared_ptr<Mask> mask);
+
   const TokenTexts* const texts_;
+  const std::shared_ptr<const JsonSchema> schema_;
   absl::Mutex mu_;
   absl::flat_hash_map<std::pair<JsonPrefix, bool>, std::shared_ptr<const Mask>> masks_
       ABSL_GUARDED_BY(mu_);
 };
 
+// The mask caches of the schemas requests name, by schema text: a schema is
+// worked out once for all the requests that use it. Holds the kMaxSchemas
+// most recently used (a constraint keeps its own alive); thread-safe.
+class JsonMaskCaches {
+ public:
+  static constexpr size_t kMaxSchemas = 8;
+
+  // `texts` is borrowed and must outlive the caches.
+  explicit JsonMaskCaches(const TokenTexts* texts) : texts_(texts) {}
+
+  // The cache of `schema`'s text (a new one if none).
+  std::shared_ptr<JsonMaskCache> For(std::shared_ptr<const JsonSchema> schema);
+
+ private:
+  struct Entry {
+    std::shared_ptr<JsonMaskCache> cache;
+    uint64_t last_use = 0;
+  };
+
+  const TokenTexts* const texts_;
+  absl::Mutex mu_;
+  absl::flat_hash_map<std::string, Entry> caches_ ABSL_GUARDED_BY(mu_);
+  uint64_t uses_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
 class JsonConstraint : public TokenConstraint {
  public:
-  // `masks` is borrowed and must outlive the constraint. `chat`: the output
-  // is a chat reply (its first token's space prefix is not part of it).
-  JsonConstraint(JsonMaskCache* masks, bool chat) : masks_(masks), chat_(chat) {}
+  // `chat`: the output is a chat reply (its first token's space prefix is
+  // not part of it).
+  JsonConstraint(std::shared_ptr<JsonMaskCache> masks, bool chat)
+      : masks_(std::move(masks)), chat_(chat), prefix_(&masks_->schema()) {}
 
   int64_t Allowed(absl::Span<uint64_t> mask) const override;
   void Accept(int32_t token_id) override;
   bool complete() const override { return prefix_.complete(); }
 
  private:
-  JsonMaskCache* const masks_;
+  const std::shared_ptr<JsonMaskCache> masks_;
   const bool chat_;
   bool started_ = false;
   JsonPrefix prefix_;

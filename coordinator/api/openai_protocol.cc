@@ -492,37 +492,107 @@ absl::Status CheckContext(const ApiModel& model, ApiEndpoint endpoint, int64_t p
 
 // The fields both endpoints share: model, unsupported options, sampling,
 // stop and streaming.
-// `response_format`: {"type": "text"} (the default) or {"type":
-// "json_object"} (JSON mode, which needs the model's tokenizer to know what
-// text each token adds).
-absl::Status ParseResponseFormat(const Json& root, const ApiModel& model, ApiRequest* request) {
+// The schema at `path` in `body` with its keys in the order written (the
+// order generated objects write their properties in), compiled; errors name
+// `param` and say where (`label`).
+absl::StatusOr<std::shared_ptr<const JsonSchema>> CompileSchemaAt(
+    absl::string_view body, std::initializer_list<const char*> path, const std::string& param,
+    const std::string& label) {
+  OrderedJson schema = OrderedJson::parse(body.begin(), body.end());  // parsed once already
+  for (const char* key : path) schema = OrderedJson(std::move(schema[key]));
+  if (schema.is_string()) {
+    // vLLM's guided_json may be the schema's text.
+    try {
+      schema = OrderedJson::parse(schema.get<std::string>());
+    } catch (const OrderedJson::exception& e) {
+      return Invalid(param, absl::StrCat("'", label, "' is a string that is not JSON: ", e.what()));
+    }
+  }
+  absl::StatusOr<std::shared_ptr<const JsonSchema>> compiled = JsonSchema::Compile(schema);
+  if (!compiled.ok()) {
+    return Invalid(param, absl::StrCat("'", label, "': ", compiled.status().message()));
+  }
+  return compiled;
+}
+
+// Guided JSON: `response_format` {"type": "text"} (the default),
+// {"type": "json_object"} (JSON mode) or {"type": "json_schema",
+// "json_schema": {"name", "schema", "strict", "description"}} (structured
+// outputs), or vLLM's `guided_json` (a schema, or its text). Both need the
+// model's tokenizer to know what text each token adds.
+absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const ApiModel& model,
+                             ApiRequest* request) {
   const Json* format = Find(root, "response_format");
-  if (format == nullptr) return absl::OkStatus();
-  const Json* type = format->is_object() ? Find(*format, "type") : nullptr;
-  if (type == nullptr || !type->is_string()) {
-    return Invalid("response_format", absl::StrCat("'response_format' must be an object with a "
-                                                   "string 'type', got ",
-                                                   Quote(*format)));
+  const Json* guided = Find(root, "guided_json");
+  if (format == nullptr && guided == nullptr) return absl::OkStatus();
+  const char* param = guided != nullptr ? "guided_json" : "response_format";
+  if (format != nullptr) {
+    const Json* type = format->is_object() ? Find(*format, "type") : nullptr;
+    if (type == nullptr || !type->is_string()) {
+      return Invalid("response_format", absl::StrCat("'response_format' must be an object with a "
+                                                     "string 'type', got ",
+                                                     Quote(*format)));
+    }
+    if (*type != "text" && *type != "json_object" && *type != "json_schema") {
+      return Invalid("response_format",
+                     absl::StrCat("'response_format' type ", Quote(*type),
+                                  " is not supported: \"text\", \"json_object\" or "
+                                  "\"json_schema\""));
+    }
+    if (*type == "text") {
+      format = nullptr;
+    } else if (guided != nullptr) {
+      return Invalid("guided_json", "give 'response_format' or 'guided_json', not both");
+    }
   }
-  if (*type == "text") return absl::OkStatus();
-  if (*type != "json_object") {
-    return Invalid("response_format",
-                   absl::StrCat("'response_format' type ", Quote(*type),
-                                " is not supported: \"text\" or \"json_object\" (JSON mode; no "
-                                "schemas)"));
-  }
+  if (format == nullptr && guided == nullptr) return absl::OkStatus();
   if (model.tokenizer == nullptr) {
-    return Invalid("response_format", absl::StrCat("JSON mode needs a tokenizer and model `",
-                                                   model.name, "` has none"));
+    return Invalid(param, absl::StrCat("guided JSON ('", param, "') needs a tokenizer and model `",
+                                       model.name, "` has none"));
   }
-  request->json_object = true;
+  if (guided != nullptr) {
+    if (!guided->is_object() && !guided->is_boolean() && !guided->is_string()) {
+      return Invalid(param,
+                     absl::StrCat("'guided_json' must be a JSON schema, got ", Quote(*guided)));
+    }
+    HERD_ASSIGN_OR_RETURN(request->json_schema,
+                          CompileSchemaAt(body, {"guided_json"}, param, param));
+    return absl::OkStatus();
+  }
+  if (Find(*format, "type")->get<std::string>() == "json_object") {
+    request->json_schema = JsonSchema::AnyObject();
+    return absl::OkStatus();
+  }
+  const Json* spec = Find(*format, "json_schema");
+  if (spec == nullptr || !spec->is_object()) {
+    return Invalid(param,
+                   "'response_format' of type \"json_schema\" needs a 'json_schema' "
+                   "object: {\"name\": ..., \"schema\": {...}}");
+  }
+  if (const Json* name = Find(*spec, "name"); name != nullptr && !name->is_string()) {
+    return Invalid(param, absl::StrCat("'response_format.json_schema.name' must be a string, got ",
+                                       Quote(*name)));
+  }
+  if (const Json* strict = Find(*spec, "strict"); strict != nullptr && !strict->is_boolean()) {
+    return Invalid(param, absl::StrCat("'response_format.json_schema.strict' must be a boolean, "
+                                       "got ",
+                                       Quote(*strict)));
+  }
+  const Json* schema = Find(*spec, "schema");
+  if (schema == nullptr || !(schema->is_object() || schema->is_boolean())) {
+    return Invalid(param, "'response_format.json_schema.schema' must be a JSON schema (an object)");
+  }
+  HERD_ASSIGN_OR_RETURN(request->json_schema,
+                        CompileSchemaAt(body, {"response_format", "json_schema", "schema"}, param,
+                                        "response_format.json_schema.schema"));
   return absl::OkStatus();
 }
 
-absl::Status ParseCommon(const Json& root, const ApiModel& model, ApiRequest* request) {
+absl::Status ParseCommon(const Json& root, absl::string_view body, const ApiModel& model,
+                         ApiRequest* request) {
   HERD_RETURN_IF_ERROR(CheckModel(root, model));
   HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
-  HERD_RETURN_IF_ERROR(ParseResponseFormat(root, model, request));
+  HERD_RETURN_IF_ERROR(ParseGuidedJson(root, body, model, request));
   HERD_RETURN_IF_ERROR(ParseSampling(root, model.vocab_size, request));
   HERD_RETURN_IF_ERROR(ParseLogprobs(root, request));
   HERD_RETURN_IF_ERROR(ParseStop(root, model, request));
@@ -716,7 +786,7 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
   HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
   ApiRequest request;
   request.endpoint = ApiEndpoint::kCompletions;
-  HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
+  HERD_RETURN_IF_ERROR(ParseCommon(root, body, model, &request));
   HERD_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> prompts, ParsePrompts(root, model));
   HERD_RETURN_IF_ERROR(ParseChoiceCount(root, static_cast<int64_t>(prompts.size()), &request));
   HERD_RETURN_IF_ERROR(ReadBool(root, "echo", "echo", &request.echo));
@@ -745,7 +815,7 @@ absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
   HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
   ApiRequest request;
   request.endpoint = ApiEndpoint::kChatCompletions;
-  HERD_RETURN_IF_ERROR(ParseCommon(root, model, &request));
+  HERD_RETURN_IF_ERROR(ParseCommon(root, body, model, &request));
   HERD_RETURN_IF_ERROR(ParseChoiceCount(root, 1, &request));
   HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, EncodeMessages(root, model));
   const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());

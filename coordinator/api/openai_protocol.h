@@ -22,6 +22,7 @@
 #include "absl/status/statusor.h"
 #include "absl/strings/string_view.h"
 #include "absl/types/span.h"
+#include "coordinator/api/json_schema.h"
 #include "coordinator/scheduler/executor.h"
 #include "model/chat_template.h"
 #include "model/tokenizer/tokenizer.h"
@@ -78,9 +79,10 @@ struct ApiRequest {
   bool echo = false;
   // stream_options.include_usage: a last chunk with the usage.
   bool include_usage = false;
-  // response_format json_object: each choice's output is one JSON object
-  // (the server gives each choice a JsonConstraint).
-  bool json_object = false;
+  // Guided JSON (response_format json_object or json_schema, guided_json):
+  // each choice's output is a JSON value this schema accepts (JSON mode: any
+  // object; the server gives each choice a JsonConstraint). Null: free text.
+  std::shared_ptr<const JsonSchema> json_schema;
   // Text stop sequences (tokenizer only). The output ends before the first
   // occurrence (which is not part of the returned text); the token ids run up
   // to and including the token that completed it.
@@ -110,9 +112,11 @@ struct ApiRequest {
 // of strings and token ids), stop_token_ids, ignore_eos, stream,
 // stream_options.include_usage, logprobs (0..kMaxTopLogprobs: the top tokens
 // returned beside each sampled one), echo (with logprobs: the prompt's log
-// probabilities too), response_format ({"type": "text"} or {"type":
-// "json_object"}: JSON mode, with a tokenizer), model (when given, the served
-// model's name); at most
+// probabilities too), response_format ({"type": "text"}, {"type":
+// "json_object"}: JSON mode, or {"type": "json_schema", "json_schema":
+// {"name", "schema", "strict"}}: structured outputs; with a tokenizer) or
+// vLLM's guided_json (a schema), model (when given, the served model's
+// name); at most
 // kMaxChoices choices in all. top_logprobs and suffix must be left at their
 // defaults. null means "default"; unknown fields are ignored, as OpenAI
 // does.

@@ -7,6 +7,7 @@
 
 #include <httplib.h>
 
+#include <algorithm>
 #include <atomic>
 #include <iostream>
 #include <memory>
@@ -32,6 +33,7 @@ namespace herd {
 namespace {
 
 using Json = nlohmann::json;
+using ::testing::ElementsAre;
 using ::testing::ElementsAreArray;
 using ::testing::HasSubstr;
 
@@ -90,6 +92,12 @@ std::vector<int32_t> StreamedIds(const Events& events) {
     for (const Json& id : chunk["choices"][0]["token_ids"]) ids.push_back(id.get<int32_t>());
   }
   return ids;
+}
+
+// Code points in UTF-8 `text` (its bytes that do not continue a character).
+int64_t Utf8Length(const std::string& text) {
+  return std::count_if(text.begin(), text.end(),
+                       [](char c) { return (static_cast<uint8_t>(c) & 0xC0) != 0x80; });
 }
 
 // A byte-level tokenizer inside the tiny model's 512 ids: one token per byte,
@@ -189,6 +197,10 @@ class HttpServerTest : public ::testing::Test {
   httplib::Result Post(const std::string& path, const Json& body,
                        const httplib::Headers& headers = {}) {
     return client_->Post(path.c_str(), headers, body.dump(), "application/json");
+  }
+  // Post with the body's keys in the order written (a schema's properties).
+  httplib::Result PostOrdered(const std::string& path, const nlohmann::ordered_json& body) {
+    return client_->Post(path.c_str(), {}, body.dump(), "application/json");
   }
 
   std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
@@ -460,7 +472,9 @@ TEST_F(HttpServerTest, JsonModeOutputsAreObjectsOrTheirPrefixes) {
     auto res = Post(path, request);
     ASSERT_TRUE(res);
     ASSERT_EQ(res->status, 200) << res->body;
-    for (const Json& choice : Json::parse(res->body)["choices"]) {
+    const Json body = Json::parse(res->body);
+    ASSERT_FALSE(body["choices"].empty()) << res->body;
+    for (const Json& choice : body["choices"]) {
       const std::string text = choice.contains("text")
                                    ? choice["text"].get<std::string>()
                                    : choice["message"]["content"].get<std::string>();
@@ -489,14 +503,101 @@ TEST_F(HttpServerTest, JsonModeOutputsAreObjectsOrTheirPrefixes) {
                                {"logit_bias", {{"34", 10}, {"58", 10}, {"49", 10}, {"125", 10}}}});
   ASSERT_TRUE(biased);
   ASSERT_EQ(biased->status, 200) << biased->body;
-  for (const Json& choice : Json::parse(biased->body)["choices"]) {
+  const Json biased_body = Json::parse(biased->body);
+  ASSERT_FALSE(biased_body["choices"].empty()) << biased->body;
+  for (const Json& choice : biased_body["choices"]) {
     const std::string text = choice["text"];
     EXPECT_EQ(choice["finish_reason"], "stop") << text;
     EXPECT_NO_THROW(EXPECT_TRUE(Json::parse(text).is_object())) << text;
   }
-  ExpectError(
-      Post("/v1/completions", {{"prompt", "x"}, {"response_format", {{"type", "json_schema"}}}}),
-      400, "invalid_request_error", "is not supported", "response_format");
+}
+
+// Structured outputs: with whitespace biased away (the schema's values are
+// all bounded), every choice of every form (response_format json_schema on
+// both endpoints, streamed, and vLLM's guided_json) is a whole object that
+// has exactly the schema's properties in order, each of its type, and ends
+// as stopped. A schema outside the subset is a 400 naming the keyword.
+TEST_F(HttpServerTest, JsonSchemaOutputsFollowTheSchema) {
+  StartTextServer();
+  using Ordered = nlohmann::ordered_json;
+  const Ordered schema = Ordered::parse(R"({"type": "object", "properties": {
+      "name": {"type": "string", "maxLength": 6},
+      "kind": {"enum": ["cat", "dog"]},
+      "legs": {"anyOf": [{"type": "boolean"}, {"type": "null"}]},
+      "tags": {"type": "array", "items": {"enum": ["a", "b"]}, "maxItems": 2}},
+      "required": ["name", "kind", "legs", "tags"], "additionalProperties": false})");
+  const Ordered format = {{"type", "json_schema"},
+                          {"json_schema", {{"name", "pet"}, {"strict", true}, {"schema", schema}}}};
+  const Ordered no_whitespace = {{"32", -100}, {"10", -100}, {"9", -100}, {"13", -100}};
+  const auto check = [](const std::string& text, const Json& finish_reason) {
+    SCOPED_TRACE(text);
+    EXPECT_EQ(finish_reason, "stop");
+    const Ordered value = Ordered::parse(text);
+    std::vector<std::string> keys;
+    for (const auto& [key, item] : value.items()) keys.push_back(key);
+    EXPECT_THAT(keys, ElementsAre("name", "kind", "legs", "tags"));
+    ASSERT_TRUE(value["name"].is_string());
+    EXPECT_LE(Utf8Length(value["name"].get<std::string>()), 6);
+    EXPECT_THAT(value["kind"].get<std::string>(), ::testing::AnyOf("cat", "dog"));
+    EXPECT_TRUE(value["legs"].is_boolean() || value["legs"].is_null());
+    ASSERT_TRUE(value["tags"].is_array());
+    EXPECT_LE(value["tags"].size(), 2u);
+    for (const auto& tag : value["tags"]) EXPECT_THAT(tag, ::testing::AnyOf("a", "b"));
+  };
+  const Ordered messages = Ordered::array({{{"role", "user"}, {"content", "A pet, please"}}});
+  int outputs = 0;
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    for (const bool vllm : {false, true}) {
+      Ordered request = {{"n", 4}, {"max_tokens", 160}, {"seed", 9}, {"logit_bias", no_whitespace}};
+      request[vllm ? "guided_json" : "response_format"] = vllm ? schema : format;
+      if (std::string(path) == "/v1/completions") {
+        request["prompt"] = "Here is the pet:";
+      } else {
+        request["messages"] = messages;
+      }
+      auto res = PostOrdered(path, request);
+      ASSERT_TRUE(res);
+      ASSERT_EQ(res->status, 200) << res->body;
+      const Json body = Json::parse(res->body);
+      ASSERT_FALSE(body["choices"].empty()) << res->body;
+      for (const Json& choice : body["choices"]) {
+        check(choice.contains("text") ? choice["text"].get<std::string>()
+                                      : choice["message"]["content"].get<std::string>(),
+              choice["finish_reason"]);
+        ++outputs;
+      }
+    }
+  }
+  EXPECT_EQ(outputs, 16);
+  auto streamed = PostOrdered("/v1/chat/completions", {{"messages", messages},
+                                                       {"max_tokens", 160},
+                                                       {"seed", 2},
+                                                       {"stream", true},
+                                                       {"logit_bias", no_whitespace},
+                                                       {"response_format", format}});
+  ASSERT_TRUE(streamed);
+  ASSERT_EQ(streamed->status, 200) << streamed->body;
+  const Events events = ParseEvents(streamed->body);
+  std::string text;
+  Json finish_reason;
+  for (const Json& chunk : events.chunks) {
+    for (const Json& choice : chunk["choices"]) {
+      if (choice["delta"].contains("content"))
+        text += choice["delta"]["content"].get<std::string>();
+      if (!choice["finish_reason"].is_null()) finish_reason = choice["finish_reason"];
+    }
+  }
+  check(text, finish_reason);
+  ExpectError(Post("/v1/completions",
+                   {{"prompt", "x"},
+                    {"response_format",
+                     {{"type", "json_schema"},
+                      {"json_schema",
+                       {{"name", "d"}, {"schema", {{"type", "string"}, {"pattern", "^a"}}}}}}}}),
+              400, "invalid_request_error", "'pattern' is not supported", "response_format");
+  ExpectError(Post("/v1/completions", {{"prompt", "x"}, {"guided_json", {{"type", "integer"}}}}),
+              400, "invalid_request_error", "may not be a number", "guided_json");
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
 }
 
 // /tokenize and /detokenize answer with the served tokenizer's ids and text,

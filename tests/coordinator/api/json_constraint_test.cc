@@ -1,14 +1,18 @@
-// JSON mode's token masks on a real vocabulary (llama's SentencePiece one):
+// Guided JSON's token masks on a real vocabulary (llama's SentencePiece one):
 // a token is allowed exactly when its text keeps the output a prefix of a
-// JSON object, control tokens never are, a chat reply's first token counts
-// without its space prefix, and the object's closing token completes it.
+// JSON object (JSON mode) or of a value a schema accepts, control tokens
+// never are, a chat reply's first token counts without its space prefix, and
+// the value's closing token completes it; masks are cached by schema text.
 #include "coordinator/api/json_constraint.h"
 
 #include <memory>
+#include <random>
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
 #include "tests/support/test_support.h"
 
 namespace herd {
@@ -22,10 +26,12 @@ class JsonConstraintTest : public ::testing::Test {
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
     tokenizer_ = tokenizer->release();
     texts_ = new TokenTexts(*tokenizer_, tokenizer_->vocab_size());
-    masks_ = new JsonMaskCache(texts_);
+    caches_ = new JsonMaskCaches(texts_);
+    masks_ = new std::shared_ptr<JsonMaskCache>(caches_->For(JsonSchema::AnyObject()));
   }
   static void TearDownTestSuite() {
     delete masks_;
+    delete caches_;
     delete texts_;
     delete tokenizer_;
   }
@@ -42,14 +48,16 @@ class JsonConstraintTest : public ::testing::Test {
 
   static const Tokenizer* tokenizer_;
   static const TokenTexts* texts_;
-  static JsonMaskCache* masks_;
+  static JsonMaskCaches* caches_;
+  static std::shared_ptr<JsonMaskCache>* masks_;  // JSON mode's
 };
 const Tokenizer* JsonConstraintTest::tokenizer_ = nullptr;
 const TokenTexts* JsonConstraintTest::texts_ = nullptr;
-JsonMaskCache* JsonConstraintTest::masks_ = nullptr;
+JsonMaskCaches* JsonConstraintTest::caches_ = nullptr;
+std::shared_ptr<JsonMaskCache>* JsonConstraintTest::masks_ = nullptr;
 
 TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
-  JsonConstraint constraint(masks_, /*chat=*/false);
+  JsonConstraint constraint(*masks_, /*chat=*/false);
   int64_t count = 0;
   std::vector<uint64_t> mask = Mask(constraint, &count);
   // Brute force over the vocabulary with JsonPrefix on the texts.
@@ -58,7 +66,7 @@ TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
     int64_t want = 0;
     for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
       const std::string& text = texts_->text(id);
-      JsonPrefix prefix;
+      JsonPrefix prefix(JsonSchema::AnyObject().get());
       const bool ok = !text.empty() && prefix.Push(output + text);
       want += ok;
       ASSERT_EQ(Has(mask, id), ok) << what << ": token " << id << " '" << text << "'";
@@ -89,7 +97,7 @@ TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
 }
 
 TEST_F(JsonConstraintTest, AChatReplysFirstTokenCountsWithoutItsSpacePrefix) {
-  JsonConstraint constraint(masks_, /*chat=*/true);
+  JsonConstraint constraint(*masks_, /*chat=*/true);
   int64_t count = 0;
   std::vector<uint64_t> mask = Mask(constraint, &count);
   EXPECT_TRUE(Has(mask, Id("{")));
@@ -99,6 +107,60 @@ TEST_F(JsonConstraintTest, AChatReplysFirstTokenCountsWithoutItsSpacePrefix) {
   // After the first token the space counts: whitespace inside the object.
   EXPECT_TRUE(Has(mask, Id("▁\"")));
   EXPECT_FALSE(Has(mask, Id("▁{")));
+}
+
+// Under a schema, along random walks over the allowed tokens (seeded): each
+// mask is the brute-force one, and every walk ends in a whole value.
+TEST_F(JsonConstraintTest, SchemaMasksAreTheBruteForceOnes) {
+  const nlohmann::ordered_json text = nlohmann::ordered_json::parse(R"({"type": "object",
+      "properties": {"name": {"type": "string", "maxLength": 3},
+                     "kind": {"enum": ["cat", "dog"]},
+                     "legs": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
+      "required": ["name", "kind", "legs"], "additionalProperties": false})");
+  const std::shared_ptr<const JsonSchema> schema = *JsonSchema::Compile(text);
+  const std::shared_ptr<JsonMaskCache> masks = caches_->For(schema);
+  std::mt19937 rng(1);
+  int whole = 0;
+  for (int walk = 0; walk < 6; ++walk) {
+    JsonConstraint constraint(masks, /*chat=*/false);
+    std::string output;
+    for (int step = 0; step < 40 && !constraint.complete(); ++step) {
+      int64_t count = 0;
+      const std::vector<uint64_t> mask = Mask(constraint, &count);
+      std::vector<int32_t> allowed;
+      for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
+        const std::string& piece = texts_->text(id);
+        JsonPrefix prefix(schema.get());
+        const bool ok = !piece.empty() && prefix.Push(output + piece);
+        ASSERT_EQ(Has(mask, id), ok)
+            << "after '" << output << "': token " << id << " '" << piece << "'";
+        if (ok) allowed.push_back(id);
+      }
+      ASSERT_EQ(count, static_cast<int64_t>(allowed.size()));
+      ASSERT_FALSE(allowed.empty()) << "dead end after '" << output << "'";
+      const int32_t id = allowed[rng() % allowed.size()];
+      constraint.Accept(id);
+      output += texts_->text(id);
+    }
+    whole += constraint.complete();
+  }
+  EXPECT_GT(whole, 0);
+}
+
+TEST_F(JsonConstraintTest, CachesMasksBySchemaText) {
+  const auto compile = [](const std::string& text) {
+    return *JsonSchema::Compile(nlohmann::ordered_json::parse(text));
+  };
+  const std::shared_ptr<JsonMaskCache> first = caches_->For(compile(R"({"type": "array"})"));
+  EXPECT_EQ(caches_->For(compile(R"({"type":"array"})")), first);  // the same text, compact
+  // Other keys' order is another schema (its objects write them in order).
+  EXPECT_NE(caches_->For(compile(R"({"properties": {"a": {}, "b": {}}})")),
+            caches_->For(compile(R"({"properties": {"b": {}, "a": {}}})")));
+  // The least recently used goes when more than kMaxSchemas are in use.
+  for (size_t i = 0; i < JsonMaskCaches::kMaxSchemas; ++i) {
+    caches_->For(compile(absl::StrCat(R"({"type": "array", "maxItems": )", i, "}")));
+  }
+  EXPECT_NE(caches_->For(compile(R"({"type": "array"})")), first);
 }
 
 }  // namespace

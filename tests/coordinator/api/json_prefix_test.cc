@@ -1,5 +1,5 @@
-// JsonPrefix against an independent JSON parser (nlohmann::json), over
-// random objects dumped compact and indented and over their one-byte
+// JsonPrefix under JSON mode's schema (any object) against an independent JSON parser
+// (nlohmann::json), over random objects dumped compact and indented and over their one-byte
 // mutations: every prefix of an object is taken and only the whole object is
 // complete; a text nlohmann finds an error in before its end is refused; a
 // text nlohmann parses is complete; a text JsonPrefix takes is one nlohmann
@@ -35,7 +35,7 @@ int NlohmannVerdict(const std::string& text) {
 
 // JsonPrefix's verdict in the same terms.
 int PrefixVerdict(const std::string& text) {
-  JsonPrefix prefix;
+  JsonPrefix prefix(JsonSchema::AnyObject().get());
   if (!prefix.Push(text)) return -1;
   return prefix.complete() ? 1 : 0;
 }
@@ -87,7 +87,7 @@ TEST(JsonPrefixTest, EveryPrefixOfAnObjectIsTakenAndOnlyTheWholeIsComplete) {
   for (int i = 0; i < 300; ++i) {
     const Json object = RandomObject(rng);
     for (const std::string& text : {object.dump(), object.dump(2), object.dump(1, '\t')}) {
-      JsonPrefix prefix;
+      JsonPrefix prefix(JsonSchema::AnyObject().get());
       for (size_t k = 0; k < text.size(); ++k) {
         ASSERT_FALSE(prefix.complete()) << text.substr(0, k);
         ASSERT_TRUE(prefix.Push(static_cast<uint8_t>(text[k])))

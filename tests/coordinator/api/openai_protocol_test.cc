@@ -576,7 +576,8 @@ TEST_F(TextModelTest, TokenizeAndDetokenize) {
               "", "has no tokenizer");
 }
 
-// response_format: text, or json_object (JSON mode) with a tokenizer.
+// response_format: text, json_object (JSON mode) or json_schema (structured
+// outputs), or vLLM's guided_json, with a tokenizer.
 TEST_F(TextModelTest, ResponseFormat) {
   for (const char* path : {"completions", "chat"}) {
     SCOPED_TRACE(path);
@@ -590,18 +591,60 @@ TEST_F(TextModelTest, ResponseFormat) {
     };
     auto json = parse(R"("response_format": {"type": "json_object"})", TextModel());
     ASSERT_TRUE(json.ok()) << json.status();
-    EXPECT_TRUE(json->json_object);
+    EXPECT_EQ(json->json_schema, JsonSchema::AnyObject());
     auto text = parse(R"("response_format": {"type": "text"})", TextModel());
     ASSERT_TRUE(text.ok()) << text.status();
-    EXPECT_FALSE(text->json_object);
+    EXPECT_EQ(text->json_schema, nullptr);
+    // The properties keep the order written (not nlohmann's sorted one).
+    auto schema = parse(R"("response_format": {"type": "json_schema", "json_schema": {
+        "name": "pair", "strict": true, "schema": {"type": "object",
+        "properties": {"b": {"type": "string"}, "a": {"type": "integer"}},
+        "required": ["b", "a"], "additionalProperties": false}}})",
+                        TextModel());
+    ASSERT_TRUE(schema.ok()) << schema.status();
+    ASSERT_NE(schema->json_schema, nullptr);
+    const JsonSchema::Node& root = schema->json_schema->node(schema->json_schema->root());
+    ASSERT_EQ(root.properties.size(), 2);
+    EXPECT_EQ(root.properties[0].escaped_name, "b");
+    EXPECT_EQ(root.properties[1].escaped_name, "a");
+    for (const char* guided : {R"("guided_json": {"type": "array", "items": {"enum": [1, 2]}})",
+                               R"("guided_json": "{\"type\": \"array\"}")"}) {
+      auto vllm = parse(guided, TextModel());
+      ASSERT_TRUE(vllm.ok()) << guided << ": " << vllm.status();
+      ASSERT_NE(vllm->json_schema, nullptr) << guided;
+      EXPECT_EQ(vllm->json_schema->node(vllm->json_schema->root()).types, JsonSchema::kArray);
+    }
     ExpectError(parse(R"("response_format": "json")", TextModel()),
                 absl::StatusCode::kInvalidArgument, "response_format", "string 'type'");
     ExpectError(parse(R"("response_format": {"type": "yaml"})", TextModel()),
                 absl::StatusCode::kInvalidArgument, "response_format", "is not supported");
+    ExpectError(parse(R"("response_format": {"type": "json_schema"})", TextModel()),
+                absl::StatusCode::kInvalidArgument, "response_format", "needs a 'json_schema'");
+    ExpectError(
+        parse(R"("response_format": {"type": "json_schema", "json_schema": {}})", TextModel()),
+        absl::StatusCode::kInvalidArgument, "response_format", "must be a JSON schema");
+    ExpectError(parse(R"("response_format": {"type": "json_schema", "json_schema": {"name": 1,
+                      "schema": {}}})",
+                      TextModel()),
+                absl::StatusCode::kInvalidArgument, "response_format", "name' must be a string");
+    ExpectError(parse(R"("response_format": {"type": "json_schema", "json_schema": {"schema":
+                      {"properties": {"id": {"type": "string", "format": "uuid"}}}}})",
+                      TextModel()),
+                absl::StatusCode::kInvalidArgument, "response_format",
+                "at '#/properties/id': 'format' is not supported");
+    ExpectError(parse(R"("guided_json": {"type": "number"})", TextModel()),
+                absl::StatusCode::kInvalidArgument, "guided_json", "may not be a number");
+    ExpectError(parse(R"("guided_json": "{oops")", TextModel()), absl::StatusCode::kInvalidArgument,
+                "guided_json", "not JSON");
+    ExpectError(parse(R"("guided_json": 7)", TextModel()), absl::StatusCode::kInvalidArgument,
+                "guided_json", "must be a JSON schema");
+    ExpectError(
+        parse(R"("guided_json": {}, "response_format": {"type": "json_object"})", TextModel()),
+        absl::StatusCode::kInvalidArgument, "guided_json", "not both");
   }
   ExpectError(ParseCompletionRequest(
                   R"({"prompt": [1], "response_format": {"type": "json_object"}})", IdModel()),
-              absl::StatusCode::kInvalidArgument, "response_format", "JSON mode needs a tokenizer");
+              absl::StatusCode::kInvalidArgument, "response_format", "needs a tokenizer");
 }
 
 TEST_F(TextModelTest, ChatMessageForms) {
@@ -676,7 +719,6 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
   const std::pair<std::string, std::string> rejected[] = {
       {R"("tools": [{"type": "function"}])", "tools"},
       {R"("tool_choice": "auto")", "tool_choice"},
-      {R"("response_format": {"type": "json_schema", "json_schema": {}})", "response_format"},
   };
   for (const auto& [fields, param] : rejected) {
     SCOPED_TRACE(fields);
@@ -692,7 +734,7 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
                       "stop": ["\n\n"], "seed": 3})"),
       TextModel());
   ASSERT_TRUE(neutral.ok()) << neutral.status();
-  EXPECT_FALSE(neutral->json_object);
+  EXPECT_EQ(neutral->json_schema, nullptr);
   EXPECT_TRUE(neutral->stream);
   EXPECT_FALSE(neutral->include_usage);
   EXPECT_THAT(neutral->stop_strings, ElementsAre("\n\n"));

@@ -1,0 +1,224 @@
+// Guided JSON under schemas: JsonSchema::Compile's subset and errors, and
+// JsonPrefix against an independent validator (the jsonschema package's
+// verdicts in tests/data/json-schema/cases.json, made by generate.py there):
+// it takes exactly the documents jsonschema finds valid, and, on random walks
+// over the bytes it allows, never reaches a dead end.
+#include "coordinator/api/json_schema.h"
+
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "coordinator/api/json_prefix.h"
+#include "gmock/gmock.h"
+#include "gtest/gtest.h"
+#include "nlohmann/json.hpp"
+#include "tests/support/test_support.h"
+
+namespace herd {
+namespace {
+
+using Json = nlohmann::ordered_json;
+using ::testing::HasSubstr;
+
+std::shared_ptr<const JsonSchema> MustCompile(const std::string& text) {
+  absl::StatusOr<std::shared_ptr<const JsonSchema>> schema = JsonSchema::Compile(Json::parse(text));
+  EXPECT_TRUE(schema.ok()) << text << ": " << schema.status();
+  return schema.ok() ? *schema : nullptr;
+}
+
+// 1: a whole accepted value; 0: a prefix of one; -1: refused.
+int Verdict(const JsonSchema& schema, const std::string& text) {
+  JsonPrefix prefix(&schema);
+  if (!prefix.Push(text)) return -1;
+  return prefix.complete() ? 1 : 0;
+}
+
+Json Cases() {
+  return Json::parse(
+      herd::testing::ReadFileText(herd::testing::TestDataPath("json-schema/cases.json")));
+}
+
+TEST(JsonSchemaTest, TakesExactlyWhatJsonschemaFindsValid) {
+  const Json cases = Cases();
+  ASSERT_THAT(cases["peer"].get<std::string>(), HasSubstr("jsonschema"));
+  int64_t valid = 0;
+  int64_t invalid = 0;
+  for (const Json& c : cases["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    const std::shared_ptr<const JsonSchema> schema = MustCompile(c["schema"].dump());
+    ASSERT_NE(schema, nullptr);
+    for (const Json& document : c["documents"]) {
+      const std::string text = document["text"];
+      if (document["valid"].get<bool>()) {
+        // Every prefix is taken, and only the whole is complete.
+        JsonPrefix prefix(schema.get());
+        for (size_t k = 0; k < text.size(); ++k) {
+          ASSERT_FALSE(prefix.complete()) << text.substr(0, k);
+          ASSERT_TRUE(prefix.Push(static_cast<uint8_t>(text[k])))
+              << "refused byte " << k << " ('" << text[k] << "') of a valid " << text;
+        }
+        EXPECT_TRUE(prefix.complete()) << text;
+        ++valid;
+      } else {
+        EXPECT_NE(Verdict(*schema, text), 1) << "took an invalid " << text;
+        ++invalid;
+      }
+    }
+  }
+  EXPECT_GT(valid, 400);
+  EXPECT_GT(invalid, 200);
+}
+
+// From each state, some byte is always taken until the value is whole (no
+// dead ends, the recognizer's promise to guided decoding), and what the walk
+// writes is JSON (nlohmann parses it).
+TEST(JsonSchemaTest, RandomWalksNeverReachADeadEnd) {
+  const Json cases = Cases();
+  std::mt19937 rng(5);
+  int64_t whole = 0;
+  for (const Json& c : cases["cases"]) {
+    SCOPED_TRACE(c["name"].get<std::string>());
+    const std::shared_ptr<const JsonSchema> schema = MustCompile(c["schema"].dump());
+    ASSERT_NE(schema, nullptr);
+    for (int walk = 0; walk < 40; ++walk) {
+      JsonPrefix prefix(schema.get());
+      std::string text;
+      while (!prefix.complete() && text.size() < 400) {
+        std::vector<uint8_t> taken;
+        for (int b = 0; b < 256; ++b) {
+          if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
+        }
+        ASSERT_FALSE(taken.empty()) << "dead end after " << text;
+        // Closing bytes often, so that walks end.
+        uint8_t next = taken[rng() % taken.size()];
+        for (const uint8_t b : taken) {
+          if ((b == '}' || b == ']' || b == '"') && rng() % 3 == 0) next = b;
+        }
+        ASSERT_TRUE(prefix.Push(next));
+        text += static_cast<char>(next);
+      }
+      if (!prefix.complete()) continue;
+      ++whole;
+      try {
+        EXPECT_FALSE(Json::parse(text).is_discarded());
+      } catch (const Json::parse_error& e) {
+        ADD_FAILURE() << e.what() << ": " << text;
+      } catch (const Json::out_of_range&) {
+        // A number past a double (1e999): JSON, but not nlohmann's.
+      }
+    }
+  }
+  EXPECT_GT(whole, 200);
+}
+
+TEST(JsonSchemaTest, KeepsThePropertiesOrderAndSkipsOnlyOptionalOnes) {
+  const auto schema = MustCompile(R"({"type": "object", "properties": {
+      "b": {"type": "integer"}, "c": {"type": "integer"}, "a": {"type": "integer"}},
+      "required": ["a"]})");
+  EXPECT_EQ(Verdict(*schema, R"({"b":1,"c":2,"a":3})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"c":2,"a":3})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"a":3})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"a":3,"b":1})"), -1);  // out of order
+  EXPECT_EQ(Verdict(*schema, R"({"b":1})"), -1);        // a is required
+  EXPECT_EQ(Verdict(*schema, R"({"b":1,"b")"), -1);     // no repeats
+  EXPECT_EQ(Verdict(*schema, R"({"b":1.5)"), -1);       // an integer
+  EXPECT_EQ(Verdict(*schema, R"({"d")"), -1);           // undeclared
+  EXPECT_EQ(Verdict(*schema, R"({)"), 0);
+}
+
+TEST(JsonSchemaTest, CountsStringLengthsInCodePoints) {
+  const auto schema = MustCompile(
+      R"({"type": "object", "properties": {"s": {"type": "string", "minLength": 2,
+          "maxLength": 2}}, "required": ["s"], "additionalProperties": false})");
+  EXPECT_EQ(Verdict(*schema, R"({"s":"éü"})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"s":"\n\u00e9"})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"s":"😀x"})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"s":"a"})"), -1);
+  EXPECT_EQ(Verdict(*schema, R"({"s":"abc)"), -1);
+}
+
+TEST(JsonSchemaTest, FollowsChoicesAsThreads) {
+  // Two object choices that only their second key tells apart.
+  const auto schema = MustCompile(R"({"anyOf": [
+      {"type": "object", "properties": {"k": {"const": 1}, "x": {"type": "string"}},
+       "required": ["k", "x"], "additionalProperties": false},
+      {"type": "object", "properties": {"k": {"const": 1}, "y": {"type": "boolean"}},
+       "required": ["k", "y"], "additionalProperties": false}]})");
+  EXPECT_EQ(Verdict(*schema, R"({"k":1,"x":"s"})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"k":1,"y":true})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"k":1,"y":"s")"), -1);
+  EXPECT_EQ(Verdict(*schema, R"({"k":1,"z")"), -1);
+  // A recursive list through $ref and null.
+  const auto list = MustCompile(R"({"$defs": {"node": {"type": "object", "properties": {
+      "v": {"type": "boolean"}, "next": {"anyOf": [{"$ref": "#/$defs/node"}, {"type": "null"}]}},
+      "required": ["v", "next"], "additionalProperties": false}}, "$ref": "#/$defs/node"})");
+  EXPECT_EQ(Verdict(*list, R"({"v":true,"next":{"v":false,"next":null}})"), 1);
+  EXPECT_EQ(Verdict(*list, R"({"v":true,"next":{"v":false}})"), -1);
+}
+
+TEST(JsonSchemaTest, NeverStartsWhatCannotBeFinished) {
+  // The array's items cannot be satisfied: only [] may come; the optional
+  // property whose schema is false is never offered.
+  const auto schema = MustCompile(R"({"type": "object", "properties": {
+      "never": false, "list": {"type": "array", "items": {"type": "string", "minLength": 3,
+      "maxLength": 2}}}, "required": ["list"], "additionalProperties": false})");
+  EXPECT_EQ(Verdict(*schema, R"({"list":[]})"), 1);
+  EXPECT_EQ(Verdict(*schema, R"({"list":[")"), -1);
+  EXPECT_EQ(Verdict(*schema, R"({"n)"), -1);
+  // {"type": "object"} is any object; with properties declared, only them.
+  EXPECT_EQ(Verdict(*MustCompile(R"({"type": "object"})"), R"({"q":[1,{}]})"), 1);
+  EXPECT_EQ(Verdict(*MustCompile(R"({"properties": {"a": {}}})"), R"({"q")"), -1);
+}
+
+TEST(JsonSchemaTest, RefusesWhatItCannotHonourByName) {
+  const std::pair<std::string, std::string> refused[] = {
+      {R"({"type": "string", "pattern": "^a"})", "'pattern' is not supported"},
+      {R"({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}})",
+       "at '#/properties/d': 'format' is not supported"},
+      {R"({"type": "array", "items": {"type": "integer", "minimum": 0}})",
+       "at '#/items': 'minimum' is not supported"},
+      {R"({"type": "array", "uniqueItems": true})", "'uniqueItems' true"},
+      {R"({"allOf": [{"type": "object"}, {"required": []}]})", "'allOf' of more than one"},
+      {R"({"anyOf": [{"type": "object"}], "properties": {}})", "'anyOf' beside 'properties'"},
+      {R"({"$ref": "#/$defs/missing"})", "names nothing"},
+      {R"({"$ref": "http://example.com/s.json"})", "pointer into this schema"},
+      {R"({"$defs": {"a": {"$ref": "#/$defs/b"}, "b": {"$ref": "#/$defs/a"}},
+           "$ref": "#/$defs/a"})",
+       "refers back to itself"},
+      {R"({"type": "object", "properties": {"a": false}, "required": ["a"]})",
+       "no value satisfies"},
+      {R"({"type": "object", "properties": {"self": {"$ref": "#"}}, "required": ["self"]})",
+       "no value satisfies"},
+      {R"({"type": "object", "required": ["a"]})", "required \"a\" is not in 'properties'"},
+      {R"({"type": ["integer", "string"]})", "may not be a number"},
+      {R"({"enum": ["a", 3]})", "may not be a number"},
+      {R"({"type": "string", "enum": [1, 2]})", "no value of 'enum'"},
+      {R"({"type": "text"})", "'type' must be null, boolean"},
+      {R"({"type": "array", "items": [{}]})", "a list of schemas is not supported"},
+      {R"({"type": "string", "maxLength": -1})", "'maxLength' must be a non-negative integer"},
+      {R"([1])", "must be an object or a boolean"},
+  };
+  for (const auto& [text, message] : refused) {
+    absl::StatusOr<std::shared_ptr<const JsonSchema>> schema =
+        JsonSchema::Compile(Json::parse(text));
+    ASSERT_FALSE(schema.ok()) << text;
+    EXPECT_EQ(schema.status().code(), absl::StatusCode::kInvalidArgument) << text;
+    EXPECT_THAT(std::string(schema.status().message()), HasSubstr(message)) << text;
+  }
+  Json many = {{"type", "object"}, {"properties", Json::object()}};
+  for (int i = 0; i <= JsonSchema::kMaxCandidates; ++i) {
+    many["properties"][absl::StrCat("p", i)] = Json::object();
+  }
+  EXPECT_THAT(std::string(JsonSchema::Compile(many).status().message()),
+              HasSubstr("more than 64 properties"));
+  // Annotations and unknown keywords change nothing.
+  const auto annotated = MustCompile(R"({"title": "T", "description": "d", "$schema": "x",
+      "examples": [{}], "x-vendor": 1, "type": "object", "properties": {"a": {"type": "null",
+      "default": null}}, "required": ["a"]})");
+  EXPECT_EQ(Verdict(*annotated, R"({"a":null})"), 1);
+}
+
+}  // namespace
+}  // namespace herd
