@@ -21,7 +21,9 @@
 # per process, split between the ranks under mpirun), MODES ("single mpi",
 # plus "llama" with LLAMA_SERVER; "single-nocache" is one process with
 # --no-prefix-caching), KV_CACHE_TYPE (f16), JSON_MODE (0; 1: every request
-# asks for JSON output, response_format json_object), MODELS_DIR
+# asks for JSON output, response_format json_object), JSON_SCHEMA (a JSON
+# schema file every request's output must follow, response_format
+# json_schema; e.g. configs/structured-output-example.json), MODELS_DIR
 # (/tmp/herd-bench-models), BUILD_DIR (build).
 #
 #   PREFIX=1024 PROMPT=64 GEN=32 MODES="single single-nocache" scripts/bench-serve.sh
@@ -33,6 +35,7 @@ REQUESTS_PER_CLIENT=${REQUESTS_PER_CLIENT:-4}
 PROMPT=${PROMPT:-128}
 PREFIX=${PREFIX:-0}
 JSON_MODE=${JSON_MODE:-0}
+JSON_SCHEMA=${JSON_SCHEMA:-}
 GEN=${GEN:-64}
 THREADS=${THREADS:-2}
 KV_CACHE_TYPE=${KV_CACHE_TYPE:-f16}
@@ -119,7 +122,7 @@ describe() {
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; $(date -u +%Y-%m-%d)"
 echo "model: $model; prompt $PREFIX shared + $PROMPT tokens, $GEN generated, temperature 0;" \
-  "KV cache $KV_CACHE_TYPE$([ "$JSON_MODE" = 1 ] && echo "; JSON mode")"
+  "KV cache $KV_CACHE_TYPE$([ "$JSON_MODE" = 1 ] && echo "; JSON mode")$([ -n "$JSON_SCHEMA" ] && echo "; JSON schema $JSON_SCHEMA")"
 for mode in $MODES; do
   echo
   echo "== $mode ($(describe "$mode"), $THREADS cores)"
@@ -135,6 +138,7 @@ for mode in $MODES; do
     requests=$((c * REQUESTS_PER_CLIENT < 16 ? 16 : c * REQUESTS_PER_CLIENT))
     json_mode=()
     if [ "$JSON_MODE" = 1 ]; then json_mode=(--json-mode); fi
+    if [ -n "$JSON_SCHEMA" ]; then json_mode=(--json-schema "$JSON_SCHEMA"); fi
     "$HERD" bench serve --url "$url" --concurrency "$c" --requests "$requests" \
       --prompt-len "$PROMPT" --prefix-len "$PREFIX" --gen-len "$GEN" --vocab 32000 \
       "${json_mode[@]}" --json > "$workdir/result.json"

@@ -57,6 +57,8 @@ const std::vector<FlagSpec> kBenchServeFlags = {
     {"prefix-len", true,
      "tokens of one shared prefix before every prompt, as a system prompt (default 0)"},
     {"json-mode", false, "ask for JSON output (response_format json_object)"},
+    {"json-schema", true,
+     "ask for output that follows the JSON schema in this file (response_format json_schema)"},
     {"gen-len", true, "max_tokens of each request (default 128)"},
     {"api-key", true, "sent as 'Authorization: Bearer KEY'"},
     {"vocab", true,
@@ -81,6 +83,9 @@ struct BenchServeOptions {
   int64_t prefix_tokens = 0;
   // response_format {"type": "json_object"} on every request.
   bool json_mode = false;
+  // Or {"type": "json_schema"} with this schema (keys in the file's order);
+  // null: none.
+  nlohmann::ordered_json json_schema;
   // max_tokens. Requests ask for ignore_eos (herd's and vLLM's extension;
   // OpenAI ignores unknown fields), but a server without it may stop at EOS,
   // so the tokens that came back are what the throughput counts.
@@ -394,7 +399,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   if (flags.Has("help")) {
     out << "usage: herd bench serve --url URL [--concurrency 8] [--requests 64]\n"
         << "                        [--prompt-len 128] [--prefix-len 0] [--gen-len 128] "
-           "[--json-mode]\n"
+           "[--json-mode | --json-schema FILE]\n"
         << "                        [--api-key K] [--vocab V]\n"
         << "                        [--seed 1] [--stream true] [--json]\n"
         << FlagsHelp(kBenchServeFlags)
@@ -415,6 +420,18 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   HERD_ASSIGN_OR_RETURN(options.prompt_tokens, flags.GetInt("prompt-len", options.prompt_tokens));
   HERD_ASSIGN_OR_RETURN(options.prefix_tokens, flags.GetInt("prefix-len", options.prefix_tokens));
   options.json_mode = flags.Has("json-mode");
+  if (flags.Has("json-schema")) {
+    if (options.json_mode) {
+      return absl::InvalidArgumentError("give --json-mode or --json-schema, not both");
+    }
+    const std::string path = flags.GetString("json-schema");
+    HERD_ASSIGN_OR_RETURN(const std::string text, ReadFlagFile("--json-schema", path));
+    options.json_schema = nlohmann::ordered_json::parse(text, nullptr, /*allow_exceptions=*/false);
+    if (options.json_schema.is_discarded() || !options.json_schema.is_object()) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("--json-schema ", path, ": not a JSON object (a JSON schema)"));
+    }
+  }
   HERD_ASSIGN_OR_RETURN(options.gen_tokens, flags.GetInt("gen-len", options.gen_tokens));
   HERD_ASSIGN_OR_RETURN(options.vocab_size, flags.GetInt("vocab", 0));
   HERD_ASSIGN_OR_RETURN(options.seed, flags.GetUint("seed", options.seed));
@@ -465,14 +482,19 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
   for (std::string& body : bodies) {
     std::vector<int32_t> prompt = prefix;
     for (int64_t i = 0; i < options.prompt_tokens; ++i) prompt.push_back(id_dist(rng));
-    nlohmann::json json_body{{"model", options.model_name},
-                             {"prompt", prompt},
-                             {"max_tokens", options.gen_tokens},
-                             {"temperature", 0},
-                             {"ignore_eos", true},
-                             {"stream", options.stream}};
+    nlohmann::ordered_json json_body{{"model", options.model_name},
+                                     {"prompt", prompt},
+                                     {"max_tokens", options.gen_tokens},
+                                     {"temperature", 0},
+                                     {"ignore_eos", true},
+                                     {"stream", options.stream}};
     if (options.stream) json_body["stream_options"] = {{"include_usage", true}};
     if (options.json_mode) json_body["response_format"] = {{"type", "json_object"}};
+    if (!options.json_schema.is_null()) {
+      json_body["response_format"] = {
+          {"type", "json_schema"},
+          {"json_schema", {{"name", "bench"}, {"schema", options.json_schema}}}};
+    }
     body = json_body.dump();
   }
 
@@ -538,6 +560,7 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
     j["prompt_len"] = options.prompt_tokens;
     j["prefix_len"] = options.prefix_tokens;
     j["json_mode"] = options.json_mode;
+    j["json_schema"] = !options.json_schema.is_null();
     j["gen_len"] = options.gen_tokens;
     j["stream"] = options.stream;
     j["seed"] = options.seed;
@@ -569,8 +592,10 @@ absl::Status RunBenchServeCommand(const std::vector<std::string>& args, std::ost
         "max_tokens %d, temperature 0%s, %s, seed %d\n\n",
         options.num_requests, num_threads, options.prefix_tokens, options.prompt_tokens,
         kFirstPromptId, options.vocab_size, vocab_source, options.gen_tokens,
-        options.json_mode ? ", JSON mode" : "", options.stream ? "streamed" : "not streamed",
-        options.seed);
+        options.json_mode               ? ", JSON mode"
+        : options.json_schema.is_null() ? ""
+                                        : ", JSON schema",
+        options.stream ? "streamed" : "not streamed", options.seed);
     out << "| requests ok | failed | 429 retries | duration s |    req/s | output tok/s | "
            "total tok/s |\n";
     out << "|------------:|-------:|------------:|-----------:|---------:|-------------:|"

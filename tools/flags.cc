@@ -1,6 +1,8 @@
 #include "tools/flags.h"
 
 #include <algorithm>
+#include <fstream>
+#include <sstream>
 
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
@@ -104,6 +106,15 @@ std::string FlagsHelp(const std::vector<FlagSpec>& specs) {
     absl::StrAppend(&out, left, " ", s.help, "\n");
   }
   return out;
+}
+
+absl::StatusOr<std::string> ReadFlagFile(const std::string& flag, const std::string& path) {
+  std::ifstream file(path, std::ios::binary);
+  if (!file) return absl::NotFoundError(absl::StrCat("cannot open ", flag, " ", path));
+  std::ostringstream text;
+  text << file.rdbuf();
+  if (file.bad()) return absl::DataLossError(absl::StrCat("cannot read ", flag, " ", path));
+  return text.str();
 }
 
 }  // namespace herd

@@ -42,4 +42,8 @@ absl::StatusOr<ParsedFlags> ParseFlags(const std::vector<std::string>& args,
 // "  --name VALUE   help" lines for a usage message.
 std::string FlagsHelp(const std::vector<FlagSpec>& specs);
 
+// The bytes of the file a flag names (`flag`, e.g. "--text-file", goes into
+// the error): NotFound if it cannot be opened, DataLoss if reading fails.
+absl::StatusOr<std::string> ReadFlagFile(const std::string& flag, const std::string& path);
+
 }  // namespace herd

@@ -1,7 +1,5 @@
 // herd tokenize / herd detokenize: text <-> token ids with a model's own
 // tokenizer (GGUF file or Hugging Face directory).
-#include <fstream>
-#include <sstream>
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
@@ -31,15 +29,6 @@ const std::vector<FlagSpec> kDetokenizeFlags = {
     {"help", false, "show this help"},
 };
 
-absl::StatusOr<std::string> ReadTextFile(const std::string& path) {
-  std::ifstream file(path, std::ios::binary);
-  if (!file) return absl::NotFoundError(absl::StrCat("cannot open --text-file ", path));
-  std::ostringstream text;
-  text << file.rdbuf();
-  if (file.bad()) return absl::DataLossError(absl::StrCat("cannot read --text-file ", path));
-  return text.str();
-}
-
 }  // namespace
 
 absl::Status RunTokenizeCommand(const std::vector<std::string>& args, std::ostream& out) {
@@ -57,7 +46,7 @@ absl::Status RunTokenizeCommand(const std::vector<std::string>& args, std::ostre
   }
   std::string text = flags.GetString("text");
   if (flags.Has("text-file")) {
-    HERD_ASSIGN_OR_RETURN(text, ReadTextFile(flags.GetString("text-file")));
+    HERD_ASSIGN_OR_RETURN(text, ReadFlagFile("--text-file", flags.GetString("text-file")));
   }
   HERD_ASSIGN_OR_RETURN(std::unique_ptr<Tokenizer> tokenizer, Tokenizer::Load(model_path));
   EncodeOptions options;

@@ -19,6 +19,7 @@ token count must be the server's usage, not the chunks with text.
 import http.client
 import http.server
 import json
+import os
 import socket
 import socketserver
 import subprocess
@@ -26,6 +27,8 @@ import threading
 import time
 
 import serve_harness as h
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 
 REQUESTS = 48
 GEN_LEN = 12
@@ -200,6 +203,26 @@ def test_latency_of_a_quick_server(args):
     h.check(json_mode["json_mode"] and
             QuickHandler.formats == [{"type": "json_object"}] * REQUESTS,
             f"--json-mode sent response_format {set(map(str, QuickHandler.formats))}")
+    # --json-schema sends the file's schema, its keys in the file's order.
+    schema_path = os.path.join(ROOT, "configs/structured-output-example.json")
+    with open(schema_path) as f:
+        schema = json.load(f)
+    QuickHandler.formats = []
+    server = ThreadingServer(("127.0.0.1", 0), QuickHandler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        with_schema = json.loads(bench(args, server.server_address[1], "--concurrency", "1",
+                                       "--stream", "false", "--model-name", "quick",
+                                       "--json-schema", schema_path, "--json").stdout)
+    finally:
+        server.shutdown()
+        server.server_close()
+    want = {"type": "json_schema", "json_schema": {"name": "bench", "schema": schema}}
+    h.check(with_schema["json_schema"] and QuickHandler.formats == [want] * REQUESTS,
+            f"--json-schema sent response_format {QuickHandler.formats[:1]}")
+    sent_order = list(QuickHandler.formats[0]["json_schema"]["schema"]["properties"])
+    h.check(sent_order == list(schema["properties"]),
+            f"--json-schema sent the properties as {sent_order}, not in the file's order")
 
 
 def check_kept_alive_latency(port):
