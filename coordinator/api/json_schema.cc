@@ -119,6 +119,17 @@ bool HasType(const Json& value, uint8_t types) {
   }
 }
 
+// Whether `value` nests at most `depth` containers deep (the recursion stops
+// there, however deep the value).
+bool NestsAtMost(const Json& value, int depth) {
+  if (!value.is_structured()) return true;
+  if (depth == 0) return false;
+  for (const Json& item : value) {
+    if (!NestsAtMost(item, depth - 1)) return false;
+  }
+  return true;
+}
+
 }  // namespace
 
 class JsonSchemaCompiler {
@@ -184,6 +195,16 @@ class JsonSchemaCompiler {
   }
 
   absl::Status CompileInto(const Json& schema, const std::string& where, int32_t id) {
+    if (depth_ >= JsonSchema::kMaxNesting) {
+      return Invalid(where, absl::StrCat("subschemas nest deeper than ", JsonSchema::kMaxNesting));
+    }
+    ++depth_;
+    absl::Status status = CompileNode(schema, where, id);
+    --depth_;
+    return status;
+  }
+
+  absl::Status CompileNode(const Json& schema, const std::string& where, int32_t id) {
     if (schema.is_boolean()) {
       // true: a choice of "any value"; false: nothing satisfies it.
       Node& node = schema_->nodes_[id];
@@ -317,6 +338,10 @@ class JsonSchemaCompiler {
     }
     node->enumerated = true;
     for (const Json& value : values) {
+      if (!NestsAtMost(value, JsonSchema::kMaxNesting)) {
+        return Invalid(where, absl::StrCat("an 'enum' or 'const' value nests deeper than ",
+                                           JsonSchema::kMaxNesting));
+      }
       if (value.is_number_float() && !std::isfinite(value.get<double>())) continue;
       if (!HasType(value, node->types)) continue;
       std::string text = value.dump();
@@ -492,6 +517,7 @@ class JsonSchemaCompiler {
 
   const Json& document_;
   std::shared_ptr<JsonSchema> schema_;
+  int depth_ = 0;  // CompileInto calls under way
   absl::flat_hash_map<std::string, int32_t> by_pointer_;
 };
 

@@ -37,6 +37,8 @@ class JsonSchema {
   // may have (the recognizer tracks candidates in a 64-bit set).
   static constexpr int kMaxCandidates = 64;
   static constexpr int kMaxNodes = 4096;
+  // How deep subschemas, and enum values, may nest.
+  static constexpr int kMaxNesting = 64;
   static constexpr int64_t kUnbounded = std::numeric_limits<int64_t>::max();
 
   // Type bits.

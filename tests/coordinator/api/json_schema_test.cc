@@ -5,6 +5,7 @@
 // over the bytes it allows, never reaches a dead end.
 #include "coordinator/api/json_schema.h"
 
+#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
@@ -170,6 +171,122 @@ TEST(JsonSchemaTest, NeverStartsWhatCannotBeFinished) {
   // {"type": "object"} is any object; with properties declared, only them.
   EXPECT_EQ(Verdict(*MustCompile(R"({"type": "object"})"), R"({"q":[1,{}]})"), 1);
   EXPECT_EQ(Verdict(*MustCompile(R"({"properties": {"a": {}}})"), R"({"q")"), -1);
+}
+
+// A random subschema: keywords of the subset (and some outside it) with
+// values of the right type or not.
+Json RandomSchema(std::mt19937& rng, int depth) {
+  const auto pick = [&](int n) { return static_cast<int>(rng() % n); };
+  if (depth > 3 || pick(6) == 0) {
+    const Json leaves[] = {true,
+                           false,
+                           Json::object(),
+                           Json{{"type", "string"}},
+                           Json{{"type", "integer"}},
+                           Json{{"enum", {1, "a", nullptr}}},
+                           Json{{"$ref", "#"}},
+                           Json{{"$ref", "#/$defs/d"}},
+                           7,
+                           "x"};
+    return leaves[pick(std::size(leaves))];
+  }
+  Json schema = Json::object();
+  const char* const types[] = {"object", "array",   "string", "integer",
+                               "number", "boolean", "null",   "bogus"};
+  for (int k = pick(4); k >= 0; --k) {
+    switch (pick(12)) {
+      case 0:
+        schema["type"] = pick(3) == 0 ? Json{types[pick(8)], types[pick(8)]} : Json(types[pick(8)]);
+        break;
+      case 1:
+      case 2: {
+        Json properties = Json::object();
+        for (int i = pick(4); i > 0; --i) {
+          properties[std::string(1, static_cast<char>('a' + pick(4)))] =
+              RandomSchema(rng, depth + 1);
+        }
+        schema["properties"] = properties;
+        if (pick(2) == 0) schema["required"] = {std::string(1, static_cast<char>('a' + pick(4)))};
+        break;
+      }
+      case 3:
+        schema["additionalProperties"] =
+            pick(2) == 0 ? Json(pick(2) == 0) : RandomSchema(rng, depth + 1);
+        break;
+      case 4:
+        schema["items"] = RandomSchema(rng, depth + 1);
+        break;
+      case 5:
+        schema[pick(2) == 0 ? "minItems" : "maxItems"] = pick(4) - 1;
+        break;
+      case 6:
+        schema[pick(2) == 0 ? "minLength" : "maxLength"] = pick(2) == 0 ? Json(pick(5)) : Json("3");
+        break;
+      case 7:
+      case 8: {
+        Json choices = Json::array();
+        for (int i = pick(4); i > 0; --i) choices.push_back(RandomSchema(rng, depth + 1));
+        schema[pick(3) == 0 ? "oneOf" : "anyOf"] = choices;
+        break;
+      }
+      case 9:
+        schema["enum"] = pick(4) == 0 ? Json(3) : Json{pick(3), "v", Json{{"k", {1, 2}}}, false};
+        break;
+      case 10:
+        schema["$defs"] = {{"d", RandomSchema(rng, depth + 1)}};
+        break;
+      default:
+        schema[pick(2) == 0 ? "$ref" : "pattern"] = pick(2) == 0 ? "#/$defs/d" : "#/properties/a";
+    }
+  }
+  return schema;
+}
+
+// Random schemas either compile or are refused with InvalidArgument (never
+// anything worse); those that compile lead random walks that never reach a
+// dead end.
+TEST(JsonSchemaTest, RandomSchemasCompileOrAreRefusedAndNeverDeadEnd) {
+  std::mt19937 rng(17);
+  int compiled = 0;
+  int refused = 0;
+  int64_t walked_bytes = 0;
+  for (int i = 0; i < 3000; ++i) {
+    const Json text = RandomSchema(rng, 0);
+    absl::StatusOr<std::shared_ptr<const JsonSchema>> schema = JsonSchema::Compile(text);
+    if (!schema.ok()) {
+      ASSERT_EQ(schema.status().code(), absl::StatusCode::kInvalidArgument) << text.dump();
+      ++refused;
+      continue;
+    }
+    ++compiled;
+    for (int walk = 0; walk < 3; ++walk) {
+      JsonPrefix prefix(schema->get());
+      std::string out;
+      while (!prefix.complete() && out.size() < 200) {
+        std::vector<uint8_t> taken;
+        for (int b = 0; b < 256; ++b) {
+          if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
+        }
+        ASSERT_FALSE(taken.empty()) << "dead end after " << out << " under " << text.dump();
+        const uint8_t next = taken[rng() % taken.size()];
+        ASSERT_TRUE(prefix.Push(next));
+        out += static_cast<char>(next);
+      }
+      walked_bytes += static_cast<int64_t>(out.size());
+    }
+  }
+  std::cout << compiled << " compiled, " << refused << " refused, " << walked_bytes
+            << " bytes walked\n";
+  EXPECT_GT(compiled, 300);
+  EXPECT_GT(refused, 300);
+  // Nested past kMaxNesting: refused, not a stack overflow.
+  Json deep = Json::object();
+  for (int d = 0; d < 20000; ++d) deep = Json{{"type", "array"}, {"items", std::move(deep)}};
+  EXPECT_THAT(std::string(JsonSchema::Compile(deep).status().message()), HasSubstr("nest deeper"));
+  Json deep_value = 1;
+  for (int d = 0; d < 20000; ++d) deep_value = Json::array({std::move(deep_value)});
+  EXPECT_THAT(std::string(JsonSchema::Compile(Json{{"const", deep_value}}).status().message()),
+              HasSubstr("nests deeper"));
 }
 
 TEST(JsonSchemaTest, RefusesWhatItCannotHonourByName) {
