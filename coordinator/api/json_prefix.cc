@@ -42,6 +42,7 @@ int64_t JsonPrefix::PlainStringRoom() const {
   if (t.mode != Mode::kString || t.utf8_left != 0) return -1;
   if (t.key) return t.free_key && t.candidates == 0 ? JsonSchema::kUnbounded : -1;
   const Node& n = schema_->node(t.node);
+  if (n.pattern != nullptr) return -1;
   return BoundsLength(n) ? n.max_length - t.length : JsonSchema::kUnbounded;
 }
 
@@ -166,6 +167,7 @@ bool JsonPrefix::StartOne(Thread& t, int32_t node, uint8_t c) const {
     t.node = node;
     t.key = false;
     t.length = 0;
+    t.regex_state = n.pattern != nullptr ? n.pattern->start() : -1;
     return true;
   }
   if (c == '-' || IsDigit(c)) {
@@ -286,7 +288,9 @@ bool JsonPrefix::StringByte(Thread& t, uint8_t c) const {
   }
   if (closing) {
     if (t.key) return EndKey(t);
-    if (t.length < schema_->node(t.node).min_length) return false;
+    const Node& n = schema_->node(t.node);
+    if (t.length < n.min_length) return false;
+    if (t.regex_state >= 0 && !n.pattern->accepting(t.regex_state)) return false;
     t.length = 0;
     EndValue(t);
     return true;
@@ -306,14 +310,27 @@ bool JsonPrefix::StringByte(Thread& t, uint8_t c) const {
         --t.utf8_left;
         t.utf8_low = 0x80;
         t.utf8_high = 0xBF;
-        return true;
+        t.code_point = (t.code_point << 6) | (c & 0x3F);
+        if (t.utf8_left > 0) {
+          const int bits = 6 * t.utf8_left;
+          return MayMatch(t, t.code_point << bits, ((t.code_point + 1) << bits) - 1);
+        }
+        return Matched(t, t.code_point);
       }
       if (c == '\\') {
         t.mode = Mode::kEscape;
-        return true;
+        return MayMatch(t, 0, 0xFFFF);  // what escapes can write
       }
       if (c < 0x20) return false;
-      if (c < 0x80) return true;
+      if (c < 0x80) return Matched(t, c);
+      t.code_point = c & (c >= 0xF0 ? 0x07 : c >= 0xE0 ? 0x0F : 0x1F);
+      if (t.regex_state >= 0) {
+        // The code points this lead byte may begin (E0 and F0 begin no
+        // overlong forms).
+        const int bits = c >= 0xF0 ? 18 : c >= 0xE0 ? 12 : 6;
+        const uint32_t lo = c == 0xE0 ? 0x800 : c == 0xF0 ? 0x10000 : t.code_point << bits;
+        if (!MayMatch(t, lo, ((t.code_point + 1) << bits) - 1)) return false;
+      }
       // The lead byte of a UTF-8 sequence (RFC 3629: no overlongs, no
       // surrogates, nothing past U+10FFFF).
       if (c >= 0xC2 && c <= 0xDF) {
@@ -334,12 +351,19 @@ bool JsonPrefix::StringByte(Thread& t, uint8_t c) const {
       if (c == 'u') {
         t.mode = Mode::kUnicode;
         t.hex_left = 4;
-        return true;
+        t.code_point = 0;
+        return MayMatch(t, 0, 0xFFFF);
       }
       if (c == '"' || c == '\\' || c == '/' || c == 'b' || c == 'f' || c == 'n' || c == 'r' ||
           c == 't') {
         t.mode = Mode::kString;
-        return true;
+        const uint32_t meaning = c == 'b'   ? '\b'
+                                 : c == 'f' ? '\f'
+                                 : c == 'n' ? '\n'
+                                 : c == 'r' ? '\r'
+                                 : c == 't' ? '\t'
+                                            : c;
+        return Matched(t, meaning);
       }
       return false;
     case Mode::kUnicode:
@@ -351,14 +375,41 @@ bool JsonPrefix::StringByte(Thread& t, uint8_t c) const {
       } else if (t.hex_left == 3 && t.escape_starts_with_d && (!IsDigit(c) || c >= '8')) {
         return false;
       }
+      t.code_point = t.code_point * 16 + (IsDigit(c)               ? c - '0'
+                                          : (c >= 'a' && c <= 'f') ? c - 'a' + 10
+                                                                   : c - 'A' + 10);
       if (--t.hex_left == 0) {
         t.mode = Mode::kString;
         t.escape_starts_with_d = false;
+        return Matched(t, t.code_point);
       }
-      return true;
+      return MayMatch(t, t.code_point << (4 * t.hex_left),
+                      ((t.code_point + 1) << (4 * t.hex_left)) - 1);
     default:
       return false;
   }
+}
+
+bool JsonPrefix::MayMatch(const Thread& t, uint32_t lo, uint32_t hi) const {
+  if (t.regex_state < 0) return true;
+  const Node& n = schema_->node(t.node);
+  return n.pattern->MayTake(
+      t.regex_state, lo, hi,
+      n.max_length == JsonSchema::kUnbounded ? JsonSchema::kUnbounded : n.max_length - t.length);
+}
+
+bool JsonPrefix::Matched(Thread& t, uint32_t c) const {
+  t.code_point = 0;
+  if (t.regex_state < 0) return true;  // a key, or a string without a pattern
+  const Node& n = schema_->node(t.node);
+  const int32_t next = n.pattern->Next(t.regex_state, c);
+  // The match must still fit in maxLength (t.length counts `c` already).
+  if (next < 0 || (n.max_length != JsonSchema::kUnbounded &&
+                   t.length + n.pattern->min_to_accept(next) > n.max_length)) {
+    return false;
+  }
+  t.regex_state = next;
+  return true;
 }
 
 bool JsonPrefix::MayTakeKey(const Frame& f) const {
@@ -470,6 +521,7 @@ void JsonPrefix::EndValue(Thread& t) const {
   t.candidates = 0;
   t.pos = 0;
   t.length = 0;
+  t.regex_state = -1;
 }
 
 }  // namespace herd

@@ -125,6 +125,10 @@ class JsonPrefix {
     uint16_t pos = 0;         // bytes of the key or literal read
     uint64_t candidates = 0;  // the declared keys or literals those bytes still match
     int64_t length = 0;       // code points of a string whose node bounds its length
+    // A string with a pattern: the pattern's state (-1: none), and the code
+    // point being read (a UTF-8 sequence's or a \u escape's bits so far).
+    int32_t regex_state = -1;
+    uint32_t code_point = 0;
 
     friend bool operator==(const Thread& a, const Thread& b) {
       return a.frames == b.frames && a.node == b.node && a.mode == b.mode && a.number == b.number &&
@@ -132,13 +136,15 @@ class JsonPrefix {
              a.whitespace_run == b.whitespace_run && a.utf8_left == b.utf8_left &&
              a.utf8_low == b.utf8_low && a.utf8_high == b.utf8_high && a.hex_left == b.hex_left &&
              a.escape_starts_with_d == b.escape_starts_with_d && a.pos == b.pos &&
-             a.candidates == b.candidates && a.length == b.length;
+             a.candidates == b.candidates && a.length == b.length &&
+             a.regex_state == b.regex_state && a.code_point == b.code_point;
     }
     template <typename H>
     friend H AbslHashValue(H h, const Thread& t) {
       return H::combine(std::move(h), t.frames, t.node, t.mode, t.number, t.integer, t.key,
                         t.free_key, t.whitespace_run, t.utf8_left, t.utf8_low, t.utf8_high,
-                        t.hex_left, t.escape_starts_with_d, t.pos, t.candidates, t.length);
+                        t.hex_left, t.escape_starts_with_d, t.pos, t.candidates, t.length,
+                        t.regex_state, t.code_point);
     }
   };
   using Threads = absl::InlinedVector<Thread, 1>;
@@ -151,6 +157,12 @@ class JsonPrefix {
   // StartValue of a node that is not a choice.
   bool StartOne(Thread& t, int32_t node, uint8_t c) const;
   bool StringByte(Thread& t, uint8_t c) const;
+  // A string's next code point `c` read: false if its pattern (within its
+  // maxLength) cannot take it. Clears the code point being read.
+  bool Matched(Thread& t, uint32_t c) const;
+  // Some code point in [lo, hi] (what a partly read one may still be) keeps
+  // the string's pattern matchable.
+  bool MayMatch(const Thread& t, uint32_t lo, uint32_t hi) const;
   bool LiteralByte(Thread& t, uint8_t c, Threads* forks) const;
   bool NumberByte(Thread& t, uint8_t c, Threads* forks) const;
   bool StartKey(Thread& t) const;

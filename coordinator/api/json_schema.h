@@ -8,12 +8,18 @@
 // additionalProperties (absent means none where properties are declared, as
 // in OpenAI's strict mode, and any where none are; true, {} or a schema allow
 // others), items, minItems, maxItems,
-// minLength, maxLength (in code points), anyOf, oneOf (read as anyOf),
+// minLength, maxLength (in code points), pattern (ECMAScript, see regex.h;
+// a match anywhere unless anchored, as JSON Schema says), format (date,
+// time, date-time, uuid, ipv4, email: each as a regular expression of its
+// shape), anyOf, oneOf (read as anyOf),
 // allOf of one schema, $ref to "#" or a JSON pointer into the document
 // ($defs, definitions; recursion allowed), nullable (OpenAPI), and the
 // annotations (title, description, default, examples, ...), which change
 // nothing. Without a type, a node's type-specific keywords say its type
 // (properties: an object); with none, any value.
+//
+// A string's pattern or format and its maxLength hold together (a match
+// that fits); minLength beside them is refused.
 //
 // Generated objects write their declared properties in the schema's order
 // (OpenAI's outputs do too): optional ones may be left out, others come
@@ -27,6 +33,7 @@
 #include <vector>
 
 #include "absl/status/statusor.h"
+#include "coordinator/api/regex.h"
 #include "nlohmann/json_fwd.hpp"
 
 namespace herd {
@@ -80,6 +87,8 @@ class JsonSchema {
     // Strings.
     int64_t min_length = 0;
     int64_t max_length = kUnbounded;
+    // pattern or format: the string's code points match it; null: any.
+    std::shared_ptr<const Regex> pattern;
     // The types some finite value of satisfies the node in (a choice node:
     // nonzero if some choice is satisfiable). What is not satisfiable is
     // never started: the recognizer takes no prefix it cannot complete.

@@ -638,6 +638,17 @@ int32_t Regex::Next(int32_t state, uint32_t c) const {
   return next_[static_cast<size_t>(state) * num_classes_ + cls];
 }
 
+bool Regex::MayTake(int32_t state, uint32_t lo, uint32_t hi, int64_t max_to_accept) const {
+  hi = std::min(hi, kMaxCodePoint);
+  auto cls =
+      std::upper_bound(class_starts_.begin(), class_starts_.end(), lo) - class_starts_.begin() - 1;
+  for (; cls < num_classes_ && class_starts_[cls] <= hi; ++cls) {
+    const int32_t next = next_[static_cast<size_t>(state) * num_classes_ + cls];
+    if (next >= 0 && min_to_accept_[next] <= max_to_accept) return true;
+  }
+  return false;
+}
+
 absl::StatusOr<std::shared_ptr<const Regex>> Regex::Compile(absl::string_view pattern, Mode mode) {
   // The pattern's code points (its UTF-8 decoded; a bad byte is itself).
   std::vector<uint32_t> text;

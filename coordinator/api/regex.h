@@ -53,6 +53,10 @@ class Regex {
   bool may_continue(int32_t state) const { return may_continue_[state]; }
   // The fewest code points that take `state` to a match.
   int32_t min_to_accept(int32_t state) const { return min_to_accept_[state]; }
+  // Some code point in [lo, hi] takes `state` to a state at most
+  // `max_to_accept` code points from a match (for a code point read a byte
+  // at a time: the ones its bytes so far leave possible).
+  bool MayTake(int32_t state, uint32_t lo, uint32_t hi, int64_t max_to_accept) const;
 
  private:
   friend class RegexCompiler;

@@ -588,13 +588,14 @@ TEST_F(HttpServerTest, JsonSchemaOutputsFollowTheSchema) {
     }
   }
   check(text, finish_reason);
-  ExpectError(Post("/v1/completions",
-                   {{"prompt", "x"},
-                    {"response_format",
-                     {{"type", "json_schema"},
-                      {"json_schema",
-                       {{"name", "d"}, {"schema", {{"type", "string"}, {"pattern", "^a"}}}}}}}}),
-              400, "invalid_request_error", "'pattern' is not supported", "response_format");
+  ExpectError(
+      Post("/v1/completions",
+           {{"prompt", "x"},
+            {"response_format",
+             {{"type", "json_schema"},
+              {"json_schema",
+               {{"name", "d"}, {"schema", {{"type", "string"}, {"pattern", "(a)\\1"}}}}}}}}),
+      400, "invalid_request_error", "a backreference (not supported)", "response_format");
   ExpectError(Post("/v1/completions", {{"prompt", "x"}, {"guided_json", {{"type", "integer"}}}}),
               400, "invalid_request_error", "may not be a number", "guided_json");
   EXPECT_TRUE(WaitIdle(absl::Seconds(5)));

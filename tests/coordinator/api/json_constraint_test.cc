@@ -115,32 +115,40 @@ TEST_F(JsonConstraintTest, SchemaMasksAreTheBruteForceOnes) {
   const nlohmann::ordered_json text = nlohmann::ordered_json::parse(R"({"type": "object",
       "properties": {"name": {"type": "string", "maxLength": 3},
                      "kind": {"enum": ["cat", "dog"]},
-                     "legs": {"anyOf": [{"type": "integer"}, {"type": "null"}]}},
-      "required": ["name", "kind", "legs"], "additionalProperties": false})");
+                     "legs": {"anyOf": [{"type": "integer"}, {"type": "null"}]},
+                     "tag": {"type": "string", "pattern": "^[A-Z]{2}\\d$"},
+                     "born": {"type": "string", "format": "date"}},
+      "required": ["name", "kind", "legs", "tag", "born"], "additionalProperties": false})");
   const std::shared_ptr<const JsonSchema> schema = *JsonSchema::Compile(text);
   const std::shared_ptr<JsonMaskCache> masks = caches_->For(schema);
   std::mt19937 rng(1);
   int whole = 0;
   for (int walk = 0; walk < 6; ++walk) {
     JsonConstraint constraint(masks, /*chat=*/false);
-    std::string output;
-    for (int step = 0; step < 40 && !constraint.complete(); ++step) {
+    JsonPrefix output(schema.get());  // the brute force's, token by token
+    std::string text;
+    for (int step = 0; step < 120 && !constraint.complete(); ++step) {
       int64_t count = 0;
       const std::vector<uint64_t> mask = Mask(constraint, &count);
       std::vector<int32_t> allowed;
+      std::vector<int32_t> no_space;  // walks that skip whitespace end sooner
       for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
         const std::string& piece = texts_->text(id);
-        JsonPrefix prefix(schema.get());
-        const bool ok = !piece.empty() && prefix.Push(output + piece);
+        JsonPrefix next = output;
+        const bool ok = !piece.empty() && next.Push(piece);
         ASSERT_EQ(Has(mask, id), ok)
-            << "after '" << output << "': token " << id << " '" << piece << "'";
-        if (ok) allowed.push_back(id);
+            << "after '" << text << "': token " << id << " '" << piece << "'";
+        if (!ok) continue;
+        allowed.push_back(id);
+        if (piece.find_first_of(" \n\t\r") == std::string::npos) no_space.push_back(id);
       }
       ASSERT_EQ(count, static_cast<int64_t>(allowed.size()));
-      ASSERT_FALSE(allowed.empty()) << "dead end after '" << output << "'";
-      const int32_t id = allowed[rng() % allowed.size()];
+      ASSERT_FALSE(allowed.empty()) << "dead end after '" << text << "'";
+      const std::vector<int32_t>& pool = no_space.empty() ? allowed : no_space;
+      const int32_t id = pool[rng() % pool.size()];
       constraint.Accept(id);
-      output += texts_->text(id);
+      ASSERT_TRUE(output.Push(texts_->text(id)));
+      text += texts_->text(id);
     }
     whole += constraint.complete();
   }

@@ -194,7 +194,7 @@ Json RandomSchema(std::mt19937& rng, int depth) {
   const char* const types[] = {"object", "array",   "string", "integer",
                                "number", "boolean", "null",   "bogus"};
   for (int k = pick(4); k >= 0; --k) {
-    switch (pick(12)) {
+    switch (pick(13)) {
       case 0:
         schema["type"] = pick(3) == 0 ? Json{types[pick(8)], types[pick(8)]} : Json(types[pick(8)]);
         break;
@@ -235,8 +235,19 @@ Json RandomSchema(std::mt19937& rng, int depth) {
       case 10:
         schema["$defs"] = {{"d", RandomSchema(rng, depth + 1)}};
         break;
+      case 11: {
+        const char* const patterns[] = {"^[é-ü]{2}$", "\\d+",  "^(a|bc)*$", "[^x]",
+                                        "^$",         "(?=a)", "^.{3}$"};
+        const char* const formats[] = {"date", "uuid", "email", "ipv4", "time", "uri"};
+        if (pick(2) == 0) {
+          schema["pattern"] = patterns[pick(std::size(patterns))];
+        } else {
+          schema["format"] = formats[pick(std::size(formats))];
+        }
+        break;
+      }
       default:
-        schema[pick(2) == 0 ? "$ref" : "pattern"] = pick(2) == 0 ? "#/$defs/d" : "#/properties/a";
+        schema["$ref"] = pick(2) == 0 ? "#/$defs/d" : "#/properties/a";
     }
   }
   return schema;
@@ -291,9 +302,12 @@ TEST(JsonSchemaTest, RandomSchemasCompileOrAreRefusedAndNeverDeadEnd) {
 
 TEST(JsonSchemaTest, RefusesWhatItCannotHonourByName) {
   const std::pair<std::string, std::string> refused[] = {
-      {R"({"type": "string", "pattern": "^a"})", "'pattern' is not supported"},
-      {R"({"type": "object", "properties": {"d": {"type": "string", "format": "date"}}})",
-       "at '#/properties/d': 'format' is not supported"},
+      {R"({"type": "string", "pattern": "(a)\\1"})", "backreference"},
+      {R"({"type": "object", "properties": {"d": {"type": "string", "format": "uri"}}})",
+       "at '#/properties/d': 'format' \"uri\" is not supported"},
+      {R"({"type": "string", "pattern": "a", "format": "date"})", "'pattern' beside 'format'"},
+      {R"({"type": "string", "pattern": "a", "minLength": 1})", "'minLength' beside"},
+      {R"({"type": "string", "pattern": "^a{5}$", "maxLength": 4})", "no value satisfies"},
       {R"({"type": "array", "items": {"type": "integer", "minimum": 0}})",
        "at '#/items': 'minimum' is not supported"},
       {R"({"type": "array", "uniqueItems": true})", "'uniqueItems' true"},

@@ -628,10 +628,10 @@ TEST_F(TextModelTest, ResponseFormat) {
                       TextModel()),
                 absl::StatusCode::kInvalidArgument, "response_format", "name' must be a string");
     ExpectError(parse(R"("response_format": {"type": "json_schema", "json_schema": {"schema":
-                      {"properties": {"id": {"type": "string", "format": "uuid"}}}}})",
+                      {"properties": {"id": {"type": "string", "format": "uri"}}}}})",
                       TextModel()),
                 absl::StatusCode::kInvalidArgument, "response_format",
-                "at '#/properties/id': 'format' is not supported");
+                "at '#/properties/id': 'format' \"uri\" is not supported");
     ExpectError(parse(R"("guided_json": {"type": "number"})", TextModel()),
                 absl::StatusCode::kInvalidArgument, "guided_json", "may not be a number");
     ExpectError(parse(R"("guided_json": "{oops")", TextModel()), absl::StatusCode::kInvalidArgument,

@@ -9,19 +9,22 @@ jsonschema (Draft 2020-12) finds each one valid. Herd's test
 recognizer must take exactly the valid documents, so CI needs no Python.
 
 Documents stay inside what Herd generates on purpose, so that the verdicts
-compare: objects write declared properties in the schema's order, extra keys
+compare (formats checked by jsonschema's format checker, with rfc3339-validator for
+time and date-time): objects write declared properties in the schema's order, extra keys
 only where additionalProperties allows some, enum values compact, and
 whitespace as json.dumps writes it (compact or indent=2).
 
 Pinned peer (install into a throwaway venv, not needed by CI):
     python3 -m venv /tmp/jsvenv
-    /tmp/jsvenv/bin/pip install jsonschema==4.23.0
+    /tmp/jsvenv/bin/pip install jsonschema==4.23.0 rfc3339-validator==0.1.4
     /tmp/jsvenv/bin/python tests/data/json-schema/generate.py
 """
+import datetime
 import importlib.metadata
 import json
 import os
 import random
+import re
 
 import jsonschema
 
@@ -85,7 +88,88 @@ SCHEMAS = [
                                 "ü": {"type": "null"}},
                  "required": ["s", "a\"b"], "additionalProperties": False}, True),
     ("any_object", {"type": "object"}, True),
+    ("formats", {"type": "object",
+                 "properties": {"day": {"type": "string", "format": "date"},
+                                "at": {"type": "string", "format": "date-time"},
+                                "clock": {"type": "string", "format": "time"},
+                                "id": {"type": "string", "format": "uuid"},
+                                "ip": {"type": "string", "format": "ipv4"},
+                                "mail": {"type": "string", "format": "email"}},
+                 "required": ["day", "at", "clock", "id", "ip", "mail"],
+                 "additionalProperties": False}, True),
+    ("patterns", {"type": "object",
+                  "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-\\d{2}$"},
+                                 "word": {"type": "string", "pattern": "ab", "maxLength": 5},
+                                 "tail": {"type": "string", "pattern": "(x|yz)$"},
+                                 "uni": {"type": "string", "pattern": "^[é日]+\\.$"}},
+                  "required": ["code", "word"], "additionalProperties": False}, True),
 ]
+
+
+# Strings for `format` and `pattern`: a value of the right shape, or one with
+# a letter inserted, replaced or deleted (no digits: a time's seconds never
+# become 60, which jsonschema's checker and Herd both refuse anyway).
+def format_value(fmt, rng):
+    d = f"{rng.randrange(1900, 2100)}-{rng.randrange(1, 13):02d}-{rng.randrange(1, 29):02d}"
+    t = (f"{rng.randrange(24):02d}:{rng.randrange(60):02d}:{rng.randrange(60):02d}"
+         + rng.choice(["", ".5", ".123456"]) + rng.choice(["Z", "z", "+05:30", "-11:00"]))
+    hexes = "0123456789abcdefABCDEF"
+    return {
+        "date": d,
+        "time": t,
+        "date-time": d + rng.choice("Tt") + t,
+        "uuid": "-".join("".join(rng.choice(hexes) for _ in range(n)) for n in (8, 4, 4, 4, 12)),
+        "ipv4": ".".join(str(rng.choice([0, 7, 42, 199, 255, rng.randrange(256)]))
+                         for _ in range(4)),
+        "email": rng.choice(["a", "john.doe", "x_y+z"]) + "@" + rng.choice(["ex.com", "a-b.org.uk"]),
+    }[fmt]
+
+
+def pattern_value(pattern, rng):
+    return {
+        "^[A-Z]{3}-\\d{2}$": "".join(rng.choice("ABZ") for _ in range(3)) + "-"
+                              + "".join(rng.choice("0123456789") for _ in range(2)),
+        "ab": "".join(rng.choice("xab") for _ in range(rng.randrange(2))) + "ab"
+              + "".join(rng.choice("xab") for _ in range(rng.randrange(2))),
+        "(x|yz)$": "".join(rng.choice("abxyz") for _ in range(rng.randrange(4)))
+                   + rng.choice(["x", "yz"]),
+        "^[é日]+\\.$": "".join(rng.choice("é日") for _ in range(1 + rng.randrange(3))) + ".",
+    }[pattern]
+
+
+def mutate_string(text, rng):
+    chars = list(text)
+    op = rng.randrange(3)
+    at = rng.randrange(len(chars) + 1)
+    if op == 0:
+        chars.insert(at, rng.choice("xq-:@."))
+    elif chars and op == 1:
+        del chars[min(at, len(chars) - 1)]
+    elif chars:
+        chars[min(at, len(chars) - 1)] = rng.choice("xq-:@.")
+    return "".join(chars)
+
+
+def outside_herds_shapes(schema, value):
+    """Documents where the peer and Herd's shapes knowingly differ: a date
+    of the right shape but not on the calendar (Herd checks the shape), an
+    email jsonschema takes for its '@' alone (Herd writes a dotted domain)."""
+    if not isinstance(value, dict):
+        return False
+    for name, sub in schema.get("properties", {}).items():
+        text = value.get(name)
+        if not isinstance(text, str):
+            continue
+        fmt = sub.get("format")
+        if fmt in ("date", "date-time") and re.fullmatch(r"\d{4}-\d\d-\d\d([Tt].*)?", text):
+            try:
+                datetime.date.fromisoformat(text[:10])
+            except ValueError:
+                return True
+        if fmt == "email" and "@" in text and not re.fullmatch(
+                r"[A-Za-z0-9._%+-]{1,64}@[A-Za-z0-9-]{1,63}(\.[A-Za-z0-9-]{1,63}){1,4}", text):
+            return True
+    return False
 
 PIECES = ["a", "Z", " ", "\"", "\\", "/", "\n", "\x01", "é", "日", "😀", "}", ","]
 
@@ -165,6 +249,12 @@ def gen(schema, root, rng, depth, p):
         if rng.random() < p / 2:
             n = rng.choice([max(low - 1, 0), high + 1])
         return [gen(schema.get("items", True), root, rng, depth + 1, p) for _ in range(n)]
+    if kind == "string" and ("format" in schema or "pattern" in schema):
+        text = (format_value(schema["format"], rng) if "format" in schema
+                else pattern_value(schema["pattern"], rng))
+        if schema.get("maxLength", 99) < len(text):
+            text = text[:schema["maxLength"]]
+        return mutate_string(text, rng) if rng.random() < p * 2 else text
     if kind == "string":
         low = schema.get("minLength", 0)
         high = min(schema.get("maxLength", low + 6), low + 6)
@@ -185,7 +275,8 @@ def main():
     rng = random.Random(20261124)
     cases = []
     for name, schema, indent in SCHEMAS:
-        validator = jsonschema.Draft202012Validator(schema)
+        validator = jsonschema.Draft202012Validator(
+            schema, format_checker=jsonschema.Draft202012Validator.FORMAT_CHECKER)
         documents = []
         seen = set()
         while len(documents) < DOCUMENTS_PER_SCHEMA:
@@ -193,7 +284,7 @@ def main():
             pretty = indent and rng.random() < 0.5
             text = (json.dumps(value, ensure_ascii=False, indent=2) if pretty
                     else json.dumps(value, ensure_ascii=False, separators=(",", ":")))
-            if text in seen:
+            if text in seen or outside_herds_shapes(schema, value):
                 continue
             seen.add(text)
             documents.append({"text": text, "valid": validator.is_valid(value)})

@@ -349,10 +349,10 @@ def check_structured_outputs(client, openai, messages):
             model="tiny-mixtral", messages=messages, max_tokens=4,
             response_format={"type": "json_schema", "json_schema": {
                 "name": "x", "schema": {"type": "object", "properties": {
-                    "day": {"type": "string", "format": "date"}}}}})
-        raise h.TestFailure("a schema with 'format' was accepted")
+                    "site": {"type": "string", "format": "uri"}}}}})
+        raise h.TestFailure("a schema with format uri was accepted")
     except openai.BadRequestError as e:
-        h.check("'format' is not supported" in str(e) and "response_format" in str(e),
+        h.check("'format' \"uri\" is not supported" in str(e) and "response_format" in str(e),
                 f"the 400 does not name the keyword and response_format: {e}")
 
 
