@@ -224,8 +224,12 @@ HttpServer::HttpServer(Executor* executor, ServingMetrics* metrics,
       token_texts_(options.tokenizer != nullptr
                        ? std::make_unique<TokenTexts>(*options.tokenizer, options.vocab_size)
                        : nullptr),
-      json_masks_(token_texts_ != nullptr ? std::make_unique<JsonMaskCaches>(token_texts_.get())
-                                          : nullptr),
+      json_masks_(token_texts_ != nullptr
+                      ? std::make_unique<MaskCaches<JsonPrefix>>(token_texts_.get())
+                      : nullptr),
+      regex_masks_(token_texts_ != nullptr
+                       ? std::make_unique<MaskCaches<RegexPrefix>>(token_texts_.get())
+                       : nullptr),
       started_seconds_(absl::ToUnixSeconds(absl::Now())),
       server_(std::make_unique<httplib::Server>()),
       rng_(std::random_device{}()) {
@@ -465,9 +469,13 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
     // The other choices of a prompt wait for its first to compute it, then
     // find it in the prefix cache (the executor sees to it).
     GenerationRequest choice = request->ChoiceRequest(index);
+    const bool chat = endpoint == ApiEndpoint::kChatCompletions;
     if (request->json_schema != nullptr) {
       choice.constraint = std::make_shared<JsonConstraint>(
-          json_masks_->For(request->json_schema), endpoint == ApiEndpoint::kChatCompletions);
+          json_masks_->For(request->json_schema->text(), request->json_schema), chat);
+    } else if (request->text_regex != nullptr) {
+      choice.constraint = std::make_shared<RegexConstraint>(
+          regex_masks_->For(request->text_regex_key, request->text_regex), chat);
     }
     absl::StatusOr<RequestId> id = executor_->Enqueue(std::move(choice));
     if (!id.ok()) {

@@ -37,7 +37,7 @@
 #include "absl/status/statusor.h"
 #include "absl/synchronization/mutex.h"
 #include "absl/time/time.h"
-#include "coordinator/api/json_constraint.h"
+#include "coordinator/api/guided_decoding.h"
 #include "coordinator/api/openai_protocol.h"
 #include "coordinator/metrics/serving_metrics.h"
 #include "coordinator/scheduler/executor.h"
@@ -151,10 +151,11 @@ class HttpServer {
   ServingMetrics* const metrics_;
   const HttpServerOptions options_;
   const ApiModel model_;
-  // What each token adds to an output, and guided JSON's masks by schema;
-  // nullptr without a tokenizer.
+  // What each token adds to an output, and guided decoding's masks by
+  // schema and by pattern; nullptr without a tokenizer.
   const std::unique_ptr<const TokenTexts> token_texts_;
-  const std::unique_ptr<JsonMaskCaches> json_masks_;
+  const std::unique_ptr<MaskCaches<JsonPrefix>> json_masks_;
+  const std::unique_ptr<MaskCaches<RegexPrefix>> regex_masks_;
   const int64_t started_seconds_;  // "created" of /v1/models
   std::unique_ptr<httplib::Server> server_;
 

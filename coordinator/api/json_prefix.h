@@ -26,6 +26,8 @@ namespace herd {
 
 class JsonPrefix {
  public:
+  using Grammar = JsonSchema;
+
   static constexpr int kMaxDepth = 64;
   static constexpr int kMaxWhitespaceRun = 16;
   static constexpr int kMaxThreads = 32;
@@ -40,6 +42,9 @@ class JsonPrefix {
   bool Push(absl::string_view bytes);
   // The value is whole (nothing more may follow).
   bool complete() const;
+  // The text is a whole value: complete() (a value that could go on, a
+  // number, never stands at the top level).
+  bool may_end() const { return complete(); }
   // Inside a string, where any text of plain characters (no '"', '\',
   // control character or broken UTF-8) of at most this many code points is
   // taken and leaves the state as it was but for the count: that many

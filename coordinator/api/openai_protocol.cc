@@ -1,6 +1,7 @@
 #include "coordinator/api/openai_protocol.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <initializer_list>
 #include <limits>
@@ -588,11 +589,66 @@ absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const Api
   return absl::OkStatus();
 }
 
+// vLLM's guided_regex (a pattern the whole output matches) and
+// guided_choice (the output is one of the strings): text, not JSON.
+absl::Status ParseGuidedText(const Json& root, const ApiModel& model, ApiRequest* request) {
+  const Json* regex = Find(root, "guided_regex");
+  const Json* choice = Find(root, "guided_choice");
+  if (regex == nullptr && choice == nullptr) return absl::OkStatus();
+  const char* param = regex != nullptr ? "guided_regex" : "guided_choice";
+  if (regex != nullptr && choice != nullptr) {
+    return Invalid(param, "give 'guided_regex' or 'guided_choice', not both");
+  }
+  if (request->json_schema != nullptr) {
+    return Invalid(param, absl::StrCat("give '", param, "' or guided JSON, not both"));
+  }
+  if (model.tokenizer == nullptr) {
+    return Invalid(param, absl::StrCat("'", param, "' needs a tokenizer and model `", model.name,
+                                       "` has none"));
+  }
+  std::string pattern;
+  if (regex != nullptr) {
+    if (!regex->is_string()) {
+      return Invalid(param, absl::StrCat("'guided_regex' must be a string, got ", Quote(*regex)));
+    }
+    pattern = regex->get<std::string>();
+  } else {
+    if (!choice->is_array() || choice->empty() || choice->size() > kMaxGuidedChoices) {
+      return Invalid(param, absl::StrCat("'guided_choice' must be a list of 1 to ",
+                                         kMaxGuidedChoices, " strings, got ", Quote(*choice)));
+    }
+    // The choices as literal alternatives: ASCII punctuation escaped.
+    pattern = "(?:";
+    for (size_t i = 0; i < choice->size(); ++i) {
+      const Json& text = (*choice)[i];
+      if (!text.is_string()) {
+        return Invalid(
+            param, absl::StrCat("'guided_choice' must be a list of strings, got ", Quote(text)));
+      }
+      if (i > 0) pattern += '|';
+      for (const char c : text.get<std::string>()) {
+        if (std::ispunct(static_cast<unsigned char>(c))) pattern += '\\';
+        pattern += c;
+      }
+    }
+    pattern += ')';
+  }
+  absl::StatusOr<std::shared_ptr<const Regex>> compiled =
+      Regex::Compile(pattern, Regex::Mode::kFullMatch);
+  if (!compiled.ok()) {
+    return Invalid(param, absl::StrCat("'", param, "': ", compiled.status().message()));
+  }
+  request->text_regex = *std::move(compiled);
+  request->text_regex_key = std::move(pattern);
+  return absl::OkStatus();
+}
+
 absl::Status ParseCommon(const Json& root, absl::string_view body, const ApiModel& model,
                          ApiRequest* request) {
   HERD_RETURN_IF_ERROR(CheckModel(root, model));
   HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
   HERD_RETURN_IF_ERROR(ParseGuidedJson(root, body, model, request));
+  HERD_RETURN_IF_ERROR(ParseGuidedText(root, model, request));
   HERD_RETURN_IF_ERROR(ParseSampling(root, model.vocab_size, request));
   HERD_RETURN_IF_ERROR(ParseLogprobs(root, request));
   HERD_RETURN_IF_ERROR(ParseStop(root, model, request));

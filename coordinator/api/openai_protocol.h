@@ -57,6 +57,8 @@ enum class ApiEndpoint { kCompletions, kChatCompletions };
 
 // Most choices one request may ask for: prompts x n (OpenAI's limit on n).
 inline constexpr int64_t kMaxChoices = 128;
+// The most strings one guided_choice may list.
+inline constexpr size_t kMaxGuidedChoices = 256;
 
 // A validated request, ready for Executor::Enqueue.
 struct ApiRequest {
@@ -83,6 +85,11 @@ struct ApiRequest {
   // each choice's output is a JSON value this schema accepts (JSON mode: any
   // object; the server gives each choice a JsonConstraint). Null: free text.
   std::shared_ptr<const JsonSchema> json_schema;
+  // vLLM's guided_regex or guided_choice: each choice's output is a text the
+  // regular expression matches whole (the server gives each a
+  // RegexConstraint); the key names it among the server's mask caches.
+  std::shared_ptr<const Regex> text_regex;
+  std::string text_regex_key;
   // Text stop sequences (tokenizer only). The output ends before the first
   // occurrence (which is not part of the returned text); the token ids run up
   // to and including the token that completed it.
@@ -115,8 +122,9 @@ struct ApiRequest {
 // probabilities too), response_format ({"type": "text"}, {"type":
 // "json_object"}: JSON mode, or {"type": "json_schema", "json_schema":
 // {"name", "schema", "strict"}}: structured outputs; with a tokenizer) or
-// vLLM's guided_json (a schema), model (when given, the served model's
-// name); at most
+// vLLM's guided_json (a schema), guided_regex (a pattern the output
+// matches) or guided_choice (strings, one of which the output is), model
+// (when given, the served model's name); at most
 // kMaxChoices choices in all. top_logprobs and suffix must be left at their
 // defaults. null means "default"; unknown fields are ignored, as OpenAI
 // does.

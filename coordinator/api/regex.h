@@ -30,6 +30,8 @@ class Regex {
   static constexpr int kMaxNfaStates = 20000;
   static constexpr int kMaxDfaStates = 4096;
   static constexpr int kMaxRepeat = 1000;
+  // MayTake's bound that bounds nothing.
+  static constexpr int64_t kUnbounded = INT64_MAX;
 
   enum class Mode {
     kFullMatch,  // the whole text matches (guided_regex, guided_choice, format)

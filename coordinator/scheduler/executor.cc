@@ -547,13 +547,15 @@ class Executor::Impl {
     return chunk;
   }
 
-  // The tokens `request`'s constraint allows next, as a vocabulary bitmask;
-  // its stop ids when it allows none; empty when that is nothing either.
+  // The tokens `request`'s constraint allows next, as a vocabulary bitmask,
+  // with its stop ids where the output may end there; its stop ids when it
+  // allows nothing; empty when that is nothing either.
   std::vector<uint64_t> AllowedMask(const GenerationRequest& request) const {
     std::vector<uint64_t> mask((options_.vocab_size + 63) / 64, 0);
-    if (request.constraint->Allowed(absl::MakeSpan(mask)) > 0) return mask;
+    const int64_t allowed = request.constraint->Allowed(absl::MakeSpan(mask));
+    if (allowed > 0 && !request.constraint->may_end()) return mask;
     for (const int32_t id : request.stop_ids) mask[id / 64] |= uint64_t{1} << (id % 64);
-    if (request.stop_ids.empty()) mask.clear();
+    if (allowed == 0 && request.stop_ids.empty()) mask.clear();
     return mask;
   }
 

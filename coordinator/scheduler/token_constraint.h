@@ -24,6 +24,11 @@ class TokenConstraint {
 
   // Nothing more may follow: the sequence ends with finish reason stop.
   virtual bool complete() const = 0;
+
+  // The output so far is a whole answer though more may follow (a pattern
+  // such as "a+"): the sequence's stop ids are allowed beside Allowed's
+  // tokens, and sampling one ends it as stopped.
+  virtual bool may_end() const { return complete(); }
 };
 
 }  // namespace herd

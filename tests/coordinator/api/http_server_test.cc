@@ -11,6 +11,7 @@
 #include <atomic>
 #include <iostream>
 #include <memory>
+#include <regex>
 #include <string>
 #include <thread>
 #include <vector>
@@ -598,6 +599,51 @@ TEST_F(HttpServerTest, JsonSchemaOutputsFollowTheSchema) {
       400, "invalid_request_error", "a backreference (not supported)", "response_format");
   ExpectError(Post("/v1/completions", {{"prompt", "x"}, {"guided_json", {{"type", "integer"}}}}),
               400, "invalid_request_error", "may not be a number", "guided_json");
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+}
+
+// vLLM's guided_choice and guided_regex: every choice's text is one of the
+// strings / matches the pattern (std::regex judges), and ends as stopped,
+// on both endpoints; an ambiguous choice ("no" beside "none") may stop at
+// the shorter one, where the end-of-text id is allowed.
+TEST_F(HttpServerTest, GuidedChoiceAndRegexOutputsMatch) {
+  StartTextServer();
+  const Json messages = Json::array({Json{{"role", "user"}, {"content", "Well?"}}});
+  const std::vector<std::string> options = {"yes", "no", "none", "maybe (later)"};
+  const std::string pattern = R"([a-z]{2,4}-\d{1,2}(\.[A-Z])?)";
+  for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
+    for (const bool choice : {true, false}) {
+      Json request = {{"n", 6}, {"max_tokens", 24}, {"seed", 5}};
+      if (choice) {
+        request["guided_choice"] = options;
+      } else {
+        request["guided_regex"] = pattern;
+      }
+      if (std::string(path) == "/v1/completions") {
+        request["prompt"] = "Answer:";
+      } else {
+        request["messages"] = messages;
+      }
+      auto res = Post(path, request);
+      ASSERT_TRUE(res);
+      ASSERT_EQ(res->status, 200) << res->body;
+      const Json body = Json::parse(res->body);
+      ASSERT_EQ(body["choices"].size(), 6u) << res->body;
+      for (const Json& c : body["choices"]) {
+        const std::string text = c.contains("text") ? c["text"].get<std::string>()
+                                                    : c["message"]["content"].get<std::string>();
+        SCOPED_TRACE(::testing::Message() << path << ": " << text);
+        EXPECT_EQ(c["finish_reason"], "stop");
+        if (choice) {
+          EXPECT_THAT(options, ::testing::Contains(text));
+        } else {
+          EXPECT_TRUE(std::regex_match(text, std::regex(pattern)));
+        }
+      }
+    }
+  }
+  ExpectError(Post("/v1/completions", {{"prompt", "x"}, {"guided_regex", "a(?=b)"}}), 400,
+              "invalid_request_error", "lookaround", "guided_regex");
   EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
 }
 

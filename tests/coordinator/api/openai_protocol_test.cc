@@ -641,10 +641,34 @@ TEST_F(TextModelTest, ResponseFormat) {
     ExpectError(
         parse(R"("guided_json": {}, "response_format": {"type": "json_object"})", TextModel()),
         absl::StatusCode::kInvalidArgument, "guided_json", "not both");
+    // vLLM's guided_regex and guided_choice: a text pattern, matched whole.
+    auto regex = parse(R"("guided_regex": "[a-z]+\\d")", TextModel());
+    ASSERT_TRUE(regex.ok()) << regex.status();
+    EXPECT_EQ(regex->text_regex_key, "[a-z]+\\d");
+    ASSERT_NE(regex->text_regex, nullptr);
+    EXPECT_EQ(regex->json_schema, nullptr);
+    auto choice = parse(R"j("guided_choice": ["yes", "no (maybe)"])j", TextModel());
+    ASSERT_TRUE(choice.ok()) << choice.status();
+    EXPECT_EQ(choice->text_regex_key, "(?:yes|no \\(maybe\\))");
+    ExpectError(parse(R"("guided_regex": "(a")", TextModel()), absl::StatusCode::kInvalidArgument,
+                "guided_regex", "without ')'");
+    ExpectError(parse(R"("guided_regex": 5)", TextModel()), absl::StatusCode::kInvalidArgument,
+                "guided_regex", "must be a string");
+    ExpectError(parse(R"("guided_choice": [])", TextModel()), absl::StatusCode::kInvalidArgument,
+                "guided_choice", "a list of 1 to 256");
+    ExpectError(parse(R"("guided_choice": ["a", 1])", TextModel()),
+                absl::StatusCode::kInvalidArgument, "guided_choice", "list of strings");
+    ExpectError(parse(R"("guided_choice": ["a"], "guided_regex": "a")", TextModel()),
+                absl::StatusCode::kInvalidArgument, "guided_regex", "not both");
+    ExpectError(
+        parse(R"("guided_choice": ["a"], "response_format": {"type": "json_object"})", TextModel()),
+        absl::StatusCode::kInvalidArgument, "guided_choice", "or guided JSON");
   }
   ExpectError(ParseCompletionRequest(
                   R"({"prompt": [1], "response_format": {"type": "json_object"}})", IdModel()),
               absl::StatusCode::kInvalidArgument, "response_format", "needs a tokenizer");
+  ExpectError(ParseCompletionRequest(R"({"prompt": [1], "guided_choice": ["a"]})", IdModel()),
+              absl::StatusCode::kInvalidArgument, "guided_choice", "needs a tokenizer");
 }
 
 TEST_F(TextModelTest, ChatMessageForms) {

@@ -8,6 +8,7 @@
 #include <string>
 #include <vector>
 
+#include "coordinator/api/regex_prefix.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -96,6 +97,30 @@ TEST(RegexTest, StopsAsSoonAsNoTextCanMatch) {
   // An unanchored pattern goes on after its match.
   const auto search = MustCompile("ab", Regex::Mode::kSearch);
   EXPECT_TRUE(Matches(*search, "xxabyy"));
+}
+
+// RegexPrefix reads UTF-8 a byte at a time: a sequence is taken while some
+// code point it may still become can match, and never an overlong, a
+// surrogate or a stray continuation byte.
+TEST(RegexTest, RegexPrefixTakesUtf8ByteByByte) {
+  const auto regex = MustCompile("[a-zé日]+!?", Regex::Mode::kFullMatch);
+  const auto verdict = [&](const std::string& bytes) {
+    RegexPrefix prefix(regex.get());
+    if (!prefix.Push(bytes)) return -1;
+    return prefix.complete() ? 2 : prefix.may_end() ? 1 : 0;
+  };
+  EXPECT_EQ(verdict("ab"), 1);    // matches, and more may follow
+  EXPECT_EQ(verdict("ab!"), 2);   // nothing may follow
+  EXPECT_EQ(verdict("\xC3"), 0);  // the first byte of é
+  EXPECT_EQ(verdict("\xC3\xA9"), 1);
+  EXPECT_EQ(verdict("\xC3\xA8"), -1);      // è
+  EXPECT_EQ(verdict("\xC4"), -1);          // no code point from C4 matches
+  EXPECT_EQ(verdict("\xE6\x97\xA5"), 1);   // 日
+  EXPECT_EQ(verdict("\xE0\x80"), -1);      // overlong
+  EXPECT_EQ(verdict("\xC1\xA1"), -1);      // overlong a
+  EXPECT_EQ(verdict("\xED\xA0\x80"), -1);  // a surrogate
+  EXPECT_EQ(verdict("\x80"), -1);
+  EXPECT_EQ(verdict(""), 0);
 }
 
 TEST(RegexTest, RefusesWhatADfaCannotDoByName) {

@@ -628,31 +628,37 @@ TEST_F(ExecutorTest, RequestsArrivingTogetherComputeASharedPromptOnce) {
             absl::StatusCode::kNotFound);
 }
 
-// Allows script[i] as the i-th token, then nothing.
+// Allows script[i] as the i-th token, then nothing; the output may end
+// (stop ids allowed too) after `may_end_after` tokens.
 class ScriptedConstraint : public TokenConstraint {
  public:
-  explicit ScriptedConstraint(std::vector<int32_t> script) : script_(std::move(script)) {}
+  explicit ScriptedConstraint(std::vector<int32_t> script, size_t may_end_after = SIZE_MAX)
+      : script_(std::move(script)), may_end_after_(may_end_after) {}
   int64_t Allowed(absl::Span<uint64_t> mask) const override {
     if (next_ >= script_.size()) return 0;
     mask[script_[next_] / 64] |= uint64_t{1} << (script_[next_] % 64);
     return 1;
   }
   void Accept(int32_t token_id) override {
-    // Past the script, only a stop id may come (what the executor allows then).
-    if (next_ < script_.size()) EXPECT_EQ(token_id, script_[next_]);
+    // Past the script, or where the output may end, a stop id may come too
+    // (what the executor allows then).
+    if (next_ < script_.size() && !may_end()) EXPECT_EQ(token_id, script_[next_]);
     ++next_;
   }
   bool complete() const override { return false; }
+  bool may_end() const override { return next_ >= may_end_after_; }
 
  private:
   std::vector<int32_t> script_;
+  size_t may_end_after_;
   size_t next_ = 0;
 };
 
 // Guided decoding: the mask travels with the sampling chunk and nothing else
 // is sampled (greedy and seeded sampling alike); reported log probabilities
 // stay the raw ones; a constraint that allows nothing leaves the stop ids,
-// and without them ends the request.
+// and without them ends the request; one whose output may end allows them
+// beside its tokens.
 TEST_F(ExecutorTest, AConstraintDecidesWhatIsSampled) {
   Start(RoomyOptions());
   const auto prompts = Prompts(3, model_->spec.vocab_size);
@@ -678,6 +684,15 @@ TEST_F(ExecutorTest, AConstraintDecidesWhatIsSampled) {
   GenerationRequest nothing = Request(prompts[1], 16);
   nothing.constraint = std::make_shared<ScriptedConstraint>(std::vector<int32_t>{});
   EXPECT_EQ(executor_->Enqueue(nothing).status().code(), absl::StatusCode::kInvalidArgument);
+  // Where the output may end, the stop ids are allowed beside the script's
+  // token: biased up, the stop id comes there and not before.
+  GenerationRequest may_end = Request(prompts[0], 16);
+  may_end.stop_ids = {5};
+  may_end.sampling.logit_bias = {{5, 100.0f}};
+  may_end.constraint = std::make_shared<ScriptedConstraint>(script, /*may_end_after=*/2);
+  const Outcome stopped = Collect(*executor_, *executor_->Enqueue(may_end));
+  EXPECT_EQ(stopped.tokens, (std::vector<int32_t>{7, 300, 5}));
+  EXPECT_EQ(stopped.last.finish_reason, FinishReason::kStop);
 }
 
 // Under a cramped cache, preempted sequences come back through their cached

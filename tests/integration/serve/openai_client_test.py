@@ -16,6 +16,7 @@ import json
 import math
 import os
 import random
+import re
 import shutil
 import struct
 import subprocess
@@ -309,8 +310,9 @@ def check_structured_outputs(client, openai, messages):
     with a pydantic model (the client sends its strict JSON schema: $defs,
     $ref, anyOf with null, enums, maxLength, maxItems) returns replies that
     pydantic validates into the model; every value is bounded, so each reply
-    closes. The same schema as vLLM's guided_json on completions; a keyword
-    outside the subset is a BadRequestError that names it."""
+    closes. The same schema as vLLM's guided_json on completions; vLLM's
+    guided_choice and guided_regex; a keyword outside the subset is a
+    BadRequestError that names it."""
     from typing import List, Literal, Optional
 
     import pydantic
@@ -344,6 +346,18 @@ def check_structured_outputs(client, openai, messages):
         text = done.choices[0].text
         h.check(done.choices[0].finish_reason == "stop", f"guided_json: {text!r}")
         Pet.model_validate_json(text)
+    # vLLM's guided_choice and guided_regex, through extra_body.
+    options = ["positive", "negative", "neutral"]
+    voted = client.chat.completions.create(model="tiny-mixtral", messages=messages, max_tokens=8,
+                                           n=3, seed=4, extra_body={"guided_choice": options})
+    for c in voted.choices:
+        h.check(c.message.content in options and c.finish_reason == "stop",
+                f"guided_choice reply {c.index}: {c.message.content!r} ({c.finish_reason})")
+    dated = client.completions.create(model="tiny-mixtral", prompt="Date:", max_tokens=32, seed=1,
+                                      extra_body={"guided_regex": r"\d{4}-\d{2}-\d{2}"})
+    h.check(re.fullmatch(r"\d{4}-\d{2}-\d{2}", dated.choices[0].text) is not None and
+            dated.choices[0].finish_reason == "stop",
+            f"guided_regex: {dated.choices[0].text!r} ({dated.choices[0].finish_reason})")
     try:
         client.chat.completions.create(
             model="tiny-mixtral", messages=messages, max_tokens=4,

@@ -1,4 +1,4 @@
-#include "coordinator/api/json_constraint.h"
+#include "coordinator/api/guided_decoding.h"
 
 #include "nlohmann/json.hpp"
 
@@ -50,7 +50,9 @@ TokenTexts::TokenTexts(const Tokenizer& tokenizer, int64_t vocab_size)
   }
 }
 
-std::shared_ptr<const JsonMaskCache::Mask> JsonMaskCache::Get(const JsonPrefix& state, bool first) {
+template <typename Prefix>
+std::shared_ptr<const typename MaskCache<Prefix>::Mask> MaskCache<Prefix>::Get(const Prefix& state,
+                                                                               bool first) {
   {
     absl::MutexLock lock(&mu_);
     if (auto it = masks_.find(std::make_pair(state, first)); it != masks_.end()) {
@@ -70,7 +72,7 @@ std::shared_ptr<const JsonMaskCache::Mask> JsonMaskCache::Get(const JsonPrefix& 
       if (chars > 0 && chars <= room) allow(id);
     }
     for (const int32_t id : texts_->not_plain()) {
-      JsonPrefix next = state;
+      Prefix next = state;
       if (next.Push(texts_->text(id))) allow(id);
     }
     return Remember(state, first, std::move(mask));
@@ -79,34 +81,35 @@ std::shared_ptr<const JsonMaskCache::Mask> JsonMaskCache::Get(const JsonPrefix& 
   // starting with the others are never tried.
   for (int b = 0; b < 256; ++b) {
     const std::vector<int32_t>& ids = texts_->starting_with(static_cast<uint8_t>(b), first);
-    JsonPrefix after_first = state;
+    Prefix after_first = state;
     if (ids.empty() || !after_first.Push(static_cast<uint8_t>(b))) continue;
     for (const int32_t id : ids) {
       const std::string& text = first ? texts_->first_text(id) : texts_->text(id);
-      JsonPrefix next = after_first;
+      Prefix next = after_first;
       if (next.Push(absl::string_view(text).substr(1))) allow(id);
     }
   }
   return Remember(state, first, std::move(mask));
 }
 
-std::shared_ptr<const JsonMaskCache::Mask> JsonMaskCache::Remember(const JsonPrefix& state,
-                                                                   bool first,
-                                                                   std::shared_ptr<Mask> mask) {
+template <typename Prefix>
+std::shared_ptr<const typename MaskCache<Prefix>::Mask> MaskCache<Prefix>::Remember(
+    const Prefix& state, bool first, std::shared_ptr<Mask> mask) {
   absl::MutexLock lock(&mu_);
   if (masks_.size() >= kMaxEntries) masks_.clear();
   masks_.emplace(std::make_pair(state, first), mask);
   return mask;
 }
 
-std::shared_ptr<JsonMaskCache> JsonMaskCaches::For(std::shared_ptr<const JsonSchema> schema) {
-  const std::string& text = schema->text();
+template <typename Prefix>
+std::shared_ptr<MaskCache<Prefix>> MaskCaches<Prefix>::For(
+    const std::string& key, std::shared_ptr<const typename Prefix::Grammar> grammar) {
   absl::MutexLock lock(&mu_);
-  if (auto it = caches_.find(text); it != caches_.end()) {
+  if (auto it = caches_.find(key); it != caches_.end()) {
     it->second.last_use = ++uses_;
     return it->second.cache;
   }
-  if (caches_.size() >= kMaxSchemas) {
+  if (caches_.size() >= kMaxGrammars) {
     // The least recently used goes (the requests using it keep it alive).
     auto oldest = caches_.begin();
     for (auto it = caches_.begin(); it != caches_.end(); ++it) {
@@ -114,24 +117,33 @@ std::shared_ptr<JsonMaskCache> JsonMaskCaches::For(std::shared_ptr<const JsonSch
     }
     caches_.erase(oldest);
   }
-  auto cache = std::make_shared<JsonMaskCache>(texts_, schema);
-  caches_.emplace(text, Entry{cache, ++uses_});
+  auto cache = std::make_shared<MaskCache<Prefix>>(texts_, std::move(grammar));
+  caches_.emplace(key, Entry{cache, ++uses_});
   return cache;
 }
 
-int64_t JsonConstraint::Allowed(absl::Span<uint64_t> mask) const {
-  const std::shared_ptr<const JsonMaskCache::Mask> allowed =
+template <typename Prefix>
+int64_t GuidedConstraint<Prefix>::Allowed(absl::Span<uint64_t> mask) const {
+  const std::shared_ptr<const typename MaskCache<Prefix>::Mask> allowed =
       masks_->Get(prefix_, chat_ && !started_);
   for (size_t w = 0; w < mask.size() && w < allowed->bits.size(); ++w) mask[w] |= allowed->bits[w];
   return allowed->count;
 }
 
-void JsonConstraint::Accept(int32_t token_id) {
+template <typename Prefix>
+void GuidedConstraint<Prefix>::Accept(int32_t token_id) {
   const TokenTexts& texts = masks_->texts();
   if (token_id >= 0 && token_id < texts.vocab_size()) {
     prefix_.Push(chat_ && !started_ ? texts.first_text(token_id) : texts.text(token_id));
   }
   started_ = true;
 }
+
+template class MaskCache<JsonPrefix>;
+template class MaskCache<RegexPrefix>;
+template class MaskCaches<JsonPrefix>;
+template class MaskCaches<RegexPrefix>;
+template class GuidedConstraint<JsonPrefix>;
+template class GuidedConstraint<RegexPrefix>;
 
 }  // namespace herd

@@ -1,9 +1,10 @@
-// Guided JSON's token masks on a real vocabulary (llama's SentencePiece one):
-// a token is allowed exactly when its text keeps the output a prefix of a
-// JSON object (JSON mode) or of a value a schema accepts, control tokens
-// never are, a chat reply's first token counts without its space prefix, and
-// the value's closing token completes it; masks are cached by schema text.
-#include "coordinator/api/json_constraint.h"
+// Guided decoding's token masks on a real vocabulary (llama's SentencePiece
+// one): a token is allowed exactly when its text keeps the output a prefix
+// of a JSON object (JSON mode), of a value a schema accepts or of a text a
+// pattern matches; control tokens never are, a chat reply's first token
+// counts without its space prefix, and the value's closing token completes
+// it; masks are cached by grammar.
+#include "coordinator/api/guided_decoding.h"
 
 #include <memory>
 #include <random>
@@ -18,7 +19,7 @@
 namespace herd {
 namespace {
 
-class JsonConstraintTest : public ::testing::Test {
+class GuidedDecodingTest : public ::testing::Test {
  protected:
   static void SetUpTestSuite() {
     auto tokenizer =
@@ -26,8 +27,9 @@ class JsonConstraintTest : public ::testing::Test {
     ASSERT_TRUE(tokenizer.ok()) << tokenizer.status();
     tokenizer_ = tokenizer->release();
     texts_ = new TokenTexts(*tokenizer_, tokenizer_->vocab_size());
-    caches_ = new JsonMaskCaches(texts_);
-    masks_ = new std::shared_ptr<JsonMaskCache>(caches_->For(JsonSchema::AnyObject()));
+    caches_ = new MaskCaches<JsonPrefix>(texts_);
+    masks_ = new std::shared_ptr<JsonMaskCache>(
+        caches_->For(JsonSchema::AnyObject()->text(), JsonSchema::AnyObject()));
   }
   static void TearDownTestSuite() {
     delete masks_;
@@ -36,7 +38,7 @@ class JsonConstraintTest : public ::testing::Test {
     delete tokenizer_;
   }
 
-  static std::vector<uint64_t> Mask(const JsonConstraint& constraint, int64_t* count) {
+  static std::vector<uint64_t> Mask(const TokenConstraint& constraint, int64_t* count) {
     std::vector<uint64_t> mask((tokenizer_->vocab_size() + 63) / 64, 0);
     *count = constraint.Allowed(absl::MakeSpan(mask));
     return mask;
@@ -48,15 +50,15 @@ class JsonConstraintTest : public ::testing::Test {
 
   static const Tokenizer* tokenizer_;
   static const TokenTexts* texts_;
-  static JsonMaskCaches* caches_;
+  static MaskCaches<JsonPrefix>* caches_;
   static std::shared_ptr<JsonMaskCache>* masks_;  // JSON mode's
 };
-const Tokenizer* JsonConstraintTest::tokenizer_ = nullptr;
-const TokenTexts* JsonConstraintTest::texts_ = nullptr;
-JsonMaskCaches* JsonConstraintTest::caches_ = nullptr;
-std::shared_ptr<JsonMaskCache>* JsonConstraintTest::masks_ = nullptr;
+const Tokenizer* GuidedDecodingTest::tokenizer_ = nullptr;
+const TokenTexts* GuidedDecodingTest::texts_ = nullptr;
+MaskCaches<JsonPrefix>* GuidedDecodingTest::caches_ = nullptr;
+std::shared_ptr<JsonMaskCache>* GuidedDecodingTest::masks_ = nullptr;
 
-TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
+TEST_F(GuidedDecodingTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
   JsonConstraint constraint(*masks_, /*chat=*/false);
   int64_t count = 0;
   std::vector<uint64_t> mask = Mask(constraint, &count);
@@ -96,7 +98,7 @@ TEST_F(JsonConstraintTest, AllowsExactlyTheTokensThatKeepAnObjectPrefix) {
   EXPECT_EQ(count, 0);
 }
 
-TEST_F(JsonConstraintTest, AChatReplysFirstTokenCountsWithoutItsSpacePrefix) {
+TEST_F(GuidedDecodingTest, AChatReplysFirstTokenCountsWithoutItsSpacePrefix) {
   JsonConstraint constraint(*masks_, /*chat=*/true);
   int64_t count = 0;
   std::vector<uint64_t> mask = Mask(constraint, &count);
@@ -111,7 +113,7 @@ TEST_F(JsonConstraintTest, AChatReplysFirstTokenCountsWithoutItsSpacePrefix) {
 
 // Under a schema, along random walks over the allowed tokens (seeded): each
 // mask is the brute-force one, and every walk ends in a whole value.
-TEST_F(JsonConstraintTest, SchemaMasksAreTheBruteForceOnes) {
+TEST_F(GuidedDecodingTest, SchemaMasksAreTheBruteForceOnes) {
   const nlohmann::ordered_json text = nlohmann::ordered_json::parse(R"({"type": "object",
       "properties": {"name": {"type": "string", "maxLength": 3},
                      "kind": {"enum": ["cat", "dog"]},
@@ -120,7 +122,7 @@ TEST_F(JsonConstraintTest, SchemaMasksAreTheBruteForceOnes) {
                      "born": {"type": "string", "format": "date"}},
       "required": ["name", "kind", "legs", "tag", "born"], "additionalProperties": false})");
   const std::shared_ptr<const JsonSchema> schema = *JsonSchema::Compile(text);
-  const std::shared_ptr<JsonMaskCache> masks = caches_->For(schema);
+  const std::shared_ptr<JsonMaskCache> masks = caches_->For(schema->text(), schema);
   std::mt19937 rng(1);
   int whole = 0;
   for (int walk = 0; walk < 6; ++walk) {
@@ -155,20 +157,66 @@ TEST_F(JsonConstraintTest, SchemaMasksAreTheBruteForceOnes) {
   EXPECT_GT(whole, 0);
 }
 
-TEST_F(JsonConstraintTest, CachesMasksBySchemaText) {
+TEST_F(GuidedDecodingTest, CachesMasksByGrammarKey) {
   const auto compile = [](const std::string& text) {
     return *JsonSchema::Compile(nlohmann::ordered_json::parse(text));
   };
-  const std::shared_ptr<JsonMaskCache> first = caches_->For(compile(R"({"type": "array"})"));
-  EXPECT_EQ(caches_->For(compile(R"({"type":"array"})")), first);  // the same text, compact
+  const auto cache = [&](const std::string& text) {
+    const std::shared_ptr<const JsonSchema> schema = compile(text);
+    return caches_->For(schema->text(), schema);
+  };
+  const std::shared_ptr<JsonMaskCache> first = cache(R"({"type": "array"})");
+  EXPECT_EQ(cache(R"({"type":"array"})"), first);  // the same text, compact
   // Other keys' order is another schema (its objects write them in order).
-  EXPECT_NE(caches_->For(compile(R"({"properties": {"a": {}, "b": {}}})")),
-            caches_->For(compile(R"({"properties": {"b": {}, "a": {}}})")));
-  // The least recently used goes when more than kMaxSchemas are in use.
-  for (size_t i = 0; i < JsonMaskCaches::kMaxSchemas; ++i) {
-    caches_->For(compile(absl::StrCat(R"({"type": "array", "maxItems": )", i, "}")));
+  EXPECT_NE(cache(R"({"properties": {"a": {}, "b": {}}})"),
+            cache(R"({"properties": {"b": {}, "a": {}}})"));
+  // The least recently used goes when more than kMaxGrammars are in use.
+  for (size_t i = 0; i < MaskCaches<JsonPrefix>::kMaxGrammars; ++i) {
+    cache(absl::StrCat(R"({"type": "array", "maxItems": )", i, "}"));
   }
-  EXPECT_NE(caches_->For(compile(R"({"type": "array"})")), first);
+  EXPECT_NE(cache(R"({"type": "array"})"), first);
+}
+
+// guided_regex's masks: each the brute-force one along random walks (UTF-8
+// split across tokens included), stop ids allowed (may_end) exactly where
+// the text already matches but could go on, and the walk done when nothing
+// may follow.
+TEST_F(GuidedDecodingTest, RegexMasksAreTheBruteForceOnes) {
+  for (const char* pattern :
+       {R"((yes|no|maybe)( [a-z]{1,3}){0,2})", R"([é日本]{1,4}\.)", R"(\d{2,3}(-\d{2})?)"}) {
+    SCOPED_TRACE(pattern);
+    const std::shared_ptr<const Regex> regex = *Regex::Compile(pattern, Regex::Mode::kFullMatch);
+    MaskCaches<RegexPrefix> caches(texts_);
+    const std::shared_ptr<RegexMaskCache> masks = caches.For(pattern, regex);
+    std::mt19937 rng(3);
+    for (int walk = 0; walk < 4; ++walk) {
+      RegexConstraint constraint(masks, /*chat=*/false);
+      RegexPrefix output(regex.get());
+      std::string text;
+      for (int step = 0; step < 40 && !constraint.complete(); ++step) {
+        int64_t count = 0;
+        const std::vector<uint64_t> mask = Mask(constraint, &count);
+        std::vector<int32_t> allowed;
+        for (int32_t id = 0; id < tokenizer_->vocab_size(); ++id) {
+          const std::string& piece = texts_->text(id);
+          RegexPrefix next = output;
+          const bool ok = !piece.empty() && next.Push(piece);
+          ASSERT_EQ(Has(mask, id), ok)
+              << "after '" << text << "': token " << id << " '" << piece << "'";
+          if (ok) allowed.push_back(id);
+        }
+        ASSERT_EQ(count, static_cast<int64_t>(allowed.size()));
+        EXPECT_EQ(constraint.may_end(), output.may_end());
+        ASSERT_FALSE(allowed.empty() && !output.may_end()) << "dead end after '" << text << "'";
+        if (allowed.empty() || (output.may_end() && rng() % 4 == 0)) break;  // "stops" here
+        const int32_t id = allowed[rng() % allowed.size()];
+        constraint.Accept(id);
+        ASSERT_TRUE(output.Push(texts_->text(id)));
+        text += texts_->text(id);
+      }
+      EXPECT_TRUE(output.may_end() || !constraint.complete()) << text;
+    }
+  }
 }
 
 }  // namespace
