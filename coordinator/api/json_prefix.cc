@@ -94,8 +94,11 @@ bool JsonPrefix::Step(Thread& t, uint8_t c, Threads* forks) const {
     case Mode::kColon:
     case Mode::kCommaOrEnd:
     case Mode::kValueOrEnd:
-      if (IsWhitespaceByte(c)) return ++t.whitespace_run <= kMaxWhitespaceRun;
-      t.whitespace_run = 0;
+      if (IsWhitespaceByte(c)) return TakeWhitespace(t, c);
+      if (schema_->whitespace() != nullptr && !schema_->whitespace()->accepting(t.gap)) {
+        return false;  // the whitespace pattern wants more here
+      }
+      t.gap = 0;
       break;
   }
   switch (t.mode) {
@@ -121,6 +124,15 @@ bool JsonPrefix::Step(Thread& t, uint8_t c, Threads* forks) const {
     default:
       return false;
   }
+}
+
+bool JsonPrefix::TakeWhitespace(Thread& t, uint8_t c) const {
+  const Regex* pattern = schema_->whitespace();
+  if (pattern == nullptr) return ++t.gap <= kMaxWhitespaceRun;
+  const int32_t next = pattern->Next(t.gap, c);
+  if (next < 0) return false;
+  t.gap = next;
+  return true;
 }
 
 bool JsonPrefix::StartValue(Thread& t, int32_t node, uint8_t c, Threads* forks) const {

@@ -6,13 +6,12 @@
 // cannot complete.
 //
 // Whitespace between tokens comes in runs of at most kMaxWhitespaceRun bytes
-// (enough to indent pretty-printed JSON, and no endless newlines), none
-// before the value and none after it. Strings must be valid UTF-8 without
-// control characters or lone surrogate escapes; nesting is at most kMaxDepth
-// deep. Where the schema offers choices (anyOf), each is followed as its own
-// thread until the bytes rule it out (at most kMaxThreads at once). The state
-// is small (one thread: about a hundred bytes): copying it to try a token is
-// cheap.
+// (enough to indent pretty-printed JSON, and no endless newlines), or as the
+// schema's whitespace pattern says; none before the value and none after it. Strings must be valid
+// UTF-8 without control characters or lone surrogate escapes; nesting is at most kMaxDepth deep.
+// Where the schema offers choices (anyOf), each is followed as its own thread until the bytes rule
+// it out (at most kMaxThreads at once). The state is small (one thread: about a hundred bytes):
+// copying it to try a token is cheap.
 #pragma once
 
 #include <cstdint>
@@ -117,7 +116,9 @@ class JsonPrefix {
     bool integer = false;   // the number may not have a fraction or exponent
     bool key = false;       // the string is an object's key
     bool free_key = false;  // the key need not be a declared property's
-    uint8_t whitespace_run = 0;
+    // The whitespace since the last token: how many bytes (kMaxWhitespaceRun
+    // at most), or with the schema's whitespace pattern, its state.
+    int32_t gap = 0;
     // UTF-8 continuation bytes still expected in a string, and the range the
     // next one must be in (it narrows for the second byte of some sequences).
     uint8_t utf8_left = 0;
@@ -138,8 +139,8 @@ class JsonPrefix {
     friend bool operator==(const Thread& a, const Thread& b) {
       return a.frames == b.frames && a.node == b.node && a.mode == b.mode && a.number == b.number &&
              a.integer == b.integer && a.key == b.key && a.free_key == b.free_key &&
-             a.whitespace_run == b.whitespace_run && a.utf8_left == b.utf8_left &&
-             a.utf8_low == b.utf8_low && a.utf8_high == b.utf8_high && a.hex_left == b.hex_left &&
+             a.gap == b.gap && a.utf8_left == b.utf8_left && a.utf8_low == b.utf8_low &&
+             a.utf8_high == b.utf8_high && a.hex_left == b.hex_left &&
              a.escape_starts_with_d == b.escape_starts_with_d && a.pos == b.pos &&
              a.candidates == b.candidates && a.length == b.length &&
              a.regex_state == b.regex_state && a.code_point == b.code_point;
@@ -147,9 +148,9 @@ class JsonPrefix {
     template <typename H>
     friend H AbslHashValue(H h, const Thread& t) {
       return H::combine(std::move(h), t.frames, t.node, t.mode, t.number, t.integer, t.key,
-                        t.free_key, t.whitespace_run, t.utf8_left, t.utf8_low, t.utf8_high,
-                        t.hex_left, t.escape_starts_with_d, t.pos, t.candidates, t.length,
-                        t.regex_state, t.code_point);
+                        t.free_key, t.gap, t.utf8_left, t.utf8_low, t.utf8_high, t.hex_left,
+                        t.escape_starts_with_d, t.pos, t.candidates, t.length, t.regex_state,
+                        t.code_point);
     }
   };
   using Threads = absl::InlinedVector<Thread, 1>;
@@ -162,6 +163,8 @@ class JsonPrefix {
   // StartValue of a node that is not a choice.
   bool StartOne(Thread& t, int32_t node, uint8_t c) const;
   bool StringByte(Thread& t, uint8_t c) const;
+  // A whitespace byte between tokens.
+  bool TakeWhitespace(Thread& t, uint8_t c) const;
   // A string's next code point `c` read: false if its pattern (within its
   // maxLength) cannot take it. Clears the code point being read.
   bool Matched(Thread& t, uint32_t c) const;

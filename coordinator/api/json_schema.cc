@@ -148,7 +148,6 @@ class JsonSchemaCompiler {
  public:
   explicit JsonSchemaCompiler(const Json& document) : document_(document) {
     schema_ = std::make_shared<JsonSchema>();
-    schema_->text_ = document.dump();
     JsonSchema::Node any;
     any.additional = 0;
     any.first_required = {0};
@@ -156,9 +155,16 @@ class JsonSchemaCompiler {
   }
 
   absl::StatusOr<std::shared_ptr<const JsonSchema>> Run() {
+    // Annotations and unknown keywords are never compiled, so bound the
+    // whole text's nesting too (it is dumped and walked).
+    if (!NestsAtMost(document_, 4 * JsonSchema::kMaxNesting)) {
+      return Invalid(
+          "", absl::StrCat("the schema's JSON nests deeper than ", 4 * JsonSchema::kMaxNesting));
+    }
     HERD_ASSIGN_OR_RETURN(schema_->root_, NewNode(""));
     by_pointer_[""] = schema_->root_;
     HERD_RETURN_IF_ERROR(CompileInto(document_, "", schema_->root_));
+    schema_->text_ = document_.dump();
     HERD_RETURN_IF_ERROR(FlattenChoices());
     MarkSatisfiable();
     return CheckRoot();
@@ -565,8 +571,46 @@ class JsonSchemaCompiler {
   absl::flat_hash_map<std::string, int32_t> by_pointer_;
 };
 
-absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(const Json& schema) {
-  return JsonSchemaCompiler(schema).Run();
+absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(
+    const Json& schema, const std::optional<std::string>& whitespace_pattern) {
+  HERD_ASSIGN_OR_RETURN(std::shared_ptr<const JsonSchema> compiled,
+                        JsonSchemaCompiler(schema).Run());
+  if (!whitespace_pattern.has_value()) return compiled;
+  absl::StatusOr<std::shared_ptr<const Regex>> whitespace =
+      Regex::Compile(*whitespace_pattern, Regex::Mode::kFullMatch);
+  if (!whitespace.ok()) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("whitespace pattern: ", whitespace.status().message()));
+  }
+  // It may only write JSON whitespace: from every state its whitespace
+  // reaches, no other code point goes on.
+  std::vector<int32_t> states = {(*whitespace)->start()};
+  std::vector<bool> seen(1, true);
+  for (size_t i = 0; i < states.size(); ++i) {
+    const int32_t state = states[i];
+    for (const auto& [lo, hi] :
+         {std::pair<uint32_t, uint32_t>{0, 8}, {11, 12}, {14, 31}, {33, 0x10FFFF}}) {
+      if ((*whitespace)->MayTake(state, lo, hi, Regex::kUnbounded)) {
+        return absl::InvalidArgumentError(
+            absl::StrCat("whitespace pattern ", Json(*whitespace_pattern).dump(),
+                         " matches more than JSON whitespace (space, tab, newline, carriage "
+                         "return)"));
+      }
+    }
+    for (const uint32_t c : {' ', '\t', '\n', '\r'}) {
+      const int32_t next = (*whitespace)->Next(state, c);
+      if (next < 0) continue;
+      if (static_cast<size_t>(next) >= seen.size()) seen.resize(next + 1, false);
+      if (!seen[next]) {
+        seen[next] = true;
+        states.push_back(next);
+      }
+    }
+  }
+  auto with_whitespace = std::make_shared<JsonSchema>(*compiled);
+  with_whitespace->whitespace_ = *std::move(whitespace);
+  with_whitespace->text_ += "\nwhitespace: " + *whitespace_pattern;
+  return std::shared_ptr<const JsonSchema>(std::move(with_whitespace));
 }
 
 std::shared_ptr<const JsonSchema> JsonSchema::AnyObject() {

@@ -29,6 +29,7 @@
 #include <cstdint>
 #include <limits>
 #include <memory>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -102,8 +103,13 @@ class JsonSchema {
   // $ref that leads nowhere, a schema no value satisfies, a number at the top
   // level, or more than kMaxCandidates properties or enum values.
   // `schema` is ordered: its properties' order is the generated one.
+  //
+  // `whitespace_pattern` (vLLM's guided_whitespace_pattern): what may come
+  // between tokens, a regular expression over JSON whitespace (" ?", "" for
+  // none); without one, runs of at most JsonPrefix::kMaxWhitespaceRun.
   static absl::StatusOr<std::shared_ptr<const JsonSchema>> Compile(
-      const nlohmann::ordered_json& schema);
+      const nlohmann::ordered_json& schema,
+      const std::optional<std::string>& whitespace_pattern = std::nullopt);
 
   // JSON mode's schema: an object with any properties.
   static std::shared_ptr<const JsonSchema> AnyObject();
@@ -111,8 +117,11 @@ class JsonSchema {
   // Node 0 is "any value".
   const Node& node(int32_t id) const { return nodes_[id]; }
   int32_t root() const { return root_; }
-  // The compact text of the schema compiled (equal texts compile alike).
+  // The compact text of the schema compiled, and the whitespace pattern if
+  // any (equal texts compile alike).
   const std::string& text() const { return text_; }
+  // The whitespace pattern; null: runs of at most kMaxWhitespaceRun.
+  const Regex* whitespace() const { return whitespace_.get(); }
 
  private:
   friend class JsonSchemaCompiler;
@@ -120,6 +129,7 @@ class JsonSchema {
   std::vector<Node> nodes_;
   int32_t root_ = 0;
   std::string text_;
+  std::shared_ptr<const Regex> whitespace_;
 };
 
 }  // namespace herd

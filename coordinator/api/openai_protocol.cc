@@ -5,6 +5,7 @@
 #include <cmath>
 #include <initializer_list>
 #include <limits>
+#include <optional>
 #include <utility>
 
 #include "absl/strings/cord.h"
@@ -498,7 +499,7 @@ absl::Status CheckContext(const ApiModel& model, ApiEndpoint endpoint, int64_t p
 // `param` and say where (`label`).
 absl::StatusOr<std::shared_ptr<const JsonSchema>> CompileSchemaAt(
     absl::string_view body, std::initializer_list<const char*> path, const std::string& param,
-    const std::string& label) {
+    const std::string& label, const std::optional<std::string>& whitespace) {
   OrderedJson schema = OrderedJson::parse(body.begin(), body.end());  // parsed once already
   for (const char* key : path) schema = OrderedJson(std::move(schema[key]));
   if (schema.is_string()) {
@@ -509,7 +510,8 @@ absl::StatusOr<std::shared_ptr<const JsonSchema>> CompileSchemaAt(
       return Invalid(param, absl::StrCat("'", label, "' is a string that is not JSON: ", e.what()));
     }
   }
-  absl::StatusOr<std::shared_ptr<const JsonSchema>> compiled = JsonSchema::Compile(schema);
+  absl::StatusOr<std::shared_ptr<const JsonSchema>> compiled =
+      JsonSchema::Compile(schema, whitespace);
   if (!compiled.ok()) {
     return Invalid(param, absl::StrCat("'", label, "': ", compiled.status().message()));
   }
@@ -519,13 +521,36 @@ absl::StatusOr<std::shared_ptr<const JsonSchema>> CompileSchemaAt(
 // Guided JSON: `response_format` {"type": "text"} (the default),
 // {"type": "json_object"} (JSON mode) or {"type": "json_schema",
 // "json_schema": {"name", "schema", "strict", "description"}} (structured
-// outputs), or vLLM's `guided_json` (a schema, or its text). Both need the
+// outputs), or vLLM's `guided_json` (a schema, or its text), with vLLM's
+// `guided_whitespace_pattern` (what may come between tokens). Both need the
 // model's tokenizer to know what text each token adds.
 absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const ApiModel& model,
                              ApiRequest* request) {
   const Json* format = Find(root, "response_format");
   const Json* guided = Find(root, "guided_json");
-  if (format == nullptr && guided == nullptr) return absl::OkStatus();
+  std::optional<std::string> whitespace;
+  if (const Json* pattern = Find(root, "guided_whitespace_pattern"); pattern != nullptr) {
+    if (!pattern->is_string()) {
+      return Invalid(
+          "guided_whitespace_pattern",
+          absl::StrCat("'guided_whitespace_pattern' must be a string, got ", Quote(*pattern)));
+    }
+    whitespace = pattern->get<std::string>();
+  }
+  // JSON mode's schema, with the whitespace pattern if any.
+  const auto any_object = [&]() -> absl::StatusOr<std::shared_ptr<const JsonSchema>> {
+    if (!whitespace.has_value()) return JsonSchema::AnyObject();
+    absl::StatusOr<std::shared_ptr<const JsonSchema>> compiled =
+        JsonSchema::Compile(OrderedJson{{"type", "object"}}, whitespace);
+    if (!compiled.ok()) {
+      return Invalid("guided_whitespace_pattern",
+                     absl::StrCat("'guided_whitespace_pattern': ", compiled.status().message()));
+    }
+    return compiled;
+  };
+  if (whitespace.has_value()) {
+    HERD_RETURN_IF_ERROR(any_object().status());  // the pattern's own errors, named so
+  }
   const char* param = guided != nullptr ? "guided_json" : "response_format";
   if (format != nullptr) {
     const Json* type = format->is_object() ? Find(*format, "type") : nullptr;
@@ -546,7 +571,14 @@ absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const Api
       return Invalid("guided_json", "give 'response_format' or 'guided_json', not both");
     }
   }
-  if (format == nullptr && guided == nullptr) return absl::OkStatus();
+  if (format == nullptr && guided == nullptr) {
+    if (whitespace.has_value()) {
+      return Invalid("guided_whitespace_pattern",
+                     "'guided_whitespace_pattern' applies to guided JSON only (response_format "
+                     "json_object or json_schema, guided_json)");
+    }
+    return absl::OkStatus();
+  }
   if (model.tokenizer == nullptr) {
     return Invalid(param, absl::StrCat("guided JSON ('", param, "') needs a tokenizer and model `",
                                        model.name, "` has none"));
@@ -557,11 +589,11 @@ absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const Api
                      absl::StrCat("'guided_json' must be a JSON schema, got ", Quote(*guided)));
     }
     HERD_ASSIGN_OR_RETURN(request->json_schema,
-                          CompileSchemaAt(body, {"guided_json"}, param, param));
+                          CompileSchemaAt(body, {"guided_json"}, param, param, whitespace));
     return absl::OkStatus();
   }
   if (Find(*format, "type")->get<std::string>() == "json_object") {
-    request->json_schema = JsonSchema::AnyObject();
+    HERD_ASSIGN_OR_RETURN(request->json_schema, any_object());
     return absl::OkStatus();
   }
   const Json* spec = Find(*format, "json_schema");
@@ -585,7 +617,7 @@ absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const Api
   }
   HERD_ASSIGN_OR_RETURN(request->json_schema,
                         CompileSchemaAt(body, {"response_format", "json_schema", "schema"}, param,
-                                        "response_format.json_schema.schema"));
+                                        "response_format.json_schema.schema", whitespace));
   return absl::OkStatus();
 }
 

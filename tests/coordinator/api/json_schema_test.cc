@@ -159,6 +159,49 @@ TEST(JsonSchemaTest, FollowsChoicesAsThreads) {
   EXPECT_EQ(Verdict(*list, R"({"v":true,"next":{"v":false}})"), -1);
 }
 
+// vLLM's guided_whitespace_pattern: between tokens only what the pattern
+// matches; a pattern that asks for whitespace gets it everywhere; one that
+// could write anything but JSON whitespace is refused.
+TEST(JsonSchemaTest, AWhitespacePatternDecidesTheGaps) {
+  const Json schema = Json::parse(R"({"type": "object", "properties": {"a": {"type": "array"}},
+                                      "required": ["a"], "additionalProperties": false})");
+  const auto compact = *JsonSchema::Compile(schema, "");
+  EXPECT_EQ(Verdict(*compact, R"({"a":[1,2]})"), 1);
+  EXPECT_EQ(Verdict(*compact, R"({ "a")"), -1);
+  EXPECT_EQ(Verdict(*compact, R"({"a":[1, )"), -1);
+  const auto one_space = *JsonSchema::Compile(schema, " ");
+  EXPECT_EQ(Verdict(*one_space, R"({ "a" : [ 1 , 2 ] })"), 1);
+  EXPECT_EQ(Verdict(*one_space, R"({"a")"), -1);
+  EXPECT_EQ(Verdict(*one_space, R"({  )"), -1);
+  const auto newlines = *JsonSchema::Compile(schema, "\n? *");
+  EXPECT_EQ(Verdict(*newlines, "{\n  \"a\": [1,\n    2]}"), 1);
+  EXPECT_EQ(Verdict(*newlines, "{\n\n"), -1);
+  EXPECT_NE(compact->text(), JsonSchema::Compile(schema).value()->text());  // cached apart
+  // No dead end with a pattern that wants whitespace.
+  std::mt19937 rng(9);
+  for (int walk = 0; walk < 20; ++walk) {
+    JsonPrefix prefix(one_space.get());
+    std::string out;
+    while (!prefix.complete() && out.size() < 200) {
+      std::vector<uint8_t> taken;
+      for (int b = 0; b < 256; ++b) {
+        if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
+      }
+      ASSERT_FALSE(taken.empty()) << "dead end after " << out;
+      const uint8_t next = taken[rng() % taken.size()];
+      ASSERT_TRUE(prefix.Push(next));
+      out += static_cast<char>(next);
+    }
+  }
+  for (const char* pattern : {"[ \\n]*x", ".*", "\\s*"}) {
+    EXPECT_THAT(std::string(JsonSchema::Compile(schema, pattern).status().message()),
+                HasSubstr("matches more than JSON whitespace"))
+        << pattern;
+  }
+  EXPECT_THAT(std::string(JsonSchema::Compile(schema, "(").status().message()),
+              HasSubstr("whitespace pattern: pattern:"));
+}
+
 TEST(JsonSchemaTest, NeverStartsWhatCannotBeFinished) {
   // The array's items cannot be satisfied: only [] may come; the optional
   // property whose schema is false is never offered.
@@ -292,11 +335,19 @@ TEST(JsonSchemaTest, RandomSchemasCompileOrAreRefusedAndNeverDeadEnd) {
   EXPECT_GT(refused, 300);
   // Nested past kMaxNesting: refused, not a stack overflow.
   Json deep = Json::object();
+  for (int d = 0; d < 100; ++d) deep = Json{{"type", "array"}, {"items", std::move(deep)}};
+  EXPECT_THAT(std::string(JsonSchema::Compile(deep).status().message()),
+              HasSubstr("subschemas nest deeper than 64"));
   for (int d = 0; d < 20000; ++d) deep = Json{{"type", "array"}, {"items", std::move(deep)}};
-  EXPECT_THAT(std::string(JsonSchema::Compile(deep).status().message()), HasSubstr("nest deeper"));
+  EXPECT_THAT(std::string(JsonSchema::Compile(deep).status().message()),
+              HasSubstr("JSON nests deeper than 256"));
   Json deep_value = 1;
   for (int d = 0; d < 20000; ++d) deep_value = Json::array({std::move(deep_value)});
   EXPECT_THAT(std::string(JsonSchema::Compile(Json{{"const", deep_value}}).status().message()),
+              HasSubstr("nests deeper"));
+  EXPECT_THAT(std::string(JsonSchema::Compile(Json{{"type", "object"}, {"x-vendor", deep_value}})
+                              .status()
+                              .message()),
               HasSubstr("nests deeper"));
 }
 

@@ -641,6 +641,21 @@ TEST_F(TextModelTest, ResponseFormat) {
     ExpectError(
         parse(R"("guided_json": {}, "response_format": {"type": "json_object"})", TextModel()),
         absl::StatusCode::kInvalidArgument, "guided_json", "not both");
+    // vLLM's guided_whitespace_pattern, with any guided JSON.
+    auto tight = parse(R"("response_format": {"type": "json_object"},
+                          "guided_whitespace_pattern": "")",
+                       TextModel());
+    ASSERT_TRUE(tight.ok()) << tight.status();
+    ASSERT_NE(tight->json_schema->whitespace(), nullptr);
+    ExpectError(parse(R"("guided_whitespace_pattern": " ")", TextModel()),
+                absl::StatusCode::kInvalidArgument, "guided_whitespace_pattern",
+                "applies to guided JSON only");
+    ExpectError(parse(R"("guided_json": {}, "guided_whitespace_pattern": "x")", TextModel()),
+                absl::StatusCode::kInvalidArgument, "guided_whitespace_pattern",
+                "more than JSON whitespace");
+    ExpectError(parse(R"("guided_json": {}, "guided_whitespace_pattern": 1)", TextModel()),
+                absl::StatusCode::kInvalidArgument, "guided_whitespace_pattern",
+                "must be a string");
     // vLLM's guided_regex and guided_choice: a text pattern, matched whole.
     auto regex = parse(R"("guided_regex": "[a-z]+\\d")", TextModel());
     ASSERT_TRUE(regex.ok()) << regex.status();

@@ -28,7 +28,8 @@ API_PATHS = ["/v1/completions", "/v1/chat/completions", "/v1/models", "/tokenize
 FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stop_token_ids",
           "ignore_eos", "stream", "stream_options", "model", "n", "best_of", "echo", "logprobs",
           "suffix", "logit_bias", "presence_penalty", "frequency_penalty", "user", "messages",
-          "max_completion_tokens", "response_format", "top_k", "min_p", "tokens"]
+          "max_completion_tokens", "response_format", "top_k", "min_p", "tokens", "guided_json",
+          "guided_regex", "guided_choice"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 INTERESTING_NUMBERS = [0, 1, -1, 2, 15, 16, 17, 511, 512, 2047, 2048, 2049, 2 ** 31 - 1, 2 ** 31,
                        2 ** 32, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, 2 ** 64, -2 ** 63, -2 ** 64,
