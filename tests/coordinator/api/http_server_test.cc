@@ -204,6 +204,36 @@ class HttpServerTest : public ::testing::Test {
     return client_->Post(path.c_str(), {}, body.dump(), "application/json");
   }
 
+  struct ChoiceOutput {
+    std::string text;
+    Json finish_reason;
+  };
+  // POSTs `request` to `path` with `user_text` as the prompt (completions)
+  // or the one user message (chat); each choice's text and finish reason
+  // (none, and a failure, if the request failed).
+  std::vector<ChoiceOutput> PostForOutputs(const std::string& path, nlohmann::ordered_json request,
+                                           const std::string& user_text) {
+    if (path == "/v1/completions") {
+      request["prompt"] = user_text;
+    } else {
+      request["messages"] = {{{"role", "user"}, {"content", user_text}}};
+    }
+    auto res = PostOrdered(path, request);
+    std::vector<ChoiceOutput> outputs;
+    if (!res || res->status != 200) {
+      ADD_FAILURE() << path << ": " << (res ? res->body : "no response");
+      return outputs;
+    }
+    const Json body = Json::parse(res->body);
+    for (const Json& choice : body["choices"]) {
+      outputs.push_back({choice.contains("text") ? choice["text"].get<std::string>()
+                                                 : choice["message"]["content"].get<std::string>(),
+                         choice["finish_reason"]});
+    }
+    EXPECT_FALSE(outputs.empty()) << res->body;
+    return outputs;
+  }
+
   std::vector<int32_t> Greedy(const std::vector<int32_t>& prompt, int64_t max_tokens) {
     GenerateOptions options;
     options.max_new_tokens = max_tokens;
@@ -461,34 +491,21 @@ TEST_F(HttpServerTest, ChoicesThatDoNotFitTheQueueAre429AndNoneRuns) {
 TEST_F(HttpServerTest, JsonModeOutputsAreObjectsOrTheirPrefixes) {
   StartTextServer();
   const Json format = {{"type", "json_object"}};
-  const Json messages = Json::array({Json{{"role", "user"}, {"content", "JSON please"}}});
   int objects = 0;
   for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
-    Json request = {{"n", 8}, {"max_tokens", 96}, {"seed", 4}, {"response_format", format}};
-    if (std::string(path) == "/v1/completions") {
-      request["prompt"] = "Here is the JSON:";
-    } else {
-      request["messages"] = messages;
-    }
-    auto res = Post(path, request);
-    ASSERT_TRUE(res);
-    ASSERT_EQ(res->status, 200) << res->body;
-    const Json body = Json::parse(res->body);
-    ASSERT_FALSE(body["choices"].empty()) << res->body;
-    for (const Json& choice : body["choices"]) {
-      const std::string text = choice.contains("text")
-                                   ? choice["text"].get<std::string>()
-                                   : choice["message"]["content"].get<std::string>();
-      SCOPED_TRACE(::testing::Message() << path << " choice " << choice["index"] << ": " << text);
+    for (const auto& [text, finish_reason] : PostForOutputs(
+             path, {{"n", 8}, {"max_tokens", 96}, {"seed", 4}, {"response_format", format}},
+             "Here is the JSON:")) {
+      SCOPED_TRACE(::testing::Message() << path << ": " << text);
       ASSERT_FALSE(text.empty());
       EXPECT_EQ(text[0], '{');
       try {
         EXPECT_TRUE(Json::parse(text).is_object());
-        EXPECT_EQ(choice["finish_reason"], "stop");
+        EXPECT_EQ(finish_reason, "stop");
         ++objects;
       } catch (const Json::parse_error& e) {
         EXPECT_EQ(e.byte, text.size() + 1) << e.what();
-        EXPECT_EQ(choice["finish_reason"], "length");
+        EXPECT_EQ(finish_reason, "length");
       }
     }
   }
@@ -545,37 +562,25 @@ TEST_F(HttpServerTest, JsonSchemaOutputsFollowTheSchema) {
     EXPECT_LE(value["tags"].size(), 2u);
     for (const auto& tag : value["tags"]) EXPECT_THAT(tag, ::testing::AnyOf("a", "b"));
   };
-  const Ordered messages = Ordered::array({{{"role", "user"}, {"content", "A pet, please"}}});
   int outputs = 0;
   for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
     for (const bool vllm : {false, true}) {
       Ordered request = {{"n", 4}, {"max_tokens", 160}, {"seed", 9}, {"logit_bias", no_whitespace}};
       request[vllm ? "guided_json" : "response_format"] = vllm ? schema : format;
-      if (std::string(path) == "/v1/completions") {
-        request["prompt"] = "Here is the pet:";
-      } else {
-        request["messages"] = messages;
-      }
-      auto res = PostOrdered(path, request);
-      ASSERT_TRUE(res);
-      ASSERT_EQ(res->status, 200) << res->body;
-      const Json body = Json::parse(res->body);
-      ASSERT_FALSE(body["choices"].empty()) << res->body;
-      for (const Json& choice : body["choices"]) {
-        check(choice.contains("text") ? choice["text"].get<std::string>()
-                                      : choice["message"]["content"].get<std::string>(),
-              choice["finish_reason"]);
+      for (const auto& [text, finish_reason] : PostForOutputs(path, request, "A pet, please")) {
+        check(text, finish_reason);
         ++outputs;
       }
     }
   }
   EXPECT_EQ(outputs, 16);
-  auto streamed = PostOrdered("/v1/chat/completions", {{"messages", messages},
-                                                       {"max_tokens", 160},
-                                                       {"seed", 2},
-                                                       {"stream", true},
-                                                       {"logit_bias", no_whitespace},
-                                                       {"response_format", format}});
+  auto streamed =
+      PostOrdered("/v1/chat/completions", {{"messages", {{{"role", "user"}, {"content", "A pet"}}}},
+                                           {"max_tokens", 160},
+                                           {"seed", 2},
+                                           {"stream", true},
+                                           {"logit_bias", no_whitespace},
+                                           {"response_format", format}});
   ASSERT_TRUE(streamed);
   ASSERT_EQ(streamed->status, 200) << streamed->body;
   const Events events = ParseEvents(streamed->body);
@@ -608,32 +613,21 @@ TEST_F(HttpServerTest, JsonSchemaOutputsFollowTheSchema) {
 // the shorter one, where the end-of-text id is allowed.
 TEST_F(HttpServerTest, GuidedChoiceAndRegexOutputsMatch) {
   StartTextServer();
-  const Json messages = Json::array({Json{{"role", "user"}, {"content", "Well?"}}});
   const std::vector<std::string> options = {"yes", "no", "none", "maybe (later)"};
   const std::string pattern = R"([a-z]{2,4}-\d{1,2}(\.[A-Z])?)";
   for (const char* path : {"/v1/completions", "/v1/chat/completions"}) {
     for (const bool choice : {true, false}) {
-      Json request = {{"n", 6}, {"max_tokens", 24}, {"seed", 5}};
+      nlohmann::ordered_json request = {{"n", 6}, {"max_tokens", 24}, {"seed", 5}};
       if (choice) {
         request["guided_choice"] = options;
       } else {
         request["guided_regex"] = pattern;
       }
-      if (std::string(path) == "/v1/completions") {
-        request["prompt"] = "Answer:";
-      } else {
-        request["messages"] = messages;
-      }
-      auto res = Post(path, request);
-      ASSERT_TRUE(res);
-      ASSERT_EQ(res->status, 200) << res->body;
-      const Json body = Json::parse(res->body);
-      ASSERT_EQ(body["choices"].size(), 6u) << res->body;
-      for (const Json& c : body["choices"]) {
-        const std::string text = c.contains("text") ? c["text"].get<std::string>()
-                                                    : c["message"]["content"].get<std::string>();
+      const std::vector<ChoiceOutput> outputs = PostForOutputs(path, request, "Well?");
+      EXPECT_EQ(outputs.size(), 6u);
+      for (const auto& [text, finish_reason] : outputs) {
         SCOPED_TRACE(::testing::Message() << path << ": " << text);
-        EXPECT_EQ(c["finish_reason"], "stop");
+        EXPECT_EQ(finish_reason, "stop");
         if (choice) {
           EXPECT_THAT(options, ::testing::Contains(text));
         } else {

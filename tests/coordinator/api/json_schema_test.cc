@@ -36,6 +36,34 @@ int Verdict(const JsonSchema& schema, const std::string& text) {
   return prefix.complete() ? 1 : 0;
 }
 
+// A random walk under `schema` over the bytes the recognizer takes (closing
+// bytes favoured with `close_often`, so that walks end) until the value is
+// whole or `max_bytes` are written; a dead end on the way is a failure.
+// Sets *whole to whether the value closed.
+std::string WalkRandomly(const JsonSchema& schema, std::mt19937& rng, size_t max_bytes,
+                         bool close_often, bool* whole) {
+  JsonPrefix prefix(&schema);
+  std::string text;
+  while (!prefix.complete() && text.size() < max_bytes) {
+    std::vector<uint8_t> taken;
+    for (int b = 0; b < 256; ++b) {
+      if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
+    }
+    if (taken.empty()) {
+      ADD_FAILURE() << "dead end after " << text << " under " << schema.text();
+      break;
+    }
+    uint8_t next = taken[rng() % taken.size()];
+    for (const uint8_t b : taken) {
+      if (close_often && (b == '}' || b == ']' || b == '"') && rng() % 3 == 0) next = b;
+    }
+    EXPECT_TRUE(prefix.Push(next));
+    text += static_cast<char>(next);
+  }
+  *whole = prefix.complete();
+  return text;
+}
+
 Json Cases() {
   return Json::parse(
       herd::testing::ReadFileText(herd::testing::TestDataPath("json-schema/cases.json")));
@@ -84,23 +112,9 @@ TEST(JsonSchemaTest, RandomWalksNeverReachADeadEnd) {
     const std::shared_ptr<const JsonSchema> schema = MustCompile(c["schema"].dump());
     ASSERT_NE(schema, nullptr);
     for (int walk = 0; walk < 40; ++walk) {
-      JsonPrefix prefix(schema.get());
-      std::string text;
-      while (!prefix.complete() && text.size() < 400) {
-        std::vector<uint8_t> taken;
-        for (int b = 0; b < 256; ++b) {
-          if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
-        }
-        ASSERT_FALSE(taken.empty()) << "dead end after " << text;
-        // Closing bytes often, so that walks end.
-        uint8_t next = taken[rng() % taken.size()];
-        for (const uint8_t b : taken) {
-          if ((b == '}' || b == ']' || b == '"') && rng() % 3 == 0) next = b;
-        }
-        ASSERT_TRUE(prefix.Push(next));
-        text += static_cast<char>(next);
-      }
-      if (!prefix.complete()) continue;
+      bool closed = false;
+      const std::string text = WalkRandomly(*schema, rng, 400, /*close_often=*/true, &closed);
+      if (!closed) continue;
       ++whole;
       try {
         EXPECT_FALSE(Json::parse(text).is_discarded());
@@ -180,18 +194,8 @@ TEST(JsonSchemaTest, AWhitespacePatternDecidesTheGaps) {
   // No dead end with a pattern that wants whitespace.
   std::mt19937 rng(9);
   for (int walk = 0; walk < 20; ++walk) {
-    JsonPrefix prefix(one_space.get());
-    std::string out;
-    while (!prefix.complete() && out.size() < 200) {
-      std::vector<uint8_t> taken;
-      for (int b = 0; b < 256; ++b) {
-        if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
-      }
-      ASSERT_FALSE(taken.empty()) << "dead end after " << out;
-      const uint8_t next = taken[rng() % taken.size()];
-      ASSERT_TRUE(prefix.Push(next));
-      out += static_cast<char>(next);
-    }
+    bool closed = false;
+    WalkRandomly(*one_space, rng, 200, /*close_often=*/false, &closed);
   }
   for (const char* pattern : {"[ \\n]*x", ".*", "\\s*"}) {
     EXPECT_THAT(std::string(JsonSchema::Compile(schema, pattern).status().message()),
@@ -314,19 +318,9 @@ TEST(JsonSchemaTest, RandomSchemasCompileOrAreRefusedAndNeverDeadEnd) {
     }
     ++compiled;
     for (int walk = 0; walk < 3; ++walk) {
-      JsonPrefix prefix(schema->get());
-      std::string out;
-      while (!prefix.complete() && out.size() < 200) {
-        std::vector<uint8_t> taken;
-        for (int b = 0; b < 256; ++b) {
-          if (JsonPrefix(prefix).Push(static_cast<uint8_t>(b))) taken.push_back(b);
-        }
-        ASSERT_FALSE(taken.empty()) << "dead end after " << out << " under " << text.dump();
-        const uint8_t next = taken[rng() % taken.size()];
-        ASSERT_TRUE(prefix.Push(next));
-        out += static_cast<char>(next);
-      }
-      walked_bytes += static_cast<int64_t>(out.size());
+      bool closed = false;
+      walked_bytes += static_cast<int64_t>(
+          WalkRandomly(**schema, rng, 200, /*close_often=*/false, &closed).size());
     }
   }
   std::cout << compiled << " compiled, " << refused << " refused, " << walked_bytes
