@@ -463,6 +463,8 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
   meta.created = absl::ToUnixSeconds(arrival);
   meta.model = model_.name;
   meta.include_usage = request->include_usage;
+  meta.tool_calls = request->tool_calls;
+  meta.tool_name = request->tool_name;
 
   auto generation = std::make_shared<Generation>(executor_, &num_generations_, std::move(meta));
   for (int64_t index = 0; index < request->num_choices(); ++index) {
@@ -567,7 +569,8 @@ bool HttpServer::WriteStreamEvents(Generation& generation, httplib::DataSink& si
           break;
         }
         if (!delta->token_ids.empty() || !delta->text.empty() || !delta->finish_reason.empty()) {
-          absl::StrAppend(&events, FormatStreamDelta(meta, *delta));
+          absl::StrAppend(&events,
+                          FormatStreamDelta(meta, *delta, generation.choices[delta->index].output));
         }
       }
       if (!last && generation.finished()) {

@@ -168,9 +168,10 @@ absl::Status CheckUnsupported(const Json& root, ApiEndpoint endpoint) {
     HERD_RETURN_IF_ERROR(
         RequireNeutral(root, "top_logprobs", {0}, "completions take 'logprobs': N"));
   } else {
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "tools", {Json::array()}, "no tool calls"));
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "functions", {Json::array()}, "no tool calls"));
-    HERD_RETURN_IF_ERROR(RequireNeutral(root, "tool_choice", {"none"}, "no tool calls"));
+    HERD_RETURN_IF_ERROR(
+        RequireNeutral(root, "functions", {Json::array()}, "the legacy 'functions': use 'tools'"));
+    HERD_RETURN_IF_ERROR(RequireNeutral(root, "function_call", {"none"},
+                                        "the legacy 'function_call': use 'tool_choice'"));
   }
   return absl::OkStatus();
 }
@@ -572,10 +573,13 @@ absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const Api
     }
   }
   if (format == nullptr && guided == nullptr) {
-    if (whitespace.has_value()) {
+    const Json* tool_choice = Find(root, "tool_choice");
+    const bool tool_call =
+        tool_choice != nullptr && (*tool_choice == "required" || tool_choice->is_object());
+    if (whitespace.has_value() && !tool_call) {
       return Invalid("guided_whitespace_pattern",
                      "'guided_whitespace_pattern' applies to guided JSON only (response_format "
-                     "json_object or json_schema, guided_json)");
+                     "json_object or json_schema, guided_json, a tool call)");
     }
     return absl::OkStatus();
   }
@@ -687,6 +691,193 @@ absl::Status ParseCommon(const Json& root, absl::string_view body, const ApiMode
   return ParseStreaming(root, request);
 }
 
+// `tools`: the functions' names (none without tools), each checked:
+// {"type": "function", "function": {"name", "description"?, "parameters"?}}.
+absl::StatusOr<std::vector<std::string>> ToolNames(const Json& root) {
+  const Json* tools = Find(root, "tools");
+  std::vector<std::string> names;
+  if (tools == nullptr) return names;
+  if (!tools->is_array() || tools->size() > kMaxTools) {
+    return Invalid("tools", absl::StrCat("'tools' must be a list of at most ", kMaxTools,
+                                         " functions, got ", Quote(*tools)));
+  }
+  for (size_t i = 0; i < tools->size(); ++i) {
+    const Json& tool = (*tools)[i];
+    const std::string where = absl::StrCat("tools[", i, "]");
+    const Json* type = tool.is_object() ? Find(tool, "type") : nullptr;
+    const Json* function = tool.is_object() ? Find(tool, "function") : nullptr;
+    if (type == nullptr || *type != "function" || function == nullptr || !function->is_object()) {
+      return Invalid("tools", absl::StrCat(where,
+                                           " must be {\"type\": \"function\", "
+                                           "\"function\": {...}}, got ",
+                                           Quote(tool)));
+    }
+    const Json* name = Find(*function, "name");
+    const bool named =
+        name != nullptr && name->is_string() && !name->get<std::string>().empty() &&
+        name->get<std::string>().size() <= 64 &&
+        std::all_of(name->get_ref<const std::string&>().begin(),
+                    name->get_ref<const std::string&>().end(), [](char c) {
+                      return std::isalnum(static_cast<unsigned char>(c)) || c == '_' || c == '-';
+                    });
+    if (!named) {
+      return Invalid("tools", absl::StrCat(where,
+                                           ".function.name must be 1 to 64 letters, "
+                                           "digits, '_' or '-', got ",
+                                           name == nullptr ? "nothing" : Quote(*name)));
+    }
+    if (std::find(names.begin(), names.end(), name->get<std::string>()) != names.end()) {
+      return Invalid("tools", absl::StrCat(where, " repeats the name ", Quote(*name)));
+    }
+    if (const Json* parameters = Find(*function, "parameters");
+        parameters != nullptr && !parameters->is_object()) {
+      return Invalid("tools", absl::StrCat(where,
+                                           ".function.parameters must be a JSON schema "
+                                           "(an object)"));
+    }
+    if (const Json* description = Find(*function, "description");
+        description != nullptr && !description->is_string()) {
+      return Invalid("tools", absl::StrCat(where, ".function.description must be a string"));
+    }
+    names.push_back(name->get<std::string>());
+  }
+  return names;
+}
+
+// Whether the model is told about the tools: some are given and
+// tool_choice is not "none".
+bool ToolsOffered(const Json& root) {
+  const Json* tools = Find(root, "tools");
+  const Json* choice = Find(root, "tool_choice");
+  return tools != nullptr && tools->is_array() && !tools->empty() &&
+         !(choice != nullptr && *choice == "none");
+}
+
+// The tools as the system message describes them (the format Qwen's and
+// Hermes' chat templates write, which their models call tools in), each as
+// the request wrote it (`body`'s key order).
+std::string ToolsSystemText(absl::string_view body) {
+  std::string text =
+      "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
+      "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
+  const OrderedJson request = OrderedJson::parse(body.begin(), body.end());
+  for (const OrderedJson& tool : request["tools"]) absl::StrAppend(&text, "\n", tool.dump());
+  absl::StrAppend(&text,
+                  "\n</tools>\n\nFor each function call, return a json object with function "
+                  "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
+                  "{\"name\": <function-name>, \"arguments\": <args-json-object>}\n</tool_call>");
+  return text;
+}
+
+// Moves a subschema's own "$ref"s ("#", "#/...") under `at`, where it now
+// sits; InvalidArgument past a sane nesting.
+absl::Status RebaseRefs(const std::string& at, OrderedJson* schema, int depth) {
+  if (depth > 4 * JsonSchema::kMaxNesting) {
+    return Invalid("tools", "a function's parameters nest too deep");
+  }
+  if (schema->is_object()) {
+    for (auto& [key, value] : schema->items()) {
+      if (key == "$ref" && value.is_string() && absl::StartsWith(value.get<std::string>(), "#")) {
+        value = at + value.get<std::string>().substr(1);
+      } else {
+        HERD_RETURN_IF_ERROR(RebaseRefs(at, &value, depth + 1));
+      }
+    }
+  } else if (schema->is_array()) {
+    for (OrderedJson& item : *schema) HERD_RETURN_IF_ERROR(RebaseRefs(at, &item, depth + 1));
+  }
+  return absl::OkStatus();
+}
+
+// `tools` and `tool_choice` of a chat: with "required" or a named function
+// the output is constrained to the call(s): the function's parameters
+// schema, or a list of {"name", "arguments"} objects, one per call (at most
+// one without parallel_tool_calls). "auto" is refused: telling a call from
+// text needs a model-specific parser.
+absl::Status ParseTools(const Json& root, absl::string_view body, ApiRequest* request) {
+  HERD_ASSIGN_OR_RETURN(const std::vector<std::string> names, ToolNames(root));
+  const Json* choice = Find(root, "tool_choice");
+  std::string mode = names.empty() ? "none" : "auto";
+  std::string named;
+  if (choice != nullptr) {
+    if (choice->is_string() && (*choice == "none" || *choice == "auto" || *choice == "required")) {
+      mode = choice->get<std::string>();
+    } else if (const Json* function = choice->is_object() ? Find(*choice, "function") : nullptr;
+               function != nullptr && function->is_object() && Find(*function, "name") != nullptr &&
+               Find(*function, "name")->is_string()) {
+      mode = "named";
+      named = Find(*function, "name")->get<std::string>();
+    } else {
+      return Invalid("tool_choice",
+                     absl::StrCat("'tool_choice' must be \"none\", \"auto\", \"required\" or "
+                                  "{\"type\": \"function\", \"function\": {\"name\": ...}}, got ",
+                                  Quote(*choice)));
+    }
+  }
+  if (mode == "none") return absl::OkStatus();
+  if (names.empty()) {
+    return Invalid("tool_choice", "'tool_choice' asks for a tool call but 'tools' lists none");
+  }
+  if (mode == "auto") {
+    return Invalid("tool_choice",
+                   "tool_choice \"auto\" is not supported (telling a tool call from text needs a "
+                   "model-specific parser): use \"required\", a named function, or \"none\"");
+  }
+  if (request->json_schema != nullptr || request->text_regex != nullptr) {
+    return Invalid("tool_choice",
+                   "a tool call cannot also follow response_format or guided decoding");
+  }
+  const auto index = std::find(names.begin(), names.end(), named) - names.begin();
+  if (mode == "named" && index == static_cast<int64_t>(names.size())) {
+    return Invalid("tool_choice", absl::StrCat("'tool_choice' names ", Quote(Json(named)),
+                                               ", which 'tools' does not list"));
+  }
+  bool parallel = true;
+  HERD_RETURN_IF_ERROR(ReadBool(root, "parallel_tool_calls", "parallel_tool_calls", &parallel));
+  // The parameters schemas with their keys in the order written.
+  const OrderedJson tools = OrderedJson::parse(body.begin(), body.end())["tools"];
+  const auto parameters = [&](size_t i) {
+    const OrderedJson& function = tools[i]["function"];
+    return function.contains("parameters")
+               ? function["parameters"]
+               : OrderedJson{{"type", "object"}, {"properties", OrderedJson::object()}};
+  };
+  OrderedJson schema;
+  if (mode == "named") {
+    schema = parameters(index);
+  } else {
+    OrderedJson calls = OrderedJson::array();
+    for (size_t i = 0; i < names.size(); ++i) {
+      // Each call's arguments sit at /items/anyOf/i/properties/arguments:
+      // their own "$ref"s into the parameters schema move there too.
+      const std::string at = absl::StrCat("#/items/anyOf/", i, "/properties/arguments");
+      OrderedJson arguments = parameters(i);
+      HERD_RETURN_IF_ERROR(RebaseRefs(at, &arguments, 0));
+      calls.push_back({{"type", "object"},
+                       {"properties", {{"name", {{"const", names[i]}}}, {"arguments", arguments}}},
+                       {"required", {"name", "arguments"}},
+                       {"additionalProperties", false}});
+    }
+    schema = {{"type", "array"}, {"items", {{"anyOf", calls}}}, {"minItems", 1}};
+    if (!parallel) schema["maxItems"] = 1;
+  }
+  // vLLM's guided_whitespace_pattern holds for the call too (checked by
+  // ParseGuidedJson).
+  std::optional<std::string> whitespace;
+  if (const Json* pattern = Find(root, "guided_whitespace_pattern"); pattern != nullptr) {
+    whitespace = pattern->get<std::string>();
+  }
+  absl::StatusOr<std::shared_ptr<const JsonSchema>> compiled =
+      JsonSchema::Compile(schema, whitespace);
+  if (!compiled.ok()) {
+    return Invalid("tools", absl::StrCat("a function's parameters: ", compiled.status().message()));
+  }
+  request->json_schema = *std::move(compiled);
+  request->tool_calls = mode == "named" ? ToolCallForm::kNamed : ToolCallForm::kRequired;
+  if (mode == "named") request->tool_name = named;
+  return absl::OkStatus();
+}
+
 // messages[i].content: a string, or text parts joined by newlines (as vLLM
 // does); null for an assistant turn (one that only called tools).
 absl::StatusOr<std::string> ReadContent(const Json& message, size_t i, const std::string& role) {
@@ -725,6 +916,28 @@ absl::StatusOr<std::string> ReadContent(const Json& message, size_t i, const std
   return absl::StrJoin(texts, "\n");
 }
 
+// An assistant turn's tool_calls as the model wrote them: each a
+// <tool_call> block with {"name", "arguments"} after the turn's text.
+absl::Status AppendToolCalls(const Json& calls, size_t i, std::string* content) {
+  const std::string where = absl::StrCat("messages[", i, "].tool_calls");
+  if (!calls.is_array()) return Invalid("messages", absl::StrCat(where, " must be a list"));
+  for (size_t k = 0; k < calls.size(); ++k) {
+    const Json* function = calls[k].is_object() ? Find(calls[k], "function") : nullptr;
+    const Json* name =
+        function != nullptr && function->is_object() ? Find(*function, "name") : nullptr;
+    const Json* arguments =
+        function != nullptr && function->is_object() ? Find(*function, "arguments") : nullptr;
+    if (name == nullptr || !name->is_string() || arguments == nullptr || !arguments->is_string()) {
+      return Invalid("messages", absl::StrCat(where, "[", k,
+                                              "] must be {\"function\": {\"name\": ..., "
+                                              "\"arguments\": \"<JSON text>\"}}"));
+    }
+    absl::StrAppend(content, content->empty() ? "" : "\n", "<tool_call>\n{\"name\": ", name->dump(),
+                    ", \"arguments\": ", arguments->get<std::string>(), "}\n</tool_call>");
+  }
+  return absl::OkStatus();
+}
+
 absl::StatusOr<std::vector<ChatMessage>> ParseMessages(const Json& root) {
   const Json* messages = Find(root, "messages");
   if (messages == nullptr) return Invalid("messages", "'messages' is required");
@@ -749,6 +962,15 @@ absl::StatusOr<std::vector<ChatMessage>> ParseMessages(const Json& root) {
     // OpenAI's newer name for the system role.
     if (chat.role == "developer") chat.role = "system";
     HERD_ASSIGN_OR_RETURN(chat.content, ReadContent(message, i, chat.role));
+    if (chat.role == "tool") {
+      // A function's result, as Qwen's and Hermes' templates show it: a user
+      // turn with the result in <tool_response> tags.
+      chat.role = "user";
+      chat.content = absl::StrCat("<tool_response>\n", chat.content, "\n</tool_response>");
+    } else if (const Json* calls = Find(message, "tool_calls");
+               calls != nullptr && chat.role == "assistant") {
+      HERD_RETURN_IF_ERROR(AppendToolCalls(*calls, i, &chat.content));
+    }
     out.push_back(std::move(chat));
   }
   return out;
@@ -843,8 +1065,19 @@ ApiModel MakeApiModel(std::string name, int64_t vocab_size, int64_t max_context_
 
 // `messages` rendered with the model's chat template and tokenized, as the
 // model sees a chat (the model must have a tokenizer and a chat template).
-absl::StatusOr<std::vector<int32_t>> EncodeMessages(const Json& root, const ApiModel& model) {
-  HERD_ASSIGN_OR_RETURN(const std::vector<ChatMessage> messages, ParseMessages(root));
+absl::StatusOr<std::vector<int32_t>> EncodeMessages(const Json& root, absl::string_view body,
+                                                    const ApiModel& model) {
+  HERD_ASSIGN_OR_RETURN(std::vector<ChatMessage> messages, ParseMessages(root));
+  if (ToolsOffered(root)) {
+    // The tools close the system message (one is added if none leads).
+    HERD_RETURN_IF_ERROR(ToolNames(root).status());
+    const std::string tools = ToolsSystemText(body);
+    if (messages.front().role == "system") {
+      absl::StrAppend(&messages.front().content, "\n\n", tools);
+    } else {
+      messages.insert(messages.begin(), ChatMessage{"system", tools});
+    }
+  }
   const Tokenizer& tokenizer = *model.tokenizer;
   ChatTemplateOptions options;
   options.bos_token = SpecialTokenText(tokenizer, tokenizer.bos_id());
@@ -904,8 +1137,9 @@ absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
   ApiRequest request;
   request.endpoint = ApiEndpoint::kChatCompletions;
   HERD_RETURN_IF_ERROR(ParseCommon(root, body, model, &request));
+  HERD_RETURN_IF_ERROR(ParseTools(root, body, &request));
   HERD_RETURN_IF_ERROR(ParseChoiceCount(root, 1, &request));
-  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, EncodeMessages(root, model));
+  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, EncodeMessages(root, body, model));
   const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());
 
   // max_completion_tokens replaced max_tokens in OpenAI's chat API; either
@@ -1190,6 +1424,55 @@ OrderedJson LogprobsJson(ApiEndpoint endpoint, const std::vector<OutputLogprob>&
   return out;
 }
 
+// A stopped tool-call choice's calls, from its whole text: the named
+// function's arguments, or the list of {"name", "arguments"}; ids unique
+// within the response. Null if the text is not that (never, when the
+// recognizer wrote it).
+OrderedJson ToolCallsJson(const ResponseMeta& meta, const OutputAccumulator& output) {
+  const OrderedJson parsed = OrderedJson::parse(output.text(), nullptr, /*allow_exceptions=*/false);
+  if (parsed.is_discarded()) return nullptr;
+  std::vector<std::pair<std::string, OrderedJson>> calls;
+  if (meta.tool_calls == ToolCallForm::kNamed) {
+    calls.emplace_back(meta.tool_name, parsed);
+  } else {
+    if (!parsed.is_array()) return nullptr;
+    for (const OrderedJson& call : parsed) {
+      if (!call.is_object() || !call.contains("name") || !call["name"].is_string() ||
+          !call.contains("arguments")) {
+        return nullptr;
+      }
+      calls.emplace_back(call["name"].get<std::string>(), call["arguments"]);
+    }
+  }
+  OrderedJson json = OrderedJson::array();
+  for (size_t k = 0; k < calls.size(); ++k) {
+    OrderedJson call;
+    call["id"] =
+        absl::StrCat("call_", meta.id.substr(meta.id.find('-') + 1), "_", output.index(), "_", k);
+    call["type"] = "function";
+    call["function"] = {{"name", calls[k].first}, {"arguments", calls[k].second.dump()}};
+    json.push_back(std::move(call));
+  }
+  return json;
+}
+
+// A tool-call choice's message: its calls if it stopped (finish_reason
+// "tool_calls"), else its raw text as content. Sets *finish_reason.
+OrderedJson ToolCallMessage(const ResponseMeta& meta, const OutputAccumulator& output,
+                            std::string* finish_reason) {
+  OrderedJson message = {{"role", "assistant"}};
+  *finish_reason = output.finish_reason();
+  OrderedJson calls = output.finish_reason() == "stop" ? ToolCallsJson(meta, output) : nullptr;
+  if (calls.is_null()) {
+    message["content"] = output.text();
+  } else {
+    message["content"] = nullptr;
+    message["tool_calls"] = std::move(calls);
+    *finish_reason = "tool_calls";
+  }
+  return message;
+}
+
 std::string FormatResponse(const ResponseMeta& meta,
                            absl::Span<const OutputAccumulator* const> choices) {
   OrderedJson object = ObjectHead(meta, /*chunk=*/false);
@@ -1197,7 +1480,10 @@ std::string FormatResponse(const ResponseMeta& meta,
   for (const OutputAccumulator* output : choices) {
     OrderedJson choice;
     choice["index"] = output->index();
-    if (meta.endpoint == ApiEndpoint::kChatCompletions) {
+    std::string finish_reason = output->finish_reason();
+    if (meta.tool_calls != ToolCallForm::kNone) {
+      choice["message"] = ToolCallMessage(meta, *output, &finish_reason);
+    } else if (meta.endpoint == ApiEndpoint::kChatCompletions) {
       choice["message"] = {{"role", "assistant"}, {"content", output->text()}};
     } else {
       choice["text"] = output->text();
@@ -1205,7 +1491,7 @@ std::string FormatResponse(const ResponseMeta& meta,
     choice["token_ids"] = output->token_ids();
     choice["logprobs"] =
         output->wants_logprobs() ? LogprobsJson(meta.endpoint, output->logprobs()) : nullptr;
-    choice["finish_reason"] = FinishReasonJson(output->finish_reason());
+    choice["finish_reason"] = FinishReasonJson(finish_reason);
     object["choices"].push_back(std::move(choice));
   }
   object["usage"] = UsageJson(choices);
@@ -1224,11 +1510,23 @@ std::string FormatStreamStart(const ResponseMeta& meta, int64_t index) {
   return SseEvent(object);
 }
 
-std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta) {
+std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta,
+                              const OutputAccumulator& output) {
   OrderedJson object = ObjectHead(meta, /*chunk=*/true);
   OrderedJson choice;
   choice["index"] = delta.index;
-  if (meta.endpoint == ApiEndpoint::kChatCompletions) {
+  std::string finish_reason = delta.finish_reason;
+  if (meta.tool_calls != ToolCallForm::kNone) {
+    // The calls come whole with the last delta (the text before is not
+    // content).
+    choice["delta"] = OrderedJson::object();
+    if (!delta.finish_reason.empty()) {
+      OrderedJson message = ToolCallMessage(meta, output, &finish_reason);
+      message.erase("role");
+      if (message["content"].is_null()) message.erase("content");
+      choice["delta"] = std::move(message);
+    }
+  } else if (meta.endpoint == ApiEndpoint::kChatCompletions) {
     choice["delta"] = OrderedJson::object();
     if (!delta.text.empty()) choice["delta"]["content"] = delta.text;
   } else {
@@ -1237,7 +1535,7 @@ std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta
   choice["token_ids"] = delta.token_ids;
   choice["logprobs"] =
       delta.logprobs.empty() ? OrderedJson(nullptr) : LogprobsJson(meta.endpoint, delta.logprobs);
-  choice["finish_reason"] = FinishReasonJson(delta.finish_reason);
+  choice["finish_reason"] = FinishReasonJson(finish_reason);
   object["choices"] = OrderedJson::array({std::move(choice)});
   if (meta.include_usage) object["usage"] = nullptr;
   return SseEvent(object);
@@ -1271,7 +1569,7 @@ absl::StatusOr<std::string> Tokenize(absl::string_view body, const ApiModel& mod
   if (Find(root, "messages") != nullptr) {
     if (prompt != nullptr) return Invalid("prompt", "send 'prompt' or 'messages', not both");
     if (!model.chat_template.ok()) return model.chat_template.status();
-    HERD_ASSIGN_OR_RETURN(ids, EncodeMessages(root, model));
+    HERD_ASSIGN_OR_RETURN(ids, EncodeMessages(root, body, model));
   } else {
     if (prompt == nullptr || !prompt->is_string()) {
       return Invalid("prompt", "'prompt' (a string) or 'messages' is required");

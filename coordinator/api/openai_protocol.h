@@ -57,8 +57,14 @@ enum class ApiEndpoint { kCompletions, kChatCompletions };
 
 // Most choices one request may ask for: prompts x n (OpenAI's limit on n).
 inline constexpr int64_t kMaxChoices = 128;
+// The most functions one request's tools may list.
+inline constexpr size_t kMaxTools = 128;
 // The most strings one guided_choice may list.
 inline constexpr size_t kMaxGuidedChoices = 256;
+
+// How a chat's output is a tool call (tool_choice): not (none), the named
+// function's arguments (a named function), or a list of calls ("required").
+enum class ToolCallForm { kNone, kNamed, kRequired };
 
 // A validated request, ready for Executor::Enqueue.
 struct ApiRequest {
@@ -90,6 +96,10 @@ struct ApiRequest {
   // RegexConstraint); the key names it among the server's mask caches.
   std::shared_ptr<const Regex> text_regex;
   std::string text_regex_key;
+  // Chat tool calls: the output is constrained to the call(s) (json_schema
+  // holds their schema) and returned as message.tool_calls.
+  ToolCallForm tool_calls = ToolCallForm::kNone;
+  std::string tool_name;  // kNamed: the function
   // Text stop sequences (tokenizer only). The output ends before the first
   // occurrence (which is not part of the returned text); the token ids run up
   // to and including the token that completed it.
@@ -136,12 +146,18 @@ struct ApiRequest {
 absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const ApiModel& model);
 
 // Parses the body of POST /v1/chat/completions: messages [{role, content}]
-// (role system, developer (as system), user or assistant; content a string
-// or a list of {"type": "text", "text": ...} parts), rendered with the
-// model's chat template and tokenized; max_completion_tokens or max_tokens
-// (default: the rest of the context); n and the sampling, stop and stream
-// fields of ParseCompletionRequest; logprobs (true or false) with top_logprobs
-// (0..kMaxTopLogprobs, needs logprobs true); no tools.
+// (role system, developer (as system), user, assistant (with tool_calls) or
+// tool (with tool_call_id); content a string or a list of {"type": "text",
+// "text": ...} parts), rendered with the model's chat template and
+// tokenized; max_completion_tokens or max_tokens (default: the rest of the
+// context); n and the sampling, stop and stream fields of
+// ParseCompletionRequest; logprobs (true or false) with top_logprobs
+// (0..kMaxTopLogprobs, needs logprobs true); tools (functions with a JSON
+// schema of their parameters, described to the model in the system message
+// as Qwen's and Hermes' templates do) with tool_choice "none", "required"
+// or a named function (the output is constrained to the call; "auto" needs
+// a model-specific tool-call parser and is refused, as vLLM does without
+// one), parallel_tool_calls.
 //
 // Errors: those of ParseCompletionRequest, and FailedPrecondition when the
 // model has no tokenizer or chat template.
@@ -305,6 +321,10 @@ struct ResponseMeta {
   int64_t created = 0;  // Unix seconds
   std::string model;    // the served model's name
   bool include_usage = false;
+  // Chat tool calls: a choice that stops is returned as message.tool_calls
+  // (finish_reason "tool_calls"), one cut by max_tokens as its raw text.
+  ToolCallForm tool_calls = ToolCallForm::kNone;
+  std::string tool_name;  // kNamed: the function
 };
 
 // The non-streaming response: a "text_completion" object (choices[i].text)
@@ -323,7 +343,10 @@ std::string FormatResponse(const ResponseMeta& meta,
 //   then "data: [DONE]\n\n".
 // With include_usage every chunk before the usage chunk has "usage": null.
 std::string FormatStreamStart(const ResponseMeta& meta, int64_t index);
-std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta);
+// `output` is the delta's choice (with tool calls, the last delta carries
+// them, built from its whole text; the deltas before carry no content).
+std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta,
+                              const OutputAccumulator& output);
 std::string FormatStreamEnd(const ResponseMeta& meta,
                             absl::Span<const OutputAccumulator* const> choices);
 // An error after the stream began: "data: {"error": ...}\n\n" then "data: [DONE]\n\n".

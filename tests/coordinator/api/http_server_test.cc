@@ -641,6 +641,98 @@ TEST_F(HttpServerTest, GuidedChoiceAndRegexOutputsMatch) {
   EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
 }
 
+// Tool calls: with a named function or "required" (one call: no parallel
+// calls), every choice comes back as message.tool_calls whose arguments
+// parse and follow the function's parameters, finish_reason "tool_calls";
+// streamed, the calls come whole in the last chunk and no content before.
+TEST_F(HttpServerTest, ToolCallsFollowTheFunctionsParameters) {
+  StartTextServer();
+  const auto tools = nlohmann::ordered_json::parse(R"([
+      {"type": "function", "function": {"name": "get_weather", "parameters": {"type": "object",
+       "properties": {"city": {"type": "string", "maxLength": 5}, "unit": {"enum": ["C", "F"]}},
+       "required": ["city", "unit"], "additionalProperties": false}}},
+      {"type": "function", "function": {"name": "ping", "parameters": {"type": "object",
+       "properties": {}, "additionalProperties": false}}}])");
+  const nlohmann::ordered_json no_whitespace = {
+      {"32", -100}, {"10", -100}, {"9", -100}, {"13", -100}};
+  const auto check_call = [](const Json& call) {
+    SCOPED_TRACE(call.dump());
+    EXPECT_EQ(call["type"], "function");
+    EXPECT_THAT(call["id"].get<std::string>(), ::testing::StartsWith("call_"));
+    const std::string name = call["function"]["name"];
+    const Json arguments = Json::parse(call["function"]["arguments"].get<std::string>());
+    if (name == "ping") {
+      EXPECT_EQ(arguments, Json::object());
+      return;
+    }
+    ASSERT_EQ(name, "get_weather");
+    EXPECT_LE(Utf8Length(arguments["city"].get<std::string>()), 5);
+    EXPECT_THAT(arguments["unit"].get<std::string>(), ::testing::AnyOf("C", "F"));
+  };
+  const nlohmann::ordered_json messages = {{{"role", "user"}, {"content", "Weather in Oslo?"}}};
+  for (const nlohmann::ordered_json& choice :
+       {nlohmann::ordered_json("required"),
+        nlohmann::ordered_json{{"type", "function"}, {"function", {{"name", "get_weather"}}}}}) {
+    SCOPED_TRACE(choice.dump());
+    nlohmann::ordered_json request = {{"messages", messages},
+                                      {"tools", tools},
+                                      {"tool_choice", choice},
+                                      {"parallel_tool_calls", false},
+                                      {"n", 4},
+                                      {"max_tokens", 96},
+                                      {"seed", 7},
+                                      {"logit_bias", no_whitespace}};
+    auto res = PostOrdered("/v1/chat/completions", request);
+    ASSERT_TRUE(res);
+    ASSERT_EQ(res->status, 200) << res->body;
+    const Json body = Json::parse(res->body);
+    ASSERT_EQ(body["choices"].size(), 4u) << res->body;
+    for (const Json& c : body["choices"]) {
+      EXPECT_EQ(c["finish_reason"], "tool_calls") << c;
+      EXPECT_TRUE(c["message"]["content"].is_null()) << c;
+      ASSERT_EQ(c["message"]["tool_calls"].size(), 1u) << c;
+      check_call(c["message"]["tool_calls"][0]);
+      if (choice.is_object()) {
+        EXPECT_EQ(c["message"]["tool_calls"][0]["function"]["name"], "get_weather");
+      }
+    }
+    request["stream"] = true;
+    request["n"] = 1;
+    auto streamed = PostOrdered("/v1/chat/completions", request);
+    ASSERT_TRUE(streamed);
+    const Events events = ParseEvents(streamed->body);
+    ASSERT_TRUE(events.done) << streamed->body;
+    Json calls;
+    Json finish_reason;
+    for (const Json& chunk : events.chunks) {
+      for (const Json& c : chunk["choices"]) {
+        EXPECT_FALSE(c["delta"].contains("content") &&
+                     !c["delta"]["content"].get<std::string>().empty())
+            << "content streamed beside a tool call: " << chunk;
+        if (c["delta"].contains("tool_calls")) calls = c["delta"]["tool_calls"];
+        if (!c["finish_reason"].is_null()) finish_reason = c["finish_reason"];
+      }
+    }
+    EXPECT_EQ(finish_reason, "tool_calls");
+    ASSERT_EQ(calls.size(), 1u) << streamed->body;
+    check_call(calls[0]);
+  }
+  // Cut by max_tokens, a call comes back as its raw text.
+  auto cut = PostOrdered(
+      "/v1/chat/completions",
+      {{"messages", messages}, {"tools", tools}, {"tool_choice", "required"}, {"max_tokens", 2}});
+  ASSERT_TRUE(cut);
+  ASSERT_EQ(cut->status, 200) << cut->body;
+  const Json cut_choice = Json::parse(cut->body)["choices"][0];
+  EXPECT_EQ(cut_choice["finish_reason"], "length");
+  EXPECT_FALSE(cut_choice["message"].contains("tool_calls"));
+  EXPECT_EQ(cut_choice["message"]["content"].get<std::string>().substr(0, 1), "[");
+  ExpectError(Post("/v1/chat/completions",
+                   {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"tools", tools}}),
+              400, "invalid_request_error", "tool_choice \"auto\" is not supported", "tool_choice");
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+}
+
 // /tokenize and /detokenize answer with the served tokenizer's ids and text,
 // behind the API key like /v1.
 TEST_F(HttpServerTest, TokenizerRoutes) {

@@ -14,6 +14,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "coordinator/api/json_prefix.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "nlohmann/json.hpp"
@@ -726,7 +727,10 @@ TEST_F(TextModelTest, ChatRejectsBadMessages) {
        "messages[0].content[0] has type \"image_url\"; only \"text\" parts are supported"},
       {R"({"messages": [{"role": "user", "content": [{"type": "text"}]}]})",
        "messages[0].content[0].text must be a string"},
-      {R"({"messages": [{"role": "tool", "content": "x"}]})", "has role 'tool'"},
+      {R"({"messages": [{"role": "robot", "content": "x"}]})", "has role 'robot'"},
+      {R"({"messages": [{"role": "user", "content": "x"},
+                        {"role": "assistant", "tool_calls": [{"function": {"name": "f"}}]}]})",
+       "tool_calls[0] must be"},
       {R"({"messages": [{"role": "assistant", "content": "x"}]})", "user first"},
   };
   for (const auto& [body, message] : cases) {
@@ -756,8 +760,10 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
               absl::StatusCode::kInvalidArgument, "max_completion_tokens", "must be >= 1");
 
   const std::pair<std::string, std::string> rejected[] = {
-      {R"("tools": [{"type": "function"}])", "tools"},
-      {R"("tool_choice": "auto")", "tool_choice"},
+      {R"("functions": [{"name": "f"}])", "functions"},
+      {R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tool_choice"},
+      {R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto")",
+       "tool_choice"},
   };
   for (const auto& [fields, param] : rejected) {
     SCOPED_TRACE(fields);
@@ -779,6 +785,104 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
   EXPECT_THAT(neutral->stop_strings, ElementsAre("\n\n"));
   EXPECT_EQ(neutral->generation.sampling.seed, 3u);
   EXPECT_EQ(neutral->generation.sampling.top_logprobs, -1);
+}
+
+// Tools: tool_choice "required" or a named function constrains the output
+// to the call(s) (their parameters' $refs moved with them); the tools and
+// earlier calls and results are in the prompt; what cannot be honoured is a
+// 400 naming the field.
+TEST_F(TextModelTest, ToolCalls) {
+  const std::string base = R"("messages": [{"role": "user", "content": "Weather?"}],
+      "tools": [{"type": "function", "function": {"name": "get_weather",
+                 "description": "The weather in a city",
+                 "parameters": {"type": "object", "properties": {"city": {"type": "string"},
+                                "unit": {"enum": ["C", "F"]}}, "required": ["city", "unit"],
+                                "additionalProperties": false}}},
+                {"type": "function", "function": {"name": "pick", "parameters": {
+                 "$defs": {"Color": {"enum": ["red", "blue"]}}, "type": "object",
+                 "properties": {"color": {"$ref": "#/$defs/Color"}}, "required": ["color"],
+                 "additionalProperties": false}}}])";
+  // Room for the tools in the prompt.
+  const ApiModel model = MakeApiModel("llama", kTextVocab, 4096, tokenizer_, kMistralTemplate);
+  const auto parse = [&](const std::string& more) {
+    return ParseChatCompletionRequest(absl::StrCat("{", base, more, "}"), model);
+  };
+  const auto verdict = [](const JsonSchema& schema, const std::string& text) {
+    JsonPrefix prefix(&schema);
+    return prefix.Push(text) && prefix.complete();
+  };
+  auto named = parse(R"(, "tool_choice": {"type": "function", "function": {"name": "pick"}})");
+  ASSERT_TRUE(named.ok()) << named.status();
+  EXPECT_EQ(named->tool_calls, ToolCallForm::kNamed);
+  EXPECT_EQ(named->tool_name, "pick");
+  EXPECT_TRUE(verdict(*named->json_schema, R"({"color":"red"})"));
+  EXPECT_FALSE(verdict(*named->json_schema, R"({"color":"green"})"));
+  auto required = parse(R"(, "tool_choice": "required")");
+  ASSERT_TRUE(required.ok()) << required.status();
+  EXPECT_EQ(required->tool_calls, ToolCallForm::kRequired);
+  EXPECT_TRUE(verdict(*required->json_schema,
+                      R"([{"name":"get_weather","arguments":{"city":"Oslo","unit":"C"}},)"
+                      R"({"name":"pick","arguments":{"color":"blue"}}])"));
+  EXPECT_FALSE(verdict(*required->json_schema, R"([])"));
+  EXPECT_FALSE(verdict(*required->json_schema, R"([{"name":"pick","arguments":{"city":"x"}}])"));
+  auto single = parse(R"(, "tool_choice": "required", "parallel_tool_calls": false)");
+  ASSERT_TRUE(single.ok()) << single.status();
+  EXPECT_FALSE(verdict(*single->json_schema, R"([{"name":"pick","arguments":{"color":"red"}},)"
+                                             R"({"name":"pick","arguments":{"color":"red"}}])"));
+  EXPECT_TRUE(verdict(*single->json_schema, R"([{"name":"pick","arguments":{"color":"red"}}])"));
+  // "none": the tools are neither offered nor called.
+  auto none = parse(R"(, "tool_choice": "none")");
+  ASSERT_TRUE(none.ok()) << none.status();
+  EXPECT_EQ(none->tool_calls, ToolCallForm::kNone);
+  EXPECT_EQ(none->json_schema, nullptr);
+
+  // The prompt: the tools in the system message; an earlier call and its
+  // result as the model wrote and read them.
+  auto tokens = Tokenize(absl::StrCat(R"({"messages": [{"role": "user", "content": "Weather?"},
+      {"role": "assistant", "content": null, "tool_calls": [{"id": "call_1", "type": "function",
+       "function": {"name": "get_weather", "arguments": "{\"city\": \"Oslo\"}"}}]},
+      {"role": "tool", "tool_call_id": "call_1", "content": "-3 C"}], )",
+                                      base.substr(base.find("\"tools\"")), "}"),
+                         model);
+  ASSERT_TRUE(tokens.ok()) << tokens.status();
+  const std::vector<int32_t> ids = Json::parse(*tokens)["tokens"];
+  const std::string prompt = *tokenizer_->Decode(ids);
+  EXPECT_THAT(prompt, HasSubstr("<tools>\n{\"type\":\"function\",\"function\":{\"name\":"
+                                "\"get_weather\",\"description\":\"The weather in a city\""));
+  EXPECT_THAT(prompt, HasSubstr("<tool_call>\n{\"name\": \"get_weather\", \"arguments\": "
+                                "{\"city\": \"Oslo\"}}\n</tool_call>"));
+  EXPECT_THAT(prompt, HasSubstr("<tool_response>\n-3 C\n</tool_response>"));
+
+  const std::pair<std::string, std::string> errors[] = {
+      {R"(, "tool_choice": {"type": "function", "function": {"name": "nope"}})",
+       "which 'tools' does not list"},
+      {R"(, "tool_choice": "sometimes")", "'tool_choice' must be"},
+      {R"(, "tool_choice": "required", "response_format": {"type": "json_object"})",
+       "cannot also follow response_format"},
+  };
+  for (const auto& [more, message] : errors) {
+    ExpectError(parse(more), absl::StatusCode::kInvalidArgument, "tool_choice", message);
+  }
+  const std::string user = R"("messages": [{"role": "user", "content": "x"}])";
+  const std::pair<std::string, std::string> bad_tools[] = {
+      {R"("tools": {})", "must be a list"},
+      {R"("tools": [{"type": "function", "function": {"name": "a b"}}])", "1 to 64 letters"},
+      {R"("tools": [{"type": "function", "function": {"name": "f"}},
+                    {"type": "function", "function": {"name": "f"}}])",
+       "repeats the name"},
+      {R"("tools": [{"type": "function", "function": {"name": "f", "parameters": 3}}])",
+       "must be a JSON schema"},
+      {R"("tools": [{"type": "function", "function": {"name": "f", "parameters":
+                     {"type": "string", "pattern": "(a)\\1"}}}], "tool_choice": "required")",
+       "backreference"},
+  };
+  for (const auto& [fields, message] : bad_tools) {
+    ExpectError(ParseChatCompletionRequest(absl::StrCat("{", user, ", ", fields, "}"), model),
+                absl::StatusCode::kInvalidArgument, "tools", message);
+  }
+  ExpectError(
+      ParseChatCompletionRequest(absl::StrCat("{", user, R"(, "tool_choice": "required"})"), model),
+      absl::StatusCode::kInvalidArgument, "tool_choice", "'tools' lists none");
 }
 
 // Chat's logprobs: true (with top_logprobs: N, 0 when absent).
@@ -1101,7 +1205,8 @@ TEST(FormatTest, SeveralChoices) {
     auto delta = outputs.back()->Add(response);
     ASSERT_TRUE(delta.ok()) << delta.status();
     EXPECT_EQ(delta->index, i);
-    EXPECT_EQ(EventJson(FormatStreamDelta(meta, *delta))["choices"][0]["index"], i);
+    EXPECT_EQ(EventJson(FormatStreamDelta(meta, *delta, *outputs.back()))["choices"][0]["index"],
+              i);
     EXPECT_EQ(outputs.back()->first_of_prompt(), i % 2 == 0);
   }
   const Json json = Json::parse(FormatResponse(meta, choices));
@@ -1125,10 +1230,11 @@ TEST(FormatTest, SeveralChoices) {
 
 TEST(FormatTest, CompletionStreamFraming) {
   const ResponseMeta meta = Meta(ApiEndpoint::kCompletions);
+  const OutputAccumulator choice(IdRequest(2), 0, IdModel());  // the delta's
   OutputDelta delta;
   delta.token_ids = {3, 4};
   delta.text = "ab";
-  const Json chunk = EventJson(FormatStreamDelta(meta, delta));
+  const Json chunk = EventJson(FormatStreamDelta(meta, delta, choice));
   EXPECT_EQ(chunk["object"], "text_completion");
   EXPECT_EQ(chunk["id"], "cmpl-1");
   EXPECT_EQ(chunk["choices"][0]["text"], "ab");
@@ -1136,7 +1242,8 @@ TEST(FormatTest, CompletionStreamFraming) {
   EXPECT_TRUE(chunk["choices"][0]["finish_reason"].is_null());
   EXPECT_FALSE(chunk.contains("usage"));
   delta.finish_reason = "length";
-  EXPECT_EQ(EventJson(FormatStreamDelta(meta, delta))["choices"][0]["finish_reason"], "length");
+  EXPECT_EQ(EventJson(FormatStreamDelta(meta, delta, choice))["choices"][0]["finish_reason"],
+            "length");
 
   OutputAccumulator output(IdRequest(2), 0, IdModel());
   ASSERT_TRUE(output.Add(Response({1, 2, 3}, true)).ok());
@@ -1145,9 +1252,10 @@ TEST(FormatTest, CompletionStreamFraming) {
 
 TEST(FormatTest, StreamUsageChunk) {
   const ResponseMeta meta = Meta(ApiEndpoint::kCompletions, /*include_usage=*/true);
+  const OutputAccumulator choice(IdRequest(2), 0, IdModel());  // the delta's
   OutputDelta delta;
   delta.token_ids = {3};
-  EXPECT_TRUE(EventJson(FormatStreamDelta(meta, delta))["usage"].is_null());
+  EXPECT_TRUE(EventJson(FormatStreamDelta(meta, delta, choice))["usage"].is_null());
   OutputAccumulator output(IdRequest(2), 0, IdModel());
   ASSERT_TRUE(output.Add(Response({1, 2, 3}, true)).ok());
   const std::string end = FormatStreamEnd(meta, {&output});
@@ -1163,6 +1271,7 @@ TEST(FormatTest, StreamUsageChunk) {
 
 TEST(FormatTest, ChatStreamFraming) {
   const ResponseMeta meta = Meta(ApiEndpoint::kChatCompletions);
+  const OutputAccumulator choice(IdRequest(2), 0, IdModel());  // the delta's
   const Json start = EventJson(FormatStreamStart(meta, 0));
   EXPECT_EQ(start["object"], "chat.completion.chunk");
   EXPECT_EQ(start["choices"][0]["delta"], Json({{"role", "assistant"}, {"content", ""}}));
@@ -1170,12 +1279,12 @@ TEST(FormatTest, ChatStreamFraming) {
   OutputDelta delta;
   delta.token_ids = {5};
   delta.text = "Hi";
-  EXPECT_EQ(EventJson(FormatStreamDelta(meta, delta))["choices"][0]["delta"],
+  EXPECT_EQ(EventJson(FormatStreamDelta(meta, delta, choice))["choices"][0]["delta"],
             Json({{"content", "Hi"}}));
   // Held-back text: a chunk with ids but no content has an empty delta.
   delta.text.clear();
   delta.finish_reason = "stop";
-  const Json last = EventJson(FormatStreamDelta(meta, delta));
+  const Json last = EventJson(FormatStreamDelta(meta, delta, choice));
   EXPECT_EQ(last["choices"][0]["delta"], Json::object());
   EXPECT_EQ(last["choices"][0]["finish_reason"], "stop");
 }
@@ -1200,7 +1309,8 @@ TEST_F(TextModelTest, LogprobsInResponsesAndStreamChunks) {
   OutputAccumulator completion(request, 0, TextModel());
   auto delta = completion.Add(first);
   ASSERT_TRUE(delta.ok());
-  const Json chunk = EventJson(FormatStreamDelta(Meta(ApiEndpoint::kCompletions), *delta));
+  const Json chunk =
+      EventJson(FormatStreamDelta(Meta(ApiEndpoint::kCompletions), *delta, completion));
   EXPECT_EQ(chunk["choices"][0]["logprobs"]["tokens"], Json({" Hello"}));
   ASSERT_TRUE(completion.Add(last).ok());
   const Json json = Json::parse(FormatResponse(Meta(ApiEndpoint::kCompletions), {&completion}));

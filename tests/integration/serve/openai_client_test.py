@@ -47,7 +47,7 @@ def write_model(directory, seed):
         config = json.load(f)
     vocab = vocab_size(tokenizer)
     config["vocab_size"] = vocab
-    config["max_position_embeddings"] = 512
+    config["max_position_embeddings"] = 1024  # room for tool descriptions
     hidden = config["hidden_size"]
     ffn = config["intermediate_size"]
     head_dim = config["head_dim"]
@@ -346,6 +346,43 @@ def check_structured_outputs(client, openai, messages):
         text = done.choices[0].text
         h.check(done.choices[0].finish_reason == "stop", f"guided_json: {text!r}")
         Pet.model_validate_json(text)
+    # Tool calls: a named function through parse() with a pydantic model
+    # (the client reads parsed_arguments back), and "required" with one call.
+    # Compact JSON (vLLM's guided_whitespace_pattern "") keeps them short.
+    class GetWeather(pydantic.BaseModel):
+        city: str = pydantic.Field(max_length=8)
+        unit: Literal["C", "F"]
+
+    compact = {"guided_whitespace_pattern": ""}
+    called = client.chat.completions.parse(
+        model="tiny-mixtral", messages=messages, max_tokens=64, seed=5, extra_body=compact,
+        tools=[openai.pydantic_function_tool(GetWeather)],
+        tool_choice={"type": "function", "function": {"name": "GetWeather"}})
+    call = called.choices[0].message.tool_calls[0]
+    h.check(called.choices[0].finish_reason == "tool_calls" and
+            isinstance(call.function.parsed_arguments, GetWeather),
+            f"named tool call: {called.choices[0]!r}")
+    tools = [{"type": "function", "function": {
+        "name": "get_time", "parameters": {"type": "object", "properties": {
+            "zone": {"enum": ["UTC", "CET"]}}, "required": ["zone"],
+            "additionalProperties": False}}}, openai.pydantic_function_tool(GetWeather)]
+    required = client.chat.completions.create(
+        model="tiny-mixtral", messages=messages, max_tokens=64, seed=6, extra_body=compact,
+        tools=tools, tool_choice="required", parallel_tool_calls=False)
+    calls = required.choices[0].message.tool_calls
+    h.check(required.choices[0].finish_reason == "tool_calls" and len(calls) == 1 and
+            calls[0].function.name in ("get_time", "GetWeather") and
+            isinstance(json.loads(calls[0].function.arguments), dict),
+            f"required tool call: {required.choices[0]!r}")
+    h.log(f"tool calls: {call.function.arguments} / {calls[0].function.name} "
+          f"{calls[0].function.arguments}")
+    try:
+        client.chat.completions.create(model="tiny-mixtral", messages=messages, max_tokens=4,
+                                       tools=tools)
+        raise h.TestFailure("tools with tool_choice auto were accepted")
+    except openai.BadRequestError as e:
+        h.check("tool_choice" in str(e), f"the 400 does not name tool_choice: {e}")
+
     # vLLM's guided_choice and guided_regex, through extra_body.
     options = ["positive", "negative", "neutral"]
     voted = client.chat.completions.create(model="tiny-mixtral", messages=messages, max_tokens=8,
