@@ -465,6 +465,7 @@ void HttpServer::HandleGeneration(const httplib::Request& req, httplib::Response
   meta.include_usage = request->include_usage;
   meta.tool_calls = request->tool_calls;
   meta.tool_name = request->tool_name;
+  meta.tool_names = request->tool_names;
 
   auto generation = std::make_shared<Generation>(executor_, &num_generations_, std::move(meta));
   for (int64_t index = 0; index < request->num_choices(); ++index) {

@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cctype>
 #include <cmath>
+#include <cstring>
 #include <initializer_list>
 #include <limits>
 #include <optional>
@@ -13,6 +14,7 @@
 #include "absl/strings/numbers.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_join.h"
+#include "absl/strings/strip.h"
 #include "core/status.h"
 #include "nlohmann/json.hpp"
 
@@ -792,8 +794,8 @@ absl::Status RebaseRefs(const std::string& at, OrderedJson* schema, int depth) {
 // `tools` and `tool_choice` of a chat: with "required" or a named function
 // the output is constrained to the call(s): the function's parameters
 // schema, or a list of {"name", "arguments"} objects, one per call (at most
-// one without parallel_tool_calls). "auto" is refused: telling a call from
-// text needs a model-specific parser.
+// one without parallel_tool_calls). With "auto" (the default with tools) the
+// output is free: calls are read from its <tool_call> blocks.
 absl::Status ParseTools(const Json& root, absl::string_view body, ApiRequest* request) {
   HERD_ASSIGN_OR_RETURN(const std::vector<std::string> names, ToolNames(root));
   const Json* choice = Find(root, "tool_choice");
@@ -819,9 +821,10 @@ absl::Status ParseTools(const Json& root, absl::string_view body, ApiRequest* re
     return Invalid("tool_choice", "'tool_choice' asks for a tool call but 'tools' lists none");
   }
   if (mode == "auto") {
-    return Invalid("tool_choice",
-                   "tool_choice \"auto\" is not supported (telling a tool call from text needs a "
-                   "model-specific parser): use \"required\", a named function, or \"none\"");
+    // The model decides, writing calls as <tool_call> blocks after its text.
+    request->tool_calls = ToolCallForm::kAuto;
+    request->tool_names = names;
+    return absl::OkStatus();
   }
   if (request->json_schema != nullptr || request->text_regex != nullptr) {
     return Invalid("tool_choice",
@@ -1239,7 +1242,8 @@ OutputAccumulator::OutputAccumulator(const ApiRequest& request, int64_t index,
       first_of_prompt_(index % request.n == 0),
       stop_strings_(request.stop_strings),
       prompt_tokens_(static_cast<int64_t>(request.prompt_ids(index / request.n).size())),
-      wants_logprobs_(request.generation.sampling.top_logprobs >= 0) {
+      wants_logprobs_(request.generation.sampling.top_logprobs >= 0),
+      tool_marker_(request.tool_calls == ToolCallForm::kAuto ? kToolCallOpen : "") {
   if (request.echo) echo_ids_ = request.prompt_ids(index / request.n);
   if (tokenizer_ != nullptr) {
     DecodeOptions options;
@@ -1342,6 +1346,18 @@ void OutputAccumulator::Echo(const GenerationResponse& response, OutputDelta* de
 }
 
 bool OutputAccumulator::AppendText(absl::string_view piece, bool final, OutputDelta* delta) {
+  if (!tool_text_.empty()) {
+    // Past an "auto" reply's first call: the calls' text (a stop string
+    // still ends it).
+    const size_t from = tool_text_.size();
+    tool_text_.append(piece.data(), piece.size());
+    size_t match = std::string::npos;
+    for (const std::string& stop : stop_strings_) {
+      match = std::min(match, tool_text_.find(stop, from >= stop.size() ? from - stop.size() : 0));
+    }
+    if (match != std::string::npos) tool_text_.resize(match);
+    return match != std::string::npos;
+  }
   held_.append(piece.data(), piece.size());
   // NOTE: returned text never holds a stop string nor ends with the start of
   // one, so a match can only begin inside held_.
@@ -1351,8 +1367,24 @@ bool OutputAccumulator::AppendText(absl::string_view piece, bool final, OutputDe
     held_.resize(match);
     final = true;
   }
+  if (!tool_marker_.empty()) {
+    // The first call ends the text; what follows is the calls'.
+    if (const size_t marker = held_.find(tool_marker_); marker != std::string::npos) {
+      tool_text_ = held_.substr(marker);
+      held_.resize(marker);
+      final = true;
+    }
+  }
   size_t keep = 0;
   if (!final) {
+    if (!tool_marker_.empty()) {
+      for (size_t k = std::min(tool_marker_.size() - 1, held_.size()); k > keep; --k) {
+        if (absl::EndsWith(held_, absl::string_view(tool_marker_).substr(0, k))) {
+          keep = k;
+          break;
+        }
+      }
+    }
     for (const std::string& stop : stop_strings_) {
       for (size_t k = std::min(stop.size() - 1, held_.size()); k > keep; --k) {
         if (absl::EndsWith(held_, absl::string_view(stop).substr(0, k))) {
@@ -1424,24 +1456,57 @@ OrderedJson LogprobsJson(ApiEndpoint endpoint, const std::vector<OutputLogprob>&
   return out;
 }
 
-// A stopped tool-call choice's calls, from its whole text: the named
-// function's arguments, or the list of {"name", "arguments"}; ids unique
-// within the response. Null if the text is not that (never, when the
-// recognizer wrote it).
+// One call read from {"name", "arguments"} (arguments an object, or its
+// JSON text); false if `call` is not that or names no function offered.
+bool ReadCall(const OrderedJson& call, const std::vector<std::string>* names,
+              std::vector<std::pair<std::string, OrderedJson>>* calls) {
+  if (!call.is_object() || !call.contains("name") || !call["name"].is_string() ||
+      !call.contains("arguments")) {
+    return false;
+  }
+  const std::string name = call["name"];
+  if (names != nullptr && std::find(names->begin(), names->end(), name) == names->end()) {
+    return false;
+  }
+  OrderedJson arguments = call["arguments"];
+  if (arguments.is_string()) {
+    arguments = OrderedJson::parse(arguments.get<std::string>(), nullptr, false);
+    if (arguments.is_discarded()) return false;
+  }
+  calls->emplace_back(name, std::move(arguments));
+  return true;
+}
+
+// A tool-call choice's calls: a named or required choice's from its whole
+// text (the named function's arguments, or the list of {"name",
+// "arguments"}), an "auto" one's from its <tool_call> blocks; ids unique
+// within the response. Null if the text is not that (an "auto" reply's
+// malformed or cut call; never a finished constrained one).
 OrderedJson ToolCallsJson(const ResponseMeta& meta, const OutputAccumulator& output) {
-  const OrderedJson parsed = OrderedJson::parse(output.text(), nullptr, /*allow_exceptions=*/false);
-  if (parsed.is_discarded()) return nullptr;
   std::vector<std::pair<std::string, OrderedJson>> calls;
-  if (meta.tool_calls == ToolCallForm::kNamed) {
-    calls.emplace_back(meta.tool_name, parsed);
-  } else {
-    if (!parsed.is_array()) return nullptr;
-    for (const OrderedJson& call : parsed) {
-      if (!call.is_object() || !call.contains("name") || !call["name"].is_string() ||
-          !call.contains("arguments")) {
+  if (meta.tool_calls == ToolCallForm::kAuto) {
+    absl::string_view rest = output.tool_text();
+    while (!(rest = absl::StripLeadingAsciiWhitespace(rest)).empty()) {
+      const size_t close = rest.find(kToolCallClose);
+      if (!absl::ConsumePrefix(&rest, kToolCallOpen) || close == absl::string_view::npos) {
         return nullptr;
       }
-      calls.emplace_back(call["name"].get<std::string>(), call["arguments"]);
+      const absl::string_view body = rest.substr(0, close - std::strlen(kToolCallOpen));
+      if (!ReadCall(OrderedJson::parse(body, nullptr, false), &meta.tool_names, &calls)) {
+        return nullptr;
+      }
+      rest.remove_prefix(body.size() + std::strlen(kToolCallClose));
+    }
+  } else {
+    const OrderedJson parsed = OrderedJson::parse(output.text(), nullptr, false);
+    if (parsed.is_discarded()) return nullptr;
+    if (meta.tool_calls == ToolCallForm::kNamed) {
+      calls.emplace_back(meta.tool_name, parsed);
+    } else {
+      if (!parsed.is_array()) return nullptr;
+      for (const OrderedJson& call : parsed) {
+        if (!ReadCall(call, nullptr, &calls)) return nullptr;
+      }
     }
   }
   OrderedJson json = OrderedJson::array();
@@ -1456,20 +1521,26 @@ OrderedJson ToolCallsJson(const ResponseMeta& meta, const OutputAccumulator& out
   return json;
 }
 
-// A tool-call choice's message: its calls if it stopped (finish_reason
-// "tool_calls"), else its raw text as content. Sets *finish_reason.
+// A tool-call choice's message: its calls (finish_reason "tool_calls"),
+// with an "auto" reply's text before them as content (null if only
+// whitespace); else all its text as content. A constrained call counts only
+// if it stopped, not cut by max_tokens. Sets *finish_reason.
 OrderedJson ToolCallMessage(const ResponseMeta& meta, const OutputAccumulator& output,
                             std::string* finish_reason) {
   OrderedJson message = {{"role", "assistant"}};
   *finish_reason = output.finish_reason();
-  OrderedJson calls = output.finish_reason() == "stop" ? ToolCallsJson(meta, output) : nullptr;
+  const bool auto_calls = meta.tool_calls == ToolCallForm::kAuto;
+  OrderedJson calls = (auto_calls ? !output.tool_text().empty() : output.finish_reason() == "stop")
+                          ? ToolCallsJson(meta, output)
+                          : OrderedJson(nullptr);
   if (calls.is_null()) {
-    message["content"] = output.text();
-  } else {
-    message["content"] = nullptr;
-    message["tool_calls"] = std::move(calls);
-    *finish_reason = "tool_calls";
+    message["content"] = absl::StrCat(output.text(), output.tool_text());
+    return message;
   }
+  const absl::string_view text = absl::StripTrailingAsciiWhitespace(output.text());
+  message["content"] = auto_calls && !text.empty() ? OrderedJson(text) : OrderedJson(nullptr);
+  message["tool_calls"] = std::move(calls);
+  *finish_reason = "tool_calls";
   return message;
 }
 
@@ -1482,6 +1553,7 @@ std::string FormatResponse(const ResponseMeta& meta,
     choice["index"] = output->index();
     std::string finish_reason = output->finish_reason();
     if (meta.tool_calls != ToolCallForm::kNone) {
+      // "auto" too: a reply without calls is its text, as ToolCallMessage says.
       choice["message"] = ToolCallMessage(meta, *output, &finish_reason);
     } else if (meta.endpoint == ApiEndpoint::kChatCompletions) {
       choice["message"] = {{"role", "assistant"}, {"content", output->text()}};
@@ -1516,7 +1588,22 @@ std::string FormatStreamDelta(const ResponseMeta& meta, const OutputDelta& delta
   OrderedJson choice;
   choice["index"] = delta.index;
   std::string finish_reason = delta.finish_reason;
-  if (meta.tool_calls != ToolCallForm::kNone) {
+  if (meta.tool_calls == ToolCallForm::kAuto) {
+    // The text streams; the calls (or, if malformed, their raw text) come
+    // with the last delta.
+    choice["delta"] = OrderedJson::object();
+    std::string content = delta.text;
+    if (!delta.finish_reason.empty() && !output.tool_text().empty()) {
+      OrderedJson calls = ToolCallsJson(meta, output);
+      if (calls.is_null()) {
+        content += output.tool_text();
+      } else {
+        choice["delta"]["tool_calls"] = std::move(calls);
+        finish_reason = "tool_calls";
+      }
+    }
+    if (!content.empty()) choice["delta"]["content"] = content;
+  } else if (meta.tool_calls != ToolCallForm::kNone) {
     // The calls come whole with the last delta (the text before is not
     // content).
     choice["delta"] = OrderedJson::object();

@@ -63,8 +63,14 @@ inline constexpr size_t kMaxTools = 128;
 inline constexpr size_t kMaxGuidedChoices = 256;
 
 // How a chat's output is a tool call (tool_choice): not (none), the named
-// function's arguments (a named function), or a list of calls ("required").
-enum class ToolCallForm { kNone, kNamed, kRequired };
+// function's arguments (a named function), a list of calls ("required"), or
+// text that may end in calls the model writes as <tool_call> blocks
+// ("auto", read as Qwen's and Hermes' templates teach).
+enum class ToolCallForm { kNone, kNamed, kRequired, kAuto };
+
+// What starts a call in an "auto" reply.
+inline constexpr char kToolCallOpen[] = "<tool_call>";
+inline constexpr char kToolCallClose[] = "</tool_call>";
 
 // A validated request, ready for Executor::Enqueue.
 struct ApiRequest {
@@ -96,10 +102,12 @@ struct ApiRequest {
   // RegexConstraint); the key names it among the server's mask caches.
   std::shared_ptr<const Regex> text_regex;
   std::string text_regex_key;
-  // Chat tool calls: the output is constrained to the call(s) (json_schema
-  // holds their schema) and returned as message.tool_calls.
+  // Chat tool calls: named and required constrain the output to the
+  // call(s) (json_schema holds their schema); returned as
+  // message.tool_calls.
   ToolCallForm tool_calls = ToolCallForm::kNone;
-  std::string tool_name;  // kNamed: the function
+  std::string tool_name;                // kNamed: the function
+  std::vector<std::string> tool_names;  // kAuto: the functions a call may name
   // Text stop sequences (tokenizer only). The output ends before the first
   // occurrence (which is not part of the returned text); the token ids run up
   // to and including the token that completed it.
@@ -154,10 +162,9 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
 // ParseCompletionRequest; logprobs (true or false) with top_logprobs
 // (0..kMaxTopLogprobs, needs logprobs true); tools (functions with a JSON
 // schema of their parameters, described to the model in the system message
-// as Qwen's and Hermes' templates do) with tool_choice "none", "required"
-// or a named function (the output is constrained to the call; "auto" needs
-// a model-specific tool-call parser and is refused, as vLLM does without
-// one), parallel_tool_calls.
+// as Qwen's and Hermes' templates do) with tool_choice "none", "auto"
+// (calls read from the reply's <tool_call> blocks), "required" or a named
+// function (the output is constrained to the call), parallel_tool_calls.
 //
 // Errors: those of ParseCompletionRequest, and FailedPrecondition when the
 // model has no tokenizer or chat template.
@@ -279,6 +286,9 @@ class OutputAccumulator {
   int64_t completion_tokens() const { return static_cast<int64_t>(token_ids_.size()); }
   // Prompt tokens the prefix cache held (usage.prompt_tokens_details).
   int64_t cached_prompt_tokens() const { return cached_prompt_tokens_; }
+  // tool_choice "auto": the text from the first kToolCallOpen on, which is
+  // not returned as text (the response turns it into tool calls).
+  const std::string& tool_text() const { return tool_text_; }
 
  private:
   // Appends newly decoded text and moves what can no longer be part of a
@@ -308,6 +318,9 @@ class OutputAccumulator {
   // be the start of a stop string.
   std::string text_;
   std::string held_;
+  // tool_choice "auto": kToolCallOpen (else empty), and the text from it on.
+  std::string tool_marker_;
+  std::string tool_text_;
   std::string finish_reason_;
   bool executor_finished_ = false;
 };
@@ -321,10 +334,11 @@ struct ResponseMeta {
   int64_t created = 0;  // Unix seconds
   std::string model;    // the served model's name
   bool include_usage = false;
-  // Chat tool calls: a choice that stops is returned as message.tool_calls
-  // (finish_reason "tool_calls"), one cut by max_tokens as its raw text.
+  // Chat tool calls: a choice whose calls are whole is returned with
+  // message.tool_calls (finish_reason "tool_calls"), else as its raw text.
   ToolCallForm tool_calls = ToolCallForm::kNone;
-  std::string tool_name;  // kNamed: the function
+  std::string tool_name;                // kNamed: the function
+  std::vector<std::string> tool_names;  // kAuto: the functions a call may name
 };
 
 // The non-streaming response: a "text_completion" object (choices[i].text)

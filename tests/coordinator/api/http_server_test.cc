@@ -19,6 +19,7 @@
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_split.h"
+#include "absl/strings/strip.h"
 #include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
@@ -727,9 +728,75 @@ TEST_F(HttpServerTest, ToolCallsFollowTheFunctionsParameters) {
   EXPECT_EQ(cut_choice["finish_reason"], "length");
   EXPECT_FALSE(cut_choice["message"].contains("tool_calls"));
   EXPECT_EQ(cut_choice["message"]["content"].get<std::string>().substr(0, 1), "[");
-  ExpectError(Post("/v1/chat/completions",
-                   {{"messages", {{{"role", "user"}, {"content", "x"}}}}, {"tools", tools}}),
-              400, "invalid_request_error", "tool_choice \"auto\" is not supported", "tool_choice");
+  EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
+}
+
+// tool_choice "auto": the reply's <tool_call> blocks (forced here with
+// guided_regex, as a trained model would write them) come back as
+// tool_calls with the text before them as content, streamed or not (the
+// call's text never comes as content); a call naming no offered function
+// leaves the whole reply as text; a reply without calls is plain text.
+TEST_F(HttpServerTest, AutoToolCallsAreReadFromTheReply) {
+  StartTextServer();
+  const auto tools = nlohmann::ordered_json::parse(R"([{"type": "function", "function": {
+      "name": "get_weather", "parameters": {"type": "object",
+      "properties": {"city": {"type": "string"}}}}}])");
+  const nlohmann::ordered_json messages = {{{"role", "user"}, {"content", "Weather?"}}};
+  const std::string call =
+      R"(<tool_call>\n\{"name": "get_weather", "arguments": \{"city": "Oslo"\}\}\n</tool_call>)";
+  for (const bool stream : {false, true}) {
+    SCOPED_TRACE(stream ? "streamed" : "whole");
+    const auto post = [&](const std::string& pattern) {
+      return PostOrdered("/v1/chat/completions", {{"messages", messages},
+                                                  {"tools", tools},
+                                                  {"max_tokens", 120},
+                                                  {"stream", stream},
+                                                  {"guided_regex", pattern}});
+    };
+    // The message the response (or its chunks, joined) carries.
+    const auto message = [&](const httplib::Result& res, Json* finish_reason) {
+      EXPECT_TRUE(res && res->status == 200) << (res ? res->body : "no response");
+      if (!stream) {
+        const Json choice = Json::parse(res->body)["choices"][0];
+        *finish_reason = choice["finish_reason"];
+        return choice["message"];
+      }
+      Json joined = {{"content", ""}};
+      for (const Json& chunk : ParseEvents(res->body).chunks) {
+        for (const Json& c : chunk["choices"]) {
+          if (c["delta"].contains("content")) {
+            joined["content"] =
+                joined["content"].get<std::string>() + c["delta"]["content"].get<std::string>();
+          }
+          if (c["delta"].contains("tool_calls")) joined["tool_calls"] = c["delta"]["tool_calls"];
+          if (!c["finish_reason"].is_null()) *finish_reason = c["finish_reason"];
+        }
+      }
+      // Streamed text cannot take back the whitespace before a call.
+      joined["content"] = absl::StripTrailingAsciiWhitespace(joined["content"].get<std::string>());
+      if (joined["content"] == "") joined["content"] = nullptr;
+      return joined;
+    };
+    Json finish_reason;
+    const Json called = message(post("Let me check\\.\n" + call), &finish_reason);
+    EXPECT_EQ(finish_reason, "tool_calls");
+    EXPECT_EQ(called["content"], "Let me check.");
+    ASSERT_EQ(called["tool_calls"].size(), 1u) << called;
+    EXPECT_EQ(called["tool_calls"][0]["function"]["name"], "get_weather");
+    EXPECT_EQ(Json::parse(called["tool_calls"][0]["function"]["arguments"].get<std::string>()),
+              Json({{"city", "Oslo"}}));
+    const Json unknown =
+        message(post(R"(<tool_call>\n\{"name": "nope", "arguments": \{\}\}\n</tool_call>)"),
+                &finish_reason);
+    EXPECT_EQ(finish_reason, "stop");
+    EXPECT_FALSE(unknown.contains("tool_calls"));
+    EXPECT_EQ(unknown["content"],
+              "<tool_call>\n{\"name\": \"nope\", \"arguments\": {}}\n</tool_call>");
+    const Json text = message(post("Sunny"), &finish_reason);
+    EXPECT_EQ(finish_reason, "stop");
+    EXPECT_EQ(text["content"], "Sunny");
+    EXPECT_FALSE(text.contains("tool_calls"));
+  }
   EXPECT_TRUE(WaitIdle(absl::Seconds(5)));
 }
 

@@ -761,9 +761,7 @@ TEST_F(TextModelTest, ChatMaxTokensFieldsAndUnsupportedOptions) {
 
   const std::pair<std::string, std::string> rejected[] = {
       {R"("functions": [{"name": "f"}])", "functions"},
-      {R"("tools": [{"type": "function", "function": {"name": "f"}}])", "tool_choice"},
-      {R"("tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "auto")",
-       "tool_choice"},
+      {R"("function_call": "auto")", "function_call"},
   };
   for (const auto& [fields, param] : rejected) {
     SCOPED_TRACE(fields);
@@ -830,6 +828,12 @@ TEST_F(TextModelTest, ToolCalls) {
   EXPECT_FALSE(verdict(*single->json_schema, R"([{"name":"pick","arguments":{"color":"red"}},)"
                                              R"({"name":"pick","arguments":{"color":"red"}}])"));
   EXPECT_TRUE(verdict(*single->json_schema, R"([{"name":"pick","arguments":{"color":"red"}}])"));
+  // "auto", the default with tools: free text, calls read from it after.
+  auto automatic = parse("");
+  ASSERT_TRUE(automatic.ok()) << automatic.status();
+  EXPECT_EQ(automatic->tool_calls, ToolCallForm::kAuto);
+  EXPECT_THAT(automatic->tool_names, ElementsAre("get_weather", "pick"));
+  EXPECT_EQ(automatic->json_schema, nullptr);
   // "none": the tools are neither offered nor called.
   auto none = parse(R"(, "tool_choice": "none")");
   ASSERT_TRUE(none.ok()) << none.status();
