@@ -29,7 +29,8 @@ FIELDS = ["prompt", "max_tokens", "temperature", "top_p", "seed", "stop", "stop_
           "ignore_eos", "stream", "stream_options", "model", "n", "best_of", "echo", "logprobs",
           "suffix", "logit_bias", "presence_penalty", "frequency_penalty", "user", "messages",
           "max_completion_tokens", "response_format", "top_k", "min_p", "tokens", "guided_json",
-          "guided_regex", "guided_choice"]
+          "guided_regex", "guided_choice", "guided_whitespace_pattern", "tools", "tool_choice",
+          "parallel_tool_calls"]
 METHODS = ["GET", "POST", "PUT", "DELETE", "PATCH", "OPTIONS", "HEAD"]
 INTERESTING_NUMBERS = [0, 1, -1, 2, 15, 16, 17, 511, 512, 2047, 2048, 2049, 2 ** 31 - 1, 2 ** 31,
                        2 ** 32, 2 ** 53 + 1, 2 ** 63 - 1, 2 ** 63, 2 ** 64, -2 ** 63, -2 ** 64,
