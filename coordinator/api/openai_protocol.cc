@@ -816,7 +816,7 @@ absl::Status ParseTools(const Json& root, absl::string_view body, ApiRequest* re
                                   Quote(*choice)));
     }
   }
-  if (mode == "none") return absl::OkStatus();
+  if (mode == "none" || (mode == "auto" && names.empty())) return absl::OkStatus();
   if (names.empty()) {
     return Invalid("tool_choice", "'tool_choice' asks for a tool call but 'tools' lists none");
   }

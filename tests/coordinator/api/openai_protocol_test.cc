@@ -887,6 +887,11 @@ TEST_F(TextModelTest, ToolCalls) {
   ExpectError(
       ParseChatCompletionRequest(absl::StrCat("{", user, R"(, "tool_choice": "required"})"), model),
       absl::StatusCode::kInvalidArgument, "tool_choice", "'tools' lists none");
+  // "auto" with no tools is plain chat.
+  auto no_tools = ParseChatCompletionRequest(
+      absl::StrCat("{", user, R"(, "tools": [], "tool_choice": "auto"})"), model);
+  ASSERT_TRUE(no_tools.ok()) << no_tools.status();
+  EXPECT_EQ(no_tools->tool_calls, ToolCallForm::kNone);
 }
 
 // Chat's logprobs: true (with top_logprobs: N, 0 when absent).
