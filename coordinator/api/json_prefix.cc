@@ -1,6 +1,7 @@
 #include "coordinator/api/json_prefix.h"
 
 #include <algorithm>
+#include <limits>
 #include <string>
 #include <vector>
 
@@ -25,6 +26,11 @@ bool IsHexDigit(uint8_t c) {
 uint64_t Bit(int i) { return uint64_t{1} << i; }
 bool BoundsLength(const Node& node) {
   return node.min_length > 0 || node.max_length != JsonSchema::kUnbounded;
+}
+// An integer node with a minimum or maximum.
+bool Bounded(const Node& node) {
+  return node.minimum != std::numeric_limits<int64_t>::min() ||
+         node.maximum != std::numeric_limits<int64_t>::max();
 }
 
 }  // namespace
@@ -187,6 +193,12 @@ bool JsonPrefix::StartOne(Thread& t, int32_t node, uint8_t c) const {
     t.mode = Mode::kNumber;
     t.number = c == '-' ? Number::kMinus : c == '0' ? Number::kZero : Number::kInteger;
     t.integer = !(types & JsonSchema::kNumber);
+    if (t.integer && Bounded(n)) {
+      t.node = node;
+      t.negative = c == '-';
+      t.magnitude = c == '-' ? 0 : c - '0';
+      return IntegerMayEndIn(n, t.negative, t.magnitude, t.number);
+    }
     return true;
   }
   t.candidates = ((types & JsonSchema::kBoolean) ? kTrueFalse : 0) |
@@ -226,9 +238,46 @@ bool JsonPrefix::LiteralByte(Thread& t, uint8_t c, Threads* forks) const {
   return true;
 }
 
+bool JsonPrefix::IntegerMayEndIn(const Node& n, bool negative, int64_t magnitude, Number number) {
+  const auto within = [&](int64_t v) { return n.minimum <= v && v <= n.maximum; };
+  if (number == Number::kMinus) return n.minimum <= -1 || within(0);  // "-0" is 0
+  if (number == Number::kZero) return within(0);                      // no digit may follow
+  // With k more digits the magnitude is in [m 10^k, m 10^k + 10^k - 1].
+  constexpr int64_t kMax = std::numeric_limits<int64_t>::max();
+  for (int64_t lo = magnitude, hi = magnitude;;) {
+    const int64_t a = negative ? -hi : lo;
+    const int64_t b = negative ? -lo : hi;
+    if (a <= n.maximum && b >= n.minimum) return true;
+    if (lo > kMax / 10) return false;
+    lo *= 10;
+    hi = hi > (kMax - 9) / 10 ? kMax : hi * 10 + 9;
+  }
+}
+
+bool JsonPrefix::BoundedIntegerByte(Thread& t, uint8_t c, Threads* forks) const {
+  const Node& n = schema_->node(t.node);
+  if (IsDigit(c)) {
+    if (t.number == Number::kZero) return false;  // no leading zeros
+    if (t.magnitude > (std::numeric_limits<int64_t>::max() - 9) / 10) return false;
+    const int64_t magnitude = t.magnitude * 10 + (c - '0');
+    const Number next = t.number == Number::kMinus && c == '0' ? Number::kZero : Number::kInteger;
+    if (!IntegerMayEndIn(n, t.negative, magnitude, next)) return false;
+    t.magnitude = magnitude;
+    t.number = next;
+    return true;
+  }
+  // `c` ends the number: it must be within the bounds.
+  if (t.number == Number::kMinus) return false;
+  const int64_t value = t.negative ? -t.magnitude : t.magnitude;
+  if (value < n.minimum || value > n.maximum) return false;
+  EndValue(t);
+  return Step(t, c, forks);
+}
+
 bool JsonPrefix::NumberByte(Thread& t, uint8_t c, Threads* forks) const {
   const bool fraction_or_exponent = c == '.' || c == 'e' || c == 'E';
   if (t.integer && fraction_or_exponent) return false;
+  if (t.integer && Bounded(schema_->node(t.node))) return BoundedIntegerByte(t, c, forks);
   switch (t.number) {
     case Number::kMinus:
       if (c == '0') {
@@ -534,6 +583,8 @@ void JsonPrefix::EndValue(Thread& t) const {
   t.pos = 0;
   t.length = 0;
   t.regex_state = -1;
+  t.negative = false;
+  t.magnitude = 0;
 }
 
 }  // namespace herd

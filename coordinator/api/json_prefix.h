@@ -135,6 +135,10 @@ class JsonPrefix {
     // point being read (a UTF-8 sequence's or a \u escape's bits so far).
     int32_t regex_state = -1;
     uint32_t code_point = 0;
+    // A bounded integer (kNumber with `node` its): its sign and the digits'
+    // value so far.
+    bool negative = false;
+    int64_t magnitude = 0;
 
     friend bool operator==(const Thread& a, const Thread& b) {
       return a.frames == b.frames && a.node == b.node && a.mode == b.mode && a.number == b.number &&
@@ -143,14 +147,15 @@ class JsonPrefix {
              a.utf8_high == b.utf8_high && a.hex_left == b.hex_left &&
              a.escape_starts_with_d == b.escape_starts_with_d && a.pos == b.pos &&
              a.candidates == b.candidates && a.length == b.length &&
-             a.regex_state == b.regex_state && a.code_point == b.code_point;
+             a.regex_state == b.regex_state && a.code_point == b.code_point &&
+             a.negative == b.negative && a.magnitude == b.magnitude;
     }
     template <typename H>
     friend H AbslHashValue(H h, const Thread& t) {
       return H::combine(std::move(h), t.frames, t.node, t.mode, t.number, t.integer, t.key,
                         t.free_key, t.gap, t.utf8_left, t.utf8_low, t.utf8_high, t.hex_left,
                         t.escape_starts_with_d, t.pos, t.candidates, t.length, t.regex_state,
-                        t.code_point);
+                        t.code_point, t.negative, t.magnitude);
     }
   };
   using Threads = absl::InlinedVector<Thread, 1>;
@@ -173,6 +178,12 @@ class JsonPrefix {
   bool MayMatch(const Thread& t, uint32_t lo, uint32_t hi) const;
   bool LiteralByte(Thread& t, uint8_t c, Threads* forks) const;
   bool NumberByte(Thread& t, uint8_t c, Threads* forks) const;
+  // NumberByte of an integer with bounds.
+  bool BoundedIntegerByte(Thread& t, uint8_t c, Threads* forks) const;
+  // Some integer that starts with what was read (`number`: after "-", "0"
+  // or more digits; `magnitude` their value) is within `n`'s bounds.
+  static bool IntegerMayEndIn(const JsonSchema::Node& n, bool negative, int64_t magnitude,
+                              Number number);
   bool StartKey(Thread& t) const;
   bool EndKey(Thread& t) const;
   // Handles `c` after a complete value inside the innermost container.

@@ -23,10 +23,6 @@ namespace {
 // Constraint keywords outside the subset: a schema with one is refused, not
 // loosened.
 constexpr const char* kUnsupportedKeywords[] = {
-    "minimum",
-    "maximum",
-    "exclusiveMinimum",
-    "exclusiveMaximum",
     "multipleOf",
     "patternProperties",
     "propertyNames",
@@ -243,8 +239,8 @@ class JsonSchemaCompiler {
                                            "' is not supported in guided decoding (supported: "
                                            "type, enum, const, properties, required, "
                                            "additionalProperties, items, minItems, maxItems, "
-                                           "minLength, maxLength, pattern, format, anyOf, "
-                                           "oneOf, allOf of one, $ref)"));
+                                           "minLength, maxLength, pattern, format, integer "
+                                           "bounds, anyOf, oneOf, allOf of one, $ref)"));
       }
     }
     if (const auto it = schema.find("uniqueItems"); it != schema.end() && *it != false) {
@@ -299,6 +295,7 @@ class JsonSchemaCompiler {
     HERD_ASSIGN_OR_RETURN(node.max_length,
                           Count(schema, "maxLength", where, JsonSchema::kUnbounded));
     HERD_ASSIGN_OR_RETURN(node.pattern, ParsePattern(schema, where));
+    HERD_RETURN_IF_ERROR(ParseBounds(schema, where, &node));
     if (node.pattern != nullptr && node.min_length > 0) {
       return Invalid(where, "'minLength' beside 'pattern' or 'format' is not supported");
     }
@@ -327,6 +324,36 @@ class JsonSchemaCompiler {
       }
     }
     schema_->nodes_[id].choices = std::move(choices);
+    return absl::OkStatus();
+  }
+
+  // minimum, maximum, exclusiveMinimum, exclusiveMaximum: for integers
+  // only (as whole bounds; a fraction rounds inward).
+  absl::Status ParseBounds(const Json& schema, const std::string& where, Node* node) {
+    constexpr double kLimit = 9e18;  // within int64_t
+    for (const char* keyword : {"minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"}) {
+      const auto it = schema.find(keyword);
+      if (it == schema.end()) continue;
+      if (!it->is_number() || !std::isfinite(it->get<double>())) {
+        return Invalid(where, absl::StrCat("'", keyword, "' must be a number"));
+      }
+      if ((node->types & JsonSchema::kNumber) || !(node->types & JsonSchema::kInteger)) {
+        return Invalid(where, absl::StrCat("'", keyword,
+                                           "' is supported on integers only (\"type\": "
+                                           "\"integer\")"));
+      }
+      const double value = std::clamp(it->get<double>(), -kLimit, kLimit);
+      const std::string name = keyword;
+      if (name == "minimum") {
+        node->minimum = std::max(node->minimum, static_cast<int64_t>(std::ceil(value)));
+      } else if (name == "exclusiveMinimum") {
+        node->minimum = std::max(node->minimum, static_cast<int64_t>(std::floor(value)) + 1);
+      } else if (name == "maximum") {
+        node->maximum = std::min(node->maximum, static_cast<int64_t>(std::floor(value)));
+      } else {
+        node->maximum = std::min(node->maximum, static_cast<int64_t>(std::ceil(value)) - 1);
+      }
+    }
     return absl::OkStatus();
   }
 
@@ -497,6 +524,8 @@ class JsonSchemaCompiler {
   bool TypeSatisfiable(const Node& node, uint8_t type, const std::vector<bool>& sat) const {
     if (!(node.types & type)) return false;
     switch (type) {
+      case JsonSchema::kInteger:
+        return node.minimum <= node.maximum;
       case JsonSchema::kString:
         return node.min_length <= node.max_length &&
                (node.pattern == nullptr ||

@@ -8,7 +8,9 @@
 // additionalProperties (absent means none where properties are declared, as
 // in OpenAI's strict mode, and any where none are; true, {} or a schema allow
 // others), items, minItems, maxItems,
-// minLength, maxLength (in code points), pattern (ECMAScript, see regex.h;
+// minLength, maxLength (in code points), minimum, maximum,
+// exclusiveMinimum, exclusiveMaximum (on integers), pattern (ECMAScript, see
+// regex.h;
 // a match anywhere unless anchored, as JSON Schema says), format (date,
 // time, date-time, uuid, ipv4, email: each as a regular expression of its
 // shape), anyOf, oneOf (read as anyOf),
@@ -85,6 +87,9 @@ class JsonSchema {
     int32_t items = 0;
     int64_t min_items = 0;
     int64_t max_items = kUnbounded;
+    // Integers: the bounds (inclusive).
+    int64_t minimum = std::numeric_limits<int64_t>::min();
+    int64_t maximum = std::numeric_limits<int64_t>::max();
     // Strings.
     int64_t min_length = 0;
     int64_t max_length = kUnbounded;

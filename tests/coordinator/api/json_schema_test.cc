@@ -143,6 +143,34 @@ TEST(JsonSchemaTest, KeepsThePropertiesOrderAndSkipsOnlyOptionalOnes) {
   EXPECT_EQ(Verdict(*schema, R"({)"), 0);
 }
 
+// Integer bounds: every digit keeps some integer within them reachable, and
+// the number ends only within them.
+TEST(JsonSchemaTest, BoundsIntegersDigitByDigit) {
+  const auto schema = MustCompile(R"({"type": "array", "items": {"anyOf": [
+      {"type": "integer", "minimum": -5, "maximum": 120},
+      {"type": "integer", "exclusiveMinimum": 999, "maximum": 1000.5}]}})");
+  for (const char* taken : {"[-5]", "[-0]", "[0]", "[120]", "[13]", "[1000]", "[7,-1,1000]"}) {
+    EXPECT_EQ(Verdict(*schema, taken), 1) << taken;
+  }
+  for (const char* refused :
+       {"[-6", "[-05", "[130", "[121]", "[999]", "[1001", "[01", "[-]", "[1.0"}) {
+    EXPECT_EQ(Verdict(*schema, refused), -1) << refused;
+  }
+  EXPECT_EQ(Verdict(*schema, "[12"), 0);  // 12, or 100 to 120 to come
+  // A prefix of a value within the bounds is taken, but may not end there.
+  const auto at_least_7 = MustCompile(R"({"type": "array", "items": {"type": "integer",
+      "minimum": 7}})");
+  EXPECT_EQ(Verdict(*at_least_7, "[6"), 0);  // 60 and up
+  EXPECT_EQ(Verdict(*at_least_7, "[6]"), -1);
+  EXPECT_EQ(Verdict(*at_least_7, "[6,"), -1);
+  EXPECT_EQ(Verdict(*at_least_7, "[7]"), 1);
+  const auto positive = MustCompile(R"({"type": "array", "items": {"type": "integer",
+      "exclusiveMinimum": 0}})");
+  EXPECT_EQ(Verdict(*positive, "[0"), -1);
+  EXPECT_EQ(Verdict(*positive, "[-"), -1);
+  EXPECT_EQ(Verdict(*positive, "[9223372036854775"), 0);
+}
+
 TEST(JsonSchemaTest, CountsStringLengthsInCodePoints) {
   const auto schema = MustCompile(
       R"({"type": "object", "properties": {"s": {"type": "string", "minLength": 2,
@@ -353,8 +381,13 @@ TEST(JsonSchemaTest, RefusesWhatItCannotHonourByName) {
       {R"({"type": "string", "pattern": "a", "format": "date"})", "'pattern' beside 'format'"},
       {R"({"type": "string", "pattern": "a", "minLength": 1})", "'minLength' beside"},
       {R"({"type": "string", "pattern": "^a{5}$", "maxLength": 4})", "no value satisfies"},
-      {R"({"type": "array", "items": {"type": "integer", "minimum": 0}})",
-       "at '#/items': 'minimum' is not supported"},
+      {R"({"type": "array", "items": {"type": "number", "minimum": 0}})",
+       "at '#/items': 'minimum' is supported on integers only"},
+      {R"({"type": "array", "items": {"type": "integer", "multipleOf": 2}})",
+       "'multipleOf' is not supported"},
+      {R"({"type": "object", "properties": {"a": {"type": "integer", "minimum": 3,
+           "exclusiveMaximum": 3}}, "required": ["a"]})",
+       "no value satisfies"},
       {R"({"type": "array", "uniqueItems": true})", "'uniqueItems' true"},
       {R"({"allOf": [{"type": "object"}, {"required": []}]})", "'allOf' of more than one"},
       {R"({"anyOf": [{"type": "object"}], "properties": {}})", "'anyOf' beside 'properties'"},

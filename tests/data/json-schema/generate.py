@@ -97,6 +97,12 @@ SCHEMAS = [
                                 "mail": {"type": "string", "format": "email"}},
                  "required": ["day", "at", "clock", "id", "ip", "mail"],
                  "additionalProperties": False}, True),
+    ("bounds", {"type": "object",
+                "properties": {"n": {"type": "integer", "minimum": -5, "maximum": 120},
+                               "m": {"type": "integer", "exclusiveMinimum": 0,
+                                     "exclusiveMaximum": 1000},
+                               "k": {"type": ["integer", "null"], "minimum": 7}},
+                "required": ["n", "m", "k"], "additionalProperties": False}, True),
     ("patterns", {"type": "object",
                   "properties": {"code": {"type": "string", "pattern": "^[A-Z]{3}-\\d{2}$"},
                                  "word": {"type": "string", "pattern": "ab", "maxLength": 5},
@@ -263,7 +269,17 @@ def gen(schema, root, rng, depth, p):
             n = rng.choice([max(low - 1, 0), high + 1])
         return "".join(rng.choice(PIECES) for _ in range(n))
     if kind == "integer":
-        return rng.randrange(-500, 500) if rng.random() > p / 2 else 1.5
+        if rng.random() < p / 2:
+            return 1.5
+        bounds = [schema[k] + d for k in ("minimum", "maximum", "exclusiveMinimum",
+                                          "exclusiveMaximum") if k in schema for d in (-1, 0, 1)]
+        if bounds and rng.random() < 0.4:
+            return rng.choice(bounds)
+        low = schema.get("minimum", schema.get("exclusiveMinimum", -501) + 1)
+        high = schema.get("maximum", schema.get("exclusiveMaximum", 1501) - 1)
+        if bounds and rng.random() < 0.6:
+            return rng.randrange(low, high + 1)
+        return rng.randrange(-500, 1500)
     if kind == "number":
         return rng.choice([rng.randrange(-9, 99), rng.uniform(-1e4, 1e4), 1e-7, -0.0])
     if kind == "boolean":
