@@ -142,8 +142,13 @@ bool NestsAtMost(const Json& value, int depth) {
 
 class JsonSchemaCompiler {
  public:
-  explicit JsonSchemaCompiler(const Json& document) : document_(document) {
+  // `whitespace` (compiled from `whitespace_pattern`): JsonSchema::whitespace.
+  JsonSchemaCompiler(const Json& document, std::shared_ptr<const Regex> whitespace,
+                     const std::optional<std::string>& whitespace_pattern)
+      : document_(document) {
     schema_ = std::make_shared<JsonSchema>();
+    schema_->whitespace_ = std::move(whitespace);
+    if (whitespace_pattern.has_value()) whitespace_suffix_ = "\nwhitespace: " + *whitespace_pattern;
     JsonSchema::Node any;
     any.additional = 0;
     any.first_required = {0};
@@ -160,7 +165,7 @@ class JsonSchemaCompiler {
     HERD_ASSIGN_OR_RETURN(schema_->root_, NewNode(""));
     by_pointer_[""] = schema_->root_;
     HERD_RETURN_IF_ERROR(CompileInto(document_, "", schema_->root_));
-    schema_->text_ = document_.dump();
+    schema_->text_ = document_.dump() + whitespace_suffix_;
     HERD_RETURN_IF_ERROR(FlattenChoices());
     MarkSatisfiable();
     return CheckRoot();
@@ -596,23 +601,22 @@ class JsonSchemaCompiler {
 
   const Json& document_;
   std::shared_ptr<JsonSchema> schema_;
-  int depth_ = 0;  // CompileInto calls under way
+  std::string whitespace_suffix_;  // what the whitespace pattern adds to the text
+  int depth_ = 0;                  // CompileInto calls under way
   absl::flat_hash_map<std::string, int32_t> by_pointer_;
 };
 
-absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(
-    const Json& schema, const std::optional<std::string>& whitespace_pattern) {
-  HERD_ASSIGN_OR_RETURN(std::shared_ptr<const JsonSchema> compiled,
-                        JsonSchemaCompiler(schema).Run());
-  if (!whitespace_pattern.has_value()) return compiled;
+namespace {
+
+// A whitespace pattern, compiled, if it only writes JSON whitespace: from
+// every state its whitespace reaches, no other code point goes on.
+absl::StatusOr<std::shared_ptr<const Regex>> CompileWhitespace(const std::string& pattern) {
   absl::StatusOr<std::shared_ptr<const Regex>> whitespace =
-      Regex::Compile(*whitespace_pattern, Regex::Mode::kFullMatch);
+      Regex::Compile(pattern, Regex::Mode::kFullMatch);
   if (!whitespace.ok()) {
     return absl::InvalidArgumentError(
         absl::StrCat("whitespace pattern: ", whitespace.status().message()));
   }
-  // It may only write JSON whitespace: from every state its whitespace
-  // reaches, no other code point goes on.
   std::vector<int32_t> states = {(*whitespace)->start()};
   std::vector<bool> seen(1, true);
   for (size_t i = 0; i < states.size(); ++i) {
@@ -621,7 +625,7 @@ absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(
          {std::pair<uint32_t, uint32_t>{0, 8}, {11, 12}, {14, 31}, {33, 0x10FFFF}}) {
       if ((*whitespace)->MayTake(state, lo, hi, Regex::kUnbounded)) {
         return absl::InvalidArgumentError(
-            absl::StrCat("whitespace pattern ", Json(*whitespace_pattern).dump(),
+            absl::StrCat("whitespace pattern ", Json(pattern).dump(),
                          " matches more than JSON whitespace (space, tab, newline, carriage "
                          "return)"));
       }
@@ -636,10 +640,18 @@ absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(
       }
     }
   }
-  auto with_whitespace = std::make_shared<JsonSchema>(*compiled);
-  with_whitespace->whitespace_ = *std::move(whitespace);
-  with_whitespace->text_ += "\nwhitespace: " + *whitespace_pattern;
-  return std::shared_ptr<const JsonSchema>(std::move(with_whitespace));
+  return whitespace;
+}
+
+}  // namespace
+
+absl::StatusOr<std::shared_ptr<const JsonSchema>> JsonSchema::Compile(
+    const Json& schema, const std::optional<std::string>& whitespace_pattern) {
+  std::shared_ptr<const Regex> whitespace;
+  if (whitespace_pattern.has_value()) {
+    HERD_ASSIGN_OR_RETURN(whitespace, CompileWhitespace(*whitespace_pattern));
+  }
+  return JsonSchemaCompiler(schema, std::move(whitespace), whitespace_pattern).Run();
 }
 
 std::shared_ptr<const JsonSchema> JsonSchema::AnyObject() {

@@ -135,6 +135,23 @@ absl::StatusOr<Json> ParseBody(absl::string_view body) {
   return root;
 }
 
+// The request body with its keys in the order written (schemas' properties
+// and tools are used in that order), parsed once, on first use: most
+// requests never need it. Its text parsed as `Json` already.
+class OrderedBody {
+ public:
+  explicit OrderedBody(absl::string_view text) : text_(text) {}
+
+  const OrderedJson& json() {
+    if (!json_.has_value()) json_ = OrderedJson::parse(text_.begin(), text_.end());
+    return *json_;
+  }
+
+ private:
+  const absl::string_view text_;
+  std::optional<OrderedJson> json_;
+};
+
 absl::Status CheckModel(const Json& root, const ApiModel& model) {
   const Json* value = Find(root, "model");
   if (value == nullptr) return absl::OkStatus();
@@ -501,10 +518,11 @@ absl::Status CheckContext(const ApiModel& model, ApiEndpoint endpoint, int64_t p
 // order generated objects write their properties in), compiled; errors name
 // `param` and say where (`label`).
 absl::StatusOr<std::shared_ptr<const JsonSchema>> CompileSchemaAt(
-    absl::string_view body, std::initializer_list<const char*> path, const std::string& param,
+    OrderedBody& body, std::initializer_list<const char*> path, const std::string& param,
     const std::string& label, const std::optional<std::string>& whitespace) {
-  OrderedJson schema = OrderedJson::parse(body.begin(), body.end());  // parsed once already
-  for (const char* key : path) schema = OrderedJson(std::move(schema[key]));
+  const OrderedJson* at = &body.json();
+  for (const char* key : path) at = &(*at)[key];
+  OrderedJson schema = *at;
   if (schema.is_string()) {
     // vLLM's guided_json may be the schema's text.
     try {
@@ -527,7 +545,7 @@ absl::StatusOr<std::shared_ptr<const JsonSchema>> CompileSchemaAt(
 // outputs), or vLLM's `guided_json` (a schema, or its text), with vLLM's
 // `guided_whitespace_pattern` (what may come between tokens). Both need the
 // model's tokenizer to know what text each token adds.
-absl::Status ParseGuidedJson(const Json& root, absl::string_view body, const ApiModel& model,
+absl::Status ParseGuidedJson(const Json& root, OrderedBody& body, const ApiModel& model,
                              ApiRequest* request) {
   const Json* format = Find(root, "response_format");
   const Json* guided = Find(root, "guided_json");
@@ -681,7 +699,7 @@ absl::Status ParseGuidedText(const Json& root, const ApiModel& model, ApiRequest
   return absl::OkStatus();
 }
 
-absl::Status ParseCommon(const Json& root, absl::string_view body, const ApiModel& model,
+absl::Status ParseCommon(const Json& root, OrderedBody& body, const ApiModel& model,
                          ApiRequest* request) {
   HERD_RETURN_IF_ERROR(CheckModel(root, model));
   HERD_RETURN_IF_ERROR(CheckUnsupported(root, request->endpoint));
@@ -758,12 +776,11 @@ bool ToolsOffered(const Json& root) {
 // The tools as the system message describes them (the format Qwen's and
 // Hermes' chat templates write, which their models call tools in), each as
 // the request wrote it (`body`'s key order).
-std::string ToolsSystemText(absl::string_view body) {
+std::string ToolsSystemText(OrderedBody& body) {
   std::string text =
       "# Tools\n\nYou may call one or more functions to assist with the user query.\n\n"
       "You are provided with function signatures within <tools></tools> XML tags:\n<tools>";
-  const OrderedJson request = OrderedJson::parse(body.begin(), body.end());
-  for (const OrderedJson& tool : request["tools"]) absl::StrAppend(&text, "\n", tool.dump());
+  for (const OrderedJson& tool : body.json()["tools"]) absl::StrAppend(&text, "\n", tool.dump());
   absl::StrAppend(&text,
                   "\n</tools>\n\nFor each function call, return a json object with function "
                   "name and arguments within <tool_call></tool_call> XML tags:\n<tool_call>\n"
@@ -796,7 +813,7 @@ absl::Status RebaseRefs(const std::string& at, OrderedJson* schema, int depth) {
 // schema, or a list of {"name", "arguments"} objects, one per call (at most
 // one without parallel_tool_calls). With "auto" (the default with tools) the
 // output is free: calls are read from its <tool_call> blocks.
-absl::Status ParseTools(const Json& root, absl::string_view body, ApiRequest* request) {
+absl::Status ParseTools(const Json& root, OrderedBody& body, ApiRequest* request) {
   HERD_ASSIGN_OR_RETURN(const std::vector<std::string> names, ToolNames(root));
   const Json* choice = Find(root, "tool_choice");
   std::string mode = names.empty() ? "none" : "auto";
@@ -838,7 +855,7 @@ absl::Status ParseTools(const Json& root, absl::string_view body, ApiRequest* re
   bool parallel = true;
   HERD_RETURN_IF_ERROR(ReadBool(root, "parallel_tool_calls", "parallel_tool_calls", &parallel));
   // The parameters schemas with their keys in the order written.
-  const OrderedJson tools = OrderedJson::parse(body.begin(), body.end())["tools"];
+  const OrderedJson& tools = body.json()["tools"];
   const auto parameters = [&](size_t i) {
     const OrderedJson& function = tools[i]["function"];
     return function.contains("parameters")
@@ -1068,7 +1085,7 @@ ApiModel MakeApiModel(std::string name, int64_t vocab_size, int64_t max_context_
 
 // `messages` rendered with the model's chat template and tokenized, as the
 // model sees a chat (the model must have a tokenizer and a chat template).
-absl::StatusOr<std::vector<int32_t>> EncodeMessages(const Json& root, absl::string_view body,
+absl::StatusOr<std::vector<int32_t>> EncodeMessages(const Json& root, OrderedBody& body,
                                                     const ApiModel& model) {
   HERD_ASSIGN_OR_RETURN(std::vector<ChatMessage> messages, ParseMessages(root));
   if (ToolsOffered(root)) {
@@ -1110,7 +1127,8 @@ absl::StatusOr<ApiRequest> ParseCompletionRequest(absl::string_view body, const 
   HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
   ApiRequest request;
   request.endpoint = ApiEndpoint::kCompletions;
-  HERD_RETURN_IF_ERROR(ParseCommon(root, body, model, &request));
+  OrderedBody ordered(body);
+  HERD_RETURN_IF_ERROR(ParseCommon(root, ordered, model, &request));
   HERD_ASSIGN_OR_RETURN(std::vector<std::vector<int32_t>> prompts, ParsePrompts(root, model));
   HERD_RETURN_IF_ERROR(ParseChoiceCount(root, static_cast<int64_t>(prompts.size()), &request));
   HERD_RETURN_IF_ERROR(ReadBool(root, "echo", "echo", &request.echo));
@@ -1139,10 +1157,11 @@ absl::StatusOr<ApiRequest> ParseChatCompletionRequest(absl::string_view body,
   HERD_ASSIGN_OR_RETURN(const Json root, ParseBody(body));
   ApiRequest request;
   request.endpoint = ApiEndpoint::kChatCompletions;
-  HERD_RETURN_IF_ERROR(ParseCommon(root, body, model, &request));
-  HERD_RETURN_IF_ERROR(ParseTools(root, body, &request));
+  OrderedBody ordered(body);
+  HERD_RETURN_IF_ERROR(ParseCommon(root, ordered, model, &request));
+  HERD_RETURN_IF_ERROR(ParseTools(root, ordered, &request));
   HERD_RETURN_IF_ERROR(ParseChoiceCount(root, 1, &request));
-  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, EncodeMessages(root, body, model));
+  HERD_ASSIGN_OR_RETURN(request.generation.prompt_ids, EncodeMessages(root, ordered, model));
   const auto prompt_tokens = static_cast<int64_t>(request.generation.prompt_ids.size());
 
   // max_completion_tokens replaced max_tokens in OpenAI's chat API; either
@@ -1656,7 +1675,8 @@ absl::StatusOr<std::string> Tokenize(absl::string_view body, const ApiModel& mod
   if (Find(root, "messages") != nullptr) {
     if (prompt != nullptr) return Invalid("prompt", "send 'prompt' or 'messages', not both");
     if (!model.chat_template.ok()) return model.chat_template.status();
-    HERD_ASSIGN_OR_RETURN(ids, EncodeMessages(root, body, model));
+    OrderedBody ordered(body);
+    HERD_ASSIGN_OR_RETURN(ids, EncodeMessages(root, ordered, model));
   } else {
     if (prompt == nullptr || !prompt->is_string()) {
       return Invalid("prompt", "'prompt' (a string) or 'messages' is required");
